@@ -1,0 +1,44 @@
+"""The errors attn-onnx raises on purpose. Library code raises them; only the CLIs turn them into
+`Error: ...` lines and exit codes (2 for `UsageError`, 1 for every other one)."""
+
+
+class AttnOnnxError(Exception):
+    """Base of every error attn-onnx raises on purpose."""
+
+
+class UsageError(AttnOnnxError):
+    """The request cannot be served as asked: an option value or combination is invalid."""
+
+
+class OutputExistsError(UsageError):
+    """The output file exists and overwriting it was not asked for."""
+
+
+class WeightsError(AttnOnnxError):
+    """A weights file cannot be read safely, or does not fit the module."""
+
+
+class ExportError(AttnOnnxError):
+    """torch's exporter failed, or wrote a model that does not pass onnx.checker."""
+
+
+class MetadataError(AttnOnnxError):
+    """A model lacks the metadata needed to rebuild its PyTorch reference."""
+
+
+class ProviderError(AttnOnnxError):
+    """A runtime or execution provider that was asked for is not available, or was silently replaced."""
+
+
+class ParityError(AttnOnnxError):
+    """A runtime's outputs differ from the PyTorch reference beyond tolerance."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type's name): enough for an `Error: ...` line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
