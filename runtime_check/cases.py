@@ -1,0 +1,150 @@
+"""The cases a model is checked on: shapes x masks, each with deterministic feeds.
+
+A case's data depends only on the seed and the case's name, so narrowing or widening the sweep never
+changes the numbers of the cases that remain.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from exporter.errors import UsageError
+from exporter.spec import MASK_DTYPES, ExportSpec
+
+# Mask kinds fed to a model with a `mask` input (mask == 0 is masked):
+MASK_KINDS = {
+    "ones": "all ones: nothing masked",
+    "zeros": "all zeros: everything masked, every row attends uniformly (the seed's own demo)",
+    "causal": "subsequent_mask: query i attends keys 0..i",
+    "padding": "per-example key padding, a different valid length in each example, as a padding mask "
+               "(batch, 1, kv_len)",
+    "causal+padding": "causal and key padding together, as a full mask",
+    "masked_row": "random holes, plus one query row whose keys are all masked (uniform, never NaN)",
+}
+GRAPH_MASK = "graph"  # the case kind of a model without a mask input (its mask, if any, is in the graph)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Which cases to run. `shapes` (batch, q_len, kv_len) overrides the batches x lengths grid."""
+
+    batches: tuple[int, ...] = (1, 2, 5)  # batch sizes
+    lengths: tuple[int, ...] = (1, 7, 64, 257)  # query and key lengths; pairs q != kv are added for cross
+    masks: tuple[str, ...] | None = None  # mask kinds (MASK_KINDS); None: every kind
+    shapes: tuple[tuple[int, int, int], ...] | None = None  # explicit (batch, q_len, kv_len) list
+    sizes: tuple[int, ...] = (1, 5, 20, 64)  # for the `mask` module: subsequent_mask(size)
+
+    def validate(self) -> "Sweep":
+        unknown = sorted(set(self.masks or ()) - MASK_KINDS.keys())
+        if unknown:
+            raise UsageError(f"unknown mask kind(s) {unknown}; choose from {list(MASK_KINDS)}")
+        dims = [*self.batches, *self.lengths, *(d for s in self.shapes or () for d in s)]
+        if any(d < 1 for d in dims) or any(s < 0 for s in self.sizes):
+            raise UsageError("batch sizes and lengths must be >= 1, sizes >= 0")
+        return self
+
+    def shape_list(self) -> list[tuple[int, int, int]]:
+        if self.shapes is not None:
+            return list(self.shapes)
+        n = len(self.lengths)
+        pairs = [(q, q) for q in self.lengths]  # self-attention
+        pairs += [(q, self.lengths[(i + 1) % n]) for i, q in enumerate(self.lengths) if n > 1]  # cross
+        return [(b, q, kv) for b in self.batches for q, kv in pairs]
+
+
+# The sweep export-attn runs after writing a model: two shapes unlike the export's example (2, 3, 4),
+# cross-attention lengths, the mask kinds most likely to break.
+QUICK = Sweep(shapes=((3, 11, 5), (1, 17, 6)), masks=("ones", "padding", "masked_row", "zeros"), sizes=(1, 5, 20))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input set: its name says shape and mask kind, e.g. `b3.q11.kv5.padding`."""
+
+    name: str
+    spec: ExportSpec = field(repr=False)
+    batch: int = 0
+    q_len: int = 0
+    kv_len: int = 0
+    mask: str = GRAPH_MASK
+    size: int = 0  # the `mask` module's input
+
+    def feeds(self, seed: int) -> dict[str, np.ndarray]:
+        """The inputs, generated from (seed, name) alone."""
+        rng = np.random.default_rng([seed, zlib.crc32(self.name.encode())])
+        if self.spec.module == "mask":
+            return {"size": np.array(self.size, dtype=np.int64)}
+        s = self.spec
+        lead = (self.batch,) if s.module == "mha" else (self.batch, s.heads)
+        width = s.embedding_dim if s.module == "mha" else s.d_k
+        feeds = {
+            "query": rng.standard_normal(lead + (self.q_len, width), dtype=np.float32),
+            "key": rng.standard_normal(lead + (self.kv_len, width), dtype=np.float32),
+            "value": rng.standard_normal(lead + (self.kv_len, width), dtype=np.float32),
+        }
+        if s.mask == "input":
+            mask = make_mask(self.mask, self.batch, self.q_len, self.kv_len, rng)  # (B, q_len or 1, kv_len)
+            if s.module == "attention":
+                mask = mask[:, None]  # (B, 1, q_len or 1, kv_len): one mask for every head
+            feeds["mask"] = mask.astype(MASK_DTYPES[s.mask_dtype])
+        return feeds
+
+
+def make_mask(kind: str, batch: int, q_len: int, kv_len: int, rng: np.random.Generator) -> np.ndarray:
+    """A 0/1 mask of `kind`: (batch, q_len, kv_len), or (batch, 1, kv_len) for `padding`."""
+    causal = np.tril(np.ones((q_len, kv_len), dtype=np.uint8))  # subsequent_mask, top-left aligned
+    valid = rng.integers(1, kv_len + 1, size=batch) if batch > 1 else np.array([max(1, kv_len // 2)])
+    valid[0] = kv_len  # one example unpadded, the others at different lengths
+    padding = (np.arange(kv_len)[None, :] < valid[:, None]).astype(np.uint8)[:, None, :]  # (B, 1, kv_len)
+    if kind == "ones":
+        return np.ones((batch, q_len, kv_len), np.uint8)
+    if kind == "zeros":
+        return np.zeros((batch, q_len, kv_len), np.uint8)
+    if kind == "causal":
+        return np.broadcast_to(causal, (batch, q_len, kv_len)).copy()
+    if kind == "padding":
+        return padding
+    if kind == "causal+padding":
+        return causal[None] * padding
+    if kind == "masked_row":
+        mask = (rng.random((batch, q_len, kv_len)) < 0.7).astype(np.uint8)
+        mask[-1, q_len // 2, :] = 0  # this query's keys are all masked
+        return mask
+    raise UsageError(f"unknown mask kind {kind!r}; choose from {list(MASK_KINDS)}")
+
+
+def generate_cases(spec: ExportSpec, sweep: Sweep = Sweep()) -> list[Case]:
+    """Every case of `sweep` that applies to a model of `spec`."""
+    sweep.validate()
+    if spec.module == "mask":
+        return [Case(f"size{n}", spec, size=n) for n in sweep.sizes]
+    kinds = list(sweep.masks or MASK_KINDS) if spec.mask == "input" else [GRAPH_MASK]
+    cases = []
+    for b, q, kv in sweep.shape_list():
+        for kind in kinds:
+            cases.append(Case(f"b{b}.q{q}.kv{kv}.{kind}", spec, batch=b, q_len=q, kv_len=kv, mask=kind))
+    return cases
+
+
+def parse_case(name: str, spec: ExportSpec) -> Case:
+    """The case a name like `b2.q20.kv20.causal+padding` (or `size20`) stands for."""
+    import re
+
+    if spec.module == "mask":
+        match = re.fullmatch(r"size(\d+)", name)
+        if match:
+            return Case(name, spec, size=int(match[1]))
+        raise UsageError(f"case {name!r} is not of the form size<N> (the mask module's cases)")
+    match = re.fullmatch(r"b(\d+)\.q(\d+)\.kv(\d+)\.([a-z_+]+)", name)
+    kinds = list(MASK_KINDS) if spec.mask == "input" else [GRAPH_MASK]
+    if not match or match[4] not in kinds or min(int(match[i]) for i in (1, 2, 3)) < 1:
+        raise UsageError(f"case {name!r} is not of the form b<batch>.q<q_len>.kv<kv_len>.<kind> "
+                         f"with kind in {kinds}")
+    return Case(name, spec, batch=int(match[1]), q_len=int(match[2]), kv_len=int(match[3]), mask=match[4])
+
+
+def default_plot_case(spec: ExportSpec) -> str:
+    return "b2.q20.kv20." + ("causal+padding" if spec.mask == "input" else GRAPH_MASK)

@@ -1,0 +1,88 @@
+"""Measuring and deciding, kept apart: `OutputComparison.measure` computes the figures, `passed` decides."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Elementwise |actual - golden| <= atol + rtol * |golden| (numpy.allclose's rule)."""
+
+    atol: float
+    rtol: float
+
+
+# float32 against the float64 golden. Measured by `python -m runtime_check.measure_tolerance` (README):
+# over the full sweep, onnxruntime CPU and torch float32 both stay below ~1.2e-6 absolute on outputs of
+# magnitude ~1, so 1e-5 leaves a ~8x margin while a 1e-4 weight perturbation or a wrong mask fails by far.
+FLOAT32 = Tolerance(atol=1e-5, rtol=1e-4)
+# onnxruntime CUDA with TF32 (10-bit mantissa in matmuls): ~5e-4 measured on an H200 for this module.
+TF32 = Tolerance(atol=5e-3, rtol=1e-2)
+# Integer outputs (the `mask` module) must match exactly.
+EXACT = Tolerance(atol=0.0, rtol=0.0)
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    """One output of one runner on one case, against the golden."""
+
+    output: str
+    shape: tuple[int, ...]
+    golden_shape: tuple[int, ...]
+    dtype: str
+    expected_dtype: str
+    max_abs: float
+    max_rel: float
+    needed_atol: float  # the smallest atol that would pass at this rtol
+    nonfinite: int  # NaN or Inf elements in the runner's output
+    atol: float
+    rtol: float
+
+    @classmethod
+    def measure(cls, output: str, actual: np.ndarray, golden: np.ndarray, expected_dtype: str,
+                tolerance: Tolerance) -> "OutputComparison":
+        actual, golden = np.asarray(actual), np.asarray(golden)
+        base = dict(output=output, shape=tuple(actual.shape), golden_shape=tuple(golden.shape),
+                    dtype=str(actual.dtype), expected_dtype=expected_dtype,
+                    nonfinite=int(np.size(actual) - np.count_nonzero(np.isfinite(actual))),
+                    atol=tolerance.atol, rtol=tolerance.rtol)
+        if actual.shape != golden.shape:  # shape is checked before values
+            return cls(**base, max_abs=float("inf"), max_rel=float("inf"), needed_atol=float("inf"))
+        a, g = actual.astype(np.float64), golden.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            diff = np.abs(a - g)
+            rel = np.where(diff == 0, 0.0, diff / np.abs(g))
+        if diff.size == 0:
+            return cls(**base, max_abs=0.0, max_rel=0.0, needed_atol=0.0)
+        bad = ~np.isfinite(diff)
+        max_abs = float("inf") if bad.any() else float(diff.max())
+        max_rel = float("inf") if bad.any() else float(rel.max())
+        needed = float("inf") if bad.any() else max(0.0, float((diff - tolerance.rtol * np.abs(g)).max()))
+        return cls(**base, max_abs=max_abs, max_rel=max_rel, needed_atol=needed)
+
+    @property
+    def failures(self) -> list[str]:
+        """Why this comparison fails, in words; empty when it passes."""
+        if self.shape != self.golden_shape:
+            return [f"{self.output}: shape {self.shape} != {self.golden_shape}"]
+        reasons = []
+        if self.dtype != self.expected_dtype:
+            reasons.append(f"{self.output}: dtype {self.dtype} != {self.expected_dtype}")
+        if self.nonfinite:
+            reasons.append(f"{self.output}: {self.nonfinite} NaN/Inf values")
+        elif self.needed_atol > self.atol:
+            reasons.append(f"{self.output}: max_abs={self.max_abs:.3g} beyond atol={self.atol:g}, rtol={self.rtol:g}")
+        return reasons
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"passed": self.passed}

@@ -1,0 +1,49 @@
+"""Rebuild the PyTorch reference of an exported model from the file alone (its metadata and
+initializers), or from the user's own checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import numpy_helper
+
+from exporter.errors import MetadataError
+from exporter.spec import ExportSpec
+from exporter.weights import file_sha256, load_into, load_state_dict
+from models import MultiHeadedAttention
+
+FROM_FILE = ("the model's own initializers (a reference rebuilt from the file cannot see weights changed "
+             "at or after export; pass --weights with the original checkpoint for that)")
+
+
+def reference_module(proto: onnx.ModelProto, spec: ExportSpec, weights: str | Path | None = None,
+                     prefix: str = "") -> tuple[torch.nn.Module | None, str]:
+    """The MultiHeadedAttention an `mha` model was exported from, and a sentence on whose weights it holds.
+
+    Modules without weights (`attention`, `mask`) give (None, ...).
+    """
+    if spec.module != "mha":
+        return None, "none (the module has no weights)"
+    module = MultiHeadedAttention(spec.heads, spec.embedding_dim, dropout=0.0).eval()
+    if weights is not None:
+        path = Path(weights)
+        load_into(module, load_state_dict(path, prefix), source=path.name)
+        where = f", prefix {prefix!r}" if prefix else ""
+        return module, f"--weights {path.name} (sha256 {file_sha256(path)[:16]}{where})"
+    load_into(module, _state_from_initializers(proto, spec), source="the model's initializers")
+    return module, FROM_FILE
+
+
+def _state_from_initializers(proto: onnx.ModelProto, spec: ExportSpec) -> dict[str, torch.Tensor]:
+    inits = {init.name: init for init in proto.graph.initializer}
+    missing = sorted(entry["initializer"] for entry in spec.weights.values() if entry["initializer"] not in inits)
+    if not spec.weights or missing:
+        raise MetadataError("the model's weight map names initializers it does not hold "
+                            f"({missing[:4] or 'map is empty'}); pass --weights to supply the weights")
+    state = {}
+    for key, entry in spec.weights.items():
+        array = numpy_helper.to_array(inits[entry["initializer"]])
+        state[key] = torch.from_numpy(array.T.copy() if entry["transposed"] else array.copy())
+    return state
