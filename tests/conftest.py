@@ -1,0 +1,40 @@
+"""Exports are slow (seconds each): every variant is exported once per session and shared."""
+
+import pytest
+import torch
+
+from exporter.export import build_module, export_model
+from exporter.spec import ExportSpec
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """exported(**spec_fields) -> (path, spec, module): the model for that spec, written once."""
+    cache = {}
+    folder = tmp_path_factory.mktemp("models")
+
+    def get(**fields):
+        key = tuple(sorted(fields.items()))
+        if key not in cache:
+            spec = ExportSpec(**fields).validate()
+            module = build_module(spec, seed=0) if spec.module == "mha" else None
+            name = "_".join(f"{k}-{v}" for k, v in key) or "default"
+            result = export_model(spec, folder / f"{name}.onnx", seed=0)  # the same weights as `module`
+            cache[key] = (result.path, result.spec, module)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def small_mha(exported):
+    """A small mha (2 heads, 16 wide) for the tests that build broken variants of it."""
+    return exported(heads=2, embedding_dim=16)
+
+
+def golden_float64(module, *args):
+    """The float64 golden of a float32 module."""
+    import copy
+
+    with torch.no_grad():
+        return copy.deepcopy(module).double()(*[a.double() if a.is_floating_point() else a for a in args])
