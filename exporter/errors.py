@@ -30,6 +30,10 @@ class ProviderError(AttnOnnxError):
     """A runtime or execution provider that was asked for is not available, or was silently replaced."""
 
 
+class RuntimeFailure(AttnOnnxError):
+    """A runtime could not load the model."""
+
+
 class ParityError(AttnOnnxError):
     """A runtime's outputs differ from the PyTorch reference beyond tolerance."""
 
@@ -40,5 +44,9 @@ class ParityError(AttnOnnxError):
 
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (or its type's name): enough for an `Error: ...` line."""
-    text = str(exc).strip()
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # no terminal colours in an Error: line
+    if "## Exception summary" in text:  # torch.export's long reports: the cause is under this heading
+        text = text.split("## Exception summary", 1)[1].strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -51,6 +51,10 @@ def build_module(spec: ExportSpec, state: dict[str, torch.Tensor] | None = None,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = MultiHeadedAttention(spec.heads, spec.embedding_dim, dropout=0.0)
+        # The seed's `clones` deep-copies one Linear, so all four start identical; draw each on its own,
+        # or a swapped query/key/value projection could never be seen in a parity check.
+        for linear in module.linears:
+            linear.reset_parameters()
     if state is not None:
         load_into(module, state, source="the given state_dict")
     return module.eval()

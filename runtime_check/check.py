@@ -123,13 +123,22 @@ def _run_case(runner: Runner, case: str, feeds: dict, golden: dict, expected: di
     try:
         outputs = runner.run(feeds)
     except Exception as exc:  # the runtime's own error is the finding: a shape it cannot take, say
-        return CaseResult(runner.name, case, error=f"{runner.name} raised {type(exc).__name__}: {first_line(exc)}")
+        return CaseResult(runner.name, case, error=f"{runner.name} raised {type(exc).__name__}: {_short(exc)}")
     missing = [n for n in golden if n not in outputs]
     if missing:
         return CaseResult(runner.name, case, error=f"outputs missing: {missing}")
     comparisons = tuple(OutputComparison.measure(n, outputs[n], golden[n], expected[n], tolerance)
                         for n in golden)
     return CaseResult(runner.name, case, comparisons)
+
+
+def _short(exc: BaseException) -> str:
+    """A runtime's error without its source locations and C++ signatures (the status message remains)."""
+    import re
+
+    text = first_line(exc)
+    text = re.sub(r"/onnxruntime_src/\S+ (?:\w+ )?onnxruntime::\S+\(.*?\) ", "", text)
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _make_runners(runtimes, providers, proto, data, spec, module, tf32, skip_missing):

@@ -131,7 +131,8 @@ class Report:
         spec = dataclasses.asdict(self.spec)
         spec.pop("weights")
         return {"model": self.model, "sha256": self.sha256, "spec": spec,
-                "reference_weights": self.reference_weights, "seed": self.seed, "tolerances": self.tolerances,
+                "reference_weights": self.reference_weights, "seed": self.seed,
+                "runners": list(self.tolerances), "tolerances": self.tolerances,
                 "versions": self.versions, "passed": self.passed, "status": self.status,
                 "summary": {"passed": len(self.results) - len(self.failed), "failed": len(self.failed),
                             "skipped": len(self.skipped), "line": self.summary()},

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import torch
 
-from exporter.errors import ProviderError, UsageError, first_line
+from exporter.errors import ProviderError, RuntimeFailure, UsageError, first_line
 from exporter.spec import ExportSpec
 from models import attention, causal_mask, subsequent_mask
 
@@ -78,12 +78,12 @@ def create_ort_session(model: bytes | str | Path, provider: str = "cpu", tf32: b
         raise ProviderError(f"requested {wanted}; available: {available}")
     options = {"use_tf32": "1" if tf32 else "0"} if provider == "cuda" else {}
     session_options = ort.SessionOptions()
-    session_options.log_severity_level = 3  # errors only: no warnings on stderr
+    session_options.log_severity_level = 4  # fatal only: a failing run is reported as the case's error
     model = str(model) if isinstance(model, Path) else model
     try:
         session = ort.InferenceSession(model, session_options, providers=[(wanted, options)])
     except Exception as exc:
-        raise ProviderError(f"onnxruntime could not create a {wanted} session: {first_line(exc)}") from None
+        raise RuntimeFailure(f"onnxruntime could not load the model on {wanted}: {first_line(exc)}") from None
     if session.get_providers()[0] != wanted:
         raise ProviderError(f"requested {wanted}, but onnxruntime fell back to {session.get_providers()}")
     return session
@@ -127,7 +127,8 @@ class OnnxReferenceRunner:
         self.output_names = [o.name for o in model.graph.output]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.evaluator.run(None, feeds)))
+        with np.errstate(all="ignore"):  # NaN from a broken model is the finding, not a warning
+            return dict(zip(self.output_names, self.evaluator.run(None, feeds)))
 
 
 # --- OpenVINO (optional) --------------------------------------------------------------------------------

@@ -152,3 +152,10 @@ def test_opset_is_the_one_asked_for(exported, opset):
     q = np.zeros((1, 2, 16), np.float32)
     (out,) = session(path).run(None, {"query": q, "key": q, "value": q, "mask": np.ones((1, 1, 2), bool)})
     assert out.shape == (1, 2, 16)
+
+
+def test_random_weights_differ_between_projections_and_map_one_to_one(exported):
+    _, spec, module = exported()
+    weights = [module.linears[i].weight for i in range(4)]
+    assert all(not torch.equal(weights[i], weights[j]) for i in range(4) for j in range(i + 1, 4))
+    assert len({entry["initializer"] for entry in spec.weights.values()}) == 8

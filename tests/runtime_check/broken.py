@@ -1,0 +1,73 @@
+"""Broken models, built the way real exports go wrong, for runtime_check to catch."""
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from exporter.export import EXAMPLE_BATCH, EXAMPLE_KV_LEN, EXAMPLE_Q_LEN, export_model
+from exporter.spec import ExportSpec
+from models import MultiHeadedAttention
+
+
+class NegInfFillMHA(MultiHeadedAttention):
+    """The same module, but masked scores filled with -inf: NaN on every fully-masked row."""
+
+    def forward(self, query, key, value, mask=None):
+        impl = importlib.import_module("models.attention")  # the module, not the function `models.attention`
+        saved, impl.MASK_FILL = impl.MASK_FILL, float("-inf")
+        try:
+            return super().forward(query, key, value, mask)
+        finally:
+            impl.MASK_FILL = saved
+
+
+def neg_inf_fill_model(path: Path, spec: ExportSpec, module: MultiHeadedAttention) -> Path:
+    bad = NegInfFillMHA(spec.heads, spec.embedding_dim, dropout=0.0).eval()
+    bad.load_state_dict(module.state_dict())
+    export_model(spec, path, module=bad)
+    return path
+
+
+def baked_reshape_model(src: Path, dst: Path, bake: str) -> Path:
+    """Replace every Reshape's computed target shape with the one it had at the export's example shape.
+
+    bake="batch": `view(2, -1, h, d_k)` (the example batch baked in, the length free);
+    bake="length": `view(-1, 3, h, d_k)`; bake="all": right at the example shape only.
+    """
+    model = onnx.load(str(src))
+    width = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    b, q, kv = EXAMPLE_BATCH, EXAMPLE_Q_LEN, EXAMPLE_KV_LEN
+    rng = np.random.default_rng(0)
+    feeds = {"query": rng.standard_normal((b, q, width), dtype=np.float32),
+             "key": rng.standard_normal((b, kv, width), dtype=np.float32),
+             "value": rng.standard_normal((b, kv, width), dtype=np.float32),
+             "mask": np.ones((b, q, kv), bool)}
+    values = ReferenceEvaluator(model).run(None, feeds, intermediate=True)
+    for i, node in enumerate(n for n in model.graph.node if n.op_type == "Reshape"):
+        shape = np.array(values[node.output[0]].shape, dtype=np.int64)  # as reshaped at the example shape
+        if bake == "batch":
+            shape[1] = -1
+        elif bake == "length":
+            shape[0] = -1
+        name = f"baked_shape_{i}"
+        model.graph.initializer.append(numpy_helper.from_array(shape, name))
+        node.input[1] = name
+    onnx.save(model, str(dst))
+    return dst
+
+
+def perturbed_weights_model(src: Path, dst: Path, spec: ExportSpec, amount: float = 1e-3) -> Path:
+    """The output projection's weights moved by +-amount: invisible to a reference rebuilt from the file."""
+    model = onnx.load(str(src))
+    name = spec.weights["linears.3.weight"]["initializer"]
+    for i, init in enumerate(model.graph.initializer):
+        if init.name == name:
+            array = numpy_helper.to_array(init)
+            signs = np.where(np.random.default_rng(0).random(array.shape) < 0.5, -1, 1).astype(array.dtype)
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(array + amount * signs, name))
+    onnx.save(model, str(dst))
+    return dst

@@ -1,0 +1,76 @@
+"""The case generator: names, shapes, mask kinds, and data that depends only on (seed, name)."""
+
+import numpy as np
+import pytest
+
+from exporter.errors import UsageError
+from exporter.spec import ExportSpec
+from runtime_check.cases import MASK_KINDS, QUICK, Sweep, generate_cases, make_mask, parse_case
+
+MHA = ExportSpec(heads=2, embedding_dim=16)
+
+
+def test_default_sweep_covers_batches_lengths_cross_pairs_and_every_mask():
+    cases = generate_cases(MHA)
+    shapes = {(c.batch, c.q_len, c.kv_len) for c in cases}
+    assert {b for b, _, _ in shapes} == {1, 2, 5}
+    assert {q for _, q, _ in shapes} == {1, 7, 64, 257}
+    assert (5, 257, 1) in shapes and (2, 7, 64) in shapes and (1, 64, 64) in shapes
+    assert any(q != kv for _, q, kv in shapes)
+    assert {c.mask for c in cases} == set(MASK_KINDS)
+    assert len(cases) == 3 * 8 * len(MASK_KINDS)
+
+
+def test_models_without_mask_input_get_graph_cases_only():
+    assert {c.mask for c in generate_cases(MHA.replace(mask="causal"))} == {"graph"}
+    assert [c.name for c in generate_cases(ExportSpec(module="mask"), Sweep(sizes=(1, 5)))] == ["size1", "size5"]
+
+
+def test_feeds_depend_only_on_seed_and_name():
+    wide = {c.name: c for c in generate_cases(MHA)}
+    narrow = generate_cases(MHA, Sweep(shapes=((5, 7, 64), (1, 257, 1)), masks=("padding", "masked_row")))
+    for case in narrow:
+        a, b = case.feeds(3), wide[case.name].feeds(3)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(narrow[0].feeds(3)["query"], narrow[0].feeds(4)["query"])
+
+
+@pytest.mark.parametrize("dtype, np_dtype", [("bool", np.bool_), ("uint8", np.uint8), ("int64", np.int64),
+                                              ("float32", np.float32)])
+def test_mask_feed_has_the_models_dtype_and_shape(dtype, np_dtype):
+    spec = MHA.replace(mask_dtype=dtype)
+    feeds = parse_case("b3.q11.kv5.masked_row", spec).feeds(0)
+    assert feeds["mask"].dtype == np_dtype and feeds["mask"].shape == (3, 11, 5)
+    assert parse_case("b3.q11.kv5.padding", spec).feeds(0)["mask"].shape == (3, 1, 5)
+    attention = ExportSpec(module="attention", heads=2, embedding_dim=16, mask_dtype=dtype)
+    assert parse_case("b3.q11.kv5.padding", attention).feeds(0)["mask"].shape == (3, 1, 1, 5)
+    assert parse_case("b3.q11.kv5.ones", attention).feeds(0)["query"].shape == (3, 2, 11, 8)
+
+
+def test_mask_kinds_mean_what_they_say():
+    rng = np.random.default_rng(0)
+    assert make_mask("zeros", 2, 3, 4, rng).sum() == 0
+    causal = make_mask("causal", 2, 3, 4, rng)
+    assert causal[1].tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]]
+    padding = make_mask("padding", 5, 3, 9, rng)
+    lengths = padding[:, 0].sum(-1)
+    assert lengths[0] == 9 and len(set(lengths.tolist())) > 1  # one unpadded, the others differ
+    row = make_mask("masked_row", 2, 7, 6, rng)
+    assert row[-1, 3].sum() == 0 and row.sum() > 0
+
+
+def test_quick_sweep_avoids_the_export_example_shape():
+    assert all(shape != (2, 3, 4) and shape[1] != shape[2] for shape in QUICK.shapes)
+
+
+@pytest.mark.parametrize("name", ["b3.q11", "b0.q1.kv1.ones", "b1.q1.kv1.sideways", "size5"])
+def test_bad_case_names_are_usage_errors(name):
+    with pytest.raises(UsageError, match="is not of the form"):
+        parse_case(name, MHA)
+
+
+def test_bad_sweeps_are_usage_errors():
+    with pytest.raises(UsageError, match=r"unknown mask kind\(s\) \['diagonal'\]"):
+        Sweep(masks=("diagonal",)).validate()
+    with pytest.raises(UsageError, match="must be >= 1"):
+        Sweep(batches=(0,)).validate()
