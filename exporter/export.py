@@ -241,7 +241,8 @@ def _weight_map(proto: onnx.ModelProto, module: nn.Module) -> dict[str, dict]:
 
 def _name_dims(proto: onnx.ModelProto, spec: ExportSpec) -> None:
     """Give every input and output the dims of the spec; fail if the exporter fixed a dim we asked free."""
-    for values, wanted in ((proto.graph.input, spec.input_dims()), (proto.graph.output, spec.output_dims())):
+    for values, wanted, is_input in ((proto.graph.input, spec.input_dims(), True),
+                                     (proto.graph.output, spec.output_dims(), False)):
         for value in values:
             dims = value.type.tensor_type.shape.dim
             want = wanted[value.name]
@@ -253,7 +254,7 @@ def _name_dims(proto: onnx.ModelProto, spec: ExportSpec) -> None:
                         raise ExportError(f"{value.name!r} has a dim {dim.dim_value}, expected {w}")
                     dim.dim_value = w
                 else:
-                    if dim.HasField("dim_value") and value in proto.graph.input:
+                    if dim.HasField("dim_value") and is_input:
                         raise ExportError(f"the exporter fixed dim {w!r} of {value.name!r} at {dim.dim_value}")
                     dim.dim_param = w
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import torch
 
-from exporter.errors import AttnOnnxError, ProviderError, UsageError, first_line
+from exporter.errors import MetadataError, ProviderError, UsageError, first_line
 from exporter.spec import ExportSpec
 from runtime_check.cases import Sweep, generate_cases
 from runtime_check.compare import EXACT, FLOAT32, TF32, OutputComparison, Tolerance
@@ -22,8 +22,6 @@ from runtime_check.runners import (PROVIDERS, RUNTIMES, OnnxReferenceRunner, Ope
 
 def load_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, str]:
     """The model as a proto, its bytes, and a name for reports."""
-    from exporter.errors import MetadataError
-
     if isinstance(model, onnx.ModelProto):
         return model, model.SerializeToString(), "<in memory>"
     path = Path(model)
@@ -164,8 +162,6 @@ def _make_runners(runtimes, providers, proto, data, spec, module, tf32, skip_mis
             if runtime != "openvino":  # an optional extra: reported SKIPPED when absent
                 raise
             skipped.append(Skipped("openvino/cpu", str(exc)))
-        except AttnOnnxError:
-            raise
     return runners, skipped
 
 

@@ -43,7 +43,8 @@ from exporter.cli_support import EXIT_FAILURE, EXIT_OK, OneLineErrorCommand, com
               help="Write the full report as JSON here.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write PNGs of the mask, the attention probabilities and their difference here.")
-@click.option("--plot-case", "plot_case_name", default=None, help="The case to draw, e.g. 'b2.q20.kv20.causal+padding'.")
+@click.option("--plot-case", "plot_case_name", default=None,
+              help="The case to draw, e.g. 'b2.q20.kv20.causal+padding'. [default: that one]")
 @click.option("--quiet", is_flag=True, help="Print only failed and skipped lines and the summary.")
 def main(model, runtimes, providers, batches, lengths, shapes, masks, sizes, quick, atol, rtol, seed, tf32,
          skip_missing, weights, weights_prefix, json_path, plots_dir, plot_case_name, quiet):
