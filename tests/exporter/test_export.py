@@ -7,6 +7,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from exporter.spec import MASK_DTYPES, METADATA_PREFIX, ExportSpec
 from models import attention, subsequent_mask
@@ -159,3 +161,29 @@ def test_random_weights_differ_between_projections_and_map_one_to_one(exported):
     weights = [module.linears[i].weight for i in range(4)]
     assert all(not torch.equal(weights[i], weights[j]) for i in range(4) for j in range(i + 1, 4))
     assert len({entry["initializer"] for entry in spec.weights.values()}) == 8
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.integers(1, 4), q_len=st.integers(1, 20), kv_len=st.integers(1, 20), padding=st.booleans(),
+       data=st.data())
+def test_any_shape_and_mask_matches_float64(small_mha, batch, q_len, kv_len, padding, data):
+    path, _, module = small_mha
+    rows = 1 if padding else q_len
+    bits = data.draw(st.lists(st.booleans(), min_size=batch * rows * kv_len, max_size=batch * rows * kv_len))
+    mask = np.array(bits, dtype=bool).reshape(batch, rows, kv_len)
+    rng = np.random.default_rng(batch * 10_000 + q_len * 100 + kv_len)
+    q = rng.standard_normal((batch, q_len, 16), dtype=np.float32)
+    kv = rng.standard_normal((batch, kv_len, 16), dtype=np.float32)
+    (out,) = _small_session(path).run(None, {"query": q, "key": kv, "value": kv, "mask": mask})
+    expected, _ = golden(module, torch.from_numpy(q), torch.from_numpy(kv), torch.from_numpy(kv), mask)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, expected, atol=ATOL, rtol=0)
+
+
+_SESSIONS = {}
+
+
+def _small_session(path):
+    if path not in _SESSIONS:
+        _SESSIONS[path] = session(path)
+    return _SESSIONS[path]

@@ -219,3 +219,11 @@ def test_spec_round_trip_fails_loudly_on_missing_keys():
     del props["attn_onnx.heads"]
     with pytest.raises(MetadataError, match="lacks attn_onnx.heads"):
         ExportSpec.from_metadata(props)
+
+
+def test_every_option_has_help():
+    import click
+
+    for param in main.params:
+        if isinstance(param, click.Option) and param.name not in ("version", "help"):
+            assert param.help, param.name
