@@ -1,7 +1,6 @@
 """Exports are slow (seconds each): every variant is exported once per session and shared."""
 
 import pytest
-import torch
 
 from exporter.export import build_module, export_model
 from exporter.spec import ExportSpec
@@ -31,10 +30,3 @@ def small_mha(exported):
     """A small mha (2 heads, 16 wide) for the tests that build broken variants of it."""
     return exported(heads=2, embedding_dim=16)
 
-
-def golden_float64(module, *args):
-    """The float64 golden of a float32 module."""
-    import copy
-
-    with torch.no_grad():
-        return copy.deepcopy(module).double()(*[a.double() if a.is_floating_point() else a for a in args])
