@@ -167,3 +167,34 @@ def test_help_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "False"
     assert "--embedding-dim, --d-model" in result.stdout
+
+
+def test_out_in_a_missing_folder_is_a_usage_error(tmp_path):
+    one_line_error(run(*SMALL, "--out", tmp_path / "nope" / "m.onnx"), 2,
+                   f"the folder of --out '{tmp_path / 'nope'}' does not exist")
+
+
+def test_an_interrupted_write_leaves_neither_file_nor_temp(tmp_path, monkeypatch):
+    import os
+
+    from exporter.export import write_atomic
+
+    def crash(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(tmp_path / "m.onnx", b"model bytes", force=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_export_writes_nothing(tmp_path, monkeypatch):
+    import onnx
+
+    def reject(*args, **kwargs):
+        raise onnx.checker.ValidationError("bad graph")
+
+    monkeypatch.setattr(onnx.checker, "check_model", reject)
+    out = tmp_path / "m.onnx"
+    one_line_error(run(*SMALL, "--out", out), 1, "onnx.checker rejected the exported model: bad graph")
+    assert list(tmp_path.iterdir()) == []

@@ -63,8 +63,12 @@ def test_other_exports_pass(exported, fields):
 def test_neg_inf_mask_fill_is_caught_on_fully_masked_rows(small_mha, tmp_path):
     _, spec, module = small_mha
     path = broken.neg_inf_fill_model(tmp_path / "neg_inf.onnx", spec, module)
-    result = run(path, *SMALL_SWEEP)
+    result = run(path, *SMALL_SWEEP, "--json", tmp_path / "report.json")
     assert result.exit_code == 1
+    report = json.loads((tmp_path / "report.json").read_text())  # strict JSON: NaN and inf as strings
+    assert report["status"] == "FAILED" and report["summary"]["failed"] > 0
+    nan_case = next(c for c in report["cases"] if c["case"] == "b2.q7.kv7.zeros")
+    assert nan_case["max_abs"] == "inf" and nan_case["outputs"][0]["nonfinite"] == 2 * 7 * 16
     failed = lines_of(result, "FAILED")
     assert any(" | b2.q7.kv7.zeros | " in line and "output: " in line and "NaN/Inf values" in line
                for line in failed)
