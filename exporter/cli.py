@@ -50,7 +50,7 @@ def main(module_kind, heads, embedding_dim, mask_mode, mask_dtype, attn_probs, o
     from exporter.errors import UsageError
     from exporter.export import build_module, check_writable, export_model
     from exporter.spec import ExportSpec
-    from exporter.weights import embedding_dim_of, file_sha256, load_state_dict
+    from exporter.weights import embedding_dim_of, load_state_dict, weights_label
 
     if weights is not None and module_kind != "mha":
         raise UsageError(f"--weights applies to --module mha; {module_kind!r} has no weights")
@@ -59,8 +59,7 @@ def main(module_kind, heads, embedding_dim, mask_mode, mask_dtype, attn_probs, o
     state = load_state_dict(weights, weights_prefix) if weights is not None else None
     if embedding_dim is None:
         embedding_dim = (state and embedding_dim_of(state)) or 512
-    source = (f"file {weights.name} (sha256 {file_sha256(weights)[:16]}"
-              + (f", prefix {weights_prefix!r})" if weights_prefix else ")")) if weights else f"random (seed={seed})"
+    source = f"file {weights_label(weights, weights_prefix)}" if weights else f"random (seed={seed})"
     spec = ExportSpec(module=module_kind, heads=heads, embedding_dim=embedding_dim, mask=mask_mode,
                       mask_dtype=mask_dtype, attn_probs=attn_probs, opset=opset, weights_source=source).validate()
     check_writable(out, force)

@@ -22,7 +22,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from exporter.errors import ExportError, OutputExistsError, UsageError, first_line
-from exporter.spec import METADATA_PREFIX, ExportSpec
+from exporter.spec import MASK_DTYPES, METADATA_PREFIX, ExportSpec
 from models import MultiHeadedAttention, attention, causal_mask
 
 # Example shapes handed to torch.export. Every one differs from 1 (torch.export fixes dims of size 0/1)
@@ -110,7 +110,7 @@ def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0
         if module is None:
             module = build_module(spec, seed=seed)
             spec = spec.replace(weights_source=spec.weights_source or f"random (seed={seed})")
-        spec = _spec_matching_module(spec, module)
+        _check_module(spec, module)
         spec = spec.replace(weights_source=spec.weights_source or "a module passed to the Python API")
     graph, args = _graph_and_example(spec, module)
     graph.eval()
@@ -187,7 +187,8 @@ def write_atomic(out: Path, data: bytes, force: bool) -> int:
 
 # --- helpers -----------------------------------------------------------------------------------------------
 
-def _spec_matching_module(spec: ExportSpec, module: nn.Module) -> ExportSpec:
+def _check_module(spec: ExportSpec, module: nn.Module) -> None:
+    """The module has the seed's interface and the spec's sizes; put it in eval mode."""
     heads = getattr(module, "head", None)
     linears = getattr(module, "linears", None)
     if heads is None or linears is None:
@@ -198,7 +199,6 @@ def _spec_matching_module(spec: ExportSpec, module: nn.Module) -> ExportSpec:
                          f"heads={spec.heads}, embedding_dim={spec.embedding_dim}")
     if module.training:
         module.eval()  # dropout is a training-time op
-    return spec
 
 
 def _graph_and_example(spec: ExportSpec, module: nn.Module | None) -> tuple[nn.Module, tuple]:
@@ -216,8 +216,7 @@ def _graph_and_example(spec: ExportSpec, module: nn.Module | None) -> tuple[nn.M
         mask_shape = (b, 1, q, kv)
     args = [torch.randn(shape, generator=gen) for shape in shapes]
     if spec.mask == "input":
-        dtype = {"bool": torch.bool, "uint8": torch.uint8, "int64": torch.int64, "float32": torch.float32}
-        args.append(torch.ones(mask_shape, dtype=dtype[spec.mask_dtype]))
+        args.append(torch.from_numpy(np.ones(mask_shape, dtype=MASK_DTYPES[spec.mask_dtype])))
     return graph, tuple(args)
 
 

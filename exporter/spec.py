@@ -74,14 +74,6 @@ class ExportSpec:
             return dims | {"attn_probs": probs} if self.attn_probs else dims
         return {"output": ["batch", self.heads, "q_len", self.d_k], "attn_probs": probs}
 
-    def input_dtypes(self) -> dict[str, type]:
-        if self.module == "mask":
-            return {"size": np.int64}
-        dtypes = {name: np.float32 for name in ("query", "key", "value")}
-        if self.mask == "input":
-            dtypes["mask"] = MASK_DTYPES[self.mask_dtype]
-        return dtypes
-
     def validate(self) -> "ExportSpec":
         """Raise UsageError naming the offending value; return self so calls chain."""
         choices = {"module": MODULES, "mask": MASK_MODES, "mask_dtype": tuple(MASK_DTYPES),

@@ -23,6 +23,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_label(path: Path, prefix: str = "") -> str:
+    """How reports and metadata name a weights file: its name, a short sha256, and the prefix taken."""
+    where = f", prefix {prefix!r}" if prefix else ""
+    return f"{path.name} (sha256 {file_sha256(path)[:16]}{where})"
+
+
 def load_state_dict(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
     """The tensors of a weights file, with `prefix` (e.g. "encoder.layers.0.self_attn.") taken off.
 

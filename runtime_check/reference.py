@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from exporter.errors import MetadataError
 from exporter.spec import ExportSpec
-from exporter.weights import file_sha256, load_into, load_state_dict
+from exporter.weights import load_into, load_state_dict, weights_label
 from models import MultiHeadedAttention
 
 FROM_FILE = ("the model's own initializers (a reference rebuilt from the file cannot see weights changed "
@@ -30,8 +30,7 @@ def reference_module(proto: onnx.ModelProto, spec: ExportSpec, weights: str | Pa
     if weights is not None:
         path = Path(weights)
         load_into(module, load_state_dict(path, prefix), source=path.name)
-        where = f", prefix {prefix!r}" if prefix else ""
-        return module, f"--weights {path.name} (sha256 {file_sha256(path)[:16]}{where})"
+        return module, f"--weights {weights_label(path, prefix)}"
     load_into(module, _state_from_initializers(proto, spec), source="the model's initializers")
     return module, FROM_FILE
 
