@@ -3,24 +3,17 @@
 
 from __future__ import annotations
 
-import hashlib
+import re
 from pathlib import Path
 
 import torch
 
-from exporter.errors import WeightsError, first_line
+from attn_onnx.errors import WeightsError, first_line
+from attn_onnx.files import file_sha256
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")  # where training scripts often nest the weights
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_label(path: Path, prefix: str = "") -> str:
@@ -32,7 +25,8 @@ def weights_label(path: Path, prefix: str = "") -> str:
 def load_state_dict(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
     """The tensors of a weights file, with `prefix` (e.g. "encoder.layers.0.self_attn.") taken off.
 
-    Only keys that start with the prefix are kept, so a whole Transformer's checkpoint can be given.
+    Only keys that start with the prefix are kept, so a whole Transformer's checkpoint can be given. A
+    prefix names a submodule, so its trailing dot may be left off: "encoder.layers.0.self_attn" works too.
     """
     path = Path(path)
     if not path.is_file():
@@ -48,6 +42,8 @@ def load_state_dict(path: str | Path, prefix: str = "") -> dict[str, torch.Tenso
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise WeightsError(f"weights file {path.name!r} holds no tensors")
+    if prefix and not prefix.endswith("."):
+        prefix += "."  # a submodule's path; keys continue after a dot
     if prefix:
         picked = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if not picked:
@@ -95,9 +91,23 @@ def _load_safetensors(path: Path) -> dict:
 
 
 def _load_torch(path: Path) -> dict:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive; files of torch < 1.6 start with a pickle's PROTO opcode (0x80)
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
+        what = "an empty file" if not head else "text" if head.decode("ascii", "replace").isprintable() else "other data"
+        raise WeightsError(f"{path.name!r} is not a PyTorch checkpoint (it holds {what}, not the zip archive "
+                           "torch.save writes)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if refused:
+            raise WeightsError(
+                f"{path.name!r} is a pickle that refers to {refused[1]} (not plain tensors); it was refused "
+                "because unpickling it could run code. Save a state_dict instead (torch.save(model.state_dict(), "
+                "path)), or use safetensors") from None
         raise WeightsError(f"cannot load {path.name!r} with torch.load(weights_only=True) (only plain "
                            f"tensors and containers are accepted, never code): {first_line(exc)}") from None
     if isinstance(obj, dict):
@@ -108,6 +118,11 @@ def _load_torch(path: Path) -> dict:
     raise WeightsError(f"{path.name!r} holds a {type(obj).__name__}, not a state_dict (a dict of tensors)")
 
 
-def _candidate_prefixes(tensors: dict) -> list[str]:
+def _candidate_prefixes(tensors: dict, shown: int = 8) -> str:
+    """The prefixes under which attention weights sit: all of them, or the first few "and N more"."""
     suffix = "linears.0.weight"
-    return sorted(k[: -len(suffix)] for k in tensors if k.endswith(suffix))[:5]
+    found = sorted(k[: -len(suffix)] for k in tensors if k.endswith(suffix))
+    if not found:
+        return "none (no key ends in 'linears.0.weight')"
+    text = ", ".join(repr(p) for p in found[:shown])
+    return text + (f" and {len(found) - shown} more" if len(found) > shown else "")

@@ -1,6 +1,6 @@
 """PyTorch reference modules of the seed: `subsequent_mask`, `attention`, `MultiHeadedAttention`."""
 
-from models.attention import (
+from attn_onnx.models.attention import (
     MASK_CONVENTION,
     MASK_FILL,
     MultiHeadedAttention,
@@ -9,8 +9,12 @@ from models.attention import (
     clones,
     subsequent_mask,
 )
+from attn_onnx.models.graphs import AttentionGraph, MhaGraph, SubsequentMaskGraph
 
 __all__ = [
+    "AttentionGraph",
+    "MhaGraph",
+    "SubsequentMaskGraph",
     "MASK_CONVENTION",
     "MASK_FILL",
     "MultiHeadedAttention",

@@ -1,8 +1,8 @@
 """Prove that an exported attention model computes what its PyTorch module computes, on the runtimes
 and execution providers it will ship on.
 
-    from runtime_check import check_model
-    report = check_model("mha.onnx", runtimes=("onnxruntime", "reference"), providers=("cpu",))
+    from attn_onnx.runtime_check import CheckConfig, check_model
+    report = check_model("mha.onnx", CheckConfig(runtimes=("onnxruntime", "reference"), providers=("cpu",)))
     print(report.summary()); report.raise_for_failures()
 
 Names are imported on first use, so that `check-attn --help` answers without importing torch.
@@ -11,18 +11,22 @@ Names are imported on first use, so that `check-attn --help` answers without imp
 import importlib
 
 _LAZY = {
-    "QUICK": "runtime_check.cases",
-    "Case": "runtime_check.cases",
-    "Sweep": "runtime_check.cases",
-    "generate_cases": "runtime_check.cases",
-    "check_model": "runtime_check.check",
-    "plot_case": "runtime_check.check",
-    "FLOAT32": "runtime_check.compare",
-    "TF32": "runtime_check.compare",
-    "OutputComparison": "runtime_check.compare",
-    "Tolerance": "runtime_check.compare",
-    "CaseResult": "runtime_check.report",
-    "Report": "runtime_check.report",
+    "QUICK": "attn_onnx.runtime_check.cases",
+    "Case": "attn_onnx.runtime_check.cases",
+    "Sweep": "attn_onnx.runtime_check.cases",
+    "generate_cases": "attn_onnx.runtime_check.cases",
+    "CheckConfig": "attn_onnx.runtime_check.check",
+    "QUICK_CONFIG": "attn_onnx.runtime_check.check",
+    "check_model": "attn_onnx.runtime_check.check",
+    "plot_case": "attn_onnx.runtime_check.check",
+    "FLOAT32": "attn_onnx.runtime_check.compare",
+    "TF32": "attn_onnx.runtime_check.compare",
+    "OutputComparison": "attn_onnx.runtime_check.compare",
+    "Tolerance": "attn_onnx.runtime_check.compare",
+    "tolerance_for": "attn_onnx.runtime_check.compare",
+    "load_model": "attn_onnx.runtime_check.model",
+    "CaseResult": "attn_onnx.runtime_check.report",
+    "Report": "attn_onnx.runtime_check.report",
 }
 
 __all__ = list(_LAZY)
@@ -31,4 +35,4 @@ __all__ = list(_LAZY)
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'runtime_check' has no attribute {name!r}")
+    raise AttributeError(f"module 'attn_onnx.runtime_check' has no attribute {name!r}")

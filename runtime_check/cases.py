@@ -1,18 +1,20 @@
 """The cases a model is checked on: shapes x masks, each with deterministic feeds.
 
 A case's data depends only on the seed and the case's name, so narrowing or widening the sweep never
-changes the numbers of the cases that remain.
+changes the numbers of the cases that remain. What the inputs look like is the module kind's business
+(`exporter/kinds/`); which shapes and masks to try is this file's.
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from exporter.errors import UsageError
-from exporter.spec import MASK_DTYPES, ExportSpec
+from attn_onnx.errors import UsageError
+from attn_onnx.exporter.spec import ExportSpec
 
 # Mask kinds fed to a model with a `mask` input (mask == 0 is masked):
 MASK_KINDS = {
@@ -55,14 +57,14 @@ class Sweep:
         return [(b, q, kv) for b in self.batches for q, kv in pairs]
 
 
-# The sweep export-attn runs after writing a model: two shapes unlike the export's example (2, 3, 4),
+# The sweep export-attn runs after exporting: two shapes unlike the export's example (2, 3, 4),
 # cross-attention lengths, the mask kinds most likely to break.
 QUICK = Sweep(shapes=((3, 11, 5), (1, 17, 6)), masks=("ones", "padding", "masked_row", "zeros"), sizes=(1, 5, 20))
 
 
 @dataclass(frozen=True)
 class Case:
-    """One input set: its name says shape and mask kind, e.g. `b3.q11.kv5.padding`."""
+    """One input set: its name says shape and mask kind, e.g. `b3.q11.kv5.padding`, or `size20`."""
 
     name: str
     spec: ExportSpec = field(repr=False)
@@ -72,25 +74,22 @@ class Case:
     mask: str = GRAPH_MASK
     size: int = 0  # the `mask` module's input
 
+    @property
+    def shape(self) -> str:
+        """The name without the mask kind: `b3.q11.kv5`, or `size20`."""
+        return self.name if self.spec.kind.case_dims == ("size",) else self.name.rsplit(".", 1)[0]
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.spec.kind.case_dims}
+
     def feeds(self, seed: int) -> dict[str, np.ndarray]:
         """The inputs, generated from (seed, name) alone."""
         rng = np.random.default_rng([seed, zlib.crc32(self.name.encode())])
-        if self.spec.module == "mask":
-            return {"size": np.array(self.size, dtype=np.int64)}
-        s = self.spec
-        lead = (self.batch,) if s.module == "mha" else (self.batch, s.heads)
-        width = s.embedding_dim if s.module == "mha" else s.d_k
-        feeds = {
-            "query": rng.standard_normal(lead + (self.q_len, width), dtype=np.float32),
-            "key": rng.standard_normal(lead + (self.kv_len, width), dtype=np.float32),
-            "value": rng.standard_normal(lead + (self.kv_len, width), dtype=np.float32),
-        }
-        if s.mask == "input":
+        mask = None
+        if self.spec.mask == "input" and self.mask != GRAPH_MASK:
             mask = make_mask(self.mask, self.batch, self.q_len, self.kv_len, rng)  # (B, q_len or 1, kv_len)
-            if s.module == "attention":
-                mask = mask[:, None]  # (B, 1, q_len or 1, kv_len): one mask for every head
-            feeds["mask"] = mask.astype(MASK_DTYPES[s.mask_dtype])
-        return feeds
+        return self.spec.kind.inputs(self.spec, self.dims, rng, mask)
 
 
 def make_mask(kind: str, batch: int, q_len: int, kv_len: int, rng: np.random.Generator) -> np.ndarray:
@@ -116,30 +115,30 @@ def make_mask(kind: str, batch: int, q_len: int, kv_len: int, rng: np.random.Gen
     raise UsageError(f"unknown mask kind {kind!r}; choose from {list(MASK_KINDS)}")
 
 
+def mask_kinds(spec: ExportSpec) -> list[str]:
+    """The mask kinds a model of `spec` is checked with."""
+    return list(MASK_KINDS) if spec.mask == "input" else [GRAPH_MASK]
+
+
 def generate_cases(spec: ExportSpec, sweep: Sweep = Sweep()) -> list[Case]:
     """Every case of `sweep` that applies to a model of `spec`."""
     sweep.validate()
-    if spec.module == "mask":
+    if spec.kind.case_dims == ("size",):
         return [Case(f"size{n}", spec, size=n) for n in sweep.sizes]
     kinds = list(sweep.masks or MASK_KINDS) if spec.mask == "input" else [GRAPH_MASK]
-    cases = []
-    for b, q, kv in sweep.shape_list():
-        for kind in kinds:
-            cases.append(Case(f"b{b}.q{q}.kv{kv}.{kind}", spec, batch=b, q_len=q, kv_len=kv, mask=kind))
-    return cases
+    return [Case(f"b{b}.q{q}.kv{kv}.{kind}", spec, batch=b, q_len=q, kv_len=kv, mask=kind)
+            for b, q, kv in sweep.shape_list() for kind in kinds]
 
 
 def parse_case(name: str, spec: ExportSpec) -> Case:
     """The case a name like `b2.q20.kv20.causal+padding` (or `size20`) stands for."""
-    import re
-
-    if spec.module == "mask":
+    if spec.kind.case_dims == ("size",):
         match = re.fullmatch(r"size(\d+)", name)
         if match:
             return Case(name, spec, size=int(match[1]))
         raise UsageError(f"case {name!r} is not of the form size<N> (the mask module's cases)")
     match = re.fullmatch(r"b(\d+)\.q(\d+)\.kv(\d+)\.([a-z_+]+)", name)
-    kinds = list(MASK_KINDS) if spec.mask == "input" else [GRAPH_MASK]
+    kinds = mask_kinds(spec)
     if not match or match[4] not in kinds or min(int(match[i]) for i in (1, 2, 3)) < 1:
         raise UsageError(f"case {name!r} is not of the form b<batch>.q<q_len>.kv<kv_len>.<kind> "
                          f"with kind in {kinds}")

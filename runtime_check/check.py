@@ -1,133 +1,167 @@
-"""Run an exported model through every runner on every case and compare with the float64 golden."""
+"""Run an exported model through every runner on every case and compare with the float64 golden.
+
+    from attn_onnx.runtime_check import CheckConfig, check_model
+    report = check_model("mha.onnx", CheckConfig(runtimes=("onnxruntime", "reference")))
+"""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
-from exporter.errors import MetadataError, ProviderError, UsageError, first_line
-from exporter.spec import ExportSpec
-from runtime_check.cases import Sweep, generate_cases
-from runtime_check.compare import EXACT, FLOAT32, TF32, OutputComparison, Tolerance
-from runtime_check.reference import reference_module
-from runtime_check.report import CaseResult, Report, Skipped
-from runtime_check.runners import (PROVIDERS, RUNTIMES, OnnxReferenceRunner, OpenVinoRunner, OrtRunner,
-                                   Runner, TorchRunner)
+from attn_onnx import __version__
+from attn_onnx.errors import ProviderError, UnsupportedModelError, UsageError, first_line
+from attn_onnx.runtime_check.cases import QUICK, Sweep, generate_cases
+from attn_onnx.runtime_check.compare import OutputComparison, Tolerance, tolerance_for
+from attn_onnx.runtime_check.model import LoadedModel, check_interface, load_model
+from attn_onnx.runtime_check.reference import reference_module
+from attn_onnx.runtime_check.report import CaseResult, Report, Skipped
+from attn_onnx.runtime_check.runners import PROVIDERS, RUNTIMES, Runner, runtime, uses_providers
+from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
 
 
-def load_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, str]:
-    """The model as a proto, its bytes, and a name for reports."""
-    if isinstance(model, onnx.ModelProto):
-        return model, model.SerializeToString(), "<in memory>"
-    path = Path(model)
-    data = path.read_bytes()
-    try:
-        proto = onnx.load_from_string(data)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise MetadataError(f"{path.name!r} is not an ONNX model: {first_line(exc)}") from None
-    if not proto.graph.node:
-        raise MetadataError(f"{path.name!r} is not an ONNX model (its graph is empty)")
-    return proto, data, str(path)
+@dataclass(frozen=True)
+class CheckConfig:
+    """What a check runs: which runtimes and providers, which cases, held to which tolerances."""
+
+    runtimes: tuple[str, ...] = ("onnxruntime", "reference")  # keys of runners.RUNTIMES
+    providers: tuple[str, ...] = ("cpu",)  # onnxruntime's execution providers: cpu, cuda
+    sweep: Sweep = Sweep()  # shapes x masks (or sizes)
+    tolerance: Tolerance | None = None  # overrides the runners' profiles for float outputs
+    seed: int = 0  # seed of the inputs; a case's data depends only on it and the case's name
+    weights: Path | None = None  # compare against this checkpoint instead of the model's initializers
+    weights_prefix: str = ""  # where the block sits inside `weights`
+    tf32: bool = False  # CUDA: allow TF32, held to the tf32 profile
+    skip_missing: bool = False  # a missing runtime or provider is SKIPPED, and "nothing checked" is allowed
+
+    def validate(self) -> "CheckConfig":
+        unknown = [r for r in self.runtimes if r not in RUNTIMES] + [p for p in self.providers if p not in PROVIDERS]
+        if unknown:
+            raise UsageError(f"unknown runtime(s) or provider(s) {unknown}; runtimes: {list(RUNTIMES)}, "
+                             f"providers: {list(PROVIDERS)}")
+        if not self.runtimes:
+            raise UsageError("no runtime to check with")
+        self.sweep.validate()
+        return self
 
 
-def check_model(
-    model: str | Path | onnx.ModelProto,
-    *,
-    runtimes: Sequence[str] = ("onnxruntime", "reference"),
-    providers: Sequence[str] = ("cpu",),
-    sweep: Sweep = Sweep(),
-    tolerance: Tolerance | None = None,
-    seed: int = 0,
-    weights: str | Path | None = None,
-    weights_prefix: str = "",
-    module: torch.nn.Module | None = None,
-    tf32: bool = False,
-    skip_missing: bool = False,
-    progress: Callable[[int, int], None] | None = None,  # called with (runs done, runs in all)
-) -> Report:
-    """Check `model` on every case of `sweep` with every runtime (and provider, for onnxruntime).
+QUICK_CONFIG = CheckConfig(runtimes=("onnxruntime",), sweep=QUICK)  # what export-attn runs after exporting
 
-    The golden is the PyTorch module in float64: `module` if given, else one loaded from `weights`, else
-    one rebuilt from the model's own initializers. Returns the report; `report.raise_for_failures()` raises.
+
+def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: CheckConfig = CheckConfig(), *,
+                module: torch.nn.Module | None = None,
+                on_start: Callable[[Report], None] | None = None,
+                on_result: Callable[[CaseResult, int, int], None] | None = None,
+                command: list[str] | None = None) -> Report:
+    """Check `model` on every case of the config's sweep with every runtime (and provider, for onnxruntime).
+
+    The golden is the exported wrapper around the PyTorch module, in float64: `module` if given, else one
+    loaded from `config.weights`, else one rebuilt from the model's own initializers. `on_result` is called
+    as each result comes in, with (result, results so far, results in all); `on_start` with the empty
+    report once the runners are ready. Returns the report;
+    `report.raise_for_failures()` raises.
     """
-    unknown = [r for r in runtimes if r not in RUNTIMES] + [p for p in providers if p not in PROVIDERS]
-    if unknown:
-        raise UsageError(f"unknown runtime(s) or provider(s) {unknown}; runtimes: {list(RUNTIMES)}, "
-                         f"providers: {list(PROVIDERS)}")
-    proto, data, name, spec, module, reference_weights = _prepare(model, weights, weights_prefix, module)
+    config.validate()
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    spec = loaded.spec
+    check_interface(loaded.proto, spec)
+    module, reference_weights = _golden_module(loaded, config, module)
     golden = TorchRunner(spec, module, torch.float64)
-    runners, skipped = _make_runners(runtimes, providers, proto, data, spec, module, tf32, skip_missing)
-
-    def tolerance_for(runner: Runner) -> Tolerance:
-        if spec.module == "mask":
-            return EXACT
-        return tolerance or (TF32 if runner.name.endswith("+tf32") else FLOAT32)
-
-    report = Report(model=name, sha256=hashlib.sha256(data).hexdigest(), spec=spec,
-                    reference_weights=reference_weights, seed=seed,
-                    tolerances={r.name: vars(tolerance_for(r)) for r in runners},
-                    versions=_versions(), skipped=skipped)
-    expected = {n: ("uint8" if spec.module == "mask" else spec.dtype) for n in spec.output_names}
-    cases = generate_cases(spec, sweep)
+    runners, skipped = make_runners(loaded, module, config)
+    integer = spec.kind.integer_outputs(spec)
+    tolerances = {r.name: tolerance_for(r.precision, integer, config.tolerance) for r in runners}
+    report = Report(model=loaded.name, sha256=hashlib.sha256(loaded.data).hexdigest(), spec=spec,
+                    reference_weights=reference_weights, seed=config.seed, tolerances=tolerances,
+                    versions=_versions(), skip_missing=config.skip_missing, command=command, created=created,
+                    skipped=skipped)
+    expected = spec.output_dtypes()
+    cases = generate_cases(spec, config.sweep)
+    if on_start:
+        on_start(report)
     total = len(cases) * len(runners)
     for case in cases:
-        feeds = case.feeds(seed)
+        feeds = case.feeds(config.seed)
         golden_outputs = golden.run(feeds)
         for runner in runners:
-            report.results.append(_run_case(runner, case.name, feeds, golden_outputs, expected,
-                                            tolerance_for(runner)))
-            if progress:
-                progress(len(report.results), total)
+            result = run_case(runner, case.name, case.shape, feeds, golden_outputs, expected,
+                              tolerances[runner.name][1])
+            report.results.append(result)
+            if on_result:
+                on_result(result, len(report.results), total)
     return report
 
 
-def plot_case(model: str | Path | onnx.ModelProto, out_dir: Path, case_name: str | None = None, *,
-              provider: str = "cpu", tf32: bool = False, seed: int = 0, weights: str | Path | None = None,
-              weights_prefix: str = "") -> list[Path]:
-    """Write the PNGs of `runtime_check.plots` for one case, run by onnxruntime on `provider`."""
-    from runtime_check.cases import default_plot_case, parse_case
-    from runtime_check.plots import write_plots
+def make_runners(loaded: LoadedModel, module, config: CheckConfig) -> tuple[list[Runner], list[Skipped]]:
+    """A runner for each runtime (and provider) asked for; the ones that cannot run here as Skipped.
 
-    proto, data, _, spec, module, _ = _prepare(model, weights, weights_prefix, None)
+    A runtime or provider that is missing raises ProviderError unless `config.skip_missing`; one that is
+    here but cannot execute the model's operators is always Skipped, with the reason.
+    """
+    runners, skipped = [], []
+    for name in config.runtimes:
+        for provider in (config.providers if uses_providers(name) else (None,)):
+            impl = runtime(name)
+            try:
+                runners.append(impl.make(loaded, module, config, provider))
+            except ProviderError as exc:
+                if not config.skip_missing:
+                    raise
+                skipped.append(Skipped(impl.label(provider, config), str(exc)))
+            except UnsupportedModelError as exc:
+                skipped.append(Skipped(impl.label(provider, config), str(exc)))
+    return runners, skipped
+
+
+def run_case(runner: Runner, case: str, shape: str, feeds: dict, golden: dict, expected: dict,
+             tolerance: Tolerance) -> CaseResult:
+    """One runner on one case's feeds, compared with the golden outputs; a raising runtime is the finding."""
+    try:
+        outputs = runner.run(feeds)
+    except Exception as exc:  # the runtime's own error is the finding: a shape it cannot take, say
+        return CaseResult(runner.name, case, shape, error=f"{runner.name} raised {type(exc).__name__}: {_short(exc)}")
+    missing = [n for n in golden if n not in outputs]
+    if missing:
+        return CaseResult(runner.name, case, shape, error=f"outputs missing: {missing}")
+    comparisons = tuple(OutputComparison.measure(n, outputs[n], golden[n], expected[n], tolerance) for n in golden)
+    return CaseResult(runner.name, case, shape, comparisons)
+
+
+def plot_case(model: str | Path | onnx.ModelProto | LoadedModel, out_dir: Path, case_name: str | None = None, *,
+              example: int | None = None, head: int = 0, provider: str = "cpu",
+              config: CheckConfig = CheckConfig()) -> list[Path]:
+    """Write the PNGs of `runtime_check.plots` for one case, run by onnxruntime on `provider`."""
+    from attn_onnx.runtime_check.cases import default_plot_case, parse_case
+    from attn_onnx.runtime_check.plots import write_plots
+    from attn_onnx.runtime_check.runners.ort_runner import OrtRunner
+
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    spec = loaded.spec
     if "attn_probs" not in spec.output_names:
         raise UsageError("--plots needs a model with an attn_probs output (export-attn --attn-probs, or "
                          "--module attention)")
     case = parse_case(case_name or default_plot_case(spec), spec)
-    feeds = case.feeds(seed)
-    runner = OrtRunner(data, provider, tf32)
+    module, _ = _golden_module(loaded, config, None)
+    feeds = case.feeds(config.seed)
+    runner = OrtRunner(loaded.data, provider, config.tf32 and provider == "cuda")
+    _, tolerance = tolerance_for(runner.precision, False, config.tolerance)
     golden = TorchRunner(spec, module, torch.float64).run(feeds)
-    return write_plots(out_dir, case.name, feeds.get("mask"), golden["attn_probs"],
-                       runner.run(feeds)["attn_probs"], runner.name)
+    return write_plots(out_dir, case.name, feeds.get("mask"), golden["attn_probs"], runner.run(feeds)["attn_probs"],
+                       runner.name, example=case.batch - 1 if example is None else example, head=head,
+                       tolerance=tolerance)
 
 
-def _prepare(model, weights, weights_prefix, module):
-    """Load the model, read its spec, and find the module of its golden (and a word on its weights)."""
-    proto, data, name = load_model(model)
-    spec = ExportSpec.from_metadata({p.key: p.value for p in proto.metadata_props})
+def _golden_module(loaded: LoadedModel, config: CheckConfig, module):
     if module is not None:
-        reference_weights = "the module passed in"
-    else:
-        module, reference_weights = reference_module(proto, spec, weights, weights_prefix)
-    return proto, data, name, spec, module, reference_weights
-
-
-def _run_case(runner: Runner, case: str, feeds: dict, golden: dict, expected: dict,
-              tolerance: Tolerance) -> CaseResult:
-    try:
-        outputs = runner.run(feeds)
-    except Exception as exc:  # the runtime's own error is the finding: a shape it cannot take, say
-        return CaseResult(runner.name, case, error=f"{runner.name} raised {type(exc).__name__}: {_short(exc)}")
-    missing = [n for n in golden if n not in outputs]
-    if missing:
-        return CaseResult(runner.name, case, error=f"outputs missing: {missing}")
-    comparisons = tuple(OutputComparison.measure(n, outputs[n], golden[n], expected[n], tolerance)
-                        for n in golden)
-    return CaseResult(runner.name, case, comparisons)
+        return module, "the module passed in"
+    return reference_module(loaded.proto, loaded.spec, config.weights, config.weights_prefix)
 
 
 def _short(exc: BaseException) -> str:
@@ -139,37 +173,11 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _make_runners(runtimes, providers, proto, data, spec, module, tf32, skip_missing):
-    runners: list[Runner] = []
-    skipped: list[Skipped] = []
-    for runtime in runtimes:
-        try:
-            if runtime == "onnxruntime":
-                for provider in providers:
-                    try:
-                        runners.append(OrtRunner(data, provider, tf32=tf32 and provider == "cuda"))
-                    except ProviderError as exc:
-                        if not skip_missing:
-                            raise
-                        skipped.append(Skipped(f"onnxruntime/{provider}", str(exc)))
-            elif runtime == "reference":
-                runners.append(OnnxReferenceRunner(proto))
-            elif runtime == "openvino":
-                runners.append(OpenVinoRunner(data))
-            elif runtime == "torch":
-                runners.append(TorchRunner(spec, module, torch.float32))
-        except ProviderError as exc:
-            if runtime != "openvino":  # an optional extra: reported SKIPPED when absent
-                raise
-            skipped.append(Skipped("openvino/cpu", str(exc)))
-    return runners, skipped
-
-
 def _versions() -> dict[str, str]:
     import onnxruntime as ort
 
-    versions = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-                "numpy": np.__version__,
+    versions = {"attn_onnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                "onnxruntime": ort.__version__, "numpy": np.__version__,
                 "onnxruntime_providers": ",".join(ort.get_available_providers())}
     try:
         import openvino

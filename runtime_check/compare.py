@@ -26,6 +26,21 @@ TF32 = Tolerance(atol=5e-3, rtol=1e-2)
 # Integer outputs (the `mask` module) must match exactly.
 EXACT = Tolerance(atol=0.0, rtol=0.0)
 
+# A runner states the precision it computes at; its float outputs are held to that profile.
+PROFILES = {"float32": FLOAT32, "tf32": TF32, "float64": FLOAT32, "exact": EXACT}
+
+
+def tolerance_for(precision: str, integer_outputs: bool, override: Tolerance | None = None) -> tuple[str, Tolerance]:
+    """The profile name and tolerance for a runner's outputs: integers exactly, floats by the runner's
+    precision, unless the user gave their own atol/rtol (`override`)."""
+    if integer_outputs:
+        return "exact", EXACT
+    if precision not in PROFILES:
+        raise ValueError(f"no tolerance profile for precision {precision!r}; known: {list(PROFILES)}")
+    if override is not None:
+        return "user", override
+    return precision, PROFILES[precision]
+
 
 @dataclass(frozen=True)
 class OutputComparison:

@@ -9,10 +9,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from exporter.errors import MetadataError
-from exporter.spec import ExportSpec
-from exporter.weights import load_into, load_state_dict, weights_label
-from models import MultiHeadedAttention
+from attn_onnx.errors import MetadataError
+from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.weights import load_into, load_state_dict, weights_label
 
 FROM_FILE = ("the model's own initializers (a reference rebuilt from the file cannot see weights changed "
              "at or after export; pass --weights with the original checkpoint for that)")
@@ -20,13 +19,12 @@ FROM_FILE = ("the model's own initializers (a reference rebuilt from the file ca
 
 def reference_module(proto: onnx.ModelProto, spec: ExportSpec, weights: str | Path | None = None,
                      prefix: str = "") -> tuple[torch.nn.Module | None, str]:
-    """The MultiHeadedAttention an `mha` model was exported from, and a sentence on whose weights it holds.
-
-    Modules without weights (`attention`, `mask`) give (None, ...).
+    """The module a model was exported from (a MultiHeadedAttention for `mha`), and a sentence on whose
+    weights it holds. Kinds without weights (`attention`, `mask`) give (None, ...).
     """
-    if spec.module != "mha":
+    if not spec.kind.has_weights:
         return None, "none (the module has no weights)"
-    module = MultiHeadedAttention(spec.heads, spec.embedding_dim, dropout=0.0).eval()
+    module = spec.kind.build_module(spec)
     if weights is not None:
         path = Path(weights)
         load_into(module, load_state_dict(path, prefix), source=path.name)

@@ -1,5 +1,6 @@
 """Results as data: one `CaseResult` per runner and case, gathered in a `Report` that prints fixed-format
-lines (no timestamps: two runs of the same check print the same text) and writes JSON."""
+lines (no timestamps: two runs of the same check print the same text) and writes JSON (which does carry
+the command line and a timestamp, for the record)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from exporter.errors import ParityError
-from exporter.spec import ExportSpec
-from runtime_check.compare import OutputComparison
+from attn_onnx.errors import ParityError
+from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.runtime_check.compare import OutputComparison, Tolerance
 
 PASSED, FAILED, SKIPPED = "PASSED", "FAILED", "SKIPPED"
 
@@ -20,7 +21,8 @@ class CaseResult:
     """One runner on one case: every output compared, or the error the runtime raised."""
 
     runner: str
-    case: str
+    case: str  # e.g. b3.q11.kv5.padding
+    shape: str = ""  # the case without its mask kind, e.g. b3.q11.kv5
     comparisons: tuple[OutputComparison, ...] = ()
     error: str | None = None
 
@@ -39,6 +41,7 @@ class CaseResult:
 
     @property
     def max_abs(self) -> float:
+        """The largest absolute error over the outputs; inf where the runtime raised or gave NaN/Inf."""
         return max((c.max_abs for c in self.comparisons), default=math.inf if self.error else 0.0)
 
     @property
@@ -57,14 +60,14 @@ class CaseResult:
 
     def to_dict(self) -> dict:
         return {"runner": self.runner, "case": self.case, "status": PASSED if self.passed else FAILED,
-                "max_abs": _finite_or_str(self.max_abs), "max_rel": _finite_or_str(self.max_rel),
-                "needed_atol": _finite_or_str(self.needed_atol), "failures": self.failures,
-                "outputs": [{k: _finite_or_str(v) for k, v in c.to_dict().items()} for c in self.comparisons]}
+                "max_abs": _number(self.max_abs), "max_rel": _number(self.max_rel),
+                "needed_atol": _number(self.needed_atol), "failures": self.failures,
+                "outputs": [{k: _number(v) for k, v in c.to_dict().items()} for c in self.comparisons]}
 
 
 @dataclass(frozen=True)
 class Skipped:
-    """A runner that was asked for but could not run here, and why."""
+    """A runner that was asked for but did not run here, and why."""
 
     runner: str
     reason: str
@@ -82,8 +85,11 @@ class Report:
     spec: ExportSpec
     reference_weights: str  # which weights the PyTorch golden used
     seed: int
-    tolerances: dict[str, dict]  # runner -> {"atol", "rtol"}
+    tolerances: dict[str, tuple[str, Tolerance]]  # runner -> (profile name, tolerance)
     versions: dict[str, str]
+    skip_missing: bool = False  # whether "nothing checked" was allowed
+    command: list[str] | None = None  # the command line, when a CLI ran the check
+    created: str = ""  # ISO 8601 UTC, when the check started
     results: list[CaseResult] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
@@ -99,11 +105,30 @@ class Report:
         return self.passed
 
     @property
+    def nothing_checked(self) -> bool:
+        return not self.results
+
+    @property
+    def ok(self) -> bool:
+        """Whether the check succeeds: every case passed, or nothing ran and --skip-missing allowed that."""
+        return self.passed or (self.nothing_checked and self.skip_missing)
+
+    @property
     def status(self) -> str:
-        """PASSED, FAILED, or SKIPPED when nothing ran because every runner asked for was skipped."""
-        if not self.results and self.skipped:
-            return SKIPPED
+        """PASSED, FAILED, or SKIPPED when nothing ran and --skip-missing allowed that."""
+        if self.nothing_checked:
+            return SKIPPED if self.skip_missing else FAILED
         return PASSED if self.passed else FAILED
+
+    @property
+    def worst(self) -> CaseResult | None:
+        """The result with the largest absolute error (a runtime error or NaN counts as infinite)."""
+        return max(self.results, key=lambda r: r.max_abs, default=None)
+
+    @property
+    def shapes(self) -> list[str]:
+        """The distinct case shapes, e.g. ['b1.q17.kv6', 'b3.q11.kv5']."""
+        return sorted({r.shape for r in self.results})
 
     def lines(self) -> list[str]:
         return [r.line() for r in self.results] + [s.line() for s in self.skipped]
@@ -111,16 +136,19 @@ class Report:
     def summary(self) -> str:
         n_pass, n_fail = len(self.results) - len(self.failed), len(self.failed)
         text = f"{n_pass} passed, {n_fail} failed, {len(self.skipped)} skipped"
-        if self.results:
-            worst = max(self.results, key=lambda r: r.needed_atol)
+        if self.nothing_checked:
+            text += " | nothing checked" + ("" if self.skip_missing else " (pass --skip-missing to allow that)")
+        else:
+            worst = self.worst
+            needed = max(r.needed_atol for r in self.results)
             text += (f" | worst: {worst.runner} {worst.case} max_abs={worst.max_abs:.3g}"
-                     f" | min atol that passes all: {worst.needed_atol:.3g}")
+                     f" | min atol that passes all: {needed:.3g}")
         return f"{self.status} | summary | {text}"
 
     def raise_for_failures(self) -> None:
         """ParityError listing every failing case (all of them, at once)."""
-        if not self.results:
-            raise ParityError("no case ran: every runner was skipped", report=self)
+        if self.nothing_checked and not self.skip_missing:
+            raise ParityError("nothing was checked: every runner was skipped", report=self)
         if self.failed:
             names = ", ".join(f"{r.runner} {r.case}" for r in self.failed[:10])
             more = f" and {len(self.failed) - 10} more" if len(self.failed) > 10 else ""
@@ -130,12 +158,18 @@ class Report:
     def to_dict(self) -> dict:
         spec = dataclasses.asdict(self.spec)
         spec.pop("weights")
+        worst = self.worst
         return {"model": self.model, "sha256": self.sha256, "spec": spec,
                 "reference_weights": self.reference_weights, "seed": self.seed,
-                "runners": list(self.tolerances), "tolerances": self.tolerances,
+                "command": self.command, "created": self.created,
+                "runners": list(self.tolerances),
+                "tolerances": {r: {"profile": p, "atol": t.atol, "rtol": t.rtol} for r, (p, t) in self.tolerances.items()},
                 "versions": self.versions, "passed": self.passed, "status": self.status,
                 "summary": {"passed": len(self.results) - len(self.failed), "failed": len(self.failed),
-                            "skipped": len(self.skipped), "line": self.summary()},
+                            "skipped": len(self.skipped), "nothing_checked": self.nothing_checked,
+                            "worst": None if worst is None else {"runner": worst.runner, "case": worst.case,
+                                                                  "max_abs": _number(worst.max_abs)},
+                            "line": self.summary()},
                 "skipped": [dataclasses.asdict(s) for s in self.skipped],
                 "cases": [r.to_dict() for r in self.results]}
 
@@ -143,10 +177,10 @@ class Report:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
 
 
-def _finite_or_str(value):
-    """JSON has no NaN or Infinity: write them as strings."""
+def _number(value):
+    """JSON has no NaN or Infinity: a figure that is not finite is null (the case's `failures` say why)."""
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+        return None
     if isinstance(value, tuple):
         return list(value)
     return value

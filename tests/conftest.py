@@ -2,8 +2,8 @@
 
 import pytest
 
-from exporter.export import build_module, export_model
-from exporter.spec import ExportSpec
+from attn_onnx.exporter.export import build_module, export_model
+from attn_onnx.exporter.spec import ExportSpec
 
 
 @pytest.fixture(scope="session")

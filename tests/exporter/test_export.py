@@ -10,8 +10,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.spec import MASK_DTYPES, METADATA_PREFIX, ExportSpec
-from models import attention, subsequent_mask
+from attn_onnx.exporter.spec import MASK_DTYPES, METADATA_PREFIX, ExportSpec
+from attn_onnx.models import attention, subsequent_mask
 
 # float32 against float64: the measured worst error of this module is ~1e-6 (see runtime_check.compare).
 ATOL = 1e-5

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from models import MASK_FILL, MultiHeadedAttention, attention, causal_mask, subsequent_mask
+from attn_onnx.models import MASK_FILL, MultiHeadedAttention, attention, causal_mask, subsequent_mask
 from tests import seed_class
 
 

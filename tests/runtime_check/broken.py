@@ -8,16 +8,17 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from exporter.export import EXAMPLE_BATCH, EXAMPLE_KV_LEN, EXAMPLE_Q_LEN, export_model
-from exporter.spec import ExportSpec
-from models import MultiHeadedAttention
+from attn_onnx.exporter.export import export_model
+from attn_onnx.exporter.kinds import KINDS
+from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.models import MultiHeadedAttention
 
 
 class NegInfFillMHA(MultiHeadedAttention):
     """The same module, but masked scores filled with -inf: NaN on every fully-masked row."""
 
     def forward(self, query, key, value, mask=None):
-        impl = importlib.import_module("models.attention")  # the module, not the function `models.attention`
+        impl = importlib.import_module("attn_onnx.models.attention")  # the module, not the function
         saved, impl.MASK_FILL = impl.MASK_FILL, float("-inf")
         try:
             return super().forward(query, key, value, mask)
@@ -40,7 +41,7 @@ def baked_reshape_model(src: Path, dst: Path, bake: str) -> Path:
     """
     model = onnx.load(str(src))
     width = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
-    b, q, kv = EXAMPLE_BATCH, EXAMPLE_Q_LEN, EXAMPLE_KV_LEN
+    b, q, kv = KINDS["mha"].example_dims.values()  # (2, 3, 4)
     rng = np.random.default_rng(0)
     feeds = {"query": rng.standard_normal((b, q, width), dtype=np.float32),
              "key": rng.standard_normal((b, kv, width), dtype=np.float32),

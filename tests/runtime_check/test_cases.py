@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from exporter.errors import UsageError
-from exporter.spec import ExportSpec
-from runtime_check.cases import MASK_KINDS, QUICK, Sweep, generate_cases, make_mask, parse_case
+from attn_onnx.errors import UsageError
+from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.runtime_check.cases import MASK_KINDS, QUICK, Sweep, generate_cases, make_mask, parse_case
 
 MHA = ExportSpec(heads=2, embedding_dim=16)
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from runtime_check.compare import FLOAT32, OutputComparison, Tolerance
-from runtime_check.report import CaseResult
+from attn_onnx.runtime_check.compare import FLOAT32, OutputComparison, Tolerance
+from attn_onnx.runtime_check.report import CaseResult
 
 
 def measure(actual, golden, tolerance=FLOAT32, dtype="float32"):

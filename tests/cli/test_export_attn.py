@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from exporter.cli import main
+from attn_onnx.cli.export_attn import main
 from tests import seed_class
 
 SMALL = ["--heads", "2", "--embedding-dim", "16"]
@@ -32,12 +32,12 @@ def test_default_export_writes_checks_and_summarises(tmp_path):
     assert result.exit_code == 0, result.output
     assert out.is_file()
     lines = result.output.splitlines()
-    assert lines[0].startswith(f"wrote {out} (4.0 MiB, opset 18, mha, heads 8, mask input)")
-    assert "  input  mask       bool     [batch, mask_q_len, kv_len]" in lines
-    assert "  output output     float32  [batch, q_len, 512]" in lines
-    parity = lines[-1]
+    parity = lines[0]  # checked in memory first; written only once it passed
     assert parity.startswith("parity: onnxruntime/cpu vs PyTorch float64 on 8 cases (b1.q17.kv6, b3.q11.kv5)")
     assert parity.endswith("PASSED")
+    assert lines[1].startswith(f"wrote {out} (4.0 MiB, opset 18, mha, heads 8, mask input)")
+    assert "  input  mask       bool     [batch, mask_q_len, kv_len]" in lines
+    assert lines[-1] == "  output output     float32  [batch, q_len, 512]"
     assert float(parity.split("max_abs=")[1].split()[0]) < 1e-5
 
 
@@ -45,8 +45,15 @@ def test_default_export_writes_checks_and_summarises(tmp_path):
     (["--heads", "7", "--embedding-dim", "512"], "embedding_dim=512 is not divisible by heads=7"),
     (["--module", "foo"], "Invalid value for '--module': 'foo' is not one of 'mha', 'attention', 'mask'."),
     (["--opset", "12"], "Invalid value for '--opset': 12 is not in the range 17<=x<=23."),
-    (["--module", "mask", "--attn-probs"], "--attn-probs applies to --module mha (attention always outputs "
-                                           "attn_probs)"),
+    (["--module", "mask", "--attn-probs"], "--attn-probs does not apply to --module mask"),
+    (["--module", "attention", "--attn-probs"], "--attn-probs does not apply to --module attention"),
+    # options that do not apply are refused, naming them, not silently ignored
+    (["--module", "mask", "--heads", "7"], "--heads does not apply to --module mask"),
+    (["--module", "mask", "--embedding-dim", "64", "--seed", "3"],
+     "--embedding-dim and --seed do not apply to --module mask"),
+    (["--module", "attention", "--seed", "3"], "--seed does not apply to --module attention"),
+    (["--mask", "causal", "--mask-dtype", "uint8"],
+     "--mask-dtype does not apply to --mask causal (the model has no mask input)"),
     (["--weights-prefix", "x."], "--weights-prefix needs --weights"),
 ])
 def test_usage_errors_exit_2_with_one_line(tmp_path, args, text):
@@ -98,7 +105,7 @@ def test_seed_checkpoint_loads_with_weights(tmp_path, fmt):
     out = tmp_path / "m.onnx"
     result = run("--weights", weights, "--heads", "2", "--out", out)  # width inferred from the weights
     assert result.exit_code == 0, result.output
-    assert "PASSED" in result.output.splitlines()[-1]
+    assert result.output.splitlines()[0].endswith("PASSED")
     _assert_reproduces(out, module)
 
 
@@ -116,7 +123,24 @@ def test_weights_prefix_takes_the_block_out_of_a_larger_checkpoint(tmp_path):
     _assert_reproduces(out, module)
     wrong = run("--weights", weights, "--weights-prefix", "decoder.", *SMALL, "--out", tmp_path / "w.onnx")
     one_line_error(wrong, 1, "no key of 'transformer.pt' starts with prefix 'decoder.'; prefixes that hold "
-                             "attention weights: ['encoder.layers.0.self_attn.', 'encoder.layers.1.self_attn.']")
+                             "attention weights: 'encoder.layers.0.self_attn.', 'encoder.layers.1.self_attn.'")
+    # a submodule's path without its trailing dot means the same block
+    undotted = run("--weights", weights, "--weights-prefix", "encoder.layers.0.self_attn", *SMALL[:2],
+                   "--out", tmp_path / "u.onnx")
+    assert undotted.exit_code == 0, undotted.output
+    _assert_reproduces(tmp_path / "u.onnx", module)
+
+
+def test_every_candidate_prefix_is_named_or_counted(tmp_path):
+    state = {f"decoder.layers.{i}.self_attn.{k}": v for i in range(11)
+             for k, v in seed_class.MutiHeadedAttention(2, 16).state_dict().items()}
+    weights = tmp_path / "decoder.safetensors"
+    save_file(state, str(weights))
+    result = run("--weights", weights, "--weights-prefix", "encoder", *SMALL[:2], "--out", tmp_path / "m.onnx")
+    assert result.exit_code == 1
+    named = sorted(f"'decoder.layers.{i}.self_attn.'" for i in range(11))[:8]
+    assert result.output.strip() == ("Error: no key of 'decoder.safetensors' starts with prefix 'encoder.'; "
+                                     f"prefixes that hold attention weights: {', '.join(named)} and 3 more")
 
 
 class Exploit:
@@ -129,9 +153,30 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path, capsys):
     torch.save({"linears.0.weight": Exploit()}, weights)
     result = run("--weights", weights, *SMALL, "--out", tmp_path / "m.onnx")
     assert result.exit_code == 1
-    assert result.output.startswith("Error: cannot load 'evil.pt' with torch.load(weights_only=True)")
+    assert result.output.startswith("Error: 'evil.pt' is a pickle that refers to print (not plain tensors); it "
+                                    "was refused because unpickling it could run code. Save a state_dict instead")
     assert "this ran at load time" not in result.output + capsys.readouterr().out
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_pickled_whole_module_says_what_to_save_instead(tmp_path):
+    from attn_onnx.models import MultiHeadedAttention
+
+    weights = tmp_path / "whole.pt"
+    torch.save(MultiHeadedAttention(2, 16), weights)
+    one_line_error(run("--weights", weights, *SMALL, "--out", tmp_path / "m.onnx"), 1,
+                   "'whole.pt' is a pickle that refers to attn_onnx.models.attention.MultiHeadedAttention (not "
+                   "plain tensors); it was refused because unpickling it could run code. Save a state_dict instead "
+                   "(torch.save(model.state_dict(), path)), or use safetensors")
+
+
+@pytest.mark.parametrize("content, what", [(b"hello, this is text\n", "text"), (b"", "an empty file"),
+                                           (b"\x00\x01\x02\x03binary", "other data")])
+def test_a_file_posing_as_pt_is_named_for_what_it_is(tmp_path, content, what):
+    weights = tmp_path / "t.pt"
+    weights.write_bytes(content)
+    one_line_error(run("--weights", weights, *SMALL, "--out", tmp_path / "m.onnx"), 1,
+                   f"'t.pt' is not a PyTorch checkpoint (it holds {what}, not the zip archive torch.save writes)")
 
 
 def test_weights_of_another_width_name_the_shapes(tmp_path):
@@ -161,7 +206,7 @@ def test_every_option_has_help():
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys\nfrom exporter.cli import main\n"
+    code = ("import sys\nfrom attn_onnx.cli.export_attn import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -171,13 +216,86 @@ def test_help_does_not_import_torch():
 
 def test_out_in_a_missing_folder_is_a_usage_error(tmp_path):
     one_line_error(run(*SMALL, "--out", tmp_path / "nope" / "m.onnx"), 2,
-                   f"the folder of --out '{tmp_path / 'nope'}' does not exist")
+                   f"--out: the folder '{tmp_path / 'nope'}' does not exist")
+
+
+def _no_export(monkeypatch):
+    """Make any export an error: a refusal must come before the work."""
+    import attn_onnx.exporter.export as export
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("exported although the output path was bad")
+
+    monkeypatch.setattr(export, "export_onnx", refuse)
+
+
+def test_out_under_a_file_is_refused_before_exporting(tmp_path, monkeypatch):
+    _no_export(monkeypatch)
+    (tmp_path / "afile").write_text("")
+    one_line_error(run(*SMALL, "--out", tmp_path / "afile" / "m.onnx"), 2,
+                   f"--out: '{tmp_path / 'afile'}' is a file, not a folder")
+    one_line_error(run(*SMALL, "--out", tmp_path / "afile" / "deeper" / "m.onnx"), 2,
+                   f"--out: '{tmp_path / 'afile'}' is a file, not a folder")
+    one_line_error(run(*SMALL, "--out", tmp_path), 2, f"--out '{tmp_path}' is a folder; give a file name")
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """A folder this process cannot create files in: by permission bits, or (as root) a read-only mount."""
+    import os
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir(mode=0o500)
+        return folder
+    probe = __import__("pathlib").Path("/sys")
+    try:
+        __import__("tempfile").TemporaryFile(dir=probe).close()
+    except OSError:
+        return probe
+    pytest.skip("running as root with no read-only folder to write into")
+
+
+def test_out_in_an_unwritable_folder_is_refused_before_exporting(unwritable_folder, monkeypatch):
+    _no_export(monkeypatch)
+    result = run(*SMALL, "--out", unwritable_folder / "m.onnx")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: --out: cannot write to the folder '{unwritable_folder}' (")
+    assert "unexpected" not in lines[0] and ".tmp" not in lines[0]
+
+
+def test_ctrl_c_during_the_check_exits_130_and_writes_nothing(tmp_path, monkeypatch):
+    import attn_onnx.runtime_check.check as check
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(check, "check_model", interrupted)
+    out = tmp_path / "m.onnx"
+    one_line_error(run(*SMALL, "--out", out), 130, f"interrupted; nothing was written to {out}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_that_fails_the_check_is_not_written(tmp_path, monkeypatch):
+    import importlib
+
+    impl = importlib.import_module("attn_onnx.models.attention")  # the module, not the function
+    monkeypatch.setattr(impl, "MASK_FILL", float("-inf"))  # NaN on every fully-masked row
+    out = tmp_path / "m.onnx"
+    result = run(*SMALL, "--out", out)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0].endswith(": FAILED")
+    assert any("| b3.q11.kv5.zeros |" in line and "NaN/Inf values" in line for line in result.output.splitlines())
+    assert result.output.strip().splitlines()[-1].startswith("Error: the exported model fails the parity check (")
+    assert f"nothing was written to {out}" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_interrupted_write_leaves_neither_file_nor_temp(tmp_path, monkeypatch):
     import os
 
-    from exporter.export import write_atomic
+    from attn_onnx.files import write_atomic
 
     def crash(fd):
         raise OSError("disk full")

@@ -1,5 +1,5 @@
 """The errors attn-onnx raises on purpose. Library code raises them; only the CLIs turn them into
-`Error: ...` lines and exit codes (2 for `UsageError`, 1 for every other one)."""
+`Error: ...` lines and exit codes (2 for `UsageError`, 130 for `Interrupted`, 1 for every other one)."""
 
 
 class AttnOnnxError(Exception):
@@ -26,12 +26,24 @@ class MetadataError(AttnOnnxError):
     """A model lacks the metadata needed to rebuild its PyTorch reference."""
 
 
+class InterfaceError(AttnOnnxError):
+    """A model's inputs or outputs differ from what its own metadata says they are."""
+
+
 class ProviderError(AttnOnnxError):
     """A runtime or execution provider that was asked for is not available, or was silently replaced."""
 
 
+class UnsupportedModelError(AttnOnnxError):
+    """A runtime is present but cannot execute this model (an operator domain it does not know, say)."""
+
+
 class RuntimeFailure(AttnOnnxError):
     """A runtime could not load the model."""
+
+
+class Interrupted(AttnOnnxError):
+    """The user interrupted the work (Ctrl-C); the message says what was, and was not, written."""
 
 
 class ParityError(AttnOnnxError):

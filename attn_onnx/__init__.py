@@ -1,0 +1,15 @@
+"""attn-onnx: take the Transformer's attention modules from PyTorch to ONNX, and prove nothing changed.
+
+The installed packages live under this one namespace, so that their short names cannot clash with a
+user's own `models` or `exporter`:
+
+    attn_onnx                 the shared base: version, errors, atomic files (this folder)
+    attn_onnx.models          the seed's PyTorch modules and the wrappers that are exported   (models/)
+    attn_onnx.exporter        specs, module kinds, graph variants, weights, the export        (exporter/)
+    attn_onnx.runtime_check   cases, runners, comparison, reports, plots                      (runtime_check/)
+    attn_onnx.cli             export-attn and check-attn                                      (cli/)
+
+Each imports only the ones above it in this list.
+"""
+
+__version__ = "0.2.0"

@@ -1,0 +1,85 @@
+"""What both CLIs share: one-line `Error: ...` messages with documented exit codes, never a traceback;
+list parsing; refusing options that do not apply.
+
+Exit codes: 0 success; 1 a failed check, a runtime error or an unreadable input file; 2 a usage error
+(a bad option value or combination, an output path that cannot be written, an existing output without
+--force); 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from click.core import ParameterSource
+
+from attn_onnx.errors import AttnOnnxError, Interrupted, UsageError, first_line
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class OneLineErrorCommand(click.Command):
+    """A click command whose every error, click's usage errors included, is one `Error: ...` line."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        # the command line as given, for reports that record how they were made
+        self.command_line = [prog_name or self.name or "", *(sys.argv[1:] if args is None else args)]
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            _fail("interrupted", EXIT_INTERRUPTED)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+        except Interrupted as exc:
+            _fail(str(exc), EXIT_INTERRUPTED)
+        except AttnOnnxError as exc:
+            _fail(str(exc), EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILURE)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+            if os.environ.get("ATTN_ONNX_DEBUG"):
+                raise
+            _fail(f"unexpected {type(exc).__name__}: {first_line(exc)} (set ATTN_ONNX_DEBUG=1 for a traceback)",
+                  EXIT_FAILURE)
+        code = rv if isinstance(rv, int) else EXIT_OK
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _fail(message: str, code: int):
+    click.echo(f"Error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+def comma_list(value: str | None, cast=str) -> tuple:
+    """Parse "a,b,c" into a tuple; UsageError names the item that does not parse."""
+    if value is None:
+        return ()
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    try:
+        return tuple(cast(item) for item in items)
+    except ValueError:
+        raise UsageError(f"cannot parse {value!r} as a comma-separated list of {cast.__name__}") from None
+
+
+def given(ctx: click.Context) -> set[str]:
+    """The options the user gave (on the command line or through the environment), not defaults."""
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+
+
+def flag(ctx: click.Context, name: str) -> str:
+    """How the user spells option `name`: its longest flag, e.g. --mask-dtype."""
+    param = next(p for p in ctx.command.params if p.name == name)
+    return max(param.opts, key=len)
+
+
+def refuse(ctx: click.Context, names, why: str) -> None:
+    """UsageError naming the first of `names` that the user gave, with why it does not apply."""
+    chosen = given(ctx)
+    names = [n for n in ctx.params if n in set(names) and n in chosen]  # in the command's order
+    if len(names) == 1:
+        raise UsageError(f"{flag(ctx, names[0])} does not apply {why}")
+    if names:
+        flags = [flag(ctx, n) for n in names]
+        raise UsageError(f"{', '.join(flags[:-1])} and {flags[-1]} do not apply {why}")

@@ -1,0 +1,129 @@
+"""`export-attn`: export the seed's attention modules to one self-contained ONNX file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from attn_onnx import __version__
+from attn_onnx.cli.common import OneLineErrorCommand, given, refuse
+from attn_onnx.exporter.kinds import KINDS, MODULES
+from attn_onnx.exporter.kinds.base import COMMON_EXPORT_OPTIONS
+from attn_onnx.exporter.spec import MASK_DTYPES, MASK_MODES, OPSETS
+
+
+def _applies(option: str) -> str:
+    """`[mha, attention]`: the module kinds an option applies to, for its help."""
+    return "[" + ", ".join(name for name, kind in KINDS.items() if option in kind.export_options) + "]"
+
+
+@click.command(cls=OneLineErrorCommand)
+@click.version_option(__version__, prog_name="export-attn")
+@click.option("--module", "module_kind", type=click.Choice(MODULES), default="mha", show_default=True,
+              help="What to export: " + "; ".join(f"{name}: {kind.help}" for name, kind in KINDS.items()) + ".")
+@click.option("--heads", type=int, default=8, show_default=True, help=f"{_applies('heads')} Attention heads.")
+@click.option("--embedding-dim", "--d-model", "embedding_dim", type=int, default=None,
+              help=f"{_applies('embedding_dim')} Model width; d_k = embedding-dim / heads. "
+                   "[default: 512, or the width of --weights]")
+@click.option("--mask", "mask_mode", type=click.Choice(MASK_MODES), default="input", show_default=True,
+              help=f"{_applies('mask_mode')} input: a `mask` input (nonzero = attend); causal: the graph builds "
+                   "subsequent_mask from the lengths; none: no mask.")
+@click.option("--mask-dtype", type=click.Choice(list(MASK_DTYPES)), default="bool", show_default=True,
+              help=f"{_applies('mask_dtype')} with --mask input: element type of the `mask` input.")
+@click.option("--attn-probs", is_flag=True, help=f"{_applies('attn_probs')} Also output the attention "
+                                                 "probabilities `attn_probs` (attention always does).")
+@click.option("--opset", type=click.IntRange(min(OPSETS), max(OPSETS)), default=18, show_default=True,
+              help="ONNX opset of the default domain.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help=f"{_applies('weights')} A .safetensors file, or a state_dict .pt/.pth (read with "
+                   "weights_only=True).")
+@click.option("--weights-prefix", default="", help=f"{_applies('weights_prefix')} with --weights: take the "
+                                                   "block out of a larger checkpoint, e.g. "
+                                                   "'encoder.layers.0.self_attn'.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help=f"{_applies('seed')} without --weights: seed of the random weights.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The .onnx file to write.")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--no-check", is_flag=True, help="Skip the parity check in onnxruntime before writing.")
+def main(**options):
+    """Export attention to one self-contained ONNX file with dynamic batch and sequence axes. Before it is
+    written, it is checked in onnxruntime against PyTorch (float64) on shapes unlike the export's; a model
+    that fails is not written. Options marked [mha, ...] apply only to those modules.
+
+    \b
+    Examples:
+      export-attn --heads 8 --out mha.onnx
+      export-attn --weights block.safetensors --heads 8 --mask causal --out causal.onnx
+      export-attn --module mask --out subsequent_mask.onnx
+    """
+    from attn_onnx.errors import Interrupted
+    from attn_onnx.files import check_output_file
+
+    ctx = click.get_current_context()
+    kind = KINDS[options["module_kind"]]
+    refuse(ctx, given(ctx) - COMMON_EXPORT_OPTIONS - kind.export_options, f"to --module {kind.name}")
+    if options["mask_mode"] != "input":
+        refuse(ctx, {"mask_dtype"}, f"to --mask {options['mask_mode']} (the model has no mask input)")
+    if options["weights"] is None and "weights_prefix" in given(ctx):
+        raise click.UsageError("--weights-prefix needs --weights")
+    if options["weights"] is not None:
+        refuse(ctx, {"seed"}, "with --weights (it seeds random weights)")
+    out, force = options["out"], options["force"]
+    check_output_file(out, force)
+    try:
+        _export(kind, options, out, force)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; nothing was written to {out}") from None
+
+
+def _export(kind, options, out: Path, force: bool) -> None:
+    from attn_onnx.exporter.export import export_onnx
+    from attn_onnx.exporter.spec import ExportSpec
+    from attn_onnx.exporter.weights import embedding_dim_of, load_state_dict, weights_label
+    from attn_onnx.files import write_atomic
+
+    weights, prefix = options["weights"], options["weights_prefix"]
+    state = load_state_dict(weights, prefix) if weights is not None else None
+    embedding_dim = options["embedding_dim"] or (state and embedding_dim_of(state)) or 512
+    source = f"file {weights_label(weights, prefix)}" if weights else f"random (seed={options['seed']})"
+    spec = ExportSpec(module=kind.name, heads=options["heads"], embedding_dim=embedding_dim,
+                      mask=options["mask_mode"], mask_dtype=options["mask_dtype"], attn_probs=options["attn_probs"],
+                      opset=options["opset"], weights_source=source if kind.has_weights else "").validate()
+    module = kind.build_module(spec, state, options["seed"]) if kind.has_weights else None
+    proto, spec = export_onnx(spec, module)
+    if not options["no_check"]:
+        _check(proto, module, out)
+    size = write_atomic(out, proto.SerializeToString(), force)
+    _echo_summary(out, proto, spec, size)
+
+
+def _check(proto, module, out: Path) -> None:
+    """The quick parity check, on the model in memory: a model that fails is never written."""
+    from attn_onnx.errors import ParityError
+    from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
+
+    report = check_model(proto, QUICK_CONFIG, module=module)
+    runner = next(iter(report.tolerances))
+    profile, tol = report.tolerances[runner]
+    worst = report.worst
+    click.echo(f"parity: {runner} vs PyTorch float64 on {len(report.results)} cases ({', '.join(report.shapes)}): "
+               f"max_abs={worst.max_abs:.3g} (atol={tol.atol:g}, rtol={tol.rtol:g}): {report.status}")
+    for result in report.failed:
+        click.echo(f"  {result.line()}", err=True)
+    if not report.ok:
+        raise ParityError(f"the exported model fails the parity check ({len(report.failed)} of "
+                          f"{len(report.results)} cases failed); nothing was written to {out} "
+                          "(--no-check writes it anyway, for inspection)")
+
+
+def _echo_summary(out: Path, proto, spec, size: int) -> None:
+    import onnx
+
+    size_text = f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
+    click.echo(f"wrote {out} ({size_text}, opset {spec.opset}, {spec.kind.summary(spec)})")
+    for side, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for value in values:
+            elem = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+            dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+            click.echo(f"  {side:<6} {value.name:<10} {str(elem):<8} [{', '.join(map(str, dims))}]")

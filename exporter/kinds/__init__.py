@@ -1,0 +1,15 @@
+"""One description per module kind: its inputs and outputs, which options apply, its example inputs, and
+the PyTorch graph that is exported and run as the golden. A new kind is one new file here, added to KINDS.
+
+Nothing here imports torch at import time: `--help` and option checks stay instant.
+"""
+
+from attn_onnx.exporter.kinds.attention import AttentionKind
+from attn_onnx.exporter.kinds.base import ModuleKind
+from attn_onnx.exporter.kinds.mask import SubsequentMaskKind
+from attn_onnx.exporter.kinds.mha import MhaKind
+
+KINDS: dict[str, ModuleKind] = {kind.name: kind for kind in (MhaKind(), AttentionKind(), SubsequentMaskKind())}
+MODULES = tuple(KINDS)
+
+__all__ = ["KINDS", "MODULES", "ModuleKind"]

@@ -1,0 +1,67 @@
+"""`torch-export`: the seed's MatMul/Softmax graph as torch.onnx's dynamo exporter writes it (the reference
+variant, and the default)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from attn_onnx.errors import ExportError, first_line
+from attn_onnx.exporter.variants import Built
+
+
+def build(spec, graph: torch.nn.Module, example: tuple[torch.Tensor, ...], module: torch.nn.Module | None) -> Built:
+    """Trace `graph` on `example` with every named dim of the spec dynamic."""
+    dynamic = {name: {i: ("q_len" if d == "mask_q_len" else d)  # renamed to mask_q_len afterwards
+                      for i, d in enumerate(dims) if isinstance(d, str)}
+               for name, dims in spec.input_dims().items() if dims}
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                graph, example, input_names=spec.input_names, output_names=spec.output_names,
+                opset_version=spec.opset, dynamo=True, external_data=False, verbose=False,
+                dynamic_shapes=dynamic or None, optimize=True)
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {first_line(exc)}") from exc
+    proto = program.model_proto
+    return Built(proto, _weight_map(proto, module) if module is not None else {})
+
+
+def _weight_map(proto: onnx.ModelProto, module: torch.nn.Module) -> dict[str, dict]:
+    """Find each state_dict tensor among the initializers (the exporter may rename or transpose them)."""
+    inits = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    found = {}
+    for key, tensor in module.state_dict().items():
+        value = tensor.detach().cpu().numpy()
+        match = next(({"initializer": n, "transposed": False} for n, a in inits.items()
+                      if a.shape == value.shape and np.array_equal(a, value)), None)
+        if match is None and value.ndim == 2:
+            match = next(({"initializer": n, "transposed": True} for n, a in inits.items()
+                          if a.shape == value.T.shape and np.array_equal(a, value.T)), None)
+        if match is None:
+            raise ExportError(f"weight {key!r} is not among the exported initializers; "
+                              "the reference cannot be rebuilt from this file")
+        found[key] = match
+    return found
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch's exporter logs progress and warnings that say nothing to our users."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -1,0 +1,48 @@
+"""What is exported, as PyTorch modules: the seed's modules wrapped with their mask mode and outputs.
+
+The runtime check's float64 golden runs these very wrappers, so the reference and the export can never
+disagree on how a built-in mask or an extra output is made.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attn_onnx.models.attention import attention, causal_mask
+
+
+class MhaGraph(nn.Module):
+    """MultiHeadedAttention with its mask mode (`input`, `causal`, `none`) and optionally `attn_probs`."""
+
+    def __init__(self, mha: nn.Module, mask: str, attn_probs: bool):
+        super().__init__()
+        self.mha, self.mask, self.attn_probs = mha, mask, attn_probs
+
+    def forward(self, query, key, value, mask=None):
+        if self.mask == "causal":
+            mask = causal_mask(query.size(1), key.size(1))  # (1, q_len, kv_len)
+        output = self.mha(query, key, value, mask)  # (B, q_len, embedding_dim)
+        return (output, self.mha.attn) if self.attn_probs else output
+
+
+class AttentionGraph(nn.Module):
+    """The bare masked scaled dot-product attention on (batch, heads, len, d_k); both outputs."""
+
+    def __init__(self, mask: str):
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, query, key, value, mask=None):
+        if self.mask == "causal":
+            mask = causal_mask(query.size(-2), key.size(-2)).unsqueeze(0)  # (1, 1, q_len, kv_len)
+        return attention(query, key, value, mask=mask)  # (B, h, q_len, d_k), (B, h, q_len, kv_len)
+
+
+class SubsequentMaskGraph(nn.Module):
+    """subsequent_mask(size) for an int64 scalar `size`: (1, size, size) uint8."""
+
+    def forward(self, size):
+        n = size.item()
+        torch._check(n >= 0)
+        return causal_mask(n, n)  # (1, size, size) uint8

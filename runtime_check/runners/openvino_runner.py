@@ -1,0 +1,35 @@
+"""OpenVINO on the CPU (an optional extra: pip install '.[openvino]'), reading the ONNX model directly, at
+f32 inference precision (never its bf16 default on CPUs that have bf16)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from attn_onnx.errors import ProviderError
+
+
+class OpenVinoRunner:
+    name = "openvino/cpu"
+    precision = "float32"
+
+    def __init__(self, data: bytes):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ProviderError("openvino is not installed (pip install '.[openvino]')") from None
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(data), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        self.request = compiled.create_infer_request()
+        self.output_names = [o.get_any_name() for o in compiled.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self.request.infer(feeds)
+        return {name: np.asarray(value) for name, value in zip(self.output_names, results.values())}
+
+
+def label(provider, config) -> str:
+    return OpenVinoRunner.name
+
+
+def make(model, module, config, provider=None) -> OpenVinoRunner:
+    return OpenVinoRunner(model.data)

@@ -1,0 +1,53 @@
+"""onnx's own ReferenceEvaluator: an independent, spec-following implementation in numpy. It knows the
+standard ONNX operators only, so a model onnxruntime optimized offline (com.microsoft.FusedMatMul, say)
+is reported SKIPPED here, with the reason, while the other runtimes still check it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from attn_onnx.errors import UnsupportedModelError, first_line
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+class OnnxReferenceRunner:
+    name = "onnx-reference"
+    precision = "float32"
+
+    def __init__(self, model: onnx.ModelProto):
+        from onnx.reference import ReferenceEvaluator
+
+        functions = {(f.domain, f.name) for f in model.functions}
+        foreign = sorted({f"{n.domain}.{n.op_type}" for n in _nodes(model.graph)
+                          if n.domain not in STANDARD_DOMAINS and (n.domain, n.op_type) not in functions})
+        if foreign:
+            raise UnsupportedModelError(f"onnx.reference runs standard ONNX operators only; this model uses "
+                                        f"{', '.join(foreign)} (an onnxruntime-optimized model?)")
+        try:
+            self.evaluator = ReferenceEvaluator(model)
+        except NotImplementedError as exc:
+            raise UnsupportedModelError(f"onnx.reference cannot run this model: {first_line(exc)}") from None
+        self.output_names = [o.name for o in model.graph.output]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with np.errstate(all="ignore"):  # NaN from a broken model is the finding, not a warning
+            return dict(zip(self.output_names, self.evaluator.run(None, feeds)))
+
+
+def _nodes(graph: onnx.GraphProto):
+    """Every node, subgraphs (If, Loop, Scan bodies) included."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                yield from _nodes(sub)
+
+
+def label(provider, config) -> str:
+    return OnnxReferenceRunner.name
+
+
+def make(model, module, config, provider=None) -> OnnxReferenceRunner:
+    return OnnxReferenceRunner(model.proto)
