@@ -13,3 +13,18 @@ Each imports only the ones above it in this list.
 """
 
 __version__ = "0.2.0"
+
+
+def _source_checkout() -> None:
+    """Run from a source checkout without installing (`PYTHONPATH=repo`, as on a machine with no package
+    index): the sibling folders models/, exporter/, runtime_check/, cli/ are this package's subpackages,
+    as the installed wheel lays them out. An installed copy has them inside this folder and skips this."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(os.path.join(root, "pyproject.toml")) and os.path.isfile(
+            os.path.join(root, "models", "attention.py")) and root not in __path__:
+        __path__.append(root)
+
+
+_source_checkout()

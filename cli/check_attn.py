@@ -14,7 +14,7 @@ GRID = ("batches", "lengths", "shapes", "masks")  # the sweep options of attenti
 SWEEP = (*GRID, "sizes")
 
 
-@click.command(cls=OneLineErrorCommand)
+@click.command("check-attn", cls=OneLineErrorCommand)
 @click.version_option(__version__, prog_name="check-attn")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--runtimes", default="onnxruntime,reference", show_default=True,

@@ -24,7 +24,10 @@ class OneLineErrorCommand(click.Command):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         # the command line as given, for reports that record how they were made
-        self.command_line = [prog_name or self.name or "", *(sys.argv[1:] if args is None else args)]
+        if args is None:
+            self.command_line = [os.path.basename(sys.argv[0]), *sys.argv[1:]]
+        else:
+            self.command_line = [prog_name or self.name or "", *args]
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except (click.exceptions.Abort, KeyboardInterrupt):

@@ -18,7 +18,7 @@ def _applies(option: str) -> str:
     return "[" + ", ".join(name for name, kind in KINDS.items() if option in kind.export_options) + "]"
 
 
-@click.command(cls=OneLineErrorCommand)
+@click.command("export-attn", cls=OneLineErrorCommand)
 @click.version_option(__version__, prog_name="export-attn")
 @click.option("--module", "module_kind", type=click.Choice(MODULES), default="mha", show_default=True,
               help="What to export: " + "; ".join(f"{name}: {kind.help}" for name, kind in KINDS.items()) + ".")

@@ -1,0 +1,82 @@
+"""The house: each package imports only the ones beneath it, and everything installs under `attn_onnx`."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import attn_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+# folder -> (installed package, layer): a module may import its own layer and the ones beneath
+LAYERS = {"attn_onnx": ("attn_onnx", 0), "models": ("attn_onnx.models", 1), "exporter": ("attn_onnx.exporter", 2),
+          "runtime_check": ("attn_onnx.runtime_check", 3), "cli": ("attn_onnx.cli", 4)}
+
+
+def _layer_of(module: str) -> int | None:
+    best = None
+    for package, layer in LAYERS.values():
+        if module == package or module.startswith(package + "."):
+            if best is None or layer > best:  # attn_onnx.models is layer 1, not the base's 0
+                best = layer
+    return best
+
+
+def _imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module" and node.args \
+                and isinstance(node.args[0], ast.Constant):
+            yield node.args[0].value
+        if isinstance(node, ast.Dict):  # the lazy-import tables: {"name": "attn_onnx.x.y"}
+            yield from (v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)
+                        and v.value.startswith("attn_onnx."))
+        if isinstance(node, ast.Tuple):  # runners.RUNTIMES: ("attn_onnx.runtime_check.runners.x", True)
+            yield from (v.value for v in node.elts if isinstance(v, ast.Constant) and isinstance(v.value, str)
+                        and v.value.startswith("attn_onnx."))
+
+
+SOURCES = [(folder, path) for folder in LAYERS for path in sorted((ROOT / folder).rglob("*.py"))]
+
+
+@pytest.mark.parametrize("folder, path", SOURCES, ids=[str(p.relative_to(ROOT)) for _, p in SOURCES])
+def test_imports_go_only_downward(folder, path):
+    own = LAYERS[folder][1]
+    for name in _imports(path):
+        top = name.split(".")[0]
+        assert top not in ("models", "exporter", "runtime_check", "cli"), f"{name}: import it as attn_onnx.{name}"
+        layer = _layer_of(name)
+        assert layer is None or layer <= own, f"{path.relative_to(ROOT)} imports {name}, a higher package"
+
+
+def test_the_layout_test_sees_every_package():
+    assert {f for f, _ in SOURCES} == set(LAYERS)
+    assert len(SOURCES) > 30
+
+
+def test_everything_installs_under_one_namespace(tmp_path):
+    """From a folder that is not the repository: the short names are not installed, the namespaced are."""
+    code = ("import importlib.util as u\n"
+            "print([u.find_spec(n) is not None for n in ('attn_onnx.models', 'attn_onnx.exporter', "
+            "'attn_onnx.runtime_check', 'attn_onnx.cli')], "
+            "[u.find_spec(n) is not None for n in ('models', 'exporter', 'runtime_check', 'cli')])")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[True, True, True, True] [False, False, False, False]"
+
+
+def test_one_version_everywhere():
+    from importlib.metadata import version
+
+    from click.testing import CliRunner
+
+    from attn_onnx.cli.check_attn import main as check
+    from attn_onnx.cli.export_attn import main as export
+
+    assert version("attn-onnx") == attn_onnx.__version__
+    for main, name in ((export, "export-attn"), (check, "check-attn")):
+        assert CliRunner().invoke(main, ["--version"]).output.strip() == f"{name}, version {attn_onnx.__version__}"

@@ -1,0 +1,67 @@
+"""The README is true: its examples run as written, its set-up is what CI runs, its tables name every
+option, and it points at nothing outside the repository."""
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def python_block(after_heading: str) -> str:
+    section = README.split(after_heading, 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S)[1]
+
+
+def test_nothing_outside_the_repository():
+    assert "../" not in README and "shared/" not in README
+
+
+def test_the_test_command_is_what_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert f"    {ci}\n" in README
+
+
+@pytest.mark.parametrize("command", ["export_attn", "check_attn"])
+def test_every_option_is_in_the_readme(command):
+    import importlib
+
+    import click
+
+    main = importlib.import_module(f"attn_onnx.cli.{command}").main
+    for param in main.params:
+        if isinstance(param, click.Option) and param.name not in ("help", "version"):
+            assert f"`{max(param.opts, key=len)}" in README, param.opts
+
+
+EXPORTS = {"bool": dict(), "uint8": dict(mask_dtype="uint8"), "int64": dict(mask_dtype="int64"),
+           "float32": dict(mask_dtype="float32"), "attn-probs": dict(attn_probs=True),
+           "causal": dict(mask="causal"), "uint8-attn-probs": dict(mask_dtype="uint8", attn_probs=True)}
+
+
+@pytest.mark.parametrize("fields", EXPORTS.values(), ids=EXPORTS)
+def test_the_onnxruntime_example_runs_as_written(exported, fields, tmp_path, monkeypatch, capsys):
+    path, spec, _ = exported(**fields)
+    shutil.copy(path, tmp_path / "mha.onnx")
+    monkeypatch.chdir(tmp_path)
+    exec(python_block("## Running the exported model in onnxruntime"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "(3, 11, 512)"
+    assert printed[1:] == (["(3, 8, 11, 5)"] if spec.attn_probs else [])
+
+
+@pytest.mark.slow  # the default sweep at width 512
+def test_the_python_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from attn_onnx.models import MultiHeadedAttention
+
+    block = MultiHeadedAttention(8, 512).state_dict()
+    torch.save({f"encoder.layers.0.self_attn.{k}": v for k, v in block.items()}, tmp_path / "model.pt")
+    monkeypatch.chdir(tmp_path)
+    exec(python_block("## Python API"), {})
+    assert capsys.readouterr().out.startswith("PASSED | summary | 288 passed, 0 failed, 0 skipped")
+    assert (tmp_path / "mha.onnx").is_file()
