@@ -92,7 +92,8 @@ def main(model, **options):
             elif progress:
                 progress(done, total)
 
-        report = check_model(loaded, config, on_start=start, on_result=on_result, command=getattr(ctx.command, "command_line", None))
+        report = check_model(loaded, config, on_start=start, on_result=on_result,
+                             command=getattr(ctx.command, "command_line", None))
     for line in report.lines() if not stream else [s.line() for s in report.skipped]:
         if not (quiet and line.startswith("PASSED")):
             click.echo(line)
@@ -115,7 +116,7 @@ def _plan(ctx, model: Path, options: dict):
 
     from attn_onnx.errors import UsageError
     from attn_onnx.files import check_output_file, check_output_folder
-    from attn_onnx.runtime_check.cases import QUICK, Sweep, parse_case, default_plot_case
+    from attn_onnx.runtime_check.cases import QUICK, Sweep, default_plot_case, parse_case
     from attn_onnx.runtime_check.compare import FLOAT32, TF32, Tolerance
     from attn_onnx.runtime_check.model import check_interface, load_model
     from attn_onnx.runtime_check.runners import PROVIDERS, RUNTIMES

@@ -163,7 +163,8 @@ class Report:
                 "reference_weights": self.reference_weights, "seed": self.seed,
                 "command": self.command, "created": self.created,
                 "runners": list(self.tolerances),
-                "tolerances": {r: {"profile": p, "atol": t.atol, "rtol": t.rtol} for r, (p, t) in self.tolerances.items()},
+                "tolerances": {r: {"profile": p, "atol": t.atol, "rtol": t.rtol}
+                               for r, (p, t) in self.tolerances.items()},
                 "versions": self.versions, "passed": self.passed, "status": self.status,
                 "summary": {"passed": len(self.results) - len(self.failed), "failed": len(self.failed),
                             "skipped": len(self.skipped), "nothing_checked": self.nothing_checked,

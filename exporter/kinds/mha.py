@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from attn_onnx.errors import UsageError
 from attn_onnx.exporter.kinds.base import AttentionKindBase
 
