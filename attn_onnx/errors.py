@@ -42,6 +42,10 @@ class RuntimeFailure(AttnOnnxError):
     """A runtime could not load the model."""
 
 
+class BundleError(AttnOnnxError):
+    """A bundle is incomplete, malformed, or was changed after it was written (a hash differs)."""
+
+
 class Interrupted(AttnOnnxError):
     """The user interrupted the work (Ctrl-C); the message says what was, and was not, written."""
 

@@ -58,6 +58,15 @@ def check_output_folder(folder: Path, what: str) -> None:
         check_folder_writable(folder.parent, what)
 
 
+def check_output_dir(target: Path, force: bool, what: str) -> None:
+    """Raise before any work is done if the folder `target` cannot be written (replaced only with force)."""
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{what} {str(target)!r} is a file; give a folder")
+    check_folder_writable(target.parent, what)
+    if target.exists() and not force:
+        raise OutputExistsError(f"{str(target)!r} exists; pass --force to replace it")
+
+
 def write_atomic(out: str | Path, data: bytes, force: bool) -> int:
     """Write `data` to a temp file beside `out`, then move it into place: never a half-written file.
 
@@ -82,3 +91,35 @@ def write_atomic(out: str | Path, data: bytes, force: bool) -> int:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return len(data)
+
+
+def write_folder_atomic(target: str | Path, build, force: bool) -> Path:
+    """Build a folder with `build(tmp_folder)` under a temp name beside `target`, then rename it into place:
+    a failed or interrupted build leaves nothing, and an earlier `target` stays intact unless `force`."""
+    import shutil
+
+    target = Path(target)
+    parent = target.parent if str(target.parent) else Path(".")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    old = None
+    try:
+        build(tmp)
+        os.chmod(tmp, 0o755)
+        if target.exists():
+            if not force:
+                raise OutputExistsError(f"{str(target)!r} exists; pass --force to replace it")
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
+            os.rename(target, old / target.name)  # aside, in one step, so the swap below is one step too
+        try:
+            os.rename(tmp, target)
+        except OSError:  # it appeared meanwhile (a non-empty folder)
+            raise OutputExistsError(f"{str(target)!r} exists; pass --force to replace it") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / target.name).exists() and not target.exists():
+            os.rename(old / target.name, target)  # put the earlier folder back
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return target

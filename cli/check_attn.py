@@ -16,7 +16,10 @@ SWEEP = (*GRID, "sizes")
 
 @click.command("check-attn", cls=OneLineErrorCommand)
 @click.version_option(__version__, prog_name="check-attn")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
+@click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Check a bundle (export-attn --bundle) instead of MODEL: every sha256 in its manifest, then "
+                   "every golden vector set in onnxruntime (and --runtimes) within the manifest's tolerance.")
 @click.option("--runtimes", default="onnxruntime,reference", show_default=True,
               help="Comma-separated: onnxruntime, reference (onnx.reference), openvino (optional extra), "
                    "torch (PyTorch float32, to see PyTorch's own float32 error).")
@@ -70,6 +73,10 @@ def main(model, **options):
       check-attn probs.onnx --plots plots/ --plot-case b2.q20.kv20.causal+padding --plot-head 3
     """
     ctx = click.get_current_context()
+    if (model is None) == (options["bundle_dir"] is None):
+        raise click.UsageError("give MODEL or --bundle DIR (one of them)")
+    if options["bundle_dir"] is not None:
+        return _check_bundle(ctx, options)
     loaded, config, plots = _plan(ctx, model, options)  # every option checked; nothing heavy imported yet
     from attn_onnx.files import write_atomic
     from attn_onnx.runtime_check.check import check_model, plot_case
@@ -104,6 +111,41 @@ def main(model, **options):
     if plots:
         for path in plot_case(loaded, config=config, **plots):
             click.echo(f"wrote {path}")
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+BUNDLE_OPTIONS = {"bundle_dir", "runtimes", "providers", "tf32", "skip_missing", "json_path", "quiet"}
+
+
+def _check_bundle(ctx, options: dict) -> int:
+    """check-attn --bundle DIR: hashes first (a changed byte is one error naming the file), then the vectors."""
+    from attn_onnx.files import check_output_file
+
+    refuse(ctx, set(ctx.params) - BUNDLE_OPTIONS, "with --bundle (the bundle fixes its cases and tolerance)")
+    runtimes = comma_list(options["runtimes"]) if "runtimes" in given(ctx) else ()
+    runtimes = ("onnxruntime", *[r for r in runtimes if r != "onnxruntime"])
+    providers = comma_list(options["providers"])
+    if "cuda" not in providers:
+        refuse(ctx, {"tf32"}, "without cuda in --providers")
+    if options["json_path"] is not None:
+        check_output_file(options["json_path"], force=True, what="--json")
+    from attn_onnx.deploy.bundle import check_bundle
+    from attn_onnx.files import write_atomic
+    from attn_onnx.runtime_check.check import CheckConfig
+
+    config = CheckConfig(runtimes=runtimes, providers=providers, tf32=options["tf32"],
+                         skip_missing=options["skip_missing"]).validate()
+    report = check_bundle(options["bundle_dir"], config)
+    report.command = getattr(ctx.command, "command_line", None)
+    click.echo(f"bundle {options['bundle_dir']} (model sha256 {report.sha256[:16]}, every file's sha256 as in its "
+               f"manifest), module {report.spec.module}")
+    for line in report.lines():
+        if not (options["quiet"] and line.startswith("PASSED")):
+            click.echo(line)
+    click.echo(report.summary())
+    if options["json_path"]:
+        write_atomic(options["json_path"], report.to_json().encode(), force=True)
+        click.echo(f"wrote {options['json_path']}")
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 

@@ -43,8 +43,19 @@ def _applies(option: str) -> str:
                                                    "'encoder.layers.0.self_attn'.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help=f"{_applies('seed')} without --weights: seed of the random weights.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="The .onnx file to write.")
-@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="The .onnx file to write.")
+@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), default=None,
+              help="Write a verifiable bundle folder: model.onnx, manifest.json and golden vectors "
+                   "(test_data_set_N/) from the float64 PyTorch module.")
+@click.option("--triton-repo", type=click.Path(path_type=Path), default=None,
+              help="Write the model into this Triton model repository: REPO/NAME/config.pbtxt and "
+                   "REPO/NAME/1/model.onnx (onnxruntime backend).")
+@click.option("--name", default=None, help="[with --bundle or --triton-repo] The model's name in the manifest, "
+                                           "the service's URLs and the Triton repository. [default: the module]")
+@click.option("--triton-max-batch", type=click.IntRange(min=0), default=8, show_default=True,
+              help="[with --triton-repo] max_batch_size for Triton's dynamic batching (0: off).")
+@click.option("--triton-gpu", is_flag=True, help="[with --triton-repo] A GPU instance group instead of CPU.")
+@click.option("--force", is_flag=True, help="Overwrite --out, --bundle or the --triton-repo model if they exist.")
 @click.option("--no-check", is_flag=True, help="Skip the parity check in onnxruntime before writing.")
 def main(**options):
     """Export attention to one self-contained ONNX file with dynamic batch and sequence axes. Before it is
@@ -58,7 +69,7 @@ def main(**options):
       export-attn --module mask --out subsequent_mask.onnx
     """
     from attn_onnx.errors import Interrupted
-    from attn_onnx.files import check_output_file
+    from attn_onnx.files import check_output_dir, check_output_file
 
     ctx = click.get_current_context()
     kind = KINDS[options["module_kind"]]
@@ -69,15 +80,36 @@ def main(**options):
         raise click.UsageError("--weights-prefix needs --weights")
     if options["weights"] is not None:
         refuse(ctx, {"seed"}, "with --weights (it seeds random weights)")
-    out, force = options["out"], options["force"]
-    check_output_file(out, force)
+    out, bundle, repo, force = options["out"], options["bundle_dir"], options["triton_repo"], options["force"]
+    if out is None and bundle is None and repo is None:
+        raise click.UsageError("say where to write: --out FILE, --bundle DIR or --triton-repo DIR")
+    if bundle is None and repo is None:
+        refuse(ctx, {"name"}, "without --bundle or --triton-repo")
+    if repo is None:
+        refuse(ctx, {"triton_max_batch", "triton_gpu"}, "without --triton-repo")
+    name = options["name"] or kind.name
+    _check_name(name)
+    if out is not None:
+        check_output_file(out, force)
+    if bundle is not None:
+        check_output_dir(bundle, force, "--bundle")
+    if repo is not None:  # the repository may hold other models: only REPO/NAME is ours
+        if repo.exists() and not repo.is_dir():
+            raise click.UsageError(f"--triton-repo {str(repo)!r} is a file; give a folder")
+        check_output_dir(repo / name if repo.exists() else repo, force, "--triton-repo")
+    targets = " or ".join(str(p) for p in (out, bundle, repo and repo / name) if p is not None)
     try:
-        _export(kind, options, out, force)
+        _export(kind, options, name)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; nothing was written to {out}") from None
+        raise Interrupted(f"interrupted; nothing was written to {targets}") from None
 
 
-def _export(kind, options, out: Path, force: bool) -> None:
+def _check_name(name: str) -> None:
+    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise click.UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
+
+
+def _export(kind, options, name: str) -> None:
     from attn_onnx.exporter.export import export_onnx
     from attn_onnx.exporter.spec import ExportSpec
     from attn_onnx.exporter.weights import embedding_dim_of, load_state_dict, weights_label
@@ -93,12 +125,27 @@ def _export(kind, options, out: Path, force: bool) -> None:
     module = kind.build_module(spec, state, options["seed"]) if kind.has_weights else None
     proto, spec = export_onnx(spec, module)
     if not options["no_check"]:
-        _check(proto, module, out)
-    size = write_atomic(out, proto.SerializeToString(), force)
-    _echo_summary(out, proto, spec, size)
+        _check(proto, module)
+    force = options["force"]
+    data = proto.SerializeToString()
+    if options["out"] is not None:
+        write_atomic(options["out"], data, force)
+        _echo_summary(options["out"], proto, spec, len(data))
+    if options["bundle_dir"] is not None:
+        from attn_onnx.deploy.bundle import bundle_cases, write_bundle
+
+        path = write_bundle(options["bundle_dir"], proto, spec, module, name=name, force=force)
+        click.echo(f"wrote bundle {path}/ ({name!r}: model.onnx, manifest.json, "
+                   f"{len(bundle_cases(spec))} golden vector sets)")
+    if options["triton_repo"] is not None:
+        from attn_onnx.deploy.triton import write_repository
+
+        path = write_repository(options["triton_repo"], proto, spec, name=name, force=force,
+                                max_batch_size=options["triton_max_batch"], gpu=options["triton_gpu"])
+        click.echo(f"wrote Triton model {path}/ (config.pbtxt, 1/model.onnx)")
 
 
-def _check(proto, module, out: Path) -> None:
+def _check(proto, module) -> None:
     """The quick parity check, on the model in memory: a model that fails is never written."""
     from attn_onnx.errors import ParityError
     from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
@@ -113,7 +160,7 @@ def _check(proto, module, out: Path) -> None:
         click.echo(f"  {result.line()}", err=True)
     if not report.ok:
         raise ParityError(f"the exported model fails the parity check ({len(report.failed)} of "
-                          f"{len(report.results)} cases failed); nothing was written to {out} "
+                          f"{len(report.results)} cases failed); nothing was written "
                           "(--no-check writes it anyway, for inspection)")
 
 

@@ -27,7 +27,7 @@ class TorchRunner:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = []
         for name in self.spec.input_names:
-            tensor = torch.from_numpy(np.asarray(feeds[name]))
+            tensor = torch.from_numpy(np.require(feeds[name], requirements="W"))  # a copy only if read-only
             is_data = tensor.is_floating_point() and name != "mask"  # a float mask stays as given
             args.append(tensor.to(self.dtype) if is_data else tensor)
         outputs = self.graph(*args)

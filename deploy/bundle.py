@@ -1,0 +1,241 @@
+"""A verifiable bundle: the model, a manifest that states its contract, and golden vectors in
+onnxruntime's test-data layout, so that a service in any language can prove it computes the same numbers.
+
+    DIR/model.onnx
+    DIR/manifest.json
+    DIR/test_data_set_N/input_K.pb, output_K.pb   (onnx TensorProto; K in the model's input/output order)
+
+The outputs are the float64 PyTorch module's answers (cast to the output dtype), not the model's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from attn_onnx import __version__
+from attn_onnx.errors import BundleError, InterfaceError
+from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.files import file_sha256, write_folder_atomic
+from attn_onnx.runtime_check.cases import MASK_KINDS, Case, parse_case
+from attn_onnx.runtime_check.compare import EXACT, FLOAT32, Tolerance
+from attn_onnx.runtime_check.report import Report
+
+FORMAT = "attn-onnx-bundle/1"
+MODEL_FILE, MANIFEST_FILE = "model.onnx", "manifest.json"
+
+# The KServe v2 / Triton name of each element type
+DATATYPES = {"float32": "FP32", "float64": "FP64", "bool": "BOOL", "uint8": "UINT8", "int64": "INT64"}
+
+# The lowest onnxruntime that implements each default-domain opset, and each ONNX IR version
+# (onnxruntime's compatibility table): a model needs the higher of the two.
+ORT_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.18", 22: "1.21", 23: "1.22"}
+ORT_FOR_IR = {8: "1.13", 9: "1.15", 10: "1.18", 11: "1.22"}
+
+# The vector sets: batch 1; q_len != kv_len with a padding mask; a fully-masked row; the causal case.
+_MASK_INPUT_CASES = ("b1.q5.kv5.ones", "b2.q4.kv7.padding", "b2.q6.kv6.masked_row", "b2.q6.kv6.causal",
+                     "b3.q3.kv8.causal+padding")
+_GRAPH_MASK_CASES = ("b1.q5.kv5.graph", "b2.q4.kv7.graph", "b3.q6.kv6.graph")
+_SIZE_CASES = ("size1", "size5", "size20")
+
+
+def bundle_cases(spec: ExportSpec) -> list[Case]:
+    """The cases a bundle carries vectors for."""
+    if spec.kind.case_dims == ("size",):
+        names = _SIZE_CASES
+    else:
+        names = _MASK_INPUT_CASES if spec.mask == "input" else _GRAPH_MASK_CASES
+    return [parse_case(name, spec) for name in names]
+
+
+def min_onnxruntime(proto: onnx.ModelProto) -> str:
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    needs = [ORT_FOR_OPSET.get(opset, "1.22"), ORT_FOR_IR.get(proto.ir_version, "1.22")]
+    return max(needs, key=lambda v: tuple(int(p) for p in v.split(".")))
+
+
+def mask_contract(spec: ExportSpec) -> str:
+    """The mask convention, in words, for the people wiring the model into a service."""
+    if spec.kind.case_dims == ("size",):
+        return "no mask input; the output is subsequent_mask(size): 1 (may attend) on and below the diagonal, 0 above"
+    if spec.mask == "causal":
+        return ("no mask input: the graph builds the causal mask, query i attends keys 0..i (top-left aligned); "
+                "masked scores are filled with -1e9")
+    if spec.mask == "none":
+        return "no mask: every query attends every key"
+    shape = "(batch, q_len, kv_len) or (batch, 1, kv_len)" if spec.module == "mha" else \
+        "(batch, 1, q_len, kv_len) or (batch, 1, 1, kv_len)"
+    return (f"input 'mask' of {spec.mask_dtype} {shape}, the same for every head: a nonzero value means "
+            "'may attend', 0 means 'masked' (its score is replaced by -1e9). A query whose keys are all masked "
+            "attends uniformly (its output is the mean of the values): never NaN, never zeros. Bool tensors are "
+            "one byte per element (0 or 1)")
+
+
+def _io(values, dims: dict, dtypes: dict) -> list[dict]:
+    return [{"name": v.name, "dtype": dtypes[v.name], "datatype": DATATYPES[dtypes[v.name]],
+             "dims": dims[v.name], "shape": [d if isinstance(d, int) else -1 for d in dims[v.name]]}
+            for v in values]
+
+
+def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, module, *, name: str,
+                 force: bool = False, seed: int = 0) -> Path:
+    """Write the bundle folder atomically (a temp folder beside `target`, then a rename)."""
+    import torch
+
+    from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
+
+    golden = TorchRunner(spec, module, torch.float64)
+    model_bytes = proto.SerializeToString()
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in initializers]
+
+    def build(folder: Path) -> None:
+        (folder / MODEL_FILE).write_bytes(model_bytes)
+        sets = []
+        for i, case in enumerate(bundle_cases(spec)):
+            feeds = case.feeds(seed)
+            outputs = {k: v.astype(spec.output_dtypes()[k]) for k, v in golden.run(feeds).items()}
+            sub = folder / f"test_data_set_{i}"
+            sub.mkdir()
+            entry = {"folder": sub.name, "case": case.name, "description": _describe_case(case),
+                     "inputs": [], "outputs": []}
+            for side, names, arrays in (("input", [v.name for v in inputs], feeds),
+                                        ("output", spec.output_names, outputs)):
+                for k, tensor_name in enumerate(names):
+                    path = sub / f"{side}_{k}.pb"
+                    path.write_bytes(numpy_helper.from_array(np.ascontiguousarray(arrays[tensor_name]),
+                                                             tensor_name).SerializeToString())
+                    entry[side + "s"].append({"file": f"{sub.name}/{path.name}", "name": tensor_name,
+                                              "dtype": str(arrays[tensor_name].dtype),
+                                              "shape": list(arrays[tensor_name].shape),
+                                              "sha256": file_sha256(path)})
+            sets.append(entry)
+        tolerance = EXACT if spec.kind.integer_outputs(spec) else FLOAT32
+        import onnxruntime
+        import onnxscript
+
+        manifest = {
+            "format": FORMAT,
+            "name": name,
+            "description": spec.kind.describe(spec),
+            "model": {"file": MODEL_FILE, "sha256": hashlib.sha256(model_bytes).hexdigest(),
+                      "bytes": len(model_bytes), "opset": spec.opset, "ir_version": proto.ir_version,
+                      "min_onnxruntime": min_onnxruntime(proto)},
+            "inputs": _io(inputs, spec.input_dims(), spec.input_dtypes()),
+            "outputs": _io(proto.graph.output, spec.output_dims(), spec.output_dtypes()),
+            "mask_convention": mask_contract(spec),
+            "tolerance": {"atol": tolerance.atol, "rtol": tolerance.rtol,
+                          "rule": "|actual - expected| <= atol + rtol * |expected|, elementwise; no NaN or Inf",
+                          "expected": "the PyTorch module's answers in float64, cast to the output dtype"},
+            "test_data_sets": sets,
+            "producer": {"attn_onnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                         "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__},
+            "metadata": {p.key: p.value for p in proto.metadata_props},
+        }
+        (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+
+    return write_folder_atomic(target, build, force)
+
+
+def _describe_case(case: Case) -> str:
+    if case.spec.kind.case_dims == ("size",):
+        return f"subsequent_mask({case.size})"
+    mask = MASK_KINDS.get(case.mask, f"the graph's own mask ({case.spec.mask})")
+    return f"batch {case.batch}, q_len {case.q_len}, kv_len {case.kv_len}; mask: {mask}"
+
+
+# --- reading and checking ----------------------------------------------------------------------------------
+
+def read_manifest(folder: str | Path) -> dict:
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not folder.is_dir():
+        raise BundleError(f"bundle {str(folder)!r} is not a folder")
+    if not path.is_file():
+        raise BundleError(f"{str(folder)!r} is not a bundle: it has no {MANIFEST_FILE}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path} is not an attn-onnx bundle manifest (format is not {FORMAT!r})")
+    try:  # every key the checks below read
+        for key in ("file", "sha256"):
+            manifest["model"][key]
+        for key in ("atol", "rtol"):
+            float(manifest["tolerance"][key])
+        for entry in manifest["test_data_sets"]:
+            for f in entry["inputs"] + entry["outputs"]:
+                f["file"], f["sha256"], f["name"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path} lacks {exc}") from None
+    return manifest
+
+
+def verify_hashes(folder: str | Path, manifest: dict) -> None:
+    """BundleError naming every file that is missing or whose sha256 differs from the manifest's."""
+    folder = Path(folder)
+    files = [(manifest["model"]["file"], manifest["model"]["sha256"])]
+    files += [(f["file"], f["sha256"]) for s in manifest["test_data_sets"] for f in s["inputs"] + s["outputs"]]
+    changed = []
+    for relative, expected in files:
+        path = (folder / relative).resolve()
+        if folder.resolve() not in path.parents:
+            changed.append(f"{relative} (outside the bundle)")
+        elif not path.is_file():
+            changed.append(f"{relative} (missing)")
+        elif (actual := file_sha256(path)) != expected:
+            changed.append(f"{relative} (sha256 {actual[:12]}..., the manifest says {expected[:12]}...)")
+    if changed:
+        raise BundleError(f"the bundle was changed after it was written: {'; '.join(changed)}")
+
+
+def check_bundle(folder: str | Path, config=None) -> Report:
+    """Check every hash, then run every vector set in onnxruntime (and any other runtime the config asks
+    for), within the manifest's tolerance. BundleError for a changed or malformed bundle."""
+    from attn_onnx.runtime_check.check import CheckConfig, make_runners, run_case
+    from attn_onnx.runtime_check.model import check_interface, load_model
+    from attn_onnx.runtime_check.reference import reference_module
+
+    folder = Path(folder)
+    config = config or CheckConfig(runtimes=("onnxruntime",))
+    manifest = read_manifest(folder)
+    verify_hashes(folder, manifest)
+    loaded = load_model(folder / manifest["model"]["file"])
+    spec = loaded.spec
+    check_interface(loaded.proto, spec)
+    stated = [(io["name"], io["dtype"]) for io in manifest["inputs"]]
+    actual = [(n, spec.input_dtypes()[n]) for n in spec.input_names]
+    if stated != actual:
+        raise InterfaceError(f"the manifest's inputs {stated} differ from the model's {actual}")
+    module, reference_weights = reference_module(loaded.proto, spec)
+    runners, skipped = make_runners(loaded, module, config)
+    tolerance = Tolerance(atol=float(manifest["tolerance"]["atol"]), rtol=float(manifest["tolerance"]["rtol"]))
+    report = Report(model=str(folder), sha256=manifest["model"]["sha256"], spec=spec,
+                    reference_weights=f"the bundle's golden vectors (from {reference_weights.split(' (')[0]})",
+                    seed=0, tolerances={r.name: ("bundle", tolerance) for r in runners}, versions={},
+                    skip_missing=config.skip_missing, skipped=skipped)
+    for entry in manifest["test_data_sets"]:
+        feeds = {f["name"]: _load_tensor(folder / f["file"]) for f in entry["inputs"]}
+        expected = {f["name"]: _load_tensor(folder / f["file"]) for f in entry["outputs"]}
+        dtypes = {name: str(array.dtype) for name, array in expected.items()}
+        for runner in runners:
+            report.results.append(run_case(runner, f"{entry['folder']} ({entry['case']})", entry["case"], feeds,
+                                           expected, dtypes,
+                                           tolerance))
+    return report
+
+
+def _load_tensor(path: Path) -> np.ndarray:
+    tensor = onnx.TensorProto()
+    try:
+        tensor.ParseFromString(path.read_bytes())
+    except Exception as exc:  # protobuf's DecodeError
+        raise BundleError(f"{path.name} is not a TensorProto: {exc}") from None
+    return numpy_helper.to_array(tensor)
+

@@ -1,0 +1,54 @@
+#!/usr/bin/env node
+'use strict';
+// node verify.js BUNDLE_DIR
+// Checks the manifest's sha256s, runs every golden vector set in onnxruntime-node, and compares the outputs
+// with the float64 PyTorch answers within the manifest's tolerance. One line per set; exit 0 when all pass.
+
+const path = require('node:path');
+const ort = require('onnxruntime-node');
+const { BundleError, changedFiles, compare, loadTensor, readManifest, toOrt } = require('./lib/bundle');
+
+async function verify(dir, log = console.log) {
+  const manifest = readManifest(dir);
+  const changed = changedFiles(dir, manifest);
+  if (changed.length) {
+    throw new BundleError(`the bundle was changed after it was written: ${changed.join('; ')}`);
+  }
+  const session = await ort.InferenceSession.create(path.join(dir, manifest.model.file));
+  let passed = 0;
+  let failed = 0;
+  for (const set of manifest.test_data_sets) {
+    const feeds = {};
+    for (const f of set.inputs) feeds[f.name] = toOrt(loadTensor(path.join(dir, f.file)));
+    const results = await session.run(feeds);
+    const verdicts = set.outputs.map((f) => {
+      const expected = loadTensor(path.join(dir, f.file));
+      return { name: f.name, ...compare(results[f.name], expected, manifest.tolerance) };
+    });
+    const ok = verdicts.every((v) => v.passed);
+    const maxAbs = Math.max(...verdicts.map((v) => v.maxAbs));
+    const reasons = verdicts.filter((v) => !v.passed).map((v) => `${v.name}: ${v.reason}`).join('; ');
+    log(`${ok ? 'PASSED' : 'FAILED'} | onnxruntime-node | ${set.folder} (${set.case}) | max_abs=${maxAbs.toPrecision(3)}` +
+        (ok ? '' : ` | ${reasons}`));
+    if (ok) passed++; else failed++;
+  }
+  log(`${passed} passed, ${failed} failed`);
+  return failed === 0;
+}
+
+if (require.main === module) {
+  const dir = process.argv[2];
+  if (!dir || process.argv.length > 3) {
+    console.error('usage: node verify.js BUNDLE_DIR');
+    process.exit(2);
+  }
+  verify(dir).then(
+    (ok) => process.exit(ok ? 0 : 1),
+    (err) => {
+      console.error(`Error: ${err instanceof BundleError ? err.message : (err.message || err).toString().split('\n')[0]}`);
+      process.exit(1);
+    },
+  );
+}
+
+module.exports = { verify };

@@ -1,0 +1,31 @@
+"""Bundles are exported once per session and shared (read-only: tests that tamper work on copies)."""
+
+import pytest
+from click.testing import CliRunner
+
+from attn_onnx.cli.export_attn import main as export
+
+SMALL = ["--heads", "2", "--embedding-dim", "16"]
+
+
+@pytest.fixture(scope="session")
+def bundle_of(tmp_path_factory):
+    """bundle_of(*export_args) -> the bundle folder export-attn writes for those arguments (small widths)."""
+    cache = {}
+    root = tmp_path_factory.mktemp("bundles")
+
+    def get(*args):
+        if args not in cache:
+            folder = root / f"b{len(cache)}"
+            width = [] if "mask" in args[:2] else SMALL
+            result = CliRunner().invoke(export, [*width, *args, "--bundle", str(folder), "--name", "small"])
+            assert result.exit_code == 0, result.output
+            cache[args] = folder
+        return cache[args]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def bundle(bundle_of):
+    return bundle_of()

@@ -1,0 +1,170 @@
+"""export-attn --bundle writes a verifiable bundle; check-attn --bundle proves it, and catches tampering."""
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from attn_onnx.cli.check_attn import main as check
+from attn_onnx.cli.export_attn import main as export
+from attn_onnx.deploy.bundle import FORMAT, read_manifest
+from attn_onnx.runtime_check.model import load_model
+from attn_onnx.runtime_check.reference import reference_module
+from tests.deploy.conftest import SMALL
+
+
+def tensor(path):
+    t = onnx.TensorProto()
+    t.ParseFromString(path.read_bytes())
+    return t.name, numpy_helper.to_array(t)
+
+
+def test_the_manifest_states_the_contract(bundle):
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["format"] == FORMAT and m["name"] == "small"
+    assert m["model"]["sha256"] == hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()
+    assert m["model"]["opset"] == 18 and m["model"]["min_onnxruntime"] == "1.18"  # IR version 10
+    assert [(i["name"], i["datatype"], i["dims"], i["shape"]) for i in m["inputs"]] == [
+        ("query", "FP32", ["batch", "q_len", 16], [-1, -1, 16]), ("key", "FP32", ["batch", "kv_len", 16], [-1, -1, 16]),
+        ("value", "FP32", ["batch", "kv_len", 16], [-1, -1, 16]),
+        ("mask", "BOOL", ["batch", "mask_q_len", "kv_len"], [-1, -1, -1])]
+    assert [(o["name"], o["dtype"]) for o in m["outputs"]] == [("output", "float32")]
+    assert "0 means 'masked'" in m["mask_convention"] and "never NaN" in m["mask_convention"]
+    assert m["tolerance"]["atol"] == 1e-5 and m["tolerance"]["rtol"] == 1e-4
+    assert set(m["producer"]) >= {"attn_onnx", "torch", "onnx", "onnxruntime"}
+    for s in m["test_data_sets"]:
+        for f in s["inputs"] + s["outputs"]:
+            assert hashlib.sha256((bundle / f["file"]).read_bytes()).hexdigest() == f["sha256"]
+
+
+def test_vectors_cover_the_cases_a_service_must_get_right(bundle):
+    m = read_manifest(bundle)
+    shapes = {}
+    for s in m["test_data_sets"]:
+        inputs = dict(tensor(bundle / f["file"]) for f in s["inputs"])
+        assert [f["file"].split("/")[1] for f in s["inputs"]] == [f"input_{k}.pb" for k in range(4)]
+        shapes[s["case"]] = inputs
+    assert any(i["query"].shape[0] == 1 for i in shapes.values())  # batch 1
+    assert any(i["query"].shape[1] != i["key"].shape[1] for i in shapes.values())  # q_len != kv_len
+    assert any(i["mask"].shape[1] == 1 and i["mask"].shape[0] > 1 for i in shapes.values())  # padding mask
+    assert any((~i["mask"].any(-1)).any() for i in shapes.values())  # a fully-masked row
+    causal = shapes["b2.q6.kv6.causal"]["mask"][0]
+    assert np.array_equal(causal, np.tril(np.ones((6, 6), bool)))
+
+
+def test_outputs_are_the_float64_modules_answers(bundle):
+    loaded = load_model(bundle / "model.onnx")
+    module, _ = reference_module(loaded.proto, loaded.spec)
+    module = module.double()
+    for s in read_manifest(bundle)["test_data_sets"]:
+        inputs = dict(tensor(bundle / f["file"]) for f in s["inputs"])
+        _, output = tensor(bundle / s["outputs"][0]["file"])
+        with torch.no_grad():
+            golden = module(*(torch.from_numpy(inputs[n].copy()).double() for n in ("query", "key", "value")),
+                            torch.from_numpy(inputs["mask"].copy()))
+        assert output.dtype == np.float32
+        np.testing.assert_array_equal(output, golden.numpy().astype(np.float32))  # the golden's bits, cast
+
+
+def run_check(*args):
+    return CliRunner().invoke(check, list(map(str, args)))
+
+
+@pytest.mark.parametrize("args", [(), ("--module", "attention", "--mask-dtype", "uint8"), ("--mask", "causal",
+                                  "--attn-probs"), ("--module", "mask")], ids=["mha", "attention", "causal", "mask"])
+def test_check_attn_bundle_passes_every_vector(bundle_of, args):
+    folder = bundle_of(*args)
+    result = run_check("--bundle", folder, "--runtimes", "onnxruntime,reference,torch")
+    assert result.exit_code == 0, result.output
+    runs = 3 * len(read_manifest(folder)["test_data_sets"])  # every set on every runtime
+    assert result.output.strip().splitlines()[-1].startswith(f"PASSED | summary | {runs} passed, 0 failed")
+
+
+def test_a_mask_module_bundle_is_exact(bundle_of):
+    manifest = read_manifest(bundle_of("--module", "mask"))
+    assert manifest["tolerance"]["atol"] == 0 and manifest["tolerance"]["rtol"] == 0
+    assert [(i["name"], i["datatype"], i["shape"]) for i in manifest["inputs"]] == [("size", "INT64", [])]
+
+
+def tampered(bundle, tmp_path, how):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    target = copy / ("model.onnx" if how == "model" else "test_data_set_2/output_0.pb")
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2 if how == "model" else -3] ^= 0x10
+    target.write_bytes(bytes(data))
+    return copy
+
+
+@pytest.mark.parametrize("how, named", [("model", "model.onnx"), ("vector", "test_data_set_2/output_0.pb")])
+def test_a_tampered_bundle_exits_1_naming_what_changed(bundle, tmp_path, how, named):
+    result = run_check("--bundle", tampered(bundle, tmp_path, how))
+    assert result.exit_code == 1
+    assert result.output.strip().startswith(f"Error: the bundle was changed after it was written: {named} (sha256 ")
+
+
+def test_a_changed_vector_with_a_matching_hash_fails_on_the_numbers(bundle, tmp_path):
+    copy = tampered(bundle, tmp_path, "vector")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = manifest["test_data_sets"][2]["outputs"][0]
+    entry["sha256"] = hashlib.sha256((copy / entry["file"]).read_bytes()).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = run_check("--bundle", copy)
+    assert result.exit_code == 1
+    assert any(line.startswith("FAILED | onnxruntime/cpu | test_data_set_2 (b2.q6.kv6.masked_row)")
+               for line in result.output.splitlines())
+
+
+def test_bundle_options_that_do_not_apply_are_refused(bundle):
+    for args, text in ((["--quick"], "--quick does not apply with --bundle"),
+                       ([bundle / "model.onnx"], "give MODEL or --bundle DIR (one of them)")):
+        result = run_check("--bundle", bundle, *args)
+        assert result.exit_code == 2 and result.output.strip().startswith(f"Error: {text}")
+
+
+def test_an_existing_bundle_is_refused_before_any_work_and_kept(bundle, tmp_path):
+    before = {p.name: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(export, [*SMALL, "--bundle", str(bundle)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: '{bundle}' exists; pass --force to replace it"
+    assert {p.name: p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == before
+
+
+def test_a_failed_bundle_leaves_nothing_and_the_earlier_one_intact(bundle, tmp_path, monkeypatch):
+    import attn_onnx.deploy.bundle as module
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    calls = []
+
+    def failing(array, name):
+        calls.append(name)
+        if len(calls) == 7:
+            raise OSError("disk full")
+        return numpy_helper.from_array(array, name)
+
+    monkeypatch.setattr(module.numpy_helper, "from_array", failing)
+    result = CliRunner().invoke(export, [*SMALL, "--bundle", str(copy), "--force"])
+    assert result.exit_code == 1 and "disk full" in result.output
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before  # the earlier bundle, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no temp folders left
+
+
+def test_a_folder_that_is_not_a_bundle_is_one_error(bundle, tmp_path):
+    result = run_check("--bundle", tmp_path)
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: '{tmp_path}' is not a bundle: it has no manifest.json"
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["test_data_sets"][0]["outputs"][0]["sha256"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = run_check("--bundle", copy)
+    assert result.exit_code == 1 and result.output.strip() == f"Error: {copy / 'manifest.json'} lacks 'sha256'"

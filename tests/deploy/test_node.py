@@ -1,0 +1,142 @@
+"""The Node.js example (examples/node): its own tests under Node's built-in test runner, on a bundle this
+suite exports; and the service driven with tritonclient, the Open Inference Protocol's real client.
+
+Skipped, visibly, where node or the example's node_modules (npm ci --ignore-scripts) are absent."""
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+NODE_DIR = Path(__file__).resolve().parents[2] / "examples" / "node"
+NODE = shutil.which("node")
+pytestmark = [
+    pytest.mark.skipif(NODE is None, reason="node is not installed"),
+    pytest.mark.skipif(not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir(),
+                       reason="run `npm ci --ignore-scripts --prefix examples/node` first"),
+]
+
+
+def test_node_test_runner_passes_on_the_bundle(bundle):
+    result = subprocess.run([NODE, "--test", "test/"], cwd=NODE_DIR, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "ATTN_ONNX_BUNDLE": str(bundle)})
+    print(result.stdout[-3000:])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "# fail 0" in result.stdout and "# skipped 0" in result.stdout
+
+
+def test_verify_js_passes_and_says_so_per_set(bundle):
+    result = subprocess.run([NODE, "verify.js", str(bundle)], cwd=NODE_DIR, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len([line for line in lines if line.startswith("PASSED | onnxruntime-node | test_data_set_")]) == 5
+    assert lines[-1] == "5 passed, 0 failed"
+
+
+@contextlib.contextmanager
+def serve(bundle):
+    """Start server.js on a free port; yield host:port; stop it with SIGTERM, which must exit 0."""
+    process = subprocess.Popen([NODE, "server.js", "--bundle", str(bundle), "--port", "0"], cwd=NODE_DIR,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()  # "serving 'small' on http://127.0.0.1:PORT/v2/models/small"
+    if not line.startswith("serving"):
+        process.kill()
+        pytest.fail(f"the service did not start: {line}{process.stderr.read()}")
+    try:
+        yield line.split("http://", 1)[1].split("/", 1)[0]
+    finally:
+        process.terminate()
+        code = process.wait(timeout=30)
+        process.stdout.close()
+        process.stderr.close()
+    assert code == 0  # SIGTERM: finishes in-flight requests, exits 0
+
+
+@pytest.fixture(scope="module")
+def service(bundle):
+    with serve(bundle) as url:
+        yield url
+
+
+def test_the_readme_tritonclient_example_runs_as_written(tmp_path_factory, capsys):
+    """Against a default export (8 heads, 512 wide) named mha, as the README's example assumes."""
+    from click.testing import CliRunner
+
+    from attn_onnx.cli.export_attn import main as export
+    from tests.test_readme import python_block
+
+    folder = tmp_path_factory.mktemp("readme") / "mha-bundle"
+    assert CliRunner().invoke(export, ["--bundle", str(folder), "--no-check"]).exit_code == 0
+    with serve(folder) as url:
+        block = python_block("With the protocol's own Python client")
+        assert 'url="localhost:8000"' in block
+        exec(block.replace('url="localhost:8000"', f'url="{url}"'), {})
+        assert capsys.readouterr().out.strip() == "(2, 7, 512)"
+
+
+def golden(bundle, query, key, value, mask):
+    from attn_onnx.runtime_check.model import load_model
+    from attn_onnx.runtime_check.reference import reference_module
+
+    loaded = load_model(bundle / "model.onnx")
+    module, _ = reference_module(loaded.proto, loaded.spec)
+    with torch.no_grad():
+        return module.double()(*(torch.from_numpy(a).double() for a in (query, key, value)),
+                               torch.from_numpy(mask)).numpy()
+
+
+def test_tritonclient_gets_the_float64_answers(bundle, service):
+    import tritonclient.http as httpclient
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    client = httpclient.InferenceServerClient(url=service)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("small")
+    meta = client.get_model_metadata("small")
+    assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
+        ("query", "FP32", [-1, -1, 16]), ("key", "FP32", [-1, -1, 16]), ("value", "FP32", [-1, -1, 16]),
+        ("mask", "BOOL", [-1, -1, -1])]
+    rng = np.random.default_rng(7)
+    query = rng.standard_normal((3, 9, 16), dtype=np.float32)
+    memory = rng.standard_normal((3, 4, 16), dtype=np.float32)
+    mask = np.arange(4)[None, None, :] < np.array([4, 2, 1])[:, None, None]  # (3, 1, 4) padding
+    mask = np.broadcast_to(mask, (3, 9, 4)).copy()
+    mask[1, 5] = False  # a fully-masked row: uniform attention, never NaN
+    inputs = []
+    for name, array, datatype in (("query", query, "FP32"), ("key", memory, "FP32"), ("value", memory, "FP32"),
+                                  ("mask", mask, "BOOL")):
+        tensor = httpclient.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array, binary_data=False)
+        inputs.append(tensor)
+    outputs = [httpclient.InferRequestedOutput("output", binary_data=False)]
+    result = client.infer("small", inputs, outputs=outputs, request_id="r1")
+    answer = result.as_numpy("output")
+    expected = golden(bundle, query, memory, memory, mask)
+    tol = manifest["tolerance"]
+    assert answer.shape == (3, 9, 16) and np.isfinite(answer).all()
+    np.testing.assert_allclose(answer, expected, atol=tol["atol"], rtol=tol["rtol"])
+
+
+def test_a_malformed_request_gets_a_4xx_and_the_service_keeps_serving(bundle, service):
+    def post(body):
+        request = urllib.request.Request(f"http://{service}/v2/models/small/infer", data=body, method="POST",
+                                         headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    status, body = post(b'{"inputs": [{"name": "query"')
+    assert status == 400 and body["error"].startswith("the body is not valid JSON")
+    status, body = post(json.dumps({"inputs": [{"name": "mask", "shape": [1, 1, 1], "datatype": "UINT8",
+                                                "data": [1]}]}).encode())
+    assert status == 400 and body == {"error": "input 'mask': datatype \"UINT8\", the model takes BOOL"}
+    test_tritonclient_gets_the_float64_answers(bundle, service)  # still serving, still right

@@ -1,0 +1,108 @@
+"""export-attn --triton-repo writes a model repository whose config Triton's own protobuf reads and
+that agrees with the model; a broken config is caught."""
+
+import pytest
+from click.testing import CliRunner
+
+from attn_onnx.cli.export_attn import main as export
+from tests.deploy.conftest import SMALL
+
+pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is a test extra")
+
+from google.protobuf import text_format  # noqa: E402
+from tritonclient.grpc import model_config_pb2  # noqa: E402
+
+import onnx  # noqa: E402
+from attn_onnx.deploy.triton import check_config  # noqa: E402
+from attn_onnx.errors import InterfaceError  # noqa: E402
+
+KINDS = {"mha": [*SMALL], "mha-uint8-probs": [*SMALL, "--mask-dtype", "uint8", "--attn-probs"],
+         "attention-causal": [*SMALL, "--module", "attention", "--mask", "causal"], "mask": ["--module", "mask"]}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("triton") / "models"
+    for name, args in KINDS.items():
+        result = CliRunner().invoke(export, [*args, "--triton-repo", str(folder), "--name", name, "--no-check"])
+        assert result.exit_code == 0, result.output
+    return folder
+
+
+def read(repo, name):
+    text = (repo / name / "config.pbtxt").read_text()
+    return text, onnx.load(str(repo / name / "1" / "model.onnx"))
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_the_config_is_triton_s_and_matches_the_model(repo, name):
+    text, model = read(repo, name)
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert config.name == name and config.backend == "onnxruntime"
+    assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
+    check_config(text, model)
+    if name == "mask":  # a scalar input, no batch dim: no batching
+        assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+        assert list(config.input[0].dims) == [1] and list(config.input[0].reshape.shape) == []
+    else:
+        assert config.max_batch_size == 8 and config.HasField("dynamic_batching")
+        rank = len(model.graph.input[0].type.tensor_type.shape.dim)
+        assert -1 in config.input[0].dims and len(config.input[0].dims) == rank - 1  # the batch dim left out
+
+
+def test_the_repository_layout(repo):
+    assert sorted(p.name for p in repo.iterdir()) == sorted(KINDS)  # one model each, side by side
+    for name in KINDS:
+        assert sorted(str(p.relative_to(repo / name)) for p in (repo / name).rglob("*")) == [
+            "1", "1/model.onnx", "config.pbtxt"]
+
+
+BREAKS = {
+    "data_type": ("data_type: TYPE_BOOL", "data_type: TYPE_INT64", "input 'mask' is TYPE_INT64"),
+    "dims": ('name: "query" data_type: TYPE_FP32 dims: [ -1, 16 ]', 'name: "query" data_type: TYPE_FP32 dims: [ 16 ]',
+             "input 'query' has dims [16]"),
+    "name": ('name: "value"', 'name: "values"', "inputs ['key', 'mask', 'query', 'values']"),
+    "batch": ("max_batch_size: 8", "max_batch_size: 0",
+              "input 'query' has dims [-1, 16], the model's are [-1, -1, 16]"),
+    "backend": ('backend: "onnxruntime"', 'backend: "tensorrt"', "backend is 'tensorrt'"),
+    "syntax": ("dynamic_batching { }", "dynamic_batching {", "does not parse"),
+}
+
+
+@pytest.mark.parametrize("old, new, message", BREAKS.values(), ids=BREAKS)
+def test_a_broken_config_fails(repo, old, new, message):
+    text, model = read(repo, "mha")
+    assert old in text
+    with pytest.raises(InterfaceError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+        check_config(text.replace(old, new, 1), model)
+
+
+def test_gpu_instances_and_batch_size_when_asked(tmp_path):
+    result = CliRunner().invoke(export, [*SMALL, "--triton-repo", str(tmp_path), "--triton-gpu", "--triton-max-batch",
+                                         "32", "--no-check"])
+    assert result.exit_code == 0, result.output
+    config = text_format.Parse((tmp_path / "mha" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.max_batch_size == 32
+    assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
+
+
+def test_an_existing_model_is_refused_and_others_are_left_alone(repo):
+    before = (repo / "mha" / "config.pbtxt").read_text()
+    result = CliRunner().invoke(export, [*SMALL, "--triton-repo", str(repo), "--name", "mha"])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: '{repo / 'mha'}' exists; pass --force to replace it"
+    assert (repo / "mha" / "config.pbtxt").read_text() == before
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--triton-gpu", "--out", "m.onnx"], "--triton-gpu does not apply without --triton-repo"),
+    (["--name", "x", "--out", "m.onnx"], "--name does not apply without --bundle or --triton-repo"),
+    (["--triton-repo", "r", "--name", "a/b"], "--name 'a/b': use letters, digits, '-', '_' and '.' only"),
+    ([], "say where to write: --out FILE, --bundle DIR or --triton-repo DIR"),
+])
+def test_output_options_are_checked_first(tmp_path, monkeypatch, args, text):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(export, [*SMALL, *args])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: {text}"
+    assert list(tmp_path.iterdir()) == []
