@@ -99,7 +99,7 @@ def main(**options):
         check_output_dir(repo / name if repo.exists() else repo, force, "--triton-repo")
     targets = " or ".join(str(p) for p in (out, bundle, repo and repo / name) if p is not None)
     try:
-        _export(kind, options, name)
+        _export(kind, options, name, targets)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; nothing was written to {targets}") from None
 
@@ -109,7 +109,7 @@ def _check_name(name: str) -> None:
         raise click.UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
 
 
-def _export(kind, options, name: str) -> None:
+def _export(kind, options, name: str, targets: str) -> None:
     from attn_onnx.exporter.export import export_onnx
     from attn_onnx.exporter.spec import ExportSpec
     from attn_onnx.exporter.weights import embedding_dim_of, load_state_dict, weights_label
@@ -125,7 +125,7 @@ def _export(kind, options, name: str) -> None:
     module = kind.build_module(spec, state, options["seed"]) if kind.has_weights else None
     proto, spec = export_onnx(spec, module)
     if not options["no_check"]:
-        _check(proto, module)
+        _check(proto, module, targets)
     force = options["force"]
     data = proto.SerializeToString()
     if options["out"] is not None:
@@ -145,7 +145,7 @@ def _export(kind, options, name: str) -> None:
         click.echo(f"wrote Triton model {path}/ (config.pbtxt, 1/model.onnx)")
 
 
-def _check(proto, module) -> None:
+def _check(proto, module, targets: str) -> None:
     """The quick parity check, on the model in memory: a model that fails is never written."""
     from attn_onnx.errors import ParityError
     from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
@@ -160,7 +160,7 @@ def _check(proto, module) -> None:
         click.echo(f"  {result.line()}", err=True)
     if not report.ok:
         raise ParityError(f"the exported model fails the parity check ({len(report.failed)} of "
-                          f"{len(report.results)} cases failed); nothing was written "
+                          f"{len(report.results)} cases failed); nothing was written to {targets} "
                           "(--no-check writes it anyway, for inspection)")
 
 
