@@ -3,13 +3,15 @@ list parsing; refusing options that do not apply.
 
 Exit codes: 0 success; 1 a failed check, a runtime error or an unreadable input file; 2 a usage error
 (a bad option value or combination, an output path that cannot be written, an existing output without
---force); 130 interrupted (Ctrl-C).
+--force); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): either way, nothing half-written is left.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 import click
 from click.core import ParameterSource
@@ -17,6 +19,25 @@ from click.core import ParameterSource
 from attn_onnx.errors import AttnOnnxError, Interrupted, UsageError, first_line
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_signal_received = [signal.SIGINT]  # which signal interrupted the command: its exit code is 128 + it
+
+
+def _terminate(signum, frame):
+    """SIGTERM unwinds like Ctrl-C, so every temp file and folder is removed on the way out."""
+    _signal_received[0] = signum
+    raise KeyboardInterrupt
+
+
+class _sigterm_unwinds:
+    def __enter__(self):
+        _signal_received[0] = signal.SIGINT
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, _terminate)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 class OneLineErrorCommand(click.Command):
@@ -29,13 +50,14 @@ class OneLineErrorCommand(click.Command):
         else:
             self.command_line = [prog_name or self.name or "", *args]
         try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with _sigterm_unwinds():
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except (click.exceptions.Abort, KeyboardInterrupt):
-            _fail("interrupted", EXIT_INTERRUPTED)
+            _fail(signal_name(), 128 + _signal_received[0])
         except click.ClickException as exc:
             _fail(exc.format_message(), EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
         except Interrupted as exc:
-            _fail(str(exc), EXIT_INTERRUPTED)
+            _fail(str(exc), 128 + _signal_received[0])
         except AttnOnnxError as exc:
             _fail(str(exc), EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILURE)
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
@@ -47,6 +69,11 @@ class OneLineErrorCommand(click.Command):
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def signal_name() -> str:
+    """'interrupted' (Ctrl-C) or 'terminated' (SIGTERM): what stopped the command."""
+    return "terminated" if _signal_received[0] == signal.SIGTERM else "interrupted"
 
 
 def _fail(message: str, code: int):

@@ -101,7 +101,9 @@ def main(**options):
     try:
         _export(kind, options, name, targets)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; nothing was written to {targets}") from None
+        from attn_onnx.cli.common import signal_name
+
+        raise Interrupted(f"{signal_name()}; nothing was written to {targets}") from None
 
 
 def _check_name(name: str) -> None:

@@ -62,6 +62,7 @@ def write_repository(repo: str | Path, proto: onnx.ModelProto, spec: ExportSpec,
     repo = Path(repo)
     text = config_text(spec, name, max_batch_size=max_batch_size, gpu=gpu)
     data = proto.SerializeToString()
+    created = not repo.exists()
     repo.mkdir(parents=True, exist_ok=True)
 
     def build(folder: Path) -> None:
@@ -69,7 +70,12 @@ def write_repository(repo: str | Path, proto: onnx.ModelProto, spec: ExportSpec,
         (folder / VERSION / "model.onnx").write_bytes(data)
         (folder / CONFIG_FILE).write_text(text)
 
-    return write_folder_atomic(repo / name, build, force)
+    try:
+        return write_folder_atomic(repo / name, build, force)
+    except BaseException:
+        if created and not any(repo.iterdir()):
+            repo.rmdir()  # a repository made for this model goes with it
+        raise
 
 
 def check_config(text: str, proto: onnx.ModelProto) -> None:

@@ -1,0 +1,85 @@
+"""Ctrl-C or SIGTERM in the middle of writing a bundle or a Triton model leaves no half-written folder and
+no temp names; an earlier folder at that path stays as it was. The signals here are real ones, sent to
+this process while the folder is being built."""
+
+import os
+import pathlib
+import shutil
+import signal
+
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from attn_onnx.cli.export_attn import main as export
+
+SMALL = ["--heads", "2", "--embedding-dim", "16"]
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def earlier(tmp_path):
+    folder = tmp_path / "out"
+    assert CliRunner().invoke(export, [*SMALL, "--bundle", str(folder), "--no-check"]).exit_code == 0
+    return folder
+
+
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_while_writing_a_bundle_leaves_the_earlier_one(earlier, monkeypatch, signum, code, word):
+    import attn_onnx.deploy.bundle as bundle
+
+    before = snapshot(earlier)
+    calls = []
+
+    def signalled(array, name):
+        calls.append(name)
+        if len(calls) == 6:  # a few vector files in
+            os.kill(os.getpid(), signum)
+        return numpy_helper.from_array(array, name)
+
+    monkeypatch.setattr(bundle.numpy_helper, "from_array", signalled)
+    result = CliRunner().invoke(export, [*SMALL, "--bundle", str(earlier), "--force", "--no-check"])
+    assert result.exit_code == code, result.output
+    assert result.output.strip() == f"Error: {word}; nothing was written to {earlier}"
+    assert len(calls) == 6  # it stopped right there
+    assert snapshot(earlier) == before
+    assert sorted(p.name for p in earlier.parent.iterdir()) == ["out"]  # no temp folders
+
+
+def test_sigterm_while_writing_a_triton_model_leaves_nothing(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    real = pathlib.Path.write_text
+
+    def signalled(self, *args, **kwargs):
+        if self.name == "config.pbtxt":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", signalled)
+    result = CliRunner().invoke(export, [*SMALL, "--triton-repo", str(repo), "--no-check"])
+    assert result.exit_code == 143, result.output
+    assert result.output.strip() == f"Error: terminated; nothing was written to {repo / 'mha'}"
+    assert list(tmp_path.iterdir()) == []  # no model, no temp name, no repository made for it
+
+
+def test_the_previous_sigterm_handler_comes_back():
+    before = signal.getsignal(signal.SIGTERM)
+    CliRunner().invoke(export, ["--help"])
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_cleanup_does_not_need_the_cli(tmp_path):
+    """write_folder_atomic itself removes its temp folder whatever stops the build."""
+    from attn_onnx.files import write_folder_atomic
+
+    def build(folder):
+        (folder / "half").write_text("x")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_folder_atomic(tmp_path / "target", build, force=False)
+    assert list(tmp_path.iterdir()) == []
+    shutil.rmtree(tmp_path, ignore_errors=True)
