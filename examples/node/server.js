@@ -34,10 +34,22 @@ class RequestError extends Error {
   }
 }
 
-function flatten(data, out = []) {
-  for (const v of data) {
-    if (Array.isArray(v)) flatten(v, out);
-    else out.push(v);
+// Row-major values of `data`, flat or nested, never deeper than the tensor's rank (iterative: a hostile
+// nesting depth cannot overflow the stack), stopping as soon as more values than `limit` appear.
+function flatten(data, rank, limit, where) {
+  const out = [];
+  const stack = [[data, 0, 1]]; // [array, next index, depth]
+  while (stack.length) {
+    const top = stack[stack.length - 1];
+    if (top[1] >= top[0].length) { stack.pop(); continue; }
+    const v = top[0][top[1]++];
+    if (Array.isArray(v)) {
+      if (top[2] + 1 > Math.max(rank, 1)) throw new RequestError(400, `${where}: data is nested deeper than its rank ${rank}`);
+      stack.push([v, 0, top[2] + 1]);
+    } else {
+      out.push(v);
+      if (out.length > limit) break;
+    }
   }
   return out;
 }
@@ -65,9 +77,10 @@ function toTensor(input, spec) {
     throw new RequestError(400, `${where}: shape [${shape}] holds ${count} elements, more than this service takes (${MAX_ELEMENTS})`);
   }
   if (!Array.isArray(input.data)) throw new RequestError(400, `${where}: data must be a list`);
-  const values = flatten(input.data);
+  const values = flatten(input.data, shape.length, count, where);
   if (values.length !== count) {
-    throw new RequestError(400, `${where}: ${values.length} data values for shape [${shape}] (${count} elements)`);
+    const many = values.length > count ? `more than ${count}` : `${values.length}`;
+    throw new RequestError(400, `${where}: ${many} data values for shape [${shape}] (${count} elements)`);
   }
   const kind = DATATYPES[spec.datatype];
   const array = new kind.array(count);
@@ -153,11 +166,18 @@ async function createService({ bundle, maxBodyBytes = DEFAULT_MAX_BODY_BYTES }) 
 
   function send(res, status, body) {
     const text = JSON.stringify(body);
-    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+    const headers = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) };
+    if (!server.listening) headers.connection = 'close'; // draining: no keep-alive
+    res.writeHead(status, headers);
     res.end(text);
   }
 
   const server = http.createServer((req, res) => {
+    inFlight++;
+    res.on('close', () => { // the answer was handed to the OS, or the client went away
+      inFlight--;
+      if (inFlight === 0) idle.splice(0).forEach((resolve) => resolve());
+    });
     const what = route(req.method, req.url);
     if (what === 'health') return send(res, 200, { live: true, ready: true });
     if (what === 'server') return send(res, 200, { name: 'attn-onnx-node', version: '0.2.0', extensions: [] });
@@ -175,7 +195,6 @@ async function createService({ bundle, maxBodyBytes = DEFAULT_MAX_BODY_BYTES }) 
     const chunks = [];
     let size = 0;
     let refused = false;
-    inFlight++;
     req.on('data', (chunk) => {
       size += chunk.length;
       if (size > maxBodyBytes && !refused) {
@@ -185,17 +204,24 @@ async function createService({ bundle, maxBodyBytes = DEFAULT_MAX_BODY_BYTES }) 
       if (!refused) chunks.push(chunk);
     });
     req.on('end', () => {
-      if (refused) { inFlight--; return; }
+      if (refused) return;
       infer(Buffer.concat(chunks).toString('utf8')).then(
         (answer) => send(res, 200, answer),
         (err) => send(res, err instanceof RequestError ? err.status : 500, { error: err.message }),
-      ).finally(() => { inFlight--; });
+      );
     });
-    req.on('error', () => { inFlight--; });
     return undefined;
   });
 
-  return { server, manifest, inFlight: () => inFlight };
+  const idle = [];
+  // Stop taking connections, let every request in flight be answered, then resolve.
+  function drain() {
+    server.close();
+    server.closeIdleConnections();
+    return inFlight === 0 ? Promise.resolve() : new Promise((resolve) => idle.push(resolve));
+  }
+
+  return { server, manifest, drain, inFlight: () => inFlight };
 }
 
 function parseArgs(argv) {
@@ -224,12 +250,15 @@ if (require.main === module) {
     console.error(`Error: ${err.message}`);
     process.exit(2);
   }
-  createService(args).then(({ server, manifest }) => {
+  createService(args).then(({ server, manifest, drain }) => {
     server.listen(args.port, args.host, () => {
       const { port } = server.address();
       console.log(`serving '${manifest.name}' on http://${args.host}:${port}/v2/models/${manifest.name}`);
     });
-    const stop = () => server.close(() => process.exit(0)); // in-flight requests finish first
+    // In-flight requests are answered and flushed first; then nothing keeps the event loop alive and node
+    // exits 0 by itself (calling process.exit at once could cut a large answer still in the socket). The
+    // unref'd timer only forces the exit if something else still holds the loop 10 s later.
+    const stop = () => drain().then(() => setTimeout(() => process.exit(0), 10000).unref());
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
   }, (err) => {

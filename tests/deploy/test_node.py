@@ -41,6 +41,15 @@ def test_verify_js_passes_and_says_so_per_set(bundle):
     assert lines[-1] == "5 passed, 0 failed"
 
 
+class Served(str):
+    """host:port of a running service, with its process."""
+
+    def __new__(cls, url, process):
+        served = super().__new__(cls, url)
+        served.process = process
+        return served
+
+
 @contextlib.contextmanager
 def serve(bundle):
     """Start server.js on a free port; yield host:port; stop it with SIGTERM, which must exit 0."""
@@ -51,7 +60,7 @@ def serve(bundle):
         process.kill()
         pytest.fail(f"the service did not start: {line}{process.stderr.read()}")
     try:
-        yield line.split("http://", 1)[1].split("/", 1)[0]
+        yield Served(line.split("http://", 1)[1].split("/", 1)[0], process)
     finally:
         process.terminate()
         code = process.wait(timeout=30)

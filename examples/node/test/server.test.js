@@ -101,3 +101,22 @@ test('bad requests get a 4xx naming the problem, and the service keeps serving',
 test('concurrent requests are all answered correctly', { skip: SKIP }, async () => {
   await Promise.all(Array.from({ length: 16 }, () => assertServing()));
 });
+
+test('hostile nesting and sizes are refused without harm', { skip: SKIP }, async () => {
+  const good = request(manifest.test_data_sets[1]);
+  const first = good.inputs[0];
+  const deep = `{"inputs": [{"name": "${first.name}", "shape": [1, 1, ${first.shape[2]}], "datatype": "FP32", "data": ${'['.repeat(200000)}1${']'.repeat(200000)}}]}`;
+  let answer = await post(deep, true);
+  assert.equal(answer.status, 400);
+  assert.match(answer.body.error, /nested deeper than its rank/);
+  answer = await post({ inputs: [{ ...first, data: [...first.data, 1] }, ...good.inputs.slice(1)] });
+  assert.equal(answer.status, 400);
+  assert.match(answer.body.error, /more than \d+ data values/);
+  answer = await post({ inputs: [{ ...first, shape: [2 ** 40, 1, first.shape[2]] }, ...good.inputs.slice(1)] });
+  assert.equal(answer.status, 400);
+  assert.match(answer.body.error, /more than this service takes/);
+  answer = await post({ inputs: [{ ...first, shape: [-1, 1, first.shape[2]] }, ...good.inputs.slice(1)] });
+  assert.equal(answer.status, 400);
+  assert.match(answer.body.error, /shape must be a list of non-negative integers/);
+  await assertServing();
+});
