@@ -24,7 +24,7 @@ from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.files import file_sha256, write_folder_atomic
 from attn_onnx.runtime_check.cases import MASK_KINDS, Case, parse_case
 from attn_onnx.runtime_check.compare import EXACT, FLOAT32, Tolerance
-from attn_onnx.runtime_check.report import Report
+from attn_onnx.runtime_check.report import CaseResult, Report
 
 FORMAT = "attn-onnx-bundle/1"
 MODEL_FILE, MANIFEST_FILE = "model.onnx", "manifest.json"
@@ -224,6 +224,12 @@ def check_bundle(folder: str | Path, config=None) -> Report:
         feeds = {f["name"]: _load_tensor(folder / f["file"]) for f in entry["inputs"]}
         expected = {f["name"]: _load_tensor(folder / f["file"]) for f in entry["outputs"]}
         dtypes = {name: str(array.dtype) for name, array in expected.items()}
+        label = f"{entry['folder']} ({entry['case']})"
+        bad = [f"input {name!r} holds {int(np.size(a) - np.count_nonzero(np.isfinite(a)))} NaN/Inf values"
+               for name, a in feeds.items() if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all()]
+        if bad:  # a finding about the bundle, not a crash: attention of NaN is NaN, whoever computes it
+            report.results.extend(CaseResult(r.name, label, entry["case"], error="; ".join(bad)) for r in runners)
+            continue
         for runner in runners:
             report.results.append(run_case(runner, f"{entry['folder']} ({entry['case']})", entry["case"], feeds,
                                            expected, dtypes,

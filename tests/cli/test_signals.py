@@ -27,7 +27,8 @@ def earlier(tmp_path):
     return folder
 
 
-@pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize("signum, code, word",
+                         [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
 def test_a_signal_while_writing_a_bundle_leaves_the_earlier_one(earlier, monkeypatch, signum, code, word):
     import attn_onnx.deploy.bundle as bundle
 

@@ -29,8 +29,9 @@ def requests_of(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
     out = []
     for s in manifest["test_data_sets"]:
-        inputs = [{"name": f["name"], "shape": list(a.shape), "datatype": DATATYPES[a.dtype], "data": a.ravel().tolist()}
-                  for f in s["inputs"] for a in [load(bundle / f["file"])]]
+        arrays = {f["name"]: load(bundle / f["file"]) for f in s["inputs"]}
+        inputs = [{"name": n, "shape": list(a.shape), "datatype": DATATYPES[a.dtype], "data": a.ravel().tolist()}
+                  for n, a in arrays.items()]
         out.append((json.dumps({"inputs": inputs}).encode(), load(bundle / s["outputs"][0]["file"])))
     return out, manifest["tolerance"]
 
@@ -45,7 +46,8 @@ def infer(url, body, timeout=60):
 def correct(answer, expected, tol):
     out = answer["outputs"][0]
     actual = np.asarray(out["data"], np.float32).reshape(out["shape"])
-    return actual.shape == expected.shape and bool(np.all(np.abs(actual - expected) <= tol["atol"] + tol["rtol"] * np.abs(expected)))
+    allowed = tol["atol"] + tol["rtol"] * np.abs(expected)
+    return actual.shape == expected.shape and bool(np.all(np.abs(actual - expected) <= allowed))
 
 
 def rss_kib(process):
