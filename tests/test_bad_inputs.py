@@ -6,8 +6,6 @@ import json
 import re
 import shlex
 import shutil
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -205,30 +203,19 @@ def test_every_request_row_has_a_body():
 
 
 def test_each_hostile_request_gets_its_4xx_and_the_service_keeps_serving(default_bundle):
-    from tests.deploy.test_node import NODE, NODE_DIR
+    from tests.deploy.test_node import NODE, NODE_DIR, post, serve
 
     if NODE is None or not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir():
         pytest.skip("node, or the Node example's node_modules, is absent")
-    import subprocess
-
-    process = subprocess.Popen([NODE, "server.js", "--bundle", str(default_bundle), "--port", "0",
-                                "--max-body-bytes", "2000000"], cwd=NODE_DIR, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
-        url = process.stdout.readline().split("http://", 1)[1].split("/", 1)[0]
+    with serve(default_bundle, "--max-body-bytes", "2000000") as url:
         for what, status, error in REQUEST_ROWS:
             if what.startswith("a body over"):  # declared over the limit: refused before it is read
                 code, answer = _declare_only(url, 2_000_001)
             else:
-                code, answer = _post(url, BODIES[what])
+                code, answer = post(url, BODIES[what], "mha")
             assert code == int(status), (what, answer)
             assert fragments(error)[0] in answer["error"], (what, answer)
-            assert _post(url, json.dumps(_good()).encode())[0] == 200, f"not serving after: {what}"
-    finally:
-        process.terminate()
-        assert process.wait(timeout=30) == 0
-        process.stdout.close()
-        process.stderr.close()
+            assert post(url, json.dumps(_good()).encode(), "mha")[0] == 200, f"not serving after: {what}"
 
 
 def _declare_only(url, length):
@@ -249,12 +236,3 @@ def _declare_only(url, length):
     head, body = data.split(b"\r\n\r\n", 1)
     return int(head.split()[1]), json.loads(body)
 
-
-def _post(url, body):
-    request = urllib.request.Request(f"http://{url}/v2/models/mha/infer", data=body, method="POST",
-                                     headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())

@@ -51,9 +51,9 @@ class Served(str):
 
 
 @contextlib.contextmanager
-def serve(bundle):
+def serve(bundle, *options):
     """Start server.js on a free port; yield host:port; stop it with SIGTERM, which must exit 0."""
-    process = subprocess.Popen([NODE, "server.js", "--bundle", str(bundle), "--port", "0"], cwd=NODE_DIR,
+    process = subprocess.Popen([NODE, "server.js", "--bundle", str(bundle), "--port", "0", *options], cwd=NODE_DIR,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline()  # "serving 'small' on http://127.0.0.1:PORT/v2/models/small"
     if not line.startswith("serving"):
@@ -133,19 +133,21 @@ def test_tritonclient_gets_the_float64_answers(bundle, service):
     np.testing.assert_allclose(answer, expected, atol=tol["atol"], rtol=tol["rtol"])
 
 
-def test_a_malformed_request_gets_a_4xx_and_the_service_keeps_serving(bundle, service):
-    def post(body):
-        request = urllib.request.Request(f"http://{service}/v2/models/small/infer", data=body, method="POST",
-                                         headers={"content-type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+def post(url, body: bytes, model: str = "small", timeout: float = 60):
+    """POST `body` to the service's infer route; (status, parsed JSON answer), 4xx included."""
+    request = urllib.request.Request(f"http://{url}/v2/models/{model}/infer", data=body, method="POST",
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
-    status, body = post(b'{"inputs": [{"name": "query"')
+
+def test_a_malformed_request_gets_a_4xx_and_the_service_keeps_serving(bundle, service):
+    status, body = post(service, b'{"inputs": [{"name": "query"')
     assert status == 400 and body["error"].startswith("the body is not valid JSON")
-    status, body = post(json.dumps({"inputs": [{"name": "mask", "shape": [1, 1, 1], "datatype": "UINT8",
+    status, body = post(service, json.dumps({"inputs": [{"name": "mask", "shape": [1, 1, 1], "datatype": "UINT8",
                                                 "data": [1]}]}).encode())
     assert status == 400 and body == {"error": "input 'mask': datatype \"UINT8\", the model takes BOOL"}
     test_tritonclient_gets_the_float64_answers(bundle, service)  # still serving, still right

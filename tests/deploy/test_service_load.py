@@ -4,7 +4,6 @@ requests, and SIGTERM finishing the requests in flight before it exits 0."""
 import json
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import onnx
@@ -12,7 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 from tests.deploy.test_node import pytestmark as node_marks
-from tests.deploy.test_node import serve
+from tests.deploy.test_node import post, serve
 
 pytestmark = node_marks
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.bool_): "BOOL"}
@@ -36,11 +35,10 @@ def requests_of(bundle):
     return out, manifest["tolerance"]
 
 
-def infer(url, body, timeout=60):
-    request = urllib.request.Request(f"http://{url}/v2/models/small/infer", data=body, method="POST",
-                                     headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return response.status, json.loads(response.read())
+def infer(url, body):
+    status, answer = post(url, body)
+    assert status == 200, answer
+    return status, answer
 
 
 def correct(answer, expected, tol):
