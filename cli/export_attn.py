@@ -88,7 +88,9 @@ def main(**options):
     if repo is None:
         refuse(ctx, {"triton_max_batch", "triton_gpu"}, "without --triton-repo")
     name = options["name"] or kind.name
-    _check_name(name)
+    from attn_onnx.deploy.triton import check_name
+
+    check_name(name)
     if out is not None:
         check_output_file(out, force)
     if bundle is not None:
@@ -104,11 +106,6 @@ def main(**options):
         from attn_onnx.cli.common import signal_name
 
         raise Interrupted(f"{signal_name()}; nothing was written to {targets}") from None
-
-
-def _check_name(name: str) -> None:
-    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
-        raise click.UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
 
 
 def _export(kind, options, name: str, targets: str) -> None:

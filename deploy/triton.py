@@ -26,11 +26,16 @@ def batched(spec: ExportSpec) -> bool:
     return all(d and d[0] == "batch" for d in dims)
 
 
+def check_name(name: str) -> None:
+    """UsageError unless `name` is safe as a folder, a URL path segment and a Triton model name."""
+    if not name or name.startswith(".") or not all(c.isalnum() or c in "-_." for c in name):
+        raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
+
+
 def config_text(spec: ExportSpec, name: str, *, max_batch_size: int = 8, gpu: bool = False) -> str:
     """config.pbtxt for the model of `spec`. With batching, dims leave out the batch dim (Triton adds it);
     dynamic dims are -1."""
-    if not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
+    check_name(name)
     batching = batched(spec) and max_batch_size > 0
     lines = [f'name: "{name}"', 'backend: "onnxruntime"', f"max_batch_size: {max_batch_size if batching else 0}"]
 
