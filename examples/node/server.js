@@ -10,6 +10,7 @@
 // A bad request gets a 4xx with {"error": "..."} naming the problem; the service keeps serving.
 
 const http = require('node:http');
+const net = require('node:net');
 const path = require('node:path');
 const ort = require('onnxruntime-node');
 const { BundleError, changedFiles, readManifest } = require('./lib/bundle');
@@ -176,7 +177,7 @@ async function createService({ bundle, maxBodyBytes = DEFAULT_MAX_BODY_BYTES }) 
     inFlight++;
     res.on('close', () => { // the answer was handed to the OS, or the client went away
       inFlight--;
-      if (inFlight === 0) idle.splice(0).forEach((resolve) => resolve());
+      if (draining && inFlight === 0) drained();
     });
     const what = route(req.method, req.url);
     if (what === 'health') return send(res, 200, { live: true, ready: true });
@@ -213,12 +214,28 @@ async function createService({ bundle, maxBodyBytes = DEFAULT_MAX_BODY_BYTES }) 
     return undefined;
   });
 
-  const idle = [];
-  // Stop taking connections, let every request in flight be answered, then resolve.
+  let draining = false;
+  const waiting = [];
+  // Stop taking connections, let every request in flight be answered and flushed, then resolve.
+  //
+  // Not http's server.close() at once: since Node 19 it also destroys the connections it deems idle, and it
+  // deems a connection idle as soon as its answer was end()ed, although a large answer may still sit in
+  // the socket's queue. Destroying it then cuts the answer short (the client reads a clean EOF after a few
+  // MB). So: stop listening with net's close alone, and only once every answer has left the process
+  // (inFlight counts until 'close' of the response) let http's close() sweep the idle keep-alive ones.
   function drain() {
-    server.close();
-    server.closeIdleConnections();
-    return inFlight === 0 ? Promise.resolve() : new Promise((resolve) => idle.push(resolve));
+    if (!draining) {
+      draining = true;
+      if (server.listening) net.Server.prototype.close.call(server);
+    }
+    const done = new Promise((resolve) => waiting.push(resolve));
+    if (inFlight === 0) drained();
+    return done;
+  }
+
+  function drained() {
+    server.close(); // sweeps idle keep-alive connections; nothing is left unflushed now
+    waiting.splice(0).forEach((resolve) => resolve());
   }
 
   return { server, manifest, drain, inFlight: () => inFlight };
