@@ -8,9 +8,10 @@ user's own `models` or `exporter`:
     attn_onnx.exporter        specs, module kinds, graph variants, weights, the export        (exporter/)
     attn_onnx.runtime_check   cases, runners, comparison, reports, plots                      (runtime_check/)
     attn_onnx.deploy          the bundle and the Triton model repository                      (deploy/)
-    attn_onnx.cli             export-attn and check-attn                                      (cli/)
+    attn_onnx.bench           bench-attn's measurements and plot                              (bench/)
+    attn_onnx.cli             export-attn, check-attn and bench-attn                          (cli/)
 
-Each imports only the ones above it in this list.
+Each imports only the ones above it in this list (deploy and bench sit side by side).
 """
 
 __version__ = "0.2.0"
@@ -18,7 +19,7 @@ __version__ = "0.2.0"
 
 def _source_checkout() -> None:
     """Run from a source checkout without installing (`PYTHONPATH=repo`, as on a machine with no package
-    index): the sibling folders models/, exporter/, runtime_check/, deploy/, cli/ are this package's subpackages,
+    index): the sibling folders models/, exporter/, runtime_check/, deploy/, bench/, cli/ are this package's subpackages,
     as the installed wheel lays them out. An installed copy has them inside this folder and skips this."""
     import os
 

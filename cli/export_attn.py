@@ -10,7 +10,9 @@ from attn_onnx import __version__
 from attn_onnx.cli.common import OneLineErrorCommand, given, refuse
 from attn_onnx.exporter.kinds import KINDS, MODULES
 from attn_onnx.exporter.kinds.base import COMMON_EXPORT_OPTIONS
-from attn_onnx.exporter.spec import MASK_DTYPES, MASK_MODES, OPSETS
+from attn_onnx.exporter.spec import MASK_DTYPES, MASK_MODES, OPSETS, ExportSpec
+from attn_onnx.exporter.variants import DEFAULT as DEFAULT_VARIANT
+from attn_onnx.exporter.variants import VARIANTS
 
 
 def _applies(option: str) -> str:
@@ -33,8 +35,12 @@ def _applies(option: str) -> str:
               help=f"{_applies('mask_dtype')} with --mask input: element type of the `mask` input.")
 @click.option("--attn-probs", is_flag=True, help=f"{_applies('attn_probs')} Also output the attention "
                                                  "probabilities `attn_probs` (attention always does).")
-@click.option("--opset", type=click.IntRange(min(OPSETS), max(OPSETS)), default=18, show_default=True,
-              help="ONNX opset of the default domain.")
+@click.option("--attention-impl", "variant", type=click.Choice(list(VARIANTS)), default=DEFAULT_VARIANT,
+              show_default=True, help="How attention is built: " + "; ".join(
+                  f"{v.name}: {v.help} ({v.runtimes})" for v in VARIANTS.values()) + ". Each keeps the seed's "
+              "semantics, a fully-masked row attending uniformly included.")
+@click.option("--opset", type=click.IntRange(min(OPSETS), max(OPSETS)), default=None,
+              help="ONNX opset of the default domain. [default: 18; 23 for onnx-attention]")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help=f"{_applies('weights')} A .safetensors file, or a state_dict .pt/.pth (read with "
                    "weights_only=True).")
@@ -67,6 +73,7 @@ def main(**options):
       export-attn --heads 8 --out mha.onnx
       export-attn --weights block.safetensors --heads 8 --mask causal --out causal.onnx
       export-attn --module mask --out subsequent_mask.onnx
+      export-attn --attention-impl ort-mha --mask causal --out fast.onnx
     """
     from attn_onnx.errors import Interrupted
     from attn_onnx.files import check_output_dir, check_output_file
@@ -76,6 +83,9 @@ def main(**options):
     refuse(ctx, given(ctx) - COMMON_EXPORT_OPTIONS - kind.export_options, f"to --module {kind.name}")
     if options["mask_mode"] != "input":
         refuse(ctx, {"mask_dtype"}, f"to --mask {options['mask_mode']} (the model has no mask input)")
+    variant = VARIANTS[options["variant"]]
+    options["opset"] = options["opset"] or max(18, variant.min_opset)
+    variant.check(ExportSpec(module=kind.name, attn_probs=options["attn_probs"], opset=options["opset"]))
     if options["weights"] is None and "weights_prefix" in given(ctx):
         raise click.UsageError("--weights-prefix needs --weights")
     if options["weights"] is not None:
@@ -120,7 +130,8 @@ def _export(kind, options, name: str, targets: str) -> None:
     source = f"file {weights_label(weights, prefix)}" if weights else f"random (seed={options['seed']})"
     spec = ExportSpec(module=kind.name, heads=options["heads"], embedding_dim=embedding_dim,
                       mask=options["mask_mode"], mask_dtype=options["mask_dtype"], attn_probs=options["attn_probs"],
-                      opset=options["opset"], weights_source=source if kind.has_weights else "").validate()
+                      opset=options["opset"], variant=options["variant"],
+                      weights_source=source if kind.has_weights else "").validate()
     module = kind.build_module(spec, state, options["seed"]) if kind.has_weights else None
     proto, spec = export_onnx(spec, module)
     if not options["no_check"]:

@@ -62,7 +62,7 @@ def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0
         module = kind.checked_module(spec, module)
         spec = spec.replace(weights_source=spec.weights_source or "a module passed to the Python API")
     graph = kind.graph(spec, module).eval()
-    built = VARIANTS[spec.variant](spec, graph, example_inputs(spec), module)
+    built = VARIANTS[spec.variant].build(spec, graph, example_inputs(spec), module)
     proto = built.proto
     if kind.has_weights:
         spec = spec.replace(weights=built.weights)

@@ -88,6 +88,7 @@ class ExportSpec:
             raise UsageError(f"--attn-probs does not apply to --module {self.module} "
                              "(mha only; attention always outputs attn_probs)")
         kind.validate(self)
+        VARIANTS[self.variant].check(self)
         return self
 
     # --- metadata --------------------------------------------------------------------------------------

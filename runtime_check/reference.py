@@ -42,5 +42,8 @@ def _state_from_initializers(proto: onnx.ModelProto, spec: ExportSpec) -> dict[s
     state = {}
     for key, entry in spec.weights.items():
         array = numpy_helper.to_array(inits[entry["initializer"]])
+        if "slice" in entry:  # packed with others side by side on the last axis
+            start, stop = entry["slice"]
+            array = array[..., start:stop]
         state[key] = torch.from_numpy(array.T.copy() if entry["transposed"] else array.copy())
     return state

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # folder -> (installed package, layer): a module may import its own layer and the ones beneath
 LAYERS = {"attn_onnx": ("attn_onnx", 0), "models": ("attn_onnx.models", 1), "exporter": ("attn_onnx.exporter", 2),
           "runtime_check": ("attn_onnx.runtime_check", 3), "deploy": ("attn_onnx.deploy", 4),
+          "bench": ("attn_onnx.bench", 4),
           "cli": ("attn_onnx.cli", 5)}
 
 
@@ -50,7 +51,8 @@ def test_imports_go_only_downward(folder, path):
     own = LAYERS[folder][1]
     for name in _imports(path):
         top = name.split(".")[0]
-        assert top not in ("models", "exporter", "runtime_check", "deploy", "cli"), f"{name}: use attn_onnx.{name}"
+        assert top not in ("models", "exporter", "runtime_check", "deploy", "bench", "cli"), \
+            f"{name}: use attn_onnx.{name}"
         layer = _layer_of(name)
         assert layer is None or layer <= own, f"{path.relative_to(ROOT)} imports {name}, a higher package"
 

@@ -1,14 +1,17 @@
 """Graph variants: each builds the ONNX graph of a spec *and* says where every state_dict tensor went.
 
-A variant is one file here with a `build(spec, graph, example, module) -> Built` function, added to
-VARIANTS. Fused variants (ONNX Attention, onnxruntime's MultiHeadAttention, a packed QKV) go here.
+A variant is one file here with a `build(spec, graph, example, module) -> Built` function, listed in
+VARIANTS with what it can build (checked before any work, without torch).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 
 import onnx
+
+from attn_onnx.errors import UsageError
 
 
 @dataclass
@@ -16,14 +19,42 @@ class Built:
     """A variant's output: the model, and for each state_dict key the initializer that holds it."""
 
     proto: onnx.ModelProto
-    weights: dict[str, dict] = field(default_factory=dict)  # key -> {"initializer": name, "transposed": bool}
+    # key -> {"initializer": name, "transposed": bool, "slice": [start, stop] (optional)}: the tensor is
+    # initializer[..., start:stop], transposed if so marked
+    weights: dict[str, dict] = field(default_factory=dict)
 
 
-def _torch_export(*args, **kwargs) -> Built:
-    from attn_onnx.exporter.variants.torch_export import build
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    file: str  # exporter/variants/<file>.py, imported on first build
+    help: str
+    modules: tuple[str, ...] = ("mha", "attention", "mask")  # module kinds it builds
+    attn_probs: bool = True  # can output the attention probabilities
+    min_opset: int = 17
+    runtimes: str = "any ONNX runtime"
 
-    return build(*args, **kwargs)
+    def check(self, spec) -> None:
+        """UsageError where this variant cannot build `spec`."""
+        flag = f"--attention-impl {self.name}"
+        if spec.module not in self.modules:
+            raise UsageError(f"{flag} builds --module {'/'.join(self.modules)}, not {spec.module}")
+        if spec.attn_probs and not self.attn_probs:
+            raise UsageError(f"{flag} cannot output attn_probs (its fused kernel does not return the "
+                             "probabilities); use --attention-impl torch-export with --attn-probs")
+        if spec.opset < self.min_opset:
+            raise UsageError(f"{flag} needs --opset {self.min_opset} or later; got {spec.opset}")
+
+    def build(self, spec, graph, example, module) -> Built:
+        return importlib.import_module(f"attn_onnx.exporter.variants.{self.file}").build(spec, graph, example, module)
 
 
-# name -> builder; imported lazily so that listing the variants needs no torch
-VARIANTS = {"torch-export": _torch_export}
+VARIANTS = {v.name: v for v in (
+    Variant("torch-export", "torch_export", "the seed's MatMul/Softmax graph as torch.onnx writes it (the "
+            "reference)"),
+    Variant("onnx-attention", "onnx_attention", "the standard ONNX Attention op", modules=("mha",),
+            attn_probs=False, min_opset=23, runtimes="runtimes with opset 23 (onnxruntime >= 1.23)"),
+    Variant("ort-mha", "ort_mha", "onnxruntime's fused com.microsoft.MultiHeadAttention", modules=("mha",),
+            attn_probs=False, runtimes="onnxruntime only"),
+)}
+DEFAULT = "torch-export"

@@ -1,0 +1,191 @@
+"""bench-attn's measurement: every contender timed in interleaved rounds on the same inputs, beside the
+sgemm limit measured in the same run. Results are data (`Bench`); the CLI prints and plots them.
+
+Contenders, per shape (batch, len) at one width, heads and thread count:
+- each export variant in onnxruntime (`ort:<variant>`), mask input with a causal+padding mask;
+- PyTorch eager of the seed module (`torch-eager`), and PyTorch SDPA with the same weights (`torch-sdpa`).
+A round times every contender once (each for about `target_s`); the figure is the median over rounds, so
+a noisy neighbour slows all contenders of a round alike instead of one of them.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper
+from torch.nn import functional as F
+
+from attn_onnx import __version__
+from attn_onnx.exporter.export import export_onnx
+from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.variants import VARIANTS
+from attn_onnx.runtime_check.cases import make_mask
+
+DEFAULT_SHAPES = ((1, 16), (8, 128), (1, 512), (4, 512), (1, 2048))
+BASELINES = ("torch-eager", "torch-sdpa")
+SGEMM_N = 2048
+
+
+@dataclass
+class Timing:
+    contender: str
+    batch: int
+    length: int
+    threads: int
+    median_ms: float
+    rounds_ms: list[float]
+    gflops: float  # achieved, counting the projections and both attention matmuls
+    limit_fraction: float  # of the sgemm limit measured in the same run
+    max_abs: float | None  # against the float64 seed module on the bench inputs; None for baselines
+    vs_sdpa: float = 0.0  # how many times faster than torch-sdpa (> 1: faster)
+    vs_export: float = 0.0  # how many times faster than ort:torch-export
+
+
+@dataclass
+class Bench:
+    cpu: str
+    heads: int
+    embedding_dim: int
+    threads: list[int]
+    sgemm_gflops: dict[int, float]  # threads -> onnxruntime MatMul at 2048^3: the limit
+    torch_sgemm_gflops: dict[int, float] = field(default_factory=dict)  # torch.matmul (MKL) at 2048^3, for context
+    timings: list[Timing] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def flops(batch: int, length: int, width: int) -> float:
+    """4 projections (2·B·L·E² each) and QKᵀ, P·V (2·B·L²·E each) for self-attention."""
+    return 8 * batch * length * width * width + 4 * batch * length * length * width
+
+
+def session(proto: onnx.ModelProto, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def sgemm_model() -> onnx.ModelProto:
+    """One MatMul of two 2048x2048 float32 inputs: the ceiling any attention graph on this CPU runs under."""
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [SGEMM_N, SGEMM_N])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [SGEMM_N, SGEMM_N])
+    c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [SGEMM_N, SGEMM_N])
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm", [a, b], [c])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def sdpa(module, query, key, value, mask):
+    """The same block through F.scaled_dot_product_attention (boolean mask: True = attend)."""
+    b, h, d_k = query.size(0), module.head, module.d_k
+    q, k, v = (F.linear(x, lin.weight, lin.bias).view(b, -1, h, d_k).transpose(1, 2)
+               for lin, x in zip(module.linears, (query, key, value)))
+    x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1))
+    return module.linears[3](x.transpose(1, 2).reshape(b, -1, h * d_k))
+
+
+def _timed(call, target_s: float) -> float:
+    """Seconds per call, over as many calls as fill about `target_s` (at least one)."""
+    start = time.perf_counter()
+    call()
+    once = time.perf_counter() - start
+    n = max(1, min(1000, int(target_s / max(once, 1e-6))))
+    start = time.perf_counter()
+    for _ in range(n):
+        call()
+    return (time.perf_counter() - start) / n
+
+
+def run_bench(variants: list[str], shapes: list[tuple[int, int]], threads: list[int], heads: int = 8,
+              embedding_dim: int = 512, rounds: int = 7, target_s: float = 0.05,
+              on_line=lambda text: None) -> Bench:
+    """Time every contender at every (shape, threads); `on_line` gets a progress line per shape."""
+    spec0 = ExportSpec(heads=heads, embedding_dim=embedding_dim).validate()
+    module = spec0.kind.build_module(spec0, seed=0)
+    protos = {}
+    for name in variants:
+        variant = VARIANTS[name]
+        spec = ExportSpec(heads=heads, embedding_dim=embedding_dim, variant=name,
+                          opset=max(18, variant.min_opset)).validate()
+        protos[name], _ = export_onnx(spec, module)
+    double = type(module)(heads, embedding_dim, dropout=0.0).double().eval()
+    double.load_state_dict({k: v.double() for k, v in module.state_dict().items()})
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((SGEMM_N, SGEMM_N), dtype=np.float32) for _ in range(2))
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    bench = Bench(cpu=cpu_model(), heads=heads, embedding_dim=embedding_dim, threads=list(threads),
+                  sgemm_gflops={}, versions={"attn_onnx": __version__, "onnxruntime": ort.__version__,
+                                             "torch": torch.__version__, "onnx": onnx.__version__})
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        sessions = {name: session(p, n_threads) for name, p in protos.items()}
+        sgemm = session(sgemm_model(), n_threads)
+        limit_rounds, torch_rounds = [], []
+        for batch, length in shapes:
+            feeds = spec0.kind.inputs(spec0, {"batch": batch, "q_len": length, "kv_len": length}, rng,
+                                      make_mask("causal+padding", batch, length, length, rng))
+            tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
+            with torch.no_grad():
+                golden = double(*(tensors[n].double() for n in ("query", "key", "value")), tensors["mask"]).numpy()
+            calls = {f"ort:{name}": (lambda s=s, f=feeds: s.run(None, f)) for name, s in sessions.items()}
+            q, k, v, m = (tensors[n] for n in ("query", "key", "value", "mask"))
+            calls["torch-eager"] = lambda q=q, k=k, v=v, m=m: module(q, k, v, m)
+            calls["torch-sdpa"] = lambda q=q, k=k, v=v, m=m: sdpa(module, q, k, v, m)
+            errors = {f"ort:{name}": float(np.abs(s.run(None, feeds)[0] - golden).max())
+                      for name, s in sessions.items()}
+            samples = {name: [] for name in calls}
+            with torch.no_grad():
+                for _ in range(rounds):
+                    limit_rounds.append(_timed(lambda s=sgemm: s.run(None, {"a": a, "b": b}), target_s))
+                    torch_rounds.append(_timed(lambda: torch.matmul(ta, tb), target_s))
+                    for name, call in calls.items():
+                        samples[name].append(_timed(call, target_s))
+            work = flops(batch, length, embedding_dim)
+            rows = []
+            for name, times in samples.items():
+                median = statistics.median(times)
+                rows.append(Timing(name, batch, length, n_threads, median * 1e3, [t * 1e3 for t in times],
+                                   work / median / 1e9, 0.0, errors.get(name)))
+            by_name = {r.contender: r for r in rows}
+            for row in rows:
+                row.vs_sdpa = by_name["torch-sdpa"].median_ms / row.median_ms
+                if "ort:torch-export" in by_name:
+                    row.vs_export = by_name["ort:torch-export"].median_ms / row.median_ms
+            bench.timings.extend(rows)
+            on_line(f"({batch},{length}) at {n_threads} thread(s): timed")
+        limit = 2 * SGEMM_N ** 3 / statistics.median(limit_rounds) / 1e9  # over every round of every shape
+        bench.sgemm_gflops[n_threads] = limit
+        bench.torch_sgemm_gflops[n_threads] = 2 * SGEMM_N ** 3 / statistics.median(torch_rounds) / 1e9
+        for row in bench.timings:
+            if row.threads == n_threads:
+                row.limit_fraction = row.gflops / limit
+    return bench
+
+
+def fastest(bench: Bench, batch: int, length: int, threads: int, tolerance: float = 1e-4) -> Timing | None:
+    """The fastest onnxruntime contender whose answer is within `tolerance` of the float64 seed."""
+    rows = [t for t in bench.timings if (t.batch, t.length, t.threads) == (batch, length, threads)
+            and t.max_abs is not None and math.isfinite(t.max_abs) and t.max_abs <= tolerance]
+    return min(rows, key=lambda t: t.median_ms, default=None)

@@ -1,0 +1,118 @@
+"""`bench-attn`: time the export variants in onnxruntime against PyTorch eager and SDPA, beside the sgemm
+limit measured in the same run. A benchmark, not a test."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from attn_onnx import __version__
+from attn_onnx.cli.common import OneLineErrorCommand, comma_list
+from attn_onnx.errors import UsageError
+from attn_onnx.exporter.variants import VARIANTS
+
+SHAPES = "1x16,8x128,1x512,4x512,1x2048"
+
+
+def _shapes(text: str) -> list[tuple[int, int]]:
+    shapes = []
+    for item in comma_list(text):
+        parts = item.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise UsageError(f"--shapes item {item!r} is not BATCHxLEN with both >= 1 (e.g. 4x512)")
+        shapes.append((int(parts[0]), int(parts[1])))
+    return shapes
+
+
+@click.command("bench-attn", cls=OneLineErrorCommand)
+@click.version_option(__version__, prog_name="bench-attn")
+@click.option("--attention-impl", "impls", default=",".join(VARIANTS), show_default=True,
+              help="Comma-separated export variants to time in onnxruntime.")
+@click.option("--shapes", default=SHAPES, show_default=True, help="Comma-separated BATCHxLEN (self-attention).")
+@click.option("--threads", default=None, help="Comma-separated thread counts. [default: the CPUs this process "
+              "may use]")
+@click.option("--heads", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--embedding-dim", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=7, show_default=True,
+              help="Interleaved rounds; each contender's figure is its median over them.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the results.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Also draw a PNG: median latency per shape, each contender.")
+def main(impls, shapes, threads, heads, embedding_dim, rounds, json_path, plot_path):
+    """Time the attention block, causal+padding mask input, float32: each export variant in onnxruntime
+    (CPU), PyTorch eager of the seed module, and PyTorch SDPA with the same weights, in interleaved rounds.
+    Prints per shape the median latency, ratios to SDPA and to the straight export, achieved GFLOP/s, the
+    fraction of the sgemm limit (onnxruntime MatMul at 2048^3, measured in the same run), and each
+    variant's max abs error against the float64 seed module. Always with the CPU model.
+
+    \b
+    Examples:
+      bench-attn
+      bench-attn --attention-impl torch-export,ort-mha --shapes 4x512,1x2048 --json bench.json --plot bench.png
+    """
+    from attn_onnx.files import check_output_file, write_atomic
+
+    variants = list(comma_list(impls))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise UsageError(f"--attention-impl {impls!r}: choose from {list(VARIANTS)}")
+    shape_list = _shapes(shapes)
+    thread_list = list(comma_list(threads, int)) if threads else [len(os.sched_getaffinity(0))]
+    if not thread_list or min(thread_list) < 1:
+        raise UsageError("--threads must be >= 1")
+    if embedding_dim % heads:
+        raise UsageError(f"--embedding-dim {embedding_dim} is not divisible by --heads {heads}")
+    if json_path is not None:
+        check_output_file(json_path, force=True, what="--json")
+    if plot_path is not None:
+        if plot_path.suffix.lower() != ".png":
+            raise UsageError(f"--plot {str(plot_path)!r} must end in .png")
+        check_output_file(plot_path, force=True, what="--plot")
+        from attn_onnx.bench.plot import require_matplotlib
+
+        require_matplotlib()
+
+    from attn_onnx.bench.bench import fastest, run_bench
+
+    bench = run_bench(variants, shape_list, thread_list, heads, embedding_dim, rounds,
+                      on_line=lambda text: click.echo(text, err=True))
+    click.echo(table(bench))
+    for n in thread_list:
+        for batch, length in shape_list:
+            best = fastest(bench, batch, length, n)
+            if best is not None:
+                click.echo(f"fastest correct at ({batch},{length}), {n} thread(s): {best.contender}, "
+                           f"{best.vs_sdpa:.2f}x SDPA, {best.vs_export:.2f}x torch-export, "
+                           f"{best.limit_fraction:.0%} of the sgemm limit")
+    if json_path is not None:
+        write_atomic(json_path, json.dumps(bench.to_json(), indent=1).encode(), force=True)
+        click.echo(f"wrote {json_path}")
+    if plot_path is not None:
+        from attn_onnx.bench.plot import draw
+
+        write_atomic(plot_path, draw(bench), force=True)
+        click.echo(f"wrote {plot_path}")
+
+
+def table(bench) -> str:
+    """The results as text, one block per (threads, shape)."""
+    lines = [f"bench-attn {__version__}: {bench.cpu}; width {bench.embedding_dim}, {bench.heads} heads, "
+             "causal+padding mask input, float32; " + ", ".join(f"{k} {v}" for k, v in bench.versions.items()
+                                                               if k != "attn_onnx")]
+    for n in bench.threads:
+        lines.append(f"threads {n}: sgemm limit (onnxruntime MatMul 2048^3) {bench.sgemm_gflops[n]:.0f} GFLOP/s; "
+                     f"torch.matmul {bench.torch_sgemm_gflops[n]:.0f} GFLOP/s")
+        head = f"  {'contender':<22}{'median ms':>10}{'vs sdpa':>9}{'vs export':>10}{'GFLOP/s':>9}{'% limit':>9}" \
+               f"{'max_abs':>10}"
+        for shape in dict.fromkeys((t.batch, t.length) for t in bench.timings if t.threads == n):
+            lines += [f" ({shape[0]},{shape[1]})", head]
+            for t in bench.timings:
+                if (t.batch, t.length, t.threads) == (*shape, n):
+                    err = f"{t.max_abs:.1e}" if t.max_abs is not None else "-"
+                    export = f"{t.vs_export:.2f}x" if t.vs_export else "-"
+                    lines.append(f"  {t.contender:<22}{t.median_ms:>10.3f}{t.vs_sdpa:>8.2f}x{export:>10}"
+                                 f"{t.gflops:>9.1f}{t.limit_fraction:>9.0%}{err:>10}")
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""What the hand-built (fused) variants of `mha` share: the projections, the mask, the seed's fully-masked
+row, and a weight map that says where each state_dict tensor went.
+
+The seed fills masked scores with a finite -1e9 (`masked_fill`), so a row whose keys are all masked holds
+equal scores and attends uniformly: its answer is the mean over the keys of the projected values. A fused
+kernel does not reproduce that. A boolean mask gives -inf, hence zeros or NaN on such a row; an additive
+-1e9 bias gives `score - 1e9`, which float32 rounds to -1e9 only while |score| is small (the ulp of 1e9 is
+64), so with large scores the row's softmax follows the scores instead of being uniform. Rows with at least
+one allowed key are exact either way: exp(-1e9 - max) is 0 in float32 as in float64. So each fused variant
+attends with its kernel and then selects, with a `Where` on "the row has an allowed key", between the
+kernel's answer and the mean of the projected values. Exact for any score magnitude, at the cost of one
+reduction over the keys.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from attn_onnx.exporter.spec import MASK_DTYPES
+
+MASK_FILL = -1e9  # models.MASK_FILL, without importing torch here
+FLOAT = TensorProto.FLOAT
+
+
+class GraphWriter:
+    """Nodes, initializers and fresh names for one graph; `op` returns the output name(s)."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def fresh(self, stem: str) -> str:
+        self._count += 1
+        return f"{stem}_{self._count}"
+
+    def op(self, op_type: str, inputs: list[str], stem: str | None = None, outputs: int = 1,
+           domain: str = "", **attrs) -> str | list[str]:
+        names = [self.fresh(stem or op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=self.fresh("n_" + op_type), domain=domain,
+                                           **attrs))
+        return names[0] if outputs == 1 else names
+
+    def constant(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+
+class Weights:
+    """The module's state_dict as numpy, and the weight map the variant fills while placing tensors."""
+
+    def __init__(self, module):
+        self.state = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in module.state_dict().items()}
+        self.map: dict[str, dict] = {}
+
+    def place(self, writer: GraphWriter, keys: list[str], name: str, transposed: bool) -> str:
+        """One initializer holding `keys` (transposed first, if asked) side by side on the last axis."""
+        parts = [self.state[k].T if transposed else self.state[k] for k in keys]
+        start = 0
+        for key, part in zip(keys, parts):
+            entry = {"initializer": name, "transposed": transposed}
+            if len(keys) > 1:
+                entry["slice"] = [start, start + part.shape[-1]]  # on the stored initializer's last axis
+            self.map[key] = entry
+            start += part.shape[-1]
+        return writer.constant(name, np.ascontiguousarray(np.concatenate(parts, axis=-1)))
+
+
+def projections(w: GraphWriter, weights: Weights, packed_bias: bool) -> dict[str, str]:
+    """query/key/value times the transposed projection weights; biases added unless packed for the kernel."""
+    out = {}
+    for i, name in enumerate(("query", "key", "value")):
+        weight = weights.place(w, [f"linears.{i}.weight"], f"linears.{i}.weight.T", transposed=True)
+        projected = w.op("MatMul", [name, weight], stem=name[0])  # (B, len, E)
+        if not packed_bias:
+            projected = w.op("Add", [projected, weights.place(w, [f"linears.{i}.bias"], f"linears.{i}.bias",
+                                                               transposed=False)], stem=name[0])
+        out[name] = projected
+    if packed_bias:
+        out["bias"] = weights.place(w, [f"linears.{i}.bias" for i in range(3)], "qkv_bias", transposed=False)
+    return out
+
+
+def allowed_mask(w: GraphWriter, spec) -> str | None:
+    """A bool "may attend" tensor: (B, mask_q_len, kv_len) from the mask input, (q_len, kv_len) for the built-in
+    causal mask (top-left, as the seed's subsequent_mask), None without a mask."""
+    if spec.mask == "input":
+        if MASK_DTYPES[spec.mask_dtype] is np.bool_:
+            return "mask"
+        zero = w.constant("mask_zero", np.zeros((), MASK_DTYPES[spec.mask_dtype]))
+        return w.op("Not", [w.op("Equal", ["mask", zero])], stem="allowed")  # nonzero = attend (NaN included)
+    if spec.mask == "causal":
+        zero, one = w.constant("i64_zero", np.array(0, np.int64)), w.constant("i64_one", np.array(1, np.int64))
+        q_len = w.op("Gather", [w.op("Shape", ["query"]), one], axis=0)
+        kv_len = w.op("Gather", [w.op("Shape", ["key"]), one], axis=0)
+        rows = w.op("Unsqueeze", [w.op("Range", [zero, q_len, one]), one])  # (q_len, 1)
+        cols = w.op("Range", [zero, kv_len, one])  # (kv_len,)
+        return w.op("LessOrEqual", [cols, rows], stem="allowed")  # (q_len, kv_len): key j <= query i
+    return None
+
+
+def additive_bias(w: GraphWriter, allowed: str, spec) -> str:
+    """0 where allowed, -1e9 where masked, as (B or 1, 1, q_len, kv_len) float (a kernel's attention_bias)."""
+    bias = w.op("Where", [allowed, w.constant("bias_zero", np.array(0, np.float32)),
+                          w.constant("bias_fill", np.array(MASK_FILL, np.float32))], stem="bias")
+    return per_head(w, bias, spec)
+
+
+def per_head(w: GraphWriter, mask: str, spec) -> str:
+    """(B, mask_q_len, kv_len) -> (B, 1, q_len, kv_len); causal (q_len, kv_len) -> (1, 1, q_len, kv_len).
+
+    onnxruntime's kernels want the mask's query dim full, so a padding mask (mask_q_len 1) is expanded.
+    """
+    if spec.mask == "causal":
+        return w.op("Unsqueeze", [mask, w.constant("axes_0_1", np.array([0, 1], np.int64))], stem="per_head")
+    mask = w.op("Unsqueeze", [mask, w.constant("axes_1", np.array([1], np.int64))], stem="per_head")
+    q_len = w.op("Slice", [w.op("Shape", ["query"]), w.constant("i64_1", np.array([1], np.int64)),
+                           w.constant("i64_2", np.array([2], np.int64))])
+    shape = w.op("Concat", [w.constant("ones_2", np.array([1, 1], np.int64)), q_len,
+                            w.constant("one_1", np.array([1], np.int64))], axis=0)
+    return w.op("Expand", [mask, shape], stem="per_head")  # (B, 1, q_len, kv_len)
+
+
+def uniform_rows(w: GraphWriter, attended: str, allowed: str, value: str, value_bias: str | None) -> str:
+    """The seed's answer on fully-masked rows: the mean of the projected values, where no key is allowed.
+
+    Only a mask input can mask a whole row: the built-in causal mask lets query i see key 0.
+    """
+    any_allowed = w.op("ReduceMax", [w.op("Cast", [allowed], to=TensorProto.INT32),
+                                     w.constant("axes_last", np.array([-1], np.int64))], keepdims=1)
+    any_allowed = w.op("Cast", [any_allowed], to=TensorProto.BOOL, stem="any_allowed")  # (B, mask_q_len, 1)
+    mean = w.op("ReduceMean", [value, w.constant("axes_len", np.array([1], np.int64))], keepdims=1)  # (B, 1, E)
+    if value_bias is not None:
+        mean = w.op("Add", [mean, value_bias], stem="mean_v")
+    return w.op("Where", [any_allowed, attended, mean], stem="attended")  # (B, q_len, E)
+
+
+def output_projection(w: GraphWriter, weights: Weights, attended: str) -> None:
+    weight = weights.place(w, ["linears.3.weight"], "linears.3.weight.T", transposed=True)
+    bias = weights.place(w, ["linears.3.bias"], "linears.3.bias", transposed=False)
+    w.nodes.append(helper.make_node("Add", [w.op("MatMul", [attended, weight], stem="o"), bias], ["output"],
+                                    name="output_bias"))
+
+
+def model(w: GraphWriter, spec, opsets: dict[str, int], doc: str) -> onnx.ModelProto:
+    """The model with the spec's inputs and outputs (dims are named later by the exporter)."""
+    elem = {"float32": FLOAT}
+    inputs = []
+    for name, dims in spec.input_dims().items():
+        dtype = elem[spec.dtype] if name != "mask" else helper.np_dtype_to_tensor_dtype(
+            np.dtype(MASK_DTYPES[spec.mask_dtype]))
+        inputs.append(helper.make_tensor_value_info(name, dtype, dims))
+    outputs = [helper.make_tensor_value_info(name, elem[spec.dtype], dims) for name, dims in spec.output_dims().items()]
+    graph = helper.make_graph(w.nodes, "attn_onnx_" + spec.variant.replace("-", "_"), inputs, outputs,
+                              w.initializers, doc_string=doc)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+                              producer_name="attn-onnx")
+    proto.ir_version = min(proto.ir_version, 10)  # onnxruntime 1.20 reads IR <= 10
+    return proto
+
+
+def scale(spec) -> float:
+    return 1.0 / math.sqrt(spec.d_k)

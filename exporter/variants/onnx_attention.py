@@ -1,0 +1,31 @@
+"""`onnx-attention`: the standard ONNX `Attention` op (opset 23), any runtime that implements it.
+
+A boolean `attn_mask` (True = attend) or `is_causal` (top-left, as the seed's subsequent_mask); the op
+gives zeros (onnxruntime 1.32, the onnx 1.23 errata) or NaN (earlier onnx) on a fully-masked row, so those
+rows are restored to the seed's uniform attention (see fused.py).
+"""
+
+from __future__ import annotations
+
+from attn_onnx.exporter.variants import Built
+from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, allowed_mask, model, per_head,
+                                               output_projection, projections, scale, uniform_rows)
+
+
+def build(spec, graph, example, module) -> Built:
+    w, weights = GraphWriter(), Weights(module)
+    p = projections(w, weights, packed_bias=False)  # query, key, value (B, len, E) with their biases
+    attrs = {"q_num_heads": spec.heads, "kv_num_heads": spec.heads, "scale": scale(spec)}
+    inputs = [p["query"], p["key"], p["value"]]
+    allowed = None
+    if spec.mask == "input":
+        allowed = allowed_mask(w, spec)  # (B, mask_q_len, kv_len) bool
+        inputs.append(per_head(w, allowed, spec))  # (B, 1, q_len, kv_len)
+    elif spec.mask == "causal":
+        attrs["is_causal"] = 1
+    attended = w.op("Attention", inputs, stem="attended", **attrs)  # (B, q_len, E)
+    if allowed is not None:
+        attended = uniform_rows(w, attended, allowed, p["value"], None)
+    output_projection(w, weights, attended)
+    doc = "MultiHeadedAttention through the ONNX Attention op (attn-onnx variant onnx-attention)"
+    return Built(model(w, spec, {"": spec.opset}, doc), weights.map)

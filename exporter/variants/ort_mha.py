@@ -1,0 +1,31 @@
+"""`ort-mha`: onnxruntime's fused `com.microsoft.MultiHeadAttention` (runs in onnxruntime only).
+
+The Q/K/V biases go into the kernel's packed `bias` input; a mask becomes an additive -1e9
+`attention_bias`; fully-masked rows are restored to the seed's uniform attention (see fused.py). Without a
+mask the kernel may take its flash-attention path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from attn_onnx.exporter.variants import Built
+from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bias, allowed_mask, model,
+                                               output_projection, projections, scale, uniform_rows)
+
+
+def build(spec, graph, example, module) -> Built:
+    w, weights = GraphWriter(), Weights(module)
+    p = projections(w, weights, packed_bias=True)  # query, key, value (B, len, E) unbiased; bias (3E,)
+    allowed = allowed_mask(w, spec)
+    bias = additive_bias(w, allowed, spec) if allowed is not None else ""
+    attended = w.op("MultiHeadAttention", [p["query"], p["key"], p["value"], p["bias"], "", bias],
+                    stem="attended", domain="com.microsoft", num_heads=spec.heads, scale=scale(spec))
+    if spec.mask == "input":  # only a mask input can mask a whole row
+        width = spec.embedding_dim
+        value_bias = w.op("Slice", [p["bias"], w.constant("v_start", np.array([2 * width], np.int64)),
+                                    w.constant("v_end", np.array([3 * width], np.int64))], stem="value_bias")
+        attended = uniform_rows(w, attended, allowed, p["value"], value_bias)
+    output_projection(w, weights, attended)  # (B, q_len, E)
+    doc = "MultiHeadedAttention through com.microsoft.MultiHeadAttention (attn-onnx variant ort-mha)"
+    return Built(model(w, spec, {"": spec.opset, "com.microsoft": 1}, doc), weights.map)

@@ -1,0 +1,79 @@
+"""bench-attn: its figures are consistent data (no timing is asserted), its refusals come before any work."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from attn_onnx.bench.bench import flops
+from attn_onnx.cli.bench_attn import main as bench
+from attn_onnx.exporter.variants import VARIANTS
+
+SMALL = ["--heads", "2", "--embedding-dim", "16", "--rounds", "2", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    result = CliRunner().invoke(bench, [*SMALL, "--shapes", "1x8,3x5", "--json", str(folder / "b.json"),
+                                       "--plot", str(folder / "b.png")])
+    assert result.exit_code == 0, result.output
+    return result.output, json.loads((folder / "b.json").read_text()), (folder / "b.png").read_bytes()
+
+
+def test_every_contender_is_timed_at_every_shape(results):
+    _, data, _ = results
+    contenders = {f"ort:{v}" for v in VARIANTS} | {"torch-eager", "torch-sdpa"}
+    seen = {(t["contender"], t["batch"], t["length"]) for t in data["timings"]}
+    assert seen == {(c, b, n) for c in contenders for b, n in ((1, 8), (3, 5))}
+    for t in data["timings"]:
+        assert len(t["rounds_ms"]) == 2 and t["median_ms"] > 0
+        assert t["gflops"] == pytest.approx(flops(t["batch"], t["length"], 16) / (t["median_ms"] / 1e3) / 1e9)
+        assert t["limit_fraction"] == pytest.approx(t["gflops"] / data["sgemm_gflops"]["1"])
+
+
+def test_ratios_are_to_sdpa_and_to_the_straight_export(results):
+    _, data, _ = results
+    for shape in ((1, 8), (3, 5)):
+        rows = {t["contender"]: t for t in data["timings"] if (t["batch"], t["length"]) == shape}
+        assert rows["torch-sdpa"]["vs_sdpa"] == pytest.approx(1.0)
+        assert rows["ort:torch-export"]["vs_export"] == pytest.approx(1.0)
+        for t in rows.values():
+            assert t["vs_sdpa"] == pytest.approx(rows["torch-sdpa"]["median_ms"] / t["median_ms"])
+
+
+def test_each_variant_is_checked_against_the_float64_seed_on_the_bench_inputs(results):
+    _, data, _ = results
+    for t in data["timings"]:
+        if t["contender"].startswith("ort:"):
+            assert t["max_abs"] < 1e-5  # float32 at width 16: the float32 profile's atol
+        else:
+            assert t["max_abs"] is None
+
+
+def test_the_table_names_the_cpu_and_the_limit(results):
+    output, data, png = results
+    assert data["cpu"] and data["cpu"] in output
+    assert "sgemm limit (onnxruntime MatMul 2048^3)" in output and "fastest correct at (3,5)" in output
+    assert png.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shapes", "4x"], "Error: --shapes item '4x' is not BATCHxLEN"),
+    (["--shapes", "0x8"], "Error: --shapes item '0x8' is not BATCHxLEN"),
+    (["--attention-impl", "flash"], "Error: --attention-impl 'flash': choose from"),
+    (["--plot", "b.jpg"], "Error: --plot 'b.jpg' must end in .png"),
+    (["--threads", "0"], "Error: --threads must be >= 1"),
+    (["--heads", "3"], "Error: --embedding-dim 512 is not divisible by --heads 3"),
+])
+def test_bad_options_are_refused_before_any_work(args, message):
+    """Refused in a fresh process before torch or onnxruntime is even imported: nothing was exported or timed."""
+    code = ("import sys\nfrom attn_onnx.cli.bench_attn import main\n"
+            f"try:\n    main({args!r})\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "print('exit', code, 'torch' in sys.modules, 'onnxruntime' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "exit 2 False False", result.stdout + result.stderr
+    assert result.stderr.strip().startswith(message), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,137 @@
+"""Every graph variant keeps the seed's semantics: runtime_check passes on each variant and mask mode, a
+fully-masked row attends uniformly for any score magnitude, and the weight map rebuilds the module."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from attn_onnx.cli.export_attn import main as export
+from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.variants import VARIANTS
+from attn_onnx.runtime_check.check import CheckConfig, check_model
+from attn_onnx.runtime_check.cases import QUICK, Sweep
+from attn_onnx.runtime_check.reference import reference_module
+
+FUSED = [name for name, v in VARIANTS.items() if not v.attn_probs]
+SMALL = {"heads": 4, "embedding_dim": 32}
+
+
+def variant_fields(variant, **fields):
+    return {**SMALL, "variant": variant, "opset": max(18, VARIANTS[variant].min_opset), **fields}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("mask, mask_dtype", [("input", "bool"), ("input", "float32"), ("input", "uint8"),
+                                              ("causal", "bool"), ("none", "bool")])
+def test_runtime_check_passes_on_every_variant_and_mask_mode(exported, variant, mask, mask_dtype):
+    path, spec, module = exported(**variant_fields(variant, mask=mask, mask_dtype=mask_dtype))
+    assert spec.variant == variant
+    sweep = Sweep(batches=(1, 3), lengths=(1, 9, 33)) if mask_dtype == "bool" else QUICK
+    report = check_model(path, CheckConfig(sweep=sweep), module=module)
+    assert report.ok and not report.nothing_checked, [r.line() for r in report.failed]
+    checked = {r.runner for r in report.results}
+    assert any(r.startswith("onnxruntime") for r in checked)
+    if variant != "ort-mha":  # com.microsoft ops run in onnxruntime only; onnx.reference skips them
+        assert "onnx-reference" in checked
+
+
+@pytest.mark.parametrize("variant", FUSED)
+def test_the_golden_rebuilt_from_the_file_holds_the_modules_weights(exported, variant):
+    """The fused builders pack and transpose weights; their weight map must still lead back to each tensor."""
+    path, spec, module = exported(**variant_fields(variant))
+    proto = onnx.load(path)
+    rebuilt, _ = reference_module(proto, ExportSpec.from_metadata({p.key: p.value for p in proto.metadata_props}))
+    for key, tensor in module.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], tensor), key
+    assert check_model(path, CheckConfig(sweep=QUICK)).ok  # no module given: the golden comes from the file
+
+
+def seed_output(module, feeds):
+    """The seed module in float64 on the feeds."""
+    double = type(module)(module.head, module.embedding_dim, dropout=0.0).double().eval()
+    double.load_state_dict({k: v.double() for k, v in module.state_dict().items()})
+    with torch.no_grad():
+        q, k, v = (torch.from_numpy(feeds[n]).double() for n in ("query", "key", "value"))
+        return double(q, k, v, torch.from_numpy(feeds["mask"].astype(np.float64))).numpy()
+
+
+def large_feeds(spec, scale):
+    """Inputs scaled so that scores reach hundreds, with fully-masked rows (one, and a whole example)."""
+    rng = np.random.default_rng(3)
+    mask = (rng.random((3, 6, 7)) < 0.6).astype(np.uint8)
+    mask[0, 2] = 0
+    mask[2] = 0
+    feeds = spec.kind.inputs(spec, {"batch": 3, "q_len": 6, "kv_len": 7}, rng, mask)
+    for name in ("query", "key", "value"):
+        feeds[name] *= np.float32(scale)
+    return feeds, mask.max(axis=-1) == 0  # (3, 6): the fully-masked rows
+
+
+@pytest.mark.parametrize("variant", FUSED)
+@pytest.mark.parametrize("mask_dtype", ["bool", "float32"])
+def test_a_fully_masked_row_attends_uniformly_at_any_score_magnitude(exported, variant, mask_dtype):
+    """An additive -1e9 bias (ort-mha) gives such a row the unmasked softmax once |score| passes the ulp of
+    1e9 (64); a boolean mask (onnx-attention) gives it zeros. The seed gives the mean of the values."""
+    path, spec, module = exported(**variant_fields(variant, mask_dtype=mask_dtype))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for scale in (1, 30, 300):
+        feeds, masked = large_feeds(spec, scale)
+        got, want = session.run(None, feeds)[0], seed_output(module, feeds)
+        # Masked rows are the output projection of a mean: no softmax, so float32 rounding of sums of
+        # 7 terms and one 32-wide projection (a few ulp of the magnitude) is all that separates them.
+        magnitude = np.abs(want[masked]).max()
+        np.testing.assert_allclose(got[masked], want[masked], rtol=0, atol=1e-5 * magnitude)
+        if scale == 1:  # small scores: every row at the float32 profile
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", FUSED)
+def test_without_the_uniform_row_fix_the_kernel_is_wrong(exported, variant):
+    """The trap exists: the fused kernel alone, its Where bypassed, misses the seed's answer on those rows."""
+    path, spec, module = exported(**variant_fields(variant))
+    proto = onnx.load(path)
+    kernel = next(n for n in proto.graph.node if n.op_type in ("Attention", "MultiHeadAttention")).output[0]
+    where = [n for n in proto.graph.node if n.op_type == "Where" and kernel in n.input][0]
+    for node in proto.graph.node:
+        node.input[:] = [kernel if name == where.output[0] else name for name in node.input]
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds, masked = large_feeds(spec, 30)
+    error = np.abs(session.run(None, feeds)[0] - seed_output(module, feeds))[masked].max()
+    assert error > 1.0
+
+
+def test_no_fused_variant_materializes_the_scores_outside_its_kernel(exported):
+    """Projections, the mask, the kernel, the fix, the output projection: no MatMul/Softmax of their own."""
+    for variant in FUSED:
+        path, _, _ = exported(**variant_fields(variant))
+        ops = [n.op_type for n in onnx.load(path).graph.node]
+        assert "Softmax" not in ops and ops.count("MatMul") == 4, (variant, ops)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--attention-impl", "onnx-attention", "--opset", "18"],
+     "Error: --attention-impl onnx-attention needs --opset 23 or later; got 18"),
+    (["--attention-impl", "ort-mha", "--module", "attention"],
+     "Error: --attention-impl ort-mha builds --module mha, not attention"),
+    (["--attention-impl", "ort-mha", "--attn-probs"],
+     "Error: --attention-impl ort-mha cannot output attn_probs"),
+    (["--attention-impl", "flash"], "Error: Invalid value for '--attention-impl'"),
+])
+def test_a_variant_that_cannot_build_the_spec_is_refused_before_any_work(tmp_path, args, message):
+    result = CliRunner().invoke(export, [*args, "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith(message), result.output
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_onnx_attention_defaults_to_opset_23(tmp_path):
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(export, ["--attention-impl", "onnx-attention", *map(str, ["--heads", 2,
+                                         "--embedding-dim", 16]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert meta["attn_onnx.variant"] == "onnx-attention" and meta["attn_onnx.opset"] == "23"
+    assert "opset 23" in result.output
