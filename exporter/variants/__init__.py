@@ -52,9 +52,11 @@ class Variant:
 VARIANTS = {v.name: v for v in (
     Variant("torch-export", "torch_export", "the seed's MatMul/Softmax graph as torch.onnx writes it (the "
             "reference)"),
+    Variant("additive-mask", "additive_mask", "the seed's MatMul/Softmax graph built by hand, the mask added as "
+            "a bias shared by the heads", modules=("mha",), attn_probs=False, min_opset=18),
     Variant("onnx-attention", "onnx_attention", "the standard ONNX Attention op", modules=("mha",),
             attn_probs=False, min_opset=23, runtimes="runtimes with opset 23 (onnxruntime >= 1.23)"),
     Variant("ort-mha", "ort_mha", "onnxruntime's fused com.microsoft.MultiHeadAttention", modules=("mha",),
-            attn_probs=False, runtimes="onnxruntime only"),
+            attn_probs=False, min_opset=18, runtimes="onnxruntime only"),
 )}
 DEFAULT = "torch-export"
