@@ -17,12 +17,12 @@ from attn_onnx.exporter.variants import VARIANTS
 SHAPES = "1x16,8x128,1x512,4x512,1x2048"
 
 
-def _shapes(text: str) -> list[tuple[int, int]]:
+def _shapes(text: str, option: str = "--shapes") -> list[tuple[int, int]]:
     shapes = []
     for item in comma_list(text):
         parts = item.lower().split("x")
         if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise UsageError(f"--shapes item {item!r} is not BATCHxLEN with both >= 1 (e.g. 4x512)")
+            raise UsageError(f"{option} item {item!r} is not BATCHxLEN with both >= 1 (e.g. 4x512)")
         shapes.append((int(parts[0]), int(parts[1])))
     return shapes
 
@@ -38,10 +38,13 @@ def _shapes(text: str) -> list[tuple[int, int]]:
 @click.option("--embedding-dim", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--rounds", type=click.IntRange(min=1), default=7, show_default=True,
               help="Interleaved rounds; each contender's figure is its median over them.")
+@click.option("--memory", "memory_shape", default=None, metavar="BATCHxLEN",
+              help="Also run each variant once at this shape (e.g. 1x8192) in a fresh process and report its "
+              "peak RSS.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the results.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Also draw a PNG: median latency per shape, each contender.")
-def main(impls, shapes, threads, heads, embedding_dim, rounds, json_path, plot_path):
+def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, json_path, plot_path):
     """Time the attention block, causal+padding mask input, float32: each export variant in onnxruntime
     (CPU), PyTorch eager of the seed module, and PyTorch SDPA with the same weights, in interleaved rounds.
     Prints per shape the median latency, ratios to SDPA and to the straight export, achieved GFLOP/s, the
@@ -60,6 +63,10 @@ def main(impls, shapes, threads, heads, embedding_dim, rounds, json_path, plot_p
     if unknown or not variants:
         raise UsageError(f"--attention-impl {impls!r}: choose from {list(VARIANTS)}")
     shape_list = _shapes(shapes)
+    memory = _shapes(memory_shape, "--memory") if memory_shape else None
+    if memory is not None and len(memory) != 1:
+        raise UsageError(f"--memory {memory_shape!r}: give one BATCHxLEN")
+    memory = memory[0] if memory else None
     thread_list = list(comma_list(threads, int)) if threads else [len(os.sched_getaffinity(0))]
     if not thread_list or min(thread_list) < 1:
         raise UsageError("--threads must be >= 1")
@@ -87,8 +94,15 @@ def main(impls, shapes, threads, heads, embedding_dim, rounds, json_path, plot_p
                 click.echo(f"fastest correct at ({batch},{length}), {n} thread(s): {best.contender}, "
                            f"{best.vs_sdpa:.2f}x SDPA, {best.vs_export:.2f}x torch-export, "
                            f"{best.limit_fraction:.0%} of the sgemm limit")
+    data = bench.to_json()
+    if memory is not None:
+        from attn_onnx.bench.memory import peak_rss
+
+        data["memory"] = {"batch": memory[0], "length": memory[1], "threads": thread_list[0],
+                          "variants": peak_rss(variants, *memory, thread_list[0], heads, embedding_dim)}
+        click.echo(memory_table(data["memory"]))
     if json_path is not None:
-        write_atomic(json_path, json.dumps(bench.to_json(), indent=1).encode(), force=True)
+        write_atomic(json_path, json.dumps(data, indent=1).encode(), force=True)
         click.echo(f"wrote {json_path}")
     if plot_path is not None:
         from attn_onnx.bench.plot import draw
@@ -115,4 +129,17 @@ def table(bench) -> str:
                     export = f"{t.vs_export:.2f}x" if t.vs_export else "-"
                     lines.append(f"  {t.contender:<22}{t.median_ms:>10.3f}{t.vs_sdpa:>8.2f}x{export:>10}"
                                  f"{t.gflops:>9.1f}{t.limit_fraction:>9.0%}{err:>10}")
+    return "\n".join(lines)
+
+
+def memory_table(memory: dict) -> str:
+    lines = [f"peak RSS of one run at ({memory['batch']},{memory['length']}), {memory['threads']} thread(s), "
+             "in a fresh onnxruntime process:",
+             f"  {'variant':<22}{'peak MiB':>10}{'run MiB':>10}  (run: above the loaded session; inputs "
+             f"{next(iter(memory['variants'].values())).get('inputs_mib', 0):.0f} MiB)"]
+    for name, m in memory["variants"].items():
+        if "error" in m:
+            lines.append(f"  {name:<22}failed: {m['error']}")
+        else:
+            lines.append(f"  {name:<22}{m['peak_mib']:>10.0f}{m['run_mib']:>10.0f}")
     return "\n".join(lines)

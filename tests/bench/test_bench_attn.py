@@ -60,7 +60,23 @@ def test_the_table_names_the_cpu_and_the_limit(results):
     assert png.startswith(b"\x89PNG")
 
 
+def test_memory_is_measured_per_variant_in_a_fresh_process(tmp_path):
+    """torch-export materializes the (1, 8, 1024, 1024) float32 scores (32 MiB) several times over."""
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(bench, ["--heads", "8", "--embedding-dim", "64", "--rounds", "1", "--threads", "1",
+                                       "--shapes", "1x4", "--memory", "1x1024", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    memory = json.loads(out.read_text())["memory"]
+    assert (memory["batch"], memory["length"]) == (1, 1024) and set(memory["variants"]) == set(VARIANTS)
+    for figures in memory["variants"].values():
+        assert figures["peak_mib"] >= figures["run_mib"] >= 0
+    assert memory["variants"]["torch-export"]["run_mib"] > 32
+    assert "peak RSS of one run at (1,1024)" in result.output
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--memory", "1x"], "Error: --memory item '1x' is not BATCHxLEN"),
+    (["--memory", "1x8,2x8"], "Error: --memory '1x8,2x8': give one BATCHxLEN"),
     (["--shapes", "4x"], "Error: --shapes item '4x' is not BATCHxLEN"),
     (["--shapes", "0x8"], "Error: --shapes item '0x8' is not BATCHxLEN"),
     (["--attention-impl", "flash"], "Error: --attention-impl 'flash': choose from"),
