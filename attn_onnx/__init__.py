@@ -19,8 +19,8 @@ __version__ = "0.2.0"
 
 def _source_checkout() -> None:
     """Run from a source checkout without installing (`PYTHONPATH=repo`, as on a machine with no package
-    index): the sibling folders models/, exporter/, runtime_check/, deploy/, bench/, cli/ are this package's subpackages,
-    as the installed wheel lays them out. An installed copy has them inside this folder and skips this."""
+    index): the sibling folders models/, exporter/, runtime_check/, deploy/, bench/, cli/ are this package's
+    subpackages, as the installed wheel lays them out. An installed copy has them inside this folder and skips this."""
     import os
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -39,6 +39,9 @@ def _applies(option: str) -> str:
               show_default=True, help="How attention is built: " + "; ".join(
                   f"{v.name}: {v.help} ({v.runtimes})" for v in VARIANTS.values()) + ". Each keeps the seed's "
               "semantics, a fully-masked row attending uniformly included.")
+@click.option("--optimize", is_flag=True, help="Write the graph as onnxruntime optimizes it offline, at its "
+              "portable 'extended' level (fusions into com.microsoft ops; no CPU-specific layouts). Runs in "
+              "onnxruntime; the metadata is kept.")
 @click.option("--opset", type=click.IntRange(min(OPSETS), max(OPSETS)), default=None,
               help="ONNX opset of the default domain. [default: 18; 23 for onnx-attention]")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -131,6 +134,7 @@ def _export(kind, options, name: str, targets: str) -> None:
     spec = ExportSpec(module=kind.name, heads=options["heads"], embedding_dim=embedding_dim,
                       mask=options["mask_mode"], mask_dtype=options["mask_dtype"], attn_probs=options["attn_probs"],
                       opset=options["opset"], variant=options["variant"],
+                      optimize="extended" if options["optimize"] else "",
                       weights_source=source if kind.has_weights else "").validate()
     module = kind.build_module(spec, state, options["seed"]) if kind.has_weights else None
     proto, spec = export_onnx(spec, module)
@@ -178,7 +182,9 @@ def _echo_summary(out: Path, proto, spec, size: int) -> None:
     import onnx
 
     size_text = f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
-    click.echo(f"wrote {out} ({size_text}, opset {spec.opset}, {spec.kind.summary(spec)})")
+    how = f", {spec.variant}" if spec.variant != DEFAULT_VARIANT else ""
+    how += f", optimized ({spec.optimize})" if spec.optimize else ""
+    click.echo(f"wrote {out} ({size_text}, opset {spec.opset}, {spec.kind.summary(spec)}{how})")
     for side, values in (("input", proto.graph.input), ("output", proto.graph.output)):
         for value in values:
             elem = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)

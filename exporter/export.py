@@ -70,11 +70,22 @@ def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0
     _describe(proto, spec)
     if proto.ByteSize() > MAX_SINGLE_FILE_BYTES:
         raise ExportError(f"the model is {proto.ByteSize() / 2**30:.2f} GiB; a single .onnx file holds < 2 GiB")
+    _check(proto)
+    if spec.optimize:
+        from attn_onnx.exporter.optimize import optimize
+
+        proto, weights = optimize(proto, spec.weights)
+        spec = spec.replace(weights=weights)
+        _describe(proto, spec)
+        _check(proto)
+    return proto, spec
+
+
+def _check(proto: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
         raise ExportError(f"onnx.checker rejected the exported model: {first_line(exc)}") from exc
-    return proto, spec
 
 
 def export_model(spec: ExportSpec, out: str | Path, module: nn.Module | None = None, force: bool = False,
@@ -116,6 +127,10 @@ def _describe(proto: onnx.ModelProto, spec: ExportSpec) -> None:
         METADATA_PREFIX + "producer.onnx": onnx.__version__,
         METADATA_PREFIX + "producer.onnxscript": onnxscript.__version__,
     }
+    if spec.optimize:
+        import onnxruntime
+
+        props[METADATA_PREFIX + "producer.onnxruntime"] = onnxruntime.__version__  # the optimizer's version
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
     proto.producer_name, proto.producer_version = "attn-onnx", __version__

@@ -18,6 +18,7 @@ MASK_MODES = ("input", "causal", "none")
 MASK_DTYPES = {"bool": np.bool_, "uint8": np.uint8, "int64": np.int64, "float32": np.float32}
 OPSETS = tuple(range(17, 24))  # opsets torch's exporter writes and onnxruntime runs
 DTYPES = ("float32",)
+OPTIMIZE_LEVELS = ("", "extended")  # exporter/optimize.py
 
 METADATA_PREFIX = "attn_onnx."
 FORMAT_VERSION = "1"
@@ -37,6 +38,7 @@ class ExportSpec:
     opset: int = 18  # ONNX default-domain opset
     variant: str = "torch-export"  # how the graph is built: a builder in exporter/variants/
     dtype: str = "float32"  # element type of the float inputs and outputs
+    optimize: str = ""  # "": as built; "extended": as onnxruntime optimizes it offline at that level
     weights: dict[str, dict] = field(default_factory=dict, compare=False)  # state_dict key -> initializer
     weights_source: str = field(default="", compare=False)  # where the weights came from, for people
 
@@ -80,7 +82,7 @@ class ExportSpec:
 
         kind = self.kind
         choices = {"mask": MASK_MODES, "mask_dtype": tuple(MASK_DTYPES), "opset": OPSETS,
-                   "variant": tuple(VARIANTS), "dtype": DTYPES}
+                   "variant": tuple(VARIANTS), "dtype": DTYPES, "optimize": OPTIMIZE_LEVELS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UsageError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
@@ -96,6 +98,8 @@ class ExportSpec:
     def to_metadata(self) -> dict[str, str]:
         """The `metadata_props` that describe the model (only the fields its kind carries)."""
         meta = {"format": FORMAT_VERSION, "module": self.module, "variant": self.variant, "opset": str(self.opset)}
+        if self.optimize:
+            meta["optimize"] = self.optimize
         for name in self.kind.metadata_fields:
             value = _encode(self, name)
             if value is not None:
@@ -126,7 +130,8 @@ class ExportSpec:
         if missing:
             raise MetadataError("the model's metadata lacks " + ", ".join(METADATA_PREFIX + m for m in missing))
         try:
-            kwargs = {"module": kind.name, "variant": meta["variant"], "opset": int(meta["opset"])}
+            kwargs = {"module": kind.name, "variant": meta["variant"], "opset": int(meta["opset"]),
+                      "optimize": meta.get("optimize", "")}
             if "heads" in meta:
                 kwargs.update(heads=int(meta["heads"]),
                               embedding_dim=int(meta.get("embedding_dim", int(meta["heads"]) * int(meta["d_k"]))),

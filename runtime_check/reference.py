@@ -7,10 +7,10 @@ from pathlib import Path
 
 import onnx
 import torch
-from onnx import numpy_helper
 
 from attn_onnx.errors import MetadataError
 from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.variants import tensor_of
 from attn_onnx.exporter.weights import load_into, load_state_dict, weights_label
 
 FROM_FILE = ("the model's own initializers (a reference rebuilt from the file cannot see weights changed "
@@ -39,11 +39,4 @@ def _state_from_initializers(proto: onnx.ModelProto, spec: ExportSpec) -> dict[s
     if not spec.weights or missing:
         raise MetadataError("the model's weight map names initializers it does not hold "
                             f"({missing[:4] or 'map is empty'}); pass --weights to supply the weights")
-    state = {}
-    for key, entry in spec.weights.items():
-        array = numpy_helper.to_array(inits[entry["initializer"]])
-        if "slice" in entry:  # packed with others side by side on the last axis
-            start, stop = entry["slice"]
-            array = array[..., start:stop]
-        state[key] = torch.from_numpy(array.T.copy() if entry["transposed"] else array.copy())
-    return state
+    return {key: torch.from_numpy(tensor_of(inits, entry).copy()) for key, entry in spec.weights.items()}

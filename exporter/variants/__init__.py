@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from attn_onnx.errors import UsageError
 
@@ -22,6 +24,15 @@ class Built:
     # key -> {"initializer": name, "transposed": bool, "slice": [start, stop] (optional)}: the tensor is
     # initializer[..., start:stop], transposed if so marked
     weights: dict[str, dict] = field(default_factory=dict)
+
+
+def tensor_of(inits: dict[str, onnx.TensorProto], entry: dict) -> np.ndarray:
+    """The state_dict tensor a weight-map entry points at (its slice, transposed back)."""
+    array = numpy_helper.to_array(inits[entry["initializer"]])
+    if "slice" in entry:
+        start, stop = entry["slice"]
+        array = array[..., start:stop]
+    return array.T if entry["transposed"] else array
 
 
 @dataclass(frozen=True)
