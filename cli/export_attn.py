@@ -64,6 +64,9 @@ def _applies(option: str) -> str:
 @click.option("--triton-max-batch", type=click.IntRange(min=0), default=8, show_default=True,
               help="[with --triton-repo] max_batch_size for Triton's dynamic batching (0: off).")
 @click.option("--triton-gpu", is_flag=True, help="[with --triton-repo] A GPU instance group instead of CPU.")
+@click.option("--external-data", is_flag=True, help="Write the weights beside the model as ONNX external data "
+              "(model.onnx.data, a relative location; in a bundle or Triton model too). Automatic past 2 GiB, "
+              "protobuf's limit for one file.")
 @click.option("--force", is_flag=True, help="Overwrite --out, --bundle or the --triton-repo model if they exist.")
 @click.option("--no-check", is_flag=True, help="Skip the parity check in onnxruntime before writing.")
 def main(**options):
@@ -122,10 +125,10 @@ def main(**options):
 
 
 def _export(kind, options, name: str, targets: str) -> None:
-    from attn_onnx.exporter.export import export_onnx
+    from attn_onnx.exporter.export import check_onnx, export_onnx
     from attn_onnx.exporter.spec import ExportSpec
     from attn_onnx.exporter.weights import embedding_dim_of, load_state_dict, weights_label
-    from attn_onnx.files import write_atomic
+    from attn_onnx.model_files import needs_external, staged_model
 
     weights, prefix = options["weights"], options["weights_prefix"]
     state = load_state_dict(weights, prefix) if weights is not None else None
@@ -138,25 +141,34 @@ def _export(kind, options, name: str, targets: str) -> None:
                       weights_source=source if kind.has_weights else "").validate()
     module = kind.build_module(spec, state, options["seed"]) if kind.has_weights else None
     proto, spec = export_onnx(spec, module)
-    if not options["no_check"]:
-        _check(proto, module, targets)
-    force = options["force"]
-    data = proto.SerializeToString()
-    if options["out"] is not None:
-        write_atomic(options["out"], data, force)
-        _echo_summary(options["out"], proto, spec, len(data))
+    force, out = options["force"], options["out"]
+    external = options["external_data"] or needs_external(proto)
+    # Saved under a temp name beside the first target and checked there (past 2 GiB a model can only be
+    # run from a file); --out is then moved into place, the other forms written from the same model.
+    first = out or options["bundle_dir"] or options["triton_repo"]
+    with staged_model(proto, first.with_name(out.name if out else "model.onnx"), external) as (staged, commit):
+        if external:
+            check_onnx(staged)  # past 2 GiB, onnx.checker could not see it in memory
+        if not options["no_check"]:
+            _check(staged if external else proto, module, targets)
+        if out is not None:
+            size = commit(force)
+            _echo_summary(out, proto, spec, size, external)
     if options["bundle_dir"] is not None:
         from attn_onnx.deploy.bundle import bundle_cases, write_bundle
 
-        path = write_bundle(options["bundle_dir"], proto, spec, module, name=name, force=force)
-        click.echo(f"wrote bundle {path}/ ({name!r}: model.onnx, manifest.json, "
+        path = write_bundle(options["bundle_dir"], proto, spec, module, name=name, force=force, external=external)
+        data = ", model.onnx.data" if external else ""
+        click.echo(f"wrote bundle {path}/ ({name!r}: model.onnx{data}, manifest.json, "
                    f"{len(bundle_cases(spec))} golden vector sets)")
     if options["triton_repo"] is not None:
         from attn_onnx.deploy.triton import write_repository
 
         path = write_repository(options["triton_repo"], proto, spec, name=name, force=force,
-                                max_batch_size=options["triton_max_batch"], gpu=options["triton_gpu"])
-        click.echo(f"wrote Triton model {path}/ (config.pbtxt, 1/model.onnx)")
+                                max_batch_size=options["triton_max_batch"], gpu=options["triton_gpu"],
+                                external=external)
+        data = ", 1/model.onnx.data" if external else ""
+        click.echo(f"wrote Triton model {path}/ (config.pbtxt, 1/model.onnx{data})")
 
 
 def _check(proto, module, targets: str) -> None:
@@ -178,12 +190,13 @@ def _check(proto, module, targets: str) -> None:
                           "(--no-check writes it anyway, for inspection)")
 
 
-def _echo_summary(out: Path, proto, spec, size: int) -> None:
+def _echo_summary(out: Path, proto, spec, size: int, external: bool) -> None:
     import onnx
 
     size_text = f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
     how = f", {spec.variant}" if spec.variant != DEFAULT_VARIANT else ""
     how += f", optimized ({spec.optimize})" if spec.optimize else ""
+    how += f", weights in {out.name}.data" if external else ""
     click.echo(f"wrote {out} ({size_text}, opset {spec.opset}, {spec.kind.summary(spec)}{how})")
     for side, values in (("input", proto.graph.input), ("output", proto.graph.output)):
         for value in values:

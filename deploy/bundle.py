@@ -10,7 +10,6 @@ The outputs are the float64 PyTorch module's answers (cast to the output dtype),
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from attn_onnx import __version__
 from attn_onnx.errors import BundleError, InterfaceError
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.files import file_sha256, write_folder_atomic
+from attn_onnx.model_files import needs_external, save_model
 from attn_onnx.runtime_check.cases import MASK_KINDS, Case, parse_case
 from attn_onnx.runtime_check.compare import EXACT, FLOAT32, Tolerance
 from attn_onnx.runtime_check.report import CaseResult, Report
@@ -83,19 +83,20 @@ def _io(values, dims: dict, dtypes: dict) -> list[dict]:
 
 
 def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, module, *, name: str,
-                 force: bool = False, seed: int = 0) -> Path:
-    """Write the bundle folder atomically (a temp folder beside `target`, then a rename)."""
+                 force: bool = False, seed: int = 0, external: bool = False) -> Path:
+    """Write the bundle folder atomically (a temp folder beside `target`, then a rename). With `external`
+    (or past 2 GiB), the weights go to `model.onnx.data` beside the model, hashed in the manifest too."""
     import torch
 
     from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
 
     golden = TorchRunner(spec, module, torch.float64)
-    model_bytes = proto.SerializeToString()
+    external = external or needs_external(proto)
     initializers = {i.name for i in proto.graph.initializer}
     inputs = [v for v in proto.graph.input if v.name not in initializers]
 
     def build(folder: Path) -> None:
-        (folder / MODEL_FILE).write_bytes(model_bytes)
+        files = save_model(proto, folder / MODEL_FILE, external)
         sets = []
         for i, case in enumerate(bundle_cases(spec)):
             feeds = case.feeds(seed)
@@ -123,8 +124,8 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
             "format": FORMAT,
             "name": name,
             "description": spec.kind.describe(spec),
-            "model": {"file": MODEL_FILE, "sha256": hashlib.sha256(model_bytes).hexdigest(),
-                      "bytes": len(model_bytes), "opset": spec.opset, "ir_version": proto.ir_version,
+            "model": {"file": MODEL_FILE, "sha256": file_sha256(files[0]),
+                      "bytes": files[0].stat().st_size, "opset": spec.opset, "ir_version": proto.ir_version,
                       "min_onnxruntime": min_onnxruntime(proto)},
             "inputs": _io(inputs, spec.input_dims(), spec.input_dtypes()),
             "outputs": _io(proto.graph.output, spec.output_dims(), spec.output_dtypes()),
@@ -137,6 +138,10 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
                          "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__},
             "metadata": {p.key: p.value for p in proto.metadata_props},
         }
+        if external:
+            manifest["model"]["data"] = {"file": files[1].name, "sha256": file_sha256(files[1]),
+                                         "bytes": files[1].stat().st_size,
+                                         "note": "the weights (ONNX external data); keep it beside the model"}
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
 
     return write_folder_atomic(target, build, force)
@@ -181,6 +186,8 @@ def verify_hashes(folder: str | Path, manifest: dict) -> None:
     """BundleError naming every file that is missing or whose sha256 differs from the manifest's."""
     folder = Path(folder)
     files = [(manifest["model"]["file"], manifest["model"]["sha256"])]
+    if "data" in manifest["model"]:  # the weights, as external data beside the model
+        files.append((manifest["model"]["data"]["file"], manifest["model"]["data"]["sha256"]))
     files += [(f["file"], f["sha256"]) for s in manifest["test_data_sets"] for f in s["inputs"] + s["outputs"]]
     changed = []
     for relative, expected in files:
@@ -213,7 +220,7 @@ def check_bundle(folder: str | Path, config=None) -> Report:
     actual = [(n, spec.input_dtypes()[n]) for n in spec.input_names]
     if stated != actual:
         raise InterfaceError(f"the manifest's inputs {stated} differ from the model's {actual}")
-    module, reference_weights = reference_module(loaded.proto, spec)
+    module, reference_weights = reference_module(loaded.proto, spec, base_dir=loaded.base_dir)
     runners, skipped = make_runners(loaded, module, config)
     tolerance = Tolerance(atol=float(manifest["tolerance"]["atol"]), rtol=float(manifest["tolerance"]["rtol"]))
     report = Report(model=str(folder), sha256=manifest["model"]["sha256"], spec=spec,

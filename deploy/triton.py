@@ -14,6 +14,7 @@ import onnx
 from attn_onnx.errors import InterfaceError, UsageError
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.files import write_folder_atomic
+from attn_onnx.model_files import needs_external, save_model
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float64": "TYPE_FP64", "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8",
                 "int64": "TYPE_INT64"}
@@ -62,17 +63,18 @@ def config_text(spec: ExportSpec, name: str, *, max_batch_size: int = 8, gpu: bo
 
 
 def write_repository(repo: str | Path, proto: onnx.ModelProto, spec: ExportSpec, *, name: str, force: bool = False,
-                     max_batch_size: int = 8, gpu: bool = False) -> Path:
-    """Write `repo/<name>/` atomically (other models already in `repo` are left alone)."""
+                     max_batch_size: int = 8, gpu: bool = False, external: bool = False) -> Path:
+    """Write `repo/<name>/` atomically (other models already in `repo` are left alone). With `external` (or
+    past 2 GiB) the weights go to `1/model.onnx.data`, where onnxruntime's backend finds them."""
     repo = Path(repo)
     text = config_text(spec, name, max_batch_size=max_batch_size, gpu=gpu)
-    data = proto.SerializeToString()
+    external = external or needs_external(proto)
     created = not repo.exists()
     repo.mkdir(parents=True, exist_ok=True)
 
     def build(folder: Path) -> None:
         (folder / VERSION).mkdir()
-        (folder / VERSION / "model.onnx").write_bytes(data)
+        save_model(proto, folder / VERSION / "model.onnx", external)
         (folder / CONFIG_FILE).write_text(text)
 
     try:

@@ -19,9 +19,9 @@ from attn_onnx import __version__
 from attn_onnx.errors import ExportError, UsageError, first_line
 from attn_onnx.exporter.spec import METADATA_PREFIX, ExportSpec
 from attn_onnx.exporter.variants import VARIANTS
-from attn_onnx.files import check_output_file, write_atomic
+from attn_onnx.files import check_output_file
+from attn_onnx.model_files import needs_external, staged_model
 
-MAX_SINGLE_FILE_BYTES = 2**31 - 1  # protobuf's limit for one serialized model (no external data)
 
 
 @dataclass(frozen=True)
@@ -68,33 +68,39 @@ def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0
         spec = spec.replace(weights=built.weights)
     _name_dims(proto, spec)
     _describe(proto, spec)
-    if proto.ByteSize() > MAX_SINGLE_FILE_BYTES:
-        raise ExportError(f"the model is {proto.ByteSize() / 2**30:.2f} GiB; a single .onnx file holds < 2 GiB")
-    _check(proto)
+    check_onnx(proto)
     if spec.optimize:
         from attn_onnx.exporter.optimize import optimize
 
         proto, weights = optimize(proto, spec.weights)
         spec = spec.replace(weights=weights)
         _describe(proto, spec)
-        _check(proto)
+        check_onnx(proto)
     return proto, spec
 
 
-def _check(proto: onnx.ModelProto) -> None:
+def check_onnx(proto: onnx.ModelProto | str | Path) -> None:
+    """onnx.checker on the model; past 2 GiB only a saved file can be checked (check_saved)."""
+    if isinstance(proto, onnx.ModelProto) and needs_external(proto):
+        return
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        onnx.checker.check_model(proto if isinstance(proto, onnx.ModelProto) else str(proto), full_check=True)
     except Exception as exc:
         raise ExportError(f"onnx.checker rejected the exported model: {first_line(exc)}") from exc
 
 
 def export_model(spec: ExportSpec, out: str | Path, module: nn.Module | None = None, force: bool = False,
-                 seed: int = 0) -> ExportResult:
-    """Export and write one self-contained .onnx file atomically; refuse to overwrite unless `force`."""
+                 seed: int = 0, external_data: bool = False) -> ExportResult:
+    """Export and write the .onnx file atomically; refuse to overwrite unless `force`. With `external_data`
+    (automatic past 2 GiB) the weights go to `out.data` beside it."""
     out = Path(out)
     check_output_file(out, force)
     proto, spec = export_onnx(spec, module, seed)
-    size = write_atomic(out, proto.SerializeToString(), force)
+    external = external_data or needs_external(proto)
+    with staged_model(proto, out, external) as (staged, commit):
+        if external:
+            check_onnx(staged)  # past 2 GiB, export_onnx could not check it in memory
+        size = commit(force)
     return ExportResult(path=out, spec=spec, size_bytes=size)
 
 

@@ -9,22 +9,40 @@ from pathlib import Path
 import onnx
 
 from attn_onnx.errors import InterfaceError, MetadataError, first_line
+from attn_onnx.model_files import check_external_data, external_locations
 from attn_onnx.exporter.spec import ExportSpec
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model's proto, its serialized bytes, a name for reports, and the spec its metadata states."""
+    """A model's proto, its serialized bytes, a name for reports, and the spec its metadata states.
+
+    A model with external data (weights in `model.onnx.data` beside it) keeps them out of `proto` and
+    `data`; runtimes then open it by `path`, and `base_dir` is where its weights are read from.
+    """
 
     proto: onnx.ModelProto
     data: bytes
     name: str  # the file's path, or "<in memory>"
     spec: ExportSpec
+    path: Path | None = None
+    external: bool = False
+
+    def source(self) -> str | bytes:
+        """What a runtime opens: the path for a model with external data (resolved beside it), else bytes."""
+        return str(self.path) if self.external else self.data
+
+    @property
+    def base_dir(self) -> str:
+        return str(self.path.parent) if self.path is not None else ""
 
 
 def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
     """Read `model` and its spec; MetadataError for what is not an export-attn model."""
+    path, external = None, False
     if isinstance(model, onnx.ModelProto):
+        if external_locations(model):
+            raise MetadataError("a model with external data is checked from its file (its weights lie beside it)")
         proto, data, name = model, model.SerializeToString(), "<in memory>"
     else:
         path = Path(model)
@@ -38,8 +56,11 @@ def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
         if not proto.graph.node:
             raise MetadataError(f"{path.name!r} is not an ONNX model (its graph is empty)")
         name = str(path)
+        external = bool(external_locations(proto))
+        if external:
+            check_external_data(proto, path.parent, path.name)
     spec = ExportSpec.from_metadata({p.key: p.value for p in proto.metadata_props})
-    return LoadedModel(proto, data, name, spec)
+    return LoadedModel(proto, data, name, spec, path, external)
 
 
 def check_interface(proto: onnx.ModelProto, spec: ExportSpec) -> None:

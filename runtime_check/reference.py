@@ -18,7 +18,7 @@ FROM_FILE = ("the model's own initializers (a reference rebuilt from the file ca
 
 
 def reference_module(proto: onnx.ModelProto, spec: ExportSpec, weights: str | Path | None = None,
-                     prefix: str = "") -> tuple[torch.nn.Module | None, str]:
+                     prefix: str = "", base_dir: str = "") -> tuple[torch.nn.Module | None, str]:
     """The module a model was exported from (a MultiHeadedAttention for `mha`), and a sentence on whose
     weights it holds. Kinds without weights (`attention`, `mask`) give (None, ...).
     """
@@ -29,14 +29,14 @@ def reference_module(proto: onnx.ModelProto, spec: ExportSpec, weights: str | Pa
         path = Path(weights)
         load_into(module, load_state_dict(path, prefix), source=path.name)
         return module, f"--weights {weights_label(path, prefix)}"
-    load_into(module, _state_from_initializers(proto, spec), source="the model's initializers")
+    load_into(module, _state_from_initializers(proto, spec, base_dir), source="the model's initializers")
     return module, FROM_FILE
 
 
-def _state_from_initializers(proto: onnx.ModelProto, spec: ExportSpec) -> dict[str, torch.Tensor]:
+def _state_from_initializers(proto: onnx.ModelProto, spec: ExportSpec, base_dir: str = "") -> dict[str, torch.Tensor]:
     inits = {init.name: init for init in proto.graph.initializer}
     missing = sorted(entry["initializer"] for entry in spec.weights.values() if entry["initializer"] not in inits)
     if not spec.weights or missing:
         raise MetadataError("the model's weight map names initializers it does not hold "
                             f"({missing[:4] or 'map is empty'}); pass --weights to supply the weights")
-    return {key: torch.from_numpy(tensor_of(inits, entry).copy()) for key, entry in spec.weights.items()}
+    return {key: torch.from_numpy(tensor_of(inits, entry, base_dir).copy()) for key, entry in spec.weights.items()}

@@ -26,9 +26,10 @@ class Built:
     weights: dict[str, dict] = field(default_factory=dict)
 
 
-def tensor_of(inits: dict[str, onnx.TensorProto], entry: dict) -> np.ndarray:
-    """The state_dict tensor a weight-map entry points at (its slice, transposed back)."""
-    array = numpy_helper.to_array(inits[entry["initializer"]])
+def tensor_of(inits: dict[str, onnx.TensorProto], entry: dict, base_dir: str = "") -> np.ndarray:
+    """The state_dict tensor a weight-map entry points at (its slice, transposed back); external data is read
+    from `base_dir`."""
+    array = numpy_helper.to_array(inits[entry["initializer"]], base_dir)
     if "slice" in entry:
         start, stop = entry["slice"]
         array = array[..., start:stop]

@@ -54,7 +54,8 @@ class Weights:
     """The module's state_dict as numpy, and the weight map the variant fills while placing tensors."""
 
     def __init__(self, module):
-        self.state = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in module.state_dict().items()}
+        # views, not copies: a 16384-wide block holds 4.3 GB of weights
+        self.state = {k: np.asarray(v.detach().cpu().numpy(), dtype=np.float32) for k, v in module.state_dict().items()}
         self.map: dict[str, dict] = {}
 
     def place(self, writer: GraphWriter, keys: list[str], name: str, transposed: bool) -> str:
@@ -167,10 +168,15 @@ def model(w: GraphWriter, spec, opsets: dict[str, int], doc: str) -> onnx.ModelP
         inputs.append(helper.make_tensor_value_info(name, dtype, dims))
     outputs = [helper.make_tensor_value_info(name, elem[spec.dtype], dims) for name, dims in spec.output_dims().items()]
     graph = helper.make_graph(w.nodes, "attn_onnx_" + spec.variant.replace("-", "_"), inputs, outputs,
-                              w.initializers, doc_string=doc)
+                              doc_string=doc)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
                               producer_name="attn-onnx")
     proto.ir_version = min(proto.ir_version, 10)  # onnxruntime 1.20 reads IR <= 10
+    # The weights go in last, one at a time, each copy dropped as it is made: make_graph and make_model
+    # would each copy all of them (three times 4.3 GB for a 16384-wide block).
+    w.initializers.reverse()
+    while w.initializers:
+        proto.graph.initializer.append(w.initializers.pop())
     return proto
 
 

@@ -32,4 +32,4 @@ def label(provider, config) -> str:
 
 
 def make(model, module, config, provider=None) -> OpenVinoRunner:
-    return OpenVinoRunner(model.data)
+    return OpenVinoRunner(model.source())

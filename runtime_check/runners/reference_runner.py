@@ -50,4 +50,8 @@ def label(provider, config) -> str:
 
 
 def make(model, module, config, provider=None) -> OnnxReferenceRunner:
+    if model.external:  # its weights, read from beside it (load_model checked where they lie)
+        import onnx
+
+        return OnnxReferenceRunner(onnx.load(model.path))
     return OnnxReferenceRunner(model.proto)

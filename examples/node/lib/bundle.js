@@ -20,8 +20,16 @@ const ONNX_TYPES = {
 
 class BundleError extends Error {}
 
-function sha256(file) {
-  return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+function sha256(file) { // in 16 MiB chunks: external weights may pass Node's largest Buffer
+  const hash = crypto.createHash('sha256');
+  const chunk = Buffer.alloc(16 * 1024 * 1024);
+  const fd = fs.openSync(file, 'r');
+  try {
+    for (let n; (n = fs.readSync(fd, chunk, 0, chunk.length, null)) > 0;) hash.update(chunk.subarray(0, n));
+  } finally {
+    fs.closeSync(fd);
+  }
+  return hash.digest('hex');
 }
 
 function readManifest(dir) {
@@ -42,6 +50,7 @@ function readManifest(dir) {
 // Every file the manifest names, with its sha256; the names of those that are missing or differ.
 function changedFiles(dir, manifest) {
   const files = [[manifest.model.file, manifest.model.sha256]];
+  if (manifest.model.data) files.push([manifest.model.data.file, manifest.model.data.sha256]); // external weights
   for (const set of manifest.test_data_sets) {
     for (const f of [...set.inputs, ...set.outputs]) files.push([f.file, f.sha256]);
   }
