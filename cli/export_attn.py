@@ -31,6 +31,10 @@ def _applies(option: str) -> str:
 @click.option("--mask", "mask_mode", type=click.Choice(MASK_MODES), default="input", show_default=True,
               help=f"{_applies('mask_mode')} input: a `mask` input (nonzero = attend); causal: the graph builds "
                    "subsequent_mask from the lengths; none: no mask.")
+@click.option("--causal-align", type=click.Choice(["top-left", "bottom-right"]), default="top-left",
+              show_default=True, help=f"{_applies('causal_align')} with --mask causal: top-left, query i attends "
+              "keys 0..i (the seed's subsequent_mask); bottom-right, query i attends keys 0..kv_len-q_len+i (new "
+              "tokens after a prefix, as in decoding). They agree when q_len == kv_len.")
 @click.option("--mask-dtype", type=click.Choice(list(MASK_DTYPES)), default="bool", show_default=True,
               help=f"{_applies('mask_dtype')} with --mask input: element type of the `mask` input.")
 @click.option("--attn-probs", is_flag=True, help=f"{_applies('attn_probs')} Also output the attention "
@@ -89,6 +93,8 @@ def main(**options):
     refuse(ctx, given(ctx) - COMMON_EXPORT_OPTIONS - kind.export_options, f"to --module {kind.name}")
     if options["mask_mode"] != "input":
         refuse(ctx, {"mask_dtype"}, f"to --mask {options['mask_mode']} (the model has no mask input)")
+    if options["mask_mode"] != "causal":
+        refuse(ctx, {"causal_align"}, f"to --mask {options['mask_mode']} (it aligns the built-in causal mask)")
     variant = VARIANTS[options["variant"]]
     options["opset"] = options["opset"] or max(18, variant.min_opset)
     variant.check(ExportSpec(module=kind.name, attn_probs=options["attn_probs"], opset=options["opset"]))
@@ -137,7 +143,7 @@ def _export(kind, options, name: str, targets: str) -> None:
     spec = ExportSpec(module=kind.name, heads=options["heads"], embedding_dim=embedding_dim,
                       mask=options["mask_mode"], mask_dtype=options["mask_dtype"], attn_probs=options["attn_probs"],
                       opset=options["opset"], variant=options["variant"],
-                      optimize="extended" if options["optimize"] else "",
+                      optimize="extended" if options["optimize"] else "", causal_align=options["causal_align"],
                       weights_source=source if kind.has_weights else "").validate()
     module = kind.build_module(spec, state, options["seed"]) if kind.has_weights else None
     proto, spec = export_onnx(spec, module)

@@ -64,6 +64,10 @@ def mask_contract(spec: ExportSpec) -> str:
     if spec.kind.case_dims == ("size",):
         return "no mask input; the output is subsequent_mask(size): 1 (may attend) on and below the diagonal, 0 above"
     if spec.mask == "causal":
+        if spec.causal_align == "bottom-right":
+            return ("no mask input: the graph builds the causal mask bottom-right aligned, query i attends keys "
+                    "0..kv_len-q_len+i (the newest q_len tokens after a prefix); masked scores are filled with -1e9, "
+                    "so a row with no key (q_len > kv_len) attends uniformly")
         return ("no mask input: the graph builds the causal mask, query i attends keys 0..i (top-left aligned); "
                 "masked scores are filled with -1e9")
     if spec.mask == "none":

@@ -15,6 +15,7 @@ import numpy as np
 from attn_onnx.errors import MetadataError, UsageError
 
 MASK_MODES = ("input", "causal", "none")
+CAUSAL_ALIGNS = ("top-left", "bottom-right")  # models.CAUSAL_ALIGNS, without torch
 MASK_DTYPES = {"bool": np.bool_, "uint8": np.uint8, "int64": np.int64, "float32": np.float32}
 OPSETS = tuple(range(17, 24))  # opsets torch's exporter writes and onnxruntime runs
 DTYPES = ("float32",)
@@ -39,6 +40,7 @@ class ExportSpec:
     variant: str = "torch-export"  # how the graph is built: a builder in exporter/variants/
     dtype: str = "float32"  # element type of the float inputs and outputs
     optimize: str = ""  # "": as built; "extended": as onnxruntime optimizes it offline at that level
+    causal_align: str = "top-left"  # with mask causal: top-left (the seed's subsequent_mask) or bottom-right
     weights: dict[str, dict] = field(default_factory=dict, compare=False)  # state_dict key -> initializer
     weights_source: str = field(default="", compare=False)  # where the weights came from, for people
 
@@ -82,13 +84,16 @@ class ExportSpec:
 
         kind = self.kind
         choices = {"mask": MASK_MODES, "mask_dtype": tuple(MASK_DTYPES), "opset": OPSETS,
-                   "variant": tuple(VARIANTS), "dtype": DTYPES, "optimize": OPTIMIZE_LEVELS}
+                   "variant": tuple(VARIANTS), "dtype": DTYPES, "optimize": OPTIMIZE_LEVELS,
+                   "causal_align": CAUSAL_ALIGNS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UsageError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
         if self.attn_probs and "attn_probs" not in kind.export_options:
             raise UsageError(f"--attn-probs does not apply to --module {self.module} "
                              "(mha only; attention always outputs attn_probs)")
+        if self.causal_align != "top-left" and self.mask != "causal":
+            raise UsageError(f"causal_align={self.causal_align!r} applies to mask 'causal' only, not {self.mask!r}")
         kind.validate(self)
         VARIANTS[self.variant].check(self)
         return self
@@ -120,7 +125,7 @@ class ExportSpec:
             raise MetadataError(f"the model's {METADATA_PREFIX}module is {meta.get('module')!r}, not one of "
                                 f"{list(KINDS)}")
         kind = KINDS[meta["module"]]
-        optional = {"weights_source", "mask_convention", "output", "embedding_dim"}
+        optional = {"weights_source", "mask_convention", "output", "embedding_dim", "causal_align"}
         required = {"variant", "opset"} | (set(kind.metadata_fields) - optional)
         if meta.get("mask") != "input":
             required.discard("mask_dtype")
@@ -135,7 +140,8 @@ class ExportSpec:
             if "heads" in meta:
                 kwargs.update(heads=int(meta["heads"]),
                               embedding_dim=int(meta.get("embedding_dim", int(meta["heads"]) * int(meta["d_k"]))),
-                              mask=meta["mask"], mask_dtype=meta.get("mask_dtype", "bool"), dtype=meta["dtype"])
+                              mask=meta["mask"], mask_dtype=meta.get("mask_dtype", "bool"), dtype=meta["dtype"],
+                              causal_align=meta.get("causal_align", "top-left"))
             if "attn_probs" in meta:
                 kwargs["attn_probs"] = meta["attn_probs"] == "true"
             if "weights" in meta:
@@ -156,6 +162,8 @@ class ExportSpec:
 def _encode(spec: ExportSpec, name: str) -> str | None:
     """One field as metadata text; None where it does not apply (mask_dtype without a mask input)."""
     if name == "mask_dtype" and spec.mask != "input":
+        return None
+    if name == "causal_align" and spec.mask != "causal":
         return None
     if name == "mask_convention":
         return "nonzero = attend; 0 = masked, filled with -1e9"  # models.MASK_CONVENTION, without torch

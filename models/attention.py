@@ -31,13 +31,22 @@ def subsequent_mask(size: int) -> torch.Tensor:
     return torch.from_numpy(1 - upper)
 
 
-def causal_mask(q_len: int | torch.SymInt, kv_len: int | torch.SymInt) -> torch.Tensor:
+CAUSAL_ALIGNS = ("top-left", "bottom-right")
+
+
+def causal_mask(q_len: int | torch.SymInt, kv_len: int | torch.SymInt, align: str = "top-left") -> torch.Tensor:
     """`subsequent_mask` built with torch ops (traceable by the exporter): (1, q_len, kv_len) uint8.
 
-    Query i may attend key j when j <= i; for q_len == kv_len this equals `subsequent_mask(q_len)`.
+    top-left (the seed's): query i may attend key j when j <= i; for q_len == kv_len this equals
+    `subsequent_mask(q_len)`. bottom-right: query i sits at position kv_len - q_len + i, as the newest
+    q_len tokens after a prefix do, and may attend j <= kv_len - q_len + i. The two agree when q_len ==
+    kv_len. Bottom-right with q_len > kv_len masks the first rows whole: they attend uniformly.
     """
+    if align not in CAUSAL_ALIGNS:
+        raise ValueError(f"align={align!r} is not one of {CAUSAL_ALIGNS}")
+    offset = kv_len - q_len if align == "bottom-right" else 0
     # Comparing positions rather than calling triu: onnxruntime's CPU Trilu has no uint8 kernel.
-    allowed = torch.arange(kv_len)[None, :] <= torch.arange(q_len)[:, None]  # (q_len, kv_len)
+    allowed = torch.arange(kv_len)[None, :] <= torch.arange(q_len)[:, None] + offset  # (q_len, kv_len)
     return allowed.to(torch.uint8).unsqueeze(0)  # (1, q_len, kv_len)
 
 

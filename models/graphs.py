@@ -15,13 +15,13 @@ from attn_onnx.models.attention import attention, causal_mask
 class MhaGraph(nn.Module):
     """MultiHeadedAttention with its mask mode (`input`, `causal`, `none`) and optionally `attn_probs`."""
 
-    def __init__(self, mha: nn.Module, mask: str, attn_probs: bool):
+    def __init__(self, mha: nn.Module, mask: str, attn_probs: bool, causal_align: str = "top-left"):
         super().__init__()
-        self.mha, self.mask, self.attn_probs = mha, mask, attn_probs
+        self.mha, self.mask, self.attn_probs, self.causal_align = mha, mask, attn_probs, causal_align
 
     def forward(self, query, key, value, mask=None):
         if self.mask == "causal":
-            mask = causal_mask(query.size(1), key.size(1))  # (1, q_len, kv_len)
+            mask = causal_mask(query.size(1), key.size(1), self.causal_align)  # (1, q_len, kv_len)
         output = self.mha(query, key, value, mask)  # (B, q_len, embedding_dim)
         return (output, self.mha.attn) if self.attn_probs else output
 
@@ -29,13 +29,13 @@ class MhaGraph(nn.Module):
 class AttentionGraph(nn.Module):
     """The bare masked scaled dot-product attention on (batch, heads, len, d_k); both outputs."""
 
-    def __init__(self, mask: str):
+    def __init__(self, mask: str, causal_align: str = "top-left"):
         super().__init__()
-        self.mask = mask
+        self.mask, self.causal_align = mask, causal_align
 
     def forward(self, query, key, value, mask=None):
         if self.mask == "causal":
-            mask = causal_mask(query.size(-2), key.size(-2)).unsqueeze(0)  # (1, 1, q_len, kv_len)
+            mask = causal_mask(query.size(-2), key.size(-2), self.causal_align).unsqueeze(0)  # (1, 1, q, kv)
         return attention(query, key, value, mask=mask)  # (B, h, q_len, d_k), (B, h, q_len, kv_len)
 
 

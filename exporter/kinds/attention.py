@@ -8,9 +8,9 @@ from attn_onnx.exporter.kinds.base import AttentionKindBase
 class AttentionKind(AttentionKindBase):
     name = "attention"
     help = "the bare attention(query, key, value, mask); outputs output and attn_probs"
-    export_options = frozenset({"heads", "embedding_dim", "mask_mode", "mask_dtype"})
+    export_options = frozenset({"heads", "embedding_dim", "mask_mode", "mask_dtype", "causal_align"})
     check_options = frozenset({"batches", "lengths", "shapes", "masks"})
-    metadata_fields = ("heads", "d_k", "dtype", "mask", "mask_dtype", "mask_convention")
+    metadata_fields = ("heads", "d_k", "dtype", "mask", "mask_dtype", "causal_align", "mask_convention")
 
     def input_dims(self, spec):
         q, kv = ["batch", spec.heads, "q_len", spec.d_k], ["batch", spec.heads, "kv_len", spec.d_k]
@@ -32,7 +32,7 @@ class AttentionKind(AttentionKindBase):
     def graph(self, spec, module):
         from attn_onnx.models import AttentionGraph
 
-        return AttentionGraph(spec.mask)
+        return AttentionGraph(spec.mask, spec.causal_align)
 
     def inputs(self, spec, dims, rng, mask=None):
         return self._qkv(spec, dims, rng, (spec.heads,), spec.d_k, mask, (1,))

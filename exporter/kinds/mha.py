@@ -10,11 +10,11 @@ class MhaKind(AttentionKindBase):
     name = "mha"
     help = "MultiHeadedAttention"
     has_weights = True
-    export_options = frozenset({"heads", "embedding_dim", "mask_mode", "mask_dtype", "attn_probs", "weights",
-                                "weights_prefix", "seed"})
+    export_options = frozenset({"heads", "embedding_dim", "mask_mode", "mask_dtype", "causal_align", "attn_probs",
+                                "weights", "weights_prefix", "seed"})
     check_options = frozenset({"batches", "lengths", "shapes", "masks", "weights", "weights_prefix"})
-    metadata_fields = ("heads", "d_k", "embedding_dim", "dtype", "mask", "mask_dtype", "mask_convention",
-                       "attn_probs", "weights", "weights_source")
+    metadata_fields = ("heads", "d_k", "embedding_dim", "dtype", "mask", "mask_dtype", "causal_align",
+                       "mask_convention", "attn_probs", "weights", "weights_source")
 
     def input_dims(self, spec):
         q, kv = ["batch", "q_len", spec.embedding_dim], ["batch", "kv_len", spec.embedding_dim]
@@ -58,7 +58,7 @@ class MhaKind(AttentionKindBase):
 
         if module is None:
             raise UsageError("module 'mha' needs its MultiHeadedAttention to build the graph")
-        return MhaGraph(module, spec.mask, spec.attn_probs)
+        return MhaGraph(module, spec.mask, spec.attn_probs, spec.causal_align)
 
     def inputs(self, spec, dims, rng, mask=None):
         return self._qkv(spec, dims, rng, (), spec.embedding_dim, mask, ())

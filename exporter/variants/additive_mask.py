@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from attn_onnx.exporter.variants import Built
-from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bias, allowed_mask, model,
-                                               output_projection, projections, uniform_rows)
+from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bias, allowed_mask,
+                                               can_mask_whole_rows, model, output_projection, projections,
+                                               uniform_rows)
 
 
 def build(spec, graph, example, module) -> Built:
@@ -32,7 +33,7 @@ def build(spec, graph, example, module) -> Built:
     p_attn = w.op("Softmax", [scores], stem="p_attn", axis=-1)  # (B, h, q_len, kv_len)
     x = w.op("Transpose", [w.op("MatMul", [p_attn, v], stem="x")], stem="x", perm=[0, 2, 1, 3])  # (B, q_len, h, d_k)
     x = w.op("Reshape", [x, w.constant("concat_shape", np.array([0, 0, spec.embedding_dim], np.int64))], stem="x")
-    if spec.mask == "input":
+    if can_mask_whole_rows(spec):
         x = uniform_rows(w, x, allowed, p["value"], None)
     output_projection(w, weights, x)
     doc = "MultiHeadedAttention, the seed's graph with an additive mask (attn-onnx variant additive-mask)"

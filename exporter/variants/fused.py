@@ -88,7 +88,7 @@ def projections(w: GraphWriter, weights: Weights, packed_bias: bool) -> dict[str
 
 def allowed_mask(w: GraphWriter, spec) -> str | None:
     """A bool "may attend" tensor: (B, mask_q_len, kv_len) from the mask input, (q_len, kv_len) for the built-in
-    causal mask (top-left, as the seed's subsequent_mask), None without a mask."""
+    causal mask (aligned as the spec says), None without a mask."""
     if spec.mask == "input":
         if MASK_DTYPES[spec.mask_dtype] is np.bool_:
             return "mask"
@@ -99,8 +99,10 @@ def allowed_mask(w: GraphWriter, spec) -> str | None:
         q_len = w.op("Gather", [w.op("Shape", ["query"]), one], axis=0)
         kv_len = w.op("Gather", [w.op("Shape", ["key"]), one], axis=0)
         rows = w.op("Unsqueeze", [w.op("Range", [zero, q_len, one]), one])  # (q_len, 1)
+        if spec.causal_align == "bottom-right":  # query i sits at kv_len - q_len + i
+            rows = w.op("Add", [rows, w.op("Sub", [kv_len, q_len])], stem="rows")
         cols = w.op("Range", [zero, kv_len, one])  # (kv_len,)
-        return w.op("LessOrEqual", [cols, rows], stem="allowed")  # (q_len, kv_len): key j <= query i
+        return w.op("LessOrEqual", [cols, rows], stem="allowed")  # (q_len, kv_len): key j <= position of i
     return None
 
 
@@ -137,14 +139,16 @@ def per_head(w: GraphWriter, mask: str, spec, full_rows: bool = True) -> str:
     return w.op("Expand", [mask, shape], stem="per_head")  # (B, 1, q_len, kv_len)
 
 
-def uniform_rows(w: GraphWriter, attended: str, allowed: str, value: str, value_bias: str | None) -> str:
-    """The seed's answer on fully-masked rows: the mean of the projected values, where no key is allowed.
+def can_mask_whole_rows(spec) -> bool:
+    """A mask input can; so can a bottom-right causal mask when q_len > kv_len. Top-left lets query i see key 0."""
+    return spec.mask == "input" or (spec.mask == "causal" and spec.causal_align == "bottom-right")
 
-    Only a mask input can mask a whole row: the built-in causal mask lets query i see key 0.
-    """
+
+def uniform_rows(w: GraphWriter, attended: str, allowed: str, value: str, value_bias: str | None) -> str:
+    """The seed's answer on fully-masked rows: the mean of the projected values, where no key is allowed."""
     any_allowed = w.op("ReduceMax", [w.op("Cast", [allowed], to=TensorProto.UINT8),  # uint8: 12x faster than int32
                                      w.constant("axes_last", np.array([-1], np.int64))], keepdims=1)
-    any_allowed = w.op("Cast", [any_allowed], to=TensorProto.BOOL, stem="any_allowed")  # (B, mask_q_len, 1)
+    any_allowed = w.op("Cast", [any_allowed], to=TensorProto.BOOL, stem="any_allowed")  # (B, mask_q_len | q_len, 1)
     mean = w.op("ReduceMean", [value, w.constant("axes_len", np.array([1], np.int64))], keepdims=1)  # (B, 1, E)
     if value_bias is not None:
         mean = w.op("Add", [mean, value_bias], stem="mean_v")

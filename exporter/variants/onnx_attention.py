@@ -18,11 +18,11 @@ def build(spec, graph, example, module) -> Built:
     attrs = {"q_num_heads": spec.heads, "kv_num_heads": spec.heads, "scale": scale(spec)}
     inputs = [p["query"], p["key"], p["value"]]
     allowed = None
-    if spec.mask == "input":
-        allowed = allowed_mask(w, spec)  # (B, mask_q_len, kv_len) bool
-        inputs.append(per_head(w, allowed, spec))  # (B, 1, q_len, kv_len)
-    elif spec.mask == "causal":
-        attrs["is_causal"] = 1
+    if spec.mask == "causal" and spec.causal_align == "top-left":
+        attrs["is_causal"] = 1  # the op's is_causal is top-left aligned, as the seed's subsequent_mask
+    elif spec.mask != "none":
+        allowed = allowed_mask(w, spec)  # (B, mask_q_len, kv_len) or bottom-right causal (q_len, kv_len) bool
+        inputs.append(per_head(w, allowed, spec))  # (B | 1, 1, q_len, kv_len)
     attended = w.op("Attention", inputs, stem="attended", **attrs)  # (B, q_len, E)
     if allowed is not None:
         attended = uniform_rows(w, attended, allowed, p["value"], None)

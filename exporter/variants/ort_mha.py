@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from attn_onnx.exporter.variants import Built
-from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bias, allowed_mask, model,
-                                               output_projection, projections, scale, uniform_rows)
+from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bias, allowed_mask,
+                                               can_mask_whole_rows, model, output_projection, projections, scale,
+                                               uniform_rows)
 
 
 def build(spec, graph, example, module) -> Built:
@@ -21,7 +22,7 @@ def build(spec, graph, example, module) -> Built:
     bias = additive_bias(w, allowed, spec) if allowed is not None else ""
     attended = w.op("MultiHeadAttention", [p["query"], p["key"], p["value"], p["bias"], "", bias],
                     stem="attended", domain="com.microsoft", num_heads=spec.heads, scale=scale(spec))
-    if spec.mask == "input":  # only a mask input can mask a whole row
+    if can_mask_whole_rows(spec):
         width = spec.embedding_dim
         value_bias = w.op("Slice", [p["bias"], w.constant("v_start", np.array([2 * width], np.int64)),
                                     w.constant("v_end", np.array([3 * width], np.int64))], stem="value_bias")

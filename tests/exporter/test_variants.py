@@ -165,3 +165,34 @@ def test_any_variant_width_shape_and_mask_matches_float64(exported, variant, hea
     (out,) = _SESSIONS[path].run(None, feeds)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, seed_output(module, feeds), atol=1e-5, rtol=1e-4)  # the float32 profile
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("align", ["top-left", "bottom-right"])
+def test_the_built_in_causal_mask_is_aligned_as_asked_in_every_variant(exported, variant, align):
+    """q_len != kv_len both ways: bottom-right with more queries than keys masks whole rows, which must
+    attend uniformly as the seed's -1e9 fill makes them."""
+    path, spec, module = exported(**variant_fields(variant, mask="causal", causal_align=align))
+    assert spec.causal_align == align
+    sweep = Sweep(shapes=((2, 3, 7), (2, 7, 3), (1, 1, 9), (3, 5, 5)))
+    report = check_model(path, CheckConfig(sweep=sweep), module=module)
+    assert report.ok and not report.nothing_checked, [r.line() for r in report.failed]
+    meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert meta["attn_onnx.causal_align"] == align
+
+
+def test_the_two_alignments_differ_where_they_should(exported):
+    """The same weights, q_len 2 and kv_len 5: top-left lets query 0 see key 0 only, bottom-right keys 0..3."""
+    outs = {}
+    for align in ("top-left", "bottom-right"):
+        path, spec, module = exported(**variant_fields("torch-export", mask="causal", causal_align=align))
+        feeds = spec.kind.inputs(spec, {"batch": 1, "q_len": 2, "kv_len": 5}, np.random.default_rng(0))
+        outs[align] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert np.abs(outs["top-left"] - outs["bottom-right"]).max() > 1e-3
+
+
+def test_causal_align_without_the_causal_mask_is_refused(tmp_path):
+    result = CliRunner().invoke(export, ["--causal-align", "bottom-right", "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("Error: --causal-align does not apply to --mask input (it aligns the built-in "
+                                     "causal mask)")

@@ -84,3 +84,25 @@ def test_padding_mask_broadcasts_like_the_full_mask():
     full = padding.expand(3, 5, 7)
     assert torch.equal(mha(q, kv, kv, padding), mha(q, kv, kv, full))
     assert torch.all(mha.attn[1, :, :, 4:] == 0)
+
+
+@pytest.mark.parametrize("q_len, kv_len", [(1, 1), (3, 3), (2, 5), (1, 7), (5, 2)])
+def test_bottom_right_puts_query_i_at_position_kv_len_minus_q_len_plus_i(q_len, kv_len):
+    mask = causal_mask(q_len, kv_len, "bottom-right")[0]
+    expected = torch.tensor([[int(j <= kv_len - q_len + i) for j in range(kv_len)] for i in range(q_len)],
+                            dtype=torch.uint8)
+    assert torch.equal(mask, expected)
+    if q_len == kv_len:
+        assert torch.equal(mask, causal_mask(q_len, kv_len)[0])  # the alignments agree on a square
+    if q_len == 1:
+        assert bool(mask.all())  # the newest token sees every key: the decode step
+
+
+def test_bottom_right_with_more_queries_than_keys_masks_the_first_rows_whole():
+    mask = causal_mask(5, 2, "bottom-right")[0]
+    assert mask[:3].sum() == 0 and mask[3:].sum() > 0  # rows 0..2 have no key: they attend uniformly
+
+
+def test_an_unknown_alignment_is_refused():
+    with pytest.raises(ValueError, match="align='middle'"):
+        causal_mask(2, 2, "middle")
