@@ -41,10 +41,13 @@ def _shapes(text: str, option: str = "--shapes") -> list[tuple[int, int]]:
 @click.option("--memory", "memory_shape", default=None, metavar="BATCHxLEN",
               help="Also run each variant once at this shape (e.g. 1x8192) in a fresh process and report its "
               "peak RSS.")
+@click.option("--decode", "decode_lens", default=None, metavar="PAST,...",
+              help="Also time one decoding step through the KV cache (--kv-cache export) at these cache lengths "
+              "(e.g. 128,512,2047) against recomputing all past+1 tokens with the plain causal export.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the results.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Also draw a PNG: median latency per shape, each contender.")
-def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, json_path, plot_path):
+def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, decode_lens, json_path, plot_path):
     """Time the attention block, causal+padding mask input, float32: each export variant in onnxruntime
     (CPU), PyTorch eager of the seed module, and PyTorch SDPA with the same weights, in interleaved rounds.
     Prints per shape the median latency, ratios to SDPA and to the straight export, achieved GFLOP/s, the
@@ -67,6 +70,9 @@ def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, jso
     if memory is not None and len(memory) != 1:
         raise UsageError(f"--memory {memory_shape!r}: give one BATCHxLEN")
     memory = memory[0] if memory else None
+    past_lens = list(comma_list(decode_lens, int)) if decode_lens else []
+    if decode_lens and (not past_lens or min(past_lens) < 0):
+        raise UsageError(f"--decode {decode_lens!r}: give cache lengths >= 0, e.g. 128,512,2047")
     thread_list = list(comma_list(threads, int)) if threads else [len(os.sched_getaffinity(0))]
     if not thread_list or min(thread_list) < 1:
         raise UsageError("--threads must be >= 1")
@@ -101,6 +107,12 @@ def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, jso
         data["memory"] = {"batch": memory[0], "length": memory[1], "threads": thread_list[0],
                           "variants": peak_rss(variants, *memory, thread_list[0], heads, embedding_dim)}
         click.echo(memory_table(data["memory"]))
+    if past_lens:
+        from attn_onnx.bench.decode import decode_bench
+
+        data["decode"] = {"threads": thread_list[0], "steps": decode_bench(past_lens, thread_list[0], heads,
+                                                                            embedding_dim, rounds)}
+        click.echo(decode_table(data["decode"]))
     if json_path is not None:
         write_atomic(json_path, json.dumps(data, indent=1).encode(), force=True)
         click.echo(f"wrote {json_path}")
@@ -142,4 +154,14 @@ def memory_table(memory: dict) -> str:
             lines.append(f"  {name:<22}failed: {m['error']}")
         else:
             lines.append(f"  {name:<22}{m['peak_mib']:>10.0f}{m['run_mib']:>10.0f}")
+    return "\n".join(lines)
+
+
+def decode_table(decode: dict) -> str:
+    lines = [f"decoding, batch 1, {decode['threads']} thread(s): one new token through the KV cache (--kv-cache) "
+             "vs recomputing past+1 tokens with the plain causal export",
+             f"  {'past_len':>8}{'step ms':>10}{'recompute ms':>14}{'speedup':>9}"]
+    for row in decode["steps"]:
+        lines.append(f"  {row['past_len']:>8}{row['step_ms']:>10.3f}{row['recompute_ms']:>14.3f}"
+                     f"{row['speedup']:>8.1f}x")
     return "\n".join(lines)

@@ -37,6 +37,9 @@ def _applies(option: str) -> str:
               "tokens after a prefix, as in decoding). They agree when q_len == kv_len.")
 @click.option("--mask-dtype", type=click.Choice(list(MASK_DTYPES)), default="bool", show_default=True,
               help=f"{_applies('mask_dtype')} with --mask input: element type of the `mask` input.")
+@click.option("--kv-cache", is_flag=True, help=f"{_applies('kv_cache')} Export one decoding step with a KV cache: "
+              "inputs past_key/past_value (batch, heads, past_len, d_k), outputs present_key/present_value; the "
+              "causal mask built in, bottom-right aligned. check-attn also decodes whole sequences through it.")
 @click.option("--attn-probs", is_flag=True, help=f"{_applies('attn_probs')} Also output the attention "
                                                  "probabilities `attn_probs` (attention always does).")
 @click.option("--attention-impl", "variant", type=click.Choice(list(VARIANTS)), default=DEFAULT_VARIANT,
@@ -90,6 +93,14 @@ def main(**options):
 
     ctx = click.get_current_context()
     kind = KINDS[options["module_kind"]]
+    if options["kv_cache"]:
+        if options["module_kind"] != "mha":
+            raise click.UsageError(f"--kv-cache applies to --module mha, not {options['module_kind']}")
+        kind = KINDS["mha-cache"]
+        if "mask_mode" not in given(ctx):
+            options["mask_mode"] = "causal"  # built in, and the only mask a cache step takes so far
+        if "causal_align" not in given(ctx):
+            options["causal_align"] = "bottom-right"
     refuse(ctx, given(ctx) - COMMON_EXPORT_OPTIONS - kind.export_options, f"to --module {kind.name}")
     if options["mask_mode"] != "input":
         refuse(ctx, {"mask_dtype"}, f"to --mask {options['mask_mode']} (the model has no mask input)")

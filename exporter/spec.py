@@ -92,9 +92,9 @@ class ExportSpec:
         if self.attn_probs and "attn_probs" not in kind.export_options:
             raise UsageError(f"--attn-probs does not apply to --module {self.module} "
                              "(mha only; attention always outputs attn_probs)")
+        kind.validate(self)
         if self.causal_align != "top-left" and self.mask != "causal":
             raise UsageError(f"causal_align={self.causal_align!r} applies to mask 'causal' only, not {self.mask!r}")
-        kind.validate(self)
         VARIANTS[self.variant].check(self)
         return self
 

@@ -9,10 +9,11 @@ from attn_onnx.models.attention import (
     clones,
     subsequent_mask,
 )
-from attn_onnx.models.graphs import AttentionGraph, MhaGraph, SubsequentMaskGraph
+from attn_onnx.models.graphs import AttentionGraph, MhaCacheGraph, MhaGraph, SubsequentMaskGraph
 
 __all__ = [
     "AttentionGraph",
+    "MhaCacheGraph",
     "MhaGraph",
     "SubsequentMaskGraph",
     "MASK_CONVENTION",

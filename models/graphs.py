@@ -46,3 +46,28 @@ class SubsequentMaskGraph(nn.Module):
         n = size.item()
         torch._check(n >= 0)
         return causal_mask(n, n)  # (1, size, size) uint8
+
+
+class MhaCacheGraph(nn.Module):
+    """One decoding step of MultiHeadedAttention with a cache of the projected keys and values.
+
+    New tokens (batch, q_len, E) come in with the cache of earlier ones, past_key and past_value
+    (batch, heads, past_len, d_k); the step projects the new keys and values, appends them, and attends over
+    all past_len + q_len with the causal mask bottom-right aligned (query i sits at past_len + i). Returns
+    (output, present_key, present_value), the presents being the next step's pasts.
+    """
+
+    def __init__(self, mha: nn.Module):
+        super().__init__()
+        self.mha = mha
+
+    def forward(self, query, key, value, past_key, past_value):
+        mha, b = self.mha, query.size(0)
+        q, k, v = (lin(x).view(b, -1, mha.head, mha.d_k).transpose(1, 2)  # (B, h, len, d_k)
+                   for lin, x in zip(mha.linears, (query, key, value)))
+        present_key = torch.cat([past_key, k], dim=2)  # (B, h, past_len + q_len, d_k)
+        present_value = torch.cat([past_value, v], dim=2)
+        mask = causal_mask(q.size(2), present_key.size(2), "bottom-right").unsqueeze(0)  # (1, 1, q_len, total)
+        x, _ = attention(q, present_key, present_value, mask=mask)  # (B, h, q_len, d_k)
+        x = x.transpose(1, 2).contiguous().view(b, -1, mha.head * mha.d_k)
+        return mha.linears[3](x), present_key, present_value

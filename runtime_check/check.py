@@ -86,7 +86,10 @@ def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: Check
     cases = generate_cases(spec, config.sweep)
     if on_start:
         on_start(report)
-    total = len(cases) * len(runners)
+    decoding = spec.kind.decodes  # a KV-cache model: also whole sequences fed through its cache
+    if decoding:
+        from attn_onnx.runtime_check.decode import SEQUENCE, chunkings, decode_results
+    total = (len(cases) + (len(chunkings(SEQUENCE[1])) if decoding else 0)) * len(runners)
     for case in cases:
         feeds = case.feeds(config.seed)
         golden_outputs = golden.run(feeds)
@@ -96,6 +99,12 @@ def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: Check
             report.results.append(result)
             if on_result:
                 on_result(result, len(report.results), total)
+    if decoding:
+        for runner in runners:
+            for result in decode_results([runner], module, spec, tolerances[runner.name][1], config.seed):
+                report.results.append(result)
+                if on_result:
+                    on_result(result, len(report.results), total)
     return report
 
 

@@ -16,7 +16,7 @@ def exported(tmp_path_factory):
         key = tuple(sorted(fields.items()))
         if key not in cache:
             spec = ExportSpec(**fields).validate()
-            module = build_module(spec, seed=0) if spec.module == "mha" else None
+            module = build_module(spec, seed=0) if spec.kind.has_weights else None
             name = "_".join(f"{k}-{v}" for k, v in key) or "default"
             result = export_model(spec, folder / f"{name}.onnx", seed=0)  # the same weights as `module`
             cache[key] = (result.path, result.spec, module)

@@ -8,8 +8,10 @@ from attn_onnx.exporter.kinds.attention import AttentionKind
 from attn_onnx.exporter.kinds.base import ModuleKind
 from attn_onnx.exporter.kinds.mask import SubsequentMaskKind
 from attn_onnx.exporter.kinds.mha import MhaKind
+from attn_onnx.exporter.kinds.mha_cache import MhaCacheKind
 
-KINDS: dict[str, ModuleKind] = {kind.name: kind for kind in (MhaKind(), AttentionKind(), SubsequentMaskKind())}
-MODULES = tuple(KINDS)
+KINDS: dict[str, ModuleKind] = {kind.name: kind for kind in (MhaKind(), AttentionKind(), SubsequentMaskKind(),
+                                                             MhaCacheKind())}
+MODULES = tuple(name for name in KINDS if name != "mha-cache")  # --module choices; mha-cache is --kv-cache
 
 __all__ = ["KINDS", "MODULES", "ModuleKind"]

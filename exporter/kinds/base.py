@@ -22,6 +22,7 @@ class ModuleKind:
     export_options: frozenset[str] = frozenset()  # export-attn options that apply (beyond the common ones)
     check_options: frozenset[str] = frozenset()  # check-attn options that apply to a model of this kind
     metadata_fields: tuple[str, ...] = ()  # ExportSpec fields written to (and read from) metadata
+    decodes: bool = False  # runtime_check also decodes sequences through its cache (mha-cache)
 
     def validate(self, spec) -> None:
         """Raise UsageError naming the value that does not fit this kind."""

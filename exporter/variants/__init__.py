@@ -41,7 +41,7 @@ class Variant:
     name: str
     file: str  # exporter/variants/<file>.py, imported on first build
     help: str
-    modules: tuple[str, ...] = ("mha", "attention", "mask")  # module kinds it builds
+    modules: tuple[str, ...] = ("mha", "attention", "mask", "mha-cache")  # module kinds it builds
     attn_probs: bool = True  # can output the attention probabilities
     min_opset: int = 17
     runtimes: str = "any ONNX runtime"

@@ -74,7 +74,21 @@ def test_memory_is_measured_per_variant_in_a_fresh_process(tmp_path):
     assert "peak RSS of one run at (1,1024)" in result.output
 
 
+def test_decode_times_a_cached_step_against_recomputing(tmp_path):
+    out = tmp_path / "d.json"
+    result = CliRunner().invoke(bench, [*SMALL, "--attention-impl", "torch-export", "--shapes", "1x4",
+                                       "--decode", "0,16", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    steps = json.loads(out.read_text())["decode"]["steps"]
+    assert [s["past_len"] for s in steps] == [0, 16]
+    for s in steps:
+        assert s["step_ms"] > 0 and s["speedup"] == pytest.approx(s["recompute_ms"] / s["step_ms"])
+    assert "one new token through the KV cache" in result.output
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--decode", "x"], "Error: cannot parse 'x' as a comma-separated list of int"),
+    (["--decode", "-1"], "Error: --decode '-1': give cache lengths >= 0"),
     (["--memory", "1x"], "Error: --memory item '1x' is not BATCHxLEN"),
     (["--memory", "1x8,2x8"], "Error: --memory '1x8,2x8': give one BATCHxLEN"),
     (["--shapes", "4x"], "Error: --shapes item '4x' is not BATCHxLEN"),

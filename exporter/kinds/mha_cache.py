@@ -1,0 +1,72 @@
+"""`mha-cache` (export-attn --kv-cache): one decoding step of MultiHeadedAttention with a KV cache.
+
+Inputs: the new tokens query/key/value (batch, q_len, E), and past_key/past_value (batch, heads, past_len,
+d_k), the projected keys and values of earlier tokens (past_len 0 for the prefill). Outputs: output
+(batch, q_len, E), and present_key/present_value (batch, heads, past_len + q_len, d_k), fed back as the next
+step's pasts. The causal mask is built in, bottom-right aligned: new token i sits at position past_len + i.
+
+A check case `b2.q1.kv7` is batch 2, one new token, past_len 7: for this kind, kv is the cache's length.
+runtime_check also decodes whole sequences through the cache (runtime_check/decode.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from attn_onnx.errors import UsageError
+from attn_onnx.exporter.kinds.mha import MhaKind
+
+
+class MhaCacheKind(MhaKind):
+    name = "mha-cache"
+    help = "one decoding step of MultiHeadedAttention with a KV cache (export-attn --kv-cache)"
+    export_options = frozenset({"heads", "embedding_dim", "mask_mode", "causal_align", "weights", "weights_prefix",
+                                "seed", "kv_cache"})
+    check_options = frozenset({"batches", "lengths", "shapes", "weights", "weights_prefix"})
+    metadata_fields = ("heads", "d_k", "embedding_dim", "dtype", "mask", "causal_align", "mask_convention",
+                       "weights", "weights_source")
+    decodes = True  # runtime_check feeds whole sequences through the cache
+
+    def validate(self, spec) -> None:
+        super().validate(spec)
+        if spec.mask != "causal" or spec.causal_align != "bottom-right":
+            raise UsageError("--kv-cache builds its causal mask in, bottom-right aligned (new token i at past_len "
+                             f"+ i); got --mask {spec.mask} --causal-align {spec.causal_align} (a mask input is not "
+                             "supported yet)")
+        if spec.attn_probs:
+            raise UsageError("--kv-cache does not output attn_probs")
+
+    def input_dims(self, spec):
+        new = ["batch", "q_len", spec.embedding_dim]
+        past = ["batch", spec.heads, "past_len", spec.d_k]
+        return {"query": new, "key": list(new), "value": list(new), "past_key": past, "past_value": list(past)}
+
+    def output_dims(self, spec):
+        present = ["batch", spec.heads, "total_len", spec.d_k]
+        return {"output": ["batch", "q_len", spec.embedding_dim], "present_key": present,
+                "present_value": list(present)}
+
+    def input_dtypes(self, spec):
+        return {name: spec.dtype for name in self.input_dims(spec)}
+
+    def describe(self, spec):
+        return (f"MultiHeadedAttention(heads={spec.heads}, embedding_dim={spec.embedding_dim}), one decoding step "
+                "with a KV cache")
+
+    def summary(self, spec):
+        return f"mha with a KV cache, heads {spec.heads}, causal bottom-right"
+
+    def graph(self, spec, module):
+        from attn_onnx.models import MhaCacheGraph
+
+        if module is None:
+            raise UsageError("module 'mha-cache' needs its MultiHeadedAttention to build the graph")
+        return MhaCacheGraph(module)
+
+    def inputs(self, spec, dims, rng, mask=None):
+        b, q, past = dims["batch"], dims["q_len"], dims["kv_len"]
+        feeds = {name: rng.standard_normal((b, q, spec.embedding_dim), dtype=np.float32)
+                 for name in ("query", "key", "value")}
+        for name in ("past_key", "past_value"):
+            feeds[name] = rng.standard_normal((b, spec.heads, past, spec.d_k), dtype=np.float32)
+        return feeds
