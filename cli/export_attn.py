@@ -99,7 +99,7 @@ def main(**options):
         kind = KINDS["mha-cache"]
         if "mask_mode" not in given(ctx):
             options["mask_mode"] = "causal"  # built in, and the only mask a cache step takes so far
-        if "causal_align" not in given(ctx):
+        if "causal_align" not in given(ctx) and options["mask_mode"] == "causal":
             options["causal_align"] = "bottom-right"
     refuse(ctx, given(ctx) - COMMON_EXPORT_OPTIONS - kind.export_options, f"to --module {kind.name}")
     if options["mask_mode"] != "input":

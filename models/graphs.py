@@ -53,21 +53,25 @@ class MhaCacheGraph(nn.Module):
 
     New tokens (batch, q_len, E) come in with the cache of earlier ones, past_key and past_value
     (batch, heads, past_len, d_k); the step projects the new keys and values, appends them, and attends over
-    all past_len + q_len with the causal mask bottom-right aligned (query i sits at past_len + i). Returns
+    all past_len + q_len with the causal mask bottom-right aligned (query i sits at past_len + i), or with
+    the mask input (batch, q_len or 1, past_len + q_len). Returns
     (output, present_key, present_value), the presents being the next step's pasts.
     """
 
-    def __init__(self, mha: nn.Module):
+    def __init__(self, mha: nn.Module, mask: str = "causal"):
         super().__init__()
-        self.mha = mha
+        self.mha, self.mask = mha, mask
 
-    def forward(self, query, key, value, past_key, past_value):
+    def forward(self, query, key, value, past_key, past_value, mask=None):
         mha, b = self.mha, query.size(0)
         q, k, v = (lin(x).view(b, -1, mha.head, mha.d_k).transpose(1, 2)  # (B, h, len, d_k)
                    for lin, x in zip(mha.linears, (query, key, value)))
         present_key = torch.cat([past_key, k], dim=2)  # (B, h, past_len + q_len, d_k)
         present_value = torch.cat([past_value, v], dim=2)
-        mask = causal_mask(q.size(2), present_key.size(2), "bottom-right").unsqueeze(0)  # (1, 1, q_len, total)
+        if self.mask == "causal":
+            mask = causal_mask(q.size(2), present_key.size(2), "bottom-right").unsqueeze(0)  # (1, 1, q_len, total)
+        else:  # the mask input: (B, q_len or 1, past_len + q_len)
+            mask = mask.unsqueeze(1)
         x, _ = attention(q, present_key, present_value, mask=mask)  # (B, h, q_len, d_k)
         x = x.transpose(1, 2).contiguous().view(b, -1, mha.head * mha.d_k)
         return mha.linears[3](x), present_key, present_value

@@ -3,8 +3,14 @@ step's present_key/present_value into the next step's past_key/past_value, and c
 outputs with the float64 seed module run on the whole sequence with subsequent_mask.
 
 The chunkings: the whole sequence at once (a prefill from an empty cache), a prefill then one token at a
-time (how a decoder generates), and irregular chunks. With the built-in causal mask no row is ever fully
-masked, so equality is expected at every position.
+time (how a decoder generates), and irregular chunks.
+
+With a mask input the sequence's mask is causal and left-padded (example 1's first PAD tokens are padding,
+as in batched generation), and each chunk gets its rows of it, up to the keys present so far. A row whose
+keys are all masked (a padding token's own query) attends uniformly, as the seed does, but only over the
+keys present at its step: the cache cannot see the future, where the whole-sequence module spreads it over
+all keys. Equality holds for every row with an allowed key; the others are left out of the comparison and
+counted in the case name.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from attn_onnx.runtime_check.compare import OutputComparison, Tolerance
 from attn_onnx.runtime_check.report import CaseResult
 
 SEQUENCE = (2, 11)  # batch, length
+PAD = (0, 3)  # left padding of each example, with a mask input
 
 
 def chunkings(length: int) -> dict[str, list[int]]:
@@ -39,15 +46,22 @@ def _irregular(length: int) -> list[int]:
     return sizes
 
 
-def whole_sequence_golden(module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The seed module in float64 on the whole sequence (self-attention, subsequent_mask), and the projected
-    keys and values every cache must end with: (output, keys, values)."""
+def sequence_mask(batch: int, length: int) -> np.ndarray:
+    """(batch, length, length) uint8: subsequent_mask and, per example, PAD[b] left-padding keys masked."""
+    keys = np.arange(length)[None, :] >= np.array(PAD[:batch])[:, None]  # (B, length)
+    return (np.tril(np.ones((length, length), bool))[None] & keys[:, None, :]).astype(np.uint8)
+
+
+def whole_sequence_golden(module, x: np.ndarray, mask: np.ndarray | None = None):
+    """The seed module in float64 on the whole sequence (self-attention; subsequent_mask, or `mask`), and
+    the projected keys and values every cache must end with: (output, keys, values)."""
     double = type(module)(module.head, module.embedding_dim, dropout=0.0).double().eval()
     double.load_state_dict({k: v.double() for k, v in module.state_dict().items()})
     t = torch.from_numpy(x).double()
     b, n = x.shape[:2]
     with torch.no_grad():
-        output = double(t, t, t, subsequent_mask(n)).numpy()  # (B, n, E)
+        whole = subsequent_mask(n) if mask is None else torch.from_numpy(mask)
+        output = double(t, t, t, whole).numpy()  # (B, n, E)
         keys, values = (lin(t).view(b, n, double.head, double.d_k).transpose(1, 2).numpy()
                         for lin in double.linears[1:3])  # (B, h, n, d_k)
     return output, keys, values
@@ -58,19 +72,26 @@ def decode_results(runners, module, spec, tolerance: Tolerance, seed: int = 0) -
     batch, length = SEQUENCE
     rng = np.random.default_rng([seed, 1001])
     x = rng.standard_normal((batch, length, spec.embedding_dim), dtype=np.float32)
-    output, keys, values = whole_sequence_golden(module, x)
+    mask = sequence_mask(batch, length).astype(spec.input_dtypes()["mask"]) if spec.mask == "input" else None
+    output, keys, values = whole_sequence_golden(module, x, mask)
+    no_key = mask.max(axis=-1) == 0 if mask is not None else np.zeros((batch, length), bool)  # (B, length)
+    left_out = f" ({int(no_key.sum())} rows with no key left out)" if no_key.any() else ""
     expected = spec.output_dtypes()  # the dtype each output must have
     results = []
     for runner in runners:
         for name, chunks in chunkings(length).items():
+            name += left_out
             shape = f"b{batch}.len{length}"
             past_key = past_value = np.zeros((batch, spec.heads, 0, spec.d_k), np.float32)  # an empty cache
             outputs, start = [], 0
             try:
                 for size in chunks:
                     piece = x[:, start:start + size]
-                    got = runner.run({"query": piece, "key": piece, "value": piece, "past_key": past_key,
-                                      "past_value": past_value})
+                    feeds = {"query": piece, "key": piece, "value": piece, "past_key": past_key,
+                             "past_value": past_value}
+                    if mask is not None:  # this chunk's rows, over the keys present so far
+                        feeds["mask"] = mask[:, start:start + size, :start + size]
+                    got = runner.run(feeds)
                     outputs.append(got["output"])
                     past_key, past_value = got["present_key"], got["present_value"]
                     start += size
@@ -80,6 +101,7 @@ def decode_results(runners, module, spec, tolerance: Tolerance, seed: int = 0) -
                                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"))
                 continue
             actual = {"output": np.concatenate(outputs, axis=1), "present_key": past_key, "present_value": past_value}
+            actual["output"][no_key] = output[no_key]  # rows with no allowed key: see the module docstring
             golden = {"output": output, "present_key": keys, "present_value": values}
             comparisons = tuple(OutputComparison.measure(n, actual[n], golden[n], expected[n], tolerance)
                                 for n in golden)

@@ -20,26 +20,29 @@ from attn_onnx.exporter.kinds.mha import MhaKind
 class MhaCacheKind(MhaKind):
     name = "mha-cache"
     help = "one decoding step of MultiHeadedAttention with a KV cache (export-attn --kv-cache)"
-    export_options = frozenset({"heads", "embedding_dim", "mask_mode", "causal_align", "weights", "weights_prefix",
-                                "seed", "kv_cache"})
-    check_options = frozenset({"batches", "lengths", "shapes", "weights", "weights_prefix"})
-    metadata_fields = ("heads", "d_k", "embedding_dim", "dtype", "mask", "causal_align", "mask_convention",
-                       "weights", "weights_source")
+    export_options = frozenset({"heads", "embedding_dim", "mask_mode", "mask_dtype", "causal_align", "weights",
+                                "weights_prefix", "seed", "kv_cache"})
+    check_options = frozenset({"batches", "lengths", "shapes", "masks", "weights", "weights_prefix"})
+    metadata_fields = ("heads", "d_k", "embedding_dim", "dtype", "mask", "mask_dtype", "causal_align",
+                       "mask_convention", "weights", "weights_source")
     decodes = True  # runtime_check feeds whole sequences through the cache
 
     def validate(self, spec) -> None:
         super().validate(spec)
-        if spec.mask != "causal" or spec.causal_align != "bottom-right":
-            raise UsageError("--kv-cache builds its causal mask in, bottom-right aligned (new token i at past_len "
-                             f"+ i); got --mask {spec.mask} --causal-align {spec.causal_align} (a mask input is not "
-                             "supported yet)")
+        if spec.mask == "none" or (spec.mask == "causal" and spec.causal_align != "bottom-right"):
+            raise UsageError("--kv-cache takes --mask causal, built in and bottom-right aligned (new token i at "
+                             "past_len + i), or --mask input (batch, q_len or 1, past_len + q_len); got --mask "
+                             f"{spec.mask}" + (f" --causal-align {spec.causal_align}" if spec.mask == "causal" else ""))
         if spec.attn_probs:
             raise UsageError("--kv-cache does not output attn_probs")
 
     def input_dims(self, spec):
         new = ["batch", "q_len", spec.embedding_dim]
         past = ["batch", spec.heads, "past_len", spec.d_k]
-        return {"query": new, "key": list(new), "value": list(new), "past_key": past, "past_value": list(past)}
+        dims = {"query": new, "key": list(new), "value": list(new), "past_key": past, "past_value": list(past)}
+        if spec.mask == "input":
+            dims["mask"] = ["batch", "mask_q_len", "total_len"]  # total_len = past_len + q_len
+        return dims
 
     def output_dims(self, spec):
         present = ["batch", spec.heads, "total_len", spec.d_k]
@@ -47,21 +50,25 @@ class MhaCacheKind(MhaKind):
                 "present_value": list(present)}
 
     def input_dtypes(self, spec):
-        return {name: spec.dtype for name in self.input_dims(spec)}
+        from attn_onnx.exporter.spec import MASK_DTYPES
+
+        return {name: (np.dtype(MASK_DTYPES[spec.mask_dtype]).name if name == "mask" else spec.dtype)
+                for name in self.input_dims(spec)}
 
     def describe(self, spec):
         return (f"MultiHeadedAttention(heads={spec.heads}, embedding_dim={spec.embedding_dim}), one decoding step "
                 "with a KV cache")
 
     def summary(self, spec):
-        return f"mha with a KV cache, heads {spec.heads}, causal bottom-right"
+        return f"mha with a KV cache, heads {spec.heads}, " + ("causal bottom-right" if spec.mask == "causal"
+                                                                 else "mask input")
 
     def graph(self, spec, module):
         from attn_onnx.models import MhaCacheGraph
 
         if module is None:
             raise UsageError("module 'mha-cache' needs its MultiHeadedAttention to build the graph")
-        return MhaCacheGraph(module)
+        return MhaCacheGraph(module, spec.mask)
 
     def inputs(self, spec, dims, rng, mask=None):
         b, q, past = dims["batch"], dims["q_len"], dims["kv_len"]
@@ -69,4 +76,11 @@ class MhaCacheKind(MhaKind):
                  for name in ("query", "key", "value")}
         for name in ("past_key", "past_value"):
             feeds[name] = rng.standard_normal((b, spec.heads, past, spec.d_k), dtype=np.float32)
+        if spec.mask == "input":
+            from attn_onnx.exporter.spec import MASK_DTYPES
+
+            # A check case's mask covers the cache (past_len keys); the new tokens are appended visible.
+            mask = np.ones((b, q, past), np.uint8) if mask is None else mask  # (B, q_len or 1, past_len)
+            mask = np.concatenate([mask, np.ones((b, mask.shape[1], q), mask.dtype)], axis=-1)
+            feeds["mask"] = mask.astype(MASK_DTYPES[spec.mask_dtype])  # (B, q_len or 1, past_len + q_len)
         return feeds

@@ -18,8 +18,7 @@ from attn_onnx.exporter.variants import Built
 
 def build(spec, graph: torch.nn.Module, example: tuple[torch.Tensor, ...], module: torch.nn.Module | None) -> Built:
     """Trace `graph` on `example` with every named dim of the spec dynamic."""
-    dynamic = {name: {i: ("q_len" if d == "mask_q_len" else d)  # renamed to mask_q_len afterwards
-                      for i, d in enumerate(dims) if isinstance(d, str)}
+    dynamic = {name: {i: _dim(d) for i, d in enumerate(dims) if isinstance(d, str)}
                for name, dims in spec.input_dims().items() if dims}
     try:
         with _quiet_exporter(), torch.no_grad():
@@ -31,6 +30,15 @@ def build(spec, graph: torch.nn.Module, example: tuple[torch.Tensor, ...], modul
         raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {first_line(exc)}") from exc
     proto = program.model_proto
     return Built(proto, _weight_map(proto, module) if module is not None else {})
+
+
+def _dim(name: str):
+    """The dynamic dim handed to torch.export for a named dim of the spec (named as the spec says afterwards)."""
+    if name == "mask_q_len":
+        return "q_len"  # the example's mask is a full one
+    if name == "total_len":
+        return torch.export.Dim.AUTO  # past_len + q_len: a sum torch.export infers but cannot be told
+    return name
 
 
 def _weight_map(proto: onnx.ModelProto, module: torch.nn.Module) -> dict[str, dict]:

@@ -18,6 +18,7 @@ from attn_onnx.runtime_check.compare import FLOAT32
 from attn_onnx.runtime_check.decode import SEQUENCE, chunkings, decode_results, whole_sequence_golden
 
 CACHE = {"module": "mha-cache", "mask": "causal", "causal_align": "bottom-right", "heads": 4, "embedding_dim": 32}
+MASKED = {"module": "mha-cache", "mask": "input", "heads": 4, "embedding_dim": 32}  # bool mask input
 
 
 def test_chunkings_cover_the_sequence():
@@ -38,12 +39,17 @@ def test_the_cached_export_names_its_dims_and_says_what_it_is(exported):
 
 
 @pytest.mark.parametrize("runtimes", [("onnxruntime",), ("reference",)])
-def test_every_chunking_equals_the_whole_sequence(exported, runtimes):
-    path, spec, module = exported(**CACHE)
+@pytest.mark.parametrize("fields", [CACHE, MASKED, {**MASKED, "mask_dtype": "float32"}], ids=["causal", "mask-bool",
+                                                                                                "mask-float32"])
+def test_every_chunking_equals_the_whole_sequence(exported, runtimes, fields):
+    path, spec, module = exported(**fields)
     report = check_model(path, CheckConfig(runtimes=runtimes), module=module)
     assert report.ok, [r.line() for r in report.failed]
     decoded = [r for r in report.results if r.case.startswith("decode.")]
-    assert {r.case for r in decoded} == set(chunkings(SEQUENCE[1]))  # prefill from empty, steps, irregular
+    names = {r.case.split(" (")[0] for r in decoded}
+    assert names == set(chunkings(SEQUENCE[1]))  # prefill from empty, steps, irregular
+    if fields["mask"] == "input":  # example 1's 3 left-padding tokens have no key to attend
+        assert all(r.case.endswith("(3 rows with no key left out)") for r in decoded)
     for result in decoded:
         assert {c.output for c in result.comparisons} == {"output", "present_key", "present_value"}
         assert all(c.max_abs < FLOAT32.atol for c in result.comparisons)
@@ -93,8 +99,8 @@ def test_check_attn_prints_the_decode_lines(exported):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--mask", "input"], "Error: --kv-cache builds its causal mask in, bottom-right aligned"),
-    (["--causal-align", "top-left"], "Error: --kv-cache builds its causal mask in, bottom-right aligned"),
+    (["--mask", "none"], "Error: --kv-cache takes --mask causal, built in and bottom-right aligned"),
+    (["--causal-align", "top-left"], "Error: --kv-cache takes --mask causal, built in and bottom-right aligned"),
     (["--attention-impl", "ort-mha"], "Error: --attention-impl ort-mha builds --module mha, not mha-cache"),
     (["--module", "attention"], "Error: --kv-cache applies to --module mha, not attention"),
     (["--attn-probs"], "Error: --attn-probs does not apply to --module mha-cache"),
@@ -102,3 +108,24 @@ def test_check_attn_prints_the_decode_lines(exported):
 def test_what_a_cached_export_cannot_do_is_refused(tmp_path, args, message):
     result = CliRunner().invoke(export, ["--kv-cache", *args, "--out", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2 and result.output.strip().startswith(message), result.output
+
+
+def test_a_row_with_no_key_attends_over_the_keys_present_so_far(exported):
+    """The semantic point of a cache: a padding token's own query (no allowed key) attends uniformly, as the
+    seed does, but only over the keys in the cache at its step, not over the whole sequence."""
+    import onnxruntime as ort
+
+    from attn_onnx.runtime_check.decode import sequence_mask
+
+    path, spec, module = exported(**MASKED)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((2, 4, 32), dtype=np.float32)
+    mask = sequence_mask(2, 4).astype(bool)  # example 1: keys 0..2 are padding
+    empty = np.zeros((2, 4, 0, 8), np.float32)
+    step0 = session.run(None, {"query": x[:, :1], "key": x[:, :1], "value": x[:, :1], "past_key": empty,
+                               "past_value": empty, "mask": mask[:, :1, :1]})[0]
+    whole, _, _ = whole_sequence_golden(module, x, mask.astype(np.uint8))
+    with torch.no_grad():  # uniform over the one key present: the output projection of token 0's value
+        only = module.linears[3](module.linears[2](torch.from_numpy(x[1:2, :1]))).numpy()
+    np.testing.assert_allclose(step0[1:2], only, atol=1e-5)
+    assert np.abs(step0[1, 0] - whole[1, 0]).max() > 1e-3  # the whole sequence spreads it over all 4 keys
