@@ -23,7 +23,7 @@ from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.files import file_sha256, write_folder_atomic
 from attn_onnx.model_files import needs_external, save_model
 from attn_onnx.runtime_check.cases import MASK_KINDS, Case, parse_case
-from attn_onnx.runtime_check.compare import EXACT, FLOAT32, Tolerance
+from attn_onnx.runtime_check.compare import EXACT, FLOAT32, OutputComparison, Tolerance
 from attn_onnx.runtime_check.report import CaseResult, Report
 
 FORMAT = "attn-onnx-bundle/1"
@@ -42,6 +42,13 @@ _MASK_INPUT_CASES = ("b1.q5.kv5.ones", "b2.q4.kv7.padding", "b2.q6.kv6.masked_ro
                      "b3.q3.kv8.causal+padding")
 _GRAPH_MASK_CASES = ("b1.q5.kv5.graph", "b2.q4.kv7.graph", "b3.q6.kv6.graph")
 _SIZE_CASES = ("size1", "size5", "size20")
+
+
+# A model with a KV cache also gets a decode set: a prefill of 4 tokens from an empty cache, then 3 single
+# tokens, each step's present_key/present_value threaded into the next step's past_key/past_value.
+DECODE_CHUNKS = (4, 1, 1, 1)
+DECODE_FOLDER = "decode"
+THREAD = {"present_key": "past_key", "present_value": "past_value"}
 
 
 def bundle_cases(spec: ExportSpec) -> list[Case]:
@@ -142,6 +149,8 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
                          "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__},
             "metadata": {p.key: p.value for p in proto.metadata_props},
         }
+        if spec.kind.decodes:
+            manifest["decode"] = _write_decode(folder, spec, golden, seed)
         if external:
             manifest["model"]["data"] = {"file": files[1].name, "sha256": file_sha256(files[1]),
                                          "bytes": files[1].stat().st_size,
@@ -193,6 +202,8 @@ def verify_hashes(folder: str | Path, manifest: dict) -> None:
     if "data" in manifest["model"]:  # the weights, as external data beside the model
         files.append((manifest["model"]["data"]["file"], manifest["model"]["data"]["sha256"]))
     files += [(f["file"], f["sha256"]) for s in manifest["test_data_sets"] for f in s["inputs"] + s["outputs"]]
+    files += [(f["file"], f["sha256"]) for s in manifest.get("decode", {}).get("steps", [])
+              for f in s["inputs"] + s["outputs"]]
     changed = []
     for relative, expected in files:
         path = (folder / relative).resolve()
@@ -245,7 +256,75 @@ def check_bundle(folder: str | Path, config=None) -> Report:
             report.results.append(run_case(runner, f"{entry['folder']} ({entry['case']})", entry["case"], feeds,
                                            expected, dtypes,
                                            tolerance))
+    if "decode" in manifest:
+        report.results.extend(_check_decode(folder, manifest, runners, tolerance))
     return report
+
+
+def _write_tensors(folder: Path, sub: Path, side: str, arrays: dict[str, np.ndarray]) -> list[dict]:
+    entries = []
+    for k, (name, array) in enumerate(arrays.items()):
+        path = sub / f"{side}_{k}.pb"
+        path.write_bytes(numpy_helper.from_array(np.ascontiguousarray(array), name).SerializeToString())
+        entries.append({"file": str(path.relative_to(folder)), "name": name, "dtype": str(array.dtype),
+                        "shape": list(array.shape), "sha256": file_sha256(path)})
+    return entries
+
+
+def _write_decode(folder: Path, spec: ExportSpec, golden, seed: int) -> dict:
+    """The decode set: the float64 golden decodes a sequence step by step, threading its own cache."""
+    from attn_onnx.runtime_check.decode import SEQUENCE, sequence_mask
+
+    batch, length = SEQUENCE[0], sum(DECODE_CHUNKS)
+    rng = np.random.default_rng([seed, 2002])
+    x = rng.standard_normal((batch, length, spec.embedding_dim), dtype=np.float32)
+    mask = sequence_mask(batch, length).astype(spec.input_dtypes()["mask"]) if spec.mask == "input" else None
+    past = {name: np.zeros((batch, spec.heads, 0, spec.d_k), np.float64) for name in THREAD.values()}
+    steps, start = [], 0
+    for k, size in enumerate(DECODE_CHUNKS):
+        sub = folder / DECODE_FOLDER / f"step_{k}"
+        sub.mkdir(parents=True)
+        piece = x[:, start:start + size]
+        inputs = {"query": piece, "key": piece, "value": piece}
+        if mask is not None:
+            inputs["mask"] = mask[:, start:start + size, :start + size]  # this step's rows, keys so far
+        outputs = golden.run({**inputs, **past})
+        past = {THREAD[name]: outputs[name] for name in THREAD}  # the golden keeps its float64 cache
+        steps.append({"folder": str(sub.relative_to(folder)), "new_tokens": size, "past_len": start,
+                      "inputs": _write_tensors(folder, sub, "input", inputs),
+                      "outputs": _write_tensors(folder, sub, "output", {n: v.astype(np.float32)
+                                                                        for n, v in outputs.items()})})
+        start += size
+    return {"description": f"decode {batch} sequences of {length} tokens: a prefill of {DECODE_CHUNKS[0]} from "
+                           "an empty cache, then one token at a time",
+            "thread": THREAD, "first_past": {"shape": [batch, spec.heads, 0, spec.d_k], "dtype": "float32"},
+            "how": "run the steps in order; step 0 takes past_key and past_value of first_past's shape (no "
+                   "elements); every later step takes the previous step's present_key and present_value as its "
+                   "past_key and past_value. Each step's inputs and expected outputs are in its folder.",
+            "steps": steps}
+
+
+def _check_decode(folder: Path, manifest: dict, runners, tolerance: Tolerance) -> list[CaseResult]:
+    """Each runner decodes the steps in order, threading its own cache; each step against the golden's."""
+    decode = manifest["decode"]
+    results = []
+    for runner in runners:
+        past = {name: np.zeros(decode["first_past"]["shape"], np.float32) for name in decode["thread"].values()}
+        for k, step in enumerate(decode["steps"]):
+            feeds = {f["name"]: _load_tensor(folder / f["file"]) for f in step["inputs"]}
+            expected = {f["name"]: _load_tensor(folder / f["file"]) for f in step["outputs"]}
+            label, shape = f"{step['folder']} ({step['new_tokens']} new, past {step['past_len']})", f"decode.step{k}"
+            try:
+                outputs = runner.run({**feeds, **past})
+            except Exception as exc:  # the runtime's own error is the finding; later steps need this one
+                first = str(exc).splitlines()[0][:200] if str(exc) else ""
+                results.append(CaseResult(runner.name, label, shape,
+                                          error=f"{runner.name} raised {type(exc).__name__}: {first}"))
+                break
+            results.append(CaseResult(runner.name, label, shape, tuple(
+                OutputComparison.measure(n, outputs[n], e, str(e.dtype), tolerance) for n, e in expected.items())))
+            past = {decode["thread"][name]: outputs[name] for name in decode["thread"]}
+    return results
 
 
 def _load_tensor(path: Path) -> np.ndarray:

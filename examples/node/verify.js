@@ -2,7 +2,9 @@
 'use strict';
 // node verify.js BUNDLE_DIR
 // Checks the manifest's sha256s, runs every golden vector set in onnxruntime-node, and compares the outputs
-// with the float64 PyTorch answers within the manifest's tolerance. One line per set; exit 0 when all pass.
+// with the float64 PyTorch answers within the manifest's tolerance. A model with a KV cache also decodes the
+// manifest's decode steps, threading each step's present_* into the next step's past_*. One line per set
+// or step; exit 0 when all pass.
 
 const path = require('node:path');
 const ort = require('onnxruntime-node');
@@ -31,6 +33,26 @@ async function verify(dir, log = console.log) {
     log(`${ok ? 'PASSED' : 'FAILED'} | onnxruntime-node | ${set.folder} (${set.case}) | max_abs=${maxAbs.toPrecision(3)}` +
         (ok ? '' : ` | ${reasons}`));
     if (ok) passed++; else failed++;
+  }
+  if (manifest.decode) { // a model with a KV cache: decode step by step, threading present_* into past_*
+    const { thread, first_past: first, steps } = manifest.decode;
+    let past = {};
+    for (const name of Object.values(thread)) past[name] = new ort.Tensor('float32', new Float32Array(0), first.shape);
+    for (const step of steps) {
+      const feeds = { ...past };
+      for (const f of step.inputs) feeds[f.name] = toOrt(loadTensor(path.join(dir, f.file)));
+      const results = await session.run(feeds);
+      const verdicts = step.outputs.map((f) => ({ name: f.name, ...compare(results[f.name], loadTensor(path.join(dir, f.file)),
+        manifest.tolerance) }));
+      const ok = verdicts.every((v) => v.passed);
+      const maxAbs = Math.max(...verdicts.map((v) => v.maxAbs));
+      const reasons = verdicts.filter((v) => !v.passed).map((v) => `${v.name}: ${v.reason}`).join('; ');
+      log(`${ok ? 'PASSED' : 'FAILED'} | onnxruntime-node | ${step.folder} (${step.new_tokens} new, past ${step.past_len})` +
+          ` | max_abs=${maxAbs.toPrecision(3)}` + (ok ? '' : ` | ${reasons}`));
+      if (ok) passed++; else failed++;
+      past = {};
+      for (const [present, pastName] of Object.entries(thread)) past[pastName] = results[present];
+    }
   }
   log(`${passed} passed, ${failed} failed`);
   return failed === 0;

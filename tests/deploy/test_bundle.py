@@ -168,3 +168,61 @@ def test_a_folder_that_is_not_a_bundle_is_one_error(bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     result = run_check("--bundle", copy)
     assert result.exit_code == 1 and result.output.strip() == f"Error: {copy / 'manifest.json'} lacks 'sha256'"
+
+
+@pytest.fixture(scope="module", params=["causal", "input"])
+def cache_bundle(request, tmp_path_factory):
+    from click.testing import CliRunner
+
+    from attn_onnx.cli.export_attn import main as export
+
+    folder = tmp_path_factory.mktemp("cache") / "b"
+    result = CliRunner().invoke(export, ["--kv-cache", "--mask", request.param, "--heads", "2", "--embedding-dim",
+                                         "16", "--bundle", str(folder)])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def test_a_cache_bundle_carries_a_decode_set_that_says_how_to_thread(cache_bundle):
+    manifest = json.loads((cache_bundle / "manifest.json").read_text())
+    decode = manifest["decode"]
+    assert decode["thread"] == {"present_key": "past_key", "present_value": "past_value"}
+    assert decode["first_past"]["shape"] == [2, 2, 0, 8]
+    assert [(s["new_tokens"], s["past_len"]) for s in decode["steps"]] == [(4, 0), (1, 4), (1, 5), (1, 6)]
+    for step in decode["steps"]:
+        assert [f["name"] for f in step["outputs"]] == ["output", "present_key", "present_value"]
+        assert "past_key" not in [f["name"] for f in step["inputs"]]  # threaded, never stored
+    last = decode["steps"][-1]["outputs"][1]
+    assert last["shape"] == [2, 2, 7, 8]  # the cache after 7 tokens
+
+
+def test_check_bundle_decodes_the_steps_through_the_cache(cache_bundle):
+    from attn_onnx.deploy.bundle import check_bundle
+
+    report = check_bundle(cache_bundle)
+    assert report.ok, [r.line() for r in report.failed]
+    assert [r.shape for r in report.results if r.shape.startswith("decode")] == [f"decode.step{k}" for k in range(4)]
+
+
+def test_a_changed_decode_file_fails_the_bundle(cache_bundle, tmp_path):
+    from attn_onnx.deploy.bundle import check_bundle
+    from attn_onnx.errors import BundleError
+
+    copy = tmp_path / "b"
+    shutil.copytree(cache_bundle, copy)
+    (copy / "decode" / "step_2" / "output_0.pb").write_bytes(b"\x00")
+    with pytest.raises(BundleError, match="decode/step_2/output_0.pb"):
+        check_bundle(copy)
+
+
+def test_the_node_verifier_decodes_the_steps(cache_bundle):
+    import subprocess
+
+    from tests.deploy.test_node import NODE, NODE_DIR
+
+    if NODE is None or not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir():
+        pytest.skip("node or onnxruntime-node is not installed (npm ci --ignore-scripts --prefix examples/node)")
+    result = subprocess.run([NODE, "verify.js", str(cache_bundle)], cwd=NODE_DIR, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASSED | onnxruntime-node | decode/step_3 (1 new, past 6)" in result.stdout
