@@ -40,6 +40,9 @@ def _applies(option: str) -> str:
 @click.option("--kv-cache", is_flag=True, help=f"{_applies('kv_cache')} Export one decoding step with a KV cache: "
               "inputs past_key/past_value (batch, heads, past_len, d_k), outputs present_key/present_value; the "
               "causal mask built in, bottom-right aligned. check-attn also decodes whole sequences through it.")
+@click.option("--self-attention", is_flag=True, help=f"{_applies('self_attention')} One input x as query, key "
+              "and value (mask: batch, len or 1, len); the hand-built variants project all three with one packed "
+              "MatMul.")
 @click.option("--attn-probs", is_flag=True, help=f"{_applies('attn_probs')} Also output the attention "
                                                  "probabilities `attn_probs` (attention always does).")
 @click.option("--attention-impl", "variant", type=click.Choice(list(VARIANTS)), default=DEFAULT_VARIANT,
@@ -93,6 +96,10 @@ def main(**options):
 
     ctx = click.get_current_context()
     kind = KINDS[options["module_kind"]]
+    if options["self_attention"]:
+        if options["module_kind"] != "mha" or options["kv_cache"]:
+            raise click.UsageError("--self-attention applies to --module mha, without --kv-cache")
+        kind = KINDS["mha-self"]
     if options["kv_cache"]:
         if options["module_kind"] != "mha":
             raise click.UsageError(f"--kv-cache applies to --module mha, not {options['module_kind']}")

@@ -57,7 +57,15 @@ def bundle_cases(spec: ExportSpec) -> list[Case]:
         names = _SIZE_CASES
     else:
         names = _MASK_INPUT_CASES if spec.mask == "input" else _GRAPH_MASK_CASES
+    if spec.kind.self_attention:  # one input: q_len == kv_len, so the cross cases become square ones
+        names = tuple(_squared(name) for name in names)
     return [parse_case(name, spec) for name in names]
+
+
+def _squared(name: str) -> str:
+    """b2.q4.kv7.padding -> b2.q7.kv7.padding."""
+    b, q, kv, kind = name.split(".", 3)
+    return ".".join((b, "q" + kv[2:], kv, kind))
 
 
 def min_onnxruntime(proto: onnx.ModelProto) -> str:

@@ -9,12 +9,13 @@ from attn_onnx.models.attention import (
     clones,
     subsequent_mask,
 )
-from attn_onnx.models.graphs import AttentionGraph, MhaCacheGraph, MhaGraph, SubsequentMaskGraph
+from attn_onnx.models.graphs import AttentionGraph, MhaCacheGraph, MhaGraph, MhaSelfGraph, SubsequentMaskGraph
 
 __all__ = [
     "AttentionGraph",
     "MhaCacheGraph",
     "MhaGraph",
+    "MhaSelfGraph",
     "SubsequentMaskGraph",
     "MASK_CONVENTION",
     "MASK_FILL",

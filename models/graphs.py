@@ -75,3 +75,11 @@ class MhaCacheGraph(nn.Module):
         x, _ = attention(q, present_key, present_value, mask=mask)  # (B, h, q_len, d_k)
         x = x.transpose(1, 2).contiguous().view(b, -1, mha.head * mha.d_k)
         return mha.linears[3](x), present_key, present_value
+
+
+class MhaSelfGraph(MhaGraph):
+    """Self-attention: MultiHeadedAttention on one input x, as query, key and value (the usual encoder or
+    decoder block); the mask input is (batch, len or 1, len)."""
+
+    def forward(self, x, mask=None):
+        return super().forward(x, x, x, mask)

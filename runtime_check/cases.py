@@ -126,8 +126,11 @@ def generate_cases(spec: ExportSpec, sweep: Sweep = Sweep()) -> list[Case]:
     if spec.kind.case_dims == ("size",):
         return [Case(f"size{n}", spec, size=n) for n in sweep.sizes]
     kinds = list(sweep.masks or MASK_KINDS) if spec.mask == "input" else [GRAPH_MASK]
+    shapes = sweep.shape_list()
+    if spec.kind.self_attention:  # one input: every shape square (b, q, q), each once
+        shapes = list(dict.fromkeys((b, q, q) for b, q, _ in shapes))
     return [Case(f"b{b}.q{q}.kv{kv}.{kind}", spec, batch=b, q_len=q, kv_len=kv, mask=kind)
-            for b, q, kv in sweep.shape_list() for kind in kinds]
+            for b, q, kv in shapes for kind in kinds]
 
 
 def parse_case(name: str, spec: ExportSpec) -> Case:

@@ -9,9 +9,11 @@ from attn_onnx.exporter.kinds.base import ModuleKind
 from attn_onnx.exporter.kinds.mask import SubsequentMaskKind
 from attn_onnx.exporter.kinds.mha import MhaKind
 from attn_onnx.exporter.kinds.mha_cache import MhaCacheKind
+from attn_onnx.exporter.kinds.mha_self import MhaSelfKind
 
 KINDS: dict[str, ModuleKind] = {kind.name: kind for kind in (MhaKind(), AttentionKind(), SubsequentMaskKind(),
-                                                             MhaCacheKind())}
-MODULES = tuple(name for name in KINDS if name != "mha-cache")  # --module choices; mha-cache is --kv-cache
+                                                             MhaCacheKind(), MhaSelfKind())}
+# --module choices; mha-cache is --kv-cache and mha-self --self-attention (forms of mha)
+MODULES = tuple(name for name in KINDS if name not in ("mha-cache", "mha-self"))
 
 __all__ = ["KINDS", "MODULES", "ModuleKind"]

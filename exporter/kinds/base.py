@@ -23,6 +23,7 @@ class ModuleKind:
     check_options: frozenset[str] = frozenset()  # check-attn options that apply to a model of this kind
     metadata_fields: tuple[str, ...] = ()  # ExportSpec fields written to (and read from) metadata
     decodes: bool = False  # runtime_check also decodes sequences through its cache (mha-cache)
+    self_attention: bool = False  # one input x for query, key and value: check cases have q_len == kv_len
 
     def validate(self, spec) -> None:
         """Raise UsageError naming the value that does not fit this kind."""

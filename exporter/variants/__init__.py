@@ -41,7 +41,7 @@ class Variant:
     name: str
     file: str  # exporter/variants/<file>.py, imported on first build
     help: str
-    modules: tuple[str, ...] = ("mha", "attention", "mask", "mha-cache")  # module kinds it builds
+    modules: tuple[str, ...] = ("mha", "attention", "mask", "mha-cache", "mha-self")  # module kinds it builds
     attn_probs: bool = True  # can output the attention probabilities
     min_opset: int = 17
     runtimes: str = "any ONNX runtime"
@@ -50,7 +50,9 @@ class Variant:
         """UsageError where this variant cannot build `spec`."""
         flag = f"--attention-impl {self.name}"
         if spec.module not in self.modules:
-            raise UsageError(f"{flag} builds --module {'/'.join(self.modules)}, not {spec.module}")
+            forms = [m for m in self.modules if m != "mha-self"]
+            also = " (also with --self-attention)" if "mha-self" in self.modules else ""
+            raise UsageError(f"{flag} builds --module {'/'.join(forms)}{also}, not {spec.module}")
         if spec.attn_probs and not self.attn_probs:
             raise UsageError(f"{flag} cannot output attn_probs (its fused kernel does not return the "
                              "probabilities); use --attention-impl torch-export with --attn-probs")
@@ -65,10 +67,10 @@ VARIANTS = {v.name: v for v in (
     Variant("torch-export", "torch_export", "the seed's MatMul/Softmax graph as torch.onnx writes it (the "
             "reference)"),
     Variant("additive-mask", "additive_mask", "the seed's MatMul/Softmax graph built by hand, the mask added as "
-            "a bias shared by the heads", modules=("mha",), attn_probs=False, min_opset=18),
-    Variant("onnx-attention", "onnx_attention", "the standard ONNX Attention op", modules=("mha",),
+            "a bias shared by the heads", modules=("mha", "mha-self"), attn_probs=False, min_opset=18),
+    Variant("onnx-attention", "onnx_attention", "the standard ONNX Attention op", modules=("mha", "mha-self"),
             attn_probs=False, min_opset=23, runtimes="runtimes with opset 23 (onnxruntime >= 1.23)"),
-    Variant("ort-mha", "ort_mha", "onnxruntime's fused com.microsoft.MultiHeadAttention", modules=("mha",),
+    Variant("ort-mha", "ort_mha", "onnxruntime's fused com.microsoft.MultiHeadAttention", modules=("mha", "mha-self"),
             attn_probs=False, min_opset=18, runtimes="onnxruntime only"),
 )}
 DEFAULT = "torch-export"

@@ -19,7 +19,7 @@ from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bi
 
 def build(spec, graph, example, module) -> Built:
     w, weights = GraphWriter(), Weights(module)
-    p = projections(w, weights, packed_bias=False)  # query, key, value (B, len, E) with their biases
+    p = projections(w, weights, packed_bias=False, spec=spec)  # query, key, value (B, len, E) with their biases
     heads = w.constant("heads_shape", np.array([0, 0, spec.heads, spec.d_k], np.int64))
     q, k, v = (w.op("Reshape", [p[n], heads], stem=n[0]) for n in ("query", "key", "value"))  # (B, len, h, d_k)
     q = w.op("Transpose", [q], stem="q", perm=[0, 2, 1, 3])  # (B, h, q_len, d_k)

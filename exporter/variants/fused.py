@@ -71,12 +71,30 @@ class Weights:
         return writer.constant(name, np.ascontiguousarray(np.concatenate(parts, axis=-1)))
 
 
-def projections(w: GraphWriter, weights: Weights, packed_bias: bool) -> dict[str, str]:
-    """query/key/value times the transposed projection weights; biases added unless packed for the kernel."""
+def source(spec, role: str) -> str:
+    """The graph input that plays `role` (query, key or value): `x` for every role in self-attention."""
+    return "x" if spec.kind.self_attention else role
+
+
+def projections(w: GraphWriter, weights: Weights, packed_bias: bool, spec) -> dict[str, str]:
+    """query/key/value times the transposed projection weights; biases added unless packed for the kernel.
+
+    Self-attention (one input x) projects all three with one MatMul on the packed (E, 3E) weight and splits.
+    """
+    if spec.kind.self_attention:
+        weight = weights.place(w, [f"linears.{i}.weight" for i in range(3)], "qkv_weight.T", transposed=True)
+        bias = weights.place(w, [f"linears.{i}.bias" for i in range(3)], "qkv_bias", transposed=False)
+        qkv = w.op("MatMul", ["x", weight], stem="qkv")  # (B, len, 3E)
+        if not packed_bias:
+            qkv = w.op("Add", [qkv, bias], stem="qkv")
+        width = spec.embedding_dim
+        q, k, v = w.op("Split", [qkv, w.constant("qkv_split", np.array([width] * 3, np.int64))], outputs=3,
+                       stem="qkv", axis=-1)  # each (B, len, E)
+        return {"query": q, "key": k, "value": v, **({"bias": bias} if packed_bias else {})}
     out = {}
     for i, name in enumerate(("query", "key", "value")):
         weight = weights.place(w, [f"linears.{i}.weight"], f"linears.{i}.weight.T", transposed=True)
-        projected = w.op("MatMul", [name, weight], stem=name[0])  # (B, len, E)
+        projected = w.op("MatMul", [source(spec, name), weight], stem=name[0])  # (B, len, E)
         if not packed_bias:
             projected = w.op("Add", [projected, weights.place(w, [f"linears.{i}.bias"], f"linears.{i}.bias",
                                                                transposed=False)], stem=name[0])
@@ -96,8 +114,8 @@ def allowed_mask(w: GraphWriter, spec) -> str | None:
         return w.op("Not", [w.op("Equal", ["mask", zero])], stem="allowed")  # nonzero = attend (NaN included)
     if spec.mask == "causal":
         zero, one = w.constant("i64_zero", np.array(0, np.int64)), w.constant("i64_one", np.array(1, np.int64))
-        q_len = w.op("Gather", [w.op("Shape", ["query"]), one], axis=0)
-        kv_len = w.op("Gather", [w.op("Shape", ["key"]), one], axis=0)
+        q_len = w.op("Gather", [w.op("Shape", [source(spec, "query")]), one], axis=0)
+        kv_len = w.op("Gather", [w.op("Shape", [source(spec, "key")]), one], axis=0)
         rows = w.op("Unsqueeze", [w.op("Range", [zero, q_len, one]), one])  # (q_len, 1)
         if spec.causal_align == "bottom-right":  # query i sits at kv_len - q_len + i
             rows = w.op("Add", [rows, w.op("Sub", [kv_len, q_len])], stem="rows")
@@ -132,7 +150,7 @@ def per_head(w: GraphWriter, mask: str, spec, full_rows: bool = True) -> str:
     mask = w.op("Unsqueeze", [mask, w.constant("axes_1", np.array([1], np.int64))], stem="per_head")
     if not full_rows:
         return mask  # (B, 1, mask_q_len, kv_len)
-    q_len = w.op("Slice", [w.op("Shape", ["query"]), w.constant("i64_1", np.array([1], np.int64)),
+    q_len = w.op("Slice", [w.op("Shape", [source(spec, "query")]), w.constant("i64_1", np.array([1], np.int64)),
                            w.constant("i64_2", np.array([2], np.int64))])
     shape = w.op("Concat", [w.constant("ones_2", np.array([1, 1], np.int64)), q_len,
                             w.constant("one_1", np.array([1], np.int64))], axis=0)

@@ -14,7 +14,7 @@ from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, allowed_mas
 
 def build(spec, graph, example, module) -> Built:
     w, weights = GraphWriter(), Weights(module)
-    p = projections(w, weights, packed_bias=False)  # query, key, value (B, len, E) with their biases
+    p = projections(w, weights, packed_bias=False, spec=spec)  # query, key, value (B, len, E) with their biases
     attrs = {"q_num_heads": spec.heads, "kv_num_heads": spec.heads, "scale": scale(spec)}
     inputs = [p["query"], p["key"], p["value"]]
     allowed = None

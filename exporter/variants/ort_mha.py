@@ -17,7 +17,7 @@ from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bi
 
 def build(spec, graph, example, module) -> Built:
     w, weights = GraphWriter(), Weights(module)
-    p = projections(w, weights, packed_bias=True)  # query, key, value (B, len, E) unbiased; bias (3E,)
+    p = projections(w, weights, packed_bias=True, spec=spec)  # query, key, value (B, len, E) unbiased; bias (3E,)
     allowed = allowed_mask(w, spec)
     bias = additive_bias(w, allowed, spec) if allowed is not None else ""
     attended = w.op("MultiHeadAttention", [p["query"], p["key"], p["value"], p["bias"], "", bias],

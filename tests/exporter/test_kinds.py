@@ -11,7 +11,9 @@ SPECS = [ExportSpec(module=m, heads=2, embedding_dim=16, mask=mask, mask_dtype=d
          for m in ("mha", "attention") for mask in MASK_MODES for dtype in MASK_DTYPES for probs in (False, True)
          if (mask == "input" or dtype == "bool") and (m == "mha" or not probs)] + [ExportSpec(module="mask")] + [
     ExportSpec(module="mha-cache", heads=2, embedding_dim=16, mask="causal", causal_align="bottom-right"),
-    ExportSpec(module="mha-cache", heads=2, embedding_dim=16, mask="input", mask_dtype="int64")] + [
+    ExportSpec(module="mha-cache", heads=2, embedding_dim=16, mask="input", mask_dtype="int64"),
+    ExportSpec(module="mha-self", heads=2, embedding_dim=16, mask="input", mask_dtype="uint8"),
+    ExportSpec(module="mha-self", heads=2, embedding_dim=16, mask="causal", causal_align="bottom-right")] + [
     ExportSpec(module=m, heads=2, embedding_dim=16, mask="causal", causal_align="bottom-right")
     for m in ("mha", "attention")]
 IDS = [f"{s.module}-{s.mask}-{s.mask_dtype}{'-probs' if s.attn_probs else ''}-{s.causal_align}" for s in SPECS]

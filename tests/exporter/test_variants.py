@@ -121,7 +121,7 @@ def test_the_fused_kernels_materialize_no_scores_of_their_own(exported):
     (["--attention-impl", "onnx-attention", "--opset", "18"],
      "Error: --attention-impl onnx-attention needs --opset 23 or later; got 18"),
     (["--attention-impl", "ort-mha", "--module", "attention"],
-     "Error: --attention-impl ort-mha builds --module mha, not attention"),
+     "Error: --attention-impl ort-mha builds --module mha (also with --self-attention), not attention"),
     (["--attention-impl", "ort-mha", "--attn-probs"],
      "Error: --attention-impl ort-mha cannot output attn_probs"),
     (["--attention-impl", "flash"], "Error: Invalid value for '--attention-impl'"),
@@ -196,3 +196,53 @@ def test_causal_align_without_the_causal_mask_is_refused(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip() == ("Error: --causal-align does not apply to --mask input (it aligns the built-in "
                                      "causal mask)")
+
+
+SELF = {"module": "mha-self"}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("mask", ["input", "causal", "none"])
+def test_self_attention_checks_clean_in_every_variant(exported, variant, mask):
+    path, spec, module = exported(**variant_fields(variant, mask=mask, **SELF))
+    assert spec.input_names == (["x", "mask"] if mask == "input" else ["x"])
+    report = check_model(path, CheckConfig(sweep=QUICK), module=module)
+    assert report.ok and not report.nothing_checked, [r.line() for r in report.failed]
+    assert all(r.case.split(".")[1][1:] == r.case.split(".")[2][2:] for r in report.results)  # q_len == kv_len
+
+
+@pytest.mark.parametrize("variant", FUSED)
+def test_self_attention_projects_q_k_v_with_one_packed_matmul(exported, variant):
+    path, spec, module = exported(**variant_fields(variant, **SELF))
+    proto = onnx.load(path)
+    projections = [n for n in proto.graph.node if n.op_type == "MatMul" and n.input[0] == "x"]
+    assert len(projections) == 1 and any(n.op_type == "Split" for n in proto.graph.node)
+    assert spec.weights["linears.1.weight"] == {"initializer": "qkv_weight.T", "transposed": True,
+                                                "slice": [32, 64]}
+    rebuilt, _ = reference_module(proto, ExportSpec.from_metadata({p.key: p.value for p in proto.metadata_props}))
+    for key, tensor in module.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], tensor), key
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_self_attention_equals_the_three_input_export_fed_x_three_times(exported, variant):
+    self_path, spec, module = exported(**variant_fields(variant, **SELF))
+    cross_path, _, _ = exported(**variant_fields(variant))
+    x = np.random.default_rng(5).standard_normal((2, 6, 32), dtype=np.float32)
+    mask = np.tril(np.ones((6, 6), bool))[None].repeat(2, 0)
+    mask[1, 2] = False  # a fully-masked row
+    run = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (self_path, cross_path)}
+    one = run[self_path].run(None, {"x": x, "mask": mask})[0]
+    three = run[cross_path].run(None, {"query": x, "key": x, "value": x, "mask": mask})[0]
+    np.testing.assert_allclose(one, three, atol=1e-5, rtol=1e-4)  # both within float32 of the same golden
+    np.testing.assert_allclose(one, seed_output(module, {"query": x, "key": x, "value": x, "mask": mask}),
+                               atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--self-attention", "--kv-cache"], "Error: --self-attention applies to --module mha, without --kv-cache"),
+    (["--self-attention", "--module", "attention"], "Error: --self-attention applies to --module mha"),
+])
+def test_self_attention_refusals(tmp_path, args, message):
+    result = CliRunner().invoke(export, [*args, "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2 and result.output.strip().startswith(message), result.output

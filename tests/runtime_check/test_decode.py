@@ -101,7 +101,8 @@ def test_check_attn_prints_the_decode_lines(exported):
 @pytest.mark.parametrize("args, message", [
     (["--mask", "none"], "Error: --kv-cache takes --mask causal, built in and bottom-right aligned"),
     (["--causal-align", "top-left"], "Error: --kv-cache takes --mask causal, built in and bottom-right aligned"),
-    (["--attention-impl", "ort-mha"], "Error: --attention-impl ort-mha builds --module mha, not mha-cache"),
+    (["--attention-impl", "ort-mha"],
+     "Error: --attention-impl ort-mha builds --module mha (also with --self-attention), not mha-cache"),
     (["--module", "attention"], "Error: --kv-cache applies to --module mha, not attention"),
     (["--attn-probs"], "Error: --attn-probs does not apply to --module mha-cache"),
 ])
