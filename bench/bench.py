@@ -120,8 +120,11 @@ def _timed(call, target_s: float) -> float:
 
 def run_bench(variants: list[str], shapes: list[tuple[int, int]], threads: list[int], heads: int = 8,
               embedding_dim: int = 512, rounds: int = 7, target_s: float = 0.05,
-              on_line=lambda text: None) -> Bench:
-    """Time every contender at every (shape, threads); `on_line` gets a progress line per shape."""
+              on_line=lambda text: None, self_attention: bool = False) -> Bench:
+    """Time every contender at every (shape, threads); `on_line` gets a progress line per shape.
+
+    With `self_attention`, query, key and value are one tensor x, and each variant is also timed as a
+    --self-attention export fed x alone (`ort:<variant>/self`)."""
     spec0 = ExportSpec(heads=heads, embedding_dim=embedding_dim).validate()
     module = spec0.kind.build_module(spec0, seed=0)
     protos = {}
@@ -130,6 +133,8 @@ def run_bench(variants: list[str], shapes: list[tuple[int, int]], threads: list[
         spec = ExportSpec(heads=heads, embedding_dim=embedding_dim, variant=name,
                           opset=max(18, variant.min_opset)).validate()
         protos[name], _ = export_onnx(spec, module)
+        if self_attention:
+            protos[name + "/self"], _ = export_onnx(spec.replace(module="mha-self"), module)
     double = type(module)(heads, embedding_dim, dropout=0.0).double().eval()
     double.load_state_dict({k: v.double() for k, v in module.state_dict().items()})
     rng = np.random.default_rng(0)
@@ -146,14 +151,18 @@ def run_bench(variants: list[str], shapes: list[tuple[int, int]], threads: list[
         for batch, length in shapes:
             feeds = spec0.kind.inputs(spec0, {"batch": batch, "q_len": length, "kv_len": length}, rng,
                                       make_mask("causal+padding", batch, length, length, rng))
+            if self_attention:
+                feeds["key"] = feeds["value"] = feeds["query"]
             tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
+            given = {name: ({"x": feeds["query"], "mask": feeds["mask"]} if name.endswith("/self") else feeds)
+                     for name in sessions}
             with torch.no_grad():
                 golden = double(*(tensors[n].double() for n in ("query", "key", "value")), tensors["mask"]).numpy()
-            calls = {f"ort:{name}": (lambda s=s, f=feeds: s.run(None, f)) for name, s in sessions.items()}
+            calls = {f"ort:{name}": (lambda s=s, f=given[name]: s.run(None, f)) for name, s in sessions.items()}
             q, k, v, m = (tensors[n] for n in ("query", "key", "value", "mask"))
             calls["torch-eager"] = lambda q=q, k=k, v=v, m=m: module(q, k, v, m)
             calls["torch-sdpa"] = lambda q=q, k=k, v=v, m=m: sdpa(module, q, k, v, m)
-            errors = {f"ort:{name}": float(np.abs(s.run(None, feeds)[0] - golden).max())
+            errors = {f"ort:{name}": float(np.abs(s.run(None, given[name])[0] - golden).max())
                       for name, s in sessions.items()}
             samples = {name: [] for name in calls}
             with torch.no_grad():

@@ -44,10 +44,13 @@ def _shapes(text: str, option: str = "--shapes") -> list[tuple[int, int]]:
 @click.option("--decode", "decode_lens", default=None, metavar="PAST,...",
               help="Also time one decoding step through the KV cache (--kv-cache export) at these cache lengths "
               "(e.g. 128,512,2047) against recomputing all past+1 tokens with the plain causal export.")
+@click.option("--self-attention", is_flag=True, help="Feed one tensor as query, key and value, and also time "
+              "each variant exported with --self-attention (one packed QKV MatMul) as ort:<variant>/self.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the results.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Also draw a PNG: median latency per shape, each contender.")
-def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, decode_lens, json_path, plot_path):
+def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, decode_lens, self_attention, json_path,
+         plot_path):
     """Time the attention block, causal+padding mask input, float32: each export variant in onnxruntime
     (CPU), PyTorch eager of the seed module, and PyTorch SDPA with the same weights, in interleaved rounds.
     Prints per shape the median latency, ratios to SDPA and to the straight export, achieved GFLOP/s, the
@@ -91,7 +94,7 @@ def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, dec
     from attn_onnx.bench.bench import fastest, run_bench
 
     bench = run_bench(variants, shape_list, thread_list, heads, embedding_dim, rounds,
-                      on_line=lambda text: click.echo(text, err=True))
+                      on_line=lambda text: click.echo(text, err=True), self_attention=self_attention)
     click.echo(table(bench))
     for n in thread_list:
         for batch, length in shape_list:

@@ -74,6 +74,16 @@ def test_memory_is_measured_per_variant_in_a_fresh_process(tmp_path):
     assert "peak RSS of one run at (1,1024)" in result.output
 
 
+def test_self_attention_times_each_variant_in_both_forms(tmp_path):
+    out = tmp_path / "s.json"
+    result = CliRunner().invoke(bench, [*SMALL, "--attention-impl", "torch-export,ort-mha", "--shapes", "1x6",
+                                       "--self-attention", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {t["contender"]: t for t in json.loads(out.read_text())["timings"]}
+    assert {"ort:torch-export/self", "ort:ort-mha/self", "ort:torch-export"} <= set(rows)
+    assert all(rows[n]["max_abs"] < 1e-5 for n in rows if n.startswith("ort:"))  # x fed alone, the same answer
+
+
 def test_decode_times_a_cached_step_against_recomputing(tmp_path):
     out = tmp_path / "d.json"
     result = CliRunner().invoke(bench, [*SMALL, "--attention-impl", "torch-export", "--shapes", "1x4",
