@@ -22,7 +22,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from attn_onnx.exporter.spec import MASK_DTYPES
 
-MASK_FILL = -1e9  # models.MASK_FILL, without importing torch here
 FLOAT = TensorProto.FLOAT
 
 
