@@ -23,8 +23,12 @@ class OnnxReferenceRunner:
         foreign = sorted({f"{n.domain}.{n.op_type}" for n in _nodes(model.graph)
                           if n.domain not in STANDARD_DOMAINS and (n.domain, n.op_type) not in functions})
         if foreign:
+            meta = {p.key: p.value for p in model.metadata_props}
+            why = (f"export-attn --attention-impl {meta['attn_onnx.variant']}, an onnxruntime-only variant"
+                   if meta.get("attn_onnx.variant") == "ort-mha" else
+                   "export-attn --optimize" if meta.get("attn_onnx.optimize") else "an onnxruntime-optimized model?")
             raise UnsupportedModelError(f"onnx.reference runs standard ONNX operators only; this model uses "
-                                        f"{', '.join(foreign)} (an onnxruntime-optimized model?)")
+                                        f"{', '.join(foreign)} ({why})")
         try:
             self.evaluator = ReferenceEvaluator(model)
         except NotImplementedError as exc:

@@ -39,6 +39,10 @@ def test_runtime_check_passes_on_every_variant_and_mask_mode(exported, variant, 
     assert any(r.startswith("onnxruntime") for r in checked)
     if variant != "ort-mha":  # com.microsoft ops run in onnxruntime only; onnx.reference skips them
         assert "onnx-reference" in checked
+    else:
+        assert [s.reason for s in report.skipped] == [
+            "onnx.reference runs standard ONNX operators only; this model uses com.microsoft.MultiHeadAttention "
+            "(export-attn --attention-impl ort-mha, an onnxruntime-only variant)"]
 
 
 @pytest.mark.parametrize("variant", FUSED)
