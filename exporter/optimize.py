@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from attn_onnx.errors import ExportError, first_line
-from attn_onnx.exporter.variants import tensor_of
+from attn_onnx.exporter.variants import find_by_value, tensor_of
 
 LEVEL = "extended"
 
@@ -41,18 +41,16 @@ def optimize(proto: onnx.ModelProto, weights: dict[str, dict]) -> tuple[onnx.Mod
 def _refind(before: onnx.ModelProto, after: onnx.ModelProto, weights: dict[str, dict]) -> dict[str, dict]:
     old = {init.name: init for init in before.graph.initializer}
     new = {init.name: init for init in after.graph.initializer}
+    arrays = None  # the optimized initializers as numpy, read once and only if something moved
     found = {}
     for key, entry in weights.items():
         value = tensor_of(old, entry)
         if entry["initializer"] in new and np.array_equal(tensor_of(new, entry), value):
             found[key] = entry  # kept as it was
             continue
-        arrays = {name: numpy_helper.to_array(init) for name, init in new.items()}
-        match = next(({"initializer": n, "transposed": False} for n, a in arrays.items()
-                      if a.shape == value.shape and np.array_equal(a, value)), None)
-        if match is None and value.ndim == 2:
-            match = next(({"initializer": n, "transposed": True} for n, a in arrays.items()
-                          if a.shape == value.T.shape and np.array_equal(a, value.T)), None)
+        if arrays is None:
+            arrays = {name: numpy_helper.to_array(init) for name, init in new.items()}
+        match = find_by_value(arrays, value)
         if match is None:
             raise ExportError(f"onnxruntime's optimizer folded weight {key!r} into another tensor, so the "
                               "reference cannot be rebuilt from the file; export without --optimize")

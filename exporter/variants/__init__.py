@@ -36,6 +36,17 @@ def tensor_of(inits: dict[str, onnx.TensorProto], entry: dict, base_dir: str = "
     return array.T if entry["transposed"] else array
 
 
+def find_by_value(arrays: dict[str, np.ndarray], value: np.ndarray) -> dict | None:
+    """The weight-map entry of the initializer holding `value` as it is or transposed; None if none does."""
+    for transposed, wanted in ((False, value), (True, value.T if value.ndim == 2 else None)):
+        if wanted is None:
+            continue
+        name = next((n for n, a in arrays.items() if a.shape == wanted.shape and np.array_equal(a, wanted)), None)
+        if name is not None:
+            return {"initializer": name, "transposed": transposed}
+    return None
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str

@@ -7,13 +7,12 @@ import contextlib
 import logging
 import warnings
 
-import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
 
 from attn_onnx.errors import ExportError, first_line
-from attn_onnx.exporter.variants import Built
+from attn_onnx.exporter.variants import Built, find_by_value
 
 
 def build(spec, graph: torch.nn.Module, example: tuple[torch.Tensor, ...], module: torch.nn.Module | None) -> Built:
@@ -46,12 +45,7 @@ def _weight_map(proto: onnx.ModelProto, module: torch.nn.Module) -> dict[str, di
     inits = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
     found = {}
     for key, tensor in module.state_dict().items():
-        value = tensor.detach().cpu().numpy()
-        match = next(({"initializer": n, "transposed": False} for n, a in inits.items()
-                      if a.shape == value.shape and np.array_equal(a, value)), None)
-        if match is None and value.ndim == 2:
-            match = next(({"initializer": n, "transposed": True} for n, a in inits.items()
-                          if a.shape == value.T.shape and np.array_equal(a, value.T)), None)
+        match = find_by_value(inits, tensor.detach().cpu().numpy())
         if match is None:
             raise ExportError(f"weight {key!r} is not among the exported initializers; "
                               "the reference cannot be rebuilt from this file")
