@@ -100,11 +100,11 @@ def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: Check
             if on_result:
                 on_result(result, len(report.results), total)
     if decoding:
-        for runner in runners:
-            for result in decode_results([runner], module, spec, tolerances[runner.name][1], config.seed):
-                report.results.append(result)
-                if on_result:
-                    on_result(result, len(report.results), total)
+        by_name = {name: tolerance for name, (_, tolerance) in tolerances.items()}
+        for result in decode_results(runners, module, spec, by_name, config.seed):
+            report.results.append(result)
+            if on_result:
+                on_result(result, len(report.results), total)
     return report
 
 

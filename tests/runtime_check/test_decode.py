@@ -75,7 +75,7 @@ class TopLeft:
 def test_a_top_left_aligned_cache_fails_every_chunking_but_the_whole(exported, monkeypatch):
     """The trap the alignment guards: token i of a step must sit at past_len + i, not at i."""
     _, spec, module = exported(**CACHE)
-    results = {r.case: r for r in decode_results([TopLeft(module, monkeypatch)], module, spec, FLOAT32)}
+    results = {r.case: r for r in decode_results([TopLeft(module, monkeypatch)], module, spec, {"top-left": FLOAT32})}
     assert results[f"decode.whole{SEQUENCE[1]}"].passed  # one chunk from an empty cache: the alignments agree
     assert not any(r.passed for name, r in results.items() if not name.startswith("decode.whole"))
 
