@@ -1,8 +1,6 @@
 """bench-attn: its figures are consistent data (no timing is asserted), its refusals come before any work."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
@@ -10,6 +8,7 @@ from click.testing import CliRunner
 from attn_onnx.bench.bench import flops
 from attn_onnx.cli.bench_attn import main as bench
 from attn_onnx.exporter.variants import VARIANTS
+from tests.cli.fresh import run_fresh
 
 SMALL = ["--heads", "2", "--embedding-dim", "16", "--rounds", "2", "--threads", "1"]
 
@@ -110,10 +109,7 @@ def test_decode_times_a_cached_step_against_recomputing(tmp_path):
 ])
 def test_bad_options_are_refused_before_any_work(args, message):
     """Refused in a fresh process before torch or onnxruntime is even imported: nothing was exported or timed."""
-    code = ("import sys\nfrom attn_onnx.cli.bench_attn import main\n"
-            f"try:\n    main({args!r})\nexcept SystemExit as exc:\n    code = exc.code\n"
-            "print('exit', code, 'torch' in sys.modules, 'onnxruntime' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip().splitlines()[-1] == "exit 2 False False", result.stdout + result.stderr
-    assert result.stderr.strip().startswith(message), result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    result = run_fresh("bench_attn", args)
+    assert (result.code, result.torch, result.onnxruntime) == (2, False, False), result.stderr
+    assert result.stderr.startswith(message), result.stderr
+    assert len(result.stderr.splitlines()) == 1

@@ -277,18 +277,13 @@ def test_every_option_has_help():
 ], ids=["json-missing-dir", "json-folder", "plots-without-attn-probs", "plots-a-file", "bad-mask"])
 def test_refusals_come_before_any_work(small_mha, tmp_path, args, text):
     """Refused in a fresh process before torch or onnxruntime is even imported: no sweep ran."""
-    import subprocess
-    import sys
+    from tests.cli.fresh import run_fresh
 
     model = str(small_mha[0])
-    args = [a.format(tmp=tmp_path, model=model) for a in args]
-    code = ("import sys\nfrom attn_onnx.cli.check_attn import main\n"
-            f"try:\n    main({[model, *args]!r})\nexcept SystemExit as exc:\n    code = exc.code\n"
-            "print('exit', code, 'torch' in sys.modules, 'onnxruntime' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip().splitlines()[-1] == "exit 2 False False", result.stdout + result.stderr
-    assert result.stderr.strip().startswith("Error: " + text.format(tmp=tmp_path, model=model))
-    assert len(result.stderr.strip().splitlines()) == 1
+    result = run_fresh("check_attn", [model, *(a.format(tmp=tmp_path, model=model) for a in args)])
+    assert (result.code, result.torch, result.onnxruntime) == (2, False, False), result.stderr
+    assert result.stderr.startswith("Error: " + text.format(tmp=tmp_path, model=model))
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_masks_on_a_model_without_a_mask_input_are_refused(exported):
