@@ -122,19 +122,9 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
             outputs = {k: v.astype(spec.output_dtypes()[k]) for k, v in golden.run(feeds).items()}
             sub = folder / f"test_data_set_{i}"
             sub.mkdir()
-            entry = {"folder": sub.name, "case": case.name, "description": _describe_case(case),
-                     "inputs": [], "outputs": []}
-            for side, names, arrays in (("input", [v.name for v in inputs], feeds),
-                                        ("output", spec.output_names, outputs)):
-                for k, tensor_name in enumerate(names):
-                    path = sub / f"{side}_{k}.pb"
-                    path.write_bytes(numpy_helper.from_array(np.ascontiguousarray(arrays[tensor_name]),
-                                                             tensor_name).SerializeToString())
-                    entry[side + "s"].append({"file": f"{sub.name}/{path.name}", "name": tensor_name,
-                                              "dtype": str(arrays[tensor_name].dtype),
-                                              "shape": list(arrays[tensor_name].shape),
-                                              "sha256": file_sha256(path)})
-            sets.append(entry)
+            sets.append({"folder": sub.name, "case": case.name, "description": _describe_case(case),
+                         "inputs": _write_tensors(folder, sub, "input", {v.name: feeds[v.name] for v in inputs}),
+                         "outputs": _write_tensors(folder, sub, "output", {n: outputs[n] for n in spec.output_names})})
         tolerance = EXACT if spec.kind.integer_outputs(spec) else FLOAT32
         import onnxruntime
         import onnxscript
@@ -270,6 +260,7 @@ def check_bundle(folder: str | Path, config=None) -> Report:
 
 
 def _write_tensors(folder: Path, sub: Path, side: str, arrays: dict[str, np.ndarray]) -> list[dict]:
+    """`sub/<side>_K.pb` for each array in order (onnxruntime's test-data layout), and their manifest entries."""
     entries = []
     for k, (name, array) in enumerate(arrays.items()):
         path = sub / f"{side}_{k}.pb"
