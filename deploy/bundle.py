@@ -305,6 +305,8 @@ def _write_decode(folder: Path, spec: ExportSpec, golden, seed: int) -> dict:
 
 def _check_decode(folder: Path, manifest: dict, runners, tolerance: Tolerance) -> list[CaseResult]:
     """Each runner decodes the steps in order, threading its own cache; each step against the golden's."""
+    from attn_onnx.runtime_check.check import short_error
+
     decode = manifest["decode"]
     results = []
     for runner in runners:
@@ -316,9 +318,8 @@ def _check_decode(folder: Path, manifest: dict, runners, tolerance: Tolerance) -
             try:
                 outputs = runner.run({**feeds, **past})
             except Exception as exc:  # the runtime's own error is the finding; later steps need this one
-                first = str(exc).splitlines()[0][:200] if str(exc) else ""
                 results.append(CaseResult(runner.name, label, shape,
-                                          error=f"{runner.name} raised {type(exc).__name__}: {first}"))
+                                          error=f"{runner.name} raised {type(exc).__name__}: {short_error(exc)}"))
                 break
             results.append(CaseResult(runner.name, label, shape, tuple(
                 OutputComparison.measure(n, outputs[n], e, str(e.dtype), tolerance) for n, e in expected.items())))

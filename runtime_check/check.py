@@ -135,7 +135,8 @@ def run_case(runner: Runner, case: str, shape: str, feeds: dict, golden: dict, e
     try:
         outputs = runner.run(feeds)
     except Exception as exc:  # the runtime's own error is the finding: a shape it cannot take, say
-        return CaseResult(runner.name, case, shape, error=f"{runner.name} raised {type(exc).__name__}: {_short(exc)}")
+        return CaseResult(runner.name, case, shape,
+                          error=f"{runner.name} raised {type(exc).__name__}: {short_error(exc)}")
     missing = [n for n in golden if n not in outputs]
     if missing:
         return CaseResult(runner.name, case, shape, error=f"outputs missing: {missing}")
@@ -173,7 +174,7 @@ def _golden_module(loaded: LoadedModel, config: CheckConfig, module):
     return reference_module(loaded.proto, loaded.spec, config.weights, config.weights_prefix, loaded.base_dir)
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     """A runtime's error without its source locations and C++ signatures (the status message remains)."""
     import re
 

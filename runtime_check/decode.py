@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from attn_onnx.models import subsequent_mask
+from attn_onnx.runtime_check.check import short_error
 from attn_onnx.runtime_check.compare import OutputComparison, Tolerance
 from attn_onnx.runtime_check.report import CaseResult
 
@@ -99,7 +100,7 @@ def decode_results(runners, module, spec, tolerances: dict[str, Tolerance], seed
             except Exception as exc:  # the runtime's own error is the finding
                 results.append(CaseResult(runner.name, name, shape,
                                           error=f"{runner.name} raised {type(exc).__name__} at position {start}: "
-                                                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"))
+                                                f"{short_error(exc)}"))
                 continue
             actual = {"output": np.concatenate(outputs, axis=1), "present_key": past_key, "present_value": past_value}
             actual["output"][no_key] = output[no_key]  # rows with no allowed key: see the module docstring
