@@ -93,16 +93,28 @@ def staged_model(proto: onnx.ModelProto, out: Path, external: bool):
         files = save_model(proto, staged, external)
 
         def commit(force: bool) -> int:
-            targets = [out.parent / f.name for f in files]
-            if not force:
-                existing = [str(t) for t in targets if t.exists()]
-                if existing:
-                    raise OutputExistsError(f"{existing[0]!r} exists; pass --force to overwrite it")
+            """Without `force` nothing existing is replaced, even a file that appeared while working (a hard
+            link fails on an existing name, as in files.write_atomic); the data's link is undone if the
+            model's fails."""
             for f in files:
                 os.chmod(f, 0o644)
-            for f in reversed(files):  # data, then model
-                os.replace(f, out.parent / f.name)
-            if not external:
+            placed = []
+            try:
+                for f in reversed(files):  # data, then model
+                    target = out.parent / f.name
+                    if force:
+                        os.replace(f, target)
+                    else:
+                        try:
+                            os.link(f, target)
+                        except FileExistsError:
+                            raise OutputExistsError(f"{str(target)!r} exists; pass --force to overwrite it") from None
+                        placed.append(target)
+            except BaseException:
+                for target in placed:
+                    os.unlink(target)
+                raise
+            if force and not external:
                 with contextlib.suppress(FileNotFoundError):  # a stale data file of an earlier external export
                     os.unlink(data_file(out))
             return sum((out.parent / f.name).stat().st_size for f in files)

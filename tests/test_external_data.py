@@ -142,3 +142,27 @@ def test_the_node_verifier_runs_a_bundle_with_external_data(external):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("5 passed, 0 failed")
+
+
+def test_a_model_that_appears_while_working_is_not_replaced_and_no_data_is_left(external, tmp_path, monkeypatch):
+    """Without --force, commit never clobbers, even a model that appears after the data went into place (the
+    moment between a check and a rename); the data it placed is taken back."""
+    from attn_onnx.errors import OutputExistsError
+    from attn_onnx.model_files import staged_model
+
+    proto = onnx.load(external / "m.onnx")
+    out = tmp_path / "m.onnx"
+    for name in ("link", "replace"):  # whichever the commit uses, the model appears just before it
+        real = getattr(os, name)
+
+        def racing(src, dst, real=real):
+            if os.path.basename(dst) == "m.onnx" and not out.exists():
+                out.write_bytes(b"someone else's")
+            return real(src, dst)
+
+        monkeypatch.setattr(model_files.os, name, racing)
+    with staged_model(proto, out, external=True) as (_, commit):
+        with pytest.raises(OutputExistsError, match="exists; pass --force"):
+            commit(force=False)
+    assert out.read_bytes() == b"someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no data file, no temp folder
