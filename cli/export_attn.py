@@ -10,7 +10,7 @@ from attn_onnx import __version__
 from attn_onnx.cli.common import OneLineErrorCommand, given, refuse
 from attn_onnx.exporter.kinds import KINDS, MODULES
 from attn_onnx.exporter.kinds.base import COMMON_EXPORT_OPTIONS
-from attn_onnx.exporter.spec import MASK_DTYPES, MASK_MODES, OPSETS, ExportSpec
+from attn_onnx.exporter.spec import DTYPES, MASK_DTYPES, MASK_MODES, OPSETS, ExportSpec
 from attn_onnx.exporter.variants import DEFAULT as DEFAULT_VARIANT
 from attn_onnx.exporter.variants import VARIANTS
 
@@ -43,6 +43,11 @@ def _applies(option: str) -> str:
 @click.option("--self-attention", is_flag=True, help=f"{_applies('self_attention')} One input x as query, key "
               "and value (mask: batch, len or 1, len); the hand-built variants project all three with one packed "
               "MatMul.")
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
+              help=f"{_applies('dtype')} Element type of the float inputs, outputs and weights. float16 fills "
+              "masked scores with -65504 (its -1e9 would be -inf, a NaN row); onnxruntime's CPU runs it through "
+              "inserted casts. bfloat16 has no MatMul kernel in onnxruntime's CPU: it is checked with "
+              "onnx.reference here, and runs in onnxruntime on CUDA.")
 @click.option("--attn-probs", is_flag=True, help=f"{_applies('attn_probs')} Also output the attention "
                                                  "probabilities `attn_probs` (attention always does).")
 @click.option("--attention-impl", "variant", type=click.Choice(list(VARIANTS)), default=DEFAULT_VARIANT,
@@ -115,7 +120,8 @@ def main(**options):
         refuse(ctx, {"causal_align"}, f"to --mask {options['mask_mode']} (it aligns the built-in causal mask)")
     variant = VARIANTS[options["variant"]]
     options["opset"] = options["opset"] or max(18, variant.min_opset)
-    variant.check(ExportSpec(module=kind.name, attn_probs=options["attn_probs"], opset=options["opset"]))
+    ExportSpec(module=kind.name, attn_probs=options["attn_probs"], opset=options["opset"], variant=variant.name,
+               dtype=options["dtype"], mask=options["mask_mode"], causal_align=options["causal_align"]).validate()
     if options["weights"] is None and "weights_prefix" in given(ctx):
         raise click.UsageError("--weights-prefix needs --weights")
     if options["weights"] is not None:
@@ -127,6 +133,10 @@ def main(**options):
         refuse(ctx, {"name"}, "without --bundle or --triton-repo")
     if repo is None:
         refuse(ctx, {"triton_max_batch", "triton_gpu"}, "without --triton-repo")
+    if bundle is not None and options["dtype"] != "float32":
+        raise click.UsageError(f"--bundle takes --dtype float32 only so far (its golden vectors and the Node "
+                               f"verifier are float32); write the {options['dtype']} model with --out or "
+                               "--triton-repo")
     name = options["name"] or kind.name
     from attn_onnx.deploy.triton import check_name
 
@@ -160,6 +170,7 @@ def _export(kind, options, name: str, targets: str) -> None:
     source = f"file {weights_label(weights, prefix)}" if weights else f"random (seed={options['seed']})"
     spec = ExportSpec(module=kind.name, heads=options["heads"], embedding_dim=embedding_dim,
                       mask=options["mask_mode"], mask_dtype=options["mask_dtype"], attn_probs=options["attn_probs"],
+                      dtype=options["dtype"],
                       opset=options["opset"], variant=options["variant"],
                       optimize="extended" if options["optimize"] else "", causal_align=options["causal_align"],
                       weights_source=source if kind.has_weights else "").validate()
@@ -174,7 +185,7 @@ def _export(kind, options, name: str, targets: str) -> None:
         if external:
             check_onnx(staged)  # past 2 GiB, onnx.checker could not see it in memory
         if not options["no_check"]:
-            _check(staged if external else proto, module, targets)
+            _check(staged if external else proto, module, spec, targets)
         if out is not None:
             size = commit(force)
             _echo_summary(out, proto, spec, size, external)
@@ -195,12 +206,25 @@ def _export(kind, options, name: str, targets: str) -> None:
         click.echo(f"wrote Triton model {path}/ (config.pbtxt, 1/model.onnx{data})")
 
 
-def _check(proto, module, targets: str) -> None:
-    """The quick parity check, on the model in memory: a model that fails is never written."""
-    from attn_onnx.errors import ParityError
-    from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
+def _check(proto, module, spec, targets: str) -> None:
+    """The quick parity check, on the model in memory: a model that fails is never written.
 
-    report = check_model(proto, QUICK_CONFIG, module=module)
+    The golden holds the weights as the model does (rounded to its dtype); a reduced-precision export also
+    gets its accuracy against the module as given (float32), as a figure: that is what rounding cost.
+    """
+    import dataclasses
+
+    from attn_onnx.errors import ParityError
+    from attn_onnx.exporter.export import in_dtype
+    from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
+    from attn_onnx.runtime_check.compare import Tolerance
+
+    config = QUICK_CONFIG
+    if spec.dtype == "bfloat16":  # onnxruntime's CPU has no bfloat16 MatMul: onnx.reference checks it
+        config = dataclasses.replace(config, runtimes=("onnxruntime", "reference"))
+    report = check_model(proto, config, module=in_dtype(module, spec.dtype))
+    for skipped in report.skipped:
+        click.echo(f"parity: {skipped.runner} SKIPPED: {skipped.reason}")
     runner = next(iter(report.tolerances))
     profile, tol = report.tolerances[runner]
     worst = report.worst
@@ -212,6 +236,12 @@ def _check(proto, module, targets: str) -> None:
         raise ParityError(f"the exported model fails the parity check ({len(report.failed)} of "
                           f"{len(report.results)} cases failed); nothing was written to {targets} "
                           "(--no-check writes it anyway, for inspection)")
+    if module is not None and spec.dtype != "float32":
+        worst = check_model(proto, dataclasses.replace(config, tolerance=Tolerance(float("inf"), 0.0)),
+                            module=module).worst
+        click.echo(f"accuracy: {worst.runner} at {spec.dtype} vs the float32 module (in float64) on the same "
+                   f"cases: max_abs={worst.max_abs:.3g} ({worst.case}); the weights rounded to {spec.dtype} "
+                   "included (a figure, not a pass/fail)")
 
 
 def _echo_summary(out: Path, proto, spec, size: int, external: bool) -> None:

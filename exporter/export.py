@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from attn_onnx import __version__
+from attn_onnx.dtypes import to_torch, torch_dtype
 from attn_onnx.errors import ExportError, UsageError, first_line
 from attn_onnx.exporter.spec import METADATA_PREFIX, ExportSpec
 from attn_onnx.exporter.variants import VARIANTS
@@ -43,7 +45,15 @@ def build_module(spec: ExportSpec, state: dict[str, torch.Tensor] | None = None,
 def example_inputs(spec: ExportSpec) -> tuple[torch.Tensor, ...]:
     """The example handed to torch.export: dims unlike 1 and unlike each other, so none is baked or tied."""
     feeds = spec.kind.inputs(spec, spec.kind.example_dims, np.random.default_rng(0))
-    return tuple(torch.from_numpy(feeds[name]) for name in spec.input_names)
+    return tuple(to_torch(feeds[name]) for name in spec.input_names)
+
+
+def in_dtype(module: nn.Module | None, dtype: str) -> nn.Module | None:
+    """`module` with its weights rounded to `dtype` (a copy; the module itself where it is float32 already):
+    the weights an export at that dtype holds, and so the golden's."""
+    if module is None or all(p.dtype == torch_dtype(dtype) for p in module.parameters()):
+        return module
+    return copy.deepcopy(module).to(torch_dtype(dtype))
 
 
 def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0) -> tuple[onnx.ModelProto,
@@ -61,6 +71,7 @@ def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0
             spec = spec.replace(weights_source=spec.weights_source or f"random (seed={seed})")
         module = kind.checked_module(spec, module)
         spec = spec.replace(weights_source=spec.weights_source or "a module passed to the Python API")
+    module = in_dtype(module, spec.dtype)
     graph = kind.graph(spec, module).eval()
     built = VARIANTS[spec.variant].build(spec, graph, example_inputs(spec), module)
     proto = built.proto

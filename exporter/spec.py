@@ -18,7 +18,7 @@ MASK_MODES = ("input", "causal", "none")
 CAUSAL_ALIGNS = ("top-left", "bottom-right")  # models.CAUSAL_ALIGNS, without torch
 MASK_DTYPES = {"bool": np.bool_, "uint8": np.uint8, "int64": np.int64, "float32": np.float32}
 OPSETS = tuple(range(17, 24))  # opsets torch's exporter writes and onnxruntime runs
-DTYPES = ("float32",)
+DTYPES = ("float32", "float16", "bfloat16")  # attn_onnx.dtypes.FLOAT_DTYPES
 OPTIMIZE_LEVELS = ("", "extended")  # exporter/optimize.py
 
 METADATA_PREFIX = "attn_onnx."
@@ -38,7 +38,7 @@ class ExportSpec:
     attn_probs: bool = False  # mha only: also output the attention probabilities (always on for `attention`)
     opset: int = 18  # ONNX default-domain opset
     variant: str = "torch-export"  # how the graph is built: a builder in exporter/variants/
-    dtype: str = "float32"  # element type of the float inputs and outputs
+    dtype: str = "float32"  # element type of the float inputs, outputs and weights (float32, float16, bfloat16)
     optimize: str = ""  # "": as built; "extended": as onnxruntime optimizes it offline at that level
     causal_align: str = "top-left"  # with mask causal: top-left (the seed's subsequent_mask) or bottom-right
     weights: dict[str, dict] = field(default_factory=dict, compare=False)  # state_dict key -> initializer
@@ -89,6 +89,8 @@ class ExportSpec:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UsageError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
+        if self.dtype != "float32" and self.dtype not in kind.dtypes:
+            raise UsageError(f"--dtype {self.dtype} does not apply to {kind.flag}: it takes {'/'.join(kind.dtypes)}")
         if self.attn_probs and "attn_probs" not in kind.export_options:
             raise UsageError(f"--attn-probs does not apply to --module {self.module} "
                              "(mha only; attention always outputs attn_probs)")

@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from attn_onnx.dtypes import to_torch
 from attn_onnx.errors import MetadataError
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.exporter.variants import tensor_of
@@ -39,4 +40,4 @@ def _state_from_initializers(proto: onnx.ModelProto, spec: ExportSpec, base_dir:
     if not spec.weights or missing:
         raise MetadataError("the model's weight map names initializers it does not hold "
                             f"({missing[:4] or 'map is empty'}); pass --weights to supply the weights")
-    return {key: torch.from_numpy(tensor_of(inits, entry, base_dir).copy()) for key, entry in spec.weights.items()}
+    return {key: to_torch(tensor_of(inits, entry, base_dir).copy()) for key, entry in spec.weights.items()}

@@ -7,8 +7,9 @@ from attn_onnx.exporter.kinds.base import AttentionKindBase
 
 class AttentionKind(AttentionKindBase):
     name = "attention"
+    flag = "--module attention"
     help = "the bare attention(query, key, value, mask); outputs output and attn_probs"
-    export_options = frozenset({"heads", "embedding_dim", "mask_mode", "mask_dtype", "causal_align"})
+    export_options = frozenset({"heads", "embedding_dim", "mask_mode", "mask_dtype", "causal_align", "dtype"})
     check_options = frozenset({"batches", "lengths", "shapes", "masks"})
     metadata_fields = ("heads", "d_k", "dtype", "mask", "mask_dtype", "causal_align", "mask_convention")
 

@@ -24,6 +24,8 @@ class ModuleKind:
     metadata_fields: tuple[str, ...] = ()  # ExportSpec fields written to (and read from) metadata
     decodes: bool = False  # runtime_check also decodes sequences through its cache (mha-cache)
     self_attention: bool = False  # one input x for query, key and value: check cases have q_len == kv_len
+    dtypes: tuple[str, ...] = ("float32",)  # the --dtype values it exports
+    flag: str = ""  # how the user asks for it, for messages: "--module mha", "--kv-cache"
 
     def validate(self, spec) -> None:
         """Raise UsageError naming the value that does not fit this kind."""
@@ -69,6 +71,7 @@ class AttentionKindBase(ModuleKind):
     """What `mha` and `attention` share: query, key, value, a mask mode, heads and widths."""
 
     example_dims = {"batch": 2, "q_len": 3, "kv_len": 4}  # all different, none 1: no dim baked or tied
+    dtypes = ("float32", "float16", "bfloat16")
     case_dims = ("batch", "q_len", "kv_len")
 
     def validate(self, spec) -> None:
@@ -91,11 +94,14 @@ class AttentionKindBase(ModuleKind):
     def _qkv(self, spec, dims, rng, lead: tuple, width: int, mask, mask_lead: tuple) -> dict[str, np.ndarray]:
         from attn_onnx.exporter.spec import MASK_DTYPES
 
+        from attn_onnx.dtypes import numpy_dtype
+
         b, q, kv = dims["batch"], dims["q_len"], dims["kv_len"]
+        dtype = numpy_dtype(spec.dtype)  # drawn in float32 and rounded, so every dtype sees the same numbers
         feeds = {
-            "query": rng.standard_normal((b, *lead, q, width), dtype=np.float32),
-            "key": rng.standard_normal((b, *lead, kv, width), dtype=np.float32),
-            "value": rng.standard_normal((b, *lead, kv, width), dtype=np.float32),
+            "query": rng.standard_normal((b, *lead, q, width), dtype=np.float32).astype(dtype),
+            "key": rng.standard_normal((b, *lead, kv, width), dtype=np.float32).astype(dtype),
+            "value": rng.standard_normal((b, *lead, kv, width), dtype=np.float32).astype(dtype),
         }
         if spec.mask == "input":
             mask = np.ones((b, q, kv), np.uint8) if mask is None else mask  # (B, q_len or 1, kv_len)

@@ -9,6 +9,7 @@ from attn_onnx.exporter.kinds.base import ModuleKind
 
 class SubsequentMaskKind(ModuleKind):
     name = "mask"
+    flag = "--module mask"
     help = "subsequent_mask(size) as a graph"
     example_dims = {"size": 5}
     case_dims = ("size",)

@@ -8,10 +8,11 @@ from attn_onnx.exporter.kinds.base import AttentionKindBase
 
 class MhaKind(AttentionKindBase):
     name = "mha"
+    flag = "--module mha"
     help = "MultiHeadedAttention"
     has_weights = True
     export_options = frozenset({"heads", "embedding_dim", "mask_mode", "mask_dtype", "causal_align", "attn_probs",
-                                "weights", "weights_prefix", "seed", "kv_cache", "self_attention"})
+                                "weights", "weights_prefix", "seed", "kv_cache", "self_attention", "dtype"})
     check_options = frozenset({"batches", "lengths", "shapes", "masks", "weights", "weights_prefix"})
     metadata_fields = ("heads", "d_k", "embedding_dim", "dtype", "mask", "mask_dtype", "causal_align",
                        "mask_convention", "attn_probs", "weights", "weights_source")

@@ -19,9 +19,11 @@ from attn_onnx.exporter.kinds.mha import MhaKind
 
 class MhaCacheKind(MhaKind):
     name = "mha-cache"
+    flag = "--kv-cache"
+    dtypes = ("float32",)  # the decode check and the bundle's decode steps are float32 so far
     help = "one decoding step of MultiHeadedAttention with a KV cache (export-attn --kv-cache)"
     export_options = frozenset({"heads", "embedding_dim", "mask_mode", "mask_dtype", "causal_align", "weights",
-                                "weights_prefix", "seed", "kv_cache"})
+                                "weights_prefix", "seed", "kv_cache", "dtype"})
     check_options = frozenset({"batches", "lengths", "shapes", "masks", "weights", "weights_prefix"})
     metadata_fields = ("heads", "d_k", "embedding_dim", "dtype", "mask", "mask_dtype", "causal_align",
                        "mask_convention", "weights", "weights_source")

@@ -56,6 +56,8 @@ class Variant:
     attn_probs: bool = True  # can output the attention probabilities
     min_opset: int = 17
     runtimes: str = "any ONNX runtime"
+    dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
+    no_dtype: str = ""  # why the other dtypes are refused
 
     def check(self, spec) -> None:
         """UsageError where this variant cannot build `spec`."""
@@ -67,6 +69,8 @@ class Variant:
         if spec.attn_probs and not self.attn_probs:
             raise UsageError(f"{flag} cannot output attn_probs (its fused kernel does not return the "
                              "probabilities); use --attention-impl torch-export with --attn-probs")
+        if spec.dtype not in self.dtypes:
+            raise UsageError(f"{flag} takes --dtype {'/'.join(self.dtypes)}, not {spec.dtype}: {self.no_dtype}")
         if spec.opset < self.min_opset:
             raise UsageError(f"{flag} needs --opset {self.min_opset} or later; got {spec.opset}")
 
@@ -82,6 +86,8 @@ VARIANTS = {v.name: v for v in (
     Variant("onnx-attention", "onnx_attention", "the standard ONNX Attention op", modules=("mha", "mha-self"),
             attn_probs=False, min_opset=23, runtimes="runtimes with opset 23 (onnxruntime >= 1.23)"),
     Variant("ort-mha", "ort_mha", "onnxruntime's fused com.microsoft.MultiHeadAttention", modules=("mha", "mha-self"),
-            attn_probs=False, min_opset=18, runtimes="onnxruntime only"),
+            attn_probs=False, min_opset=18, runtimes="onnxruntime only", dtypes=("float32", "float16"),
+            no_dtype="onnxruntime's CPU has no bfloat16 kernel for it and onnx.reference does not run com.microsoft "
+                     "operators, so nothing here could check it"),
 )}
 DEFAULT = "torch-export"

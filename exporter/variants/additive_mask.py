@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from attn_onnx.dtypes import numpy_dtype
 from attn_onnx.exporter.variants import Built
 from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bias, allowed_mask,
                                                can_mask_whole_rows, model, output_projection, projections,
@@ -26,7 +27,7 @@ def build(spec, graph, example, module) -> Built:
     k = w.op("Transpose", [k], stem="k", perm=[0, 2, 3, 1])  # (B, h, d_k, kv_len)
     v = w.op("Transpose", [v], stem="v", perm=[0, 2, 1, 3])  # (B, h, kv_len, d_k)
     scores = w.op("Div", [w.op("MatMul", [q, k], stem="scores"),
-                          w.constant("sqrt_d_k", np.array(np.sqrt(spec.d_k), np.float32))], stem="scores")
+                          w.constant("sqrt_d_k", np.array(np.sqrt(spec.d_k), numpy_dtype(spec.dtype)))], stem="scores")
     allowed = allowed_mask(w, spec)
     if allowed is not None:
         scores = w.op("Add", [scores, additive_bias(w, allowed, spec, full_rows=False)], stem="scores")

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from attn_onnx.dtypes import ONNX_TYPES, numpy_dtype, to_numpy
 from attn_onnx.exporter.spec import MASK_DTYPES
-
-FLOAT = TensorProto.FLOAT
 
 
 class GraphWriter:
@@ -53,8 +53,8 @@ class Weights:
     """The module's state_dict as numpy, and the weight map the variant fills while placing tensors."""
 
     def __init__(self, module):
-        # views, not copies: a 16384-wide block holds 4.3 GB of weights
-        self.state = {k: np.asarray(v.detach().cpu().numpy(), dtype=np.float32) for k, v in module.state_dict().items()}
+        # views, not copies: a 16384-wide block holds 4.3 GB of weights (in the export's dtype already)
+        self.state = {k: to_numpy(v) for k, v in module.state_dict().items()}
         self.map: dict[str, dict] = {}
 
     def place(self, writer: GraphWriter, keys: list[str], name: str, transposed: bool) -> str:
@@ -124,17 +124,19 @@ def allowed_mask(w: GraphWriter, spec) -> str | None:
 
 
 def additive_bias(w: GraphWriter, allowed: str, spec, full_rows: bool = True) -> str:
-    """0 where allowed, the lowest float32 where masked, as (B or 1, 1, q_len, kv_len) (a kernel's
-    attention_bias).
+    """0 where allowed, the lowest finite value of the dtype where masked, as (B or 1, 1, q_len, kv_len) (a
+    kernel's attention_bias).
 
     Not the seed's -1e9: that changes nothing on rows with an allowed key (exp of either is 0 in float32)
     and the fully-masked rows are replaced anyway, but -1e9 plus a small score leaves exp() on a slower path
     in onnxruntime's kernel (about 10% at (1, 2048)). (allowed - 1) * FLT_MAX is two cheap elementwise ops,
-    where a Where on two scalars cost 4x more.
+    where a Where on two scalars cost 4x more. In float16 a masked score plus -65504 may round to -inf; that
+    is still exp() = 0 on a row with an allowed key, and a row without one is replaced (uniform_rows).
     """
-    ones = w.op("Cast", [allowed], to=FLOAT, stem="allowed_f")  # 1 allowed, 0 masked
-    shifted = w.op("Sub", [ones, w.constant("f_one", np.array(1, np.float32))], stem="bias")  # 0 or -1
-    bias = w.op("Mul", [shifted, w.constant("f_max", np.array(np.finfo(np.float32).max, np.float32))], stem="bias")
+    dtype = numpy_dtype(spec.dtype)
+    ones = w.op("Cast", [allowed], to=ONNX_TYPES[spec.dtype], stem="allowed_f")  # 1 allowed, 0 masked
+    shifted = w.op("Sub", [ones, w.constant("f_one", np.array(1, dtype))], stem="bias")  # 0 or -1
+    bias = w.op("Mul", [shifted, w.constant("f_max", np.array(ml_dtypes.finfo(dtype).max, dtype))], stem="bias")
     return per_head(w, bias, spec, full_rows)
 
 
@@ -181,13 +183,12 @@ def output_projection(w: GraphWriter, weights: Weights, attended: str) -> None:
 
 def model(w: GraphWriter, spec, opsets: dict[str, int], doc: str) -> onnx.ModelProto:
     """The model with the spec's inputs and outputs (dims are named later by the exporter)."""
-    elem = {"float32": FLOAT}
+    elem = ONNX_TYPES[spec.dtype]
     inputs = []
     for name, dims in spec.input_dims().items():
-        dtype = elem[spec.dtype] if name != "mask" else helper.np_dtype_to_tensor_dtype(
-            np.dtype(MASK_DTYPES[spec.mask_dtype]))
+        dtype = elem if name != "mask" else helper.np_dtype_to_tensor_dtype(np.dtype(MASK_DTYPES[spec.mask_dtype]))
         inputs.append(helper.make_tensor_value_info(name, dtype, dims))
-    outputs = [helper.make_tensor_value_info(name, elem[spec.dtype], dims) for name, dims in spec.output_dims().items()]
+    outputs = [helper.make_tensor_value_info(name, elem, dims) for name, dims in spec.output_dims().items()]
     graph = helper.make_graph(w.nodes, "attn_onnx_" + spec.variant.replace("-", "_"), inputs, outputs,
                               doc_string=doc)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],

@@ -11,6 +11,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from attn_onnx.dtypes import to_numpy
 from attn_onnx.errors import ExportError, first_line
 from attn_onnx.exporter.variants import Built, find_by_value
 
@@ -45,7 +46,7 @@ def _weight_map(proto: onnx.ModelProto, module: torch.nn.Module) -> dict[str, di
     inits = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
     found = {}
     for key, tensor in module.state_dict().items():
-        match = find_by_value(inits, tensor.detach().cpu().numpy())
+        match = find_by_value(inits, to_numpy(tensor))
         if match is None:
             raise ExportError(f"weight {key!r} is not among the exported initializers; "
                               "the reference cannot be rebuilt from this file")

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from attn_onnx.errors import ProviderError
+from attn_onnx.errors import ProviderError, UnsupportedModelError
 
 
 class OpenVinoRunner:
     name = "openvino/cpu"
-    precision = "float32"
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, precision: str = "float32"):
+        self.precision = precision  # the model's dtype; OpenVINO computes at f32 inside
         try:
             import openvino as ov
         except ImportError:
@@ -32,4 +32,7 @@ def label(provider, config) -> str:
 
 
 def make(model, module, config, provider=None) -> OpenVinoRunner:
-    return OpenVinoRunner(model.source())
+    if model.spec.dtype == "bfloat16":
+        raise UnsupportedModelError("this runner does not feed bfloat16 arrays to OpenVINO (numpy has no "
+                                    "bfloat16 of its own)")
+    return OpenVinoRunner(model.source(), model.spec.dtype)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 
-from attn_onnx.errors import ProviderError, RuntimeFailure, UsageError, first_line
+from attn_onnx.dtypes import FLOAT_DTYPES, is_bfloat16
+from attn_onnx.errors import ProviderError, RuntimeFailure, UnsupportedModelError, UsageError, first_line
 from attn_onnx.runtime_check.runners import PROVIDERS
 
 
@@ -32,19 +34,35 @@ def create_ort_session(model: bytes | str | Path, provider: str = "cpu", tf32: b
     try:
         session = ort.InferenceSession(model, session_options, providers=[(wanted, options)])
     except Exception as exc:
+        if "NOT_IMPLEMENTED" in str(exc):  # no kernel for an operator at this dtype: bfloat16 MatMul on CPU, say
+            raise UnsupportedModelError(f"onnxruntime's {wanted} cannot run this model: {_kernel_missing(exc)}") \
+                from None
         raise RuntimeFailure(f"onnxruntime could not load the model on {wanted}: {first_line(exc)}") from None
     if session.get_providers()[0] != wanted:
         raise ProviderError(f"requested {wanted}, but onnxruntime fell back to {session.get_providers()}")
     return session
 
 
-class OrtRunner:
-    """onnxruntime with one execution provider; CUDA runs through IO binding with TF32 off by default."""
+def _kernel_missing(exc: Exception) -> str:
+    """'Could not find an implementation for MatMul(13) node with name ...' without the name and the prefix."""
+    import re
 
-    def __init__(self, model: bytes | str | Path, provider: str = "cpu", tf32: bool = False):
+    text = first_line(exc)
+    match = re.search(r"Could not find an implementation for (\S+) node", text)
+    return f"it has no kernel for {match[1]} at this model's dtype" if match else text
+
+
+class OrtRunner:
+    """onnxruntime with one execution provider; CUDA runs through IO binding with TF32 off by default.
+
+    `precision` is the model's float dtype (float32, float16, bfloat16), or tf32 where CUDA may use it.
+    """
+
+    def __init__(self, model: bytes | str | Path, provider: str = "cpu", tf32: bool = False,
+                 precision: str = "float32"):
         self.provider, self.tf32 = provider, tf32
         self.name = label(provider, tf32=tf32)
-        self.precision = "tf32" if tf32 else "float32"
+        self.precision = "tf32" if tf32 and precision == "float32" else precision
         self.session = create_ort_session(model, provider, tf32)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -55,12 +73,33 @@ class OrtRunner:
 
         binding = self.session.io_binding()
         for name, array in feeds.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array),
-                                                                              "cuda", 0))
+            binding.bind_ortvalue_input(name, _ortvalue(ort, np.ascontiguousarray(array)))
         for name in self.output_names:
-            binding.bind_output(name, "cuda", 0)
+            if self.precision == "bfloat16":
+                binding.bind_output(name, "cpu")  # read back through its bits (from_ortvalue)
+            else:
+                binding.bind_output(name, "cuda", 0)
         self.session.run_with_iobinding(binding)
-        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+        return dict(zip(self.output_names, (from_ortvalue(v) for v in binding.get_outputs())))
+
+
+def _ortvalue(ort, array: np.ndarray):
+    """The OrtValue bound as an input: on the GPU; bfloat16, which onnxruntime's numpy bridge does not know,
+    on the CPU through its bits (onnxruntime copies it over)."""
+    if is_bfloat16(array):
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array.view(np.uint16), onnx.TensorProto.BFLOAT16)
+    return ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0)
+
+
+def from_ortvalue(value) -> np.ndarray:
+    """An output OrtValue as numpy; a bfloat16 one (which must lie on the CPU) through its bits."""
+    if value.data_type() != "tensor(bfloat16)":
+        return value.numpy()
+    import ctypes
+
+    shape = value.shape()
+    bits = np.ctypeslib.as_array((ctypes.c_uint16 * int(np.prod(shape))).from_address(value.data_ptr()))
+    return bits.copy().reshape(shape).view(FLOAT_DTYPES["bfloat16"])
 
 
 def label(provider, config=None, tf32: bool | None = None) -> str:
@@ -69,4 +108,4 @@ def label(provider, config=None, tf32: bool | None = None) -> str:
 
 
 def make(model, module, config, provider) -> OrtRunner:
-    return OrtRunner(model.source(), provider, tf32=config.tf32 and provider == "cuda")
+    return OrtRunner(model.source(), provider, tf32=config.tf32 and provider == "cuda", precision=model.spec.dtype)

@@ -14,9 +14,10 @@ STANDARD_DOMAINS = ("", "ai.onnx")
 
 class OnnxReferenceRunner:
     name = "onnx-reference"
-    precision = "float32"
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, precision: str = "float32"):
+        # the model's dtype: numpy computes each operator in it, bfloat16's sums too (a looser profile)
+        self.precision = "bfloat16-accumulate" if precision == "bfloat16" else precision
         from onnx.reference import ReferenceEvaluator
 
         functions = {(f.domain, f.name) for f in model.functions}
@@ -57,5 +58,5 @@ def make(model, module, config, provider=None) -> OnnxReferenceRunner:
     if model.external:  # its weights, read from beside it (load_model checked where they lie)
         import onnx
 
-        return OnnxReferenceRunner(onnx.load(model.path))
-    return OnnxReferenceRunner(model.proto)
+        return OnnxReferenceRunner(onnx.load(model.path), model.spec.dtype)
+    return OnnxReferenceRunner(model.proto, model.spec.dtype)

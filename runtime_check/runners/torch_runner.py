@@ -1,5 +1,5 @@
-"""PyTorch: the exported wrapper itself (models.graphs), in float64 as the golden, or in float32 to see
-PyTorch's own float32 error."""
+"""PyTorch: the exported wrapper itself (models.graphs), in float64 as the golden, or at the model's dtype
+(float32, float16, bfloat16) to see PyTorch's own error there."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import copy
 import numpy as np
 import torch
 
+from attn_onnx.dtypes import to_numpy, to_torch, torch_dtype
 from attn_onnx.errors import UsageError
 
 
@@ -27,17 +28,17 @@ class TorchRunner:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = []
         for name in self.spec.input_names:
-            tensor = torch.from_numpy(np.require(feeds[name], requirements="W"))  # a copy only if read-only
+            tensor = to_torch(feeds[name])
             is_data = tensor.is_floating_point() and name != "mask"  # a float mask stays as given
             args.append(tensor.to(self.dtype) if is_data else tensor)
         outputs = self.graph(*args)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        return {name: out.numpy() for name, out in zip(self.spec.output_names, outputs)}
+        return {name: to_numpy(out) for name, out in zip(self.spec.output_names, outputs)}
 
 
 def label(provider, config) -> str:
-    return "torch/float32"
+    return "torch"
 
 
 def make(model, module, config, provider=None) -> TorchRunner:
-    return TorchRunner(model.spec, module, torch.float32)
+    return TorchRunner(model.spec, module, torch_dtype(model.spec.dtype))

@@ -200,7 +200,7 @@ def test_every_option_has_help():
     import click
 
     options = [p for p in main.params if isinstance(p, click.Option) and p.name not in ("version", "help")]
-    assert len(options) == 24
+    assert len(options) == 25
     for param in options:
         assert param.help, param.name
 
@@ -281,7 +281,7 @@ def test_a_model_that_fails_the_check_is_not_written(tmp_path, monkeypatch):
     import importlib
 
     impl = importlib.import_module("attn_onnx.models.attention")  # the module, not the function
-    monkeypatch.setattr(impl, "MASK_FILL", float("-inf"))  # NaN on every fully-masked row
+    monkeypatch.setattr(impl, "mask_fill", lambda dtype: float("-inf"))  # NaN on every fully-masked row
     out = tmp_path / "m.onnx"
     result = run(*SMALL, "--out", out)
     assert result.exit_code == 1

@@ -19,11 +19,11 @@ class NegInfFillMHA(MultiHeadedAttention):
 
     def forward(self, query, key, value, mask=None):
         impl = importlib.import_module("attn_onnx.models.attention")  # the module, not the function
-        saved, impl.MASK_FILL = impl.MASK_FILL, float("-inf")
+        saved, impl.mask_fill = impl.mask_fill, lambda dtype: float("-inf")
         try:
             return super().forward(query, key, value, mask)
         finally:
-            impl.MASK_FILL = saved
+            impl.mask_fill = saved
 
 
 def neg_inf_fill_model(path: Path, spec: ExportSpec, module: MultiHeadedAttention) -> Path:
