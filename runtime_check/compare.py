@@ -29,17 +29,14 @@ EXACT = Tolerance(atol=0.0, rtol=0.0)
 # A runner states the precision it computes at; its float outputs are held to that profile.
 # Reduced precision (export-attn --dtype), against the float64 golden of the same rounded inputs and weights:
 # 8 units of roundoff u each (u = 2^-11 for float16, 2^-8 for bfloat16). Measured over the default sweep
-# (tests/runtime_check/test_dtypes.py; README, Tolerances): float16 worst needed atol 2.3u at rtol 8u
+# (tests/exporter/test_dtypes.py; README, Tolerances): float16 worst needed atol 2.3u at rtol 8u
 # (onnx.reference and torch float16 on the bare attention, kv_len 257; mha 0.9u; onnxruntime CPU 0.5u, max_abs
-# 1.2u), a 3.5x margin; bfloat16 worst 3.4u (torch bfloat16, attention; mha 1.1u), a 2.3x margin.
+# 1.2u), a 3.5x margin; bfloat16 worst 3.4u (onnx.reference and torch bfloat16, attention; mha 0.8u), a 2.3x
+# margin. Scaling the output projection by 5% (float16) or 20% (bfloat16) fails.
 FLOAT16 = Tolerance(atol=4e-3, rtol=4e-3)
 BFLOAT16 = Tolerance(atol=3e-2, rtol=3e-2)
-# onnx.reference computes bfloat16 in bfloat16 throughout, sums and matmuls included (no float32 accumulator):
-# on the bare attention over kv_len 257 it needs atol 13.5u at rtol 8u (max_abs 0.089). Its own, looser profile
-# (a 2.9x margin); what it still proves is that the graph runs, stays finite and keeps the mask's meaning.
-BFLOAT16_ACCUMULATE = Tolerance(atol=0.15, rtol=3e-2)
 PROFILES = {"float32": FLOAT32, "tf32": TF32, "float64": FLOAT32, "float16": FLOAT16, "bfloat16": BFLOAT16,
-            "bfloat16-accumulate": BFLOAT16_ACCUMULATE, "exact": EXACT}
+            "exact": EXACT}
 
 
 def tolerance_for(precision: str, integer_outputs: bool, override: Tolerance | None = None) -> tuple[str, Tolerance]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from attn_onnx.dtypes import FLOAT_DTYPES
 from attn_onnx.errors import UnsupportedModelError, first_line
 
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -16,8 +17,7 @@ class OnnxReferenceRunner:
     name = "onnx-reference"
 
     def __init__(self, model: onnx.ModelProto, precision: str = "float32"):
-        # the model's dtype: numpy computes each operator in it, bfloat16's sums too (a looser profile)
-        self.precision = "bfloat16-accumulate" if precision == "bfloat16" else precision
+        self.precision = precision  # the model's dtype
         from onnx.reference import ReferenceEvaluator
 
         functions = {(f.domain, f.name) for f in model.functions}
@@ -30,8 +30,10 @@ class OnnxReferenceRunner:
                    "export-attn --optimize" if meta.get("attn_onnx.optimize") else "an onnxruntime-optimized model?")
             raise UnsupportedModelError(f"onnx.reference runs standard ONNX operators only; this model uses "
                                         f"{', '.join(foreign)} ({why})")
+        opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 18)
+        new_ops = [_float32_inside(op, opset) for op in ACCUMULATING] if precision == "bfloat16" else None
         try:
-            self.evaluator = ReferenceEvaluator(model)
+            self.evaluator = ReferenceEvaluator(model, new_ops=new_ops)
         except NotImplementedError as exc:
             raise UnsupportedModelError(f"onnx.reference cannot run this model: {first_line(exc)}") from None
         self.output_names = [o.name for o in model.graph.output]
@@ -39,6 +41,29 @@ class OnnxReferenceRunner:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with np.errstate(all="ignore"):  # NaN from a broken model is the finding, not a warning
             return dict(zip(self.output_names, self.evaluator.run(None, feeds)))
+
+
+# numpy computes an ml_dtypes bfloat16 matmul or sum in bfloat16 itself, rounding every partial sum: over 257
+# keys that is 13u of error where a real kernel (float32 accumulators, bfloat16 result) has 1u. These
+# operators run in float32 on bfloat16 inputs and round their result, as kernels do.
+ACCUMULATING = ("MatMul", "Softmax", "Attention", "ReduceMean", "ReduceSum", "ReduceMax")
+
+
+def _float32_inside(op_type: str, opset: int):
+    """onnx.reference's `op_type` with bfloat16 inputs computed in float32, the outputs rounded back."""
+    from onnx.reference.ops import load_op
+
+    base = load_op("", op_type, opset)
+    bf16 = FLOAT_DTYPES["bfloat16"]
+
+    def _run(self, *args, **kwargs):
+        if not any(isinstance(a, np.ndarray) and a.dtype == bf16 for a in args):
+            return base._run(self, *args, **kwargs)
+        wide = [a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype == bf16 else a for a in args]
+        return tuple(o.astype(bf16) if isinstance(o, np.ndarray) and o.dtype == np.float32 else o
+                     for o in base._run(self, *wide, **kwargs))
+
+    return type(op_type, (base,), {"op_domain": "", "_run": _run})
 
 
 def _nodes(graph: onnx.GraphProto):
