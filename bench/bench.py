@@ -2,7 +2,9 @@
 sgemm limit measured in the same run. Results are data (`Bench`); the CLI prints and plots them.
 
 Contenders, per shape (batch, len) at one width, heads and thread count:
-- each export variant in onnxruntime (`ort:<variant>`), mask input with a causal+padding mask;
+- each export variant in onnxruntime (`ort:<variant>`), mask input with a causal+padding mask; at another
+  --dtype as `ort:<variant>@float16`, with --quantize int8 as `ort:<variant>@int8` (their max_abs against
+  the float64 module of the float32 weights is what the precision costs);
 - PyTorch eager of the seed module (`torch-eager`), and PyTorch SDPA with the same weights (`torch-sdpa`).
 A round times every contender once (each for about `target_s`); the figure is the median over rounds, so
 a noisy neighbour slows all contenders of a round alike instead of one of them.
@@ -24,6 +26,7 @@ from onnx import TensorProto, helper
 from torch.nn import functional as F
 
 from attn_onnx import __version__
+from attn_onnx.dtypes import numpy_dtype
 from attn_onnx.exporter.export import export_onnx
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.exporter.variants import VARIANTS
@@ -118,23 +121,35 @@ def _timed(call, target_s: float) -> float:
     return (time.perf_counter() - start) / n
 
 
+def precisions(dtypes: list[str], quantize: bool) -> list[tuple[str, str]]:
+    """The (dtype, quantize) forms each variant is timed in: float32 first."""
+    return [("float32", "")] + [(d, "") for d in dtypes if d != "float32"] + ([("float32", "int8")] if quantize else [])
+
+
 def run_bench(variants: list[str], shapes: list[tuple[int, int]], threads: list[int], heads: int = 8,
               embedding_dim: int = 512, rounds: int = 7, target_s: float = 0.05,
-              on_line=lambda text: None, self_attention: bool = False) -> Bench:
+              on_line=lambda text: None, self_attention: bool = False, dtypes: list[str] = ("float32",),
+              quantize: bool = False) -> Bench:
     """Time every contender at every (shape, threads); `on_line` gets a progress line per shape.
 
     With `self_attention`, query, key and value are one tensor x, and each variant is also timed as a
-    --self-attention export fed x alone (`ort:<variant>/self`)."""
+    --self-attention export fed x alone (`ort:<variant>/self`). `dtypes` and `quantize` add each variant at
+    that precision (`ort:<variant>@float16`, `ort:<variant>@int8`)."""
     spec0 = ExportSpec(heads=heads, embedding_dim=embedding_dim).validate()
     module = spec0.kind.build_module(spec0, seed=0)
-    protos = {}
+    protos, feed_dtypes = {}, {}
     for name in variants:
         variant = VARIANTS[name]
-        spec = ExportSpec(heads=heads, embedding_dim=embedding_dim, variant=name,
-                          opset=max(18, variant.min_opset)).validate()
-        protos[name], _ = export_onnx(spec, module)
-        if self_attention:
-            protos[name + "/self"], _ = export_onnx(spec.replace(module="mha-self"), module)
+        for dtype, quantized in precisions(list(dtypes), quantize):
+            if dtype not in variant.dtypes:
+                continue
+            spec = ExportSpec(heads=heads, embedding_dim=embedding_dim, variant=name, dtype=dtype, quantize=quantized,
+                              opset=max(18, variant.min_opset)).validate()
+            key = name + ("" if spec.precision == "float32" else f"@{spec.precision}")
+            protos[key], _ = export_onnx(spec, module)
+            if self_attention:
+                protos[key + "/self"], _ = export_onnx(spec.replace(module="mha-self"), module)
+            feed_dtypes[key] = feed_dtypes[key + "/self"] = numpy_dtype(dtype)
     double = type(module)(heads, embedding_dim, dropout=0.0).double().eval()
     double.load_state_dict({k: v.double() for k, v in module.state_dict().items()})
     rng = np.random.default_rng(0)
@@ -154,15 +169,15 @@ def run_bench(variants: list[str], shapes: list[tuple[int, int]], threads: list[
             if self_attention:
                 feeds["key"] = feeds["value"] = feeds["query"]
             tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
-            given = {name: ({"x": feeds["query"], "mask": feeds["mask"]} if name.endswith("/self") else feeds)
-                     for name in sessions}
+            given = {name: _cast({"x": feeds["query"], "mask": feeds["mask"]} if name.endswith("/self") else feeds,
+                                 feed_dtypes[name]) for name in sessions}
             with torch.no_grad():
                 golden = double(*(tensors[n].double() for n in ("query", "key", "value")), tensors["mask"]).numpy()
             calls = {f"ort:{name}": (lambda s=s, f=given[name]: s.run(None, f)) for name, s in sessions.items()}
             q, k, v, m = (tensors[n] for n in ("query", "key", "value", "mask"))
             calls["torch-eager"] = lambda q=q, k=k, v=v, m=m: module(q, k, v, m)
             calls["torch-sdpa"] = lambda q=q, k=k, v=v, m=m: sdpa(module, q, k, v, m)
-            errors = {f"ort:{name}": float(np.abs(s.run(None, given[name])[0] - golden).max())
+            errors = {f"ort:{name}": float(np.abs(s.run(None, given[name])[0].astype(np.float64) - golden).max())
                       for name, s in sessions.items()}
             samples = {name: [] for name in calls}
             with torch.no_grad():
@@ -191,6 +206,11 @@ def run_bench(variants: list[str], shapes: list[tuple[int, int]], threads: list[
             if row.threads == n_threads:
                 row.limit_fraction = row.gflops / limit
     return bench
+
+
+def _cast(feeds: dict[str, np.ndarray], dtype: np.dtype) -> dict[str, np.ndarray]:
+    """The float inputs (not the mask) at the model's dtype."""
+    return {k: v if k == "mask" or v.dtype == dtype else v.astype(dtype) for k, v in feeds.items()}
 
 
 def fastest(bench: Bench, batch: int, length: int, threads: int, tolerance: float = 1e-4) -> Timing | None:

@@ -46,11 +46,16 @@ def _shapes(text: str, option: str = "--shapes") -> list[tuple[int, int]]:
               "(e.g. 128,512,2047) against recomputing all past+1 tokens with the plain causal export.")
 @click.option("--self-attention", is_flag=True, help="Feed one tensor as query, key and value, and also time "
               "each variant exported with --self-attention (one packed QKV MatMul) as ort:<variant>/self.")
+@click.option("--dtypes", default="float32", show_default=True, help="Comma-separated: also time each variant "
+              "exported at these --dtype values (float16; bfloat16 has no kernels in onnxruntime's CPU), as "
+              "ort:<variant>@float16. Its max_abs is against the float64 module of the float32 weights.")
+@click.option("--quantize", is_flag=True, help="Also time each variant exported with --quantize int8, as "
+              "ort:<variant>@int8.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the results.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Also draw a PNG: median latency per shape, each contender.")
-def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, decode_lens, self_attention, json_path,
-         plot_path):
+def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, decode_lens, self_attention, dtypes,
+         quantize, json_path, plot_path):
     """Time the attention block, causal+padding mask input, float32: each export variant in onnxruntime
     (CPU), PyTorch eager of the seed module, and PyTorch SDPA with the same weights, in interleaved rounds.
     Prints per shape the median latency, ratios to SDPA and to the straight export, achieved GFLOP/s, the
@@ -68,6 +73,10 @@ def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, dec
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise UsageError(f"--attention-impl {impls!r}: choose from {list(VARIANTS)}")
+    dtype_list = list(comma_list(dtypes))
+    if not dtype_list or any(d not in ("float32", "float16") for d in dtype_list):
+        raise UsageError(f"--dtypes {dtypes!r}: choose from float32, float16 (bfloat16 has no MatMul kernel in "
+                         "onnxruntime's CPU)")
     shape_list = _shapes(shapes)
     memory = _shapes(memory_shape, "--memory") if memory_shape else None
     if memory is not None and len(memory) != 1:
@@ -94,7 +103,8 @@ def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, dec
     from attn_onnx.bench.bench import fastest, run_bench
 
     bench = run_bench(variants, shape_list, thread_list, heads, embedding_dim, rounds,
-                      on_line=lambda text: click.echo(text, err=True), self_attention=self_attention)
+                      on_line=lambda text: click.echo(text, err=True), self_attention=self_attention,
+                      dtypes=dtype_list, quantize=quantize)
     click.echo(table(bench))
     for n in thread_list:
         for batch, length in shape_list:
@@ -129,12 +139,13 @@ def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, dec
 def table(bench) -> str:
     """The results as text, one block per (threads, shape)."""
     lines = [f"bench-attn {__version__}: {bench.cpu}; width {bench.embedding_dim}, {bench.heads} heads, "
-             "causal+padding mask input, float32; " + ", ".join(f"{k} {v}" for k, v in bench.versions.items()
-                                                               if k != "attn_onnx")]
+             "causal+padding mask input, float32 unless marked @; "
+             + ", ".join(f"{k} {v}" for k, v in bench.versions.items() if k != "attn_onnx")]
+    width = max([22, *(len(t.contender) + 2 for t in bench.timings)])
     for n in bench.threads:
         lines.append(f"threads {n}: sgemm limit (onnxruntime MatMul 2048^3) {bench.sgemm_gflops[n]:.0f} GFLOP/s; "
                      f"torch.matmul {bench.torch_sgemm_gflops[n]:.0f} GFLOP/s")
-        head = f"  {'contender':<22}{'median ms':>10}{'vs sdpa':>9}{'vs export':>10}{'GFLOP/s':>9}{'% limit':>9}" \
+        head = f"  {'contender':<{width}}{'median ms':>10}{'vs sdpa':>9}{'vs export':>10}{'GFLOP/s':>9}{'% limit':>9}" \
                f"{'max_abs':>10}"
         for shape in dict.fromkeys((t.batch, t.length) for t in bench.timings if t.threads == n):
             lines += [f" ({shape[0]},{shape[1]})", head]
@@ -142,7 +153,7 @@ def table(bench) -> str:
                 if (t.batch, t.length, t.threads) == (*shape, n):
                     err = f"{t.max_abs:.1e}" if t.max_abs is not None else "-"
                     export = f"{t.vs_export:.2f}x" if t.vs_export else "-"
-                    lines.append(f"  {t.contender:<22}{t.median_ms:>10.3f}{t.vs_sdpa:>8.2f}x{export:>10}"
+                    lines.append(f"  {t.contender:<{width}}{t.median_ms:>10.3f}{t.vs_sdpa:>8.2f}x{export:>10}"
                                  f"{t.gflops:>9.1f}{t.limit_fraction:>9.0%}{err:>10}")
     return "\n".join(lines)
 

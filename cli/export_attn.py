@@ -57,6 +57,10 @@ def _applies(option: str) -> str:
 @click.option("--optimize", is_flag=True, help="Write the graph as onnxruntime optimizes it offline, at its "
               "portable 'extended' level (fusions into com.microsoft ops; no CPU-specific layouts). Runs in "
               "onnxruntime; the metadata is kept.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None, help=f"{_applies('quantize')} Quantize the "
+              "projections' weights to int8 (onnxruntime's dynamic quantization: int8 weights per output channel, "
+              "uint8 activations per tensor, computed on the fly). check-attn holds it to the int8 profile; the "
+              "export prints what it cost against the float weights.")
 @click.option("--opset", type=click.IntRange(min(OPSETS), max(OPSETS)), default=None,
               help="ONNX opset of the default domain. [default: 18; 23 for onnx-attention]")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -170,7 +174,7 @@ def _export(kind, options, name: str, targets: str) -> None:
     source = f"file {weights_label(weights, prefix)}" if weights else f"random (seed={options['seed']})"
     spec = ExportSpec(module=kind.name, heads=options["heads"], embedding_dim=embedding_dim,
                       mask=options["mask_mode"], mask_dtype=options["mask_dtype"], attn_probs=options["attn_probs"],
-                      dtype=options["dtype"],
+                      dtype=options["dtype"], quantize=options["quantize"] or "",
                       opset=options["opset"], variant=options["variant"],
                       optimize="extended" if options["optimize"] else "", causal_align=options["causal_align"],
                       weights_source=source if kind.has_weights else "").validate()
@@ -222,7 +226,8 @@ def _check(proto, module, spec, targets: str) -> None:
     config = QUICK_CONFIG
     if spec.dtype == "bfloat16":  # onnxruntime's CPU has no bfloat16 MatMul: onnx.reference checks it
         config = dataclasses.replace(config, runtimes=("onnxruntime", "reference"))
-    report = check_model(proto, config, module=in_dtype(module, spec.dtype))
+    # int8: the golden rebuilt from the file, its weights dequantized (the module as given is the float one)
+    report = check_model(proto, config, module=None if spec.quantize else in_dtype(module, spec.dtype))
     for skipped in report.skipped:
         click.echo(f"parity: {skipped.runner} SKIPPED: {skipped.reason}")
     runner = next(iter(report.tolerances))
@@ -236,11 +241,11 @@ def _check(proto, module, spec, targets: str) -> None:
         raise ParityError(f"the exported model fails the parity check ({len(report.failed)} of "
                           f"{len(report.results)} cases failed); nothing was written to {targets} "
                           "(--no-check writes it anyway, for inspection)")
-    if module is not None and spec.dtype != "float32":
+    if module is not None and spec.precision != "float32":
         worst = check_model(proto, dataclasses.replace(config, tolerance=Tolerance(float("inf"), 0.0)),
                             module=module).worst
-        click.echo(f"accuracy: {worst.runner} at {spec.dtype} vs the float32 module (in float64) on the same "
-                   f"cases: max_abs={worst.max_abs:.3g} ({worst.case}); the weights rounded to {spec.dtype} "
+        click.echo(f"accuracy: {worst.runner} at {spec.precision} vs the float32 module (in float64) on the same "
+                   f"cases: max_abs={worst.max_abs:.3g} ({worst.case}); the weights rounded to {spec.precision} "
                    "included (a figure, not a pass/fail)")
 
 
@@ -250,6 +255,7 @@ def _echo_summary(out: Path, proto, spec, size: int, external: bool) -> None:
     size_text = f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
     how = f", {spec.variant}" if spec.variant != DEFAULT_VARIANT else ""
     how += f", optimized ({spec.optimize})" if spec.optimize else ""
+    how += f", projections {spec.quantize}" if spec.quantize else ""
     how += f", weights in {out.name}.data" if external else ""
     click.echo(f"wrote {out} ({size_text}, opset {spec.opset}, {spec.kind.summary(spec)}{how})")
     for side, values in (("input", proto.graph.input), ("output", proto.graph.output)):

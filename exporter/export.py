@@ -87,6 +87,13 @@ def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0
         spec = spec.replace(weights=weights)
         _describe(proto, spec)
         check_onnx(proto)
+    if spec.quantize:
+        from attn_onnx.exporter.quantize import quantize
+
+        proto, weights = quantize(proto, spec.weights)
+        spec = spec.replace(weights=weights)
+        _describe(proto, spec)
+        check_onnx(proto)
     return proto, spec
 
 

@@ -20,6 +20,7 @@ MASK_DTYPES = {"bool": np.bool_, "uint8": np.uint8, "int64": np.int64, "float32"
 OPSETS = tuple(range(17, 24))  # opsets torch's exporter writes and onnxruntime runs
 DTYPES = ("float32", "float16", "bfloat16")  # attn_onnx.dtypes.FLOAT_DTYPES
 OPTIMIZE_LEVELS = ("", "extended")  # exporter/optimize.py
+QUANTIZE = ("", "int8")  # exporter/quantize.py
 
 METADATA_PREFIX = "attn_onnx."
 FORMAT_VERSION = "1"
@@ -40,6 +41,7 @@ class ExportSpec:
     variant: str = "torch-export"  # how the graph is built: a builder in exporter/variants/
     dtype: str = "float32"  # element type of the float inputs, outputs and weights (float32, float16, bfloat16)
     optimize: str = ""  # "": as built; "extended": as onnxruntime optimizes it offline at that level
+    quantize: str = ""  # "": float weights; "int8": the projections dynamically quantized (onnxruntime's)
     causal_align: str = "top-left"  # with mask causal: top-left (the seed's subsequent_mask) or bottom-right
     weights: dict[str, dict] = field(default_factory=dict, compare=False)  # state_dict key -> initializer
     weights_source: str = field(default="", compare=False)  # where the weights came from, for people
@@ -52,6 +54,11 @@ class ExportSpec:
         if self.module not in KINDS:
             raise UsageError(f"module={self.module!r} is not one of {list(MODULES)}")
         return KINDS[self.module]
+
+    @property
+    def precision(self) -> str:
+        """What the model computes at, for the tolerance profile runners hold it to: its dtype, or int8."""
+        return self.quantize or self.dtype
 
     @property
     def d_k(self) -> int:
@@ -85,12 +92,16 @@ class ExportSpec:
         kind = self.kind
         choices = {"mask": MASK_MODES, "mask_dtype": tuple(MASK_DTYPES), "opset": OPSETS,
                    "variant": tuple(VARIANTS), "dtype": DTYPES, "optimize": OPTIMIZE_LEVELS,
-                   "causal_align": CAUSAL_ALIGNS}
+                   "causal_align": CAUSAL_ALIGNS, "quantize": QUANTIZE}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UsageError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
         if self.dtype != "float32" and self.dtype not in kind.dtypes:
             raise UsageError(f"--dtype {self.dtype} does not apply to {kind.flag}: it takes {'/'.join(kind.dtypes)}")
+        if self.quantize and "quantize" not in kind.export_options:
+            raise UsageError(f"--quantize does not apply to {kind.flag}")
+        if self.quantize and self.dtype != "float32":
+            raise UsageError(f"--quantize {self.quantize} quantizes float32 weights; not with --dtype {self.dtype}")
         if self.attn_probs and "attn_probs" not in kind.export_options:
             raise UsageError(f"--attn-probs does not apply to --module {self.module} "
                              "(mha only; attention always outputs attn_probs)")
@@ -107,6 +118,8 @@ class ExportSpec:
         meta = {"format": FORMAT_VERSION, "module": self.module, "variant": self.variant, "opset": str(self.opset)}
         if self.optimize:
             meta["optimize"] = self.optimize
+        if self.quantize:
+            meta["quantize"] = self.quantize
         for name in self.kind.metadata_fields:
             value = _encode(self, name)
             if value is not None:
@@ -138,7 +151,7 @@ class ExportSpec:
             raise MetadataError("the model's metadata lacks " + ", ".join(METADATA_PREFIX + m for m in missing))
         try:
             kwargs = {"module": kind.name, "variant": meta["variant"], "opset": int(meta["opset"]),
-                      "optimize": meta.get("optimize", "")}
+                      "optimize": meta.get("optimize", ""), "quantize": meta.get("quantize", "")}
             if "heads" in meta:
                 kwargs.update(heads=int(meta["heads"]),
                               embedding_dim=int(meta.get("embedding_dim", int(meta["heads"]) * int(meta["d_k"]))),

@@ -160,7 +160,7 @@ def plot_case(model: str | Path | onnx.ModelProto | LoadedModel, out_dir: Path, 
     case = parse_case(case_name or default_plot_case(spec), spec)
     module, _ = _golden_module(loaded, config, None)
     feeds = case.feeds(config.seed)
-    runner = OrtRunner(loaded.source(), provider, config.tf32 and provider == "cuda", precision=spec.dtype)
+    runner = OrtRunner(loaded.source(), provider, config.tf32 and provider == "cuda", precision=spec.precision)
     _, tolerance = tolerance_for(runner.precision, False, config.tolerance)
     golden = TorchRunner(spec, module, torch.float64).run(feeds)
     return write_plots(out_dir, case.name, feeds.get("mask"), golden["attn_probs"], runner.run(feeds)["attn_probs"],

@@ -12,7 +12,8 @@ class MhaKind(AttentionKindBase):
     help = "MultiHeadedAttention"
     has_weights = True
     export_options = frozenset({"heads", "embedding_dim", "mask_mode", "mask_dtype", "causal_align", "attn_probs",
-                                "weights", "weights_prefix", "seed", "kv_cache", "self_attention", "dtype"})
+                                "weights", "weights_prefix", "seed", "kv_cache", "self_attention", "dtype",
+                                "quantize"})
     check_options = frozenset({"batches", "lengths", "shapes", "masks", "weights", "weights_prefix"})
     metadata_fields = ("heads", "d_k", "embedding_dim", "dtype", "mask", "mask_dtype", "causal_align",
                        "mask_convention", "attn_probs", "weights", "weights_source")

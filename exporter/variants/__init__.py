@@ -21,8 +21,9 @@ class Built:
     """A variant's output: the model, and for each state_dict key the initializer that holds it."""
 
     proto: onnx.ModelProto
-    # key -> {"initializer": name, "transposed": bool, "slice": [start, stop] (optional)}: the tensor is
-    # initializer[..., start:stop], transposed if so marked
+    # key -> {"initializer": name, "transposed": bool, "slice": [start, stop] (optional), "scale": name and
+    # "zero_point": name (quantized)}: the tensor is initializer[..., start:stop], dequantized if so marked
+    # ((q - zero_point) * scale, per channel of the last axis), transposed if so marked
     weights: dict[str, dict] = field(default_factory=dict)
 
 
@@ -30,6 +31,12 @@ def tensor_of(inits: dict[str, onnx.TensorProto], entry: dict, base_dir: str = "
     """The state_dict tensor a weight-map entry points at (its slice, transposed back); external data is read
     from `base_dir`."""
     array = numpy_helper.to_array(inits[entry["initializer"]], base_dir)
+    if "scale" in entry:  # int8 with a float scale per output channel (exporter/quantize.py)
+        scale = numpy_helper.to_array(inits[entry["scale"]], base_dir).astype(np.float32)
+        zero = numpy_helper.to_array(inits[entry["zero_point"]], base_dir).astype(np.float32)
+        if scale.ndim == 1 and scale.size == array.shape[0] != array.shape[-1]:  # per channel of the first axis
+            scale, zero = scale[:, None], zero[:, None]
+        array = (array.astype(np.float32) - zero) * scale
     if "slice" in entry:
         start, stop = entry["slice"]
         array = array[..., start:stop]

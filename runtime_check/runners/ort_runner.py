@@ -108,4 +108,4 @@ def label(provider, config=None, tf32: bool | None = None) -> str:
 
 
 def make(model, module, config, provider) -> OrtRunner:
-    return OrtRunner(model.source(), provider, tf32=config.tf32 and provider == "cuda", precision=model.spec.dtype)
+    return OrtRunner(model.source(), provider, tf32=config.tf32 and provider == "cuda", precision=model.spec.precision)

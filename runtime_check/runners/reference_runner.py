@@ -83,5 +83,5 @@ def make(model, module, config, provider=None) -> OnnxReferenceRunner:
     if model.external:  # its weights, read from beside it (load_model checked where they lie)
         import onnx
 
-        return OnnxReferenceRunner(onnx.load(model.path), model.spec.dtype)
-    return OnnxReferenceRunner(model.proto, model.spec.dtype)
+        return OnnxReferenceRunner(onnx.load(model.path), model.spec.precision)
+    return OnnxReferenceRunner(model.proto, model.spec.precision)

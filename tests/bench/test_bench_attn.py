@@ -83,6 +83,24 @@ def test_self_attention_times_each_variant_in_both_forms(tmp_path):
     assert all(rows[n]["max_abs"] < 1e-5 for n in rows if n.startswith("ort:"))  # x fed alone, the same answer
 
 
+def test_reduced_precision_and_int8_are_timed_beside_float32(tmp_path):
+    """Each at its own precision; its max_abs against the float64 module of the float32 weights is what
+    the precision costs: float16 within a few u (2^-11), int8 within its profile, never as good as float32."""
+    out = tmp_path / "p.json"
+    result = CliRunner().invoke(bench, [*SMALL, "--attention-impl", "torch-export,ort-mha", "--shapes", "2x6",
+                                       "--dtypes", "float32,float16", "--quantize", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {t["contender"]: t for t in json.loads(out.read_text())["timings"]}
+    for variant in ("torch-export", "ort-mha"):
+        fp32, fp16, int8 = (rows[f"ort:{variant}{suffix}"] for suffix in ("", "@float16", "@int8"))
+        assert fp32["max_abs"] < 1e-5
+        assert 1e-5 < fp16["max_abs"] < 8 * 2**-11
+        assert 1e-4 < int8["max_abs"] < 0.05
+    # the fastest *correct* contender is chosen among float32 ones only
+    line = next(line for line in result.output.splitlines() if line.startswith("fastest correct at (2,6)"))
+    assert "@" not in line
+
+
 def test_decode_times_a_cached_step_against_recomputing(tmp_path):
     out = tmp_path / "d.json"
     result = CliRunner().invoke(bench, [*SMALL, "--attention-impl", "torch-export", "--shapes", "1x4",
@@ -106,6 +124,7 @@ def test_decode_times_a_cached_step_against_recomputing(tmp_path):
     (["--plot", "b.jpg"], "Error: --plot 'b.jpg' must end in .png"),
     (["--threads", "0"], "Error: --threads must be >= 1"),
     (["--heads", "3"], "Error: --embedding-dim 512 is not divisible by --heads 3"),
+    (["--dtypes", "bfloat16"], "Error: --dtypes 'bfloat16': choose from float32, float16 (bfloat16 has no MatMul"),
 ])
 def test_bad_options_are_refused_before_any_work(args, message):
     """Refused in a fresh process before torch or onnxruntime is even imported: nothing was exported or timed."""

@@ -1,0 +1,70 @@
+"""`export-attn --quantize int8`: onnxruntime's dynamic quantization of the projections.
+
+Each MatMul whose B is a weight (the query, key, value and output projections; never the attention's own
+Q·Kᵀ or P·V) becomes DynamicQuantizeLinear + MatMulInteger: the weights stored as int8 with a float scale
+per output channel (per_channel; per-tensor costs ~2x the error for nothing in speed here), the activations
+quantized to uint8 on the fly, per tensor. Standard ONNX operators, so onnx.reference checks it too.
+
+The weight map follows the weights into their quantized form: an entry gains `scale` and `zero_point`
+initializers, and `variants.tensor_of` dequantizes, so runtime_check's golden holds exactly the weights
+the file holds. What quantizing cost against the float weights is a separate figure (export-attn prints it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from attn_onnx.errors import ExportError, first_line
+
+QUANTIZE = ("int8",)
+
+
+def quantize(proto: onnx.ModelProto, weights: dict[str, dict]) -> tuple[onnx.ModelProto, dict[str, dict]]:
+    """The model with its projection MatMuls quantized to int8, and the weight map pointing at the int8
+    tensors with their scales."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="attn_onnx_quantize_") as tmp:
+        source, target = Path(tmp, "float.onnx"), Path(tmp, "int8.onnx")
+        onnx.save_model(proto, source)
+        try:
+            with _quiet():
+                quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                                 per_channel=True,
+                                 extra_options={"MatMulConstBOnly": True,  # projections only
+                                                "DefaultTensorType": onnx.TensorProto.FLOAT})  # past com.microsoft ops
+        except Exception as exc:
+            raise ExportError(f"onnxruntime's quantize_dynamic failed: {first_line(exc)}") from exc
+        quantized = onnx.load(target)
+    names = {init.name for init in quantized.graph.initializer}
+    mapped = {}
+    for key, entry in weights.items():
+        name = entry["initializer"]
+        if name in names:  # a bias, or a weight the quantizer left alone
+            mapped[key] = entry
+        elif {f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"} <= names:
+            mapped[key] = {**entry, "initializer": f"{name}_quantized", "scale": f"{name}_scale",
+                           "zero_point": f"{name}_zero_point"}
+        else:
+            raise ExportError(f"after quantization, weight {key!r} ({name}) is nowhere among the initializers")
+    if not any("scale" in entry for entry in mapped.values()):
+        raise ExportError("quantize_dynamic quantized none of the projections")
+    del quantized.metadata_props[:]  # the exporter writes them again, with `quantize`
+    return quantized, mapped
+
+
+@contextlib.contextmanager
+def _quiet():
+    """quantize_dynamic logs a pre-processing hint through the root logger on every call."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
