@@ -17,7 +17,8 @@ from attn_onnx.deploy.triton import check_config  # noqa: E402
 from attn_onnx.errors import InterfaceError  # noqa: E402
 
 KINDS = {"mha": [*SMALL], "mha-uint8-probs": [*SMALL, "--mask-dtype", "uint8", "--attn-probs"],
-         "attention-causal": [*SMALL, "--module", "attention", "--mask", "causal"], "mask": ["--module", "mask"]}
+         "attention-causal": [*SMALL, "--module", "attention", "--mask", "causal"], "mask": ["--module", "mask"],
+         "mha-float16": [*SMALL, "--dtype", "float16"], "mha-bfloat16": [*SMALL, "--dtype", "bfloat16"]}
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,15 @@ def test_a_broken_config_fails(repo, old, new, message):
     assert old in text
     with pytest.raises(InterfaceError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
         check_config(text.replace(old, new, 1), model)
+
+
+@pytest.mark.parametrize("name, datatype", [("mha", "TYPE_FP32"), ("mha-float16", "TYPE_FP16"),
+                                            ("mha-bfloat16", "TYPE_BF16")])
+def test_reduced_precision_models_declare_their_dtype(repo, name, datatype):
+    config = text_format.Parse(read(repo, name)[0], model_config_pb2.ModelConfig())
+    wanted = model_config_pb2.DataType.Value(datatype)
+    assert [t.data_type for t in (*config.input[:3], *config.output)] == [wanted] * 4
+    assert config.input[3].data_type == model_config_pb2.DataType.Value("TYPE_BOOL")  # the mask keeps its own
 
 
 def test_gpu_instances_and_batch_size_when_asked(tmp_path):
