@@ -2,8 +2,9 @@
 
 Each MatMul whose B is a weight (the query, key, value and output projections; never the attention's own
 Q·Kᵀ or P·V) becomes DynamicQuantizeLinear + MatMulInteger: the weights stored as int8 with a float scale
-per output channel (per_channel; per-tensor costs ~2x the error for nothing in speed here), the activations
-quantized to uint8 on the fly, per tensor. Standard ONNX operators, so onnx.reference checks it too.
+per output channel (trained weights' channels differ in range; on the random init, whose channels do not,
+per-tensor measured the same: max_abs 0.0176 against 0.0180 at (4,128)), the activations quantized to uint8 on
+the fly, per tensor. Standard ONNX operators, so onnx.reference checks it too.
 
 The weight map follows the weights into their quantized form: an entry gains `scale` and `zero_point`
 initializers, and `variants.tensor_of` dequantizes, so runtime_check's golden holds exactly the weights
