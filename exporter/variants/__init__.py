@@ -64,6 +64,8 @@ class Variant:
     min_opset: int = 17
     runtimes: str = "any ONNX runtime"
     dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
+    masks: tuple[str, ...] = ("input", "causal", "none")  # the mask modes it builds
+    d_k_multiple: int = 1  # d_k must be a multiple of this (a kernel's constraint)
     no_dtype: str = ""  # why the other dtypes are refused
 
     def check(self, spec) -> None:
@@ -76,6 +78,11 @@ class Variant:
         if spec.attn_probs and not self.attn_probs:
             raise UsageError(f"{flag} cannot output attn_probs (its fused kernel does not return the "
                              "probabilities); use --attention-impl torch-export with --attn-probs")
+        if spec.mask not in self.masks:
+            raise UsageError(f"{flag} takes --mask {'/'.join(self.masks)}, not {spec.mask}")
+        if spec.kind.name in ("mha", "mha-self") and spec.d_k % self.d_k_multiple:
+            raise UsageError(f"{flag} needs d_k (embedding-dim / heads) a multiple of {self.d_k_multiple}, its "
+                             f"kernel's constraint; got d_k={spec.d_k}")
         if spec.dtype not in self.dtypes:
             raise UsageError(f"{flag} takes --dtype {'/'.join(self.dtypes)}, not {spec.dtype}: {self.no_dtype}")
         if spec.opset < self.min_opset:
@@ -92,6 +99,11 @@ VARIANTS = {v.name: v for v in (
             "a bias shared by the heads", modules=("mha", "mha-self"), attn_probs=False, min_opset=18),
     Variant("onnx-attention", "onnx_attention", "the standard ONNX Attention op", modules=("mha", "mha-self"),
             attn_probs=False, min_opset=23, runtimes="runtimes with opset 23 (onnxruntime >= 1.23)"),
+    Variant("ort-gqa", "ort_gqa", "onnxruntime's com.microsoft.GroupQueryAttention (no scores tensor, the upper "
+            "triangle skipped) where the mask is causal plus key padding, decided at run time; ort-mha's graph "
+            "for any other mask", modules=("mha", "mha-self"), attn_probs=False, min_opset=18,
+            runtimes="onnxruntime only", dtypes=("float32",), no_dtype="not measured at other dtypes yet",
+            masks=("input", "causal"), d_k_multiple=8),
     Variant("ort-mha", "ort_mha", "onnxruntime's fused com.microsoft.MultiHeadAttention", modules=("mha", "mha-self"),
             attn_probs=False, min_opset=18, runtimes="onnxruntime only", dtypes=("float32", "float16"),
             no_dtype="onnxruntime's CPU has no bfloat16 kernel for it and onnx.reference does not run com.microsoft "

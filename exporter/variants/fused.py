@@ -26,16 +26,29 @@ from attn_onnx.exporter.spec import MASK_DTYPES
 
 
 class GraphWriter:
-    """Nodes, initializers and fresh names for one graph; `op` returns the output name(s)."""
+    """Nodes, initializers and fresh names for one graph; `op` returns the output name(s).
 
-    def __init__(self):
+    A `branch()` writes the nodes of an `If` branch: its own nodes, the same names and initializers (they
+    live in the main graph, which the branch sees)."""
+
+    def __init__(self, parent: "GraphWriter | None" = None):
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._count = 0
+        self.root = parent.root if parent is not None else self
+        if parent is None:
+            self.initializers: list[onnx.TensorProto] = []
+            self._count = 0
+            self._constants: set[str] = set()
 
     def fresh(self, stem: str) -> str:
-        self._count += 1
-        return f"{stem}_{self._count}"
+        self.root._count += 1
+        return f"{stem}_{self.root._count}"
+
+    def branch(self) -> "GraphWriter":
+        return GraphWriter(self)
+
+    def subgraph(self, name: str, output: str, elem_type: int) -> onnx.GraphProto:
+        """This branch's nodes as an `If` branch with one output."""
+        return helper.make_graph(self.nodes, name, [], [helper.make_tensor_value_info(output, elem_type, None)])
 
     def op(self, op_type: str, inputs: list[str], stem: str | None = None, outputs: int = 1,
            domain: str = "", **attrs) -> str | list[str]:
@@ -45,7 +58,11 @@ class GraphWriter:
         return names[0] if outputs == 1 else names
 
     def constant(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        """An initializer of the main graph; the same name twice is one initializer (the first value)."""
+        root = self.root
+        if name not in root._constants:
+            root._constants.add(name)
+            root.initializers.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
 

@@ -26,7 +26,7 @@ class OnnxReferenceRunner:
         if foreign:
             meta = {p.key: p.value for p in model.metadata_props}
             why = (f"export-attn --attention-impl {meta['attn_onnx.variant']}, an onnxruntime-only variant"
-                   if meta.get("attn_onnx.variant") == "ort-mha" else
+                   if _onnxruntime_only(meta.get("attn_onnx.variant")) else
                    "export-attn --optimize" if meta.get("attn_onnx.optimize") else "an onnxruntime-optimized model?")
             raise UnsupportedModelError(f"onnx.reference runs standard ONNX operators only; this model uses "
                                         f"{', '.join(foreign)} ({why})")
@@ -64,6 +64,12 @@ def _float32_inside(op_type: str, opset: int):
                      for o in base._run(self, *wide, **kwargs))
 
     return type(op_type, (base,), {"op_domain": "", "_run": _run})
+
+
+def _onnxruntime_only(variant: str | None) -> bool:
+    from attn_onnx.exporter.variants import VARIANTS
+
+    return variant in VARIANTS and VARIANTS[variant].runtimes == "onnxruntime only"
 
 
 def _nodes(graph: onnx.GraphProto):

@@ -26,9 +26,14 @@ def variant_fields(variant, **fields):
     return {**SMALL, "variant": variant, "opset": max(18, VARIANTS[variant].min_opset), **fields}
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("mask, mask_dtype", [("input", "bool"), ("input", "float32"), ("input", "uint8"),
-                                              ("causal", "bool"), ("none", "bool")])
+def with_masks(variants, masks):
+    """(variant, mask, ...) for each variant and each mask mode it builds (ort-gqa needs a mask)."""
+    return [(v, *m) if isinstance(m, tuple) else (v, m) for v in variants for m in masks
+            if (m[0] if isinstance(m, tuple) else m) in VARIANTS[v].masks]
+
+
+@pytest.mark.parametrize("variant, mask, mask_dtype", with_masks(VARIANTS, [
+    ("input", "bool"), ("input", "float32"), ("input", "uint8"), ("causal", "bool"), ("none", "bool")]))
 def test_runtime_check_passes_on_every_variant_and_mask_mode(exported, variant, mask, mask_dtype):
     path, spec, module = exported(**variant_fields(variant, mask=mask, mask_dtype=mask_dtype))
     assert spec.variant == variant
@@ -37,12 +42,14 @@ def test_runtime_check_passes_on_every_variant_and_mask_mode(exported, variant, 
     assert report.ok and not report.nothing_checked, [r.line() for r in report.failed]
     checked = {r.runner for r in report.results}
     assert any(r.startswith("onnxruntime") for r in checked)
-    if variant != "ort-mha":  # com.microsoft ops run in onnxruntime only; onnx.reference skips them
+    if VARIANTS[variant].runtimes != "onnxruntime only":
         assert "onnx-reference" in checked
-    else:
+    else:  # com.microsoft ops run in onnxruntime only; onnx.reference skips them
+        ops = {"ort-mha": "com.microsoft.MultiHeadAttention",
+               "ort-gqa": "com.microsoft.GroupQueryAttention, com.microsoft.MultiHeadAttention"}[variant]
         assert [s.reason for s in report.skipped] == [
-            "onnx.reference runs standard ONNX operators only; this model uses com.microsoft.MultiHeadAttention "
-            "(export-attn --attention-impl ort-mha, an onnxruntime-only variant)"]
+            f"onnx.reference runs standard ONNX operators only; this model uses {ops} (export-attn "
+            f"--attention-impl {variant}, an onnxruntime-only variant)"]
 
 
 @pytest.mark.parametrize("variant", FUSED)
@@ -95,15 +102,29 @@ def test_a_fully_masked_row_attends_uniformly_at_any_score_magnitude(exported, v
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+def all_graphs(graph):
+    """The graph and every subgraph in it (If branches)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from all_graphs(attr.g)
+
+
 @pytest.mark.parametrize("variant", FUSED)
 def test_without_the_uniform_row_fix_the_graph_is_wrong(exported, variant):
     """The trap exists. The Where bypassed, the ONNX Attention kernel gives zeros on those rows; an additive
     bias with the seed's own -1e9 (instead of the lowest float) follows the large scores."""
     path, spec, module = exported(**variant_fields(variant))
     proto = onnx.load(path)
-    where = [n for n in proto.graph.node if n.op_type == "Where" and n.input[0].startswith("any_allowed")][-1]
-    for node in proto.graph.node:
-        node.input[:] = [where.input[1] if name == where.output[0] else name for name in node.input]
+    graphs = list(all_graphs(proto.graph))  # ort-gqa's fix is in its If's else branch
+    where = [n for g in graphs for n in g.node if n.op_type == "Where" and n.input[0].startswith("any_allowed")][-1]
+    for graph in graphs:
+        for node in graph.node:
+            node.input[:] = [where.input[1] if name == where.output[0] else name for name in node.input]
+        for output in graph.output:
+            if output.name == where.output[0]:
+                output.name = where.input[1]
     for init in proto.graph.initializer:
         if init.name == "f_max":  # (allowed - 1) * 1e9: the seed's fill as a bias
             init.CopyFrom(onnx.numpy_helper.from_array(np.array(1e9, np.float32), "f_max"))
@@ -158,6 +179,7 @@ def test_any_variant_width_shape_and_mask_matches_float64(exported, variant, hea
                                                           padding, data):
     """Export-then-run parity over random head counts, widths, shapes and masks (fully-masked rows and
     examples included, as random bits make them), for every graph variant."""
+    d_k *= VARIANTS[variant].d_k_multiple  # GroupQueryAttention takes multiples of 8
     path, spec, module = exported(**variant_fields(variant, heads=heads, embedding_dim=heads * d_k))
     rows = 1 if padding else q_len
     bits = data.draw(st.lists(st.booleans(), min_size=batch * rows * kv_len, max_size=batch * rows * kv_len))
@@ -205,8 +227,7 @@ def test_causal_align_without_the_causal_mask_is_refused(tmp_path):
 SELF = {"module": "mha-self"}
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("mask", ["input", "causal", "none"])
+@pytest.mark.parametrize("variant, mask", with_masks(VARIANTS, ["input", "causal", "none"]))
 def test_self_attention_checks_clean_in_every_variant(exported, variant, mask):
     path, spec, module = exported(**variant_fields(variant, mask=mask, **SELF))
     assert spec.input_names == (["x", "mask"] if mask == "input" else ["x"])
