@@ -163,10 +163,11 @@ def main(**options):
 
 
 def _export(kind, options, name: str, targets: str) -> None:
-    from attn_onnx.exporter.export import check_onnx, export_onnx
+    from attn_onnx.exporter.export import check_onnx, export_onnx, in_dtype
     from attn_onnx.exporter.spec import ExportSpec
     from attn_onnx.exporter.weights import embedding_dim_of, load_state_dict, weights_label
     from attn_onnx.model_files import needs_external, staged_model
+    from attn_onnx.runtime_check.reference import reference_module
 
     weights, prefix = options["weights"], options["weights_prefix"]
     state = load_state_dict(weights, prefix) if weights is not None else None
@@ -179,7 +180,10 @@ def _export(kind, options, name: str, targets: str) -> None:
                       optimize="extended" if options["optimize"] else "", causal_align=options["causal_align"],
                       weights_source=source if kind.has_weights else "").validate()
     module = kind.build_module(spec, state, options["seed"]) if kind.has_weights else None
-    proto, spec = export_onnx(spec, module)
+    stored = in_dtype(module, spec.dtype)  # the weights as the model holds them: rounded to its dtype
+    proto, spec = export_onnx(spec, stored)
+    if spec.quantize:  # int8: the dequantized weights, read back through the weight map
+        stored, _ = reference_module(proto, spec)
     force, out = options["force"], options["out"]
     external = options["external_data"] or needs_external(proto)
     # Saved under a temp name beside the first target and checked there (past 2 GiB a model can only be
@@ -189,14 +193,14 @@ def _export(kind, options, name: str, targets: str) -> None:
         if external:
             check_onnx(staged)  # past 2 GiB, onnx.checker could not see it in memory
         if not options["no_check"]:
-            _check(staged if external else proto, module, spec, targets)
+            _check(staged if external else proto, module, stored, spec, targets)
         if out is not None:
             size = commit(force)
             _echo_summary(out, proto, spec, size, external)
     if options["bundle_dir"] is not None:
         from attn_onnx.deploy.bundle import bundle_cases, write_bundle
 
-        path = write_bundle(options["bundle_dir"], proto, spec, module, name=name, force=force, external=external)
+        path = write_bundle(options["bundle_dir"], proto, spec, stored, name=name, force=force, external=external)
         data = ", model.onnx.data" if external else ""
         click.echo(f"wrote bundle {path}/ ({name!r}: model.onnx{data}, manifest.json, "
                    f"{len(bundle_cases(spec))} golden vector sets)")
@@ -210,24 +214,24 @@ def _export(kind, options, name: str, targets: str) -> None:
         click.echo(f"wrote Triton model {path}/ (config.pbtxt, 1/model.onnx{data})")
 
 
-def _check(proto, module, spec, targets: str) -> None:
+def _check(proto, module, stored, spec, targets: str) -> None:
     """The quick parity check, on the model in memory: a model that fails is never written.
 
-    The golden holds the weights as the model does (rounded to its dtype); a reduced-precision export also
-    gets its accuracy against the module as given (float32), as a figure: that is what rounding cost.
+    The golden holds the weights as the model does (`stored`: rounded to its dtype, or dequantized); where
+    they differ from the module as given, the export also gets its accuracy against that module, as a
+    figure: what rounding cost.
     """
     import dataclasses
 
     from attn_onnx.errors import ParityError
-    from attn_onnx.exporter.export import in_dtype
     from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
     from attn_onnx.runtime_check.compare import Tolerance
 
     config = QUICK_CONFIG
-    if spec.dtype == "bfloat16":  # onnxruntime's CPU has no bfloat16 MatMul: onnx.reference checks it
+    report = check_model(proto, config, module=stored)
+    if report.nothing_checked:  # onnxruntime cannot run it here (no bfloat16 MatMul on a CPU): onnx.reference
         config = dataclasses.replace(config, runtimes=("onnxruntime", "reference"))
-    # int8: the golden rebuilt from the file, its weights dequantized (the module as given is the float one)
-    report = check_model(proto, config, module=None if spec.quantize else in_dtype(module, spec.dtype))
+        report = check_model(proto, config, module=stored)
     for skipped in report.skipped:
         click.echo(f"parity: {skipped.runner} SKIPPED: {skipped.reason}")
     runner = next(iter(report.tolerances))
@@ -241,7 +245,7 @@ def _check(proto, module, spec, targets: str) -> None:
         raise ParityError(f"the exported model fails the parity check ({len(report.failed)} of "
                           f"{len(report.results)} cases failed); nothing was written to {targets} "
                           "(--no-check writes it anyway, for inspection)")
-    if module is not None and spec.precision != "float32":
+    if stored is not module:
         worst = check_model(proto, dataclasses.replace(config, tolerance=Tolerance(float("inf"), 0.0)),
                             module=module).worst
         click.echo(f"accuracy: {worst.runner} at {spec.precision} vs the float32 module (in float64) on the same "

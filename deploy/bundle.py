@@ -23,7 +23,7 @@ from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.files import file_sha256, write_folder_atomic
 from attn_onnx.model_files import needs_external, save_model
 from attn_onnx.runtime_check.cases import MASK_KINDS, Case, parse_case
-from attn_onnx.runtime_check.compare import EXACT, FLOAT32, OutputComparison, Tolerance
+from attn_onnx.runtime_check.compare import OutputComparison, Tolerance, tolerance_for
 from attn_onnx.runtime_check.report import CaseResult, Report
 
 FORMAT = "attn-onnx-bundle/1"
@@ -104,7 +104,10 @@ def _io(values, dims: dict, dtypes: dict) -> list[dict]:
 def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, module, *, name: str,
                  force: bool = False, seed: int = 0, external: bool = False) -> Path:
     """Write the bundle folder atomically (a temp folder beside `target`, then a rename). With `external`
-    (or past 2 GiB), the weights go to `model.onnx.data` beside the model, hashed in the manifest too."""
+    (or past 2 GiB), the weights go to `model.onnx.data` beside the model, hashed in the manifest too.
+
+    `module` holds the weights as the model does (dequantized, for an int8 model): the golden vectors are its
+    float64 answers, and the manifest's tolerance is the profile of the model's precision."""
     import torch
 
     from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
@@ -125,7 +128,7 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
             sets.append({"folder": sub.name, "case": case.name, "description": _describe_case(case),
                          "inputs": _write_tensors(folder, sub, "input", {v.name: feeds[v.name] for v in inputs}),
                          "outputs": _write_tensors(folder, sub, "output", {n: outputs[n] for n in spec.output_names})})
-        tolerance = EXACT if spec.kind.integer_outputs(spec) else FLOAT32
+        _, tolerance = tolerance_for(spec.precision, spec.kind.integer_outputs(spec))
         import onnxruntime
         import onnxscript
 

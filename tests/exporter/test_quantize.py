@@ -2,6 +2,8 @@
 the golden holds exactly the file's weights), the check passes at the int8 profile in every variant, and a
 fully-masked row stays uniform."""
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -9,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from attn_onnx.cli.check_attn import main as check
 from attn_onnx.cli.export_attn import main as export
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.exporter.variants import VARIANTS
@@ -17,8 +20,8 @@ from attn_onnx.runtime_check.check import CheckConfig, check_model
 from attn_onnx.runtime_check.compare import PROFILES
 from attn_onnx.runtime_check.reference import reference_module
 
-from tests.exporter.test_dtypes import large_feeds
-from tests.exporter.test_variants import variant_fields
+from tests.exporter.refusals import assert_refused
+from tests.exporter.test_variants import large_feeds, seed_output, variant_fields
 
 SWEEP = Sweep(batches=(1, 3), lengths=(1, 9, 33))
 
@@ -60,13 +63,10 @@ def test_a_fully_masked_row_stays_uniform_when_quantized(exported, variant):
     path, spec, module = exported(**variant_fields(variant, quantize="int8"))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rebuilt, _ = reference_module(onnx.load(path), spec)  # the dequantized weights
-    double = rebuilt.double()
     for scale in (1, 30, 300):
         feeds, masked = large_feeds(spec, scale)
         got = session.run(None, feeds)[0]
-        with torch.no_grad():
-            q, k, v = (torch.from_numpy(feeds[n].astype(np.float64)) for n in ("query", "key", "value"))
-            want = double(q, k, v, torch.from_numpy(feeds["mask"].astype(np.float64))).numpy()
+        want = seed_output(rebuilt, feeds)
         # the activations are quantized per tensor: the error scales with the inputs' range
         tolerance = PROFILES["int8"]
         np.testing.assert_allclose(got[masked], want[masked], rtol=tolerance.rtol, atol=tolerance.atol * scale)
@@ -84,12 +84,25 @@ def test_export_prints_what_quantizing_cost(tmp_path):
     assert out.stat().st_size < 0.6 * 4 * 512 * 512 * 4  # int8 weights: about a quarter of float32's 4 MiB
 
 
+def test_an_int8_bundle_holds_the_golden_of_its_own_weights_and_profile(tmp_path):
+    """The bundle's golden vectors come from the dequantized weights and its manifest carries the int8
+    profile, so the bundle passes its own check (with the float module's answers at float32 tolerance,
+    every set failed by ~1e-2)."""
+    bundle = tmp_path / "b"
+    result = CliRunner().invoke(export, ["--heads", "4", "--embedding-dim", "32", "--quantize", "int8",
+                                         "--bundle", str(bundle)])
+    assert result.exit_code == 0, result.output
+    tolerance = json.loads((bundle / "manifest.json").read_text())["tolerance"]
+    assert (tolerance["atol"], tolerance["rtol"]) == (PROFILES["int8"].atol, PROFILES["int8"].rtol)
+    checked = CliRunner().invoke(check, ["--bundle", str(bundle)])
+    assert checked.exit_code == 0, checked.output
+    assert "| summary | 5 passed, 0 failed" in checked.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["--quantize", "int8", "--module", "attention"], "--quantize does not apply to --module attention"),
     (["--quantize", "int8", "--dtype", "float16"], "--quantize int8 quantizes float32 weights; not with --dtype"),
     (["--quantize", "int4"], "'int4' is not 'int8'"),
 ])
 def test_refusals(tmp_path, args, message):
-    result = CliRunner().invoke(export, [*args, "--out", str(tmp_path / "m.onnx")])
-    assert result.exit_code == 2 and message in result.output, result.output
-    assert list(tmp_path.iterdir()) == []
+    assert_refused(tmp_path, args, message)
