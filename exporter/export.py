@@ -83,22 +83,26 @@ def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0
     if spec.optimize:
         from attn_onnx.exporter.optimize import optimize
 
-        proto, weights = optimize(proto, spec.weights)
-        spec = spec.replace(weights=weights)
-        _describe(proto, spec)
-        check_onnx(proto)
+        proto, spec = _rewritten(optimize, proto, spec)
     if spec.quantize:
         from attn_onnx.exporter.quantize import quantize
 
-        proto, weights = quantize(proto, spec.weights)
-        spec = spec.replace(weights=weights)
-        _describe(proto, spec)
-        check_onnx(proto)
+        proto, spec = _rewritten(quantize, proto, spec)
+    return proto, spec
+
+
+def _rewritten(rewrite, proto: onnx.ModelProto, spec: ExportSpec) -> tuple[onnx.ModelProto, ExportSpec]:
+    """The model after a pass over it (`rewrite(proto, weights) -> (proto, weights)`), described and checked
+    again, with the spec's weight map following the weights."""
+    proto, weights = rewrite(proto, spec.weights)
+    spec = spec.replace(weights=weights)
+    _describe(proto, spec)
+    check_onnx(proto)
     return proto, spec
 
 
 def check_onnx(proto: onnx.ModelProto | str | Path) -> None:
-    """onnx.checker on the model; past 2 GiB only a saved file can be checked (check_saved)."""
+    """onnx.checker on the model; past 2 GiB only a saved file can be checked (pass its path)."""
     if isinstance(proto, onnx.ModelProto) and needs_external(proto):
         return
     try:

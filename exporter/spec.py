@@ -96,7 +96,7 @@ class ExportSpec:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UsageError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
-        if self.dtype != "float32" and self.dtype not in kind.dtypes:
+        if self.dtype not in kind.dtypes:
             raise UsageError(f"--dtype {self.dtype} does not apply to {kind.flag}: it takes {'/'.join(kind.dtypes)}")
         if self.quantize and "quantize" not in kind.export_options:
             raise UsageError(f"--quantize does not apply to {kind.flag}")

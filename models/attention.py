@@ -20,15 +20,15 @@ from torch.nn import functional as F
 # give NaN (softmax of all -inf) and a boolean-mask SDPA would give zeros. -1e9 is exact in float32.
 MASK_FILL = -1e9
 
+# The mask convention, as stated in every exported model's metadata.
+MASK_CONVENTION = "nonzero = attend; 0 = masked, filled with -1e9"
+
 
 def mask_fill(dtype: torch.dtype) -> float:
     """MASK_FILL in `dtype`: float16 cannot hold -1e9 (it would overflow to -inf and turn a fully-masked row
     into NaN), so there the fill is its lowest finite value, -65504. The row stays uniform, and an allowed
     key still wins: exp(-65504 - score) is 0. float32, float64 and bfloat16 hold -1e9 itself."""
     return max(MASK_FILL, torch.finfo(dtype).min)
-
-# The mask convention, as stated in every exported model's metadata.
-MASK_CONVENTION = "nonzero = attend; 0 = masked, filled with -1e9"
 
 
 def subsequent_mask(size: int) -> torch.Tensor:

@@ -92,9 +92,8 @@ class AttentionKindBase(ModuleKind):
         return {name: spec.dtype for name in self.output_dims(spec)}
 
     def _qkv(self, spec, dims, rng, lead: tuple, width: int, mask, mask_lead: tuple) -> dict[str, np.ndarray]:
-        from attn_onnx.exporter.spec import MASK_DTYPES
-
         from attn_onnx.dtypes import numpy_dtype
+        from attn_onnx.exporter.spec import MASK_DTYPES
 
         b, q, kv = dims["batch"], dims["q_len"], dims["kv_len"]
         dtype = numpy_dtype(spec.dtype)  # drawn in float32 and rounded, so every dtype sees the same numbers

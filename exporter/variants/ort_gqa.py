@@ -34,11 +34,9 @@ def build(spec, graph, example, module) -> Built:
     w, weights = GraphWriter(), Weights(module)
     p = projections(w, weights, packed_bias=False, spec=spec)  # query, key, value (B, len, E), biases added
     allowed = allowed_mask(w, spec)  # (B, mask_q_len, kv_len) or causal (q_len, kv_len) bool
-    lengths, fast = _causal_padding(w, spec, allowed)  # (B,) int32 key lengths; scalar bool: GQA applies
+    lengths, total, fast = _causal_padding(w, spec, allowed)  # (B,) key lengths, kv_len (int32); GQA applies
 
     gqa = w.branch()
-    total = gqa.op("Cast", [gqa.op("Gather", [gqa.op("Shape", [p["key"]]), w.constant("i_1", np.array(1, np.int64))],
-                                   axis=0)], to=INT32, stem="total")
     seqlens = gqa.op("Sub", [lengths, w.constant("i32_1", np.array(1, np.int32))], stem="seqlens_k")
     attended_fast = gqa.op("GroupQueryAttention", [p["query"], p["key"], p["value"], "", "", seqlens, total],
                            stem="attended", outputs=3, domain="com.microsoft", num_heads=spec.heads,
@@ -60,18 +58,18 @@ def build(spec, graph, example, module) -> Built:
     return Built(model(w, spec, {"": spec.opset, "com.microsoft": 1}, doc), weights.map)
 
 
-def _causal_padding(w: GraphWriter, spec, allowed: str) -> tuple[str, str]:
-    """The key length of each example (B,) int32, and whether the mask is exactly causal AND key padding with
-    q_len == kv_len and every length >= 1 (a scalar bool)."""
+def _causal_padding(w: GraphWriter, spec, allowed: str) -> tuple[str, str, str]:
+    """The key length of each example (B,) int32, kv_len as an int32 scalar, and whether the mask is exactly
+    causal AND key padding with q_len == kv_len and every length >= 1 (a scalar bool)."""
     one = w.constant("i64_1d_1", np.array([1], np.int64))
-    q_len = w.op("Gather", [w.op("Shape", [source(spec, "query")]), w.constant("i_1", np.array(1, np.int64))], axis=0)
+    query_shape = w.op("Shape", [source(spec, "query")])
+    q_len = w.op("Gather", [query_shape, w.constant("i_1", np.array(1, np.int64))], axis=0)
     kv_len = w.op("Gather", [w.op("Shape", [source(spec, "key")]), w.constant("i_1", np.array(1, np.int64))], axis=0)
+    total = w.op("Cast", [kv_len], to=INT32, stem="total")
     square = w.op("Equal", [q_len, kv_len], stem="square")
-    batch = w.op("Slice", [w.op("Shape", [source(spec, "query")]), w.constant("i64_1d_0", np.array([0], np.int64)),
-                           one])  # (1,)
     if spec.mask == "causal":  # built in: top-left, hence exactly causal when square; every key valid
-        full = w.op("Expand", [w.op("Cast", [kv_len], to=INT32), batch], stem="lengths")  # (B,)
-        return full, square  # top-left and bottom-right agree when square
+        batch = w.op("Slice", [query_shape, w.constant("i64_1d_0", np.array([0], np.int64)), one])  # (1,)
+        return w.op("Expand", [total, batch], stem="lengths"), total, square  # the alignments agree when square
     # the last query row of causal AND padding allows exactly the example's valid keys
     last = w.op("Gather", [allowed, w.constant("i_m1", np.array(-1, np.int64))], axis=1, stem="last_row")  # (B, kv)
     lengths = w.op("ReduceSum", [w.op("Cast", [last], to=INT32), w.constant("axes_m1", np.array([-1], np.int64))],
@@ -92,5 +90,5 @@ def _causal_padding(w: GraphWriter, spec, allowed: str) -> tuple[str, str]:
     has_keys = w.op("GreaterOrEqual", [min_length, w.constant("i32_1", np.array(1, np.int32))], stem="has_keys")
     same = w.op("Not", [w.op("Cast", [differs], to=TensorProto.BOOL)], stem="same")
     fast = w.op("And", [w.op("And", [square, full_mask]), w.op("And", [same, has_keys])], stem="fast")
-    return lengths, fast
+    return lengths, total, fast
 

@@ -80,6 +80,8 @@ class OrtRunner:
             else:
                 binding.bind_output(name, "cuda", 0)
         self.session.run_with_iobinding(binding)
+        if self.precision != "bfloat16":
+            return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
         return dict(zip(self.output_names, (from_ortvalue(v) for v in binding.get_outputs())))
 
 

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from attn_onnx.cli.export_attn import main as export
 from attn_onnx.dtypes import numpy_dtype, to_numpy, to_torch
+from attn_onnx.exporter.export import in_dtype
 from attn_onnx.exporter.variants import VARIANTS
 from attn_onnx.models import attention
 from attn_onnx.models.attention import mask_fill
@@ -17,7 +18,8 @@ from attn_onnx.runtime_check.cases import Sweep
 from attn_onnx.runtime_check.check import CheckConfig, check_model
 from attn_onnx.runtime_check.compare import PROFILES
 
-from tests.exporter.test_variants import variant_fields
+from tests.exporter.refusals import assert_refused
+from tests.exporter.test_variants import large_feeds, seed_output, variant_fields
 
 SWEEP = Sweep(batches=(1, 3), lengths=(1, 9, 33))
 U = {"float16": 2.0**-11, "bfloat16": 2.0**-8}  # unit roundoff
@@ -74,33 +76,18 @@ def test_runtime_check_passes_at_each_dtype_in_every_variant(exported, dtype, va
         assert result.needed_atol <= profile.atol / 1.5, result.line()
 
 
-def large_feeds(spec, scale):
-    """Inputs scaled so that scores reach hundreds (float16's range allowing), with fully-masked rows."""
-    rng = np.random.default_rng(3)
-    mask = (rng.random((3, 6, 7)) < 0.6).astype(np.uint8)
-    mask[0, 2] = 0
-    mask[2] = 0
-    feeds = spec.kind.inputs(spec, {"batch": 3, "q_len": 6, "kv_len": 7}, rng, mask)
-    for name in ("query", "key", "value"):
-        feeds[name] = (feeds[name].astype(np.float32) * scale).astype(feeds[name].dtype)
-    return feeds, mask.max(axis=-1) == 0  # (3, 6): the fully-masked rows
-
-
 @pytest.mark.parametrize("variant", dtype_variants("float16"))
 def test_a_fully_masked_row_stays_uniform_in_float16_at_large_scores(exported, variant):
     """The seed's -1e9 in float16 is -inf: softmax of a fully-masked row is NaN unless the fill is clamped
     (torch-export, additive-mask) or the row is replaced (every fused variant)."""
     path, spec, module = exported(**variant_fields(variant, dtype="float16"))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    double = type(module)(module.head, module.embedding_dim, dropout=0.0).double().eval()
-    double.load_state_dict({k: v.half().double() for k, v in module.state_dict().items()})  # as stored
+    stored = in_dtype(module, "float16")  # the weights as the model holds them
     for scale in (1, 8, 30):
-        feeds, masked = large_feeds(spec, scale)
+        feeds, masked = large_feeds(spec, scale)  # float16 inputs, scores within float16's range
         got = session.run(None, feeds)[0].astype(np.float64)
         assert np.isfinite(got).all(), scale
-        with torch.no_grad():
-            q, k, v = (torch.from_numpy(feeds[n].astype(np.float64)) for n in ("query", "key", "value"))
-            want = double(q, k, v, torch.from_numpy(feeds["mask"].astype(np.float64))).numpy()
+        want = seed_output(stored, feeds)
         # a masked row is the projection of a mean of 7 values: a few float16 roundings of its magnitude
         magnitude = np.abs(want[masked]).max()
         np.testing.assert_allclose(got[masked], want[masked], rtol=0, atol=8 * U["float16"] * magnitude)
@@ -129,9 +116,7 @@ def test_moved_weights_fail_the_dtype_profile(exported, dtype, factor):
     (["--dtype", "float64"], "'float64' is not one of"),
 ])
 def test_refusals(tmp_path, args, message):
-    result = CliRunner().invoke(export, [*args, "--out", str(tmp_path / "m.onnx")])
-    assert result.exit_code == 2 and message in result.output, result.output
-    assert list(tmp_path.iterdir()) == []
+    assert_refused(tmp_path, args, message)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -64,7 +64,7 @@ def test_the_golden_rebuilt_from_the_file_holds_the_modules_weights(exported, va
 
 
 def seed_output(module, feeds):
-    """The seed module in float64 on the feeds."""
+    """The seed module in float64 (from its weights at whatever dtype they are) on the feeds."""
     double = type(module)(module.head, module.embedding_dim, dropout=0.0).double().eval()
     double.load_state_dict({k: v.double() for k, v in module.state_dict().items()})
     with torch.no_grad():
@@ -73,14 +73,15 @@ def seed_output(module, feeds):
 
 
 def large_feeds(spec, scale):
-    """Inputs scaled so that scores reach hundreds, with fully-masked rows (one, and a whole example)."""
+    """Inputs scaled so that scores reach hundreds, with fully-masked rows (one, and a whole example); scaled
+    in float32 and rounded back to the spec's dtype."""
     rng = np.random.default_rng(3)
     mask = (rng.random((3, 6, 7)) < 0.6).astype(np.uint8)
     mask[0, 2] = 0
     mask[2] = 0
     feeds = spec.kind.inputs(spec, {"batch": 3, "q_len": 6, "kv_len": 7}, rng, mask)
     for name in ("query", "key", "value"):
-        feeds[name] *= np.float32(scale)
+        feeds[name] = (feeds[name].astype(np.float32) * np.float32(scale)).astype(feeds[name].dtype)
     return feeds, mask.max(axis=-1) == 0  # (3, 6): the fully-masked rows
 
 
