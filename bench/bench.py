@@ -6,8 +6,9 @@ Contenders, per shape (batch, len) at one width, heads and thread count:
   --dtype as `ort:<variant>@float16`, with --quantize int8 as `ort:<variant>@int8` (their max_abs against
   the float64 module of the float32 weights is what the precision costs);
 - PyTorch eager of the seed module (`torch-eager`), and PyTorch SDPA with the same weights (`torch-sdpa`).
-A round times every contender once (each for about `target_s`); the figure is the median over rounds, so
-a noisy neighbour slows all contenders of a round alike instead of one of them.
+A round times every contender once (each for about `target_s`, after a pause that lets the previous
+contender's threads stop spinning); the figure is the median over rounds, so a noisy neighbour slows all
+contenders of a round alike instead of one of them.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ from attn_onnx.runtime_check.cases import make_mask
 DEFAULT_SHAPES = ((1, 16), (8, 128), (1, 512), (4, 512), (1, 2048))
 BASELINES = ("torch-eager", "torch-sdpa")
 SGEMM_N = 2048
+# Both libraries keep their pool threads spinning after a call: onnxruntime's intra-op threads for tens of
+# milliseconds (PyTorch SDPA at (4, 512) timed right after an onnxruntime run took 2x its time alone, and
+# still 1.6x after a 30 ms pause; after 50 ms it ran as alone), PyTorch's OpenMP threads likewise. On two
+# cores the next contender would share them with that spinning. So each contender starts after a pause.
+SETTLE_S = 0.1
 
 
 @dataclass
@@ -109,8 +115,10 @@ def sdpa(module, query, key, value, mask):
     return module.linears[3](x.transpose(1, 2).reshape(b, -1, h * d_k))
 
 
-def _timed(call, target_s: float) -> float:
-    """Seconds per call, over as many calls as fill about `target_s` (at least one)."""
+def _timed(call, target_s: float, settle_s: float = SETTLE_S) -> float:
+    """Seconds per call, over as many calls as fill about `target_s` (at least one), after `settle_s` of
+    quiet and one untimed call."""
+    time.sleep(settle_s)
     start = time.perf_counter()
     call()
     once = time.perf_counter() - start
