@@ -56,7 +56,42 @@ def quantize(proto: onnx.ModelProto, weights: dict[str, dict]) -> tuple[onnx.Mod
     if not any("scale" in entry for entry in mapped.values()):
         raise ExportError("quantize_dynamic quantized none of the projections")
     del quantized.metadata_props[:]  # the exporter writes them again, with `quantize`
+    _sort_nodes(quantized.graph)
     return quantized, mapped
+
+
+def _sort_nodes(graph: onnx.GraphProto) -> None:
+    """Order the nodes so that each comes after what it reads, what its If/Loop branches read included:
+    quantize_dynamic's own sort sees only a node's inputs and puts a quantized projection after the If
+    whose branch reads it."""
+    def reads(node) -> set[str]:
+        names = set(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                for inner in sub.node:
+                    names |= reads(inner)
+        return names
+
+    produced = {name for node in graph.node for name in node.output}
+    pending = [(node, reads(node) & produced) for node in graph.node]
+    ready: set[str] = set()
+    ordered = []
+    while pending:
+        waiting = []
+        for node, needs in pending:
+            if needs <= ready:
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                waiting.append((node, needs))
+        if len(waiting) == len(pending):
+            raise ExportError("after quantization, the graph has a cycle")
+        pending = waiting
+    nodes = [onnx.NodeProto() for _ in ordered]
+    for copy, node in zip(nodes, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 @contextlib.contextmanager

@@ -50,6 +50,17 @@ class GraphWriter:
         """This branch's nodes as an `If` branch with one output."""
         return helper.make_graph(self.nodes, name, [], [helper.make_tensor_value_info(output, elem_type, None)])
 
+    def loop_body(self, name: str, counter: str, cond: str, scan: str, elem_type: int,
+                  shape: list) -> onnx.GraphProto:
+        """This branch's nodes as a `Loop` body: (iteration number, condition) in, (condition, one scan
+        output) out; the condition is passed through unchanged (the trip count ends the loop)."""
+        cond_out = self.op("Identity", [cond], stem="cond")
+        return helper.make_graph(self.nodes, name,
+                                 [helper.make_tensor_value_info(counter, TensorProto.INT64, []),
+                                  helper.make_tensor_value_info(cond, TensorProto.BOOL, [])],
+                                 [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+                                  helper.make_tensor_value_info(scan, elem_type, shape)])
+
     def op(self, op_type: str, inputs: list[str], stem: str | None = None, outputs: int = 1,
            domain: str = "", **attrs) -> str | list[str]:
         names = [self.fresh(stem or op_type.lower()) for _ in range(outputs)]
@@ -180,15 +191,23 @@ def can_mask_whole_rows(spec) -> bool:
     return spec.mask == "input" or (spec.mask == "causal" and spec.causal_align == "bottom-right")
 
 
-def uniform_rows(w: GraphWriter, attended: str, allowed: str, value: str, value_bias: str | None) -> str:
-    """The seed's answer on fully-masked rows: the mean of the projected values, where no key is allowed."""
+def uniform_rows(w: GraphWriter, attended: str, allowed: str, value: str, value_bias: str | None,
+                 elem_type: int) -> str:
+    """The seed's answer on fully-masked rows: the mean of the projected values, where no key is allowed.
+
+    Behind an `If`: a mask with a key in every row (causal, causal + padding) skips the mean and the Where."""
     any_allowed = w.op("ReduceMax", [w.op("Cast", [allowed], to=TensorProto.UINT8),  # uint8: 12x faster than int32
                                      w.constant("axes_last", np.array([-1], np.int64))], keepdims=1)
-    any_allowed = w.op("Cast", [any_allowed], to=TensorProto.BOOL, stem="any_allowed")  # (B, mask_q_len | q_len, 1)
-    mean = w.op("ReduceMean", [value, w.constant("axes_len", np.array([1], np.int64))], keepdims=1)  # (B, 1, E)
+    every_row = w.op("Cast", [w.op("ReduceMin", [any_allowed], keepdims=0)], to=TensorProto.BOOL, stem="every_row")
+    keep, fix = w.branch(), w.branch()
+    kept = keep.op("Identity", [attended], stem="attended")
+    any_allowed = fix.op("Cast", [any_allowed], to=TensorProto.BOOL, stem="any_allowed")  # (B, mask_q_len | q_len, 1)
+    mean = fix.op("ReduceMean", [value, w.constant("axes_len", np.array([1], np.int64))], keepdims=1)  # (B, 1, E)
     if value_bias is not None:
-        mean = w.op("Add", [mean, value_bias], stem="mean_v")
-    return w.op("Where", [any_allowed, attended, mean], stem="attended")  # (B, q_len, E)
+        mean = fix.op("Add", [mean, value_bias], stem="mean_v")
+    fixed = fix.op("Where", [any_allowed, attended, mean], stem="attended")  # (B, q_len, E)
+    return w.op("If", [every_row], stem="attended", then_branch=keep.subgraph("keep", kept, elem_type),
+                else_branch=fix.subgraph("uniform_rows", fixed, elem_type))
 
 
 def output_projection(w: GraphWriter, weights: Weights, attended: str) -> None:

@@ -7,6 +7,7 @@ rows are restored to the seed's uniform attention (see fused.py).
 
 from __future__ import annotations
 
+from attn_onnx.dtypes import ONNX_TYPES
 from attn_onnx.exporter.variants import Built
 from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, allowed_mask, model, per_head,
                                                output_projection, projections, scale, uniform_rows)
@@ -25,7 +26,7 @@ def build(spec, graph, example, module) -> Built:
         inputs.append(per_head(w, allowed, spec))  # (B | 1, 1, q_len, kv_len)
     attended = w.op("Attention", inputs, stem="attended", **attrs)  # (B, q_len, E)
     if allowed is not None:
-        attended = uniform_rows(w, attended, allowed, p["value"], None)
+        attended = uniform_rows(w, attended, allowed, p["value"], None, ONNX_TYPES[spec.dtype])
     output_projection(w, weights, attended)
     doc = "MultiHeadedAttention through the ONNX Attention op (attn-onnx variant onnx-attention)"
     return Built(model(w, spec, {"": spec.opset}, doc), weights.map)

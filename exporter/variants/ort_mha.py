@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from attn_onnx.dtypes import ONNX_TYPES
 from attn_onnx.exporter.variants import Built
 from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bias, allowed_mask,
                                                can_mask_whole_rows, model, output_projection, projections, scale,
@@ -26,7 +27,7 @@ def build(spec, graph, example, module) -> Built:
         width = spec.embedding_dim
         value_bias = w.op("Slice", [p["bias"], w.constant("v_start", np.array([2 * width], np.int64)),
                                     w.constant("v_end", np.array([3 * width], np.int64))], stem="value_bias")
-        attended = uniform_rows(w, attended, allowed, p["value"], value_bias)
+        attended = uniform_rows(w, attended, allowed, p["value"], value_bias, ONNX_TYPES[spec.dtype])
     output_projection(w, weights, attended)  # (B, q_len, E)
     doc = "MultiHeadedAttention through com.microsoft.MultiHeadAttention (attn-onnx variant ort-mha)"
     return Built(model(w, spec, {"": spec.opset, "com.microsoft": 1}, doc), weights.map)
