@@ -1,0 +1,105 @@
+"""tiled: tiles of query rows, each over the keys up to its last row plus a reach decided at run time. Tiny
+tiles (a few rows) make every shape span many tiles, the last one overlapping, so that each path is checked
+against float64 at small sizes; the reach and the tile size are read off the graph's own values."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import attn_onnx.exporter.variants.tiled as tiled
+from attn_onnx.exporter.export import build_module, export_model
+from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.runtime_check.cases import Sweep, make_mask
+from attn_onnx.runtime_check.check import CheckConfig, check_model
+
+from tests.exporter.test_variants import SMALL
+
+SHAPES = ((1, 1, 1), (2, 7, 7), (3, 9, 9), (2, 10, 10), (3, 9, 5), (2, 5, 9), (1, 33, 33))  # 10: 3+3+3+1 rows
+
+
+@pytest.fixture(scope="module")
+def tiny_tiles(tmp_path_factory):
+    """export(**fields) -> (path, spec, module) for a tiled export whose tiles are 3 rows."""
+    folder, cache = tmp_path_factory.mktemp("tiny_tiles"), {}
+
+    def export(**fields):
+        key = tuple(sorted(fields.items()))
+        if key not in cache:
+            spec = ExportSpec(**{**SMALL, "variant": "tiled", "opset": 18, **fields}).validate()
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(tiled, "TILE_SCORES", 1)
+                patch.setattr(tiled, "MIN_TILE", 3)
+                path = export_model(spec, folder / f"{len(cache)}.onnx", seed=0).path
+            cache[key] = (path, spec, build_module(spec, seed=0))
+        return cache[key]
+
+    return export
+
+
+@pytest.mark.parametrize("fields", [
+    {"mask": "input"}, {"mask": "input", "mask_dtype": "float32"}, {"mask": "causal"},
+    {"mask": "causal", "causal_align": "bottom-right"}, {"mask": "none"},
+    {"mask": "input", "module": "mha-self"}, {"mask": "causal", "module": "mha-self"}])
+def test_many_small_tiles_match_float64_in_onnxruntime_and_onnx_reference(tiny_tiles, fields):
+    path, spec, module = tiny_tiles(**fields)
+    shapes = tuple(s for s in SHAPES if spec.module != "mha-self" or s[1] == s[2])
+    report = check_model(path, CheckConfig(runtimes=("onnxruntime", "reference"), sweep=Sweep(shapes=shapes)),
+                         module=module)
+    assert report.ok and not report.nothing_checked, [r.line() for r in report.failed]
+    assert {r.runner for r in report.results} == {"onnxruntime/cpu", "onnx-reference"}
+
+
+def with_values(path, *names):
+    """The model with some of its inner values (the reach, the tile size, the tile count) as extra outputs."""
+    proto = onnx.load(path)
+    found = {}
+    for node in proto.graph.node:
+        for out in node.output:
+            for name in names:
+                if out.rsplit("_", 1)[0] == name:
+                    found[name] = out
+    for name in names:
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(found[name], onnx.TensorProto.INT64, None))
+    return proto, [found[n] for n in names]
+
+
+@pytest.mark.parametrize("mask_kind, reach", [
+    ("causal+padding", 0), ("causal", 0), ("zeros", 0),  # nothing above the diagonal: keys up to the tile
+    ("ones", 9), ("masked_row", 9), ("padding", 9),  # keys above the diagonal: every key
+])
+def test_the_reach_is_decided_from_the_mask(tiny_tiles, mask_kind, reach):
+    path, spec, module = tiny_tiles(mask="input")
+    proto, names = with_values(path, "reach")
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = spec.kind.inputs(spec, {"batch": 3, "q_len": 9, "kv_len": 9}, np.random.default_rng(0),
+                             make_mask(mask_kind, 3, 9, 9, np.random.default_rng(1)))
+    assert int(session.run(names, feeds)[0]) == reach
+
+
+def test_skipping_keys_above_the_diagonal_is_wrong_for_masks_that_allow_them(tiny_tiles, tmp_path):
+    """The reach matters: forced to 0, the tiles drop keys the mask allows, and the check fails exactly on
+    the masks that allow keys above the diagonal. The honest model passes the same sweep."""
+    path, spec, module = tiny_tiles(mask="input")
+    proto = onnx.load(path)
+    (mul,) = [n for n in proto.graph.node if n.output[0].rsplit("_", 1)[0] == "reach"]
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0, np.int64), "no_reach"))
+    mul.op_type, mul.input[:] = "Identity", ["no_reach"]
+    forced = tmp_path / "forced.onnx"
+    onnx.save(proto, forced)
+    config = CheckConfig(runtimes=("onnxruntime",), sweep=Sweep(shapes=((2, 7, 7), (3, 9, 9))))
+    assert check_model(path, config, module=module).ok
+    failed = {r.case.rsplit(".", 1)[1] for r in check_model(forced, config, module=module).failed}
+    assert failed == {"ones", "masked_row", "padding"}
+
+
+@pytest.mark.parametrize("batch, length, tile", [(1, 2048, 64), (4, 512, 64), (8, 128, 128), (1, 16, 16),
+                                                 (1, 8192, 16), (16, 1024, 16)])
+def test_a_tile_holds_about_tile_scores_numbers(exported, batch, length, tile):
+    """T = TILE_SCORES / (B * h * kv_len) rows, at least MIN_TILE, at most q_len (8 heads, 1 << 20 scores)."""
+    path, spec, _ = exported(heads=8, embedding_dim=64, variant="tiled", opset=18, mask="none")
+    proto, names = with_values(path, "tile", "tile_count")
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {n: np.zeros((batch, length, 64), np.float32) for n in ("query", "key", "value")}
+    got_tile, got_count = session.run(names, feeds)
+    assert (int(got_tile), int(got_count)) == (tile, -(-length // tile))
