@@ -1,24 +1,22 @@
 """`tiled`: the seed's MatMul/Softmax one tile of query rows at a time, each tile over only the keys its mask
 can allow. Standard operators (a `Loop`): any runtime.
 
-Query rows [s, s+T) under a causal mask allow keys 0..s+T-1 at most, so a tile's scores are (B, h, T, s+T):
+Query rows [s, s+T) under a causal mask allow keys 0..s+T-1 at most, so a tile's scores are (G, h, T, s+T):
 the upper triangle beyond the tile is never computed, and no (q_len, kv_len) tensor is ever held. A tile is
 sized so that its scores stay in cache (about TILE_SCORES numbers). A row's softmax lies wholly inside its
-tile, so it is the seed's softmax over the row, not an online (flash) rescaling of partial sums. Every tile
-has T rows (the last one starts at q_len - T and overlaps its neighbour), so the loop's scan output has one
-shape; a Gather puts the rows back in order.
+tile, so it is the seed's softmax over the row, not an online (flash) rescaling of partial sums.
 
-Each tile takes the keys up to its last row plus a reach, decided at run time:
-- 0 for a mask input that allows no key above the diagonal (causal, causal AND padding, ...: one pass over
-  the mask decides) and for the built-in top-left causal mask; kv_len - q_len for bottom-right;
-- every key for no mask or any other mask (the tiles then only bound the memory).
-A key past a mask's reach is masked anyway, so leaving it out changes nothing: exp(-FLT_MAX - max) is 0.
-Fully-masked rows get the seed's uniform answer after the loop (fused.uniform_rows): inside a tile they
-would be uniform over the tile's keys only.
+Which keys a tile takes is read off the mask at run time (_mask_reach, one ArgMax over it):
+- the reach: query i attends no key j > i + reach (0 for causal and causal AND padding masks; the
+  built-in causal mask's is known: 0 top-left, kv_len - q_len bottom-right; no mask: every key);
+- each example's last allowed key: a tile of a mask input holds G examples (one, unless whole examples are
+  short) and stops at the last key any of them may attend, so padded examples cost what their lengths cost.
+A key left out is one the mask forbids, so leaving it out changes nothing: exp(-FLT_MAX - max) is 0.
 
-Not tried further: a loop per example for causal+padding masks, which could skip each example's padded
-keys; padded query rows still attend every valid key with their own query, so it would save about a
-quarter of the attention of a half-padded batch, for a second loop and a mask check.
+Every tile has G examples and T rows (the last ones start G examples and T rows before the end and overlap
+their neighbours), so the loop's scan output has one shape; one Gather puts the rows in place. Fully-masked
+rows get the seed's uniform answer after the loop (fused.uniform_rows): inside a tile they would be uniform
+over the tile's keys only.
 """
 
 from __future__ import annotations
@@ -33,8 +31,12 @@ from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bi
                                                uniform_rows)
 
 INT64 = TensorProto.INT64
-TILE_SCORES = 1 << 20  # scores per tile (4 MiB in float32): B * h * T * kv_len, T at least MIN_TILE rows
+TILE_SCORES = 1 << 20  # scores per tile (4 MiB in float32): G * h * T * kv_len, T at least MIN_TILE rows
 MIN_TILE = 16
+# with a mask input, a tile holds few examples (each tile's keys end at the last one its examples may attend):
+# one, unless whole examples are short enough that about this many scores fit; the loop costs tens of
+# microseconds a turn, which many one-example tiles of short sequences would add up
+GROUP_SCORES = 1 << 17
 
 
 def build(spec, graph, example, module) -> Built:
@@ -62,76 +64,130 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
     batch = w.op("Gather", [q_shape, _i64(w, 0)], axis=0, stem="batch")
     q_len = w.op("Gather", [q_shape, _i64(w, 2)], axis=0, stem="q_len")
     kv_len = w.op("Gather", [w.op("Shape", [k]), _i64(w, 2)], axis=0, stem="kv_len")
-    reach = _reach(w, spec, allowed, q_len, kv_len)  # query i attends no key j > i + reach
-    per_row = w.op("Mul", [w.op("Mul", [batch, _i64(w, spec.heads)]), kv_len], stem="per_row")  # scores per row
-    tile = w.op("Min", [q_len, w.op("Max", [_i64(w, MIN_TILE), w.op("Div", [_i64(w, TILE_SCORES), per_row])])],
-                stem="tile")  # T
-    count = w.op("Div", [w.op("Sub", [w.op("Add", [q_len, tile]), _i64(w, 1)]), tile], stem="tile_count")
+    i64 = lambda value: _i64(w, value)  # noqa: E731
+    per_row = w.op("Mul", [i64(spec.heads), kv_len])  # scores per query row of one example
+    if spec.mask == "input":  # tiles of few examples, each tile's keys ending at the last any of them may attend
+        reach, key_limit = _mask_reach(w, allowed)  # query i attends no key j > i + reach; (B,)
+        tile = _clamp(w, w.op("Div", [i64(TILE_SCORES), per_row]), MIN_TILE, q_len, stem="tile")
+        group = _clamp(w, w.op("Div", [i64(GROUP_SCORES), w.op("Mul", [per_row, tile])]), 1, batch, stem="group")
+    else:  # every example in each tile: their keys end alike
+        reach, key_limit = _reach(w, spec, q_len, kv_len), None
+        tile = _clamp(w, w.op("Div", [i64(TILE_SCORES), w.op("Mul", [per_row, batch])]), MIN_TILE, q_len,
+                      stem="tile")
+        group = batch
+    row_tiles = _ceil_div(w, q_len, tile, stem="tile_count")
+    count = w.op("Mul", [row_tiles, _ceil_div(w, batch, group, stem="groups")])
 
-    body = w.branch()  # one tile: rows [start, start + T), keys [0, n)
+    body = w.branch()  # one tile: examples [first, first + G), rows [start, start + T), keys [0, n)
     counter, cond = w.fresh("tile_index"), w.fresh("cond")
-    start = body.op("Min", [body.op("Mul", [counter, tile]), body.op("Sub", [q_len, tile])], stem="start")
-    end = body.op("Add", [start, tile], stem="end")
-    keys = body.op("Max", [_i64(w, 1), body.op("Min", [kv_len, body.op("Add", [end, reach])])], stem="keys")
-    start_1, end_1, keys_1 = (_vector(body, x) for x in (start, end, keys))
-    axis_2 = w.constant("axis_2", np.array([2], np.int64))
-    q_tile = body.op("Slice", [q, start_1, end_1, axis_2], stem="q_tile")  # (B, h, T, d_k)
-    k_tile, v_tile = (body.op("Slice", [x, _zero_1(w), keys_1, axis_2], stem="kv_tile") for x in (k, v))  # n keys
+    first = body.op("Min", [body.op("Mul", [body.op("Div", [counter, row_tiles]), group]),
+                            body.op("Sub", [batch, group])], stem="first")
+    start = body.op("Min", [body.op("Mul", [body.op("Mod", [counter, row_tiles]), tile]),
+                            body.op("Sub", [q_len, tile])], stem="start")
+    last, end = body.op("Add", [first, group]), body.op("Add", [start, tile], stem="end")
+    limit = kv_len
+    if key_limit is not None:
+        limit = body.op("ReduceMax", [body.op("Slice", [key_limit, _vector(body, first), _vector(body, last)])],
+                        keepdims=0, stem="limit")
+    keys = body.op("Max", [i64(1), body.op("Min", [limit, body.op("Add", [end, reach])])], stem="keys")
+    first_1, last_1, start_1, end_1, keys_1 = (_vector(body, x) for x in (first, last, start, end, keys))
+    axes = w.constant("axes_0_2", np.array([0, 2], np.int64))
+    q_tile = body.op("Slice", [q, body.op("Concat", [first_1, start_1], axis=0),
+                               body.op("Concat", [last_1, end_1], axis=0), axes], stem="q_tile")  # (G, h, T, d_k)
+    kv_starts = body.op("Concat", [first_1, _zero_1(w)], axis=0)
+    kv_ends = body.op("Concat", [last_1, keys_1], axis=0)
+    k_tile, v_tile = (body.op("Slice", [x, kv_starts, kv_ends, axes], stem="kv_tile") for x in (k, v))  # (G, h, n, d_k)
     scores = body.op("MatMul", [q_tile, body.op("Transpose", [k_tile], perm=[0, 1, 3, 2])], stem="scores")
-    if allowed is not None:  # (B, h, T, n) + (B | 1, 1, T | 1, n)
-        mask_tile = _mask_tile(body, spec, allowed, start, end, keys_1)
+    if allowed is not None:  # (G, h, T, n) + (G | 1, 1, T | 1, n)
+        mask_tile = _mask_tile(body, spec, allowed, first, last, start, end, keys_1)
         scores = body.op("Add", [scores, additive_bias(body, mask_tile, spec, full_rows=False)], stem="scores")
     p_attn = body.op("Softmax", [scores], axis=-1, stem="p_attn")
-    x_tile = body.op("Transpose", [body.op("MatMul", [p_attn, v_tile])], perm=[0, 2, 1, 3])  # (B, T, h, d_k)
+    x_tile = body.op("Transpose", [body.op("MatMul", [p_attn, v_tile])], perm=[0, 2, 1, 3])  # (G, T, h, d_k)
     # flat: onnx.reference's Loop stacks scan outputs with np.vstack, which adds no axis unless they are 1-D
     x_tile = body.op("Reshape", [x_tile, w.constant("flat", np.array([-1], np.int64))], stem="x_tile")
     # an explicit true condition: onnx.reference's Loop runs no iteration when the condition is omitted
     tiles = w.op("Loop", [count, w.constant("true", np.array(True))], stem="tiles", body=body.loop_body(
-        "tile", counter, cond, x_tile, ONNX_TYPES[spec.dtype], ["tile_values"]))  # (tiles, B * T * E)
+        "tile", counter, cond, x_tile, ONNX_TYPES[spec.dtype], ["tile_values"]))  # (count, G * T * E)
+    rows = w.op("Reshape", [tiles, w.constant("rows_shape", np.array([-1, spec.embedding_dim], np.int64))])
 
-    by_tile = w.op("Concat", [_zero_1(w), _vector(w, batch), w.constant("i64_1d_m1", np.array([-1], np.int64)),
-                              w.constant("width_1d", np.array([spec.embedding_dim], np.int64))], axis=0)
-    x = w.op("Transpose", [w.op("Reshape", [tiles, by_tile])], perm=[1, 0, 2, 3], stem="x")  # (B, tiles, T, E)
-    x = w.op("Reshape", [x, w.constant("concat_shape", np.array([0, -1, spec.embedding_dim], np.int64))])
-    return w.op("Gather", [x, _row_order(w, q_len, tile, count)], axis=1, stem="x")  # (B, q_len, E)
+    # output (b, i) is row t of example e of tile (g, j): g-major over the groups, then j, then e, then t
+    g, e = _placed(w, batch, group, "example")  # (B,)
+    j, t = _placed(w, q_len, tile, "row")  # (q_len,)
+    col = lambda x: w.op("Unsqueeze", [x, w.constant("axes_1", np.array([1], np.int64))])  # noqa: E731
+    tile_of = w.op("Add", [w.op("Mul", [col(g), row_tiles]), j])  # (B, q_len)
+    where = w.op("Add", [w.op("Mul", [w.op("Add", [w.op("Mul", [tile_of, group]), col(e)]), tile]), t])
+    return w.op("Gather", [rows, where], axis=0, stem="x")  # (B, q_len, E)
 
 
-def _reach(w: GraphWriter, spec, allowed: str | None, q_len: str, kv_len: str) -> str:
-    """How far past a row the keys it may attend reach: query i attends no key j > i + reach."""
+def _placed(w: GraphWriter, size: str, block: str, stem: str) -> tuple[str, str]:
+    """For each of 0..size-1, which block of `block` it is in and where: blocks end to end, the last one
+    starting at size - block (it overlaps the one before)."""
+    i64 = lambda value: _i64(w, value)  # noqa: E731
+    index = w.op("Range", [i64(0), size, i64(1)])
+    blocks = _ceil_div(w, size, block, stem=stem + "_blocks")
+    in_last = w.op("Cast", [w.op("GreaterOrEqual", [index, w.op("Mul", [w.op("Sub", [blocks, i64(1)]), block])])],
+                   to=INT64)
+    regular = w.op("Sub", [i64(1), in_last])
+    which = w.op("Add", [w.op("Mul", [w.op("Div", [index, block]), regular]),
+                         w.op("Mul", [w.op("Sub", [blocks, i64(1)]), in_last])], stem=stem + "_block")
+    offset = w.op("Add", [w.op("Mul", [w.op("Mod", [index, block]), regular]),
+                          w.op("Mul", [w.op("Sub", [index, w.op("Sub", [size, block])]), in_last])],
+                  stem=stem + "_offset")
+    return which, offset
+
+
+def _clamp(w: GraphWriter, value: str, low: int, high: str, stem: str) -> str:
+    return w.op("Min", [high, w.op("Max", [_i64(w, low), value])], stem=stem)
+
+
+def _ceil_div(w: GraphWriter, a: str, b: str, stem: str) -> str:
+    return w.op("Div", [w.op("Sub", [w.op("Add", [a, b]), _i64(w, 1)]), b], stem=stem)
+
+
+def _reach(w: GraphWriter, spec, q_len: str, kv_len: str) -> str:
+    """For the built-in masks and none: how far past a row its keys reach (query i attends no key j > i +
+    reach)."""
     if spec.mask == "none":
         return kv_len
-    if spec.mask == "causal":  # the mask is built in: its reach is known
-        return w.op("Sub", [kv_len, q_len]) if spec.causal_align == "bottom-right" else _i64(w, 0)
-    cols = w.op("Range", [_i64(w, 0), kv_len, _i64(w, 1)])
-    rows = w.op("Unsqueeze", [w.op("Range", [_i64(w, 0), q_len, _i64(w, 1)]),
-                              w.constant("axes_1", np.array([1], np.int64))])  # (q_len, 1)
-    above = w.op("And", [allowed, w.op("Greater", [cols, rows])], stem="above")  # (B, q_len, kv_len)
-    any_above = w.op("ReduceMax", [w.op("Cast", [above], to=TensorProto.UINT8)], keepdims=0, stem="any_above")
-    return w.op("Mul", [w.op("Cast", [any_above], to=INT64), kv_len], stem="reach")  # 0 or every key
+    return w.op("Sub", [kv_len, q_len]) if spec.causal_align == "bottom-right" else _i64(w, 0)
 
 
-def _mask_tile(body: GraphWriter, spec, allowed: str, start: str, end: str, keys_1: str) -> str:
-    """The tile's rows and first `keys` columns of the allowed mask: (T, n) for the built-in causal mask,
-    (B, T, n) for a mask input, (B, 1, n) for a mask input that is one row for every query."""
-    if spec.mask == "input":  # a (B, 1, kv_len) mask is sliced at row 0 whatever the tile
-        mask_rows = body.op("Gather", [body.op("Shape", [allowed]), _i64(body, 1)], axis=0)
-        full = body.op("Cast", [body.op("Greater", [mask_rows, _i64(body, 1)])], to=INT64)  # mask_q_len > 1
+def _mask_reach(w: GraphWriter, allowed: str) -> tuple[str, str]:
+    """For a mask input: how far past a row its keys reach (the least r with no allowed key j > i + r, at
+    least 0), and for each example one past the last key any of its queries may attend (B,), at least 1.
+
+    Both from each row's last allowed key: one ArgMax over the mask (its last maximum)."""
+    mask = w.op("Cast", [allowed], to=TensorProto.UINT8)  # (B, mask_q_len, kv_len)
+    first_col = w.op("Concat", [w.op("Slice", [w.op("Shape", [mask]), _zero_1(w), w.constant(
+        "i64_1d_2", np.array([2], np.int64))]), w.constant("i64_1d_1", np.array([1], np.int64))], axis=0)
+    ones = w.op("Expand", [w.constant("u8_1", np.array(1, np.uint8)), first_col])  # (B, mask_q_len, 1)
+    # a 1 before key 0: the last 1 of each row is its last allowed key + 1, or 0 where it allows none
+    last = w.op("ArgMax", [w.op("Concat", [ones, mask], axis=-1)], axis=-1, keepdims=0, select_last_index=1)
+    last = w.op("Sub", [last, _i64(w, 1)], stem="last_key")  # (B, mask_q_len), -1 where no key
+    rows = w.op("Range", [_i64(w, 0), w.op("Gather", [w.op("Shape", [allowed]), _i64(w, 1)], axis=0), _i64(w, 1)])
+    reach = w.op("ReduceMax", [w.op("Sub", [last, rows])], keepdims=0)  # a one-row mask: row 0 binds every query
+    reach = w.op("Max", [reach, _i64(w, 0)], stem="reach")
+    limit = w.op("ReduceMax", [last, _vector(w, _i64(w, 1))], keepdims=0)  # (B,)
+    return reach, w.op("Max", [w.op("Add", [limit, _i64(w, 1)]), _i64(w, 1)], stem="key_limit")
+
+
+def _mask_tile(body: GraphWriter, spec, allowed: str, first: str, last: str, start: str, end: str,
+               keys_1: str) -> str:
+    """The tile's examples, rows and first `keys` columns of the allowed mask: (T, n) for the built-in causal
+    mask, (G, T, n) for a mask input, (G, 1, n) for a mask input that is one row for every query."""
+    i64 = lambda value: _i64(body, value)  # noqa: E731
+    if spec.mask == "causal":
+        starts, ends, axes = [_vector(body, start)], [_vector(body, end)], [0, 1]
+    else:  # a (B, 1, kv_len) mask is sliced at row 0 whatever the tile
+        mask_rows = body.op("Gather", [body.op("Shape", [allowed]), i64(1)], axis=0)
+        full = body.op("Cast", [body.op("Greater", [mask_rows, i64(1)])], to=INT64)  # mask_q_len > 1
         start = body.op("Mul", [start, full])
-        end = body.op("Add", [body.op("Mul", [end, full]), body.op("Sub", [_i64(body, 1), full])])
-    axes = np.array([0, 1] if spec.mask == "causal" else [1, 2], np.int64)
-    axes = body.constant("axes_" + "_".join(map(str, axes)), axes)
-    starts = body.op("Concat", [_vector(body, start), _zero_1(body)], axis=0)
-    ends = body.op("Concat", [_vector(body, end), keys_1], axis=0)
-    return body.op("Slice", [allowed, starts, ends, axes], stem="mask_tile")
-
-
-def _row_order(w: GraphWriter, q_len: str, tile: str, count: str) -> str:
-    """Where each output row sits in the tiles laid end to end: row r at r, except in the last tile, which
-    starts at q_len - T instead of (tiles - 1) * T, so its rows sit tiles * T - q_len further on."""
-    rows = w.op("Range", [_i64(w, 0), q_len, _i64(w, 1)])  # (q_len,)
-    padded = w.op("Mul", [count, tile])
-    in_last = w.op("Cast", [w.op("GreaterOrEqual", [rows, w.op("Sub", [padded, tile])])], to=INT64)
-    return w.op("Add", [rows, w.op("Mul", [in_last, w.op("Sub", [padded, q_len])])], stem="row_order")
+        end = body.op("Add", [body.op("Mul", [end, full]), body.op("Sub", [i64(1), full])])
+        starts = [_vector(body, first), _vector(body, start)]
+        ends, axes = [_vector(body, last), _vector(body, end)], [0, 1, 2]
+    axes = body.constant("axes_" + "_".join(map(str, axes)), np.array(axes, np.int64))
+    return body.op("Slice", [allowed, body.op("Concat", starts + [_zero_1(body)], axis=0),
+                             body.op("Concat", ends + [keys_1], axis=0), axes], stem="mask_tile")
 
 
 def _i64(w: GraphWriter, value: int) -> str:

@@ -20,16 +20,18 @@ SHAPES = ((1, 1, 1), (2, 7, 7), (3, 9, 9), (2, 10, 10), (3, 9, 5), (2, 5, 9), (1
 
 @pytest.fixture(scope="module")
 def tiny_tiles(tmp_path_factory):
-    """export(**fields) -> (path, spec, module) for a tiled export whose tiles are 3 rows."""
+    """export(group_scores=1, **fields) -> (path, spec, module) for a tiled export whose tiles are 3 rows (of
+    one example each with a mask input, unless `group_scores` lets more in)."""
     folder, cache = tmp_path_factory.mktemp("tiny_tiles"), {}
 
-    def export(**fields):
-        key = tuple(sorted(fields.items()))
+    def export(group_scores=1, **fields):
+        key = (group_scores, *sorted(fields.items()))
         if key not in cache:
             spec = ExportSpec(**{**SMALL, "variant": "tiled", "opset": 18, **fields}).validate()
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(tiled, "TILE_SCORES", 1)
                 patch.setattr(tiled, "MIN_TILE", 3)
+                patch.setattr(tiled, "GROUP_SCORES", group_scores)
                 path = export_model(spec, folder / f"{len(cache)}.onnx", seed=0).path
             cache[key] = (path, spec, build_module(spec, seed=0))
         return cache[key]
@@ -39,6 +41,7 @@ def tiny_tiles(tmp_path_factory):
 
 @pytest.mark.parametrize("fields", [
     {"mask": "input"}, {"mask": "input", "mask_dtype": "float32"}, {"mask": "causal"},
+    {"mask": "input", "group_scores": 250},  # 4 heads x 9 keys x 3 rows = 108 per example: 2 of 3 (overlapping)
     {"mask": "causal", "causal_align": "bottom-right"}, {"mask": "none"},
     {"mask": "input", "module": "mha-self"}, {"mask": "causal", "module": "mha-self"}])
 def test_many_small_tiles_match_float64_in_onnxruntime_and_onnx_reference(tiny_tiles, fields):
@@ -51,7 +54,8 @@ def test_many_small_tiles_match_float64_in_onnxruntime_and_onnx_reference(tiny_t
 
 
 def with_values(path, *names):
-    """The model with some of its inner values (the reach, the tile size, the tile count) as extra outputs."""
+    """The model with some of its inner values (the reach, the tile size, the tile count, the key limit) as
+    extra outputs."""
     proto = onnx.load(path)
     found = {}
     for node in proto.graph.node:
@@ -66,15 +70,24 @@ def with_values(path, *names):
 
 @pytest.mark.parametrize("mask_kind, reach", [
     ("causal+padding", 0), ("causal", 0), ("zeros", 0),  # nothing above the diagonal: keys up to the tile
-    ("ones", 9), ("masked_row", 9), ("padding", 9),  # keys above the diagonal: every key
+    ("ones", 8), ("padding", 8),  # query 0 attends key 8
+    ("masked_row", None),  # whatever the random mask reaches
 ])
-def test_the_reach_is_decided_from_the_mask(tiny_tiles, mask_kind, reach):
+def test_the_reach_and_each_examples_last_key_are_read_off_the_mask(tiny_tiles, mask_kind, reach):
+    """reach: the least r with no allowed key j > i + r; key_limit: one past an example's last allowed key
+    (at least 1), where its tiles stop."""
     path, spec, module = tiny_tiles(mask="input")
-    proto, names = with_values(path, "reach")
+    proto, names = with_values(path, "reach", "key_limit")
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = spec.kind.inputs(spec, {"batch": 3, "q_len": 9, "kv_len": 9}, np.random.default_rng(0),
-                             make_mask(mask_kind, 3, 9, 9, np.random.default_rng(1)))
-    assert int(session.run(names, feeds)[0]) == reach
+    mask = make_mask(mask_kind, 3, 9, 9, np.random.default_rng(1))
+    feeds = spec.kind.inputs(spec, {"batch": 3, "q_len": 9, "kv_len": 9}, np.random.default_rng(0), mask)
+    got_reach, got_limit = session.run(names, feeds)
+    rows, cols = np.nonzero(np.broadcast_to(mask, (3, 9, 9)).any(axis=0))
+    assert int(got_reach) == max(0, (cols - rows).max(initial=0)) == (reach if reach is not None else got_reach)
+    full = np.broadcast_to(mask, (3, 9, 9)).any(axis=1)  # (B, kv): some query attends key j
+    assert got_limit.tolist() == [max(1, int(np.nonzero(f)[0].max(initial=-1)) + 1) for f in full]
+    if mask_kind == "causal+padding":
+        assert got_limit.tolist() == mask[:, -1].sum(axis=-1).tolist()  # each example's length
 
 
 def test_skipping_keys_above_the_diagonal_is_wrong_for_masks_that_allow_them(tiny_tiles, tmp_path):
@@ -85,6 +98,7 @@ def test_skipping_keys_above_the_diagonal_is_wrong_for_masks_that_allow_them(tin
     (mul,) = [n for n in proto.graph.node if n.output[0].rsplit("_", 1)[0] == "reach"]
     proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0, np.int64), "no_reach"))
     mul.op_type, mul.input[:] = "Identity", ["no_reach"]
+    del mul.attribute[:]
     forced = tmp_path / "forced.onnx"
     onnx.save(proto, forced)
     config = CheckConfig(runtimes=("onnxruntime",), sweep=Sweep(shapes=((2, 7, 7), (3, 9, 9))))
@@ -103,3 +117,16 @@ def test_a_tile_holds_about_tile_scores_numbers(exported, batch, length, tile):
     feeds = {n: np.zeros((batch, length, 64), np.float32) for n in ("query", "key", "value")}
     got_tile, got_count = session.run(names, feeds)
     assert (int(got_tile), int(got_count)) == (tile, -(-length // tile))
+
+
+@pytest.mark.parametrize("batch, length, tile, group", [(8, 128, 128, 1), (4, 512, 256, 1), (256, 16, 16, 64),
+                                                        (32, 64, 64, 4), (3, 16, 16, 3)])
+def test_with_a_mask_input_a_tile_holds_one_example_unless_examples_are_short(exported, batch, length, tile, group):
+    """T = TILE_SCORES / (h * kv_len) rows of G examples, G = GROUP_SCORES / (h * kv_len * T), at least 1 and
+    at most the batch: many short sequences share tiles, where one tile each would cost a loop turn each."""
+    path, spec, _ = exported(heads=8, embedding_dim=64, variant="tiled", opset=18)
+    proto, names = with_values(path, "tile", "group")
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {n: np.zeros((batch, length, 64), np.float32) for n in ("query", "key", "value")}
+    feeds["mask"] = np.ones((batch, length, length), bool)
+    assert [int(x) for x in session.run(names, feeds)] == [tile, group]
