@@ -27,9 +27,19 @@ def earlier(tmp_path):
     return folder
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler, even where the suite was started with SIGINT ignored (a shell starts a
+    background job so, and Python then leaves it ignored); put back afterwards."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.parametrize("signum, code, word",
                          [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
-def test_a_signal_while_writing_a_bundle_leaves_the_earlier_one(earlier, monkeypatch, signum, code, word):
+def test_a_signal_while_writing_a_bundle_leaves_the_earlier_one(earlier, monkeypatch, ctrl_c_raises, signum, code,
+                                                               word):
     import attn_onnx.deploy.bundle as bundle
 
     before = snapshot(earlier)
