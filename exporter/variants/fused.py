@@ -28,8 +28,8 @@ from attn_onnx.exporter.spec import MASK_DTYPES
 class GraphWriter:
     """Nodes, initializers and fresh names for one graph; `op` returns the output name(s).
 
-    A `branch()` writes the nodes of an `If` branch: its own nodes, the same names and initializers (they
-    live in the main graph, which the branch sees)."""
+    A `branch()` writes the nodes of an `If` branch or a `Loop` body: its own nodes, the same names and
+    initializers (they live in the main graph, which the branch sees)."""
 
     def __init__(self, parent: "GraphWriter | None" = None):
         self.nodes: list[onnx.NodeProto] = []
@@ -192,12 +192,15 @@ def can_mask_whole_rows(spec) -> bool:
 
 
 def uniform_rows(w: GraphWriter, attended: str, allowed: str, value: str, value_bias: str | None,
-                 elem_type: int) -> str:
+                 elem_type: int, any_allowed: str | None = None) -> str:
     """The seed's answer on fully-masked rows: the mean of the projected values, where no key is allowed.
+    `any_allowed` (uint8, (B, mask_q_len | q_len, 1): the row allows a key) is read off `allowed` unless the
+    variant has it already.
 
     Behind an `If`: a mask with a key in every row (causal, causal + padding) skips the mean and the Where."""
-    any_allowed = w.op("ReduceMax", [w.op("Cast", [allowed], to=TensorProto.UINT8),  # uint8: 12x faster than int32
-                                     w.constant("axes_last", np.array([-1], np.int64))], keepdims=1)
+    if any_allowed is None:
+        any_allowed = w.op("ReduceMax", [w.op("Cast", [allowed], to=TensorProto.UINT8),  # 12x faster than int32
+                                         w.constant("axes_last", np.array([-1], np.int64))], keepdims=1)
     every_row = w.op("Cast", [w.op("ReduceMin", [any_allowed], keepdims=0)], to=TensorProto.BOOL, stem="every_row")
     keep, fix = w.branch(), w.branch()
     kept = keep.op("Identity", [attended], stem="attended")

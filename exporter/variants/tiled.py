@@ -43,17 +43,18 @@ def build(spec, graph, example, module) -> Built:
     w, weights = GraphWriter(), Weights(module)
     p = projections(w, weights, packed_bias=False, spec=spec)  # query, key, value (B, len, E) with their biases
     allowed = allowed_mask(w, spec)  # (B, mask_q_len, kv_len), causal (q_len, kv_len) bool, or None
-    x = _attend_in_tiles(w, spec, p, allowed)  # (B, q_len, E)
+    x, any_allowed = _attend_in_tiles(w, spec, p, allowed)  # (B, q_len, E)
     if can_mask_whole_rows(spec):
-        x = uniform_rows(w, x, allowed, p["value"], None, ONNX_TYPES[spec.dtype])
+        x = uniform_rows(w, x, allowed, p["value"], None, ONNX_TYPES[spec.dtype], any_allowed)
     output_projection(w, weights, x)
     doc = ("MultiHeadedAttention, the seed's graph one tile of query rows at a time over the keys the mask can "
            "allow (attn-onnx variant tiled)")
     return Built(model(w, spec, {"": spec.opset}, doc), weights.map)
 
 
-def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | None) -> str:
-    """softmax(q k^T / sqrt(d_k) + mask) v, T query rows at a time: (B, q_len, E), heads concatenated."""
+def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | None) -> tuple[str, str | None]:
+    """softmax(q k^T / sqrt(d_k) + mask) v, T query rows at a time: (B, q_len, E), heads concatenated; and for
+    a mask input, which of its rows allow a key (uint8, (B, mask_q_len, 1)), read off it on the way."""
     shape = w.constant("heads_shape", np.array([0, 0, spec.heads, spec.d_k], np.int64))
     q, k, v = (w.op("Transpose", [w.op("Reshape", [p[n], shape], stem=n[0])], stem=n[0], perm=[0, 2, 1, 3])
                for n in ("query", "key", "value"))  # (B, h, len, d_k)
@@ -66,8 +67,9 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
     kv_len = w.op("Gather", [w.op("Shape", [k]), _i64(w, 2)], axis=0, stem="kv_len")
     i64 = lambda value: _i64(w, value)  # noqa: E731
     per_row = w.op("Mul", [i64(spec.heads), kv_len])  # scores per query row of one example
+    any_allowed = None
     if spec.mask == "input":  # tiles of few examples, each tile's keys ending at the last any of them may attend
-        reach, key_limit = _mask_reach(w, allowed)  # query i attends no key j > i + reach; (B,)
+        reach, key_limit, any_allowed = _mask_reach(w, allowed)  # query i attends no key j > i + reach; (B,)
         tile = _clamp(w, w.op("Div", [i64(TILE_SCORES), per_row]), MIN_TILE, q_len, stem="tile")
         group = _clamp(w, w.op("Div", [i64(GROUP_SCORES), w.op("Mul", [per_row, tile])]), 1, batch, stem="group")
     else:  # every example in each tile: their keys end alike
@@ -76,14 +78,17 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
                       stem="tile")
         group = batch
     row_tiles = _ceil_div(w, q_len, tile, stem="tile_count")
-    count = w.op("Mul", [row_tiles, _ceil_div(w, batch, group, stem="groups")])
+    groups = _ceil_div(w, batch, group, stem="groups")
+    count = w.op("Mul", [row_tiles, groups])
+    last_first, last_start = w.op("Sub", [batch, group]), w.op("Sub", [q_len, tile])  # the overlapping last ones
+    mask_rows = _mask_rows(w, allowed) if spec.mask == "input" else None
 
     body = w.branch()  # one tile: examples [first, first + G), rows [start, start + T), keys [0, n)
     counter, cond = w.fresh("tile_index"), w.fresh("cond")
-    first = body.op("Min", [body.op("Mul", [body.op("Div", [counter, row_tiles]), group]),
-                            body.op("Sub", [batch, group])], stem="first")
-    start = body.op("Min", [body.op("Mul", [body.op("Mod", [counter, row_tiles]), tile]),
-                            body.op("Sub", [q_len, tile])], stem="start")
+    first = body.op("Min", [body.op("Mul", [body.op("Div", [counter, row_tiles]), group]), last_first],
+                    stem="first")
+    start = body.op("Min", [body.op("Mul", [body.op("Mod", [counter, row_tiles]), tile]), last_start],
+                    stem="start")
     last, end = body.op("Add", [first, group]), body.op("Add", [start, tile], stem="end")
     limit = kv_len
     if key_limit is not None:
@@ -99,7 +104,7 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
     k_tile, v_tile = (body.op("Slice", [x, kv_starts, kv_ends, axes], stem="kv_tile") for x in (k, v))  # (G, h, n, d_k)
     scores = body.op("MatMul", [q_tile, body.op("Transpose", [k_tile], perm=[0, 1, 3, 2])], stem="scores")
     if allowed is not None:  # (G, h, T, n) + (G | 1, 1, T | 1, n)
-        mask_tile = _mask_tile(body, spec, allowed, first, last, start, end, keys_1)
+        mask_tile = _mask_tile(body, spec, allowed, mask_rows, first, last, start, end, keys_1)
         scores = body.op("Add", [scores, additive_bias(body, mask_tile, spec, full_rows=False)], stem="scores")
     p_attn = body.op("Softmax", [scores], axis=-1, stem="p_attn")
     x_tile = body.op("Transpose", [body.op("MatMul", [p_attn, v_tile])], perm=[0, 2, 1, 3])  # (G, T, h, d_k)
@@ -111,20 +116,19 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
     rows = w.op("Reshape", [tiles, w.constant("rows_shape", np.array([-1, spec.embedding_dim], np.int64))])
 
     # output (b, i) is row t of example e of tile (g, j): g-major over the groups, then j, then e, then t
-    g, e = _placed(w, batch, group, "example")  # (B,)
-    j, t = _placed(w, q_len, tile, "row")  # (q_len,)
+    g, e = _placed(w, batch, group, groups, "example")  # (B,)
+    j, t = _placed(w, q_len, tile, row_tiles, "row")  # (q_len,)
     col = lambda x: w.op("Unsqueeze", [x, w.constant("axes_1", np.array([1], np.int64))])  # noqa: E731
     tile_of = w.op("Add", [w.op("Mul", [col(g), row_tiles]), j])  # (B, q_len)
     where = w.op("Add", [w.op("Mul", [w.op("Add", [w.op("Mul", [tile_of, group]), col(e)]), tile]), t])
-    return w.op("Gather", [rows, where], axis=0, stem="x")  # (B, q_len, E)
+    return w.op("Gather", [rows, where], axis=0, stem="x"), any_allowed  # (B, q_len, E)
 
 
-def _placed(w: GraphWriter, size: str, block: str, stem: str) -> tuple[str, str]:
-    """For each of 0..size-1, which block of `block` it is in and where: blocks end to end, the last one
-    starting at size - block (it overlaps the one before)."""
+def _placed(w: GraphWriter, size: str, block: str, blocks: str, stem: str) -> tuple[str, str]:
+    """For each of 0..size-1, which of the `blocks` blocks of `block` it is in and where: blocks end to end,
+    the last one starting at size - block (it overlaps the one before)."""
     i64 = lambda value: _i64(w, value)  # noqa: E731
     index = w.op("Range", [i64(0), size, i64(1)])
-    blocks = _ceil_div(w, size, block, stem=stem + "_blocks")
     in_last = w.op("Cast", [w.op("GreaterOrEqual", [index, w.op("Mul", [w.op("Sub", [blocks, i64(1)]), block])])],
                    to=INT64)
     regular = w.op("Sub", [i64(1), in_last])
@@ -152,9 +156,10 @@ def _reach(w: GraphWriter, spec, q_len: str, kv_len: str) -> str:
     return w.op("Sub", [kv_len, q_len]) if spec.causal_align == "bottom-right" else _i64(w, 0)
 
 
-def _mask_reach(w: GraphWriter, allowed: str) -> tuple[str, str]:
+def _mask_reach(w: GraphWriter, allowed: str) -> tuple[str, str, str]:
     """For a mask input: how far past a row its keys reach (the least r with no allowed key j > i + r, at
-    least 0), and for each example one past the last key any of its queries may attend (B,), at least 1.
+    least 0), for each example one past the last key any of its queries may attend (B,), at least 1, and
+    which rows allow a key at all (uint8, (B, mask_q_len, 1)).
 
     Both from each row's last allowed key: one ArgMax over the mask (its last maximum)."""
     mask = w.op("Cast", [allowed], to=TensorProto.UINT8)  # (B, mask_q_len, kv_len)
@@ -168,21 +173,26 @@ def _mask_reach(w: GraphWriter, allowed: str) -> tuple[str, str]:
     reach = w.op("ReduceMax", [w.op("Sub", [last, rows])], keepdims=0)  # a one-row mask: row 0 binds every query
     reach = w.op("Max", [reach, _i64(w, 0)], stem="reach")
     limit = w.op("ReduceMax", [last, _vector(w, _i64(w, 1))], keepdims=0)  # (B,)
-    return reach, w.op("Max", [w.op("Add", [limit, _i64(w, 1)]), _i64(w, 1)], stem="key_limit")
+    any_allowed = w.op("Cast", [w.op("Unsqueeze", [w.op("GreaterOrEqual", [last, _i64(w, 0)]), _vector(
+        w, _i64(w, -1))])], to=TensorProto.UINT8, stem="any_allowed_rows")  # (B, mask_q_len, 1)
+    return reach, w.op("Max", [w.op("Add", [limit, _i64(w, 1)]), _i64(w, 1)], stem="key_limit"), any_allowed
 
 
-def _mask_tile(body: GraphWriter, spec, allowed: str, first: str, last: str, start: str, end: str,
-               keys_1: str) -> str:
+def _mask_rows(w: GraphWriter, allowed: str) -> str:
+    """1 where the mask input has a row per query, 0 where it is one (B, 1, kv_len) row for every query."""
+    mask_q_len = w.op("Gather", [w.op("Shape", [allowed]), _i64(w, 1)], axis=0)
+    return w.op("Cast", [w.op("Greater", [mask_q_len, _i64(w, 1)])], to=INT64, stem="full_mask")
+
+
+def _mask_tile(body: GraphWriter, spec, allowed: str, full: str | None, first: str, last: str, start: str,
+               end: str, keys_1: str) -> str:
     """The tile's examples, rows and first `keys` columns of the allowed mask: (T, n) for the built-in causal
-    mask, (G, T, n) for a mask input, (G, 1, n) for a mask input that is one row for every query."""
-    i64 = lambda value: _i64(body, value)  # noqa: E731
+    mask, (G, T, n) for a mask input, (G, 1, n) for a mask input that is one row for every query (`full` 0)."""
     if spec.mask == "causal":
         starts, ends, axes = [_vector(body, start)], [_vector(body, end)], [0, 1]
     else:  # a (B, 1, kv_len) mask is sliced at row 0 whatever the tile
-        mask_rows = body.op("Gather", [body.op("Shape", [allowed]), i64(1)], axis=0)
-        full = body.op("Cast", [body.op("Greater", [mask_rows, i64(1)])], to=INT64)  # mask_q_len > 1
         start = body.op("Mul", [start, full])
-        end = body.op("Add", [body.op("Mul", [end, full]), body.op("Sub", [i64(1), full])])
+        end = body.op("Add", [body.op("Mul", [end, full]), body.op("Sub", [_i64(body, 1), full])])
         starts = [_vector(body, first), _vector(body, start)]
         ends, axes = [_vector(body, last), _vector(body, end)], [0, 1, 2]
     axes = body.constant("axes_" + "_".join(map(str, axes)), np.array(axes, np.int64))

@@ -1,6 +1,7 @@
-"""tiled: tiles of query rows, each over the keys up to its last row plus a reach decided at run time. Tiny
-tiles (a few rows) make every shape span many tiles, the last one overlapping, so that each path is checked
-against float64 at small sizes; the reach and the tile size are read off the graph's own values."""
+"""tiled: tiles of query rows (of one example or a few with a mask input), each over the keys up to its last
+row plus a reach, and no further than its examples' last allowed key, both read off the mask at run time.
+Tiny tiles (a few rows) make every shape span many tiles, the last one overlapping, so that each path is
+checked against float64 at small sizes; the reach, the key limits, T and G are read off the graph's values."""
 
 import numpy as np
 import onnx
