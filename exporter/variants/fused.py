@@ -15,6 +15,7 @@ reduction over the keys.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import ml_dtypes
 import numpy as np
@@ -151,7 +152,7 @@ def allowed_mask(w: GraphWriter, spec) -> str | None:
     return None
 
 
-def additive_bias(w: GraphWriter, allowed: str, spec, full_rows: bool = True) -> str:
+def additive_bias(w: GraphWriter, allowed: str, spec, full_rows: bool = True, per_head_dims: bool = True) -> str:
     """0 where allowed, the lowest finite value of the dtype where masked, as (B or 1, 1, q_len, kv_len) (a
     kernel's attention_bias).
 
@@ -160,12 +161,13 @@ def additive_bias(w: GraphWriter, allowed: str, spec, full_rows: bool = True) ->
     in onnxruntime's kernel (about 10% at (1, 2048)). (allowed - 1) * FLT_MAX is two cheap elementwise ops,
     where a Where on two scalars cost 4x more. In float16 a masked score plus -65504 may round to -inf; that
     is still exp() = 0 on a row with an allowed key, and a row without one is replaced (uniform_rows).
+    Without `per_head_dims`, the bias has the shape of `allowed`.
     """
     dtype = numpy_dtype(spec.dtype)
     ones = w.op("Cast", [allowed], to=ONNX_TYPES[spec.dtype], stem="allowed_f")  # 1 allowed, 0 masked
     shifted = w.op("Sub", [ones, w.constant("f_one", np.array(1, dtype))], stem="bias")  # 0 or -1
     bias = w.op("Mul", [shifted, w.constant("f_max", np.array(ml_dtypes.finfo(dtype).max, dtype))], stem="bias")
-    return per_head(w, bias, spec, full_rows)
+    return per_head(w, bias, spec, full_rows) if per_head_dims else bias
 
 
 def per_head(w: GraphWriter, mask: str, spec, full_rows: bool = True) -> str:
@@ -192,10 +194,12 @@ def can_mask_whole_rows(spec) -> bool:
 
 
 def uniform_rows(w: GraphWriter, attended: str, allowed: str, value: str, value_bias: str | None,
-                 elem_type: int, any_allowed: str | None = None) -> str:
+                 elem_type: int, any_allowed: str | None = None,
+                 value_mean: Callable[[GraphWriter], str] | None = None) -> str:
     """The seed's answer on fully-masked rows: the mean of the projected values, where no key is allowed.
     `any_allowed` (uint8, (B, mask_q_len | q_len, 1): the row allows a key) is read off `allowed` unless the
-    variant has it already.
+    variant has it already. `value_mean` writes the mean, (B, 1, E), into the branch it is given, for a variant
+    whose `value` does not hold every key's projection; by default it is `value`'s mean over the keys.
 
     Behind an `If`: a mask with a key in every row (causal, causal + padding) skips the mean and the Where."""
     if any_allowed is None:
@@ -205,7 +209,10 @@ def uniform_rows(w: GraphWriter, attended: str, allowed: str, value: str, value_
     keep, fix = w.branch(), w.branch()
     kept = keep.op("Identity", [attended], stem="attended")
     any_allowed = fix.op("Cast", [any_allowed], to=TensorProto.BOOL, stem="any_allowed")  # (B, mask_q_len | q_len, 1)
-    mean = fix.op("ReduceMean", [value, w.constant("axes_len", np.array([1], np.int64))], keepdims=1)  # (B, 1, E)
+    if value_mean is not None:
+        mean = value_mean(fix)  # (B, 1, E)
+    else:
+        mean = fix.op("ReduceMean", [value, w.constant("axes_len", np.array([1], np.int64))], keepdims=1)
     if value_bias is not None:
         mean = fix.op("Add", [mean, value_bias], stem="mean_v")
     fixed = fix.op("Where", [any_allowed, attended, mean], stem="attended")  # (B, q_len, E)

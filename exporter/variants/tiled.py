@@ -1,10 +1,11 @@
 """`tiled`: the seed's MatMul/Softmax one tile of query rows at a time, each tile over only the keys its mask
 can allow. Standard operators (a `Loop`): any runtime.
 
-Query rows [s, s+T) under a causal mask allow keys 0..s+T-1 at most, so a tile's scores are (G, h, T, s+T):
+Query rows [s, s+T) under a causal mask allow keys 0..s+T-1 at most, so a tile's scores are (h, G, T, s+T):
 the upper triangle beyond the tile is never computed, and no (q_len, kv_len) tensor is ever held. A tile is
-sized so that its scores stay in cache (about TILE_SCORES numbers). A row's softmax lies wholly inside its
-tile, so it is the seed's softmax over the row, not an online (flash) rescaling of partial sums.
+sized so that its scores stay in cache (about TILE_SCORES numbers), and under a mask it is at most MAX_TILE
+rows: the triangle it does compute, masked, is slow (below). A row's softmax lies wholly inside its tile, so
+it is the seed's softmax over the row, not an online (flash) rescaling of partial sums.
 
 Which keys a tile takes is read off the mask at run time (_mask_reach, one ArgMax over it):
 - the reach: query i attends no key j > i + reach (0 for causal and causal AND padding masks; the
@@ -13,10 +14,20 @@ Which keys a tile takes is read off the mask at run time (_mask_reach, one ArgMa
   short) and stops at the last key any of them may attend, so padded examples cost what their lengths cost.
 A key left out is one the mask forbids, so leaving it out changes nothing: exp(-FLT_MAX - max) is 0.
 
+With a mask input, keys and values are projected only where some query of their example may attend them
+(key j < its last allowed key): padding costs no projection either. The rows projected are packed, example
+after example, and each tile gathers its keys from them.
+
 Every tile has G examples and T rows (the last ones start G examples and T rows before the end and overlap
 their neighbours), so the loop's scan output has one shape; one Gather puts the rows in place. Fully-masked
 rows get the seed's uniform answer after the loop (fused.uniform_rows): inside a tile they would be uniform
 over the tile's keys only.
+
+Masked scores are slow in onnxruntime's Softmax: its exp() clamps x - max at -88.38 and returns e^-88.38, a
+denormal float, which the CPU then adds and scales through microcode, about 10x the time of a normal score
+(0.9 vs 0.27 ms for 1M scores a quarter of them masked, 2 threads). A T-row tile on the diagonal computes
+T(T-1)/2 masked scores per head; fewer rows mean fewer of those but more loop turns (tens of microseconds
+each). MAX_TILE = 64 measured best, or level with the best, of 32, 64, 128 and no cap at each bench-attn shape.
 """
 
 from __future__ import annotations
@@ -28,55 +39,116 @@ from attn_onnx.dtypes import ONNX_TYPES, numpy_dtype
 from attn_onnx.exporter.variants import Built
 from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bias, allowed_mask,
                                                can_mask_whole_rows, model, output_projection, projections,
-                                               uniform_rows)
+                                               source, uniform_rows)
 
 INT64 = TensorProto.INT64
 TILE_SCORES = 1 << 20  # scores per tile (4 MiB in float32): G * h * T * kv_len, T at least MIN_TILE rows
 MIN_TILE = 16
+MAX_TILE = 64  # rows of a tile under a mask (see above)
 # with a mask input, a tile holds few examples (each tile's keys end at the last one its examples may attend):
-# one, unless whole examples are short enough that about this many scores fit; the loop costs tens of
-# microseconds a turn, which many one-example tiles of short sequences would add up
+# one, unless whole examples are short enough that about this many scores of theirs fit; the loop costs tens
+# of microseconds a turn, which many one-example tiles of short sequences would add up
 GROUP_SCORES = 1 << 17
 
 
 def build(spec, graph, example, module) -> Built:
     w, weights = GraphWriter(), Weights(module)
-    p = projections(w, weights, packed_bias=False, spec=spec)  # query, key, value (B, len, E) with their biases
     allowed = allowed_mask(w, spec)  # (B, mask_q_len, kv_len), causal (q_len, kv_len) bool, or None
-    x, any_allowed = _attend_in_tiles(w, spec, p, allowed)  # (B, q_len, E)
+    # with a mask input: the reach, each example's key limit, the rows that allow a key (one ArgMax)
+    limits = _mask_reach(w, allowed) if spec.mask == "input" else None
+    if limits is None:
+        p = projections(w, weights, packed_bias=False, spec=spec)  # query, key, value (B, len, E) with biases
+    else:  # keys and values projected only where some query of the example may attend them
+        p = _needed_projections(w, weights, spec, limits[1])
+    x = _attend_in_tiles(w, spec, p, allowed, limits)  # (B, q_len, E)
     if can_mask_whole_rows(spec):
-        x = uniform_rows(w, x, allowed, p["value"], None, ONNX_TYPES[spec.dtype], any_allowed)
+        x = uniform_rows(w, x, allowed, p["value"], None, ONNX_TYPES[spec.dtype],
+                         limits[2] if limits else None, p.get("value_mean"))
     output_projection(w, weights, x)
     doc = ("MultiHeadedAttention, the seed's graph one tile of query rows at a time over the keys the mask can "
            "allow (attn-onnx variant tiled)")
     return Built(model(w, spec, {"": spec.opset}, doc), weights.map)
 
 
-def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | None) -> tuple[str, str | None]:
-    """softmax(q k^T / sqrt(d_k) + mask) v, T query rows at a time: (B, q_len, E), heads concatenated; and for
-    a mask input, which of its rows allow a key (uint8, (B, mask_q_len, 1)), read off it on the way."""
+def _needed_projections(w: GraphWriter, weights: Weights, spec, key_limit: str) -> dict:
+    """The query projected on every row (B, q_len, E); the key and value only on the rows of keys some query of
+    their example may attend (key j < key_limit[b]), packed example after example (N, E), with where each
+    example's rows start (`key_offsets`, (B,)); and how to write the mean of the projected values over every
+    key, which a fully-masked row attends (`value_mean`, (B, 1, E)).
+
+    Padding is thus not projected: at (4, 512) with half the keys padded, a quarter of the projections' work.
+    The mean is linear: mean(x) W^T + b is the mean of x W^T + b (to float32 rounding), whatever was skipped.
+    Self-attention projects key and value with one (E, 2E) MatMul on the rows they need."""
+    width = spec.embedding_dim
+    kv_len = w.op("Gather", [w.op("Shape", [source(spec, "key")]), _i64(w, 1)], axis=0, stem="kv_len")
+    keys = w.op("Unsqueeze", [w.op("Range", [_i64(w, 0), kv_len, _i64(w, 1)]), _zero_1(w)])  # (1, kv_len)
+    needed = w.op("Less", [keys, w.op("Unsqueeze", [key_limit, w.constant("axes_1", np.array([1], np.int64))])],
+                  stem="needed_keys")  # (B, kv_len)
+    flat = w.constant("flat", np.array([-1], np.int64))
+    where = w.op("Squeeze", [w.op("NonZero", [w.op("Reshape", [needed, flat])]), _zero_1(w)], stem="needed_at")  # (N,)
+    tokens = w.constant("tokens_shape", np.array([-1, width], np.int64))
+    rows = lambda x: w.op("Gather", [w.op("Reshape", [x, tokens]), where], axis=0, stem="needed")  # noqa: E731
+    out = {"query": _linear(w, weights, source(spec, "query"), [0]),  # (B, q_len, E)
+           "key_offsets": w.op("CumSum", [key_limit, _i64(w, 0)], exclusive=1, stem="key_offsets")}
+    axes_len = w.constant("axes_len", np.array([1], np.int64))
+    if spec.kind.self_attention:
+        kv = _linear(w, weights, rows("x"), [1, 2])  # (N, 2E)
+        out["key"], out["value"] = w.op("Split", [kv, w.constant("kv_split", np.array([width] * 2, np.int64))],
+                                        outputs=2, stem="kv", axis=-1)  # each (N, E)
+        v_part = [w.constant(n, np.array([v], np.int64)) for n, v in (("v_start", width), ("v_end", 2 * width))]
+        out["value_mean"] = lambda b: b.op("Slice", [_linear(b, weights, b.op(
+            "ReduceMean", ["x", axes_len], keepdims=1), [1, 2])] + v_part + [w.constant("axes_last", np.array(
+                [-1], np.int64))], stem="mean_v")  # (B, 1, 2E) -> its value half
+    else:
+        for i, role in ((1, "key"), (2, "value")):
+            out[role] = _linear(w, weights, rows(role), [i])  # (N, E)
+        out["value_mean"] = lambda b: _linear(b, weights, b.op("ReduceMean", ["value", axes_len], keepdims=1), [2])
+    return out
+
+
+def _linear(w: GraphWriter, weights: Weights, x: str, which: list[int]) -> str:
+    """x W^T + b for linears `which` (side by side on the last axis when more than one)."""
+    name = f"linears.{which[0]}" if len(which) == 1 else "kv"
+    weight = weights.place(w, [f"linears.{i}.weight" for i in which], f"{name}.weight.T", transposed=True)
+    bias = weights.place(w, [f"linears.{i}.bias" for i in which], f"{name}.bias", transposed=False)
+    return w.op("Add", [w.op("MatMul", [x, weight]), bias], stem="projected")
+
+
+def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | None,
+                     limits: tuple[str, str, str] | None) -> str:
+    """softmax(q k^T / sqrt(d_k) + mask) v, T query rows at a time: (B, q_len, E), heads concatenated.
+    `limits`: a mask input's reach and key limits (_mask_reach); its keys and values come packed
+    (_needed_projections).
+
+    Heads first, (h, B, len, d_k): a tile's keys gathered from packed rows are then (h, G, n, d_k) as they come,
+    and a tile's mask, (G | 1, T | 1, n), broadcasts against its (h, G, T, n) scores as it is."""
     shape = w.constant("heads_shape", np.array([0, 0, spec.heads, spec.d_k], np.int64))
-    q, k, v = (w.op("Transpose", [w.op("Reshape", [p[n], shape], stem=n[0])], stem=n[0], perm=[0, 2, 1, 3])
-               for n in ("query", "key", "value"))  # (B, h, len, d_k)
+    heads = lambda x: w.op("Transpose", [w.op("Reshape", [x, shape])], perm=[2, 0, 1, 3])  # noqa: E731
+    q = heads(p["query"])  # (h, B, q_len, d_k)
     # (q / sqrt(d_k)) k^T: the seed's scores exactly when sqrt(d_k) is a power of two, within an ulp otherwise
     q = w.op("Mul", [q, w.constant("inv_sqrt_d_k", np.array(1 / np.sqrt(spec.d_k), numpy_dtype(spec.dtype)))],
              stem="q")
     q_shape = w.op("Shape", [q])
-    batch = w.op("Gather", [q_shape, _i64(w, 0)], axis=0, stem="batch")
+    batch = w.op("Gather", [q_shape, _i64(w, 1)], axis=0, stem="batch")
     q_len = w.op("Gather", [q_shape, _i64(w, 2)], axis=0, stem="q_len")
-    kv_len = w.op("Gather", [w.op("Shape", [k]), _i64(w, 2)], axis=0, stem="kv_len")
+    kv_len = w.op("Gather", [w.op("Shape", [source(spec, "key")]), _i64(w, 1)], axis=0, stem="kv_len")
     i64 = lambda value: _i64(w, value)  # noqa: E731
     per_row = w.op("Mul", [i64(spec.heads), kv_len])  # scores per query row of one example
-    any_allowed = None
-    if spec.mask == "input":  # tiles of few examples, each tile's keys ending at the last any of them may attend
-        reach, key_limit, any_allowed = _mask_reach(w, allowed)  # query i attends no key j > i + reach; (B,)
-        tile = _clamp(w, w.op("Div", [i64(TILE_SCORES), per_row]), MIN_TILE, q_len, stem="tile")
-        group = _clamp(w, w.op("Div", [i64(GROUP_SCORES), w.op("Mul", [per_row, tile])]), 1, batch, stem="group")
+    if limits is not None:  # tiles of few examples, each tile's keys ending at the last any of them may attend
+        reach, key_limit = limits[:2]  # query i attends no key j > i + reach; (B,)
+        tile = _clamp(w, w.op("Div", [i64(TILE_SCORES), per_row]), MIN_TILE, _at_most(w, q_len, MAX_TILE),
+                      stem="tile")
+        group = _clamp(w, w.op("Div", [i64(GROUP_SCORES), w.op("Mul", [per_row, q_len])]), 1, batch, stem="group")
+        rows_shape = w.constant("rows_heads", np.array([-1, spec.heads, spec.d_k], np.int64))
+        k, v = (w.op("Transpose", [w.op("Reshape", [p[n], rows_shape])], perm=[1, 0, 2], stem=n[0])
+                for n in ("key", "value"))  # (h, N, d_k): the packed rows, heads first
     else:  # every example in each tile: their keys end alike
         reach, key_limit = _reach(w, spec, q_len, kv_len), None
-        tile = _clamp(w, w.op("Div", [i64(TILE_SCORES), w.op("Mul", [per_row, batch])]), MIN_TILE, q_len,
+        most = q_len if allowed is None else _at_most(w, q_len, MAX_TILE)
+        tile = _clamp(w, w.op("Div", [i64(TILE_SCORES), w.op("Mul", [per_row, batch])]), MIN_TILE, most,
                       stem="tile")
         group = batch
+        k, v = heads(p["key"]), heads(p["value"])  # (h, B, kv_len, d_k)
     row_tiles = _ceil_div(w, q_len, tile, stem="tile_count")
     groups = _ceil_div(w, batch, group, stem="groups")
     count = w.op("Mul", [row_tiles, groups])
@@ -96,18 +168,23 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
                         keepdims=0, stem="limit")
     keys = body.op("Max", [i64(1), body.op("Min", [limit, body.op("Add", [end, reach])])], stem="keys")
     first_1, last_1, start_1, end_1, keys_1 = (_vector(body, x) for x in (first, last, start, end, keys))
-    axes = w.constant("axes_0_2", np.array([0, 2], np.int64))
+    axes = w.constant("axes_1_2", np.array([1, 2], np.int64))
     q_tile = body.op("Slice", [q, body.op("Concat", [first_1, start_1], axis=0),
-                               body.op("Concat", [last_1, end_1], axis=0), axes], stem="q_tile")  # (G, h, T, d_k)
-    kv_starts = body.op("Concat", [first_1, _zero_1(w)], axis=0)
-    kv_ends = body.op("Concat", [last_1, keys_1], axis=0)
-    k_tile, v_tile = (body.op("Slice", [x, kv_starts, kv_ends, axes], stem="kv_tile") for x in (k, v))  # (G, h, n, d_k)
+                               body.op("Concat", [last_1, end_1], axis=0), axes], stem="q_tile")  # (h, G, T, d_k)
+    if key_limit is None:  # every example's keys and values: a slice
+        kv_starts = body.op("Concat", [first_1, _zero_1(w)], axis=0)
+        kv_ends = body.op("Concat", [last_1, keys_1], axis=0)
+        k_tile, v_tile = (body.op("Slice", [x, kv_starts, kv_ends, axes], stem="kv_tile") for x in (k, v))
+    else:  # the packed rows of the needed keys: gathered
+        at = _kv_rows(w, body, p["key_offsets"], key_limit, first_1, last_1, keys)  # (G, n)
+        k_tile, v_tile = (body.op("Gather", [x, at], axis=1, stem="kv_tile") for x in (k, v))  # (h, G, n, d_k)
     scores = body.op("MatMul", [q_tile, body.op("Transpose", [k_tile], perm=[0, 1, 3, 2])], stem="scores")
-    if allowed is not None:  # (G, h, T, n) + (G | 1, 1, T | 1, n)
+    if allowed is not None:  # (h, G, T, n) + (G | 1, T | 1, n), or + (T, n) for the built-in causal mask
         mask_tile = _mask_tile(body, spec, allowed, mask_rows, first, last, start, end, keys_1)
-        scores = body.op("Add", [scores, additive_bias(body, mask_tile, spec, full_rows=False)], stem="scores")
+        bias = additive_bias(body, mask_tile, spec, per_head_dims=False)
+        scores = body.op("Add", [scores, bias], stem="scores")
     p_attn = body.op("Softmax", [scores], axis=-1, stem="p_attn")
-    x_tile = body.op("Transpose", [body.op("MatMul", [p_attn, v_tile])], perm=[0, 2, 1, 3])  # (G, T, h, d_k)
+    x_tile = body.op("Transpose", [body.op("MatMul", [p_attn, v_tile])], perm=[1, 2, 0, 3])  # (G, T, h, d_k)
     # flat: onnx.reference's Loop stacks scan outputs with np.vstack, which adds no axis unless they are 1-D
     x_tile = body.op("Reshape", [x_tile, w.constant("flat", np.array([-1], np.int64))], stem="x_tile")
     # an explicit true condition: onnx.reference's Loop runs no iteration when the condition is omitted
@@ -121,7 +198,20 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
     col = lambda x: w.op("Unsqueeze", [x, w.constant("axes_1", np.array([1], np.int64))])  # noqa: E731
     tile_of = w.op("Add", [w.op("Mul", [col(g), row_tiles]), j])  # (B, q_len)
     where = w.op("Add", [w.op("Mul", [w.op("Add", [w.op("Mul", [tile_of, group]), col(e)]), tile]), t])
-    return w.op("Gather", [rows, where], axis=0, stem="x"), any_allowed  # (B, q_len, E)
+    return w.op("Gather", [rows, where], axis=0, stem="x")  # (B, q_len, E)
+
+
+def _kv_rows(w: GraphWriter, body: GraphWriter, key_offsets: str, key_limit: str, first_1: str, last_1: str,
+             keys: str) -> str:
+    """Where keys 0..n-1 of examples [first, last) are among the packed rows: (G, n).
+
+    An example's keys past its own limit (a tile of several examples goes to the last of theirs) are masked
+    in every row of it; they take the row of its last needed key, a finite value that softmax weighs 0."""
+    column = lambda x: body.op("Unsqueeze", [body.op("Slice", [x, first_1, last_1]), w.constant(  # noqa: E731
+        "axes_1", np.array([1], np.int64))])  # (G, 1)
+    key = body.op("Unsqueeze", [body.op("Range", [_i64(w, 0), keys, _i64(w, 1)]), _zero_1(w)])  # (1, n)
+    last_key = body.op("Sub", [column(key_limit), _i64(w, 1)])
+    return body.op("Add", [column(key_offsets), body.op("Min", [key, last_key])], stem="kv_rows")
 
 
 def _placed(w: GraphWriter, size: str, block: str, blocks: str, stem: str) -> tuple[str, str]:
@@ -142,6 +232,10 @@ def _placed(w: GraphWriter, size: str, block: str, blocks: str, stem: str) -> tu
 
 def _clamp(w: GraphWriter, value: str, low: int, high: str, stem: str) -> str:
     return w.op("Min", [high, w.op("Max", [_i64(w, low), value])], stem=stem)
+
+
+def _at_most(w: GraphWriter, value: str, most: int) -> str:
+    return w.op("Min", [value, _i64(w, most)])
 
 
 def _ceil_div(w: GraphWriter, a: str, b: str, stem: str) -> str:

@@ -7,12 +7,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
 import attn_onnx.exporter.variants.tiled as tiled
 from attn_onnx.exporter.export import build_module, export_model
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.runtime_check.cases import Sweep, make_mask
 from attn_onnx.runtime_check.check import CheckConfig, check_model
+from attn_onnx.runtime_check.reference import reference_module
 
 from tests.exporter.test_variants import SMALL
 
@@ -42,7 +44,7 @@ def tiny_tiles(tmp_path_factory):
 
 @pytest.mark.parametrize("fields", [
     {"mask": "input"}, {"mask": "input", "mask_dtype": "float32"}, {"mask": "causal"},
-    {"mask": "input", "group_scores": 250},  # 4 heads x 9 keys x 3 rows = 108 per example: 2 of 3 (overlapping)
+    {"mask": "input", "group_scores": 700},  # 4 heads x 9 keys x 9 rows = 324 per example: 2 of 3 (overlapping)
     {"mask": "causal", "causal_align": "bottom-right"}, {"mask": "none"},
     {"mask": "input", "module": "mha-self"}, {"mask": "causal", "module": "mha-self"}])
 def test_many_small_tiles_match_float64_in_onnxruntime_and_onnx_reference(tiny_tiles, fields):
@@ -108,11 +110,13 @@ def test_skipping_keys_above_the_diagonal_is_wrong_for_masks_that_allow_them(tin
     assert failed == {"ones", "masked_row", "padding"}
 
 
-@pytest.mark.parametrize("batch, length, tile", [(1, 2048, 64), (4, 512, 64), (8, 128, 128), (1, 16, 16),
-                                                 (1, 8192, 16), (16, 1024, 16)])
-def test_a_tile_holds_about_tile_scores_numbers(exported, batch, length, tile):
-    """T = TILE_SCORES / (B * h * kv_len) rows, at least MIN_TILE, at most q_len (8 heads, 1 << 20 scores)."""
-    path, spec, _ = exported(heads=8, embedding_dim=64, variant="tiled", opset=18, mask="none")
+@pytest.mark.parametrize("mask, batch, length, tile", [
+    ("none", 1, 2048, 64), ("none", 4, 512, 64), ("none", 8, 128, 128), ("none", 1, 512, 256), ("none", 1, 16, 16),
+    ("none", 1, 8192, 16), ("none", 16, 1024, 16), ("causal", 8, 128, 64), ("causal", 1, 512, 64)])
+def test_a_tile_holds_about_tile_scores_numbers(exported, mask, batch, length, tile):
+    """T = TILE_SCORES / (B * h * kv_len) rows, at least MIN_TILE, at most q_len (8 heads, 1 << 20 scores);
+    under a mask at most MAX_TILE, which bounds the masked scores of the tile's diagonal block."""
+    path, spec, _ = exported(heads=8, embedding_dim=64, variant="tiled", opset=18, mask=mask)
     proto, names = with_values(path, "tile", "tile_count")
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {n: np.zeros((batch, length, 64), np.float32) for n in ("query", "key", "value")}
@@ -120,14 +124,67 @@ def test_a_tile_holds_about_tile_scores_numbers(exported, batch, length, tile):
     assert (int(got_tile), int(got_count)) == (tile, -(-length // tile))
 
 
-@pytest.mark.parametrize("batch, length, tile, group", [(8, 128, 128, 1), (4, 512, 256, 1), (256, 16, 16, 64),
-                                                        (32, 64, 64, 4), (3, 16, 16, 3)])
+@pytest.mark.parametrize("batch, length, tile, group", [(8, 128, 64, 1), (4, 512, 64, 1), (1, 2048, 64, 1),
+                                                        (1, 8192, 16, 1), (256, 16, 16, 64), (32, 64, 64, 4),
+                                                        (3, 16, 16, 3)])
 def test_with_a_mask_input_a_tile_holds_one_example_unless_examples_are_short(exported, batch, length, tile, group):
-    """T = TILE_SCORES / (h * kv_len) rows of G examples, G = GROUP_SCORES / (h * kv_len * T), at least 1 and
-    at most the batch: many short sequences share tiles, where one tile each would cost a loop turn each."""
+    """T = TILE_SCORES / (h * kv_len) rows, at most MAX_TILE, of G examples, G = GROUP_SCORES / (h * kv_len *
+    q_len), at least 1 and at most the batch: many short sequences share tiles, where one tile each would cost
+    a loop turn each; longer ones do not (examples of different lengths in one tile compute each other's
+    padding, masked)."""
     path, spec, _ = exported(heads=8, embedding_dim=64, variant="tiled", opset=18)
     proto, names = with_values(path, "tile", "group")
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {n: np.zeros((batch, length, 64), np.float32) for n in ("query", "key", "value")}
     feeds["mask"] = np.ones((batch, length, length), bool)
     assert [int(x) for x in session.run(names, feeds)] == [tile, group]
+
+
+def test_keys_and_values_are_projected_only_where_a_query_of_their_example_may_attend(tiny_tiles):
+    """The rows gathered for the key and value projections are those of keys j < key_limit[b], example after
+    example; padding is not projected."""
+    path, spec, module = tiny_tiles(mask="input")
+    proto, names = with_values(path, "needed_at", "key_limit")
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    mask = make_mask("causal+padding", 3, 9, 9, np.random.default_rng(1))
+    feeds = spec.kind.inputs(spec, {"batch": 3, "q_len": 9, "kv_len": 9}, np.random.default_rng(0), mask)
+    needed, limit = session.run(names, feeds)
+    lengths = mask[:, -1].sum(axis=-1)
+    assert limit.tolist() == lengths.tolist() and lengths.min() < 9  # some example is padded
+    assert needed.tolist() == [b * 9 + j for b in range(3) for j in range(lengths[b])]
+    gathered = {n.output[0] for n in proto.graph.node if n.op_type == "Gather" and n.input[1] == names[0]}
+    projected = [n for n in proto.graph.node if n.op_type == "MatMul" and n.input[0] in gathered]
+    assert len(projected) == 2  # key and value
+
+
+@pytest.mark.parametrize("group_scores", [1, 700])  # one example a tile; two of three (their keys end apart)
+def test_what_padding_holds_never_reaches_the_output(tiny_tiles, group_scores):
+    """Garbage in the padded keys' and values' inputs (huge, or NaN) gives bit for bit the output of clean
+    padding: those rows are never projected, and a tile's keys past one example's limit take a row of its own.
+
+    (The seed gives the same within rounding for finite garbage, its masked keys weighing exactly 0; a NaN there it
+    would spread into every row of the example, 0 * NaN in p_attn @ value.)"""
+    path, spec, module = tiny_tiles(group_scores=group_scores, mask="input")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    mask = make_mask("causal+padding", 3, 9, 9, np.random.default_rng(1))
+    feeds = spec.kind.inputs(spec, {"batch": 3, "q_len": 9, "kv_len": 9}, np.random.default_rng(0), mask)
+    clean = session.run(None, feeds)[0]
+    padded = ~mask[:, -1].astype(bool)  # (B, kv_len)
+    for garbage in (1e30, np.nan):
+        dirty = {**feeds, "key": feeds["key"].copy(), "value": feeds["value"].copy()}
+        dirty["key"][padded], dirty["value"][padded] = garbage, -garbage
+        np.testing.assert_array_equal(session.run(None, dirty)[0], clean)
+
+
+def test_self_attention_with_a_mask_input_projects_key_and_value_together_on_the_rows_needed(exported):
+    """The query on every row of x; key and value with one MatMul of the packed (E, 2E) weight on the rows
+    gathered; the weight map leads back to every weight."""
+    path, spec, module = exported(**SMALL, variant="tiled", opset=18, module="mha-self")
+    proto = onnx.load(path)
+    on_x = [n for n in proto.graph.node if n.op_type == "MatMul" and n.input[0] == "x"]
+    assert [n.input[1] for n in on_x] == ["linears.0.weight.T"]
+    assert spec.weights["linears.1.weight"] == {"initializer": "kv.weight.T", "transposed": True, "slice": [0, 32]}
+    assert spec.weights["linears.2.weight"] == {"initializer": "kv.weight.T", "transposed": True, "slice": [32, 64]}
+    rebuilt, _ = reference_module(proto, ExportSpec.from_metadata({p.key: p.value for p in proto.metadata_props}))
+    for key, tensor in module.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], tensor), key

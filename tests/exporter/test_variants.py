@@ -232,9 +232,10 @@ def test_self_attention_checks_clean_in_every_variant(exported, variant, mask):
     assert all(r.case.split(".")[1][1:] == r.case.split(".")[2][2:] for r in report.results)  # q_len == kv_len
 
 
-@pytest.mark.parametrize("variant", FUSED)
-def test_self_attention_projects_q_k_v_with_one_packed_matmul(exported, variant):
-    path, spec, module = exported(**variant_fields(variant, **SELF))
+@pytest.mark.parametrize("variant, mask", [(v, "input") for v in FUSED if v != "tiled"] + [("tiled", "causal")])
+def test_self_attention_projects_q_k_v_with_one_packed_matmul(exported, variant, mask):
+    """(tiled with a mask input projects K and V only on the keys it needs: test_tiled.py)"""
+    path, spec, module = exported(**variant_fields(variant, mask=mask, **SELF))
     proto = onnx.load(path)
     projections = [n for n in proto.graph.node if n.op_type == "MatMul" and n.input[0] == "x"]
     assert len(projections) == 1 and any(n.op_type == "Split" for n in proto.graph.node)
