@@ -221,10 +221,14 @@ def uniform_rows(w: GraphWriter, attended: str, allowed: str, value: str, value_
 
 
 def output_projection(w: GraphWriter, weights: Weights, attended: str) -> None:
+    """`output` = attended W_o^T + b_o, (B, q_len, E), computed on (B * q_len, E) rows: onnxruntime fuses a
+    2-D MatMul and its bias into one Gemm, where a 3-D one takes a pass more."""
     weight = weights.place(w, ["linears.3.weight"], "linears.3.weight.T", transposed=True)
     bias = weights.place(w, ["linears.3.bias"], "linears.3.bias", transposed=False)
-    w.nodes.append(helper.make_node("Add", [w.op("MatMul", [attended, weight], stem="o"), bias], ["output"],
-                                    name="output_bias"))
+    width = weights.state["linears.3.weight"].shape[0]
+    rows = w.op("Reshape", [attended, w.constant("tokens_shape", np.array([-1, width], np.int64))], stem="o")
+    projected = w.op("Add", [w.op("MatMul", [rows, weight], stem="o"), bias], stem="o")  # (B * q_len, E)
+    w.nodes.append(helper.make_node("Reshape", [projected, w.op("Shape", [attended])], ["output"], name="output"))
 
 
 def model(w: GraphWriter, spec, opsets: dict[str, int], doc: str) -> onnx.ModelProto:

@@ -88,7 +88,7 @@ def _needed_projections(w: GraphWriter, weights: Weights, spec, key_limit: str) 
     where = w.op("Squeeze", [w.op("NonZero", [w.op("Reshape", [needed, flat])]), _zero_1(w)], stem="needed_at")  # (N,)
     tokens = w.constant("tokens_shape", np.array([-1, width], np.int64))
     rows = lambda x: w.op("Gather", [w.op("Reshape", [x, tokens]), where], axis=0, stem="needed")  # noqa: E731
-    out = {"query": _linear(w, weights, source(spec, "query"), [0]),  # (B, q_len, E)
+    out = {"query": _linear(w, weights, w.op("Reshape", [source(spec, "query"), tokens]), [0]),  # (B * q_len, E)
            "key_offsets": w.op("CumSum", [key_limit, _i64(w, 0)], exclusive=1, stem="key_offsets")}
     axes_len = w.constant("axes_len", np.array([1], np.int64))
     if spec.kind.self_attention:
@@ -122,12 +122,13 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
 
     Heads first, (h, B, len, d_k): a tile's keys gathered from packed rows are then (h, G, n, d_k) as they come,
     and a tile's mask, (G | 1, T | 1, n), broadcasts against its (h, G, T, n) scores as it is."""
-    shape = w.constant("heads_shape", np.array([0, 0, spec.heads, spec.d_k], np.int64))
-    heads = lambda x: w.op("Transpose", [w.op("Reshape", [x, shape])], perm=[2, 0, 1, 3])  # noqa: E731
-    q = heads(p["query"])  # (h, B, q_len, d_k)
-    # (q / sqrt(d_k)) k^T: the seed's scores exactly when sqrt(d_k) is a power of two, within an ulp otherwise
-    q = w.op("Mul", [q, w.constant("inv_sqrt_d_k", np.array(1 / np.sqrt(spec.d_k), numpy_dtype(spec.dtype)))],
-             stem="q")
+    heads = lambda x: w.op("Transpose", [w.op("Reshape", [x, w.constant("heads_shape", np.array(  # noqa: E731
+        [0, 0, spec.heads, spec.d_k], np.int64))])], perm=[2, 0, 1, 3])  # (B, len, E) -> (h, B, len, d_k)
+    # the query may come as (B * q_len, E) rows: its shape is spelled out
+    q_shape = w.op("Concat", [w.op("Slice", [w.op("Shape", [source(spec, "query")]), _zero_1(w), w.constant(
+        "i64_1d_2", np.array([2], np.int64))]), w.constant("heads_d_k", np.array([spec.heads, spec.d_k], np.int64))],
+        axis=0)
+    q = w.op("Transpose", [w.op("Reshape", [p["query"], q_shape])], perm=[2, 0, 1, 3], stem="q")  # (h, B, q_len, d_k)
     q_shape = w.op("Shape", [q])
     batch = w.op("Gather", [q_shape, _i64(w, 1)], axis=0, stem="batch")
     q_len = w.op("Gather", [q_shape, _i64(w, 2)], axis=0, stem="q_len")
@@ -153,34 +154,58 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
     groups = _ceil_div(w, batch, group, stem="groups")
     count = w.op("Mul", [row_tiles, groups])
     last_first, last_start = w.op("Sub", [batch, group]), w.op("Sub", [q_len, tile])  # the overlapping last ones
-    mask_rows = _mask_rows(w, allowed) if spec.mask == "input" else None
+    i_col = lambda x: w.op("Unsqueeze", [x, w.constant("axes_1", np.array([1], np.int64))])  # noqa: E731
+
+    # every tile's examples [first, last), rows [start, end) and keys [0, n), for all tiles at once (count,):
+    # a turn of the loop only looks its own up, which keeps the nodes a turn few
+    number = w.op("Range", [i64(0), count, i64(1)], stem="tile_number")  # (count,)
+    zeros = w.op("Mul", [number, i64(0)])
+    first = w.op("Min", [w.op("Mul", [w.op("Div", [number, row_tiles]), group]), last_first], stem="first")
+    start = w.op("Min", [w.op("Mul", [w.op("Mod", [number, row_tiles]), tile]), last_start], stem="start")
+    last, end = w.op("Add", [first, group]), w.op("Add", [start, tile], stem="end")
+    limit = kv_len
+    if key_limit is not None:
+        examples = w.op("Add", [i_col(first), w.op("Range", [i64(0), group, i64(1)])])  # (count, G)
+        limits = w.op("Gather", [key_limit, examples], axis=0)  # (count, G)
+        limit = w.op("ReduceMax", [limits, w.constant("axes_1", np.array([1], np.int64))], keepdims=0,
+                     stem="limit")
+    keys = w.op("Max", [i64(1), w.op("Min", [limit, w.op("Add", [end, reach])])], stem="keys")  # (count,)
+    table = lambda *cols: w.op("Concat", [i_col(x) for x in cols], axis=1)  # noqa: E731  (count, len(cols))
 
     body = w.branch()  # one tile: examples [first, first + G), rows [start, start + T), keys [0, n)
     counter, cond = w.fresh("tile_index"), w.fresh("cond")
-    first = body.op("Min", [body.op("Mul", [body.op("Div", [counter, row_tiles]), group]), last_first],
-                    stem="first")
-    start = body.op("Min", [body.op("Mul", [body.op("Mod", [counter, row_tiles]), tile]), last_start],
-                    stem="start")
-    last, end = body.op("Add", [first, group]), body.op("Add", [start, tile], stem="end")
-    limit = kv_len
-    if key_limit is not None:
-        limit = body.op("ReduceMax", [body.op("Slice", [key_limit, _vector(body, first), _vector(body, last)])],
-                        keepdims=0, stem="limit")
-    keys = body.op("Max", [i64(1), body.op("Min", [limit, body.op("Add", [end, reach])])], stem="keys")
-    first_1, last_1, start_1, end_1, keys_1 = (_vector(body, x) for x in (first, last, start, end, keys))
+    look = lambda t: body.op("Gather", [t, counter], axis=0)  # noqa: E731  this tile's row of a table
     axes = w.constant("axes_1_2", np.array([1, 2], np.int64))
-    q_tile = body.op("Slice", [q, body.op("Concat", [first_1, start_1], axis=0),
-                               body.op("Concat", [last_1, end_1], axis=0), axes], stem="q_tile")  # (h, G, T, d_k)
+    q_tile = body.op("Slice", [q, look(table(first, start)), look(table(last, end)), axes],
+                     stem="q_tile")  # (h, G, T, d_k)
     if key_limit is None:  # every example's keys and values: a slice
-        kv_starts = body.op("Concat", [first_1, _zero_1(w)], axis=0)
-        kv_ends = body.op("Concat", [last_1, keys_1], axis=0)
+        kv_starts, kv_ends = look(table(first, zeros)), look(table(last, keys))
         k_tile, v_tile = (body.op("Slice", [x, kv_starts, kv_ends, axes], stem="kv_tile") for x in (k, v))
     else:  # the packed rows of the needed keys: gathered
-        at = _kv_rows(w, body, p["key_offsets"], key_limit, first_1, last_1, keys)  # (G, n)
+        # an example's keys past its own limit (a tile of several examples goes to the last of theirs) are
+        # masked in every row of it; they take the row of its last needed key, a finite value weighed 0
+        key_range = w.op("Unsqueeze", [w.op("Range", [i64(0), kv_len, i64(1)]), _zero_1(w)])  # (1, kv_len)
+        key = body.op("Slice", [key_range, _zero_1(w), look(i_col(keys)), w.constant(
+            "axes_1", np.array([1], np.int64))])  # (1, n)
+        per_example = lambda x: w.op("Unsqueeze", [x, w.constant("axes_2", np.array([2], np.int64))])  # noqa: E731
+        offsets = per_example(w.op("Gather", [p["key_offsets"], examples], axis=0))  # (count, G, 1)
+        last_keys = per_example(w.op("Sub", [limits, i64(1)]))  # (count, G, 1)
+        at = body.op("Add", [look(offsets), body.op("Min", [key, look(last_keys)])], stem="kv_rows")  # (G, n)
         k_tile, v_tile = (body.op("Gather", [x, at], axis=1, stem="kv_tile") for x in (k, v))  # (h, G, n, d_k)
-    scores = body.op("MatMul", [q_tile, body.op("Transpose", [k_tile], perm=[0, 1, 3, 2])], stem="scores")
+    # q k^T / sqrt(d_k) as the seed writes it (onnxruntime folds the division into the MatMul)
+    scores = body.op("Div", [body.op("MatMul", [q_tile, body.op("Transpose", [k_tile], perm=[0, 1, 3, 2])]),
+                             w.constant("sqrt_d_k", np.array(np.sqrt(spec.d_k), numpy_dtype(spec.dtype)))],
+                     stem="scores")
     if allowed is not None:  # (h, G, T, n) + (G | 1, T | 1, n), or + (T, n) for the built-in causal mask
-        mask_tile = _mask_tile(body, spec, allowed, mask_rows, first, last, start, end, keys_1)
+        if spec.mask == "causal":  # the tile's rows and keys
+            mask_starts, mask_ends, mask_axes = table(start, zeros), table(end, keys), [0, 1]
+        else:  # its examples, rows and keys; a (B, 1, kv_len) mask at row 0 whatever the tile
+            full = _mask_rows(w, allowed)  # 1 where the mask has a row per query
+            rows_end = w.op("Add", [w.op("Mul", [end, full]), w.op("Sub", [i64(1), full])])
+            mask_starts = table(first, w.op("Mul", [start, full]), zeros)
+            mask_ends, mask_axes = table(last, rows_end, keys), [0, 1, 2]
+        mask_axes = w.constant("axes_" + "_".join(map(str, mask_axes)), np.array(mask_axes, np.int64))
+        mask_tile = body.op("Slice", [allowed, look(mask_starts), look(mask_ends), mask_axes], stem="mask_tile")
         bias = additive_bias(body, mask_tile, spec, per_head_dims=False)
         scores = body.op("Add", [scores, bias], stem="scores")
     p_attn = body.op("Softmax", [scores], axis=-1, stem="p_attn")
@@ -195,23 +220,9 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
     # output (b, i) is row t of example e of tile (g, j): g-major over the groups, then j, then e, then t
     g, e = _placed(w, batch, group, groups, "example")  # (B,)
     j, t = _placed(w, q_len, tile, row_tiles, "row")  # (q_len,)
-    col = lambda x: w.op("Unsqueeze", [x, w.constant("axes_1", np.array([1], np.int64))])  # noqa: E731
-    tile_of = w.op("Add", [w.op("Mul", [col(g), row_tiles]), j])  # (B, q_len)
-    where = w.op("Add", [w.op("Mul", [w.op("Add", [w.op("Mul", [tile_of, group]), col(e)]), tile]), t])
+    tile_of = w.op("Add", [w.op("Mul", [i_col(g), row_tiles]), j])  # (B, q_len)
+    where = w.op("Add", [w.op("Mul", [w.op("Add", [w.op("Mul", [tile_of, group]), i_col(e)]), tile]), t])
     return w.op("Gather", [rows, where], axis=0, stem="x")  # (B, q_len, E)
-
-
-def _kv_rows(w: GraphWriter, body: GraphWriter, key_offsets: str, key_limit: str, first_1: str, last_1: str,
-             keys: str) -> str:
-    """Where keys 0..n-1 of examples [first, last) are among the packed rows: (G, n).
-
-    An example's keys past its own limit (a tile of several examples goes to the last of theirs) are masked
-    in every row of it; they take the row of its last needed key, a finite value that softmax weighs 0."""
-    column = lambda x: body.op("Unsqueeze", [body.op("Slice", [x, first_1, last_1]), w.constant(  # noqa: E731
-        "axes_1", np.array([1], np.int64))])  # (G, 1)
-    key = body.op("Unsqueeze", [body.op("Range", [_i64(w, 0), keys, _i64(w, 1)]), _zero_1(w)])  # (1, n)
-    last_key = body.op("Sub", [column(key_limit), _i64(w, 1)])
-    return body.op("Add", [column(key_offsets), body.op("Min", [key, last_key])], stem="kv_rows")
 
 
 def _placed(w: GraphWriter, size: str, block: str, blocks: str, stem: str) -> tuple[str, str]:
@@ -276,22 +287,6 @@ def _mask_rows(w: GraphWriter, allowed: str) -> str:
     """1 where the mask input has a row per query, 0 where it is one (B, 1, kv_len) row for every query."""
     mask_q_len = w.op("Gather", [w.op("Shape", [allowed]), _i64(w, 1)], axis=0)
     return w.op("Cast", [w.op("Greater", [mask_q_len, _i64(w, 1)])], to=INT64, stem="full_mask")
-
-
-def _mask_tile(body: GraphWriter, spec, allowed: str, full: str | None, first: str, last: str, start: str,
-               end: str, keys_1: str) -> str:
-    """The tile's examples, rows and first `keys` columns of the allowed mask: (T, n) for the built-in causal
-    mask, (G, T, n) for a mask input, (G, 1, n) for a mask input that is one row for every query (`full` 0)."""
-    if spec.mask == "causal":
-        starts, ends, axes = [_vector(body, start)], [_vector(body, end)], [0, 1]
-    else:  # a (B, 1, kv_len) mask is sliced at row 0 whatever the tile
-        start = body.op("Mul", [start, full])
-        end = body.op("Add", [body.op("Mul", [end, full]), body.op("Sub", [_i64(body, 1), full])])
-        starts = [_vector(body, first), _vector(body, start)]
-        ends, axes = [_vector(body, last), _vector(body, end)], [0, 1, 2]
-    axes = body.constant("axes_" + "_".join(map(str, axes)), np.array(axes, np.int64))
-    return body.op("Slice", [allowed, body.op("Concat", starts + [_zero_1(body)], axis=0),
-                             body.op("Concat", ends + [keys_1], axis=0), axes], stem="mask_tile")
 
 
 def _i64(w: GraphWriter, value: int) -> str:

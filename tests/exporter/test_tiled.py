@@ -181,8 +181,12 @@ def test_self_attention_with_a_mask_input_projects_key_and_value_together_on_the
     gathered; the weight map leads back to every weight."""
     path, spec, module = exported(**SMALL, variant="tiled", opset=18, module="mha-self")
     proto = onnx.load(path)
-    on_x = [n for n in proto.graph.node if n.op_type == "MatMul" and n.input[0] == "x"]
+    rows_of_x = {n.output[0] for n in proto.graph.node if n.op_type == "Reshape" and n.input[0] == "x"}  # (B*len, E)
+    on_x = [n for n in proto.graph.node if n.op_type == "MatMul" and n.input[0] in rows_of_x]
     assert [n.input[1] for n in on_x] == ["linears.0.weight.T"]
+    gathered = [n for n in proto.graph.node if n.op_type == "Gather" and n.input[0] in rows_of_x]
+    on_needed = [n for n in proto.graph.node if n.op_type == "MatMul" and n.input[0] == gathered[0].output[0]]
+    assert len(gathered) == 1 and [n.input[1] for n in on_needed] == ["kv.weight.T"]
     assert spec.weights["linears.1.weight"] == {"initializer": "kv.weight.T", "transposed": True, "slice": [0, 32]}
     assert spec.weights["linears.2.weight"] == {"initializer": "kv.weight.T", "transposed": True, "slice": [32, 64]}
     rebuilt, _ = reference_module(proto, ExportSpec.from_metadata({p.key: p.value for p in proto.metadata_props}))
