@@ -100,8 +100,9 @@ VARIANTS = {v.name: v for v in (
     Variant("onnx-attention", "onnx_attention", "the standard ONNX Attention op", modules=("mha", "mha-self"),
             attn_probs=False, min_opset=23, runtimes="runtimes with opset 23 (onnxruntime >= 1.23)"),
     Variant("tiled", "tiled", "the seed's MatMul/Softmax one tile of query rows at a time, each over only the "
-            "keys the mask can allow (a causal mask's upper triangle skipped, no (len, len) tensor); a Loop of "
-            "standard operators", modules=("mha", "mha-self"), attn_probs=False, min_opset=18),
+            "keys the mask can allow (a causal mask's upper triangle skipped, no (len, len) tensor, the padding's "
+            "keys not even projected); a Loop of standard operators", modules=("mha", "mha-self"), attn_probs=False,
+            min_opset=18),
     Variant("ort-gqa", "ort_gqa", "onnxruntime's com.microsoft.GroupQueryAttention (no scores tensor, the upper "
             "triangle skipped) where the mask is causal plus key padding, decided at run time; ort-mha's graph "
             "for any other mask", modules=("mha", "mha-self"), attn_probs=False, min_opset=18,
