@@ -4,7 +4,8 @@ Each MatMul whose B is a weight (the query, key, value and output projections; n
 Q·Kᵀ or P·V) becomes DynamicQuantizeLinear + MatMulInteger: the weights stored as int8 with a float scale
 per output channel (trained weights' channels differ in range; on the random init, whose channels do not,
 per-tensor measured the same: max_abs 0.0176 against 0.0180 at (4,128)), the activations quantized to uint8 on
-the fly, per tensor. Standard ONNX operators, so onnx.reference checks it too.
+the fly, per tensor. Standard ONNX operators, so onnx.reference checks it too. A projection inside an If
+branch (tiled's fully-masked rows) reads the same int8 weight, dequantized, so no float weight stays.
 
 The weight map follows the weights into their quantized form: an entry gains `scale` and `zero_point`
 initializers, and `variants.tensor_of` dequantizes, so runtime_check's golden holds exactly the weights
@@ -46,18 +47,67 @@ def quantize(proto: onnx.ModelProto, weights: dict[str, dict]) -> tuple[onnx.Mod
     mapped = {}
     for key, entry in weights.items():
         name = entry["initializer"]
-        if name in names:  # a bias, or a weight the quantizer left alone
-            mapped[key] = entry
-        elif {f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"} <= names:
+        if {f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"} <= names:
             mapped[key] = {**entry, "initializer": f"{name}_quantized", "scale": f"{name}_scale",
                            "zero_point": f"{name}_zero_point"}
+        elif name in names:  # a bias, or a weight the quantizer left alone
+            mapped[key] = entry
         else:
             raise ExportError(f"after quantization, weight {key!r} ({name}) is nowhere among the initializers")
     if not any("scale" in entry for entry in mapped.values()):
         raise ExportError("quantize_dynamic quantized none of the projections")
     del quantized.metadata_props[:]  # the exporter writes them again, with `quantize`
+    _branches_read_int8(quantized.graph, names)
     _sort_nodes(quantized.graph)
     return quantized, mapped
+
+
+def _branches_read_int8(graph: onnx.GraphProto, names: set[str]) -> None:
+    """quantize_dynamic leaves the graphs of If/Loop nodes alone, so a projection there (tiled's fully-masked
+    row: the mean of the value input times W_v^T) would keep reading the float weight, and the file would hold
+    it beside its int8 copy. There it reads the int8 weight too, dequantized (per output channel), and float
+    weights nothing reads any more are dropped."""
+    def rewire(sub: onnx.GraphProto) -> None:
+        nodes = []
+        for node in sub.node:
+            for attr in node.attribute:
+                for inner in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    rewire(inner)
+            weight = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else None
+            if weight and {f"{weight}_quantized", f"{weight}_scale", f"{weight}_zero_point"} <= names:
+                # (int8 - zero_point) * scale, the scales per output channel (W^T is (in, out)); spelled out,
+                # since onnxruntime's optimizer takes a DequantizeLinear feeding a MatMul for a weight of the
+                # branch's own graph and fails to find it (it lives in the main graph)
+                stem, make = f"{node.name}_dequantize", onnx.helper.make_node
+                int8, zero = f"{stem}_int8", f"{stem}_zero_point"
+                centred, node.input[1] = f"{stem}_centred", f"{stem}_weight"
+                nodes += [make("Cast", [f"{weight}_quantized"], [int8], name=f"{stem}_cast", to=onnx.TensorProto.FLOAT),
+                          make("Cast", [f"{weight}_zero_point"], [zero], name=f"{stem}_cast_zero",
+                               to=onnx.TensorProto.FLOAT),
+                          make("Sub", [int8, zero], [centred], name=f"{stem}_sub"),
+                          make("Mul", [centred, f"{weight}_scale"], [node.input[1]], name=f"{stem}_mul")]
+            nodes.append(node)
+        del sub.node[:]
+        sub.node.extend(nodes)
+
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                rewire(sub)
+    read = set()
+
+    def collect(sub: onnx.GraphProto) -> None:
+        for node in sub.node:
+            read.update(node.input)
+            for attr in node.attribute:
+                for inner in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    collect(inner)
+
+    collect(graph)
+    read.update(out.name for out in graph.output)
+    kept = [init for init in graph.initializer if init.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def _sort_nodes(graph: onnx.GraphProto) -> None:

@@ -71,7 +71,7 @@ def build(spec, graph, example, module) -> Built:
 
 
 def _needed_projections(w: GraphWriter, weights: Weights, spec, key_limit: str) -> dict:
-    """The query projected on every row (B, q_len, E); the key and value only on the rows of keys some query of
+    """The query projected on every row (B * q_len, E); the key and value only on the rows of keys some query of
     their example may attend (key j < key_limit[b]), packed example after example (N, E), with where each
     example's rows start (`key_offsets`, (B,)); and how to write the mean of the projected values over every
     key, which a fully-masked row attends (`value_mean`, (B, 1, E)).

@@ -37,6 +37,9 @@ def test_runtime_check_passes_at_the_int8_profile_in_every_variant(exported, var
     if packed and variant == "tiled":  # with a mask input: the query on every row, K and V on the keys needed
         projections = 3
     assert ops.count("MatMulInteger") == projections
+    # every weight is int8 only, a branch's projection included (tiled's fully-masked rows read W_v there)
+    matrices = [i for i in model.graph.initializer if len(i.dims) == 2]
+    assert matrices and all(i.data_type == onnx.TensorProto.INT8 for i in matrices), [i.name for i in matrices]
     report = check_model(path, CheckConfig(runtimes=("onnxruntime", "reference"), sweep=SWEEP))
     assert report.ok and not report.nothing_checked, [r.line() for r in report.failed]
     assert report.tolerances["onnxruntime/cpu"] == ("int8", PROFILES["int8"])
@@ -44,8 +47,9 @@ def test_runtime_check_passes_at_the_int8_profile_in_every_variant(exported, var
         assert result.needed_atol <= PROFILES["int8"].atol / 2, result.line()
 
 
-def test_the_weight_map_leads_to_the_dequantized_weights(exported):
-    path, spec, module = exported(**variant_fields("torch-export", quantize="int8"))
+@pytest.mark.parametrize("variant", ["torch-export", "tiled"])  # tiled also reads W_v in an If branch
+def test_the_weight_map_leads_to_the_dequantized_weights(exported, variant):
+    path, spec, module = exported(**variant_fields(variant, quantize="int8"))
     proto = onnx.load(path)
     spec = ExportSpec.from_metadata({p.key: p.value for p in proto.metadata_props})
     assert spec.quantize == "int8" and spec.precision == "int8"
