@@ -26,8 +26,8 @@ over the tile's keys only.
 Masked scores are slow in onnxruntime's Softmax: its exp() clamps x - max at -88.38 and returns e^-88.38, a
 denormal float, which the CPU then adds and scales through microcode, about 10x the time of a normal score
 (0.9 vs 0.27 ms for 1M scores a quarter of them masked, 2 threads). A T-row tile on the diagonal computes
-T(T-1)/2 masked scores per head; fewer rows mean fewer of those but more loop turns (tens of microseconds
-each). MAX_TILE = 64 measured best, or level with the best, of 32, 64, 128 and no cap at each bench-attn shape.
+T(T-1)/2 masked scores per head; fewer rows mean fewer of those but more loop turns, and smaller matmuls.
+MAX_TILE = 64 measured best, or level with the best, of 32, 64, 128 and no cap at each bench-attn shape.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ TILE_SCORES = 1 << 20  # scores per tile (4 MiB in float32): G * h * T * kv_len,
 MIN_TILE = 16
 MAX_TILE = 64  # rows of a tile under a mask (see above)
 # with a mask input, a tile holds few examples (each tile's keys end at the last one its examples may attend):
-# one, unless whole examples are short enough that about this many scores of theirs fit; the loop costs tens
-# of microseconds a turn, which many one-example tiles of short sequences would add up
+# one, unless whole examples are short enough that about this many scores of theirs fit; a turn of the loop
+# costs about 15 microseconds before any work (its 25 small nodes), which many one-example tiles of short
+# sequences would add up
 GROUP_SCORES = 1 << 17
 
 
@@ -166,8 +167,8 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
     limit = kv_len
     if key_limit is not None:
         examples = w.op("Add", [i_col(first), w.op("Range", [i64(0), group, i64(1)])])  # (count, G)
-        limits = w.op("Gather", [key_limit, examples], axis=0)  # (count, G)
-        limit = w.op("ReduceMax", [limits, w.constant("axes_1", np.array([1], np.int64))], keepdims=0,
+        example_limits = w.op("Gather", [key_limit, examples], axis=0)  # (count, G)
+        limit = w.op("ReduceMax", [example_limits, w.constant("axes_1", np.array([1], np.int64))], keepdims=0,
                      stem="limit")
     keys = w.op("Max", [i64(1), w.op("Min", [limit, w.op("Add", [end, reach])])], stem="keys")  # (count,)
     table = lambda *cols: w.op("Concat", [i_col(x) for x in cols], axis=1)  # noqa: E731  (count, len(cols))
@@ -189,7 +190,7 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
             "axes_1", np.array([1], np.int64))])  # (1, n)
         per_example = lambda x: w.op("Unsqueeze", [x, w.constant("axes_2", np.array([2], np.int64))])  # noqa: E731
         offsets = per_example(w.op("Gather", [p["key_offsets"], examples], axis=0))  # (count, G, 1)
-        last_keys = per_example(w.op("Sub", [limits, i64(1)]))  # (count, G, 1)
+        last_keys = per_example(w.op("Sub", [example_limits, i64(1)]))  # (count, G, 1)
         at = body.op("Add", [look(offsets), body.op("Min", [key, look(last_keys)])], stem="kv_rows")  # (G, n)
         k_tile, v_tile = (body.op("Gather", [x, at], axis=1, stem="kv_tile") for x in (k, v))  # (h, G, n, d_k)
     # q k^T / sqrt(d_k) as the seed writes it (onnxruntime folds the division into the MatMul)
