@@ -70,9 +70,8 @@ def _branches_read_int8(graph: onnx.GraphProto, names: set[str]) -> None:
     def rewire(sub: onnx.GraphProto) -> None:
         nodes = []
         for node in sub.node:
-            for attr in node.attribute:
-                for inner in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    rewire(inner)
+            for inner in _subgraphs(node):
+                rewire(inner)
             weight = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else None
             if weight and {f"{weight}_quantized", f"{weight}_scale", f"{weight}_zero_point"} <= names:
                 # (int8 - zero_point) * scale, the scales per output channel (W^T is (in, out)); spelled out,
@@ -90,40 +89,35 @@ def _branches_read_int8(graph: onnx.GraphProto, names: set[str]) -> None:
         del sub.node[:]
         sub.node.extend(nodes)
 
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                rewire(sub)
-    read = set()
-
-    def collect(sub: onnx.GraphProto) -> None:
-        for node in sub.node:
-            read.update(node.input)
-            for attr in node.attribute:
-                for inner in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    collect(inner)
-
-    collect(graph)
-    read.update(out.name for out in graph.output)
+    for node in graph.node:  # the main graph's projections are quantized already
+        for sub in _subgraphs(node):
+            rewire(sub)
+    read = set().union(*(_reads(node) for node in graph.node), (out.name for out in graph.output))
     kept = [init for init in graph.initializer if init.name in read]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node holds: If branches, a Loop body."""
+    return [sub for attr in node.attribute for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)]
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """The names a node reads, its subgraphs' reads included."""
+    names = set(node.input)
+    for sub in _subgraphs(node):
+        for inner in sub.node:
+            names |= _reads(inner)
+    return names
 
 
 def _sort_nodes(graph: onnx.GraphProto) -> None:
     """Order the nodes so that each comes after what it reads, what its If/Loop branches read included:
     quantize_dynamic's own sort sees only a node's inputs and puts a quantized projection after the If
     whose branch reads it."""
-    def reads(node) -> set[str]:
-        names = set(node.input)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                for inner in sub.node:
-                    names |= reads(inner)
-        return names
-
     produced = {name for node in graph.node for name in node.output}
-    pending = [(node, reads(node) & produced) for node in graph.node]
+    pending = [(node, _reads(node) & produced) for node in graph.node]
     ready: set[str] = set()
     ordered = []
     while pending:
