@@ -35,7 +35,7 @@ def build(spec, graph, example, module) -> Built:
     x = w.op("Transpose", [w.op("MatMul", [p_attn, v], stem="x")], stem="x", perm=[0, 2, 1, 3])  # (B, q_len, h, d_k)
     x = w.op("Reshape", [x, w.constant("concat_shape", np.array([0, 0, spec.embedding_dim], np.int64))], stem="x")
     if can_mask_whole_rows(spec):
-        x = uniform_rows(w, x, allowed, p["value"], None, ONNX_TYPES[spec.dtype])
+        x = uniform_rows(w, x, allowed, p["value"], ONNX_TYPES[spec.dtype])
     output_projection(w, weights, x)
     doc = "MultiHeadedAttention, the seed's graph with an additive mask (attn-onnx variant additive-mask)"
     return Built(model(w, spec, {"": spec.opset}, doc), weights.map)

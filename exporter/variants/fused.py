@@ -193,13 +193,17 @@ def can_mask_whole_rows(spec) -> bool:
     return spec.mask == "input" or (spec.mask == "causal" and spec.causal_align == "bottom-right")
 
 
-def uniform_rows(w: GraphWriter, attended: str, allowed: str, value: str, value_bias: str | None,
-                 elem_type: int, any_allowed: str | None = None,
-                 value_mean: Callable[[GraphWriter], str] | None = None) -> str:
+def mean_over_keys(w: GraphWriter, value: str) -> str:
+    """(B, len, E) -> (B, 1, E)."""
+    return w.op("ReduceMean", [value, w.constant("axes_len", np.array([1], np.int64))], keepdims=1)
+
+
+def uniform_rows(w: GraphWriter, attended: str, allowed: str, value: str, elem_type: int,
+                 any_allowed: str | None = None, value_mean: Callable[[GraphWriter], str] | None = None) -> str:
     """The seed's answer on fully-masked rows: the mean of the projected values, where no key is allowed.
     `any_allowed` (uint8, (B, mask_q_len | q_len, 1): the row allows a key) is read off `allowed` unless the
     variant has it already. `value_mean` writes the mean, (B, 1, E), into the branch it is given, for a variant
-    whose `value` does not hold every key's projection; by default it is `value`'s mean over the keys.
+    whose `value` is not every key's projection with its bias; by default it is `value`'s mean over the keys.
 
     Behind an `If`: a mask with a key in every row (causal, causal + padding) skips the mean and the Where."""
     if any_allowed is None:
@@ -209,12 +213,7 @@ def uniform_rows(w: GraphWriter, attended: str, allowed: str, value: str, value_
     keep, fix = w.branch(), w.branch()
     kept = keep.op("Identity", [attended], stem="attended")
     any_allowed = fix.op("Cast", [any_allowed], to=TensorProto.BOOL, stem="any_allowed")  # (B, mask_q_len | q_len, 1)
-    if value_mean is not None:
-        mean = value_mean(fix)  # (B, 1, E)
-    else:
-        mean = fix.op("ReduceMean", [value, w.constant("axes_len", np.array([1], np.int64))], keepdims=1)
-    if value_bias is not None:
-        mean = fix.op("Add", [mean, value_bias], stem="mean_v")
+    mean = value_mean(fix) if value_mean is not None else mean_over_keys(fix, value)  # (B, 1, E)
     fixed = fix.op("Where", [any_allowed, attended, mean], stem="attended")  # (B, q_len, E)
     return w.op("If", [every_row], stem="attended", then_branch=keep.subgraph("keep", kept, elem_type),
                 else_branch=fix.subgraph("uniform_rows", fixed, elem_type))

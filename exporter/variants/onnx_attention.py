@@ -26,7 +26,7 @@ def build(spec, graph, example, module) -> Built:
         inputs.append(per_head(w, allowed, spec))  # (B | 1, 1, q_len, kv_len)
     attended = w.op("Attention", inputs, stem="attended", **attrs)  # (B, q_len, E)
     if allowed is not None:
-        attended = uniform_rows(w, attended, allowed, p["value"], None, ONNX_TYPES[spec.dtype])
+        attended = uniform_rows(w, attended, allowed, p["value"], ONNX_TYPES[spec.dtype])
     output_projection(w, weights, attended)
     doc = "MultiHeadedAttention through the ONNX Attention op (attn-onnx variant onnx-attention)"
     return Built(model(w, spec, {"": spec.opset}, doc), weights.map)

@@ -47,7 +47,7 @@ def build(spec, graph, example, module) -> Built:
     attended = mha.op("MultiHeadAttention", [p["query"], p["key"], p["value"], "", "", bias], stem="attended",
                       domain="com.microsoft", num_heads=spec.heads, scale=scale(spec))
     if can_mask_whole_rows(spec):
-        attended = uniform_rows(mha, attended, allowed, p["value"], None, ONNX_TYPES[spec.dtype])
+        attended = uniform_rows(mha, attended, allowed, p["value"], ONNX_TYPES[spec.dtype])
 
     elem = ONNX_TYPES[spec.dtype]
     out = w.op("If", [fast], stem="attended", then_branch=gqa.subgraph("gqa", attended_fast, elem),

@@ -12,8 +12,8 @@ import numpy as np
 from attn_onnx.dtypes import ONNX_TYPES
 from attn_onnx.exporter.variants import Built
 from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bias, allowed_mask,
-                                               can_mask_whole_rows, model, output_projection, projections, scale,
-                                               uniform_rows)
+                                               can_mask_whole_rows, mean_over_keys, model, output_projection,
+                                               projections, scale, uniform_rows)
 
 
 def build(spec, graph, example, module) -> Built:
@@ -27,7 +27,8 @@ def build(spec, graph, example, module) -> Built:
         width = spec.embedding_dim
         value_bias = w.op("Slice", [p["bias"], w.constant("v_start", np.array([2 * width], np.int64)),
                                     w.constant("v_end", np.array([3 * width], np.int64))], stem="value_bias")
-        attended = uniform_rows(w, attended, allowed, p["value"], value_bias, ONNX_TYPES[spec.dtype])
+        attended = uniform_rows(w, attended, allowed, p["value"], ONNX_TYPES[spec.dtype], value_mean=lambda b: b.op(
+            "Add", [mean_over_keys(b, p["value"]), value_bias], stem="mean_v"))  # the kernel adds the bias
     output_projection(w, weights, attended)  # (B, q_len, E)
     doc = "MultiHeadedAttention through com.microsoft.MultiHeadAttention (attn-onnx variant ort-mha)"
     return Built(model(w, spec, {"": spec.opset, "com.microsoft": 1}, doc), weights.map)

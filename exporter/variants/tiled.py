@@ -38,8 +38,8 @@ from onnx import TensorProto
 from attn_onnx.dtypes import ONNX_TYPES, numpy_dtype
 from attn_onnx.exporter.variants import Built
 from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bias, allowed_mask,
-                                               can_mask_whole_rows, model, output_projection, projections,
-                                               source, uniform_rows)
+                                               can_mask_whole_rows, mean_over_keys, model, output_projection,
+                                               projections, source, uniform_rows)
 
 INT64 = TensorProto.INT64
 TILE_SCORES = 1 << 20  # scores per tile (4 MiB in float32): G * h * T * kv_len, T at least MIN_TILE rows
@@ -63,8 +63,8 @@ def build(spec, graph, example, module) -> Built:
         p = _needed_projections(w, weights, spec, limits[1])
     x = _attend_in_tiles(w, spec, p, allowed, limits)  # (B, q_len, E)
     if can_mask_whole_rows(spec):
-        x = uniform_rows(w, x, allowed, p["value"], None, ONNX_TYPES[spec.dtype],
-                         limits[2] if limits else None, p.get("value_mean"))
+        x = uniform_rows(w, x, allowed, p["value"], ONNX_TYPES[spec.dtype], limits[2] if limits else None,
+                         p.get("value_mean"))
     output_projection(w, weights, x)
     doc = ("MultiHeadedAttention, the seed's graph one tile of query rows at a time over the keys the mask can "
            "allow (attn-onnx variant tiled)")
@@ -74,8 +74,8 @@ def build(spec, graph, example, module) -> Built:
 def _needed_projections(w: GraphWriter, weights: Weights, spec, key_limit: str) -> dict:
     """The query projected on every row (B * q_len, E); the key and value only on the rows of keys some query of
     their example may attend (key j < key_limit[b]), packed example after example (N, E), with where each
-    example's rows start (`key_offsets`, (B,)); and how to write the mean of the projected values over every
-    key, which a fully-masked row attends (`value_mean`, (B, 1, E)).
+    example's rows start (`key_offsets`, (B,)) and the key positions (`key_range`, (1, kv_len)); and how to
+    write the mean of the projected values over every key, which a fully-masked row attends (`value_mean`).
 
     Padding is thus not projected: at (4, 512) with half the keys padded, a quarter of the projections' work.
     The mean is linear: mean(x) W^T + b is the mean of x W^T + b (to float32 rounding), whatever was skipped.
@@ -90,20 +90,20 @@ def _needed_projections(w: GraphWriter, weights: Weights, spec, key_limit: str) 
     tokens = w.constant("tokens_shape", np.array([-1, width], np.int64))
     rows = lambda x: w.op("Gather", [w.op("Reshape", [x, tokens]), where], axis=0, stem="needed")  # noqa: E731
     out = {"query": _linear(w, weights, w.op("Reshape", [source(spec, "query"), tokens]), [0]),  # (B * q_len, E)
+           "key_range": keys,  # (1, kv_len): 0, 1, ..., kv_len - 1
            "key_offsets": w.op("CumSum", [key_limit, _i64(w, 0)], exclusive=1, stem="key_offsets")}
-    axes_len = w.constant("axes_len", np.array([1], np.int64))
     if spec.kind.self_attention:
         kv = _linear(w, weights, rows("x"), [1, 2])  # (N, 2E)
         out["key"], out["value"] = w.op("Split", [kv, w.constant("kv_split", np.array([width] * 2, np.int64))],
                                         outputs=2, stem="kv", axis=-1)  # each (N, E)
         v_part = [w.constant(n, np.array([v], np.int64)) for n, v in (("v_start", width), ("v_end", 2 * width))]
-        out["value_mean"] = lambda b: b.op("Slice", [_linear(b, weights, b.op(
-            "ReduceMean", ["x", axes_len], keepdims=1), [1, 2])] + v_part + [w.constant("axes_last", np.array(
-                [-1], np.int64))], stem="mean_v")  # (B, 1, 2E) -> its value half
+        out["value_mean"] = lambda b: b.op("Slice", [_linear(b, weights, mean_over_keys(b, "x"), [1, 2])] + v_part
+                                           + [w.constant("axes_last", np.array([-1], np.int64))],
+                                           stem="mean_v")  # (B, 1, 2E) -> its value half
     else:
         for i, role in ((1, "key"), (2, "value")):
             out[role] = _linear(w, weights, rows(role), [i])  # (N, E)
-        out["value_mean"] = lambda b: _linear(b, weights, b.op("ReduceMean", ["value", axes_len], keepdims=1), [2])
+        out["value_mean"] = lambda b: _linear(b, weights, mean_over_keys(b, "value"), [2])
     return out
 
 
@@ -185,8 +185,7 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
     else:  # the packed rows of the needed keys: gathered
         # an example's keys past its own limit (a tile of several examples goes to the last of theirs) are
         # masked in every row of it; they take the row of its last needed key, a finite value weighed 0
-        key_range = w.op("Unsqueeze", [w.op("Range", [i64(0), kv_len, i64(1)]), _zero_1(w)])  # (1, kv_len)
-        key = body.op("Slice", [key_range, _zero_1(w), look(i_col(keys)), w.constant(
+        key = body.op("Slice", [p["key_range"], _zero_1(w), look(i_col(keys)), w.constant(
             "axes_1", np.array([1], np.int64))])  # (1, n)
         per_example = lambda x: w.op("Unsqueeze", [x, w.constant("axes_2", np.array([2], np.int64))])  # noqa: E731
         offsets = per_example(w.op("Gather", [p["key_offsets"], examples], axis=0))  # (count, G, 1)
