@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from attn_onnx.bench.bench import flops
+from attn_onnx.bench.bench import flops, round_order
 from attn_onnx.cli.bench_attn import main as bench
 from attn_onnx.exporter.variants import VARIANTS
 from tests.cli.fresh import run_fresh
@@ -41,6 +41,25 @@ def test_ratios_are_to_sdpa_and_to_the_straight_export(results):
         assert rows["ort:torch-export"]["vs_export"] == pytest.approx(1.0)
         for t in rows.values():
             assert t["vs_sdpa"] == pytest.approx(rows["torch-sdpa"]["median_ms"] / t["median_ms"])
+
+
+def test_each_contender_counts_the_rounds_it_beat_sdpa_in_the_same_round(results):
+    output, data, _ = results
+    for shape in ((1, 8), (3, 5)):
+        rows = {t["contender"]: t for t in data["timings"] if (t["batch"], t["length"]) == shape}
+        sdpa = rows.pop("torch-sdpa")
+        assert sdpa["faster_rounds"] is None
+        for t in rows.values():
+            assert t["faster_rounds"] == sum(a < b for a, b in zip(t["rounds_ms"], sdpa["rounds_ms"]))
+    assert "beat sdpa" in output and "rounds)" in output.split("fastest correct at (3,5)")[1]
+
+
+def test_each_round_starts_one_contender_further_on():
+    names = ["a", "b", "c"]
+    orders = [round_order(names, r) for r in range(4)]
+    assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    for place in range(3):  # over len(names) rounds every contender takes every place once
+        assert sorted(order[place] for order in orders[:3]) == names
 
 
 def test_each_variant_is_checked_against_the_float64_seed_on_the_bench_inputs(results):
