@@ -12,7 +12,7 @@ contenders of a round alike instead of one of them. Each round starts one conten
 so none is always first after the sgemm or always right after PyTorch.
 
 How sure a ratio is: on this kind of shared 2-core machine, the same model in two sessions timed side by side
-differed by up to 10-15% at one shape within one run, and a ratio moves by about as much between runs. So
+differed by up to 10-25% at one shape within one run, and a ratio moves by about as much between runs. So
 beside the ratio of medians, each contender counts the rounds it was faster than SDPA in that same round
 (`faster_rounds`): 7 of 7 is a clear win, 4 of 7 a tie.
 """
