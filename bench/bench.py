@@ -12,9 +12,12 @@ contenders of a round alike instead of one of them. Each round starts one conten
 so none is always first after the sgemm or always right after PyTorch.
 
 How sure a ratio is: on this kind of shared 2-core machine, the same model in two sessions timed side by side
-differed by up to 10-25% at one shape within one run, and a ratio moves by about as much between runs. So
-beside the ratio of medians, each contender counts the rounds it was faster than SDPA in that same round
-(`faster_rounds`): 7 of 7 is a clear win, 4 of 7 a tie.
+differed by up to 10-25% at one shape within one run, and a ratio moves by about as much between runs. Part
+of it stays with the session: of six sessions of one model timed in 16 rotated rounds, one took 7.62 and
+7.52 ms (median of the even rounds, of the odd rounds) and another 8.34 and 8.87. So each onnxruntime
+contender runs in SESSIONS sessions, taking turns by round, and beside the ratio of medians each contender
+counts the rounds it was faster than SDPA in that same round (`faster_rounds`): 7 of 7 is a clear win, 4 of
+7 a tie.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ SGEMM_N = 2048
 # still 1.6x after a 30 ms pause; after 50 ms it ran as alone), PyTorch's OpenMP threads likewise. On two
 # cores the next contender would share them with that spinning. So each contender starts after a pause.
 SETTLE_S = 0.1
+SESSIONS = 2  # per onnxruntime contender, used in turn round by round (see above)
 
 
 @dataclass
@@ -182,7 +186,7 @@ def run_bench(variants: list[str], shapes: list[tuple[int, int]], threads: list[
                                              "torch": torch.__version__, "onnx": onnx.__version__})
     for n_threads in threads:
         torch.set_num_threads(n_threads)
-        sessions = {name: session(p, n_threads) for name, p in protos.items()}
+        sessions = {name: [session(p, n_threads) for _ in range(SESSIONS)] for name, p in protos.items()}
         sgemm = session(sgemm_model(), n_threads)
         limit_rounds, torch_rounds = [], []
         for batch, length in shapes:
@@ -195,19 +199,20 @@ def run_bench(variants: list[str], shapes: list[tuple[int, int]], threads: list[
                                  feed_dtypes[name]) for name in sessions}
             with torch.no_grad():
                 golden = double(*(tensors[n].double() for n in ("query", "key", "value")), tensors["mask"]).numpy()
-            calls = {f"ort:{name}": (lambda s=s, f=given[name]: s.run(None, f)) for name, s in sessions.items()}
+            calls = {f"ort:{name}": (lambda number, s=s, f=given[name]: s[number % SESSIONS].run(None, f))
+                     for name, s in sessions.items()}
             q, k, v, m = (tensors[n] for n in ("query", "key", "value", "mask"))
-            calls["torch-eager"] = lambda q=q, k=k, v=v, m=m: module(q, k, v, m)
-            calls["torch-sdpa"] = lambda q=q, k=k, v=v, m=m: sdpa(module, q, k, v, m)
+            calls["torch-eager"] = lambda number, q=q, k=k, v=v, m=m: module(q, k, v, m)
+            calls["torch-sdpa"] = lambda number, q=q, k=k, v=v, m=m: sdpa(module, q, k, v, m)
             errors = {f"ort:{name}": float(np.abs(s.run(None, given[name])[0].astype(np.float64) - golden).max())
-                      for name, s in sessions.items()}
+                      for name, (s, *_) in sessions.items()}
             samples = {name: [] for name in calls}
             with torch.no_grad():
                 for number in range(rounds):
                     limit_rounds.append(_timed(lambda s=sgemm: s.run(None, {"a": a, "b": b}), target_s))
                     torch_rounds.append(_timed(lambda: torch.matmul(ta, tb), target_s))
                     for name in round_order(list(calls), number):
-                        samples[name].append(_timed(calls[name], target_s))
+                        samples[name].append(_timed(lambda c=calls[name], r=number: c(r), target_s))
             work = flops(batch, length, embedding_dim)
             rows = []
             for name, times in samples.items():

@@ -62,6 +62,31 @@ def test_each_round_starts_one_contender_further_on():
         assert sorted(order[place] for order in orders[:3]) == names
 
 
+def test_each_variant_is_timed_in_two_sessions_taking_turns(monkeypatch):
+    """Part of a timing's spread stays with its session: every round uses the next one."""
+    import attn_onnx.bench.bench as bench_module
+
+    runs: dict[int, int] = {}
+
+    class Counted:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def run(self, *args):
+            runs[id(self)] = runs.get(id(self), 0) + 1
+            return self.inner.run(*args)
+
+    made = []
+    real = bench_module.session
+    monkeypatch.setattr(bench_module, "session", lambda proto, threads: made.append(Counted(real(proto, threads)))
+                        or made[-1])
+    result = CliRunner().invoke(bench, [*SMALL, "--attention-impl", "tiled", "--shapes", "1x8"])
+    assert result.exit_code == 0, result.output
+    tiled = made[:bench_module.SESSIONS]  # then the sgemm's
+    assert len(tiled) == bench_module.SESSIONS == 2
+    assert all(runs.get(id(s), 0) >= 2 for s in tiled)  # each timed (its warm-up call and at least one timed)
+
+
 def test_each_variant_is_checked_against_the_float64_seed_on_the_bench_inputs(results):
     _, data, _ = results
     for t in data["timings"]:
