@@ -111,10 +111,10 @@ def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, dec
         for batch, length in shape_list:
             best = fastest(bench, batch, length, n)
             if best is not None:
+                export = f"{best.vs_export:.2f}x torch-export, " if best.vs_export else ""  # when it was timed
                 click.echo(f"fastest correct at ({batch},{length}), {n} thread(s): {best.contender}, "
                            f"{best.vs_sdpa:.2f}x SDPA (faster in {best.faster_rounds} of {rounds} rounds), "
-                           f"{best.vs_export:.2f}x torch-export, "
-                           f"{best.limit_fraction:.0%} of the sgemm limit")
+                           f"{export}{best.limit_fraction:.0%} of the sgemm limit")
     data = bench.to_json()
     if memory is not None:
         from attn_onnx.bench.memory import peak_rss

@@ -62,6 +62,13 @@ def test_each_round_starts_one_contender_further_on():
         assert sorted(order[place] for order in orders[:3]) == names
 
 
+def test_without_the_straight_export_no_ratio_to_it_is_printed():
+    result = CliRunner().invoke(bench, [*SMALL, "--attention-impl", "additive-mask", "--shapes", "1x8"])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("fastest correct at (1,8)"))
+    assert "torch-export" not in line and "x SDPA (faster in" in line
+
+
 def test_each_variant_is_timed_in_two_sessions_taking_turns(monkeypatch):
     """Part of a timing's spread stays with its session: every round uses the next one."""
     import attn_onnx.bench.bench as bench_module
