@@ -103,7 +103,7 @@ def flops(batch: int, length: int, width: int) -> float:
 def round_order(names: list[str], round_number: int) -> list[str]:
     """The contenders in the order round `round_number` times them: rotated by one each round, so over
     len(names) rounds each contender takes every place once."""
-    start = round_number % len(names) if names else 0
+    start = round_number % len(names)
     return names[start:] + names[:start]
 
 

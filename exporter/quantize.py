@@ -47,7 +47,7 @@ def quantize(proto: onnx.ModelProto, weights: dict[str, dict]) -> tuple[onnx.Mod
     mapped = {}
     for key, entry in weights.items():
         name = entry["initializer"]
-        if {f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"} <= names:
+        if _int8_form(name) <= names:
             mapped[key] = {**entry, "initializer": f"{name}_quantized", "scale": f"{name}_scale",
                            "zero_point": f"{name}_zero_point"}
         elif name in names:  # a bias, or a weight the quantizer left alone
@@ -73,7 +73,7 @@ def _branches_read_int8(graph: onnx.GraphProto, names: set[str]) -> None:
             for inner in _subgraphs(node):
                 rewire(inner)
             weight = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else None
-            if weight and {f"{weight}_quantized", f"{weight}_scale", f"{weight}_zero_point"} <= names:
+            if weight and _int8_form(weight) <= names:
                 # (int8 - zero_point) * scale, the scales per output channel (W^T is (in, out)); spelled out,
                 # since onnxruntime's optimizer takes a DequantizeLinear feeding a MatMul for a weight of the
                 # branch's own graph and fails to find it (it lives in the main graph)
@@ -96,6 +96,11 @@ def _branches_read_int8(graph: onnx.GraphProto, names: set[str]) -> None:
     kept = [init for init in graph.initializer if init.name in read]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+
+
+def _int8_form(weight: str) -> set[str]:
+    """The initializers quantize_dynamic writes for a weight it quantized."""
+    return {f"{weight}_quantized", f"{weight}_scale", f"{weight}_zero_point"}
 
 
 def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:

@@ -85,8 +85,12 @@ def test_each_variant_is_timed_in_two_sessions_taking_turns(monkeypatch):
 
     made = []
     real = bench_module.session
-    monkeypatch.setattr(bench_module, "session", lambda proto, threads: made.append(Counted(real(proto, threads)))
-                        or made[-1])
+
+    def counted(proto, threads):
+        made.append(Counted(real(proto, threads)))
+        return made[-1]
+
+    monkeypatch.setattr(bench_module, "session", counted)
     result = CliRunner().invoke(bench, [*SMALL, "--attention-impl", "tiled", "--shapes", "1x8"])
     assert result.exit_code == 0, result.output
     tiled = made[:bench_module.SESSIONS]  # then the sgemm's
