@@ -23,11 +23,13 @@ their neighbours), so the loop's scan output has one shape; one Gather puts the 
 rows get the seed's uniform answer after the loop (fused.uniform_rows): inside a tile they would be uniform
 over the tile's keys only.
 
-Masked scores are slow in onnxruntime's Softmax: its exp() clamps x - max at -88.38 and returns e^-88.38, a
-denormal float, which the CPU then adds and scales through microcode, about 10x the time of a normal score
-(0.9 vs 0.27 ms for 1M scores a quarter of them masked, 2 threads). A T-row tile on the diagonal computes
-T(T-1)/2 masked scores per head; fewer rows mean fewer of those but more loop turns, and smaller matmuls.
-MAX_TILE = 64 measured best, or level with the best, of 32, 64, 128 and no cap at each bench-attn shape.
+Masked scores are slow in onnxruntime's Softmax. Its AVX-512 exp() clamps x - max at -103.97 and scales by
+2^m with vscalefps, whose underflowing result (exactly 0 for our fill, a denormal for x - max in about
+[-104, -87]) costs a microcode assist: about 8x an allowed score, whatever the fill (a (8,1,256,512) Softmax
+with a quarter masked, 2 threads: 0.27-0.30 ms unmasked, 0.78-0.89 ms for any fill below -104). A T-row
+tile on the diagonal computes T(T-1)/2 masked scores per head; fewer rows mean fewer of those but more loop
+turns, and smaller matmuls. MAX_TILE = 64 measured best, or level with the best, of 32, 64, 128 and no cap
+at each bench-attn shape.
 """
 
 from __future__ import annotations
