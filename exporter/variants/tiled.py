@@ -25,11 +25,11 @@ over the tile's keys only.
 
 Masked scores are slow in onnxruntime's Softmax. Its AVX-512 exp() clamps x - max at -103.97 and scales by
 2^m with vscalefps, whose underflowing result (exactly 0 for our fill, a denormal for x - max in about
-[-104, -87]) costs a microcode assist: about 8x an allowed score, whatever the fill (a (8,1,256,512) Softmax
-with a quarter masked, 2 threads: 0.27-0.30 ms unmasked, 0.78-0.89 ms for any fill below -104). A T-row
-tile on the diagonal computes T(T-1)/2 masked scores per head; fewer rows mean fewer of those but more loop
-turns, and smaller matmuls. MAX_TILE = 64 measured best, or level with the best, of 32, 64, 128 and no cap
-at each bench-attn shape.
+[-104, -87]) costs a microcode assist: about 8x an allowed score for our fill, about 18x for a denormal one
+(a (8,1,256,512) Softmax with a quarter masked, 2 threads: 0.27-0.30 ms unmasked, 0.78-0.89 ms for any fill
+below -104, 1.59 ms for fills from -86 to -95). A T-row tile on the diagonal computes T(T-1)/2 masked scores
+per head; fewer rows mean fewer of those but more loop turns, and smaller matmuls. MAX_TILE = 64 measured
+best, or level with the best, of 32, 64, 128 and no cap at each bench-attn shape.
 """
 
 from __future__ import annotations
