@@ -18,13 +18,27 @@ class OpenVinoRunner:
         except ImportError:
             raise ProviderError("openvino is not installed (pip install '.[openvino]')") from None
         core = ov.Core()
-        compiled = core.compile_model(core.read_model(data), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        try:
+            compiled = core.compile_model(core.read_model(data), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        except RuntimeError as exc:  # an operator OpenVINO cannot read or compile (com.microsoft ops, say)
+            raise UnsupportedModelError(f"OpenVINO cannot compile this model: {_first_line(exc)}") from None
         self.request = compiled.create_infer_request()
         self.output_names = [o.get_any_name() for o in compiled.outputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.request.infer(feeds)
         return {name: np.asarray(value) for name, value in zip(self.output_names, results.values())}
+
+
+def _first_line(exc: Exception) -> str:
+    """OpenVINO's message in one line: the operators it failed on (its conversion summary) if it gives them,
+    else its first line that is not a C++ source location."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    failed = [line for line in lines if line.startswith("-- Conversion is failed for:")]
+    if failed:
+        return failed[-1][3:]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return (useful or lines or [type(exc).__name__])[0][:300]
 
 
 def label(provider, config) -> str:

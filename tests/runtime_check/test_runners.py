@@ -56,3 +56,16 @@ def test_tolerance_comes_from_the_runners_precision_profile():
     with pytest.raises(ValueError, match="no tolerance profile for precision 'bf16'"):
         tolerance_for("bf16", False)
 
+
+
+@pytest.mark.skipif("openvino" not in AVAILABLE, reason="openvino is not installed (pip install '.[openvino]')")
+def test_a_model_openvino_cannot_compile_is_skipped_with_the_reason(exported):
+    """ort-gqa's com.microsoft.GroupQueryAttention does not convert in OpenVINO: SKIPPED naming the operator,
+    and onnxruntime still checks the model (it used to end the whole check with an unexpected RuntimeError)."""
+    path, spec, module = exported(heads=2, embedding_dim=16, variant="ort-gqa", opset=18)
+    report = check_model(path, CheckConfig(runtimes=("onnxruntime", "openvino"), sweep=QUICK), module=module)
+    assert [(s.runner, s.reason) for s in report.skipped] == [
+        ("openvino/cpu", "OpenVINO cannot compile this model: Conversion is failed for: "
+                         "com.microsoft.GroupQueryAttention")]
+    assert {r.runner for r in report.results} == {"onnxruntime/cpu"}
+    assert report.passed and len(report.results) == len(generate_cases(spec, QUICK))
