@@ -95,9 +95,9 @@ class Case:
 def make_mask(kind: str, batch: int, q_len: int, kv_len: int, rng: np.random.Generator) -> np.ndarray:
     """A 0/1 mask of `kind`: (batch, q_len, kv_len), or (batch, 1, kv_len) for `padding`."""
     causal = np.tril(np.ones((q_len, kv_len), dtype=np.uint8))  # subsequent_mask, top-left aligned
-    valid = rng.integers(1, kv_len + 1, size=batch) if batch > 1 else np.array([max(1, kv_len // 2)])
-    valid[0] = kv_len  # one example unpadded, the others at different lengths
-    padding = (np.arange(kv_len)[None, :] < valid[:, None]).astype(np.uint8)[:, None, :]  # (B, 1, kv_len)
+    if kind in ("padding", "causal+padding"):
+        valid = valid_lengths(batch, kv_len, rng)
+        padding = (np.arange(kv_len)[None, :] < valid[:, None]).astype(np.uint8)[:, None, :]  # (B, 1, kv_len)
     if kind == "ones":
         return np.ones((batch, q_len, kv_len), np.uint8)
     if kind == "zeros":
@@ -113,6 +113,19 @@ def make_mask(kind: str, batch: int, q_len: int, kv_len: int, rng: np.random.Gen
         mask[-1, q_len // 2, :] = 0  # this query's keys are all masked
         return mask
     raise UsageError(f"unknown mask kind {kind!r}; choose from {list(MASK_KINDS)}")
+
+
+def valid_lengths(batch: int, kv_len: int, rng: np.random.Generator) -> np.ndarray:
+    """Each example's count of valid (unpadded) keys: at least one example is padded at any batch, and the
+    lengths differ wherever kv_len leaves room. At batch > 1 the first example is unpadded (a batch mixes
+    lengths); a key of 1 can only be padded whole (0 valid keys: that example's rows attend uniformly)."""
+    if batch == 1:
+        return np.array([kv_len // 2])  # 0 for kv_len 1
+    shorter = np.arange(1, kv_len) if kv_len > 1 else np.array([0])  # the lengths a padded example can have
+    picked = rng.permutation(shorter)[:batch - 1]  # distinct while there are enough
+    if len(picked) < batch - 1:  # more padded examples than lengths: the rest repeat some
+        picked = np.concatenate([picked, rng.choice(shorter, batch - 1 - len(picked))])
+    return np.concatenate([[kv_len], picked])
 
 
 def mask_kinds(spec: ExportSpec) -> list[str]:

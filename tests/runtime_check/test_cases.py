@@ -5,7 +5,8 @@ import pytest
 
 from attn_onnx.errors import UsageError
 from attn_onnx.exporter.spec import ExportSpec
-from attn_onnx.runtime_check.cases import MASK_KINDS, QUICK, Sweep, generate_cases, make_mask, parse_case
+from attn_onnx.runtime_check.cases import (MASK_KINDS, QUICK, Sweep, generate_cases, make_mask, parse_case,
+                                          valid_lengths)
 
 MHA = ExportSpec(heads=2, embedding_dim=16)
 
@@ -57,6 +58,35 @@ def test_mask_kinds_mean_what_they_say():
     assert lengths[0] == 9 and len(set(lengths.tolist())) > 1  # one unpadded, the others differ
     row = make_mask("masked_row", 2, 7, 6, rng)
     assert row[-1, 3].sum() == 0 and row.sum() > 0
+
+
+@pytest.mark.parametrize("spec", [MHA, MHA.replace(module="attention"), MHA.replace(module="mha-self")],
+                         ids=["mha", "attention", "mha-self"])
+@pytest.mark.parametrize("sweep", [Sweep(), QUICK, Sweep(batches=(1, 2, 3, 8), lengths=(1, 2, 3, 9))],
+                         ids=["default", "quick", "small-lengths"])
+def test_every_padding_case_pads_and_its_lengths_differ(spec, sweep):
+    """A padding case pads at least one example at any batch (batch 1 used to pad nothing: its one length was
+    overwritten with kv_len), and no two examples share a length while kv_len leaves room."""
+    cases = [c for c in generate_cases(spec, sweep) if c.mask == "padding"]
+    assert len(cases) >= 2 and 1 in {c.batch for c in cases}
+    for case in cases:
+        mask = case.feeds(0)["mask"]
+        assert mask.size == case.batch * case.kv_len  # (B, 1, kv_len), or attention's (B, 1, 1, kv_len)
+        keys = mask.reshape(case.batch, case.kv_len).astype(np.int64)
+        lengths = keys.sum(-1)
+        assert (lengths < case.kv_len).any(), case.name  # someone is padded
+        assert all(np.array_equal(k, np.arange(case.kv_len) < n) for k, n in zip(keys, lengths)), case.name
+        room = 2 if case.kv_len == 1 else case.kv_len  # lengths 1..kv_len, or 0 and 1
+        assert len(set(lengths.tolist())) == min(case.batch, room), (case.name, lengths)
+
+
+@pytest.mark.parametrize("batch, q_len, kv_len", [(1, 5, 5), (1, 1, 1), (3, 6, 6), (5, 9, 4), (4, 2, 2)])
+def test_causal_plus_padding_is_the_causal_mask_times_the_padding(batch, q_len, kv_len):
+    mask = make_mask("causal+padding", batch, q_len, kv_len, np.random.default_rng(7))
+    valid = valid_lengths(batch, kv_len, np.random.default_rng(7))
+    padding = np.arange(kv_len)[None, None, :] < valid[:, None, None]
+    assert np.array_equal(mask, np.tril(np.ones((q_len, kv_len)))[None] * padding)
+    assert (valid < kv_len).any() and (batch == 1 or valid[0] == kv_len)
 
 
 def test_quick_sweep_avoids_the_export_example_shape():
