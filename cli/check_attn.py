@@ -14,6 +14,15 @@ GRID = ("batches", "lengths", "shapes", "masks")  # the sweep options of attenti
 SWEEP = (*GRID, "sizes")
 
 
+def _profiles(field: str) -> str:
+    """`1e-05 float32, 0.004 float16, ...`: a tolerance's default per precision, for --help."""
+    from attn_onnx.runtime_check.compare import PROFILES
+
+    shown = ("float32", "float16", "bfloat16", "int8")
+    return ", ".join(f"{getattr(PROFILES[p], field):g} {p}" for p in shown) + \
+        f"; {getattr(PROFILES['tf32'], field):g} with --tf32"
+
+
 @click.command("check-attn", cls=OneLineErrorCommand)
 @click.version_option(__version__, prog_name="check-attn")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
@@ -37,9 +46,11 @@ SWEEP = (*GRID, "sizes")
 @click.option("--quick", is_flag=True, help="The small sweep export-attn runs (two shapes, four masks); "
                                             "instead of the sweep options.")
 @click.option("--atol", type=click.FloatRange(min=0), default=None,
-              help="Absolute tolerance. [default: 1e-05; 5e-03 with --tf32; exact for integer outputs]")
+              help="Absolute tolerance; given alone, rtol stays the profile's. [default: the profile of the model's "
+                   f"precision: {_profiles('atol')}; exact for integer outputs]")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
-              help="Relative tolerance. [default: 1e-04; 1e-02 with --tf32]")
+              help="Relative tolerance; given alone, atol stays the profile's. [default: the profile of the "
+                   f"model's precision: {_profiles('rtol')}]")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
 @click.option("--tf32", is_flag=True, help="[cuda] Allow TF32 matmuls (onnxruntime's default), with the "
                                            "looser TF32 tolerances.")
@@ -159,7 +170,7 @@ def _plan(ctx, model: Path, options: dict):
     from attn_onnx.errors import UsageError
     from attn_onnx.files import check_output_file, check_output_folder
     from attn_onnx.runtime_check.cases import QUICK, Sweep, default_plot_case, parse_case
-    from attn_onnx.runtime_check.compare import FLOAT32, TF32, Tolerance
+    from attn_onnx.runtime_check.compare import Tolerance
     from attn_onnx.runtime_check.model import check_interface, load_model
     from attn_onnx.runtime_check.runners import PROVIDERS, RUNTIMES
 
@@ -192,11 +203,9 @@ def _plan(ctx, model: Path, options: dict):
         batches=comma_list(options["batches"], int), lengths=comma_list(options["lengths"], int),
         masks=comma_list(options["masks"]) or None, shapes=_shapes(options["shapes"]),
         sizes=comma_list(options["sizes"], int)).validate()
-    tolerance = None
+    tolerance = None  # the one the user left out comes from each runner's profile (the model's precision)
     if options["atol"] is not None or options["rtol"] is not None:
-        default = TF32 if options["tf32"] else FLOAT32
-        tolerance = Tolerance(atol=default.atol if options["atol"] is None else options["atol"],
-                              rtol=default.rtol if options["rtol"] is None else options["rtol"])
+        tolerance = Tolerance(atol=options["atol"], rtol=options["rtol"])
 
     loaded = load_model(model)
     spec = loaded.spec

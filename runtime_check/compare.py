@@ -9,10 +9,11 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Elementwise |actual - golden| <= atol + rtol * |golden| (numpy.allclose's rule)."""
+    """Elementwise |actual - golden| <= atol + rtol * |golden| (numpy.allclose's rule). As a user's override
+    (CheckConfig.tolerance), either may be None: that one is then each runner's own profile's."""
 
-    atol: float
-    rtol: float
+    atol: float | None
+    rtol: float | None
 
 
 # float32 against the float64 golden. Measured with `check-attn mha.onnx --runtimes onnxruntime,reference,torch`
@@ -52,8 +53,10 @@ def tolerance_for(precision: str, integer_outputs: bool, override: Tolerance | N
         return "exact", EXACT
     if precision not in PROFILES:
         raise ValueError(f"no tolerance profile for precision {precision!r}; known: {list(PROFILES)}")
-    if override is not None:
-        return "user", override
+    if override is not None:  # a value the user left out (None) is the runner's own profile's
+        profile = PROFILES[precision]
+        return "user", Tolerance(atol=profile.atol if override.atol is None else override.atol,
+                                 rtol=profile.rtol if override.rtol is None else override.rtol)
     return precision, PROFILES[precision]
 
 

@@ -396,3 +396,18 @@ def test_json_of_a_failing_run_has_numbers_or_null(small_mha, tmp_path):
     assert all(isinstance(f, float | int) for f in figures)
     assert report["command"][1:] == [str(small_mha[0]), "--quick", "--atol", "0", "--rtol", "0", "--json",
                                      str(report_path)]
+
+
+@pytest.mark.parametrize("fields, profile", [(dict(dtype="float16"), (4e-3, 4e-3)), (dict(quantize="int8"), (0.05, 0.05)),
+                                             ({}, (1e-5, 1e-4))], ids=["float16", "int8", "float32"])
+@pytest.mark.parametrize("given", ["atol", "rtol"])
+def test_one_tolerance_given_alone_keeps_the_other_from_the_models_profile(exported, tmp_path, fields, profile,
+                                                                            given):
+    """`--atol X` alone on a float16 or int8 model used to take rtol from the float32 profile (1e-4)."""
+    path, _, _ = exported(heads=2, embedding_dim=16, **fields)
+    report_path = tmp_path / "r.json"
+    result = run(path, "--quick", "--runtimes", "onnxruntime", f"--{given}", "0.5", "--json", report_path)
+    assert result.exit_code == 0, result.output
+    tolerance = json.loads(report_path.read_text())["tolerances"]["onnxruntime/cpu"]
+    atol, rtol = (0.5, profile[1]) if given == "atol" else (profile[0], 0.5)
+    assert (tolerance["profile"], tolerance["atol"], tolerance["rtol"]) == ("user", atol, rtol)
