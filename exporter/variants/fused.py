@@ -38,7 +38,7 @@ class GraphWriter:
         if parent is None:
             self.initializers: list[onnx.TensorProto] = []
             self._count = 0
-            self._constants: set[str] = set()
+            self._constants: dict[str, np.ndarray] = {}  # name -> value, to refuse a second value
 
     def fresh(self, stem: str) -> str:
         self.root._count += 1
@@ -70,11 +70,16 @@ class GraphWriter:
         return names[0] if outputs == 1 else names
 
     def constant(self, name: str, array: np.ndarray) -> str:
-        """An initializer of the main graph; the same name twice is one initializer (the first value)."""
-        root = self.root
-        if name not in root._constants:
-            root._constants.add(name)
-            root.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        """An initializer of the main graph. The same name with the same value is one initializer; the same
+        name with another value is a builder's bug (ValueError), never the first value silently reused."""
+        root, array = self.root, np.asarray(array)
+        held = root._constants.get(name)
+        if held is None:
+            root._constants[name] = array
+            root.initializers.append(numpy_helper.from_array(array, name))
+        elif held.dtype != array.dtype or held.shape != array.shape or not np.array_equal(held, array):
+            raise ValueError(f"constant {name!r} is already {held.dtype}{list(held.shape)} {held.ravel()[:4]}; "
+                             f"asked for {array.dtype}{list(array.shape)} {array.ravel()[:4]} under the same name")
         return name
 
 

@@ -268,3 +268,20 @@ def test_self_attention_equals_the_three_input_export_fed_x_three_times(exported
 def test_self_attention_refusals(tmp_path, args, message):
     result = CliRunner().invoke(export, [*args, "--out", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2 and result.output.strip().startswith(message), result.output
+
+
+def test_a_constant_name_holds_one_value():
+    """GraphWriter.constant used to hand back the first tensor stored under a name, whatever value was asked
+    the second time (tiled's v_start is [E], ort-mha's [2E]: one rename from a wrong graph)."""
+    import numpy as np
+
+    from attn_onnx.exporter.variants.fused import GraphWriter
+
+    writer = GraphWriter()
+    assert writer.constant("v_start", np.array([16], np.int64)) == "v_start"
+    assert writer.branch().constant("v_start", np.array([16], np.int64)) == "v_start"  # a branch shares them
+    assert len(writer.initializers) == 1
+    for other in (np.array([32], np.int64), np.array([16], np.int32), np.array([[16]], np.int64)):
+        with pytest.raises(ValueError, match="constant 'v_start' is already int64"):
+            writer.branch().constant("v_start", other)
+    assert len(writer.initializers) == 1
