@@ -17,13 +17,17 @@ from attn_onnx.exporter.variants import VARIANTS
 
 def _applies(option: str) -> str:
     """`[mha, attention]`: the module kinds an option applies to, for its help."""
-    return "[" + ", ".join(name for name, kind in KINDS.items() if option in kind.export_options) + "]"
+    return "[" + ", ".join(name if name in MODULES else kind.flag  # forms of mha go by their flags
+                           for name, kind in KINDS.items() if option in kind.export_options) + "]"
 
 
 @click.command("export-attn", cls=OneLineErrorCommand)
 @click.version_option(__version__, prog_name="export-attn")
 @click.option("--module", "module_kind", type=click.Choice(MODULES), default="mha", show_default=True,
-              help="What to export: " + "; ".join(f"{name}: {kind.help}" for name, kind in KINDS.items()) + ".")
+              help="What to export: " + "; ".join(f"{name}: {KINDS[name].help}" for name in MODULES) + ". Forms of mha "
+                   "have flags of their own: " + ", ".join(f"{kind.flag} ({kind.name} in the metadata)"
+                                                           for name, kind in KINDS.items() if name not in MODULES)
+                   + ".")
 @click.option("--heads", type=int, default=8, show_default=True, help=f"{_applies('heads')} Attention heads.")
 @click.option("--embedding-dim", "--d-model", "embedding_dim", type=int, default=None,
               help=f"{_applies('embedding_dim')} Model width; d_k = embedding-dim / heads. "
@@ -137,12 +141,12 @@ def main(**options):
         refuse(ctx, {"name"}, "without --bundle or --triton-repo")
     if repo is None:
         refuse(ctx, {"triton_max_batch", "triton_gpu"}, "without --triton-repo")
-    if bundle is not None and options["dtype"] != "float32":
-        raise click.UsageError(f"--bundle takes --dtype float32 only so far (its golden vectors and the Node "
-                               f"verifier are float32); write the {options['dtype']} model with --out or "
-                               "--triton-repo")
     name = options["name"] or kind.name
+    from attn_onnx.deploy.bundle import check_bundle_dtype
     from attn_onnx.deploy.triton import check_name
+
+    if bundle is not None:
+        check_bundle_dtype(options["dtype"])
 
     check_name(name)
     if out is not None:

@@ -205,6 +205,23 @@ def test_every_option_has_help():
         assert param.help, param.name
 
 
+def test_help_names_only_module_choices_and_says_how_to_reach_the_other_kinds():
+    """--help used to list mha-cache and mha-self under --module, whose choices are mha|attention|mask."""
+    import click
+
+    module = next(p for p in main.params if p.name == "module_kind")
+    assert list(module.type.choices) == ["mha", "attention", "mask"]
+    assert all(f"{name}: " in module.help for name in module.type.choices)
+    assert "mha-cache:" not in module.help and "mha-self:" not in module.help  # not values of --module
+    assert "--kv-cache (mha-cache in the metadata)" in module.help
+    assert "--self-attention (mha-self in the metadata)" in module.help
+    for param in main.params:  # [mha, attention, --kv-cache]: each a --module value or a flag that exists
+        if isinstance(param, click.Option) and param.help and param.help.startswith("[mha"):
+            marks = param.help[1:param.help.index("]")].split(", ")
+            flags = {opt for p in main.params for opt in getattr(p, "opts", ())}
+            assert all(m in module.type.choices or m in flags for m in marks), (param.name, marks)
+
+
 def test_help_does_not_import_torch():
     code = ("import sys\nfrom attn_onnx.cli.export_attn import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
