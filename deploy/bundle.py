@@ -18,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from attn_onnx import __version__
-from attn_onnx.errors import BundleError, InterfaceError
+from attn_onnx.errors import BundleError, InterfaceError, UsageError
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.files import file_sha256, write_folder_atomic
 from attn_onnx.model_files import needs_external, save_model
@@ -30,7 +30,11 @@ FORMAT = "attn-onnx-bundle/1"
 MODEL_FILE, MANIFEST_FILE = "model.onnx", "manifest.json"
 
 # The KServe v2 / Triton name of each element type
-DATATYPES = {"float32": "FP32", "float64": "FP64", "bool": "BOOL", "uint8": "UINT8", "int64": "INT64"}
+DATATYPES = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "bool": "BOOL", "uint8": "UINT8",
+             "int64": "INT64"}
+# The --dtype values a bundle takes. bfloat16 is refused: onnxruntime has no bfloat16 MatMul on a CPU, so
+# neither check-attn --bundle nor the Node verifier could run its golden vectors here.
+BUNDLE_DTYPES = ("float32", "float16")
 
 # The lowest onnxruntime that implements each default-domain opset, and each ONNX IR version
 # (onnxruntime's compatibility table): a model needs the higher of the two.
@@ -74,23 +78,42 @@ def min_onnxruntime(proto: onnx.ModelProto) -> str:
     return max(needs, key=lambda v: tuple(int(p) for p in v.split(".")))
 
 
+def check_bundle_dtype(dtype: str) -> None:
+    """UsageError for a --dtype a bundle cannot carry (before any export work)."""
+    if dtype not in BUNDLE_DTYPES:
+        raise UsageError(f"a bundle takes --dtype {' or '.join(BUNDLE_DTYPES)}, not {dtype}: onnxruntime has no "
+                         f"{dtype} MatMul on a CPU, so its golden vectors could not be checked here; write the "
+                         f"{dtype} model with --out or --triton-repo")
+
+
+def _shape_text(dims: list, names: dict) -> str:
+    """(batch, q_len, kv_len) from a kind's dims, a dim renamed or fixed by `names`."""
+    return "(" + ", ".join(str(names.get(d, d)) for d in dims) + ")"
+
+
 def mask_contract(spec: ExportSpec) -> str:
     """The mask convention, in words, for the people wiring the model into a service."""
+    from attn_onnx.dtypes import numpy_dtype
+    from attn_onnx.models import MASK_FILL
+
+    fill = max(MASK_FILL, float(np.finfo(numpy_dtype(spec.dtype)).min))
+    fill = "-1e9" if fill == MASK_FILL else f"{fill:g}"  # float16 cannot hold -1e9: its lowest, -65504
     if spec.kind.case_dims == ("size",):
         return "no mask input; the output is subsequent_mask(size): 1 (may attend) on and below the diagonal, 0 above"
     if spec.mask == "causal":
         if spec.causal_align == "bottom-right":
             return ("no mask input: the graph builds the causal mask bottom-right aligned, query i attends keys "
-                    "0..kv_len-q_len+i (the newest q_len tokens after a prefix); masked scores are filled with -1e9, "
-                    "so a row with no key (q_len > kv_len) attends uniformly")
+                    "0..kv_len-q_len+i (the newest q_len tokens after a prefix); masked scores are filled with "
+                    f"{fill}, so a row with no key (q_len > kv_len) attends uniformly")
         return ("no mask input: the graph builds the causal mask, query i attends keys 0..i (top-left aligned); "
-                "masked scores are filled with -1e9")
+                f"masked scores are filled with {fill}")
     if spec.mask == "none":
         return "no mask: every query attends every key"
-    shape = "(batch, q_len, kv_len) or (batch, 1, kv_len)" if spec.module == "mha" else \
-        "(batch, 1, q_len, kv_len) or (batch, 1, 1, kv_len)"
+    dims = spec.input_dims()["mask"]  # the kind's own: mha-self's keys are its q_len, mha-cache's total_len
+    shape = (f"{_shape_text(dims, {'mask_q_len': 'q_len'})} (a full mask) or "
+             f"{_shape_text(dims, {'mask_q_len': 1})} (a padding mask)")
     return (f"input 'mask' of {spec.mask_dtype} {shape}, the same for every head: a nonzero value means "
-            "'may attend', 0 means 'masked' (its score is replaced by -1e9). A query whose keys are all masked "
+            f"'may attend', 0 means 'masked' (its score is replaced by {fill}). A query whose keys are all masked "
             "attends uniformly (its output is the mean of the values): never NaN, never zeros. Bool tensors are "
             "one byte per element (0 or 1)")
 
@@ -108,6 +131,7 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
 
     `module` holds the weights as the model does (dequantized, for an int8 model): the golden vectors are its
     float64 answers, and the manifest's tolerance is the profile of the model's precision."""
+    check_bundle_dtype(spec.dtype)
     import torch
 
     from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
@@ -184,16 +208,50 @@ def read_manifest(folder: str | Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path} is not an attn-onnx bundle manifest (format is not {FORMAT!r})")
     try:  # every key the checks below read
-        for key in ("file", "sha256"):
-            manifest["model"][key]
+        _require(manifest, ("model", "tolerance", "test_data_sets"), "the manifest")
+        _require(manifest["model"], ("file", "sha256"), "model")
+        _require(manifest["tolerance"], ("atol", "rtol"), "tolerance")
         for key in ("atol", "rtol"):
-            float(manifest["tolerance"][key])
-        for entry in manifest["test_data_sets"]:
-            for f in entry["inputs"] + entry["outputs"]:
-                f["file"], f["sha256"], f["name"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{path} lacks {exc}") from None
+            if not isinstance(manifest["tolerance"][key], (int, float)):
+                raise _Malformed(f"tolerance.{key} is not a number")
+        for i, entry in enumerate(_list(manifest["test_data_sets"], "test_data_sets")):
+            _require(entry, ("inputs", "outputs"), f"test_data_sets[{i}]")
+            _check_vectors(entry, f"test_data_sets[{i}]")
+        if "decode" in manifest:
+            decode = manifest["decode"]
+            _require(decode, ("thread", "first_past", "steps"), "decode")
+            _require(decode["first_past"], ("shape",), "decode.first_past")
+            _require(decode["thread"], (), "decode.thread")
+            for k, step in enumerate(_list(decode["steps"], "decode.steps")):
+                _require(step, ("folder", "new_tokens", "past_len", "inputs", "outputs"), f"decode.steps[{k}]")
+                _check_vectors(step, f"decode.steps[{k}]")
+    except _Malformed as exc:
+        raise BundleError(f"{path} is malformed: {exc}") from None
     return manifest
+
+
+class _Malformed(Exception):
+    """What a manifest lacks, as read_manifest says it."""
+
+
+def _require(entry, keys: tuple[str, ...], where: str) -> None:
+    if not isinstance(entry, dict):
+        raise _Malformed(f"{where} is not an object")
+    missing = [key for key in keys if key not in entry]
+    if missing:
+        raise _Malformed(f"{where} lacks {', '.join(repr(key) for key in missing)}")
+
+
+def _list(entry, where: str) -> list:
+    if not isinstance(entry, list):
+        raise _Malformed(f"{where} is not a list")
+    return entry
+
+
+def _check_vectors(entry: dict, where: str) -> None:
+    for side in ("inputs", "outputs"):
+        for j, f in enumerate(_list(entry[side], f"{where}.{side}")):
+            _require(f, ("file", "sha256", "name"), f"{where}.{side}[{j}]")
 
 
 def verify_hashes(folder: str | Path, manifest: dict) -> None:

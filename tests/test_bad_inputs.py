@@ -105,6 +105,14 @@ def _setups(default: Path, bundle: Path) -> dict:
             _flip(tmp / name / relative, where)
         return make
 
+    def bad_decode(tmp):
+        result = CliRunner().invoke(export_attn, ["--kv-cache", "--heads", "2", "--embedding-dim", "16", "--no-check",
+                                                  "--bundle", str(tmp / "bad-decode")])
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((tmp / "bad-decode" / "manifest.json").read_text())
+        del manifest["decode"]["steps"][1]["inputs"]
+        (tmp / "bad-decode" / "manifest.json").write_text(json.dumps(manifest))
+
     def other(tmp):
         graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
                                        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
@@ -134,6 +142,8 @@ def _setups(default: Path, bundle: Path) -> dict:
         "a pickled whole module": lambda tmp: torch.save(MultiHeadedAttention(2, 16), tmp / "whole.pt"),
         "a bundle with a flipped model byte": copy_bundle("tampered", "model.onnx", 5000),
         "a bundle with a changed vector": copy_bundle("changed", "test_data_set_2/output_0.pb", -3),
+        "a decode step without its inputs in a bundle's manifest": bad_decode,
+        "a bfloat16 bundle": lambda tmp: None,
     }
 
 

@@ -110,9 +110,14 @@ def test_a_tampered_bundle_exits_1_naming_what_changed(bundle, tmp_path, how, na
 
 
 def test_a_changed_vector_with_a_matching_hash_fails_on_the_numbers(bundle, tmp_path):
-    copy = tampered(bundle, tmp_path, "vector")
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     entry = manifest["test_data_sets"][2]["outputs"][0]
+    name, expected = tensor(copy / entry["file"])
+    expected = expected.copy()
+    expected.flat[-1] += 1e-3  # 100x the float32 atol, whatever the value
+    (copy / entry["file"]).write_bytes(numpy_helper.from_array(expected, name).SerializeToString())
     entry["sha256"] = hashlib.sha256((copy / entry["file"]).read_bytes()).hexdigest()
     (copy / "manifest.json").write_text(json.dumps(manifest))
     result = run_check("--bundle", copy)
@@ -167,7 +172,8 @@ def test_a_folder_that_is_not_a_bundle_is_one_error(bundle, tmp_path):
     del manifest["test_data_sets"][0]["outputs"][0]["sha256"]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     result = run_check("--bundle", copy)
-    assert result.exit_code == 1 and result.output.strip() == f"Error: {copy / 'manifest.json'} lacks 'sha256'"
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {copy / 'manifest.json'} is malformed: test_data_sets[0].outputs[0] lacks 'sha256'"
 
 
 @pytest.fixture(scope="module", params=["causal", "input"])
@@ -204,6 +210,25 @@ def test_check_bundle_decodes_the_steps_through_the_cache(cache_bundle):
     assert [r.shape for r in report.results if r.shape.startswith("decode")] == [f"decode.step{k}" for k in range(4)]
 
 
+@pytest.mark.parametrize("change, says", [
+    (lambda d: d["steps"][1].pop("inputs"), "decode.steps[1] lacks 'inputs'"),
+    (lambda d: d["steps"][2]["outputs"][0].pop("file"), "decode.steps[2].outputs[0] lacks 'file'"),
+    (lambda d: d.pop("first_past"), "decode lacks 'first_past'"),
+    (lambda d: d.__setitem__("steps", {}), "decode.steps is not a list"),
+    (lambda d: d["steps"].__setitem__(0, 3), "decode.steps[0] is not an object"),
+], ids=["no-inputs", "no-file", "no-first-past", "steps-not-a-list", "step-not-an-object"])
+def test_a_malformed_decode_entry_is_one_error_naming_it(cache_bundle, tmp_path, change, says):
+    """It used to be `Error: unexpected KeyError: 'inputs'`."""
+    copy = tmp_path / "b"
+    shutil.copytree(cache_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    change(manifest["decode"])
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = run_check("--bundle", copy)
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {copy / 'manifest.json'} is malformed: {says}"
+
+
 def test_a_changed_decode_file_fails_the_bundle(cache_bundle, tmp_path):
     from attn_onnx.deploy.bundle import check_bundle
     from attn_onnx.errors import BundleError
@@ -226,3 +251,73 @@ def test_the_node_verifier_decodes_the_steps(cache_bundle):
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASSED | onnxruntime-node | decode/step_3 (1 new, past 6)" in result.stdout
+
+
+@pytest.mark.parametrize("args, full, padding", [
+    ((), "(batch, q_len, kv_len)", "(batch, 1, kv_len)"),
+    (("--self-attention",), "(batch, q_len, q_len)", "(batch, 1, q_len)"),
+    (("--kv-cache", "--mask", "input"), "(batch, q_len, total_len)", "(batch, 1, total_len)"),
+    (("--module", "attention"), "(batch, 1, q_len, kv_len)", "(batch, 1, 1, kv_len)"),
+], ids=["mha", "mha-self", "mha-cache", "attention"])
+def test_the_mask_contract_states_each_kinds_own_mask_dims(bundle_of, args, full, padding):
+    """mha-self and mha-cache bundles used to say the mask was 4-D (batch, 1, q_len, kv_len): the contract
+    tested `spec.module == "mha"`. It now renders the kind's own dims, the same ones the inputs list."""
+    manifest = read_manifest(bundle_of(*args))
+    contract = manifest["mask_convention"]
+    assert f"{full} (a full mask) or {padding} (a padding mask)" in contract
+    mask = next(i for i in manifest["inputs"] if i["name"] == "mask")
+    assert len(mask["dims"]) == full.count(",") + 1 == padding.count(",") + 1  # the rank the input has
+    assert all(str(d) in full.replace("q_len,", "mask_q_len,", 1) or d == 1 for d in mask["dims"])
+
+
+def test_a_float16_bundle_carries_float16_vectors_at_the_float16_profile(bundle_of):
+    """write_bundle used to raise a bare KeyError: 'float16'. FP16 is the protocol's name; the vectors are
+    float16 TensorProtos; the tolerance is the float16 profile (8 units of roundoff), and the bundle checks."""
+    folder = bundle_of("--dtype", "float16")
+    manifest = read_manifest(folder)
+    assert [(i["name"], i["dtype"], i["datatype"]) for i in manifest["inputs"]] == [
+        ("query", "float16", "FP16"), ("key", "float16", "FP16"), ("value", "float16", "FP16"), ("mask", "bool", "BOOL")]
+    assert [(o["dtype"], o["datatype"]) for o in manifest["outputs"]] == [("float16", "FP16")]
+    assert (manifest["tolerance"]["atol"], manifest["tolerance"]["rtol"]) == (4e-3, 4e-3)
+    assert "replaced by -65504" in manifest["mask_convention"]  # float16's lowest, not -1e9 (-inf in float16)
+    for entry in manifest["test_data_sets"]:
+        for f in entry["inputs"] + entry["outputs"]:
+            name, array = tensor(folder / f["file"])
+            assert array.dtype == (np.bool_ if name == "mask" else np.float16) and f["dtype"] == str(array.dtype)
+    result = run_check("--bundle", folder)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("PASSED | summary | 5 passed, 0 failed")
+
+
+def test_a_float16_bundle_fails_when_the_model_drifts_past_the_float16_profile(bundle_of, tmp_path):
+    """The float16 tolerance is not so loose that anything passes: the output projection scaled by 5% fails."""
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_of("--dtype", "float16"), copy)
+    model = onnx.load(str(copy / "model.onnx"))
+    weight_map = json.loads(next(p.value for p in model.metadata_props if p.key == "attn_onnx.weights"))
+    name = weight_map["linears.3.weight"]["initializer"]
+    init = next(i for i in model.graph.initializer if i.name == name)
+    init.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(init) * 1.05).astype(np.float16), name))
+    onnx.save(model, str(copy / "model.onnx"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["model"]["sha256"] = hashlib.sha256((copy / "model.onnx").read_bytes()).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = run_check("--bundle", copy)
+    assert result.exit_code == 1 and "FAILED | onnxruntime/cpu | test_data_set_" in result.output
+
+
+def test_a_bfloat16_bundle_is_refused_before_any_work(tmp_path):
+    result = CliRunner().invoke(export, [*SMALL, "--dtype", "bfloat16", "--bundle", str(tmp_path / "b")])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "Error: a bundle takes --dtype float32 or float16, not bfloat16: onnxruntime has no bfloat16 MatMul on a "
+        "CPU, so its golden vectors could not be checked here; write the bfloat16 model with --out or --triton-repo")
+    assert list(tmp_path.iterdir()) == []
+    from attn_onnx.deploy.bundle import write_bundle
+    from attn_onnx.errors import UsageError
+    from attn_onnx.exporter.spec import ExportSpec
+
+    with pytest.raises(UsageError, match="not bfloat16"):  # the library refuses too, before touching the target
+        write_bundle(tmp_path / "b", onnx.ModelProto(), ExportSpec(heads=2, embedding_dim=16, dtype="bfloat16"), None,
+                     name="m")
+    assert list(tmp_path.iterdir()) == []
