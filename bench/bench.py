@@ -26,6 +26,7 @@ import math
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -115,6 +116,26 @@ def session(proto: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def sessions(proto: onnx.ModelProto, threads: int) -> list[ort.InferenceSession]:
+    """SESSIONS sessions of one model, taken in turn round by round (see the module's docstring)."""
+    return [session(proto, threads) for _ in range(SESSIONS)]
+
+
+def interleaved(calls: dict[str, Callable[[int], object]], rounds: int, target_s: float,
+                before_round: Callable[[int], None] = lambda number: None,
+                on_round: Callable[[int], None] = lambda number: None) -> dict[str, list[float]]:
+    """Seconds per call of each contender in each round: every round times every contender once, in
+    round_order, each after a pause (`_timed`). `call(number)` gets the round's number, so a contender can take
+    its sessions in turn. The one timing engine of bench-attn and export-attn --attention-impl auto."""
+    samples = {name: [] for name in calls}
+    for number in range(rounds):
+        before_round(number)
+        for name in round_order(list(calls), number):
+            samples[name].append(_timed(lambda call=calls[name]: call(number), target_s))
+        on_round(number)
+    return samples
+
+
 def sgemm_model() -> onnx.ModelProto:
     """One MatMul of two 2048x2048 float32 inputs: the ceiling any attention graph on this CPU runs under."""
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [SGEMM_N, SGEMM_N])
@@ -186,7 +207,7 @@ def run_bench(variants: list[str], shapes: list[tuple[int, int]], threads: list[
                                              "torch": torch.__version__, "onnx": onnx.__version__})
     for n_threads in threads:
         torch.set_num_threads(n_threads)
-        sessions = {name: [session(p, n_threads) for _ in range(SESSIONS)] for name, p in protos.items()}
+        by_variant = {name: sessions(p, n_threads) for name, p in protos.items()}
         sgemm = session(sgemm_model(), n_threads)
         limit_rounds, torch_rounds = [], []
         for batch, length in shapes:
@@ -196,23 +217,23 @@ def run_bench(variants: list[str], shapes: list[tuple[int, int]], threads: list[
                 feeds["key"] = feeds["value"] = feeds["query"]
             tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
             given = {name: _cast({"x": feeds["query"], "mask": feeds["mask"]} if name.endswith("/self") else feeds,
-                                 feed_dtypes[name]) for name in sessions}
+                                 feed_dtypes[name]) for name in by_variant}
             with torch.no_grad():
                 golden = double(*(tensors[n].double() for n in ("query", "key", "value")), tensors["mask"]).numpy()
             calls = {f"ort:{name}": (lambda number, s=s, f=given[name]: s[number % SESSIONS].run(None, f))
-                     for name, s in sessions.items()}
+                     for name, s in by_variant.items()}
             q, k, v, m = (tensors[n] for n in ("query", "key", "value", "mask"))
             calls["torch-eager"] = lambda number, q=q, k=k, v=v, m=m: module(q, k, v, m)
             calls["torch-sdpa"] = lambda number, q=q, k=k, v=v, m=m: sdpa(module, q, k, v, m)
             errors = {f"ort:{name}": float(np.abs(s.run(None, given[name])[0].astype(np.float64) - golden).max())
-                      for name, (s, *_) in sessions.items()}
-            samples = {name: [] for name in calls}
+                      for name, (s, *_) in by_variant.items()}
+
+            def limits(number, sgemm=sgemm):  # the sgemm limit and torch.matmul, timed in every round too
+                limit_rounds.append(_timed(lambda: sgemm.run(None, {"a": a, "b": b}), target_s))
+                torch_rounds.append(_timed(lambda: torch.matmul(ta, tb), target_s))
+
             with torch.no_grad():
-                for number in range(rounds):
-                    limit_rounds.append(_timed(lambda s=sgemm: s.run(None, {"a": a, "b": b}), target_s))
-                    torch_rounds.append(_timed(lambda: torch.matmul(ta, tb), target_s))
-                    for name in round_order(list(calls), number):
-                        samples[name].append(_timed(lambda c=calls[name], r=number: c(r), target_s))
+                samples = interleaved(calls, rounds, target_s, before_round=limits)
             work = flops(batch, length, embedding_dim)
             rows = []
             for name, times in samples.items():

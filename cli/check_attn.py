@@ -98,6 +98,8 @@ def main(model, **options):
     def start(report):
         click.echo(f"model {report.model} (sha256 {report.sha256[:16]}), module {report.spec.module}; "
                    f"reference weights: {report.reference_weights}")
+        if report.spec.tuning:
+            click.echo(_tuning_line(report.spec.tuning))
 
     def show(result, done, total):
         if not (quiet and result.passed):
@@ -235,6 +237,16 @@ def _plan(ctx, model: Path, options: dict):
                          seed=options["seed"], weights=options["weights"], weights_prefix=options["weights_prefix"],
                          tf32=options["tf32"], skip_missing=options["skip_missing"]).validate()
     return loaded, config, plots
+
+
+def _tuning_line(record: dict) -> str:
+    """What export-attn --attention-impl auto decided from, in one line (the metadata's attn_onnx.tuning)."""
+    figures = ", ".join(f"{v} {ms:.3g}" for v, ms in sorted(record.get("geomean_ms", {}).items(), key=lambda i: i[1]))
+    dropped = "; dropped: " + ", ".join(sorted(record["dropped"])) if record.get("dropped") else ""
+    return (f"variant {record.get('chosen')} chosen by --attention-impl auto on {record.get('cpu')}, "
+            f"{record.get('threads')} thread(s), at {','.join(record.get('shapes', []))} "
+            f"(mask {record.get('mask')}): geomean ms {figures or 'not timed (the only candidate)'}{dropped}; "
+            f"runs in {record.get('runs_in')}")
 
 
 def _shapes(text: str | None):

@@ -11,6 +11,7 @@ from attn_onnx.cli.common import OneLineErrorCommand, given, refuse
 from attn_onnx.exporter.kinds import KINDS, MODULES
 from attn_onnx.exporter.kinds.base import COMMON_EXPORT_OPTIONS
 from attn_onnx.exporter.spec import DTYPES, MASK_DTYPES, MASK_MODES, OPSETS, ExportSpec
+from attn_onnx.runtime_check.cases import MASK_KINDS
 from attn_onnx.exporter.variants import DEFAULT as DEFAULT_VARIANT
 from attn_onnx.exporter.variants import VARIANTS
 
@@ -54,10 +55,22 @@ def _applies(option: str) -> str:
               "onnx.reference here, and runs in onnxruntime on CUDA.")
 @click.option("--attn-probs", is_flag=True, help=f"{_applies('attn_probs')} Also output the attention "
                                                  "probabilities `attn_probs` (attention always does).")
-@click.option("--attention-impl", "variant", type=click.Choice(list(VARIANTS)), default=DEFAULT_VARIANT,
+@click.option("--attention-impl", "variant", type=click.Choice([*VARIANTS, "auto"]), default=DEFAULT_VARIANT,
               show_default=True, help="How attention is built: " + "; ".join(
                   f"{v.name}: {v.help} ({v.runtimes})" for v in VARIANTS.values()) + ". Each keeps the seed's "
-              "semantics, a fully-masked row attending uniformly included.")
+              "semantics, a fully-masked row attending uniformly included. auto: export every variant that "
+              "accepts the spec, check each, time those that pass at --tune-shapes on this machine, and write the "
+              "fastest (the table it decided from is printed and kept in the metadata).")
+@click.option("--tune-shapes", default="1x16,1x128,1x512", show_default=True, metavar="BATCHxLEN,...",
+              help="[with --attention-impl auto] The shapes to time the candidates at (self-attention lengths); "
+                   "the fastest by geometric mean over them wins.")
+@click.option("--tune-rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="[with --attention-impl auto] Interleaved timing rounds (bench-attn's); each figure is a median.")
+@click.option("--tune-mask", type=click.Choice(list(MASK_KINDS)), default="causal+padding", show_default=True,
+              help="[with --attention-impl auto and --mask input] The mask fed while timing: the kind your "
+                   "service feeds (tiled skips what a causal mask hides).")
+@click.option("--standard-ops", is_flag=True, help="[with --attention-impl auto] Only variants of standard ONNX "
+              "operators (no com.microsoft kernels): for OpenVINO, the browser, onnx.reference.")
 @click.option("--optimize", is_flag=True, help="Write the graph as onnxruntime optimizes it offline, at its "
               "portable 'extended' level (fusions into com.microsoft ops; no CPU-specific layouts). Runs in "
               "onnxruntime; the metadata is kept.")
@@ -126,8 +139,18 @@ def main(**options):
         refuse(ctx, {"mask_dtype"}, f"to --mask {options['mask_mode']} (the model has no mask input)")
     if options["mask_mode"] != "causal":
         refuse(ctx, {"causal_align"}, f"to --mask {options['mask_mode']} (it aligns the built-in causal mask)")
-    variant = VARIANTS[options["variant"]]
+    auto = options["variant"] == "auto"
+    if not auto:
+        refuse(ctx, {"tune_shapes", "tune_rounds", "tune_mask", "standard_ops"}, "without --attention-impl auto")
+    elif options["mask_mode"] != "input":
+        refuse(ctx, {"tune_mask"}, f"to --mask {options['mask_mode']} (the model builds its own mask)")
+    if auto and options["optimize"] and options["standard_ops"]:
+        raise click.UsageError("--standard-ops and --optimize exclude each other: the optimized graph holds "
+                               "com.microsoft operators")
+    pinned_opset = options["opset"]  # auto: each candidate at max(18, its minimum) unless pinned
+    variant = VARIANTS[DEFAULT_VARIANT if auto else options["variant"]]  # auto: every option checked as for it
     options["opset"] = options["opset"] or max(18, variant.min_opset)
+    tune_shapes = _tune_shapes(options["tune_shapes"]) if auto else None
     ExportSpec(module=kind.name, attn_probs=options["attn_probs"], opset=options["opset"], variant=variant.name,
                dtype=options["dtype"], mask=options["mask_mode"], causal_align=options["causal_align"]).validate()
     if options["weights"] is None and "weights_prefix" in given(ctx):
@@ -159,14 +182,28 @@ def main(**options):
         check_output_dir(repo / name if repo.exists() else repo, force, "--triton-repo")
     targets = " or ".join(str(p) for p in (out, bundle, repo and repo / name) if p is not None)
     try:
-        _export(kind, options, name, targets)
+        _export(kind, options, name, targets, tune_shapes, pinned_opset)
     except KeyboardInterrupt:
         from attn_onnx.cli.common import signal_name
 
         raise Interrupted(f"{signal_name()}; nothing was written to {targets}") from None
 
 
-def _export(kind, options, name: str, targets: str) -> None:
+def _tune_shapes(text: str) -> list[tuple[int, int]]:
+    from attn_onnx.cli.common import comma_list
+
+    shapes = []
+    for item in comma_list(text):
+        parts = item.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise click.UsageError(f"--tune-shapes item {item!r} is not BATCHxLEN with both >= 1 (e.g. 4x512)")
+        shapes.append((int(parts[0]), int(parts[1])))
+    if not shapes:
+        raise click.UsageError("--tune-shapes: give at least one BATCHxLEN")
+    return shapes
+
+
+def _export(kind, options, name: str, targets: str, tune_shapes=None, pinned_opset=None) -> None:
     from attn_onnx.exporter.export import check_onnx, export_onnx, in_dtype
     from attn_onnx.exporter.spec import ExportSpec
     from attn_onnx.exporter.weights import embedding_dim_of, load_state_dict, weights_label
@@ -180,12 +217,21 @@ def _export(kind, options, name: str, targets: str) -> None:
     spec = ExportSpec(module=kind.name, heads=options["heads"], embedding_dim=embedding_dim,
                       mask=options["mask_mode"], mask_dtype=options["mask_dtype"], attn_probs=options["attn_probs"],
                       dtype=options["dtype"], quantize=options["quantize"] or "",
-                      opset=options["opset"], variant=options["variant"],
+                      opset=options["opset"], variant=DEFAULT_VARIANT if tune_shapes else options["variant"],
                       optimize="extended" if options["optimize"] else "", causal_align=options["causal_align"],
                       weights_source=source if kind.has_weights else "").validate()
     module = kind.build_module(spec, state, options["seed"]) if kind.has_weights else None
     stored = in_dtype(module, spec.dtype)  # the weights as the model holds them: rounded to its dtype
-    proto, spec = export_onnx(spec, stored)
+    if tune_shapes is not None:  # --attention-impl auto
+        from attn_onnx.bench.auto import tune
+
+        choice = tune(spec, stored, tune_shapes, rounds=options["tune_rounds"], mask=options["tune_mask"],
+                      standard_ops=options["standard_ops"], opset=pinned_opset,
+                      on_line=lambda text: click.echo(text, err=True))
+        click.echo(choice.table())
+        proto, spec = choice.proto, choice.spec
+    else:
+        proto, spec = export_onnx(spec, stored)
     if spec.quantize:  # int8: the dequantized weights, read back through the weight map
         stored, _ = reference_module(proto, spec)
     force, out = options["force"], options["out"]

@@ -78,7 +78,7 @@ def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0
     if kind.has_weights:
         spec = spec.replace(weights=built.weights)
     _name_dims(proto, spec)
-    _describe(proto, spec)
+    describe(proto, spec)
     check_onnx(proto)
     if spec.optimize:
         from attn_onnx.exporter.optimize import optimize
@@ -96,7 +96,7 @@ def _rewritten(rewrite, proto: onnx.ModelProto, spec: ExportSpec) -> tuple[onnx.
     again, with the spec's weight map following the weights."""
     proto, weights = rewrite(proto, spec.weights)
     spec = spec.replace(weights=weights)
-    _describe(proto, spec)
+    describe(proto, spec)
     check_onnx(proto)
     return proto, spec
 
@@ -146,7 +146,9 @@ def _name_dims(proto: onnx.ModelProto, spec: ExportSpec) -> None:
                     dim.dim_param = w
 
 
-def _describe(proto: onnx.ModelProto, spec: ExportSpec) -> None:
+def describe(proto: onnx.ModelProto, spec: ExportSpec) -> None:
+    """Write the spec into the model: its metadata_props (attn_onnx.*, the producers' versions), producer and
+    doc_string."""
     import onnxscript
 
     props = spec.to_metadata() | {

@@ -45,6 +45,8 @@ class ExportSpec:
     causal_align: str = "top-left"  # with mask causal: top-left (the seed's subsequent_mask) or bottom-right
     weights: dict[str, dict] = field(default_factory=dict, compare=False)  # state_dict key -> initializer
     weights_source: str = field(default="", compare=False)  # where the weights came from, for people
+    # export-attn --attention-impl auto: why this variant (shapes, CPU, each candidate's figures); {} otherwise
+    tuning: dict = field(default_factory=dict, compare=False)
 
     @property
     def kind(self):
@@ -120,6 +122,8 @@ class ExportSpec:
             meta["optimize"] = self.optimize
         if self.quantize:
             meta["quantize"] = self.quantize
+        if self.tuning:
+            meta["tuning"] = json.dumps(self.tuning, sort_keys=True)
         for name in self.kind.metadata_fields:
             value = _encode(self, name)
             if value is not None:
@@ -161,6 +165,8 @@ class ExportSpec:
                 kwargs["attn_probs"] = meta["attn_probs"] == "true"
             if "weights" in meta:
                 kwargs.update(weights=json.loads(meta["weights"]), weights_source=meta.get("weights_source", ""))
+            if "tuning" in meta:
+                kwargs["tuning"] = json.loads(meta["tuning"])
             spec = cls(**kwargs)
             spec.validate()
         except (ValueError, UsageError) as exc:

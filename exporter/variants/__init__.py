@@ -67,6 +67,7 @@ class Variant:
     masks: tuple[str, ...] = ("input", "causal", "none")  # the mask modes it builds
     d_k_multiple: int = 1  # d_k must be a multiple of this (a kernel's constraint)
     no_dtype: str = ""  # why the other dtypes are refused
+    standard_ops: bool = True  # only standard ONNX operators (no com.microsoft): runs beyond onnxruntime
 
     def check(self, spec) -> None:
         """UsageError where this variant cannot build `spec`."""
@@ -106,10 +107,12 @@ VARIANTS = {v.name: v for v in (
     Variant("ort-gqa", "ort_gqa", "onnxruntime's com.microsoft.GroupQueryAttention (no scores tensor, the upper "
             "triangle skipped) where the mask is causal plus key padding, decided at run time; ort-mha's graph "
             "for any other mask", modules=("mha", "mha-self"), attn_probs=False, min_opset=18,
-            runtimes="onnxruntime only", dtypes=("float32",), no_dtype="not measured at other dtypes yet",
+            runtimes="onnxruntime only", standard_ops=False, dtypes=("float32",),
+            no_dtype="not measured at other dtypes yet",
             masks=("input", "causal"), d_k_multiple=8),
     Variant("ort-mha", "ort_mha", "onnxruntime's fused com.microsoft.MultiHeadAttention", modules=("mha", "mha-self"),
-            attn_probs=False, min_opset=18, runtimes="onnxruntime only", dtypes=("float32", "float16"),
+            attn_probs=False, min_opset=18, runtimes="onnxruntime only", standard_ops=False,
+            dtypes=("float32", "float16"),
             no_dtype="onnxruntime's CPU has no bfloat16 kernel for it and onnx.reference does not run com.microsoft "
                      "operators, so nothing here could check it"),
 )}

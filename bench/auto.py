@@ -1,0 +1,193 @@
+"""export-attn --attention-impl auto: export every variant that accepts the spec, check each on the quick sweep,
+time the ones that pass side by side at the user's shapes on this machine, and keep the fastest.
+
+    choice = tune(spec, module, shapes=[(1, 128), (4, 512)])
+    choice.proto, choice.spec           # the chosen model, its metadata recording the choice (attn_onnx.tuning)
+    print(choice.table())
+
+The timing is bench-attn's (bench.interleaved: rotated rounds, two sessions per variant, a pause before each
+contender); the figure per variant is the geometric mean over the shapes of its median latency, so a long shape
+does not drown the short ones. A variant that fails the check is dropped with the reason and never timed: a fast
+wrong answer is never chosen.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from attn_onnx.errors import UsageError
+from attn_onnx.exporter.export import describe, export_onnx
+from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.variants import VARIANTS
+from attn_onnx.runtime_check.cases import MASK_KINDS, make_mask
+
+DEFAULT_SHAPES = ((1, 16), (1, 128), (1, 512))  # batch x length, self-attention lengths
+DEFAULT_ROUNDS = 5  # about a minute at the default shapes and width 512, on 2 cores, exports and checks included
+DEFAULT_MASK = "causal+padding"  # bench-attn's; the mask fed to a model with a mask input while timing
+TARGET_S = 0.03  # each contender's share of a round (bench.py's _timed)
+
+
+@dataclass
+class Candidate:
+    variant: str
+    runtimes: str  # where it runs (the variant's own word)
+    proto: onnx.ModelProto | None = None
+    spec: ExportSpec | None = None
+    dropped: str = ""  # why it is out: it cannot build the spec, or it failed the check
+    max_abs: float | None = None  # on the quick sweep, against the float64 module
+    median_ms: dict[str, float] = field(default_factory=dict)  # "1x128" -> median over rounds
+    geomean_ms: float | None = None
+
+
+@dataclass
+class Choice:
+    proto: onnx.ModelProto
+    spec: ExportSpec  # the chosen variant's, with the record in spec.tuning
+    candidates: list[Candidate]
+    shapes: list[tuple[int, int]]
+    cpu: str
+    threads: int
+    rounds: int
+
+    def table(self) -> str:
+        shapes = [_shape_name(s) for s in self.shapes]
+        width = max(14, *(len(c.variant) + 2 for c in self.candidates))
+        lines = [f"--attention-impl auto on {self.cpu}, {self.threads} thread(s), {self.rounds} interleaved rounds; "
+                 f"median ms per shape (batch x length), {self.spec.precision}",
+                 f"  {'variant':<{width}}" + "".join(f"{s:>10}" for s in shapes) + f"{'geomean':>10}{'max_abs':>10}"
+                 "  runs in"]
+        ranked = sorted(self.candidates, key=lambda c: (bool(c.dropped), c.geomean_ms or 0.0, c.variant))
+        for c in ranked:
+            mark = "  <- chosen" if c.variant == self.spec.variant else ""
+            if c.dropped:
+                lines.append(f"  {c.variant:<{width}}dropped: {c.dropped}")
+                continue
+            if c.geomean_ms is None:
+                lines.append(f"  {c.variant:<{width}}the only candidate, not timed; max_abs {c.max_abs:.1e}  "
+                             f"{c.runtimes}{mark}")
+                continue
+            lines.append(f"  {c.variant:<{width}}" + "".join(f"{c.median_ms[s]:>10.3f}" for s in shapes)
+                         + f"{c.geomean_ms:>10.3f}{c.max_abs:>10.1e}  {c.runtimes}{mark}")
+        return "\n".join(lines)
+
+
+def candidates(spec: ExportSpec, standard_ops: bool = False, opset: int | None = None) -> list[Candidate]:
+    """Every variant, each either with the spec it would build or dropped with the reason it cannot."""
+    found = []
+    for variant in VARIANTS.values():
+        candidate = Candidate(variant.name, variant.runtimes)
+        if standard_ops and not variant.standard_ops:
+            candidate.dropped = f"not standard ONNX operators ({variant.runtimes})"
+        else:
+            try:
+                candidate.spec = spec.replace(variant=variant.name,
+                                              opset=opset or max(spec.opset, variant.min_opset)).validate()
+            except UsageError as exc:
+                candidate.dropped = str(exc)
+        found.append(candidate)
+    return found
+
+
+def tune(spec: ExportSpec, module, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAULT_ROUNDS, mask: str = DEFAULT_MASK,
+         standard_ops: bool = False, opset: int | None = None, threads: int | None = None,
+         on_line: Callable[[str], None] = lambda text: None) -> Choice:
+    """Export, check and time every candidate; the fastest correct one, its metadata recording why.
+
+    `module` holds the weights as the model will (rounded to its dtype); `opset` pins the opset (else each
+    variant gets max(spec.opset, its minimum)). UsageError when no candidate survives."""
+    from attn_onnx.bench.bench import cpu_model, interleaved, sessions
+
+    shapes = [tuple(s) for s in shapes]
+    if spec.dtype == "bfloat16":
+        raise UsageError("--attention-impl auto times candidates in onnxruntime, which has no bfloat16 MatMul on a "
+                         "CPU; choose a variant by name for --dtype bfloat16")
+    if mask not in MASK_KINDS:
+        raise UsageError(f"--tune-mask {mask!r}: choose from {list(MASK_KINDS)}")
+    threads = threads or len(os.sched_getaffinity(0))
+    found = candidates(spec, standard_ops, opset)
+    for c in found:
+        if c.spec is None:
+            on_line(f"auto: {c.variant}: dropped ({c.dropped})")
+            continue
+        on_line(f"auto: {c.variant}: exporting and checking")
+        _export_and_check(c, module)
+    alive = [c for c in found if not c.dropped]
+    if not alive:
+        reasons = "; ".join(f"{c.variant}: {c.dropped}" for c in found)
+        raise UsageError(f"--attention-impl auto found no variant that builds and passes the check: {reasons}")
+    rng = np.random.default_rng(0)
+    by_shape = {}
+    if len(alive) > 1:  # one candidate needs no race
+        runs = {c.variant: sessions(c.proto, threads) for c in alive}
+        for batch, length in shapes:
+            name = _shape_name((batch, length))
+            on_line(f"auto: timing {len(alive)} variants at {name} ({rounds} rounds)")
+            calls = {c.variant: _call(runs[c.variant], _feeds(c.spec, batch, length, mask, rng)) for c in alive}
+            by_shape[name] = interleaved(calls, rounds, TARGET_S)
+        for c in alive:
+            c.median_ms = {s: statistics.median(times[c.variant]) * 1e3 for s, times in by_shape.items()}
+            c.geomean_ms = math.exp(statistics.fmean(math.log(v) for v in c.median_ms.values()))
+        best = min(alive, key=lambda c: c.geomean_ms)
+    else:
+        best = alive[0]
+    cpu = cpu_model()
+    record = {"chosen": best.variant, "runs_in": best.runtimes, "shapes": [_shape_name(s) for s in shapes],
+              "mask": mask if spec.mask == "input" else spec.mask, "cpu": cpu, "threads": threads, "rounds": rounds,
+              "standard_ops": standard_ops, "precision": spec.precision,
+              "median_ms": {c.variant: {s: _figure(v) for s, v in c.median_ms.items()} for c in alive if c.median_ms},
+              "geomean_ms": {c.variant: _figure(c.geomean_ms) for c in alive if c.geomean_ms is not None},
+              "dropped": {c.variant: c.dropped for c in found if c.dropped}}
+    chosen = best.spec.replace(tuning=record)
+    describe(best.proto, chosen)  # the metadata now records the choice
+    return Choice(best.proto, chosen, found, shapes, cpu, threads, rounds)
+
+
+def _export_and_check(candidate: Candidate, module) -> None:
+    """The candidate's model, checked on the quick sweep; `dropped` says why where it fails."""
+    from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
+    from attn_onnx.runtime_check.reference import reference_module
+
+    try:
+        candidate.proto, candidate.spec = export_onnx(candidate.spec, module)
+    except Exception as exc:  # a variant that cannot export this spec is out, with the exporter's word
+        candidate.dropped = f"the export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        return
+    golden = module
+    if candidate.spec.quantize:  # held to the dequantized weights the file holds, as export-attn does
+        golden, _ = reference_module(candidate.proto, candidate.spec)
+    report = check_model(candidate.proto, QUICK_CONFIG, module=golden)
+    if report.nothing_checked:
+        candidate.dropped = "onnxruntime cannot run it here: " + "; ".join(s.reason for s in report.skipped)
+    elif not report.ok:
+        worst = report.failed[0]
+        candidate.dropped = (f"failed the check ({len(report.failed)} of {len(report.results)} cases; "
+                             f"{worst.line()[:160]})")
+    else:
+        candidate.max_abs = report.worst.max_abs
+
+
+def _feeds(spec: ExportSpec, batch: int, length: int, mask: str, rng) -> dict[str, np.ndarray]:
+    dims = {"batch": batch, "q_len": length, "kv_len": length}
+    mask_array = make_mask(mask, batch, length, length, rng) if spec.mask == "input" else None
+    return spec.kind.inputs(spec, dims, rng, mask_array)
+
+
+def _call(runs, feeds) -> Callable[[int], object]:
+    from attn_onnx.bench.bench import SESSIONS
+
+    return lambda number: runs[number % SESSIONS].run(None, feeds)
+
+
+def _figure(ms: float) -> float:
+    return float(f"{ms:.6g}")
+
+
+def _shape_name(shape: tuple[int, int]) -> str:
+    return f"{shape[0]}x{shape[1]}"

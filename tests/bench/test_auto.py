@@ -1,0 +1,145 @@
+"""export-attn --attention-impl auto: every candidate checked before it is timed, a wrong one never chosen, the
+choice recorded in the metadata and shown by check-attn, the standard-operators limit honoured. No timing is
+asserted (speed claims live in the closing notes and docs, measured side by side by hand)."""
+
+import dataclasses
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from attn_onnx.bench import auto, bench
+from attn_onnx.cli.check_attn import main as check
+from attn_onnx.cli.export_attn import main as export
+from attn_onnx.exporter.variants import VARIANTS, Variant
+from attn_onnx.runtime_check.model import load_model
+
+SMALL = ["--heads", "2", "--embedding-dim", "16", "--tune-shapes", "1x8,2x5", "--tune-rounds", "2"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FastButWrong(Variant):
+    """torch-export's graph with the output projection's bias moved by 0.5: as fast as the straight export,
+    and wrong."""
+
+    def build(self, spec, graph, example, module):
+        built = VARIANTS["torch-export"].build(spec.replace(variant="torch-export"), graph, example, module)
+        entry = built.weights["linears.3.bias"]
+        init = next(i for i in built.proto.graph.initializer if i.name == entry["initializer"])
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(0.5), init.name))
+        return built
+
+
+@pytest.fixture(scope="module")
+def chosen(tmp_path_factory):
+    """One auto export with the broken variant registered, the engine's calls counted."""
+    path = tmp_path_factory.mktemp("auto") / "m.onnx"
+    engine_calls = []
+    real = bench.interleaved
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(VARIANTS, "fast-but-wrong", FastButWrong("fast-but-wrong", "torch_export", "broken on purpose"))
+        patch.setattr(bench, "interleaved", lambda calls, *a, **k: engine_calls.append(set(calls)) or real(calls, *a, **k))
+        result = CliRunner().invoke(export, [*SMALL, "--attention-impl", "auto", "--out", str(path)])
+    assert result.exit_code == 0, result.output
+    return path, result.output, engine_calls
+
+
+def test_a_wrong_variant_is_dropped_before_it_is_timed(chosen):
+    path, output, engine_calls = chosen
+    record = load_model(path).spec.tuning
+    assert record["dropped"]["fast-but-wrong"].startswith("failed the check (")
+    assert "fast-but-wrong" not in record["geomean_ms"] and record["chosen"] != "fast-but-wrong"
+    assert all("fast-but-wrong" not in names for names in engine_calls)  # never raced
+    assert "fast-but-wrong  dropped: failed the check (" in output
+
+
+def test_the_fastest_checked_variant_is_written_and_the_metadata_says_why(chosen):
+    path, output, engine_calls = chosen
+    spec = load_model(path).spec
+    record = spec.tuning
+    assert engine_calls == [set(VARIANTS)] * 2  # bench-attn's engine, once per shape, every real variant
+    assert set(record["geomean_ms"]) == set(VARIANTS) and spec.variant == record["chosen"]
+    assert record["chosen"] == min(record["geomean_ms"], key=record["geomean_ms"].get)
+    for variant, per_shape in record["median_ms"].items():  # the geometric mean of the shapes' medians
+        assert set(per_shape) == {"1x8", "2x5"}
+        assert record["geomean_ms"][variant] == pytest.approx(np.sqrt(per_shape["1x8"] * per_shape["2x5"]), rel=1e-5)
+    assert record["shapes"] == ["1x8", "2x5"] and record["rounds"] == 2 and record["mask"] == "causal+padding"
+    assert record["cpu"] == bench.cpu_model() and record["runs_in"] == VARIANTS[record["chosen"]].runtimes
+    assert f"{record['chosen']}" in output and "<- chosen" in output and output.index("<- chosen") < output.index("wrote")
+
+
+def test_check_attn_shows_the_choice_and_the_model_passes(chosen):
+    path, _, _ = chosen
+    result = CliRunner().invoke(check, [str(path), "--quick", "--runtimes", "onnxruntime"])
+    assert result.exit_code == 0, result.output
+    record = load_model(path).spec.tuning
+    line = result.output.splitlines()[1]
+    assert line.startswith(f"variant {record['chosen']} chosen by --attention-impl auto on {record['cpu']}")
+    assert "at 1x8,2x5 (mask causal+padding)" in line and "dropped: fast-but-wrong" in line
+
+
+def test_standard_ops_limits_the_candidates_and_the_choice_runs_in_onnx_reference(tmp_path):
+    path = tmp_path / "m.onnx"
+    result = CliRunner().invoke(export, [*SMALL, "--tune-shapes", "1x8", "--attention-impl", "auto", "--standard-ops",
+                                         "--out", str(path)])
+    assert result.exit_code == 0, result.output
+    record = load_model(path).spec.tuning
+    assert record["standard_ops"] is True
+    assert {v for v in VARIANTS if not VARIANTS[v].standard_ops} == {"ort-mha", "ort-gqa"}
+    assert record["dropped"]["ort-mha"].startswith("not standard ONNX operators")
+    assert all(VARIANTS[v].standard_ops for v in record["geomean_ms"])
+    assert all(n.domain in ("", "ai.onnx") for n in onnx.load(str(path)).graph.node)
+    result = CliRunner().invoke(check, [str(path), "--quick", "--runtimes", "reference"])
+    assert result.exit_code == 0, result.output
+    assert "PASSED | summary | 8 passed, 0 failed, 0 skipped" in result.output
+
+
+def test_a_kind_one_variant_builds_is_written_untimed(tmp_path):
+    path = tmp_path / "m.onnx"
+    result = CliRunner().invoke(export, [*SMALL, "--kv-cache", "--attention-impl", "auto", "--out", str(path)])
+    assert result.exit_code == 0, result.output
+    record = load_model(path).spec.tuning
+    assert record["chosen"] == "torch-export" and record["geomean_ms"] == {}
+    assert "the only candidate, not timed" in result.output
+    json.dumps(record, allow_nan=False)  # no NaN placeholders for the figures it does not have
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--tune-shapes", "1x8", "--out", "m.onnx"], "Error: --tune-shapes does not apply without --attention-impl auto"),
+    (["--attention-impl", "auto", "--tune-shapes", "1x", "--out", "m.onnx"],
+     "Error: --tune-shapes item '1x' is not BATCHxLEN with both >= 1 (e.g. 4x512)"),
+    (["--attention-impl", "auto", "--mask", "causal", "--tune-mask", "padding", "--out", "m.onnx"],
+     "Error: --tune-mask does not apply to --mask causal (the model builds its own mask)"),
+    (["--attention-impl", "auto", "--standard-ops", "--optimize", "--out", "m.onnx"],
+     "Error: --standard-ops and --optimize exclude each other: the optimized graph holds com.microsoft operators"),
+    (["--attention-impl", "auto", "--dtype", "bfloat16", "--out", "m.onnx"],
+     "Error: --attention-impl auto times candidates in onnxruntime, which has no bfloat16 MatMul on a CPU; choose "
+     "a variant by name for --dtype bfloat16"),
+], ids=["tune-without-auto", "bad-shape", "tune-mask-without-input", "standard-and-optimize", "bfloat16"])
+def test_auto_refusals_are_one_line_before_any_work(tmp_path, monkeypatch, args, says):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(export, ["--heads", "2", "--embedding-dim", "16", *args])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == says
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_variant_says_whether_it_is_standard_operators_only(tmp_path):
+    """The flag --standard-ops reads must match the graphs: no com.microsoft node in a standard variant."""
+    for name, variant in VARIANTS.items():
+        spec = auto.candidates(auto.ExportSpec(heads=2, embedding_dim=16))[list(VARIANTS).index(name)].spec
+        proto, _ = auto.export_onnx(spec)
+        domains = {n.domain for n in proto.graph.node} | {n.domain for n in _subgraph_nodes(proto.graph)}
+        assert variant.standard_ops == domains.issubset({"", "ai.onnx"}), (name, domains)
+
+
+def _subgraph_nodes(graph):
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from sub.node
+                yield from _subgraph_nodes(sub)
+
