@@ -4,7 +4,7 @@ all heads instead of a masked_fill on every head's scores.
 torch-export's masked_fill is a Where on (batch, heads, q_len, kv_len) with broadcast scalars, onnxruntime's
 slowest node in that graph (26 of 67 ms at (4, 512) on a Xeon); an Add of a (batch, 1, mask_q_len, kv_len)
 bias does the same masking in a fraction of that. The bias is (allowed - 1) * FLT_MAX, and fully-masked
-rows get the seed's uniform answer explicitly (see fused.py). Standard operators: any runtime.
+rows get the seed's uniform answer explicitly (see builder.py). Standard operators: any runtime.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 
 from attn_onnx.dtypes import ONNX_TYPES, numpy_dtype
 from attn_onnx.exporter.variants import Built
-from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bias, allowed_mask,
+from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, additive_bias, allowed_mask,
                                                can_mask_whole_rows, model, output_projection, projections,
                                                uniform_rows)
 

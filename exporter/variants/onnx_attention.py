@@ -2,14 +2,14 @@
 
 A boolean `attn_mask` (True = attend) or `is_causal` (top-left, as the seed's subsequent_mask); the op
 gives zeros (onnxruntime 1.32, the onnx 1.23 errata) or NaN (earlier onnx) on a fully-masked row, so those
-rows are restored to the seed's uniform attention (see fused.py).
+rows are restored to the seed's uniform attention (see builder.py).
 """
 
 from __future__ import annotations
 
 from attn_onnx.dtypes import ONNX_TYPES
 from attn_onnx.exporter.variants import Built
-from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, allowed_mask, model, per_head,
+from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, allowed_mask, model, per_head,
                                                output_projection, projections, scale, uniform_rows)
 
 

@@ -13,7 +13,7 @@ attend every valid key). So the graph tests, at run time, whether the mask it wa
   fully-masked row for every query).
 
 An `If` then runs GroupQueryAttention, or else ort-mha's path (MultiHeadAttention with an additive bias and the
-uniform-row fix, see fused.py). Either way the answer is the seed's, for any mask.
+uniform-row fix, see builder.py). Either way the answer is the seed's, for any mask.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from onnx import TensorProto
 
 from attn_onnx.dtypes import ONNX_TYPES
 from attn_onnx.exporter.variants import Built
-from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bias, allowed_mask,
+from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, additive_bias, allowed_mask,
                                                can_mask_whole_rows, model, output_projection, projections, scale,
                                                source, uniform_rows)
 

@@ -1,7 +1,7 @@
 """`ort-mha`: onnxruntime's fused `com.microsoft.MultiHeadAttention` (runs in onnxruntime only).
 
 The Q/K/V biases go into the kernel's packed `bias` input; a mask becomes an additive -1e9
-`attention_bias`; fully-masked rows are restored to the seed's uniform attention (see fused.py). Without a
+`attention_bias`; fully-masked rows are restored to the seed's uniform attention (see builder.py). Without a
 mask the kernel may take its flash-attention path.
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from attn_onnx.dtypes import ONNX_TYPES
 from attn_onnx.exporter.variants import Built
-from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bias, allowed_mask,
+from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, additive_bias, allowed_mask,
                                                can_mask_whole_rows, mean_over_keys, model, output_projection,
                                                projections, scale, uniform_rows)
 

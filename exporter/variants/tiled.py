@@ -20,7 +20,7 @@ after example, and each tile gathers its keys from them.
 
 Every tile has G examples and T rows (the last ones start G examples and T rows before the end and overlap
 their neighbours), so the loop's scan output has one shape; one Gather puts the rows in place. Fully-masked
-rows get the seed's uniform answer after the loop (fused.uniform_rows): inside a tile they would be uniform
+rows get the seed's uniform answer after the loop (builder.uniform_rows): inside a tile they would be uniform
 over the tile's keys only.
 
 Masked scores are slow in onnxruntime's Softmax. Its AVX-512 exp() clamps x - max at -103.97 and scales by
@@ -39,9 +39,9 @@ from onnx import TensorProto
 
 from attn_onnx.dtypes import ONNX_TYPES, numpy_dtype
 from attn_onnx.exporter.variants import Built
-from attn_onnx.exporter.variants.fused import (GraphWriter, Weights, additive_bias, allowed_mask,
-                                               can_mask_whole_rows, mean_over_keys, model, output_projection,
-                                               projections, source, uniform_rows)
+from attn_onnx.exporter.variants.builder import (GraphWriter, Int, Weights, additive_bias, allowed_mask,
+                                               can_mask_whole_rows, int64, mean_over_keys, model,
+                                               output_projection, projections, source, uniform_rows)
 
 INT64 = TensorProto.INT64
 TILE_SCORES = 1 << 20  # scores per tile (4 MiB in float32): G * h * T * kv_len, T at least MIN_TILE rows
@@ -153,26 +153,27 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
                       stem="tile")
         group = batch
         k, v = heads(p["key"]), heads(p["value"])  # (h, B, kv_len, d_k)
-    row_tiles = _ceil_div(w, q_len, tile, stem="tile_count")
-    groups = _ceil_div(w, batch, group, stem="groups")
-    count = w.op("Mul", [row_tiles, groups])
-    last_first, last_start = w.op("Sub", [batch, group]), w.op("Sub", [q_len, tile])  # the overlapping last ones
+    batch, q_len, tile, group = Int(w, batch), Int(w, q_len), Int(w, tile), Int(w, group)
+    row_tiles = ((q_len + tile - 1) // tile).named("tile_count")  # ceil(q_len / tile)
+    groups = ((batch + group - 1) // group).named("groups")
+    count = row_tiles * groups
+    last_first, last_start = batch - group, q_len - tile  # the overlapping last ones
     i_col = lambda x: w.op("Unsqueeze", [x, w.constant("axes_1", np.array([1], np.int64))])  # noqa: E731
 
     # every tile's examples [first, last), rows [start, end) and keys [0, n), for all tiles at once (count,):
     # a turn of the loop only looks its own up, which keeps the nodes a turn few
-    number = w.op("Range", [i64(0), count, i64(1)], stem="tile_number")  # (count,)
-    zeros = w.op("Mul", [number, i64(0)])
-    first = w.op("Min", [w.op("Mul", [w.op("Div", [number, row_tiles]), group]), last_first], stem="first")
-    start = w.op("Min", [w.op("Mul", [w.op("Mod", [number, row_tiles]), tile]), last_start], stem="start")
-    last, end = w.op("Add", [first, group]), w.op("Add", [start, tile], stem="end")
+    number = Int(w, w.op("Range", [i64(0), count, i64(1)], stem="tile_number"))  # (count,)
+    zeros = number * 0
+    first = (number // row_tiles * group).min(last_first).named("first")
+    start = (number % row_tiles * tile).min(last_start).named("start")
+    last, end = first + group, (start + tile).named("end")
     limit = kv_len
     if key_limit is not None:
         examples = w.op("Add", [i_col(first), w.op("Range", [i64(0), group, i64(1)])])  # (count, G)
         example_limits = w.op("Gather", [key_limit, examples], axis=0)  # (count, G)
         limit = w.op("ReduceMax", [example_limits, w.constant("axes_1", np.array([1], np.int64))], keepdims=0,
                      stem="limit")
-    keys = w.op("Max", [i64(1), w.op("Min", [limit, w.op("Add", [end, reach])])], stem="keys")  # (count,)
+    keys = w.op("Max", [i64(1), w.op("Min", [limit, end + reach])], stem="keys")  # (count,)
     table = lambda *cols: w.op("Concat", [i_col(x) for x in cols], axis=1)  # noqa: E731  (count, len(cols))
 
     body = w.branch()  # one tile: examples [first, first + G), rows [start, start + T), keys [0, n)
@@ -202,9 +203,9 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
         if spec.mask == "causal":  # the tile's rows and keys
             mask_starts, mask_ends, mask_axes = table(start, zeros), table(end, keys), [0, 1]
         else:  # its examples, rows and keys; a (B, 1, kv_len) mask at row 0 whatever the tile
-            full = _mask_rows(w, allowed)  # 1 where the mask has a row per query
-            rows_end = w.op("Add", [w.op("Mul", [end, full]), w.op("Sub", [i64(1), full])])
-            mask_starts = table(first, w.op("Mul", [start, full]), zeros)
+            full = Int(w, _mask_rows(w, allowed))  # 1 where the mask has a row per query
+            rows_end = end * full + (1 - full)
+            mask_starts = table(first, start * full, zeros)
             mask_ends, mask_axes = table(last, rows_end, keys), [0, 1, 2]
         mask_axes = w.constant("axes_" + "_".join(map(str, mask_axes)), np.array(mask_axes, np.int64))
         mask_tile = body.op("Slice", [allowed, look(mask_starts), look(mask_ends), mask_axes], stem="mask_tile")
@@ -222,24 +223,19 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
     # output (b, i) is row t of example e of tile (g, j): g-major over the groups, then j, then e, then t
     g, e = _placed(w, batch, group, groups, "example")  # (B,)
     j, t = _placed(w, q_len, tile, row_tiles, "row")  # (q_len,)
-    tile_of = w.op("Add", [w.op("Mul", [i_col(g), row_tiles]), j])  # (B, q_len)
-    where = w.op("Add", [w.op("Mul", [w.op("Add", [w.op("Mul", [tile_of, group]), i_col(e)]), tile]), t])
+    tile_of = Int(w, i_col(g)) * row_tiles + j  # (B, q_len)
+    where = (tile_of * group + i_col(e)) * tile + t
     return w.op("Gather", [rows, where], axis=0, stem="x")  # (B, q_len, E)
 
 
 def _placed(w: GraphWriter, size: str, block: str, blocks: str, stem: str) -> tuple[str, str]:
     """For each of 0..size-1, which of the `blocks` blocks of `block` it is in and where: blocks end to end,
     the last one starting at size - block (it overlaps the one before)."""
-    i64 = lambda value: _i64(w, value)  # noqa: E731
-    index = w.op("Range", [i64(0), size, i64(1)])
-    in_last = w.op("Cast", [w.op("GreaterOrEqual", [index, w.op("Mul", [w.op("Sub", [blocks, i64(1)]), block])])],
-                   to=INT64)
-    regular = w.op("Sub", [i64(1), in_last])
-    which = w.op("Add", [w.op("Mul", [w.op("Div", [index, block]), regular]),
-                         w.op("Mul", [w.op("Sub", [blocks, i64(1)]), in_last])], stem=stem + "_block")
-    offset = w.op("Add", [w.op("Mul", [w.op("Mod", [index, block]), regular]),
-                          w.op("Mul", [w.op("Sub", [index, w.op("Sub", [size, block])]), in_last])],
-                  stem=stem + "_offset")
+    index = Int(w, w.op("Range", [_i64(w, 0), size, _i64(w, 1)]))
+    in_last = Int(w, w.op("Cast", [w.op("GreaterOrEqual", [index, (blocks - 1) * block])], to=INT64))
+    regular = 1 - in_last
+    which = (index // block * regular + (blocks - 1) * in_last).named(stem + "_block")
+    offset = (index % block * regular + (index - (size - block)) * in_last).named(stem + "_offset")
     return which, offset
 
 
@@ -249,10 +245,6 @@ def _clamp(w: GraphWriter, value: str, low: int, high: str, stem: str) -> str:
 
 def _at_most(w: GraphWriter, value: str, most: int) -> str:
     return w.op("Min", [value, _i64(w, most)])
-
-
-def _ceil_div(w: GraphWriter, a: str, b: str, stem: str) -> str:
-    return w.op("Div", [w.op("Sub", [w.op("Add", [a, b]), _i64(w, 1)]), b], stem=stem)
 
 
 def _reach(w: GraphWriter, spec, q_len: str, kv_len: str) -> str:
@@ -292,7 +284,7 @@ def _mask_rows(w: GraphWriter, allowed: str) -> str:
 
 
 def _i64(w: GraphWriter, value: int) -> str:
-    return w.constant(f"i_{value}".replace("-", "m"), np.array(value, np.int64))
+    return int64(w, value)
 
 
 def _vector(w: GraphWriter, scalar: str) -> str:

@@ -275,7 +275,7 @@ def test_a_constant_name_holds_one_value():
     the second time (tiled's v_start is [E], ort-mha's [2E]: one rename from a wrong graph)."""
     import numpy as np
 
-    from attn_onnx.exporter.variants.fused import GraphWriter
+    from attn_onnx.exporter.variants.builder import GraphWriter
 
     writer = GraphWriter()
     assert writer.constant("v_start", np.array([16], np.int64)) == "v_start"

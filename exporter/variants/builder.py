@@ -1,5 +1,6 @@
-"""What the hand-built (fused) variants of `mha` share: the projections, the mask, the seed's fully-masked
-row, and a weight map that says where each state_dict tensor went.
+"""The graph builder of the hand-built variants of `mha` (every variant but torch-export): a GraphWriter, int64
+arithmetic that reads as arithmetic (Int), and what they share: the projections, the mask, the seed's
+fully-masked row, and a weight map that says where each state_dict tensor went.
 
 The seed fills masked scores with a finite -1e9 (`masked_fill`), so a row whose keys are all masked holds
 equal scores and attends uniformly: its answer is the mean over the keys of the projected values. A fused
@@ -65,6 +66,7 @@ class GraphWriter:
     def op(self, op_type: str, inputs: list[str], stem: str | None = None, outputs: int = 1,
            domain: str = "", **attrs) -> str | list[str]:
         names = [self.fresh(stem or op_type.lower()) for _ in range(outputs)]
+        inputs = [str(name) for name in inputs]  # an Int is its value's name
         self.nodes.append(helper.make_node(op_type, inputs, names, name=self.fresh("n_" + op_type), domain=domain,
                                            **attrs))
         return names[0] if outputs == 1 else names
@@ -81,6 +83,55 @@ class GraphWriter:
             raise ValueError(f"constant {name!r} is already {held.dtype}{list(held.shape)} {held.ravel()[:4]}; "
                              f"asked for {array.dtype}{list(array.shape)} {array.ravel()[:4]} under the same name")
         return name
+
+
+def int64(w: GraphWriter, value: int) -> str:
+    """An int64 scalar constant, one per value (i_3, i_m1)."""
+    return w.constant(f"i_{value}".replace("-", "m"), np.array(value, np.int64))
+
+
+class Int:
+    """An int64 tensor of the graph being written, whose arithmetic writes its nodes: index arithmetic then
+    reads as arithmetic, `(tile_of * group + e) * tile + t`, instead of nested `w.op` calls. Operands are Ints,
+    value names or Python ints (int64 constants); `//` is ONNX's Div (exact for the non-negative indices it
+    serves), `%` its Mod."""
+
+    def __init__(self, w: GraphWriter, name: str):
+        self.w, self.name = w, name
+
+    def _name(self, other: "Int | str | int") -> str:
+        if isinstance(other, Int):
+            return other.name
+        return int64(self.w, other) if isinstance(other, int) else other
+
+    def _op(self, op_type: str, other, reverse: bool = False) -> "Int":
+        a, b = self.name, self._name(other)
+        return Int(self.w, self.w.op(op_type, [b, a] if reverse else [a, b]))
+
+    def __add__(self, other): return self._op("Add", other)
+    def __radd__(self, other): return self._op("Add", other, reverse=True)
+    def __sub__(self, other): return self._op("Sub", other)
+    def __rsub__(self, other): return self._op("Sub", other, reverse=True)
+    def __mul__(self, other): return self._op("Mul", other)
+    def __rmul__(self, other): return self._op("Mul", other, reverse=True)
+    def __floordiv__(self, other): return self._op("Div", other)
+    def __mod__(self, other): return self._op("Mod", other)
+
+    def min(self, other) -> "Int":
+        return self._op("Min", other)
+
+    def max(self, other) -> "Int":
+        return self._op("Max", other)
+
+    def named(self, stem: str) -> "Int":
+        """The same value under a readable name (the node that made it is renamed; nothing is added)."""
+        node = self.w.nodes[-1]
+        assert node.output[0] == self.name, "named() right after the value is made"
+        node.output[0] = self.name = self.w.fresh(stem)
+        return self
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class Weights:
