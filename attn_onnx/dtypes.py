@@ -7,13 +7,12 @@ this module sits below everything, the CLIs' quick refusals included.
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
-from onnx import TensorProto
 
-FLOAT_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
-                "bfloat16": np.dtype(ml_dtypes.bfloat16)}
-ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
+from attn_onnx.vocab import DTYPES, ELEMENT_TYPES
+
+FLOAT_DTYPES = {name: ELEMENT_TYPES[name].numpy for name in DTYPES}
+ONNX_TYPES = {name: ELEMENT_TYPES[name].onnx for name in DTYPES}
 
 
 def numpy_dtype(name: str) -> np.dtype:

@@ -10,8 +10,9 @@ from attn_onnx import __version__
 from attn_onnx.cli.common import OneLineErrorCommand, given, refuse
 from attn_onnx.exporter.kinds import KINDS, MODULES
 from attn_onnx.exporter.kinds.base import COMMON_EXPORT_OPTIONS
-from attn_onnx.exporter.spec import DTYPES, MASK_DTYPES, MASK_MODES, OPSETS, ExportSpec
+from attn_onnx.exporter.spec import OPSETS, ExportSpec
 from attn_onnx.runtime_check.cases import MASK_KINDS
+from attn_onnx.vocab import CAUSAL_ALIGNS, DTYPES, MASK_DTYPES, MASK_MODES, QUANTIZE_MODES
 from attn_onnx.exporter.variants import DEFAULT as DEFAULT_VARIANT
 from attn_onnx.exporter.variants import VARIANTS
 
@@ -36,7 +37,7 @@ def _applies(option: str) -> str:
 @click.option("--mask", "mask_mode", type=click.Choice(MASK_MODES), default="input", show_default=True,
               help=f"{_applies('mask_mode')} input: a `mask` input (nonzero = attend); causal: the graph builds "
                    "subsequent_mask from the lengths; none: no mask.")
-@click.option("--causal-align", type=click.Choice(["top-left", "bottom-right"]), default="top-left",
+@click.option("--causal-align", type=click.Choice(CAUSAL_ALIGNS), default="top-left",
               show_default=True, help=f"{_applies('causal_align')} with --mask causal: top-left, query i attends "
               "keys 0..i (the seed's subsequent_mask); bottom-right, query i attends keys 0..kv_len-q_len+i (new "
               "tokens after a prefix, as in decoding). They agree when q_len == kv_len.")
@@ -74,7 +75,7 @@ def _applies(option: str) -> str:
 @click.option("--optimize", is_flag=True, help="Write the graph as onnxruntime optimizes it offline, at its "
               "portable 'extended' level (fusions into com.microsoft ops; no CPU-specific layouts). Runs in "
               "onnxruntime; the metadata is kept.")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None, help=f"{_applies('quantize')} Quantize the "
+@click.option("--quantize", type=click.Choice(QUANTIZE_MODES), default=None, help=f"{_applies('quantize')} Quantize the "
               "projections' weights to int8 (onnxruntime's dynamic quantization: int8 weights per output channel, "
               "uint8 activations per tensor, computed on the fly). check-attn holds it to the int8 profile; the "
               "export prints what it cost against the float weights.")

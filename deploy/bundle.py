@@ -21,6 +21,7 @@ from attn_onnx import __version__
 from attn_onnx.errors import BundleError, InterfaceError, UsageError
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.files import file_sha256, write_folder_atomic
+from attn_onnx.vocab import ELEMENT_TYPES, MASK_FILL
 from attn_onnx.model_files import needs_external, save_model
 from attn_onnx.runtime_check.cases import MASK_KINDS, Case, parse_case
 from attn_onnx.runtime_check.compare import OutputComparison, Tolerance, tolerance_for
@@ -29,9 +30,6 @@ from attn_onnx.runtime_check.report import CaseResult, Report
 FORMAT = "attn-onnx-bundle/1"
 MODEL_FILE, MANIFEST_FILE = "model.onnx", "manifest.json"
 
-# The KServe v2 / Triton name of each element type
-DATATYPES = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "bool": "BOOL", "uint8": "UINT8",
-             "int64": "INT64"}
 # The --dtype values a bundle takes. bfloat16 is refused: onnxruntime has no bfloat16 MatMul on a CPU, so
 # neither check-attn --bundle nor the Node verifier could run its golden vectors here.
 BUNDLE_DTYPES = ("float32", "float16")
@@ -94,7 +92,6 @@ def _shape_text(dims: list, names: dict) -> str:
 def mask_contract(spec: ExportSpec) -> str:
     """The mask convention, in words, for the people wiring the model into a service."""
     from attn_onnx.dtypes import numpy_dtype
-    from attn_onnx.models import MASK_FILL
 
     fill = max(MASK_FILL, float(np.finfo(numpy_dtype(spec.dtype)).min))
     fill = "-1e9" if fill == MASK_FILL else f"{fill:g}"  # float16 cannot hold -1e9: its lowest, -65504
@@ -119,7 +116,7 @@ def mask_contract(spec: ExportSpec) -> str:
 
 
 def _io(values, dims: dict, dtypes: dict) -> list[dict]:
-    return [{"name": v.name, "dtype": dtypes[v.name], "datatype": DATATYPES[dtypes[v.name]],
+    return [{"name": v.name, "dtype": dtypes[v.name], "datatype": ELEMENT_TYPES[dtypes[v.name]].datatype,
              "dims": dims[v.name], "shape": [d if isinstance(d, int) else -1 for d in dims[v.name]]}
             for v in values]
 

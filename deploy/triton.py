@@ -14,11 +14,10 @@ import onnx
 from attn_onnx.errors import InterfaceError, UsageError
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.files import write_folder_atomic
+from attn_onnx.vocab import ELEMENT_TYPES
 from attn_onnx.model_files import needs_external, save_model
 
-TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16",
-                "float64": "TYPE_FP64", "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8",
-                "int64": "TYPE_INT64"}
+TRITON_TYPES = {name: t.triton for name, t in ELEMENT_TYPES.items()}  # numpy's name -> Triton's
 CONFIG_FILE, VERSION = "config.pbtxt", "1"
 
 

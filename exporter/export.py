@@ -22,6 +22,7 @@ from attn_onnx.errors import ExportError, UsageError, first_line
 from attn_onnx.exporter.spec import METADATA_PREFIX, ExportSpec
 from attn_onnx.exporter.variants import VARIANTS
 from attn_onnx.files import check_output_file
+from attn_onnx.vocab import MASK_CONVENTION
 from attn_onnx.model_files import needs_external, staged_model
 
 
@@ -164,6 +165,6 @@ def describe(proto: onnx.ModelProto, spec: ExportSpec) -> None:
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
     proto.producer_name, proto.producer_version = "attn-onnx", __version__
-    mask = f" Mask: {spec.mask}; nonzero = attend, 0 = masked." if "mask_mode" in spec.kind.export_options else ""
+    mask = f" Mask: {spec.mask}; {MASK_CONVENTION}." if "mask_mode" in spec.kind.export_options else ""
     proto.doc_string = (f"{spec.kind.describe(spec)}, exported by attn-onnx. Inputs: {spec.input_dims()}; "
                         f"outputs: {spec.output_dims()}.{mask}")

@@ -23,7 +23,6 @@ import onnx
 
 from attn_onnx.errors import ExportError, first_line
 
-QUANTIZE = ("int8",)
 
 
 def quantize(proto: onnx.ModelProto, weights: dict[str, dict]) -> tuple[onnx.ModelProto, dict[str, dict]]:

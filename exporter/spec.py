@@ -10,17 +10,13 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from attn_onnx.errors import MetadataError, UsageError
 
-MASK_MODES = ("input", "causal", "none")
-CAUSAL_ALIGNS = ("top-left", "bottom-right")  # models.CAUSAL_ALIGNS, without torch
-MASK_DTYPES = {"bool": np.bool_, "uint8": np.uint8, "int64": np.int64, "float32": np.float32}
+from attn_onnx.vocab import (CAUSAL_ALIGNS, DTYPES, MASK_CONVENTION, MASK_DTYPES, MASK_MODES, OPTIMIZE_LEVELS,
+                             QUANTIZE_MODES)
+
 OPSETS = tuple(range(17, 24))  # opsets torch's exporter writes and onnxruntime runs
-DTYPES = ("float32", "float16", "bfloat16")  # attn_onnx.dtypes.FLOAT_DTYPES
-OPTIMIZE_LEVELS = ("", "extended")  # exporter/optimize.py
-QUANTIZE = ("", "int8")  # exporter/quantize.py
 
 METADATA_PREFIX = "attn_onnx."
 FORMAT_VERSION = "1"
@@ -93,8 +89,8 @@ class ExportSpec:
 
         kind = self.kind
         choices = {"mask": MASK_MODES, "mask_dtype": tuple(MASK_DTYPES), "opset": OPSETS,
-                   "variant": tuple(VARIANTS), "dtype": DTYPES, "optimize": OPTIMIZE_LEVELS,
-                   "causal_align": CAUSAL_ALIGNS, "quantize": QUANTIZE}
+                   "variant": tuple(VARIANTS), "dtype": DTYPES, "optimize": ("", *OPTIMIZE_LEVELS),
+                   "causal_align": CAUSAL_ALIGNS, "quantize": ("", *QUANTIZE_MODES)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UsageError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
@@ -187,7 +183,7 @@ def _encode(spec: ExportSpec, name: str) -> str | None:
     if name == "causal_align" and spec.mask != "causal":
         return None
     if name == "mask_convention":
-        return "nonzero = attend; 0 = masked, filled with -1e9"  # models.MASK_CONVENTION, without torch
+        return MASK_CONVENTION
     if name == "output":
         return MASK_OUTPUT
     value = spec.d_k if name == "d_k" else getattr(spec, name)

@@ -15,13 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# Masked scores are replaced by this value before the softmax. It is finite on purpose: a row whose keys
-# are all masked then holds equal scores and attends uniformly (the mean of the values), where -inf would
-# give NaN (softmax of all -inf) and a boolean-mask SDPA would give zeros. -1e9 is exact in float32.
-MASK_FILL = -1e9
-
-# The mask convention, as stated in every exported model's metadata.
-MASK_CONVENTION = "nonzero = attend; 0 = masked, filled with -1e9"
+from attn_onnx.vocab import CAUSAL_ALIGNS, MASK_CONVENTION, MASK_FILL  # noqa: F401  (MASK_CONVENTION re-exported)
 
 
 def mask_fill(dtype: torch.dtype) -> float:
@@ -36,9 +30,6 @@ def subsequent_mask(size: int) -> torch.Tensor:
     attn_shape = (1, size, size)
     upper = np.triu(np.ones(attn_shape), k=1).astype("uint8")  # (1, size, size), 1 strictly above diagonal
     return torch.from_numpy(1 - upper)
-
-
-CAUSAL_ALIGNS = ("top-left", "bottom-right")
 
 
 def causal_mask(q_len: int | torch.SymInt, kv_len: int | torch.SymInt, align: str = "top-left") -> torch.Tensor:
