@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
   }
   const OrtApi* api = OrtGetApiBase()->GetApi(ORT_API_VERSION);
   if (api == nullptr) {
-    std::cerr << "Error: the onnxruntime library is older than the headers (C API " << ORT_API_VERSION << ")" << std::endl;
+    std::cerr << "Error: the onnxruntime library is older than the headers (C API " << ORT_API_VERSION << ")"
+              << std::endl;
     return 1;
   }
   Ort::InitApi(api);
@@ -66,7 +67,9 @@ int main(int argc, char** argv) {
     Ort::Session session(env, args[0].c_str(), options);
     Ort::AllocatorWithDefaultOptions allocator;
     std::vector<std::string> outputs;
-    for (size_t k = 0; k < session.GetOutputCount(); ++k) outputs.emplace_back(session.GetOutputNameAllocated(k, allocator).get());
+    for (size_t k = 0; k < session.GetOutputCount(); ++k) {
+      outputs.emplace_back(session.GetOutputNameAllocated(k, allocator).get());
+    }
     std::vector<const char*> output_names;
     for (const auto& o : outputs) output_names.push_back(o.c_str());
     auto run = [&] {

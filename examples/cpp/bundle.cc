@@ -130,7 +130,8 @@ Tensor decode_tensor(const std::string& bytes) {
   std::vector<float> floats;
   std::vector<double> doubles;
   bool has_raw = false;
-  Reader r{reinterpret_cast<const uint8_t*>(bytes.data()), reinterpret_cast<const uint8_t*>(bytes.data()) + bytes.size()};
+  const auto* start = reinterpret_cast<const uint8_t*>(bytes.data());
+  Reader r{start, start + bytes.size()};
   // A repeated integer field, packed (wire type 2) or one value per key (wire type 0).
   auto integers = [&r](int wire, std::vector<int64_t>& into) {
     if (wire == 0) {
@@ -289,7 +290,9 @@ json read_manifest(const fs::path& dir) {
   shape.need(manifest, "", "model", &json::is_object);
   for (const char* key : {"file", "sha256"}) shape.need(manifest["model"], "model.", key, &json::is_string);
   if (manifest["model"].contains("data")) {
-    for (const char* key : {"file", "sha256"}) shape.need(manifest["model"]["data"], "model.data.", key, &json::is_string);
+    for (const char* key : {"file", "sha256"}) {
+      shape.need(manifest["model"]["data"], "model.data.", key, &json::is_string);
+    }
   }
   shape.need(manifest, "", "tolerance", &json::is_object);
   for (const char* key : {"atol", "rtol"}) shape.need(manifest["tolerance"], "tolerance.", key, &json::is_number);
@@ -315,7 +318,9 @@ json read_manifest(const fs::path& dir) {
     for (size_t k = 0; k < decode["steps"].size(); ++k) {
       const std::string at = "decode.steps[" + std::to_string(k) + "].";
       shape.need(decode["steps"][k], at, "folder", &json::is_string);
-      for (const char* key : {"new_tokens", "past_len"}) shape.need(decode["steps"][k], at, key, &json::is_number_integer);
+      for (const char* key : {"new_tokens", "past_len"}) {
+        shape.need(decode["steps"][k], at, key, &json::is_number_integer);
+      }
       shape.files(decode["steps"][k], at);
     }
   }
@@ -324,7 +329,9 @@ json read_manifest(const fs::path& dir) {
 
 std::vector<std::string> changed_files(const fs::path& dir, const json& manifest) {
   std::vector<std::pair<std::string, std::string>> files{{manifest["model"]["file"], manifest["model"]["sha256"]}};
-  if (manifest["model"].contains("data")) files.emplace_back(manifest["model"]["data"]["file"], manifest["model"]["data"]["sha256"]);
+  if (manifest["model"].contains("data")) {  // the weights, as external data beside the model
+    files.emplace_back(manifest["model"]["data"]["file"], manifest["model"]["data"]["sha256"]);
+  }
   auto add = [&files](const json& entry) {
     for (const char* side : {"inputs", "outputs"}) {
       for (const json& f : entry[side]) files.emplace_back(f["file"], f["sha256"]);
@@ -399,7 +406,9 @@ std::string js_precision3(double x) {  // Number.prototype.toPrecision(3)
   std::snprintf(buf, sizeof buf, "%.2e", std::fabs(x));  // d.dde[+-]XX: the three digits, correctly rounded
   const std::string digits = std::string(1, buf[0]) + buf[2] + buf[3];
   const int e = std::atoi(buf + 5);
-  if (e < -6 || e >= 3) return sign + digits[0] + "." + digits.substr(1) + "e" + (e < 0 ? "-" : "+") + std::to_string(std::abs(e));
+  if (e < -6 || e >= 3) {
+    return sign + digits[0] + "." + digits.substr(1) + "e" + (e < 0 ? "-" : "+") + std::to_string(std::abs(e));
+  }
   if (e >= 0) return sign + digits.substr(0, e + 1) + (e == 2 ? "" : "." + digits.substr(e + 1));
   return sign + "0." + std::string(-e - 1, '0') + digits;
 }

@@ -53,7 +53,8 @@ int main(int argc, char** argv) try {
     const float* out = outputs[0].GetTensorData<float>();
     double sum = 0;
     for (int64_t i = 0; i < batch * q_len * d_model; ++i) sum += out[i];
-    std::cout << std::setprecision(8) << "output (" << shape[0] << ", " << shape[1] << ", " << shape[2] << ") sum " << sum << std::endl;
+    std::cout << std::setprecision(8) << "output (" << shape[0] << ", " << shape[1] << ", " << shape[2]
+              << ") sum " << sum << std::endl;
   }
   return 0;
 } catch (const Ort::Exception& e) {  // a missing file, a model with another interface: one line, exit 1

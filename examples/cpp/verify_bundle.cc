@@ -133,8 +133,9 @@ bool verify(const fs::path& dir) {
         feeds.values.push_back(std::move(value));
       }
       auto results = model.run(feeds.names, feeds.values);
-      const std::string label = step["folder"].get<std::string>() + " (" + std::to_string(step["new_tokens"].get<int64_t>()) +
-                                " new, past " + std::to_string(step["past_len"].get<int64_t>()) + ")";
+      const std::string label = step["folder"].get<std::string>() + " (" +
+                                std::to_string(step["new_tokens"].get<int64_t>()) + " new, past " +
+                                std::to_string(step["past_len"].get<int64_t>()) + ")";
       (judge(dir, label, step["outputs"], results, tolerance) ? passed : failed)++;
       past.clear();
       for (const auto& [present, name] : decode["thread"].items()) {
@@ -159,8 +160,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (argc != 2 || argv[1][0] == '-') {
-    std::cerr << "Error: " << (argc < 2 ? "give a bundle folder" : argc > 2 ? "give one bundle folder" : "unknown option")
-              << " (" << usage << ")" << std::endl;
+    const char* what = argc < 2 ? "give a bundle folder" : argc > 2 ? "give one bundle folder" : "unknown option";
+    std::cerr << "Error: " << what << " (" << usage << ")" << std::endl;
     return 2;
   }
   const OrtApi* api = OrtGetApiBase()->GetApi(ORT_API_VERSION);

@@ -14,7 +14,9 @@ DEPS="$ROOT/.deps/cpp"
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 say() { echo "setup/cpp: $*"; }
 die() { echo "setup/cpp: Error: $*" >&2; exit 1; }
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi; }
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+}
 
 # 1) tools and libraries from the system's own sources
 missing=()
@@ -37,17 +39,19 @@ if [ -f "$INCLUDE/onnxruntime_cxx_api.h" ]; then
 else
   mirror=""
   if [ -f /etc/apt/sources.list.d/debian.sources ]; then  # deb822: the first URIs of a non-security stanza
-    mirror=$(awk 'BEGIN{RS=""} !/-security/ && match($0, /URIs: *[^ \n]+/) {
-                  split(substr($0, RSTART, RLENGTH), a, / +/); print a[2]; exit}' /etc/apt/sources.list.d/debian.sources)
+    mirror=$(awk 'BEGIN {RS = ""} !/-security/ && match($0, /URIs: *[^ \n]+/) {
+                    split(substr($0, RSTART, RLENGTH), a, / +/); print a[2]; exit}' \
+               /etc/apt/sources.list.d/debian.sources)
   fi
   if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
-    mirror=$(awk '$1 == "deb" && $0 !~ /-security/ {for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) {print $i; exit}}' /etc/apt/sources.list)
+    mirror=$(awk '$1 == "deb" && $0 !~ /-security/ {for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) {print $i; exit}}' \
+               /etc/apt/sources.list)
   fi
   [ -n "$mirror" ] || die "found no Debian mirror in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
   APT="$DEPS/apt"
   rm -rf "$APT" && mkdir -p "$APT/sources.list.d" "$APT/lists/partial" "$APT/archives/partial"
-  printf 'Types: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-    "$mirror" > "$APT/sources.list.d/trixie.sources"
+  printf 'Types: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: %s\n' \
+    "$mirror" /usr/share/keyrings/debian-archive-keyring.gpg > "$APT/sources.list.d/trixie.sources"
   options=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$APT/sources.list.d"
            -o "Dir::State::Lists=$APT/lists" -o "Dir::Cache::archives=$APT/archives" -o APT::Sandbox::User=root)
   say "fetching libonnxruntime-dev from Debian 13 (trixie) at $mirror (private lists in ${APT#"$ROOT"/})"
@@ -55,18 +59,22 @@ else
   (cd "$APT" && apt-get "${options[@]}" -qq download libonnxruntime-dev)
   deb=$(ls "$APT"/libonnxruntime-dev_*.deb)
   rm -rf "$APT/x" && dpkg -x "$deb" "$APT/x"
-  [ -f "$APT/x/usr/include/onnxruntime/onnxruntime_cxx_api.h" ] || die "$(basename "$deb") holds no onnxruntime_cxx_api.h"
+  [ -f "$APT/x/usr/include/onnxruntime/onnxruntime_cxx_api.h" ] \
+    || die "$(basename "$deb") holds no onnxruntime_cxx_api.h"
   rm -rf "$DEPS/include" && mv "$APT/x/usr/include" "$DEPS/include"
   basename "$deb" .deb > "$DEPS/include/VERSION"
   rm -rf "$APT"  # the lists (tens of MB) and the .deb: only the headers are kept
-  say "headers in ${INCLUDE#"$ROOT"/} ($(cat "$DEPS/include/VERSION"), C API $(awk '/define ORT_API_VERSION/ {print $3}' "$INCLUDE/onnxruntime_c_api.h"))"
+  api=$(awk '/define ORT_API_VERSION/ {print $3}' "$INCLUDE/onnxruntime_c_api.h")
+  say "headers in ${INCLUDE#"$ROOT"/} ($(cat "$DEPS/include/VERSION"), C API $api)"
 fi
 
 # 3) build against the wheel's library
-[ -x "$PYTHON" ] || die "$PYTHON is not there: create the venv first (python3 -m venv .venv && .venv/bin/pip install -e '.[test]')"
+[ -x "$PYTHON" ] \
+  || die "$PYTHON is not there: create the venv first (python3 -m venv .venv && .venv/bin/pip install -e '.[test]')"
 LIB_DIR=$("$PYTHON" -c "import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi'))") \
   || die "$PYTHON cannot import onnxruntime"
 say "building examples/cpp into ${DEPS#"$ROOT"/}/build against $LIB_DIR"
-cmake -S "$ROOT/examples/cpp" -B "$DEPS/build" -DONNXRUNTIME_INCLUDE_DIR="$INCLUDE" -DONNXRUNTIME_LIB_DIR="$LIB_DIR" >/dev/null
+cmake -S "$ROOT/examples/cpp" -B "$DEPS/build" -DONNXRUNTIME_INCLUDE_DIR="$INCLUDE" -DONNXRUNTIME_LIB_DIR="$LIB_DIR" \
+  >/dev/null
 cmake --build "$DEPS/build" -j "$(nproc)" >/dev/null
 say "built ${DEPS#"$ROOT"/}/build/verify_bundle, embed and bench_latency"
