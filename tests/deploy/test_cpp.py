@@ -74,7 +74,8 @@ def sha256(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("args", [(), ("--kv-cache",)], ids=["default", "kv-cache"])
+@pytest.mark.parametrize("args", [(), ("--kv-cache",), ("--external-data",)],
+                         ids=["default", "kv-cache", "external-weights"])
 def test_every_set_and_decode_step_passes_one_line_each(build, bundle_of, args):
     folder = bundle_of(*args)
     manifest = manifest_of(folder)
@@ -118,13 +119,14 @@ def _tamper(path, where):
 
 
 @pytest.mark.parametrize("args, relative", [((), "model.onnx"), ((), "test_data_set_2/output_0.pb"),
-                                            (("--kv-cache",), "decode/step_2/input_0.pb")],
-                         ids=["model", "vector", "decode-vector"])
+                                            (("--kv-cache",), "decode/step_2/input_0.pb"),
+                                            (("--external-data",), "model.onnx.data")],
+                         ids=["model", "vector", "decode-vector", "external-weights"])
 def test_a_changed_file_is_one_error_line_naming_it(build, bundle_of, tmp_path, args, relative):
     folder = tmp_path / "b"
     shutil.copytree(bundle_of(*args), folder)
     path = folder / relative
-    _tamper(path, len(path.read_bytes()) // 2 if relative == "model.onnx" else -3)
+    _tamper(path, len(path.read_bytes()) // 2 if relative.startswith("model") else -3)
     result = verify(build, folder)
     assert result.returncode == 1 and result.stdout == ""
     expected = manifest_of(folder)
@@ -135,7 +137,9 @@ def test_a_changed_file_is_one_error_line_naming_it(build, bundle_of, tmp_path, 
 
 
 def _files(manifest):
-    yield {"file": manifest["model"]["file"], "sha256": manifest["model"]["sha256"]}
+    yield manifest["model"]
+    if "data" in manifest["model"]:
+        yield manifest["model"]["data"]
     for entry in manifest["test_data_sets"] + manifest.get("decode", {}).get("steps", []):
         yield from entry["inputs"] + entry["outputs"]
 
