@@ -145,10 +145,10 @@ Tensor decode_tensor(const std::string& bytes) {
   while (!r.done()) {
     const uint64_t key = r.varint();
     const int field = static_cast<int>(key >> 3), wire = static_cast<int>(key & 7);
-    if (field == 13 || (field == 14 && wire == 0 && r.varint() == 1)) {
+    if (field == 13 || (field == 14 && wire == 0 && r.varint() == 1)) {  // external_data, data_location
       throw BundleError("a TensorProto with external data (bundles keep their vectors inline)");
     }
-    if (field == 14) continue;  // data_location DEFAULT, already read
+    if (field == 14 && wire == 0) continue;  // data_location DEFAULT, already read
     if ((field == 1 || field == 5 || field == 7) && (wire == 0 || wire == 2)) {
       integers(wire, field == 1 ? t.dims : field == 5 ? int32s : int64s);
     } else if (field == 2 && wire == 0) {

@@ -3,11 +3,12 @@
     python examples/cpp/latency.py [--shapes 1x16,1x128,1x512] [--rounds 15] [--threads 1] [--model M.onnx]
 
 Exports the attention block as bench-attn does (8 heads, width 512, causal+padding mask input, float32), or
-takes an export-attn model (--model), writes each shape's feeds as TensorProto files, and keeps one Python session and one bench_latency process
-(scripts/setup/cpp.sh builds it) per shape. Each round times both on the same feeds, in an order that alternates
-round by round, each after a pause (bench-attn's rule: onnxruntime's pool threads spin for a while after a
-call) and one untimed call, over as many calls as fill --target-ms. Prints the median of the rounds per shape,
-with the CPU model and the versions."""
+takes an export-attn model (--model). Writes each shape's feeds as TensorProto files, and keeps one Python
+session and one bench_latency process (scripts/setup/cpp.sh builds it) per shape. Each round times both on the
+same feeds, in an order that alternates round by round, each after a pause (bench-attn's rule: onnxruntime's
+pool threads spin for a while after a call) and one untimed call, over as many calls as fill --target-ms.
+Prints per shape the median of the rounds, in how many rounds C++ was the faster (a paired count), and the
+fastest round of each, with the CPU model and the versions."""
 
 from __future__ import annotations
 
@@ -101,17 +102,18 @@ def main(argv=None) -> int:
             finally:
                 cpp.stdin.close()
                 cpp.wait(timeout=60)
-            medians = {name: statistics.median(times) for name, times in samples.items()}
             cpp_faster = sum(c < p for c, p in zip(samples["onnxruntime-cpp"], samples["onnxruntime (Python)"]))
-            rows.append((batch, length, medians, cpp_faster))
+            rows.append((batch, length, samples, cpp_faster))
     print(f"{cpu_model()}; onnxruntime {ort.__version__} (the wheel's library in both); {spec.variant}, "
           f"width {spec.embedding_dim}, {spec.heads} heads, causal+padding mask, {spec.dtype}; {args.threads} "
           f"thread(s); median of {args.rounds} interleaved rounds")
-    print(f"  {'shape':<10}{'Python ms':>11}{'C++ ms':>10}{'C++/Python':>12}{'C++ faster':>12}")
-    for batch, length, medians, cpp_faster in rows:
-        python, cpp = medians["onnxruntime (Python)"], medians["onnxruntime-cpp"]
-        print(f"  {f'({batch},{length})':<10}{python:>11.3f}{cpp:>10.3f}{cpp / python:>11.2f}x"
-              f"{f'{cpp_faster}/{args.rounds}':>12}")
+    print(f"  {'shape':<10}{'Python ms':>11}{'C++ ms':>10}{'C++/Python':>12}{'C++ faster':>12}"
+          f"{'Python min':>12}{'C++ min':>10}")
+    for batch, length, samples, cpp_faster in rows:
+        python, cpp = samples["onnxruntime (Python)"], samples["onnxruntime-cpp"]
+        ratio = statistics.median(cpp) / statistics.median(python)
+        print(f"  {f'({batch},{length})':<10}{statistics.median(python):>11.3f}{statistics.median(cpp):>10.3f}"
+              f"{ratio:>11.2f}x{f'{cpp_faster}/{args.rounds}':>12}{min(python):>12.3f}{min(cpp):>10.3f}")
     return 0
 
 

@@ -204,6 +204,7 @@ def test_a_model_onnxruntime_cannot_load_is_one_error_line(build, bundle, tmp_pa
     ("other-format", 1, "Error: {folder}/manifest.json is not an attn-onnx bundle manifest (format is not "
                         "attn-onnx-bundle/1)"),
     ("no-sha256", 1, "Error: {folder}/manifest.json lacks test_data_sets[1].outputs[0].sha256"),
+    ("truncated-vector", 1, "Error: {folder}/test_data_set_0/input_0.pb: truncated TensorProto"),
     ("no-args", 2, "Error: give a bundle folder (usage: verify_bundle BUNDLE_DIR)"),
     ("two-args", 2, "Error: give one bundle folder (usage: verify_bundle BUNDLE_DIR)"),
 ])
@@ -221,6 +222,11 @@ def test_a_bad_bundle_or_usage_is_one_error_line(build, bundle, tmp_path, how, c
     elif how == "no-sha256":
         data = json.loads(manifest.read_text())
         del data["test_data_sets"][1]["outputs"][0]["sha256"]
+        manifest.write_text(json.dumps(data))
+    elif how == "truncated-vector":  # a key (dims, a varint) and no value, re-hashed: the decoder's own finding
+        data = json.loads(manifest.read_text())
+        (folder / "test_data_set_0" / "input_0.pb").write_bytes(b"\x08")
+        data["test_data_sets"][0]["inputs"][0]["sha256"] = sha256(folder / "test_data_set_0" / "input_0.pb")
         manifest.write_text(json.dumps(data))
     args = {"no-args": [], "two-args": [str(folder), str(folder)]}.get(how, [str(folder)])
     result = subprocess.run([str(build / "verify_bundle"), *args], capture_output=True, text=True, timeout=60)
@@ -360,7 +366,7 @@ def test_the_latency_harness_times_both_runtimes(build, bundle, capsys):
     spec.loader.exec_module(latency)
     assert latency.main(["--shapes", "1x4,2x8", "--rounds", "2", "--target-ms", "1",
                          "--model", str(bundle / "model.onnx")]) == 0
-    rows = [re.fullmatch(r"\s+\((\d+),(\d+)\)\s+(\S+)\s+(\S+)\s+(\S+)x\s+(\d)/2", line)
+    rows = [re.fullmatch(r"\s+\((\d+),(\d+)\)\s+(\S+)\s+(\S+)\s+(\S+)x\s+(\d)/2\s+(\S+)\s+(\S+)", line)
             for line in capsys.readouterr().out.splitlines()[2:]]
     assert [(r[1], r[2]) for r in rows] == [("1", "4"), ("2", "8")]
-    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
+    assert all(0 < float(r[7]) <= float(r[3]) and 0 < float(r[8]) <= float(r[4]) for r in rows)  # min <= median
