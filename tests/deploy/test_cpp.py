@@ -30,6 +30,9 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed: run scripts/setup/cpp.sh"),
     pytest.mark.skipif(not (INCLUDE / "onnxruntime_cxx_api.h").is_file(),
                        reason="onnxruntime's C++ headers are not in .deps/cpp: run scripts/setup/cpp.sh"),
+    pytest.mark.skipif(not Path("/usr/include/nlohmann/json.hpp").is_file() or
+                       not Path("/usr/include/openssl/evp.h").is_file(),
+                       reason="nlohmann-json3-dev or libssl-dev is not installed: run scripts/setup/cpp.sh"),
 ]
 
 
