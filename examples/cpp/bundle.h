@@ -1,0 +1,75 @@
+// Reading an attn-onnx bundle in C++: the manifest, its sha256s, the golden vectors (ONNX TensorProto files,
+// decoded here without a protobuf library), and the comparison rule the manifest states. The C++ twin of
+// examples/node/lib/bundle.js: the same checks, the same messages.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#define ORT_API_MANUAL_INIT  // main() checks that the library serves the headers' API version before using it
+#include <onnxruntime_cxx_api.h>
+
+namespace bundle {
+
+inline constexpr const char* kFormat = "attn-onnx-bundle/1";
+
+// A bad bundle: a missing or changed file, a malformed manifest or vector. One line, the caller prints it.
+struct BundleError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A golden vector as the file holds it: the bytes of its elements in little-endian order, one byte per bool.
+struct Tensor {
+  std::string name;
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // equal to TensorProto.DataType
+  std::vector<int64_t> dims;
+  std::vector<uint8_t> data;
+
+  int64_t count() const;
+  // An onnxruntime tensor over this tensor's bytes (no copy: keep the Tensor alive while the value is used).
+  Ort::Value view(const Ort::MemoryInfo& memory);
+};
+
+// The element type's name as onnxruntime's JavaScript API spells it (float32, float16, int64, bool, uint8...).
+std::string type_name(ONNXTensorElementDataType type);
+// Bytes per element; 0 for a type bundles never hold.
+size_t type_size(ONNXTensorElementDataType type);
+
+// TensorProto fields: dims (1), data_type (2), float_data (4), int32_data (5), int64_data (7), name (8),
+// raw_data (9), double_data (10). External data (13, 14) is refused: bundles keep every vector inline.
+Tensor decode_tensor(const std::string& bytes);
+Tensor load_tensor(const std::filesystem::path& file);  // BundleError naming the file
+
+std::string sha256_file(const std::filesystem::path& file);  // lowercase hex
+
+nlohmann::json read_manifest(const std::filesystem::path& dir);
+// Every file the manifest names (model, external weights, every vector, decode steps included) that is
+// missing, outside the bundle or whose sha256 differs, each as "FILE (why)".
+std::vector<std::string> changed_files(const std::filesystem::path& dir, const nlohmann::json& manifest);
+
+struct Tolerance {
+  double atol = 0;
+  double rtol = 0;
+};
+
+struct Verdict {
+  bool passed = false;
+  double max_abs = 0;
+  std::string reason;  // empty when passed
+};
+
+// The manifest's rule: |actual - expected| <= atol + rtol * |expected| everywhere, no NaN or Inf, the same
+// shape (checked first) and element type.
+Verdict compare(const Ort::Value& actual, const Tensor& expected, const Tolerance& tolerance);
+
+// Number formatting exactly as JavaScript does it, so that the lines match verify.js's byte for byte:
+// x.toPrecision(3) and String(x).
+std::string js_precision3(double x);
+std::string js_number(double x);
+
+}  // namespace bundle
