@@ -54,7 +54,7 @@ else
     "$mirror" /usr/share/keyrings/debian-archive-keyring.gpg > "$APT/sources.list.d/trixie.sources"
   options=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$APT/sources.list.d"
            -o "Dir::State::Lists=$APT/lists" -o "Dir::Cache::archives=$APT/archives" -o APT::Sandbox::User=root)
-  say "fetching libonnxruntime-dev from Debian 13 (trixie) at $mirror (private lists in ${APT#"$ROOT"/})"
+  say "fetching libonnxruntime-dev from Debian 13 (trixie) through the system's mirror (private lists in ${APT#"$ROOT"/})"
   apt-get "${options[@]}" -qq update
   (cd "$APT" && apt-get "${options[@]}" -qq download libonnxruntime-dev)
   deb=$(ls "$APT"/libonnxruntime-dev_*.deb)
