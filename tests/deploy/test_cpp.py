@@ -77,8 +77,8 @@ def sha256(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("args", [(), ("--kv-cache",), ("--external-data",)],
-                         ids=["default", "kv-cache", "external-weights"])
+@pytest.mark.parametrize("args", [(), ("--kv-cache",), ("--external-data",), ("--dtype", "float16")],
+                         ids=["default", "kv-cache", "external-weights", "float16"])
 def test_every_set_and_decode_step_passes_one_line_each(build, bundle_of, args):
     folder = bundle_of(*args)
     manifest = manifest_of(folder)
