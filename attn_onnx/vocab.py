@@ -22,6 +22,18 @@ MASK_FILL = -1e9
 # The mask convention, as stated in every exported model's metadata.
 MASK_CONVENTION = "nonzero = attend; 0 = masked, filled with -1e9"
 
+# Mask kinds a check case feeds to a model with a `mask` input (mask == 0 is masked):
+MASK_KINDS = {
+    "ones": "all ones: nothing masked",
+    "zeros": "all zeros: everything masked, every row attends uniformly (the seed's own demo)",
+    "causal": "subsequent_mask: query i attends keys 0..i",
+    "padding": "per-example key padding, a different valid length in each example, as a padding mask "
+               "(batch, 1, kv_len)",
+    "causal+padding": "causal and key padding together, as a full mask",
+    "masked_row": "random holes, plus one query row whose keys are all masked (uniform, never NaN)",
+}
+GRAPH_MASK = "graph"  # the case kind of a model without a mask input (its mask, if any, is in the graph)
+
 # --- precision -----------------------------------------------------------------------------------------------
 
 DTYPES = ("float32", "float16", "bfloat16")  # --dtype: the float inputs, outputs and weights

@@ -1,4 +1,4 @@
-"""`export-attn`: export the seed's attention modules to one self-contained ONNX file."""
+"""`export-attn`: export the Annotated Transformer's attention modules to one self-contained ONNX file."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def _applies(option: str) -> str:
                    "subsequent_mask from the lengths; none: no mask.")
 @click.option("--causal-align", type=click.Choice(CAUSAL_ALIGNS), default="top-left",
               show_default=True, help=f"{_applies('causal_align')} with --mask causal: top-left, query i attends "
-              "keys 0..i (the seed's subsequent_mask); bottom-right, query i attends keys 0..kv_len-q_len+i (new "
-              "tokens after a prefix, as in decoding). They agree when q_len == kv_len.")
+              "keys 0..i (the Annotated Transformer's subsequent_mask); bottom-right, query i attends keys "
+              "0..kv_len-q_len+i (new tokens after a prefix, as in decoding). They agree when q_len == kv_len.")
 @click.option("--mask-dtype", type=click.Choice(list(MASK_DTYPES)), default="bool", show_default=True,
               help=f"{_applies('mask_dtype')} with --mask input: element type of the `mask` input.")
 @click.option("--kv-cache", is_flag=True, help=f"{_applies('kv_cache')} Export one decoding step with a KV cache: "
@@ -58,8 +58,9 @@ def _applies(option: str) -> str:
                                                  "probabilities `attn_probs` (attention always does).")
 @click.option("--attention-impl", "variant", type=click.Choice([*VARIANTS, "auto"]), default=DEFAULT_VARIANT,
               show_default=True, help="How attention is built: " + "; ".join(
-                  f"{v.name}: {v.help} ({v.runtimes})" for v in VARIANTS.values()) + ". Each keeps the seed's "
-              "semantics, a fully-masked row attending uniformly included. auto: export every variant that "
+                  f"{v.name}: {v.help} ({v.runtimes})" for v in VARIANTS.values()) + ". Each keeps the Annotated "
+              "Transformer's semantics, a fully-masked row attending uniformly included. auto: export every "
+              "variant that "
               "accepts the spec, check each, time those that pass at --tune-shapes on this machine, and write the "
               "fastest (the table it decided from is printed and kept in the metadata).")
 @click.option("--tune-shapes", default="1x16,1x128,1x512", show_default=True, metavar="BATCHxLEN,...",
@@ -75,7 +76,8 @@ def _applies(option: str) -> str:
 @click.option("--optimize", is_flag=True, help="Write the graph as onnxruntime optimizes it offline, at its "
               "portable 'extended' level (fusions into com.microsoft ops; no CPU-specific layouts). Runs in "
               "onnxruntime; the metadata is kept.")
-@click.option("--quantize", type=click.Choice(QUANTIZE_MODES), default=None, help=f"{_applies('quantize')} Quantize the "
+@click.option("--quantize", type=click.Choice(QUANTIZE_MODES), default=None,
+              help=f"{_applies('quantize')} Quantize the "
               "projections' weights to int8 (onnxruntime's dynamic quantization: int8 weights per output channel, "
               "uint8 activations per tensor, computed on the fly). check-attn holds it to the int8 profile; the "
               "export prints what it cost against the float weights.")
@@ -123,18 +125,15 @@ def main(**options):
 
     ctx = click.get_current_context()
     kind = KINDS[options["module_kind"]]
-    if options["self_attention"]:
-        if options["module_kind"] != "mha" or options["kv_cache"]:
-            raise click.UsageError("--self-attention applies to --module mha, without --kv-cache")
-        kind = KINDS["mha-self"]
-    if options["kv_cache"]:
-        if options["module_kind"] != "mha":
-            raise click.UsageError(f"--kv-cache applies to --module mha, not {options['module_kind']}")
-        kind = KINDS["mha-cache"]
-        if "mask_mode" not in given(ctx):
-            options["mask_mode"] = "causal"  # built in, and the only mask a cache step takes so far
-        if "causal_align" not in given(ctx) and options["mask_mode"] == "causal":
-            options["causal_align"] = "bottom-right"
+    forms = [form for form in KINDS.values() if form.option and options[form.option]]  # --kv-cache, ...
+    if len(forms) > 1:
+        raise click.UsageError(f"{forms[0].flag} and {forms[1].flag} exclude each other")
+    if forms:
+        if options["module_kind"] != forms[0].form_of:
+            raise click.UsageError(f"{forms[0].flag} applies to --module {forms[0].form_of}, not "
+                                   f"{options['module_kind']}")
+        kind = forms[0]
+        kind.complete_options(options, given(ctx))
     refuse(ctx, given(ctx) - COMMON_EXPORT_OPTIONS - kind.export_options, f"to --module {kind.name}")
     if options["mask_mode"] != "input":
         refuse(ctx, {"mask_dtype"}, f"to --mask {options['mask_mode']} (the model has no mask input)")

@@ -7,7 +7,6 @@ changes the numbers of the cases that remain. What the inputs look like is the m
 
 from __future__ import annotations
 
-import re
 import zlib
 from dataclasses import dataclass, field
 
@@ -16,17 +15,7 @@ import numpy as np
 from attn_onnx.errors import UsageError
 from attn_onnx.exporter.spec import ExportSpec
 
-# Mask kinds fed to a model with a `mask` input (mask == 0 is masked):
-MASK_KINDS = {
-    "ones": "all ones: nothing masked",
-    "zeros": "all zeros: everything masked, every row attends uniformly (the seed's own demo)",
-    "causal": "subsequent_mask: query i attends keys 0..i",
-    "padding": "per-example key padding, a different valid length in each example, as a padding mask "
-               "(batch, 1, kv_len)",
-    "causal+padding": "causal and key padding together, as a full mask",
-    "masked_row": "random holes, plus one query row whose keys are all masked (uniform, never NaN)",
-}
-GRAPH_MASK = "graph"  # the case kind of a model without a mask input (its mask, if any, is in the graph)
+from attn_onnx.vocab import GRAPH_MASK, MASK_KINDS  # noqa: F401  (re-exported: the sweep's vocabulary)
 
 
 @dataclass(frozen=True)
@@ -77,7 +66,7 @@ class Case:
     @property
     def shape(self) -> str:
         """The name without the mask kind: `b3.q11.kv5`, or `size20`."""
-        return self.name if self.spec.kind.case_dims == ("size",) else self.name.rsplit(".", 1)[0]
+        return self.spec.kind.case_shape(self.name)
 
     @property
     def dims(self) -> dict[str, int]:
@@ -128,37 +117,16 @@ def valid_lengths(batch: int, kv_len: int, rng: np.random.Generator) -> np.ndarr
     return np.concatenate([[kv_len], picked])
 
 
-def mask_kinds(spec: ExportSpec) -> list[str]:
-    """The mask kinds a model of `spec` is checked with."""
-    return list(MASK_KINDS) if spec.mask == "input" else [GRAPH_MASK]
-
-
 def generate_cases(spec: ExportSpec, sweep: Sweep = Sweep()) -> list[Case]:
-    """Every case of `sweep` that applies to a model of `spec`."""
+    """Every case of `sweep` that applies to a model of `spec` (its kind names them: exporter/kinds/)."""
     sweep.validate()
-    if spec.kind.case_dims == ("size",):
-        return [Case(f"size{n}", spec, size=n) for n in sweep.sizes]
-    kinds = list(sweep.masks or MASK_KINDS) if spec.mask == "input" else [GRAPH_MASK]
-    shapes = sweep.shape_list()
-    if spec.kind.self_attention:  # one input: every shape square (b, q, q), each once
-        shapes = list(dict.fromkeys((b, q, q) for b, q, _ in shapes))
-    return [Case(f"b{b}.q{q}.kv{kv}.{kind}", spec, batch=b, q_len=q, kv_len=kv, mask=kind)
-            for b, q, kv in shapes for kind in kinds]
+    return [Case(name, spec, mask=mask, **dims) for name, dims, mask in spec.kind.cases(spec, sweep)]
 
 
 def parse_case(name: str, spec: ExportSpec) -> Case:
     """The case a name like `b2.q20.kv20.causal+padding` (or `size20`) stands for."""
-    if spec.kind.case_dims == ("size",):
-        match = re.fullmatch(r"size(\d+)", name)
-        if match:
-            return Case(name, spec, size=int(match[1]))
-        raise UsageError(f"case {name!r} is not of the form size<N> (the mask module's cases)")
-    match = re.fullmatch(r"b(\d+)\.q(\d+)\.kv(\d+)\.([a-z_+]+)", name)
-    kinds = mask_kinds(spec)
-    if not match or match[4] not in kinds or min(int(match[i]) for i in (1, 2, 3)) < 1:
-        raise UsageError(f"case {name!r} is not of the form b<batch>.q<q_len>.kv<kv_len>.<kind> "
-                         f"with kind in {kinds}")
-    return Case(name, spec, batch=int(match[1]), q_len=int(match[2]), kv_len=int(match[3]), mask=match[4])
+    dims, mask = spec.kind.parse_case(spec, name)
+    return Case(name, spec, mask=mask, **dims)
 
 
 def default_plot_case(spec: ExportSpec) -> str:

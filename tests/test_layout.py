@@ -112,3 +112,55 @@ def test_the_built_wheel_holds_and_imports_every_module(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().startswith(str(tmp_path / "site"))  # the wheel's copy, not the checkout
+
+
+KIND_ATTRIBUTES = {"module", "module_kind", "case_dims"}  # what a switch on the module kind compares
+KIND_NAMES = {"mha", "mha-cache", "mha-self"}  # ("mask" and "attention" also name tensors and functions)
+
+
+def _kind_switches(path: Path) -> list[str]:
+    """Comparisons that branch on the module kind: `spec.module == "mha"`, `kind.case_dims == ("size",)`,
+    `options["module_kind"] != "mha"`, `name in ("mha", "mha-self")`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Compare):
+            continue
+        sides = (node.left, *node.comparators)
+
+        def literal(side):  # "mha", ("size",): a value written in the code
+            return isinstance(side, ast.Constant) or (isinstance(side, (ast.Tuple, ast.List, ast.Set))
+                                                      and all(isinstance(e, ast.Constant) for e in side.elts))
+
+        def kind_attribute(side):  # spec.module, kind.case_dims, options["module_kind"]
+            return (isinstance(side, ast.Attribute) and side.attr in KIND_ATTRIBUTES) or (
+                isinstance(side, ast.Subscript) and isinstance(side.slice, ast.Constant)
+                and side.slice.value in KIND_ATTRIBUTES)
+
+        def kind_name(side):
+            values = [side] + (list(side.elts) if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [])
+            return any(isinstance(v, ast.Constant) and v.value in KIND_NAMES for v in values)
+
+        if (any(map(kind_attribute, sides)) and any(map(literal, sides))) or any(map(kind_name, sides)):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_switch_on_the_module_kind_outside_the_kinds():
+    """A kind describes itself (exporter/kinds/): what its cases, vectors, mask contract and CLI flag are. Code
+    elsewhere asks the kind instead of testing which kind it is, so a new kind is one new file there."""
+    switches = [s for folder, path in SOURCES if "kinds" not in path.relative_to(ROOT).parts[:2]
+                for s in _kind_switches(path)]
+    assert switches == []
+
+
+def test_the_kind_switch_finder_finds_switches(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text('if spec.module == "mha": pass\nif kind.case_dims == ("size",): pass\n'
+                      'if options["module_kind"] != "x": pass\nif name in ("mha", "mha-self"): pass\n'
+                      'if name != "mask": pass\n')
+    global ROOT
+    saved, ROOT = ROOT, tmp_path
+    try:
+        assert [s.split(":")[1] for s in _kind_switches(sample)] == ["1", "2", "3", "4"]
+    finally:
+        ROOT = saved

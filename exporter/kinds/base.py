@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from attn_onnx.errors import UsageError
+from attn_onnx.vocab import GRAPH_MASK, MASK_FILL, MASK_KINDS
 
 # export-attn options that every kind takes; each kind adds the ones that apply to it
 COMMON_EXPORT_OPTIONS = frozenset({"module_kind", "variant", "optimize", "external_data", "opset", "out", "bundle_dir",
@@ -27,6 +30,11 @@ class ModuleKind:
     self_attention: bool = False  # one input x for query, key and value: check cases have q_len == kv_len
     dtypes: tuple[str, ...] = ("float32",)  # the --dtype values it exports
     flag: str = ""  # how the user asks for it, for messages: "--module mha", "--kv-cache"
+    form_of: str = ""  # a form of another kind, selected by its own flag (mha-cache: --kv-cache on mha)
+    option: str = ""  # that flag's option name ("kv_cache"); the CLI finds the kind by it
+
+    def complete_options(self, options: dict, given: set[str]) -> None:
+        """Fill in what choosing this kind implies for the options the user did not give (export-attn)."""
 
     def validate(self, spec) -> None:
         """Raise UsageError naming the value that does not fit this kind."""
@@ -67,6 +75,31 @@ class ModuleKind:
     def integer_outputs(self, spec) -> bool:
         return all(np.issubdtype(np.dtype(d), np.integer) for d in self.output_dtypes(spec).values())
 
+    # --- check cases, bundle vectors and the contract: what a case of this kind is, said by the kind ------------
+
+    def cases(self, spec, sweep) -> list[tuple[str, dict[str, int], str]]:
+        """(name, dims, mask kind) of every case of `sweep` (runtime_check.cases.Sweep) for a model of `spec`."""
+        raise NotImplementedError
+
+    def parse_case(self, spec, name: str) -> tuple[dict[str, int], str]:
+        """The dims and mask kind a case name stands for; UsageError naming the form it should have."""
+        raise NotImplementedError
+
+    def case_shape(self, name: str) -> str:
+        """The case's name without its mask kind: `b3.q11.kv5`."""
+        return name.rsplit(".", 1)[0]
+
+    def vector_cases(self, spec) -> tuple[str, ...]:
+        """The cases a bundle carries golden vectors for: those a service must get right."""
+        raise NotImplementedError
+
+    def describe_case(self, spec, dims: dict[str, int], mask: str) -> str:
+        raise NotImplementedError
+
+    def mask_contract(self, spec) -> str:
+        """The mask convention, in words, for the people wiring the model into a service."""
+        raise NotImplementedError
+
 
 class AttentionKindBase(ModuleKind):
     """What `mha` and `attention` share: query, key, value, a mask mode, heads and widths."""
@@ -74,6 +107,11 @@ class AttentionKindBase(ModuleKind):
     example_dims = {"batch": 2, "q_len": 3, "kv_len": 4}  # all different, none 1: no dim baked or tied
     dtypes = ("float32", "float16", "bfloat16")
     case_dims = ("batch", "q_len", "kv_len")
+
+    # batch 1; q_len != kv_len with a padding mask; a fully-masked row; the causal case; causal plus padding
+    VECTOR_CASES = ("b1.q5.kv5.ones", "b2.q4.kv7.padding", "b2.q6.kv6.masked_row", "b2.q6.kv6.causal",
+                    "b3.q3.kv8.causal+padding")
+    GRAPH_VECTOR_CASES = ("b1.q5.kv5.graph", "b2.q4.kv7.graph", "b3.q6.kv6.graph")  # a mask built in, or none
 
     def validate(self, spec) -> None:
         if spec.heads <= 0 or spec.embedding_dim <= 0:
@@ -108,3 +146,54 @@ class AttentionKindBase(ModuleKind):
             feeds["mask"] = mask.reshape(mask.shape[0], *mask_lead, *mask.shape[1:]).astype(
                 MASK_DTYPES[spec.mask_dtype])
         return feeds
+
+    def mask_kinds(self, spec) -> list[str]:
+        return list(MASK_KINDS) if spec.mask == "input" else [GRAPH_MASK]
+
+    def cases(self, spec, sweep):
+        kinds = list(sweep.masks or MASK_KINDS) if spec.mask == "input" else [GRAPH_MASK]
+        shapes = sweep.shape_list()
+        if self.self_attention:  # one input: every shape square (b, q, q), each once
+            shapes = list(dict.fromkeys((b, q, q) for b, q, _ in shapes))
+        return [(f"b{b}.q{q}.kv{kv}.{kind}", {"batch": b, "q_len": q, "kv_len": kv}, kind)
+                for b, q, kv in shapes for kind in kinds]
+
+    def parse_case(self, spec, name):
+        match = re.fullmatch(r"b(\d+)\.q(\d+)\.kv(\d+)\.([a-z_+]+)", name)
+        kinds = self.mask_kinds(spec)
+        if not match or match[4] not in kinds or min(int(match[i]) for i in (1, 2, 3)) < 1:
+            raise UsageError(f"case {name!r} is not of the form b<batch>.q<q_len>.kv<kv_len>.<kind> "
+                             f"with kind in {kinds}")
+        return {"batch": int(match[1]), "q_len": int(match[2]), "kv_len": int(match[3])}, match[4]
+
+    def vector_cases(self, spec):
+        names = self.VECTOR_CASES if spec.mask == "input" else self.GRAPH_VECTOR_CASES
+        if self.self_attention:  # one input: q_len == kv_len, so the cross cases become square ones
+            names = tuple(".".join((b, "q" + kv[2:], kv, kind)) for b, _, kv, kind in (n.split(".", 3) for n in names))
+        return names
+
+    def describe_case(self, spec, dims, mask):
+        what = MASK_KINDS.get(mask, f"the graph's own mask ({spec.mask})")
+        return f"batch {dims['batch']}, q_len {dims['q_len']}, kv_len {dims['kv_len']}; mask: {what}"
+
+    def mask_contract(self, spec):
+        from attn_onnx.dtypes import numpy_dtype
+
+        fill = max(MASK_FILL, float(np.finfo(numpy_dtype(spec.dtype)).min))
+        fill = "-1e9" if fill == MASK_FILL else f"{fill:g}"  # float16 cannot hold -1e9: its lowest, -65504
+        if spec.mask == "causal":
+            if spec.causal_align == "bottom-right":
+                return ("no mask input: the graph builds the causal mask bottom-right aligned, query i attends keys "
+                        "0..kv_len-q_len+i (the newest q_len tokens after a prefix); masked scores are filled with "
+                        f"{fill}, so a row with no key (q_len > kv_len) attends uniformly")
+            return ("no mask input: the graph builds the causal mask, query i attends keys 0..i (top-left aligned); "
+                    f"masked scores are filled with {fill}")
+        if spec.mask == "none":
+            return "no mask: every query attends every key"
+        dims = self.input_dims(spec)["mask"]  # this kind's own: mha-self's keys are its q_len, mha-cache's total_len
+        shape = (f"({', '.join('q_len' if d == 'mask_q_len' else str(d) for d in dims)}) (a full mask) or "
+                 f"({', '.join('1' if d == 'mask_q_len' else str(d) for d in dims)}) (a padding mask)")
+        return (f"input 'mask' of {spec.mask_dtype} {shape}, the same for every head: a nonzero value means "
+                f"'may attend', 0 means 'masked' (its score is replaced by {fill}). A query whose keys are all "
+                "masked attends uniformly (its output is the mean of the values): never NaN, never zeros. Bool "
+                "tensors are one byte per element (0 or 1)")

@@ -73,15 +73,18 @@ class Variant:
         """UsageError where this variant cannot build `spec`."""
         flag = f"--attention-impl {self.name}"
         if spec.module not in self.modules:
-            forms = [m for m in self.modules if m != "mha-self"]
-            also = " (also with --self-attention)" if "mha-self" in self.modules else ""
-            raise UsageError(f"{flag} builds --module {'/'.join(forms)}{also}, not {spec.module}")
+            from attn_onnx.exporter.kinds import KINDS
+
+            modules = [m for m in self.modules if not KINDS[m].form_of]  # --module values; the others are flags
+            forms = [KINDS[m].flag for m in self.modules if KINDS[m].form_of]
+            also = f" (also with {', '.join(forms)})" if forms else ""
+            raise UsageError(f"{flag} builds --module {'/'.join(modules)}{also}, not {spec.module}")
         if spec.attn_probs and not self.attn_probs:
             raise UsageError(f"{flag} cannot output attn_probs (its fused kernel does not return the "
                              "probabilities); use --attention-impl torch-export with --attn-probs")
         if spec.mask not in self.masks:
             raise UsageError(f"{flag} takes --mask {'/'.join(self.masks)}, not {spec.mask}")
-        if spec.kind.name in ("mha", "mha-self") and spec.d_k % self.d_k_multiple:
+        if spec.d_k % self.d_k_multiple:  # (the kinds it builds all have heads)
             raise UsageError(f"{flag} needs d_k (embedding-dim / heads) a multiple of {self.d_k_multiple}, its "
                              f"kernel's constraint; got d_k={spec.d_k}")
         if spec.dtype not in self.dtypes:
@@ -94,13 +97,13 @@ class Variant:
 
 
 VARIANTS = {v.name: v for v in (
-    Variant("torch-export", "torch_export", "the seed's MatMul/Softmax graph as torch.onnx writes it (the "
+    Variant("torch-export", "torch_export", "attention()'s MatMul/Softmax graph as torch.onnx writes it (the "
             "reference)"),
-    Variant("additive-mask", "additive_mask", "the seed's MatMul/Softmax graph built by hand, the mask added as "
+    Variant("additive-mask", "additive_mask", "attention()'s MatMul/Softmax graph built by hand, the mask added as "
             "a bias shared by the heads", modules=("mha", "mha-self"), attn_probs=False, min_opset=18),
     Variant("onnx-attention", "onnx_attention", "the standard ONNX Attention op", modules=("mha", "mha-self"),
             attn_probs=False, min_opset=23, runtimes="runtimes with opset 23 (onnxruntime >= 1.23)"),
-    Variant("tiled", "tiled", "the seed's MatMul/Softmax one tile of query rows at a time, each over only the "
+    Variant("tiled", "tiled", "attention()'s MatMul/Softmax one tile of query rows at a time, each over only the "
             "keys the mask can allow (a causal mask's upper triangle skipped, no (len, len) tensor, the padding's "
             "keys not even projected); a Loop of standard operators", modules=("mha", "mha-self"), attn_probs=False,
             min_opset=18),

@@ -262,7 +262,7 @@ def test_self_attention_equals_the_three_input_export_fed_x_three_times(exported
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--self-attention", "--kv-cache"], "Error: --self-attention applies to --module mha, without --kv-cache"),
+    (["--self-attention", "--kv-cache"], "Error: --kv-cache and --self-attention exclude each other"),
     (["--self-attention", "--module", "attention"], "Error: --self-attention applies to --module mha"),
 ])
 def test_self_attention_refusals(tmp_path, args, message):
