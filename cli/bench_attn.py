@@ -57,11 +57,12 @@ def _shapes(text: str, option: str = "--shapes") -> list[tuple[int, int]]:
 def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, decode_lens, self_attention, dtypes,
          quantize, json_path, plot_path):
     """Time the attention block, causal+padding mask input, float32: each export variant in onnxruntime
-    (CPU), PyTorch eager of the seed module, and PyTorch SDPA with the same weights, in interleaved rounds.
+    (CPU), PyTorch eager of the Annotated Transformer's MultiHeadedAttention, and PyTorch SDPA with the same
+    weights, in interleaved rounds.
     Prints per shape the median latency, ratios to SDPA and to the straight export, in how many rounds each
     contender beat SDPA timed in the same round (a paired count: 4 of 7 is a tie), achieved GFLOP/s, the
     fraction of the sgemm limit (onnxruntime MatMul at 2048^3, measured in the same run), and each
-    variant's max abs error against the float64 seed module. Always with the CPU model.
+    variant's max abs error against the float64 MultiHeadedAttention. Always with the CPU model.
 
     \b
     Examples:
