@@ -13,4 +13,4 @@ FOLDERS = {"attn_onnx": "attn_onnx", "attn_onnx.models": "models", "attn_onnx.ex
 
 packages = [name for name in FOLDERS] + [f"{name}.{sub}" for name, folder in FOLDERS.items()
                                          for sub in find_packages(folder)]
-setup(packages=packages, package_dir=FOLDERS)
+setup(packages=packages, package_dir=FOLDERS, package_data={"attn_onnx.deploy": ["*.json"]})

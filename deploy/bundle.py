@@ -21,9 +21,9 @@ from attn_onnx import __version__
 from attn_onnx.errors import BundleError, InterfaceError, UsageError
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.files import file_sha256, write_folder_atomic
-from attn_onnx.vocab import ELEMENT_TYPES, MASK_FILL
+from attn_onnx.vocab import ELEMENT_TYPES
 from attn_onnx.model_files import needs_external, save_model
-from attn_onnx.runtime_check.cases import MASK_KINDS, Case, parse_case
+from attn_onnx.runtime_check.cases import Case, parse_case
 from attn_onnx.runtime_check.compare import OutputComparison, Tolerance, tolerance_for
 from attn_onnx.runtime_check.report import CaseResult, Report
 
@@ -39,13 +39,6 @@ BUNDLE_DTYPES = ("float32", "float16")
 ORT_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.18", 22: "1.21", 23: "1.22"}
 ORT_FOR_IR = {8: "1.13", 9: "1.15", 10: "1.18", 11: "1.22"}
 
-# The vector sets: batch 1; q_len != kv_len with a padding mask; a fully-masked row; the causal case.
-_MASK_INPUT_CASES = ("b1.q5.kv5.ones", "b2.q4.kv7.padding", "b2.q6.kv6.masked_row", "b2.q6.kv6.causal",
-                     "b3.q3.kv8.causal+padding")
-_GRAPH_MASK_CASES = ("b1.q5.kv5.graph", "b2.q4.kv7.graph", "b3.q6.kv6.graph")
-_SIZE_CASES = ("size1", "size5", "size20")
-
-
 # A model with a KV cache also gets a decode set: a prefill of 4 tokens from an empty cache, then 3 single
 # tokens, each step's present_key/present_value threaded into the next step's past_key/past_value.
 DECODE_CHUNKS = (4, 1, 1, 1)
@@ -54,20 +47,8 @@ THREAD = {"present_key": "past_key", "present_value": "past_value"}
 
 
 def bundle_cases(spec: ExportSpec) -> list[Case]:
-    """The cases a bundle carries vectors for."""
-    if spec.kind.case_dims == ("size",):
-        names = _SIZE_CASES
-    else:
-        names = _MASK_INPUT_CASES if spec.mask == "input" else _GRAPH_MASK_CASES
-    if spec.kind.self_attention:  # one input: q_len == kv_len, so the cross cases become square ones
-        names = tuple(_squared(name) for name in names)
-    return [parse_case(name, spec) for name in names]
-
-
-def _squared(name: str) -> str:
-    """b2.q4.kv7.padding -> b2.q7.kv7.padding."""
-    b, q, kv, kind = name.split(".", 3)
-    return ".".join((b, "q" + kv[2:], kv, kind))
+    """The cases a bundle carries vectors for: those its module kind says a service must get right."""
+    return [parse_case(name, spec) for name in spec.kind.vector_cases(spec)]
 
 
 def min_onnxruntime(proto: onnx.ModelProto) -> str:
@@ -84,35 +65,9 @@ def check_bundle_dtype(dtype: str) -> None:
                          f"{dtype} model with --out or --triton-repo")
 
 
-def _shape_text(dims: list, names: dict) -> str:
-    """(batch, q_len, kv_len) from a kind's dims, a dim renamed or fixed by `names`."""
-    return "(" + ", ".join(str(names.get(d, d)) for d in dims) + ")"
-
-
 def mask_contract(spec: ExportSpec) -> str:
-    """The mask convention, in words, for the people wiring the model into a service."""
-    from attn_onnx.dtypes import numpy_dtype
-
-    fill = max(MASK_FILL, float(np.finfo(numpy_dtype(spec.dtype)).min))
-    fill = "-1e9" if fill == MASK_FILL else f"{fill:g}"  # float16 cannot hold -1e9: its lowest, -65504
-    if spec.kind.case_dims == ("size",):
-        return "no mask input; the output is subsequent_mask(size): 1 (may attend) on and below the diagonal, 0 above"
-    if spec.mask == "causal":
-        if spec.causal_align == "bottom-right":
-            return ("no mask input: the graph builds the causal mask bottom-right aligned, query i attends keys "
-                    "0..kv_len-q_len+i (the newest q_len tokens after a prefix); masked scores are filled with "
-                    f"{fill}, so a row with no key (q_len > kv_len) attends uniformly")
-        return ("no mask input: the graph builds the causal mask, query i attends keys 0..i (top-left aligned); "
-                f"masked scores are filled with {fill}")
-    if spec.mask == "none":
-        return "no mask: every query attends every key"
-    dims = spec.input_dims()["mask"]  # the kind's own: mha-self's keys are its q_len, mha-cache's total_len
-    shape = (f"{_shape_text(dims, {'mask_q_len': 'q_len'})} (a full mask) or "
-             f"{_shape_text(dims, {'mask_q_len': 1})} (a padding mask)")
-    return (f"input 'mask' of {spec.mask_dtype} {shape}, the same for every head: a nonzero value means "
-            f"'may attend', 0 means 'masked' (its score is replaced by {fill}). A query whose keys are all masked "
-            "attends uniformly (its output is the mean of the values): never NaN, never zeros. Bool tensors are "
-            "one byte per element (0 or 1)")
+    """The mask convention, in words, for the people wiring the model into a service (the kind's own)."""
+    return spec.kind.mask_contract(spec)
 
 
 def _io(values, dims: dict, dtypes: dict) -> list[dict]:
@@ -183,10 +138,7 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
 
 
 def _describe_case(case: Case) -> str:
-    if case.spec.kind.case_dims == ("size",):
-        return f"subsequent_mask({case.size})"
-    mask = MASK_KINDS.get(case.mask, f"the graph's own mask ({case.spec.mask})")
-    return f"batch {case.batch}, q_len {case.q_len}, kv_len {case.kv_len}; mask: {mask}"
+    return case.spec.kind.describe_case(case.spec, case.dims, case.mask)
 
 
 # --- reading and checking ----------------------------------------------------------------------------------
@@ -204,51 +156,40 @@ def read_manifest(folder: str | Path) -> dict:
         raise BundleError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path} is not an attn-onnx bundle manifest (format is not {FORMAT!r})")
-    try:  # every key the checks below read
-        _require(manifest, ("model", "tolerance", "test_data_sets"), "the manifest")
-        _require(manifest["model"], ("file", "sha256"), "model")
-        _require(manifest["tolerance"], ("atol", "rtol"), "tolerance")
-        for key in ("atol", "rtol"):
-            if not isinstance(manifest["tolerance"][key], (int, float)):
-                raise _Malformed(f"tolerance.{key} is not a number")
-        for i, entry in enumerate(_list(manifest["test_data_sets"], "test_data_sets")):
-            _require(entry, ("inputs", "outputs"), f"test_data_sets[{i}]")
-            _check_vectors(entry, f"test_data_sets[{i}]")
-        if "decode" in manifest:
-            decode = manifest["decode"]
-            _require(decode, ("thread", "first_past", "steps"), "decode")
-            _require(decode["first_past"], ("shape",), "decode.first_past")
-            _require(decode["thread"], (), "decode.thread")
-            for k, step in enumerate(_list(decode["steps"], "decode.steps")):
-                _require(step, ("folder", "new_tokens", "past_len", "inputs", "outputs"), f"decode.steps[{k}]")
-                _check_vectors(step, f"decode.steps[{k}]")
-    except _Malformed as exc:
-        raise BundleError(f"{path} is malformed: {exc}") from None
+    problem = manifest_problem(manifest)
+    if problem:
+        raise BundleError(f"{path} is malformed: {problem}")
     return manifest
 
 
-class _Malformed(Exception):
-    """What a manifest lacks, as read_manifest says it."""
+SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")  # docs/bundle-format.md; Node validates with it too
 
 
-def _require(entry, keys: tuple[str, ...], where: str) -> None:
-    if not isinstance(entry, dict):
-        raise _Malformed(f"{where} is not an object")
-    missing = [key for key in keys if key not in entry]
-    if missing:
-        raise _Malformed(f"{where} lacks {', '.join(repr(key) for key in missing)}")
+def manifest_problem(manifest) -> str | None:
+    """The first way `manifest` breaks the bundle format's JSON Schema, in words (`decode.steps[1] lacks
+    'inputs'`), or None. The first by position in the document, so the answer does not depend on the validator's
+    order."""
+    import jsonschema
 
-
-def _list(entry, where: str) -> list:
-    if not isinstance(entry, list):
-        raise _Malformed(f"{where} is not a list")
-    return entry
-
-
-def _check_vectors(entry: dict, where: str) -> None:
-    for side in ("inputs", "outputs"):
-        for j, f in enumerate(_list(entry[side], f"{where}.{side}")):
-            _require(f, ("file", "sha256", "name"), f"{where}.{side}[{j}]")
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    errors = sorted(validator.iter_errors(manifest), key=lambda e: (len(e.absolute_path), [str(p) for p in
+                                                                                        e.absolute_path]))
+    if not errors:
+        return None
+    error = errors[0]
+    while error.context:  # an allOf's own failure: say the innermost
+        error = min(error.context, key=lambda e: len(e.absolute_path))
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    where = where or "the manifest"
+    if error.validator == "required":
+        missing = [key for key in error.validator_value if key not in error.instance]
+        return f"{where} lacks {', '.join(repr(key) for key in missing)}"
+    if error.validator == "type":
+        kinds = {"array": "a list", "object": "an object", "number": "a number", "integer": "an integer",
+                 "string": "a string"}
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        return f"{where} is not {' or '.join(kinds.get(k, k) for k in wanted)}"
+    return f"{where}: {error.message[:200]}"
 
 
 def verify_hashes(folder: str | Path, manifest: dict) -> None:

@@ -321,3 +321,20 @@ def test_a_bfloat16_bundle_is_refused_before_any_work(tmp_path):
         write_bundle(tmp_path / "b", onnx.ModelProto(), ExportSpec(heads=2, embedding_dim=16, dtype="bfloat16"), None,
                      name="m")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [(), ("--self-attention",), ("--kv-cache",), ("--kv-cache", "--mask", "input"),
+                                  ("--module", "attention"), ("--module", "mask"), ("--dtype", "float16"),
+                                  ("--external-data",)],
+                         ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "attention", "mask", "float16",
+                              "external"])
+def test_every_kinds_manifest_validates_against_the_schema(bundle_of, args):
+    """deploy/manifest.schema.json is the bundle format; read_manifest (and Node's reader) hold manifests to it."""
+    import jsonschema
+
+    from attn_onnx.deploy.bundle import SCHEMA_FILE
+
+    manifest = json.loads((bundle_of(*args) / "manifest.json").read_text())
+    jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).validate(manifest)
+    broken = dict(manifest, tolerance={"atol": -1, "rtol": 0})
+    assert not jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).is_valid(broken)
