@@ -9,7 +9,8 @@
 // Every response carries COOP same-origin and COEP require-corp: the page is cross-origin isolated, which
 // onnxruntime-web's WASM threads need (SharedArrayBuffer). The page POSTs its results to /results; they are
 // written to FILE (atomically) and summarised on stdout. Port 0 (the default) takes a free port; the first
-// line printed is the address. Stop it with SIGTERM or Ctrl-C.
+// line printed is the address. Stop it with SIGTERM or Ctrl-C. Exit 2 for a bad option, 1 for a missing
+// bundle or package, or a port in use.
 
 const fs = require('node:fs');
 const http = require('node:http');
@@ -46,13 +47,18 @@ function parseArgs(argv) {
   if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535) {
     throw new Error(`--port must be 0..65535; got ${options.port}`);
   }
+  return options;
+}
+
+// The bundle and onnxruntime-web are there: a message for what is not (exit 1, like any bad file)
+function missing(options) {
   if (!fs.existsSync(path.join(options.bundle, 'manifest.json'))) {
-    throw new Error(`${options.bundle} is not a bundle: it has no manifest.json`);
+    return `${options.bundle} is not a bundle: it has no manifest.json`;
   }
   if (!fs.existsSync(path.join(ORT_DIST, 'ort.wasm.min.mjs'))) {
-    throw new Error('onnxruntime-web is not installed here: run `npm ci --ignore-scripts --prefix examples/web`');
+    return 'onnxruntime-web is not installed here: run `npm ci --ignore-scripts --prefix examples/web`';
   }
-  return options;
+  return null;
 }
 
 // The file `relative` names inside `root`, or null where it would leave root (.., a symlink out) or is absent.
@@ -122,6 +128,11 @@ function main() {
   } catch (err) {
     console.error(err.message.startsWith('usage') ? err.message : `Error: ${err.message}`);
     process.exit(2);
+  }
+  const problem = missing(options);
+  if (problem) {
+    console.error(`Error: ${problem}`);
+    process.exit(1);
   }
   const server = http.createServer((req, res) => {
     if (req.method === 'POST' && req.url === '/results') return receiveResults(req, res, options.results);
