@@ -12,6 +12,8 @@
 //       -> {"ok": true, "inputs": [...], "outputs": [...]}
 //   {"op": "run", "inputs": [{"name", "type", "dims", "bytes"}, ...]} + each input's bytes, in order
 //       -> {"ok": true, "outputs": [{"name", "type", "dims", "bytes"}, ...]} + each output's bytes
+//   {"op": "time", "runs": R, "inputs": [...]} + the inputs' bytes: one untimed run, then R timed ones
+//       -> {"ok": true, "seconds": [t1, ..., tR]}   (session.run alone, timed in Node: no pipe in the figure)
 //   any failure -> {"ok": false, "error": "one line"}; the process carries on. EOF on stdin ends it.
 // Usage: node runner.js [--threads N]   (N WASM threads; 1 by default, the same answers every run)
 
@@ -80,6 +82,19 @@ async function handle(header, payload) {
       payloads.push(bytes);
     }
     return [{ ok: true, outputs }, payloads];
+  }
+  if (header.op === 'time') {
+    if (!session) throw new Error('no model loaded');
+    const feeds = {};
+    for (const spec of header.inputs) feeds[spec.name] = tensorOf(spec, take(spec.bytes));
+    await session.run(feeds); // warm-up
+    const seconds = [];
+    for (let i = 0; i < header.runs; i++) {
+      const start = process.hrtime.bigint();
+      await session.run(feeds);
+      seconds.push(Number(process.hrtime.bigint() - start) / 1e9);
+    }
+    return [{ ok: true, seconds }, []];
   }
   throw new Error(`unknown op ${JSON.stringify(header.op)}`);
 }
