@@ -2,7 +2,7 @@
 model's profile; SKIPPED where WASM cannot run the model; missing (exit 1 unless --skip-missing) without node
 or examples/web/node_modules; and it catches weights changed after export.
 
-The full default sweep (144 cases a variant at width 512) takes 25 to 65 s a variant on this machine; CI runs
+The full default sweep (144 cases a variant at width 512) takes 50 to 90 s a variant on this shared machine; CI runs
 the quick sweep, and docs/web.md records the full sweep's results. Skipped, visibly, where node or
 onnxruntime-web (scripts/setup/web.sh) are absent."""
 
@@ -146,7 +146,7 @@ def test_weights_changed_after_export_fail_in_the_web_runner(small_mha, tmp_path
 @pytest.mark.parametrize("absent, error", [
     ("node_modules", f"onnxruntime-web is not installed in {{}} (run `npm ci --ignore-scripts --prefix examples/web`"),
     ("node", "node is not installed (onnxruntime-web runs under Node.js >= 20)"),
-])
+], ids=["no-package", "no-node"])
 def test_the_runner_is_missing_without_node_or_its_package(small_mha, tmp_path, monkeypatch, absent, error):
     if absent == "node_modules":
         monkeypatch.setattr(web_runner, "WEB_DIR", tmp_path)  # a folder without node_modules
