@@ -134,9 +134,9 @@ def _tensors(feeds: dict[str, np.ndarray]) -> tuple[list[dict], list[bytes]]:
 
 
 def _clean(error: str) -> str:
-    """onnxruntime's message without the wrapper's prefix and the C++ source location:
-    "Can't create a session. ERROR_CODE: 1, ERROR_MESSAGE: /src/.../model.cc:203 onnxruntime::Model::Model(...) Unsupported
-    model IR version: 14, ..." -> "Unsupported model IR version: 14, ..." """
+    """onnxruntime's message without the wrapper's prefix and the C++ source location: "Can't create a session.
+    ERROR_CODE: 1, ERROR_MESSAGE: /src/.../model.cc:203 onnxruntime::Model::Model(...) Unsupported model IR
+    version: 14, ..." -> "Unsupported model IR version: 14, ..." """
     error = re.sub(r"^.*?ERROR_CODE: \d+, ERROR_MESSAGE: ", "", error)
     error = re.sub(r"^\S+\.(?:cc|h):\d+ (?:\w+ )?[\w:~<>]+\(.*?\) ", "", error)
     return error

@@ -117,8 +117,9 @@ def test_the_page_passes_every_set_and_decode_step_and_draws_them(bundle_of, tmp
     bundle = bundle_of(*args)
     manifest = read_manifest(bundle)
     results, screenshot = open_page(bundle, tmp_path)
+    steps = manifest.get("decode", {}).get("steps", [])
     labels = [f"{s['folder']} ({s['case']})" for s in manifest["test_data_sets"]] + \
-             [f"{s['folder']} ({s['new_tokens']} new, past {s['past_len']})" for s in manifest.get("decode", {}).get("steps", [])]
+             [f"{s['folder']} ({s['new_tokens']} new, past {s['past_len']})" for s in steps]
     assert results["error"] is None, results
     assert (results["passed"], results["failed"]) == (len(labels), 0)
     assert [s["label"] for s in results["sets"]] == labels and all(s["passed"] for s in results["sets"])
@@ -155,7 +156,8 @@ def test_a_changed_vector_with_a_matching_hash_fails_that_set(bundle, tmp_path):
     results, _ = open_page(copy, tmp_path)
     assert results["error"] is None and (results["passed"], results["failed"]) == (4, 1)
     failed = [line for line in set_lines(results) if line.startswith("FAILED")]
-    assert len(failed) == 1 and failed[0].startswith("FAILED | onnxruntime-web | test_data_set_2 (b2.q6.kv6.masked_row)")
+    assert len(failed) == 1
+    assert failed[0].startswith("FAILED | onnxruntime-web | test_data_set_2 (b2.q6.kv6.masked_row)")
     assert "output: max_abs=" in failed[0] and "beyond atol=0.00001, rtol=0.0001" in failed[0]
 
 
