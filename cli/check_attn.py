@@ -31,7 +31,8 @@ def _profiles(field: str) -> str:
                    "every golden vector set in onnxruntime (and --runtimes) within the manifest's tolerance.")
 @click.option("--runtimes", default="onnxruntime,reference", show_default=True,
               help="Comma-separated: onnxruntime, reference (onnx.reference), openvino (optional extra), "
-                   "torch (PyTorch float32, to see PyTorch's own float32 error).")
+                   "torch (PyTorch float32, to see PyTorch's own float32 error), web (onnxruntime-web's WASM "
+                   "backend under Node: scripts/setup/web.sh).")
 @click.option("--providers", default="cpu", show_default=True,
               help="[onnxruntime] Execution providers, comma-separated: cpu, cuda.")
 @click.option("--batches", default="1,2,5", show_default=True, help="[mha, attention] Batch sizes of the sweep.")

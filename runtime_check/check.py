@@ -80,7 +80,7 @@ def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: Check
     tolerances = {r.name: tolerance_for(r.precision, integer, config.tolerance) for r in runners}
     report = Report(model=loaded.name, sha256=hashlib.sha256(loaded.data).hexdigest(), spec=spec,
                     reference_weights=reference_weights, seed=config.seed, tolerances=tolerances,
-                    versions=_versions(), skip_missing=config.skip_missing, command=command, created=created,
+                    versions=_versions(runners), skip_missing=config.skip_missing, command=command, created=created,
                     skipped=skipped)
     expected = spec.output_dtypes()
     cases = generate_cases(spec, config.sweep)
@@ -183,7 +183,8 @@ def short_error(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _versions() -> dict[str, str]:
+def _versions(runners: list[Runner] = ()) -> dict[str, str]:
+    """The libraries' versions, and those a runner reports of its own runtime (onnxruntime-web's, say)."""
     import onnxruntime as ort
 
     versions = {"attn_onnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
@@ -195,4 +196,6 @@ def _versions() -> dict[str, str]:
         versions["openvino"] = openvino.__version__
     except ImportError:
         pass
+    for runner in runners:
+        versions.update(getattr(runner, "versions", {}))
     return versions

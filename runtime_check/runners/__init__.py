@@ -30,6 +30,7 @@ RUNTIMES = {
     "reference": ("attn_onnx.runtime_check.runners.reference_runner", False),
     "openvino": ("attn_onnx.runtime_check.runners.openvino_runner", False),
     "torch": ("attn_onnx.runtime_check.runners.torch_runner", False),
+    "web": ("attn_onnx.runtime_check.runners.web_runner", False),
 }
 
 

@@ -11,8 +11,10 @@ from attn_onnx.runtime_check import FLOAT32, TF32, CheckConfig, Tolerance, check
 from attn_onnx.runtime_check.cases import QUICK, generate_cases
 from attn_onnx.runtime_check.compare import EXACT
 from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
+from tests.runtime_check.test_web_runner import INSTALLED as WEB_INSTALLED
 
-AVAILABLE = ("onnxruntime", "reference", "torch") + (("openvino",) if importlib.util.find_spec("openvino") else ())
+AVAILABLE = ("onnxruntime", "reference", "torch") + (("openvino",) if importlib.util.find_spec("openvino") else ()) \
+    + (("web",) if WEB_INSTALLED else ())
 KINDS = {"mha-probs": dict(heads=2, embedding_dim=16, attn_probs=True),
          "mha-causal": dict(heads=2, embedding_dim=16, mask="causal"),
          "attention-uint8": dict(module="attention", heads=2, embedding_dim=16, mask_dtype="uint8"),
@@ -24,7 +26,7 @@ def test_the_same_cases_through_every_available_runner(exported, fields):
     path, spec, module = exported(**fields)
     report = check_model(path, CheckConfig(runtimes=AVAILABLE, sweep=QUICK), module=module)
     names = {"onnxruntime": "onnxruntime/cpu", "reference": "onnx-reference", "torch": "torch/float32",
-             "openvino": "openvino/cpu"}
+             "openvino": "openvino/cpu", "web": "onnxruntime-web/wasm"}
     cases = [c.name for c in generate_cases(spec, QUICK)]
     for runtime in AVAILABLE:
         ran = [r.case for r in report.results if r.runner == names[runtime]]
