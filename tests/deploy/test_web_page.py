@@ -84,6 +84,19 @@ def flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def move_a_value(path: Path, by: float = 1e-3) -> None:
+    """The last value of a TensorProto moved by `by` (100x the float32 atol, whatever the value): a change the
+    numbers must catch, unlike a flipped bit, whose size depends on the data."""
+    import onnx
+    from onnx import numpy_helper
+
+    tensor = onnx.TensorProto()
+    tensor.ParseFromString(path.read_bytes())
+    array = numpy_helper.to_array(tensor).copy()
+    array.flat[-1] += by
+    path.write_bytes(numpy_helper.from_array(array, tensor.name).SerializeToString())
+
+
 def rehash(bundle: Path) -> None:
     """The manifest re-signed to match its files: only the numbers can tell a change now."""
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -151,7 +164,7 @@ def test_tampered_files_are_named_and_nothing_runs(bundle, tmp_path):
 @needs_browser
 def test_a_changed_vector_with_a_matching_hash_fails_that_set(bundle, tmp_path):
     copy = copy_of(bundle, tmp_path)
-    flip_a_byte(copy / "test_data_set_2" / "output_0.pb")
+    move_a_value(copy / "test_data_set_2" / "output_0.pb")
     rehash(copy)
     results, _ = open_page(copy, tmp_path)
     assert results["error"] is None and (results["passed"], results["failed"]) == (4, 1)
