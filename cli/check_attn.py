@@ -9,6 +9,7 @@ import click
 
 from attn_onnx import __version__
 from attn_onnx.cli.common import EXIT_FAILURE, EXIT_OK, OneLineErrorCommand, comma_list, given, refuse
+from attn_onnx.runtime_check.runners import RUNTIMES
 
 GRID = ("batches", "lengths", "shapes", "masks")  # the sweep options of attention models
 SWEEP = (*GRID, "sizes")
@@ -30,9 +31,7 @@ def _profiles(field: str) -> str:
               help="Check a bundle (export-attn --bundle) instead of MODEL: every sha256 in its manifest, then "
                    "every golden vector set in onnxruntime (and --runtimes) within the manifest's tolerance.")
 @click.option("--runtimes", default="onnxruntime,reference", show_default=True,
-              help="Comma-separated: onnxruntime, reference (onnx.reference), openvino (optional extra), "
-                   "torch (PyTorch float32, to see PyTorch's own float32 error), web (onnxruntime-web's WASM "
-                   "backend under Node: scripts/setup/web.sh).")
+              help="Comma-separated: " + "; ".join(f"{name}: {rt.help}" for name, rt in RUNTIMES.items()) + ".")
 @click.option("--providers", default="cpu", show_default=True,
               help="[onnxruntime] Execution providers, comma-separated: cpu, cuda.")
 @click.option("--batches", default="1,2,5", show_default=True, help="[mha, attention] Batch sizes of the sweep.")

@@ -184,18 +184,13 @@ def short_error(exc: BaseException) -> str:
 
 
 def _versions(runners: list[Runner] = ()) -> dict[str, str]:
-    """The libraries' versions, and those a runner reports of its own runtime (onnxruntime-web's, say)."""
-    import onnxruntime as ort
-
+    """The libraries' versions: ours, the golden's, and each registered runtime's that is installed here (its
+    file's versions()), with what a runner reports of its own runtime (onnxruntime-web's, say)."""
     versions = {"attn_onnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                "onnxruntime": ort.__version__, "numpy": np.__version__,
-                "onnxruntime_providers": ",".join(ort.get_available_providers())}
-    try:
-        import openvino
-
-        versions["openvino"] = openvino.__version__
-    except ImportError:
-        pass
+                "numpy": np.__version__}
+    for name in RUNTIMES:
+        if not runtime(name).missing():
+            versions.update(runtime(name).versions())
     for runner in runners:
         versions.update(getattr(runner, "versions", {}))
     return versions

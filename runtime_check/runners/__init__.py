@@ -1,15 +1,19 @@
 """One runner per runtime, all with the same small interface: `name`, `precision`, `run(feeds) -> outputs`.
 
-Each runtime is one file here, holding its loader and runner and two functions the check calls:
-`label(provider, config)` (the name report lines use) and `make(model, module, config, provider)`.
-`make` raises ProviderError when the runtime or provider asked for is missing (a failure unless
---skip-missing), UnsupportedModelError when it cannot execute this model (reported SKIPPED).
-A new runtime is one new file, added to RUNTIMES.
+Each runtime is one file here, holding its loader and runner and the functions the check calls:
+- `label(provider, config)`: the name report lines use;
+- `make(model, module, config, provider)`: the runner. It raises ProviderError when the runtime or provider
+  asked for is missing (a failure unless --skip-missing), UnsupportedModelError when it cannot execute this
+  model (reported SKIPPED, with the reason);
+- `missing()`: why the runtime is not installed here, or "" where it is;
+- `versions()`: its libraries' versions, for the report.
+A new runtime is that file plus one registration line in RUNTIMES, with its help line for `--runtimes`.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -24,20 +28,30 @@ class Runner(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-# runtime -> (module, whether it runs once per --providers entry)
+@dataclass(frozen=True)
+class Runtime:
+    module: str  # its file here (imported only when the runtime is used: some import heavy libraries)
+    help: str  # one line for check-attn --runtimes
+    per_provider: bool = False  # made once per --providers entry (onnxruntime's execution providers)
+
+
 RUNTIMES = {
-    "onnxruntime": ("attn_onnx.runtime_check.runners.ort_runner", True),
-    "reference": ("attn_onnx.runtime_check.runners.reference_runner", False),
-    "openvino": ("attn_onnx.runtime_check.runners.openvino_runner", False),
-    "torch": ("attn_onnx.runtime_check.runners.torch_runner", False),
-    "web": ("attn_onnx.runtime_check.runners.web_runner", False),
+    "onnxruntime": Runtime("attn_onnx.runtime_check.runners.ort_runner", "onnxruntime, on each of --providers",
+                           per_provider=True),
+    "reference": Runtime("attn_onnx.runtime_check.runners.reference_runner", "onnx.reference.ReferenceEvaluator"),
+    "openvino": Runtime("attn_onnx.runtime_check.runners.openvino_runner", "OpenVINO on the CPU (pip install "
+                        "'.[openvino]')"),
+    "torch": Runtime("attn_onnx.runtime_check.runners.torch_runner", "PyTorch float32, to see PyTorch's own "
+                     "float32 error"),
+    "web": Runtime("attn_onnx.runtime_check.runners.web_runner", "onnxruntime-web's WASM backend under Node "
+                   "(npm ci --ignore-scripts --prefix examples/web)"),
 }
 
 
 def runtime(name: str):
     """The module of runtime `name` (imported now: some import heavy libraries)."""
-    return importlib.import_module(RUNTIMES[name][0])
+    return importlib.import_module(RUNTIMES[name].module)
 
 
 def uses_providers(name: str) -> bool:
-    return RUNTIMES[name][1]
+    return RUNTIMES[name].per_provider

@@ -41,6 +41,20 @@ def _first_line(exc: Exception) -> str:
     return (useful or lines or [type(exc).__name__])[0][:300]
 
 
+def missing() -> str:
+    import importlib.util
+
+    return "" if importlib.util.find_spec("openvino") else "openvino is not installed (pip install '.[openvino]')"
+
+
+def versions() -> dict[str, str]:
+    if missing():
+        return {}
+    import openvino
+
+    return {"openvino": openvino.__version__}
+
+
 def label(provider, config) -> str:
     return OpenVinoRunner.name
 

@@ -104,6 +104,16 @@ def from_ortvalue(value) -> np.ndarray:
     return bits.copy().reshape(shape).view(FLOAT_DTYPES["bfloat16"])
 
 
+def missing() -> str:
+    return ""  # a dependency of the package
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime as ort
+
+    return {"onnxruntime": ort.__version__, "onnxruntime_providers": ",".join(ort.get_available_providers())}
+
+
 def label(provider, config=None, tf32: bool | None = None) -> str:
     tf32 = (config.tf32 and provider == "cuda") if tf32 is None else tf32
     return f"onnxruntime/{provider}" + ("+tf32" if tf32 else "")

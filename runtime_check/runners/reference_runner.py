@@ -81,6 +81,16 @@ def _nodes(graph: onnx.GraphProto):
                 yield from _nodes(sub)
 
 
+def missing() -> str:
+    return ""  # onnx is a dependency of the package
+
+
+def versions() -> dict[str, str]:
+    import onnx
+
+    return {"onnx": onnx.__version__}
+
+
 def label(provider, config) -> str:
     return OnnxReferenceRunner.name
 

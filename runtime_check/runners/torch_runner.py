@@ -36,6 +36,14 @@ class TorchRunner:
         return {name: to_numpy(out) for name, out in zip(self.spec.output_names, outputs)}
 
 
+def missing() -> str:
+    return ""  # torch is a dependency of the package
+
+
+def versions() -> dict[str, str]:
+    return {"torch": torch.__version__}
+
+
 def label(provider, config) -> str:
     return "torch"
 

@@ -165,6 +165,18 @@ def _find() -> tuple[str, Path]:
     return node, WEB_DIR / "runner.js"
 
 
+def missing() -> str:
+    try:
+        _find()
+    except ProviderError as exc:
+        return str(exc)
+    return ""
+
+
+def versions() -> dict[str, str]:
+    return {}  # the runner's own, as its Node process reports them (WebRunner.versions)
+
+
 def label(provider, config) -> str:
     return WebRunner.name
 

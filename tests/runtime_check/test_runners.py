@@ -1,8 +1,6 @@
 """Every runner takes the same cases and agrees with the golden, so none drifts; the golden is the exported
 wrapper itself; tolerances come from a runner's precision profile."""
 
-import importlib.util
-
 import numpy as np
 import pytest
 
@@ -11,10 +9,9 @@ from attn_onnx.runtime_check import FLOAT32, TF32, CheckConfig, Tolerance, check
 from attn_onnx.runtime_check.cases import QUICK, generate_cases
 from attn_onnx.runtime_check.compare import EXACT
 from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
-from tests.runtime_check.test_web_runner import INSTALLED as WEB_INSTALLED
+from attn_onnx.runtime_check.runners import RUNTIMES, runtime
 
-AVAILABLE = ("onnxruntime", "reference", "torch") + (("openvino",) if importlib.util.find_spec("openvino") else ()) \
-    + (("web",) if WEB_INSTALLED else ())
+AVAILABLE = tuple(name for name in RUNTIMES if not runtime(name).missing())  # every registered runtime here
 KINDS = {"mha-probs": dict(heads=2, embedding_dim=16, attn_probs=True),
          "mha-causal": dict(heads=2, embedding_dim=16, mask="causal"),
          "attention-uint8": dict(module="attention", heads=2, embedding_dim=16, mask_dtype="uint8"),
@@ -25,12 +22,11 @@ KINDS = {"mha-probs": dict(heads=2, embedding_dim=16, attn_probs=True),
 def test_the_same_cases_through_every_available_runner(exported, fields):
     path, spec, module = exported(**fields)
     report = check_model(path, CheckConfig(runtimes=AVAILABLE, sweep=QUICK), module=module)
-    names = {"onnxruntime": "onnxruntime/cpu", "reference": "onnx-reference", "torch": "torch/float32",
-             "openvino": "openvino/cpu", "web": "onnxruntime-web/wasm"}
+    labels = {name: runtime(name).label("cpu", CheckConfig()) for name in AVAILABLE}  # torch's: torch/<dtype>
     cases = [c.name for c in generate_cases(spec, QUICK)]
-    for runtime in AVAILABLE:
-        ran = [r.case for r in report.results if r.runner == names[runtime]]
-        assert ran == cases, runtime  # every runner, every case, in the same order
+    for name in AVAILABLE:
+        ran = [r.case for r in report.results if r.runner in (labels[name], f"{labels[name]}/{spec.dtype}")]
+        assert ran == cases, name  # every runner, every case, in the same order
     assert report.passed, "\n".join(report.lines())
     if spec.module == "mask":
         assert all(r.max_abs == 0 for r in report.results)  # integers: exact everywhere
@@ -71,3 +67,22 @@ def test_a_model_openvino_cannot_compile_is_skipped_with_the_reason(exported):
                          "com.microsoft.GroupQueryAttention")]
     assert {r.runner for r in report.results} == {"onnxruntime/cpu"}
     assert report.passed and len(report.results) == len(generate_cases(spec, QUICK))
+
+
+def test_every_runtime_is_one_file_that_describes_itself():
+    """A runtime is its file plus one registration line: it says its own help line, whether it is installed,
+    its versions, and its report name; check-attn's --runtimes help and the report's versions come from them."""
+    from click.testing import CliRunner
+
+    from attn_onnx.cli.check_attn import main as check
+    from attn_onnx.runtime_check.check import _versions
+
+    help_text = " ".join(CliRunner().invoke(check, ["--help"]).output.split())
+    for name, registered in RUNTIMES.items():
+        module = runtime(name)
+        assert all(callable(getattr(module, f)) for f in ("label", "make", "missing", "versions")), name
+        assert f"{name}: {' '.join(registered.help.split())}"[:40] in help_text, name
+        assert isinstance(module.missing(), str)
+    versions = _versions()
+    assert {"attn_onnx", "torch", "onnx", "numpy", "onnxruntime"} <= set(versions)
+    assert ("openvino" in versions) == (not runtime("openvino").missing())
