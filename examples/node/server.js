@@ -51,6 +51,13 @@ function parseArgs(argv) {
 
 async function main(args) {
   const service = await createService({ ...args, grpc: args.grpcPort !== undefined });
+  // In-flight requests are answered and flushed first; then nothing keeps the event loop alive and node
+  // exits 0 by itself (calling process.exit at once could cut a large answer still in the socket). The
+  // unref'd timer only forces the exit if something else still holds the loop 10 s later. The handlers are in
+  // place before the service says it is up: a SIGTERM right after that line must drain, not kill.
+  const stop = () => service.drain().then(() => setTimeout(() => process.exit(0), 10000).unref());
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
   await new Promise((resolve, reject) => {
     service.server.once('error', reject);
     service.server.listen(args.port, args.host, resolve);
@@ -59,12 +66,6 @@ async function main(args) {
   let line = `serving '${service.model.name}' on http://${args.host}:${port}/v2/models/${service.model.name}`;
   if (service.grpc) line += `, gRPC on ${args.host}:${await service.grpc.listen(args.grpcPort, args.host)}`;
   console.log(line);
-  // In-flight requests are answered and flushed first; then nothing keeps the event loop alive and node
-  // exits 0 by itself (calling process.exit at once could cut a large answer still in the socket). The
-  // unref'd timer only forces the exit if something else still holds the loop 10 s later.
-  const stop = () => service.drain().then(() => setTimeout(() => process.exit(0), 10000).unref());
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
 }
 
 if (require.main === module) {
