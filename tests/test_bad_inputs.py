@@ -1,6 +1,7 @@
 """The README's bad-input tables, run row by row: each row's command (or request) is executed here and
 must answer with the row's exit code (or status) and message. A row this file cannot set up fails."""
 
+import gzip
 import hashlib
 import json
 import re
@@ -216,7 +217,7 @@ def _binary(sizes=None, shapes=None, header=None, cut=0, extra=b"", data=False) 
     return {k: v for k, v in headers.items() if v is not None}, whole[:len(whole) - cut]
 
 
-BINARY = {
+RAW = {  # (headers, body): binary tensor data, compressed bodies
     "binary, `query`'s `binary_data_size` -4": _binary({"query": -4}, header="right"),
     "binary, `query`'s `binary_data_size` 2048.5": _binary({"query": 2048.5}, header="right"),
     "binary, `query`'s `binary_data_size` the string \"2048\"": _binary({"query": "2048"}, header="right"),
@@ -230,6 +231,9 @@ BINARY = {
     "binary, `Inference-Header-Content-Length: 12abc`": _binary(header="12abc"),
     "binary, without `Inference-Header-Content-Length`": _binary(),
     "binary, `query` with `data` too": _binary(header="right", data=True),
+    "a gzip body that inflates past `--max-body-bytes`": (
+        {"Content-Encoding": "gzip"}, gzip.compress(bytes(3_000_000))),
+    "`Content-Encoding: br`": ({"Content-Encoding": "br"}, json.dumps(_good()).encode()),
 }
 
 
@@ -281,7 +285,7 @@ GRPC_REQUESTS = {
 
 
 def test_every_request_row_has_a_body():
-    assert {row[0] for row in REQUEST_ROWS} == set(BODIES) | set(BINARY)
+    assert {row[0] for row in REQUEST_ROWS} == set(BODIES) | set(RAW)
     assert {row[0] for row in GRPC_ROWS} == set(GRPC_REQUESTS)
 
 
@@ -315,8 +319,8 @@ def test_each_hostile_request_gets_its_4xx_and_the_service_keeps_serving(node_se
     for what, status, error in REQUEST_ROWS:
         if what.startswith("a body over"):  # declared over the limit: refused before it is read
             code, answer = _declare_only(url, 2_000_001)
-        elif what in BINARY:
-            code, answer = _post(url, BINARY[what][1], BINARY[what][0])
+        elif what in RAW:
+            code, answer = _post(url, RAW[what][1], RAW[what][0])
         else:
             code, answer = post(url, BODIES[what], "mha")
         assert code == int(status), (what, answer)

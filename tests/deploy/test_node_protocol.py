@@ -99,6 +99,19 @@ def test_tritonclient_with_its_defaults_gets_every_golden_set(bundle, served, pr
             assert_close(result.as_numpy("output"), expected["output"], tol, f"{protocol} {folder}")
 
 
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_a_compressed_request_is_inflated_first(bundle, served, compression):
+    """tritonclient's request_compression_algorithm: the whole body compressed, Inference-Header-Content-Length
+    counting the inflated bytes."""
+    import tritonclient.http as httpclient
+
+    sets, tol = vector_sets(bundle)
+    folder, arrays, expected = sets[4]
+    result = httpclient.InferenceServerClient(url=served).infer("small", client_inputs(httpclient, arrays),
+                                                                request_compression_algorithm=compression)
+    assert_close(result.as_numpy("output"), expected["output"], tol, f"{compression} {folder}")
+
+
 def test_the_binary_answer_is_laid_out_as_triton_lays_it_out(bundle, served):
     """The JSON header, then each binary output's bytes; Inference-Header-Content-Length the header's size;
     each output's parameters.binary_data_size its byte count; BOOL would be one byte per element."""

@@ -13,11 +13,15 @@
 // `binary_data_output: true`): its bytes follow the JSON answer in the order of `outputs`, each output saying
 // `parameters.binary_data_size`, and the answer carries `Inference-Header-Content-Length`.
 //
+// A body sent with Content-Encoding gzip or deflate is inflated first (to at most --max-body-bytes). Answers are
+// not compressed: a client's Accept-Encoding is a preference, and tritonclient reads either.
+//
 // A bad request gets a 4xx with {"error": "..."} naming the problem, before anything is allocated for it; the
 // service keeps serving.
 
 const http = require('node:http');
 const net = require('node:net');
+const zlib = require('node:zlib');
 const {
   DATATYPES, RequestError, TO_DATATYPE, byteSize, checkOutputs, checkShape, collectFeeds, fromBytes, fromJson,
   toBytes, toJsonData,
@@ -153,6 +157,19 @@ function headerLengthOf(req, bodyLength) {
   return length;
 }
 
+// A request body sent with Content-Encoding gzip or deflate (zlib), as tritonclient's
+// request_compression_algorithm sends it; inflated to at most `limit` bytes, so a small body cannot claim memory.
+const INFLATE = { gzip: zlib.gunzipSync, deflate: zlib.inflateSync };
+
+function inflate(encoding, body, limit) {
+  try {
+    return INFLATE[encoding](body, { maxOutputLength: limit });
+  } catch (err) {
+    if (err.code === 'ERR_BUFFER_TOO_LARGE') throw new RequestError(413, `the body inflates past ${limit} bytes, the most this service takes`);
+    throw new RequestError(400, `the body is not valid ${encoding} data: ${err.message}`);
+  }
+}
+
 // The chunks of a body in one buffer, placed so that its binary part (after `headerLength` bytes of JSON) starts
 // at an offset that is a multiple of 8: typed arrays of any element then view it without a copy.
 function assemble(chunks, size, headerLength) {
@@ -214,6 +231,12 @@ function createHttpServer(model, { maxBodyBytes }) {
   }
 
   function infer(req, res) {
+    const encoding = (req.headers['content-encoding'] || 'identity').trim().toLowerCase();
+    if (!INFLATE[encoding] && encoding !== 'identity') {
+      send(res, 415, { error: `Content-Encoding ${encoding} is not supported; send identity, gzip or deflate` });
+      req.resume();
+      return;
+    }
     const declared = Number(req.headers['content-length']);
     if (declared > maxBodyBytes) {
       send(res, 413, { error: `the body is ${declared} bytes; this service takes at most ${maxBodyBytes}` });
@@ -238,9 +261,13 @@ function createHttpServer(model, { maxBodyBytes }) {
       if (refused) return;
       const started = process.hrtime.bigint();
       model.infer(started, () => {
-        const headerLength = headerLengthOf(req, size);
-        const body = headerLength === null ? Buffer.concat(chunks, size) : assemble(chunks, size, headerLength);
-        chunks.length = 0;
+        let [parts, length] = [chunks.splice(0), size];
+        if (encoding !== 'identity') { // Inference-Header-Content-Length counts the inflated body's bytes
+          parts = [inflate(encoding, Buffer.concat(parts, length), maxBodyBytes)];
+          length = parts[0].length;
+        }
+        const headerLength = headerLengthOf(req, length);
+        const body = headerLength === null ? Buffer.concat(parts, length) : assemble(parts, length, headerLength);
         return decodeRequest(model, body, headerLength);
       }, (results, decoded) => encodeAnswer(model, results, decoded)).then(
         (answer) => sendAnswer(res, answer),
