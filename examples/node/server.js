@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 'use strict';
 // node server.js --bundle DIR --port N [--grpc-port M] [--host 127.0.0.1] [--max-body-bytes N]
+//                [--intra-op-threads N] [--spinning on|off]
 //
 // Serves a bundle's model over the Open Inference Protocol (KServe v2), the protocol Triton serves too, so that
 // a client written for it (tritonclient, perf_analyzer, curl) works unchanged here and against a Triton cluster:
@@ -17,8 +18,8 @@ const { MAX_ELEMENTS } = require('./lib/protocol');
 const DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024;
 
 // The model and its HTTP server (`server`, not listening yet); a gRPC server too with `grpc: true`.
-async function createService({ bundle, maxBodyBytes = DEFAULT_MAX_BODY_BYTES, grpc = false }) {
-  const model = await loadModel(bundle);
+async function createService({ bundle, maxBodyBytes = DEFAULT_MAX_BODY_BYTES, grpc = false, threads = 0, spinning = false }) {
+  const model = await loadModel(bundle, { threads, spinning });
   const rest = createHttpServer(model, { maxBodyBytes });
   const rpc = grpc ? require('./lib/grpc').createGrpcServer(model, { maxBodyBytes }) : null; // loads the .proto
   const drain = () => Promise.all([rest.drain(), rpc && rpc.drain()]);
@@ -40,10 +41,18 @@ function parseArgs(argv) {
     else if (flag === '--grpc-port') args.grpcPort = port(flag, value);
     else if (flag === '--host') args.host = value;
     else if (flag === '--max-body-bytes') args.maxBodyBytes = Number(value);
-    else throw new Error(`unknown option ${flag}`);
+    else if (flag === '--intra-op-threads') args.threads = Number(value);
+    else if (flag === '--spinning') {
+      if (value !== 'on' && value !== 'off') throw new Error('--spinning takes on or off');
+      args.spinning = value === 'on';
+    } else throw new Error(`unknown option ${flag}`);
   }
   if (!args.bundle || args.port === undefined) {
-    throw new Error('usage: node server.js --bundle DIR --port N [--grpc-port M] [--host 127.0.0.1] [--max-body-bytes N]');
+    throw new Error('usage: node server.js --bundle DIR --port N [--grpc-port M] [--host 127.0.0.1] [--max-body-bytes N] ' +
+      '[--intra-op-threads N] [--spinning on|off]');
+  }
+  if (args.threads !== undefined && !(Number.isInteger(args.threads) && args.threads >= 0)) {
+    throw new Error('--intra-op-threads must be a whole number (0: one per physical core)');
   }
   if (!Number.isInteger(args.maxBodyBytes) || args.maxBodyBytes <= 0) throw new Error('--max-body-bytes must be a positive integer');
   return args;
