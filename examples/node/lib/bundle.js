@@ -188,7 +188,9 @@ function decodeTensor(buf) {
   let data;
   if (raw && values.length) throw new BundleError(`tensor ${name}: values in both raw_data and ${typed}`);
   if (raw) {
-    if (raw.length % info.bytes) throw new BundleError(`tensor ${name}: raw_data of ${raw.length} bytes is not whole ${info.type} elements`);
+    if (raw.length % info.bytes) {
+      throw new BundleError(`tensor ${name}: raw_data of ${raw.length} bytes is not whole ${info.type} elements`);
+    }
     const copy = new ArrayBuffer(raw.length); // aligned for the typed array
     new Uint8Array(copy).set(raw);
     data = new info.array(copy);

@@ -43,7 +43,8 @@ function decodeInfer(model, request) {
   checkModel(model, request.model_name, request.model_version);
   const raw = request.raw_input_contents;
   if (raw.length && raw.length !== request.inputs.length) {
-    throw new RequestError(400, `raw_input_contents holds ${raw.length} entries for ${request.inputs.length} inputs; give one per input, or none`);
+    throw new RequestError(400,
+      `raw_input_contents holds ${raw.length} entries for ${request.inputs.length} inputs; give one per input, or none`);
   }
   const feeds = collectFeeds(model.inputs, request.inputs, (input, spec) => {
     const where = `input '${spec.name}'`;
@@ -53,11 +54,14 @@ function decodeInfer(model, request) {
     const kind = DATATYPES[spec.datatype];
     const contents = input.contents ? Object.values(input.contents).filter((list) => list.length) : [];
     if (raw.length) {
-      if (contents.length) throw new RequestError(400, `${where} has contents, but the request gives raw_input_contents: use one or the other`);
+      if (contents.length) {
+        throw new RequestError(400, `${where} has contents, but the request gives raw_input_contents: use one or the other`);
+      }
       const bytes = raw[request.inputs.indexOf(input)];
       const expected = byteSize(spec, count);
       if (bytes.length !== expected) {
-        throw new RequestError(400, `${where}: raw_input_contents holds ${bytes.length} bytes; shape [${shape}] of ${spec.datatype} takes ${expected}`);
+        throw new RequestError(400,
+          `${where}: raw_input_contents holds ${bytes.length} bytes; shape [${shape}] of ${spec.datatype} takes ${expected}`);
       }
       return fromBytes({ shape }, spec, bytes);
     }
@@ -71,8 +75,12 @@ function decodeInfer(model, request) {
   let wanted = model.outputs.map((o) => o.name);
   if (request.outputs.length) {
     for (const o of request.outputs) {
-      if (o.parameters.classification) throw new RequestError(400, `output '${o.name}': the classification extension is not supported by this service`);
-      if (o.parameters.shared_memory_region) throw new RequestError(400, `output '${o.name}': shared memory is not supported by this service`);
+      if (o.parameters.classification) {
+        throw new RequestError(400, `output '${o.name}': the classification extension is not supported by this service`);
+      }
+      if (o.parameters.shared_memory_region) {
+        throw new RequestError(400, `output '${o.name}': shared memory is not supported by this service`);
+      }
     }
     wanted = checkOutputs(model.outputs, request.outputs.map((o) => o.name));
   }

@@ -28,7 +28,9 @@ const {
 } = require('./protocol');
 
 const HEADER = 'inference-header-content-length';
-const SERVER = { name: 'attn-onnx-node', version: '0.3.0', extensions: ['binary_tensor_data', 'model_configuration', 'statistics'] };
+const { version } = require('../package.json');
+
+const SERVER = { name: 'attn-onnx-node', version, extensions: ['binary_tensor_data', 'model_configuration', 'statistics'] };
 
 const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
 
@@ -108,15 +110,20 @@ function decodeRequest(model, body, headerLength) {
       const where = `output '${o.name}'`;
       const p = parametersOf(o, where);
       refuseSharedMemory(p, where);
-      if (p.classification !== undefined) throw new RequestError(400, `${where}: the classification extension is not supported by this service`);
-      if (p.binary_data !== undefined && typeof p.binary_data !== 'boolean') throw new RequestError(400, `${where}: binary_data must be true or false`);
+      if (p.classification !== undefined) {
+        throw new RequestError(400, `${where}: the classification extension is not supported by this service`);
+      }
+      if (p.binary_data !== undefined && typeof p.binary_data !== 'boolean') {
+        throw new RequestError(400, `${where}: binary_data must be true or false`);
+      }
       return p.binary_data === true;
     });
   }
   wanted.forEach((name, i) => {
     const spec = model.outputs.find((o) => o.name === name);
     if (!binary[i] && !DATATYPES[spec.datatype].json) {
-      throw new RequestError(400, `output '${name}' is ${spec.datatype}, which JSON cannot hold (JSON has no float16): request it with binary_data`);
+      throw new RequestError(400,
+        `output '${name}' is ${spec.datatype}, which JSON cannot hold (JSON has no float16): request it with binary_data`);
     }
   });
   return { feeds, wanted, binary, id: request.id };
@@ -165,7 +172,9 @@ function inflate(encoding, body, limit) {
   try {
     return INFLATE[encoding](body, { maxOutputLength: limit });
   } catch (err) {
-    if (err.code === 'ERR_BUFFER_TOO_LARGE') throw new RequestError(413, `the body inflates past ${limit} bytes, the most this service takes`);
+    if (err.code === 'ERR_BUFFER_TOO_LARGE') {
+      throw new RequestError(413, `the body inflates past ${limit} bytes, the most this service takes`);
+    }
     throw new RequestError(400, `the body is not valid ${encoding} data: ${err.message}`);
   }
 }

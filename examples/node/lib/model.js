@@ -11,7 +11,9 @@ const { Statistics } = require('./stats');
 
 const VERSION = '1';
 const PLATFORM = 'onnxruntime_onnx';
-const CONFIG_TYPES = { FP16: 'TYPE_FP16', FP32: 'TYPE_FP32', FP64: 'TYPE_FP64', BOOL: 'TYPE_BOOL', UINT8: 'TYPE_UINT8', INT64: 'TYPE_INT64' };
+const CONFIG_TYPES = {
+  FP16: 'TYPE_FP16', FP32: 'TYPE_FP32', FP64: 'TYPE_FP64', BOOL: 'TYPE_BOOL', UINT8: 'TYPE_UINT8', INT64: 'TYPE_INT64',
+};
 
 const now = () => process.hrtime.bigint();
 

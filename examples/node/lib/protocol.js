@@ -30,9 +30,12 @@ const DATATYPES = {
   FP32: { type: 'float32', array: Float32Array, bytes: 4, json: isNumber, contents: 'fp32_contents' },
   FP64: { type: 'float64', array: Float64Array, bytes: 8, json: isNumber, contents: 'fp64_contents' },
   FP16: { type: 'float16', array: Uint16Array, bytes: 2, json: null, contents: null },
-  BOOL: { type: 'bool', array: Uint8Array, bytes: 1, json: (v) => (typeof v === 'boolean' ? +v : undefined), contents: 'bool_contents' },
-  UINT8: { type: 'uint8', array: Uint8Array, bytes: 1, json: (v) => (Number.isInteger(v) && v >= 0 && v <= 255 ? v : undefined), contents: 'uint_contents' },
-  INT64: { type: 'int64', array: BigInt64Array, bytes: 8, json: (v) => (Number.isSafeInteger(v) ? BigInt(v) : undefined), contents: 'int64_contents' },
+  BOOL: { type: 'bool', array: Uint8Array, bytes: 1, json: (v) => (typeof v === 'boolean' ? +v : undefined),
+    contents: 'bool_contents' },
+  UINT8: { type: 'uint8', array: Uint8Array, bytes: 1, json: (v) => (Number.isInteger(v) && v >= 0 && v <= 255 ? v : undefined),
+    contents: 'uint_contents' },
+  INT64: { type: 'int64', array: BigInt64Array, bytes: 8, json: (v) => (Number.isSafeInteger(v) ? BigInt(v) : undefined),
+    contents: 'int64_contents' },
 };
 const TO_DATATYPE = Object.fromEntries(Object.entries(DATATYPES).map(([k, v]) => [v.type, k]));
 
@@ -68,7 +71,8 @@ function checkShape(input, spec) {
     throw new RequestError(400, `${where}: shape must be a list of non-negative integers`);
   }
   if (shape.length !== spec.shape.length) {
-    throw new RequestError(400, `${where}: shape [${shape}] has rank ${shape.length}, the model takes rank ${spec.shape.length} [${spec.shape}]`);
+    throw new RequestError(400,
+      `${where}: shape [${shape}] has rank ${shape.length}, the model takes rank ${spec.shape.length} [${spec.shape}]`);
   }
   spec.shape.forEach((d, i) => {
     if (d !== -1 && shape[i] !== d) throw new RequestError(400, `${where}: dim ${i} is ${shape[i]}, the model takes ${d}`);
@@ -169,6 +173,6 @@ function checkOutputs(specs, names) {
 }
 
 module.exports = {
-  DATATYPES, MAX_ELEMENTS, RequestError, TO_DATATYPE, byteSize, checkOutputs, checkShape, collectFeeds, flatten, fromBytes, fromJson, fromValues,
-  toBytes, toJsonData,
+  DATATYPES, MAX_ELEMENTS, RequestError, TO_DATATYPE, byteSize, checkOutputs, checkShape, collectFeeds, flatten, fromBytes,
+  fromJson, fromValues, toBytes, toJsonData,
 };

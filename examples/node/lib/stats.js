@@ -51,7 +51,8 @@ class Statistics {
 
   // The model_stats entry of Triton's JSON (numbers, exact below 2^53 ns: 104 days of cumulative time)
   toJSON() {
-    const durations = (stats) => Object.fromEntries(Object.entries(stats).map(([k, v]) => [k, { count: Number(v.count), ns: Number(v.ns) }]));
+    const durations = (stats) => Object.fromEntries(Object.entries(stats)
+      .map(([k, v]) => [k, { count: Number(v.count), ns: Number(v.ns) }]));
     return {
       name: this.name,
       version: this.version,
@@ -67,7 +68,8 @@ class Statistics {
 
   // The same as a gRPC ModelStatistics message (uint64 as decimal strings, exact)
   toProto() {
-    const durations = (stats) => Object.fromEntries(Object.entries(stats).map(([k, v]) => [k, { count: v.count.toString(), ns: v.ns.toString() }]));
+    const durations = (stats) => Object.fromEntries(Object.entries(stats)
+      .map(([k, v]) => [k, { count: v.count.toString(), ns: v.ns.toString() }]));
     return {
       name: this.name,
       version: this.version,
