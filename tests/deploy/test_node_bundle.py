@@ -141,3 +141,17 @@ def test_a_float16_bundle_with_a_wrong_output_fails_on_the_numbers(float16_bundl
     assert result.returncode == 1, result.stdout
     assert [line.split(" | ")[0] for line in result.stdout.splitlines()[:5]] == [
         "PASSED", "FAILED", "PASSED", "PASSED", "PASSED"]
+
+
+def test_a_malformed_decode_entry_is_one_error_line_naming_it(bundle_of, tmp_path):
+    """As check-attn --bundle says it (issue 18, item 4): the key that is missing, exit 1, no stack trace."""
+    import shutil
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle_of("--kv-cache"), folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["decode"]["steps"][1]["inputs"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    result = verify(folder)
+    assert result.returncode == 1
+    assert result.stderr == f"Error: {folder / 'manifest.json'} lacks decode.steps[1].inputs\n"

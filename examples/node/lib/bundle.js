@@ -51,7 +51,38 @@ function readManifest(dir) {
   if (!manifest || manifest.format !== FORMAT) {
     throw new BundleError(`${file} is not an attn-onnx bundle manifest (format is not ${FORMAT})`);
   }
+  const lacks = missingKey(manifest);
+  if (lacks) throw new BundleError(`${file} lacks ${lacks}`);
   return manifest;
+}
+
+// The first key the readers need that the manifest lacks (as a path: decode.steps[1].inputs), or null.
+function missingKey(manifest) {
+  const isObject = (v) => v !== null && typeof v === 'object';
+  if (!isObject(manifest.model) || typeof manifest.model.file !== 'string') return 'model.file';
+  if (typeof manifest.model.sha256 !== 'string') return 'model.sha256';
+  if (!isObject(manifest.tolerance) || typeof manifest.tolerance.atol !== 'number') return 'tolerance.atol';
+  if (typeof manifest.tolerance.rtol !== 'number') return 'tolerance.rtol';
+  const lists = [['test_data_sets', manifest.test_data_sets]];
+  if (manifest.decode !== undefined) {
+    if (!isObject(manifest.decode)) return 'decode';
+    lists.push(['decode.steps', manifest.decode.steps]);
+    for (const key of ['thread', 'first_past']) if (!isObject(manifest.decode[key])) return `decode.${key}`;
+  }
+  for (const [where, list] of lists) {
+    if (!Array.isArray(list)) return where;
+    for (const [i, entry] of list.entries()) {
+      for (const side of ['inputs', 'outputs']) {
+        if (!isObject(entry) || !Array.isArray(entry[side])) return `${where}[${i}].${side}`;
+        for (const [k, f] of entry[side].entries()) {
+          for (const key of ['file', 'sha256', 'name']) {
+            if (!isObject(f) || typeof f[key] !== 'string') return `${where}[${i}].${side}[${k}].${key}`;
+          }
+        }
+      }
+    }
+  }
+  return null;
 }
 
 // Every file the manifest names, with its sha256: the model, its external weights, every vector set and every

@@ -3,7 +3,10 @@
 // ones it refuses. Needs no bundle.
 const assert = require('node:assert/strict');
 const { test } = require('node:test');
-const { decodeTensor, halfToNumber, numbers } = require('../lib/bundle');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { decodeTensor, halfToNumber, numbers, readManifest } = require('../lib/bundle');
 
 // --- a tiny protobuf writer, enough for TensorProto
 const varint = (n) => {
@@ -72,4 +75,27 @@ test('half precision bits decode to the numbers they stand for', () => {
   for (const [bits, value] of cases) assert.equal(halfToNumber(bits), value, bits.toString(16));
   assert.ok(Object.is(halfToNumber(0x8000), -0));
   assert.ok(Number.isNaN(halfToNumber(0x7e00)));
+});
+
+test('a manifest missing what the readers need is refused, naming the key', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'attn-manifest-'));
+  const entry = { file: 'a.pb', sha256: '0', name: 'query' };
+  const good = {
+    format: 'attn-onnx-bundle/1', model: { file: 'model.onnx', sha256: '0' }, tolerance: { atol: 1e-5, rtol: 1e-4 },
+    test_data_sets: [{ inputs: [entry], outputs: [entry] }],
+    decode: { thread: {}, first_past: {}, steps: [{ inputs: [entry], outputs: [entry] }, { outputs: [entry] }] },
+  };
+  const cases = [
+    [good, /manifest\.json lacks decode\.steps\[1\]\.inputs$/],
+    [{ ...good, decode: undefined, test_data_sets: [{ inputs: [{ file: 'a.pb', name: 'q' }], outputs: [] }] },
+      /lacks test_data_sets\[0\]\.inputs\[0\]\.sha256$/],
+    [{ ...good, tolerance: {} }, /lacks tolerance\.atol$/],
+  ];
+  for (const [manifest, message] of cases) {
+    fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(manifest));
+    assert.throws(() => readManifest(dir), message);
+  }
+  good.decode.steps[1].inputs = [];
+  fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(good));
+  assert.equal(readManifest(dir).decode.steps.length, 2);
 });
