@@ -1,6 +1,7 @@
 """The README's bad-input tables, run row by row: each row's command (or request) is executed here and
 must answer with the row's exit code (or status) and message. A row this file cannot set up fails."""
 
+import gzip
 import hashlib
 import json
 import re
@@ -205,27 +206,151 @@ BODIES = {
     "a mask (1, 2, 3) for one query and one key": _with(
         lambda b: _input(b, "mask").update(shape=[1, 2, 3], data=[True] * 6)),
     "a body over `--max-body-bytes`": b"x" * 4096,
+    "an output that does not exist": _with(lambda b: b.update(outputs=[{"name": "nope"}])),
+}
+
+
+def _binary(sizes=None, shapes=None, header=None, cut=0, extra=b"", data=False) -> tuple[dict, bytes]:
+    """(headers, body) of _good()'s request with every input as binary tensor data; `sizes` and `shapes` override
+    inputs' binary_data_size and shape, `header` the Inference-Header-Content-Length (None: left out)."""
+    body = _good()
+    arrays = {i["name"]: np.asarray(i["data"], np.float32 if i["datatype"] == "FP32" else np.bool_)
+              for i in body["inputs"]}
+    for i in body["inputs"]:
+        i["parameters"] = {"binary_data_size": (sizes or {}).get(i["name"], arrays[i["name"]].nbytes)}
+        i["shape"] = (shapes or {}).get(i["name"], i["shape"])
+        if not (data and i["name"] == "query"):
+            del i["data"]
+    head = json.dumps(body).encode()
+    whole = head + b"".join(a.tobytes() for a in arrays.values()) + extra
+    headers = {"Inference-Header-Content-Length": str(len(head)) if header == "right" else header}
+    return {k: v for k, v in headers.items() if v is not None}, whole[:len(whole) - cut]
+
+
+RAW = {  # (headers, body): binary tensor data, compressed bodies
+    "binary, `query`'s `binary_data_size` -4": _binary({"query": -4}, header="right"),
+    "binary, `query`'s `binary_data_size` 2048.5": _binary({"query": 2048.5}, header="right"),
+    "binary, `query`'s `binary_data_size` the string \"2048\"": _binary({"query": "2048"}, header="right"),
+    "binary, `query`'s `binary_data_size` 2044 for (1, 1, 512)": _binary({"query": 2044}, header="right"),
+    "binary, `query`'s `binary_data_size` a terabyte (2^40)": _binary({"query": 2**40}, header="right"),
+    "binary, `query` declared 2^31 x 1 x 512 with a terabyte to match": _binary(
+        {"query": 2**42}, {"query": [2**31, 1, 512]}, header="right"),
+    "binary, the body cut 5 bytes short": _binary(header="right", cut=5),
+    "binary, 8 bytes after the last input": _binary(header="right", extra=bytes(8)),
+    "binary, `Inference-Header-Content-Length: 99999999`": _binary(header="99999999"),
+    "binary, `Inference-Header-Content-Length: 12abc`": _binary(header="12abc"),
+    "binary, without `Inference-Header-Content-Length`": _binary(),
+    "binary, `query` with `data` too": _binary(header="right", data=True),
+    "a gzip body that inflates past `--max-body-bytes`": (
+        {"Content-Encoding": "gzip"}, gzip.compress(bytes(3_000_000))),
+    "`Content-Encoding: br`": ({"Content-Encoding": "br"}, json.dumps(_good()).encode()),
+}
+
+
+def _grpc_request(change=None):
+    """A gRPC ModelInferRequest of _good()'s inputs as raw_input_contents, then `change(request)`."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name="mha")
+    for i in _good()["inputs"]:
+        request.inputs.add(name=i["name"], datatype=i["datatype"], shape=i["shape"])
+        request.raw_input_contents.append(np.asarray(i["data"], np.float32 if i["datatype"] == "FP32" else np.bool_)
+                                          .tobytes())
+    if change:
+        change(request)
+    return request
+
+
+def _typed(request):
+    """The same request with typed contents instead of raw_input_contents."""
+    for tensor, raw in zip(request.inputs, request.raw_input_contents):
+        if tensor.datatype == "FP32":
+            tensor.contents.fp32_contents.extend(np.frombuffer(raw, np.float32).tolist())
+        else:
+            tensor.contents.bool_contents.extend(np.frombuffer(raw, np.bool_).tolist())
+    del request.raw_input_contents[:]
+    return request
+
+
+GRPC_ROWS = table("| gRPC `ModelInfer` request (`--grpc-port`) |")
+
+GRPC_REQUESTS = {
+    "`raw_input_contents` for 3 of the 4 inputs": lambda: _grpc_request(lambda r: r.raw_input_contents.pop()),
+    "`query`'s raw contents 4 bytes short": lambda: _grpc_request(
+        lambda r: r.raw_input_contents.__setitem__(0, r.raw_input_contents[0][:-4])),
+    "raw contents, and typed contents for `query`": lambda: _grpc_request(
+        lambda r: r.inputs[0].contents.fp32_contents.extend([0.0] * 512)),
+    "3 `fp32_contents` for a (1, 1, 512) `query`": lambda: _grpc_request(lambda r: (
+        _typed(r), r.inputs[0].contents.ClearField("fp32_contents"),
+        r.inputs[0].contents.fp32_contents.extend([1, 2, 3]))),
+    "`mask` in `fp32_contents`": lambda: _grpc_request(lambda r: (
+        _typed(r), r.inputs[3].contents.ClearField("bool_contents"), r.inputs[3].contents.fp32_contents.append(1.0))),
+    "`query` with a dim of -1": lambda: _grpc_request(lambda r: r.inputs[0].shape.__setitem__(0, -1)),
+    "`query` declared 2^31 x 1 x 512": lambda: _grpc_request(lambda r: r.inputs[0].shape.__setitem__(0, 2**31)),
+    "an output that does not exist": lambda: _grpc_request(lambda r: r.outputs.add(name="nope")),
+    "model `other`": lambda: _grpc_request(lambda r: setattr(r, "model_name", "other")),
+    "a message over `--max-body-bytes`": lambda: _grpc_request(lambda r: (
+        r.inputs[0].shape.__setitem__(1, 1000), r.raw_input_contents.__setitem__(0, bytes(1000 * 512 * 4)))),
 }
 
 
 def test_every_request_row_has_a_body():
-    assert {row[0] for row in REQUEST_ROWS} == set(BODIES)
+    assert {row[0] for row in REQUEST_ROWS} == set(BODIES) | set(RAW)
+    assert {row[0] for row in GRPC_ROWS} == set(GRPC_REQUESTS)
 
 
-def test_each_hostile_request_gets_its_4xx_and_the_service_keeps_serving(default_bundle):
-    from tests.deploy.test_node import NODE, NODE_DIR, post, serve
+def _post(url, body: bytes, headers: dict):
+    """POST to the default model's infer route with extra headers; (status, parsed JSON answer)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://{url}/v2/models/mha/infer", data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture(scope="module")
+def node_service(default_bundle):
+    from tests.deploy.test_node import NODE, NODE_DIR, serve
 
     if NODE is None or not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir():
         pytest.skip("node, or the Node example's node_modules, is absent")
-    with serve(default_bundle, "--max-body-bytes", "2000000") as url:
-        for what, status, error in REQUEST_ROWS:
-            if what.startswith("a body over"):  # declared over the limit: refused before it is read
-                code, answer = _declare_only(url, 2_000_001)
-            else:
-                code, answer = post(url, BODIES[what], "mha")
-            assert code == int(status), (what, answer)
-            assert fragments(error)[0] in answer["error"], (what, answer)
-            assert post(url, json.dumps(_good()).encode(), "mha")[0] == 200, f"not serving after: {what}"
+    with serve(default_bundle, "--max-body-bytes", "2000000", "--grpc-port", "0") as url:
+        yield url
+
+
+def test_each_hostile_request_gets_its_4xx_and_the_service_keeps_serving(node_service):
+    from tests.deploy.test_node import post
+
+    url = node_service
+    for what, status, error in REQUEST_ROWS:
+        if what.startswith("a body over"):  # declared over the limit: refused before it is read
+            code, answer = _declare_only(url, 2_000_001)
+        elif what in RAW:
+            code, answer = _post(url, RAW[what][1], RAW[what][0])
+        else:
+            code, answer = post(url, BODIES[what], "mha")
+        assert code == int(status), (what, answer)
+        assert fragments(error)[0] in answer["error"], (what, answer)
+        assert post(url, json.dumps(_good()).encode(), "mha")[0] == 200, f"not serving after: {what}"
+
+
+def test_each_hostile_grpc_request_gets_its_status_and_the_service_keeps_serving(node_service):
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    with grpc.insecure_channel(node_service.grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for what, status, error in GRPC_ROWS:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(GRPC_REQUESTS[what](), timeout=60)
+            assert info.value.code() == getattr(grpc.StatusCode, status), (what, info.value.details())
+            assert fragments(error)[0] in info.value.details(), (what, info.value.details())
+            answer = stub.ModelInfer(_grpc_request(), timeout=60)
+            assert answer.outputs[0].name == "output", f"not serving after: {what}"
 
 
 def _declare_only(url, length):

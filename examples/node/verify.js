@@ -37,7 +37,9 @@ async function verify(dir, log = console.log) {
   if (manifest.decode) { // a model with a KV cache: decode step by step, threading present_* into past_*
     const { thread, first_past: first, steps } = manifest.decode;
     let past = {};
-    for (const name of Object.values(thread)) past[name] = new ort.Tensor('float32', new Float32Array(0), first.shape);
+    const empty = { float32: Float32Array, float16: Uint16Array }[first.dtype];
+    if (!empty) throw new BundleError(`decode.first_past.dtype ${JSON.stringify(first.dtype)}: this verifier takes float32 or float16`);
+    for (const name of Object.values(thread)) past[name] = new ort.Tensor(first.dtype, new empty(0), first.shape);
     for (const step of steps) {
       const feeds = { ...past };
       for (const f of step.inputs) feeds[f.name] = toOrt(loadTensor(path.join(dir, f.file)));

@@ -54,25 +54,28 @@ def test_every_graph_variant_verifies_in_onnxruntime_node(bundle_of, variant):
 
 
 class Served(str):
-    """host:port of a running service, with its process."""
+    """host:port of a running service (HTTP), with its process, and its gRPC host:port (or None)."""
 
-    def __new__(cls, url, process):
+    def __new__(cls, url, process, grpc=None):
         served = super().__new__(cls, url)
         served.process = process
+        served.grpc = grpc
         return served
 
 
 @contextlib.contextmanager
 def serve(bundle, *options):
-    """Start server.js on a free port; yield host:port; stop it with SIGTERM, which must exit 0."""
+    """Start server.js on a free port; yield host:port; stop it with SIGTERM, which must exit 0. With options
+    "--grpc-port", "0", gRPC too, on a free port: the yielded value's .grpc."""
     process = subprocess.Popen([NODE, "server.js", "--bundle", str(bundle), "--port", "0", *options], cwd=NODE_DIR,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = process.stdout.readline()  # "serving 'small' on http://127.0.0.1:PORT/v2/models/small"
+    line = process.stdout.readline()  # "serving 'small' on http://127.0.0.1:PORT/v2/models/small[, gRPC on H:P]"
     if not line.startswith("serving"):
         process.kill()
         pytest.fail(f"the service did not start: {line}{process.stderr.read()}")
+    grpc = line.split(", gRPC on ", 1)[1].strip() if ", gRPC on " in line else None
     try:
-        yield Served(line.split("http://", 1)[1].split("/", 1)[0], process)
+        yield Served(line.split("http://", 1)[1].split("/", 1)[0], process, grpc)
     finally:
         process.terminate()
         code = process.wait(timeout=30)

@@ -149,3 +149,61 @@ def test_sigterm_while_a_large_answer_is_still_queued_lets_it_arrive_whole(bundl
         assert url.process.wait(timeout=60) == 0
     assert response.status == 200
     assert correct(answer, expected, tol)
+
+
+def bytes_read(process):
+    """Bytes the process has read so far, from any file or socket (/proc/PID/io rchar)."""
+    io = open(f"/proc/{process.pid}/io").read()
+    return int(next(line.split()[1] for line in io.splitlines() if line.startswith("rchar:")))
+
+
+def test_sigterm_finishes_a_grpc_and_an_http_request_in_flight_then_exits_0(bundle):
+    """A large gRPC request read whole by the service, and a large HTTP request half sent, when SIGTERM comes:
+    both are answered in full and right, after the signal, then the service exits 0.
+
+    The gRPC request is in flight by construction: the signal is sent once the service has read as many bytes
+    as the request holds (the process's rchar), and its answer must arrive after the signal."""
+    import tritonclient.grpc as grpcclient
+
+    data, expected, tol = big_request(bundle)
+    request = json.loads(data)
+    inputs = []
+    size = 0  # the bytes of tensor data the gRPC request carries
+    for tensor in request["inputs"]:
+        array = np.asarray(tensor["data"], np.float32 if tensor["datatype"] == "FP32" else np.bool_)
+        inputs.append(grpcclient.InferInput(tensor["name"], tensor["shape"], tensor["datatype"]))
+        inputs[-1].set_data_from_numpy(array.reshape(tensor["shape"]))
+        size += array.nbytes
+    answers = []
+    with serve(bundle, "--grpc-port", "0") as url:
+        host, port = url.split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        connection.putrequest("POST", "/v2/models/small/infer")
+        connection.putheader("content-type", "application/json")
+        connection.putheader("content-length", str(len(data)))
+        connection.endheaders()
+        connection.send(data[:len(data) // 2])
+        client = grpcclient.InferenceServerClient(url=url.grpc)
+        before = bytes_read(url.process)
+        client.async_infer("small", inputs,
+                           callback=lambda result, error: answers.append((time.monotonic(), result, error)))
+        deadline = time.monotonic() + 30
+        while bytes_read(url.process) - before < size and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        signalled = time.monotonic()
+        url.process.terminate()
+        connection.send(data[len(data) // 2:])
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        connection.close()
+        while not answers and time.monotonic() < deadline + 30:
+            time.sleep(0.01)
+        assert url.process.wait(timeout=60) == 0
+        client.close()
+    assert response.status == 200 and correct(answer, expected, tol)
+    (arrived, result, error), = answers
+    assert error is None, error
+    assert arrived > signalled  # it was in flight when the signal came
+    actual = result.as_numpy("output")
+    allowed = tol["atol"] + tol["rtol"] * np.abs(expected)
+    assert actual.shape == expected.shape and bool(np.all(np.abs(actual - expected) <= allowed))
