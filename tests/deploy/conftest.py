@@ -32,19 +32,7 @@ def bundle(bundle_of):
 
 
 @pytest.fixture(scope="session")
-def float16_bundle(tmp_path_factory):
+def float16_bundle(bundle_of):
     """A float16 bundle (heads 2, width 16): vectors as float16 TensorProtos (raw_data), datatype FP16, tolerance
-    from the float16 profile. Written through write_bundle with FP16 added to its datatype table, as export-attn
-    --bundle --dtype float16 will once bundles take float16 (issue 18, item 3); then this can be
-    bundle_of("--dtype", "float16")."""
-    from unittest import mock
-
-    from attn_onnx.deploy import bundle
-    from attn_onnx.exporter.export import build_module, export_onnx, in_dtype
-    from attn_onnx.exporter.spec import ExportSpec
-
-    spec = ExportSpec(heads=2, embedding_dim=16, dtype="float16").validate()
-    stored = in_dtype(build_module(spec), "float16")
-    proto, spec = export_onnx(spec, stored)
-    with mock.patch.dict(bundle.DATATYPES, {"float16": "FP16"}):
-        return bundle.write_bundle(tmp_path_factory.mktemp("half") / "bundle", proto, spec, stored, name="half")
+    from the float16 profile."""
+    return bundle_of("--dtype", "float16")

@@ -172,21 +172,21 @@ def test_fp16_travels_binary_and_is_answered_within_the_float16_tolerance(float1
     with serve(float16_bundle, "--grpc-port", "0") as url:
         module = httpclient if protocol == "http" else grpcclient
         client = module.InferenceServerClient(url=url if protocol == "http" else url.grpc)
-        meta = client.get_model_metadata("half")
+        meta = client.get_model_metadata("small")
         datatypes = [i["datatype"] for i in meta["inputs"]] if protocol == "http" else [i.datatype for i in meta.inputs]
         assert datatypes == ["FP16", "FP16", "FP16", "BOOL"]
         for folder, arrays, expected in sets:
-            result = client.infer("half", client_inputs(module, arrays))
+            result = client.infer("small", client_inputs(module, arrays))
             assert_close(result.as_numpy("output"), expected["output"], tol, f"{protocol} {folder}")
         if protocol == "http":  # JSON has no float16: refused both ways, naming the way out
             _, arrays, _ = sets[0]
-            status, _, answer = http_json(url, "/v2/models/half/infer", json.dumps(
+            status, _, answer = http_json(url, "/v2/models/small/infer", json.dumps(
                 {"inputs": [{"name": n, "shape": list(a.shape), "datatype": DATATYPES[a.dtype],
                              "data": a.astype(np.float32).ravel().tolist() if a.dtype != bool else a.ravel().tolist()}
                             for n, a in arrays.items()]}).encode())
             assert status == 400 and "FP16 cannot travel as JSON" in json.loads(answer)["error"]
             with pytest.raises(Exception, match="FP16, which JSON cannot hold"):
-                client.infer("half", client_inputs(module, arrays),
+                client.infer("small", client_inputs(module, arrays),
                              outputs=[httpclient.InferRequestedOutput("output", binary_data=False)])
 
 
@@ -357,14 +357,18 @@ def test_a_thousand_hostile_requests_get_4xx_and_leave_memory_near_its_baseline(
         send_all(10)  # warm up: the allocator and JIT settle
         settled = rss_kib(url.process.pid)
         rounds = 1000 // (len(http_cases) + len(grpc_cases))
-        send_all(rounds)
-        grown = rss_kib(url.process.pid) - settled
+        send_all(rounds // 2)  # V8's heap may still grow once here, whatever the requests
+        middle = rss_kib(url.process.pid)
+        send_all(rounds - rounds // 2)  # a leak grows again, by as much
+        grown = rss_kib(url.process.pid) - middle
         result = httpclient.InferenceServerClient(url=url).infer("small", client_inputs(httpclient, good))
         assert_close(result.as_numpy("output"), expected["output"], tol, "after the hostile requests")
         channel.close()
-    print(f"RSS after warm-up {settled} KiB; after {rounds * (len(http_cases) + len(grpc_cases))} hostile requests "
-          f"{grown:+d} KiB")
-    assert grown < 16 * 1024  # keeping a tenth of each request would show as 10 MiB
+    print(f"RSS after warm-up {settled} KiB; {middle - settled:+d} KiB over the first half of "
+          f"{rounds * (len(http_cases) + len(grpc_cases))} hostile requests, {grown:+d} KiB over the second")
+    # keeping 16 bytes of each ~100 KB body grew it by 43-54 MiB over all of them (20-27 MiB a half); on this
+    # shared machine the heap's one-time growth reached 9 MiB over the whole run, in the first half
+    assert grown < 12 * 1024
 
 
 def test_a_client_gone_mid_body_leaves_the_service_serving(bundle, served):
