@@ -154,4 +154,31 @@ def test_a_malformed_decode_entry_is_one_error_line_naming_it(bundle_of, tmp_pat
     (folder / "manifest.json").write_text(json.dumps(manifest))
     result = verify(folder)
     assert result.returncode == 1
-    assert result.stderr == f"Error: {folder / 'manifest.json'} lacks decode.steps[1].inputs\n"
+    assert result.stderr == f"Error: {folder / 'manifest.json'} is malformed: decode.steps[1] lacks 'inputs'\n"
+
+
+@pytest.mark.parametrize("args", [(), ("--self-attention",), ("--kv-cache",), ("--kv-cache", "--mask", "input"),
+                                  ("--module", "attention"), ("--module", "mask"), ("--dtype", "float16"),
+                                  ("--external-data",)],
+                         ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "attention", "mask", "float16",
+                              "external"])
+def test_node_validates_every_kinds_manifest_against_the_same_schema(bundle_of, tmp_path, args):
+    """lib/bundle.js reads deploy/manifest.schema.json, as Python's read_manifest does: every kind's manifest
+    passes, and the same broken one gets the same words from both readers."""
+    import shutil
+
+    from attn_onnx.deploy.bundle import manifest_problem
+
+    read = "const {readManifest} = require('./lib/bundle'); readManifest(process.argv[1]); console.log('ok')"
+    folder = bundle_of(*args)
+    result = subprocess.run([NODE, "-e", read, str(folder)], cwd=NODE_DIR, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout.strip()) == (0, "ok"), result.stderr
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    del manifest["test_data_sets"][-1]["outputs"][0]["sha256"]
+    manifest["tolerance"]["rtol"] = "0.1"
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    result = subprocess.run([NODE, "-e", read, str(broken)], cwd=NODE_DIR, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert f"manifest.json is malformed: {manifest_problem(manifest)}" in result.stderr

@@ -51,38 +51,35 @@ function readManifest(dir) {
   if (!manifest || manifest.format !== FORMAT) {
     throw new BundleError(`${file} is not an attn-onnx bundle manifest (format is not ${FORMAT})`);
   }
-  const lacks = missingKey(manifest);
-  if (lacks) throw new BundleError(`${file} lacks ${lacks}`);
+  const problem = manifestProblem(manifest);
+  if (problem) throw new BundleError(`${file} is malformed: ${problem}`);
   return manifest;
 }
 
-// The first key the readers need that the manifest lacks (as a path: decode.steps[1].inputs), or null.
-function missingKey(manifest) {
-  const isObject = (v) => v !== null && typeof v === 'object';
-  if (!isObject(manifest.model) || typeof manifest.model.file !== 'string') return 'model.file';
-  if (typeof manifest.model.sha256 !== 'string') return 'model.sha256';
-  if (!isObject(manifest.tolerance) || typeof manifest.tolerance.atol !== 'number') return 'tolerance.atol';
-  if (typeof manifest.tolerance.rtol !== 'number') return 'tolerance.rtol';
-  const lists = [['test_data_sets', manifest.test_data_sets]];
-  if (manifest.decode !== undefined) {
-    if (!isObject(manifest.decode)) return 'decode';
-    lists.push(['decode.steps', manifest.decode.steps]);
-    for (const key of ['thread', 'first_past']) if (!isObject(manifest.decode[key])) return `decode.${key}`;
+// The bundle format's JSON Schema, the one Python's read_manifest validates against too (deploy/ in the
+// repository; ATTN_ONNX_MANIFEST_SCHEMA points at a copy where this example was moved out of it).
+const SCHEMA_FILE = process.env.ATTN_ONNX_MANIFEST_SCHEMA
+  || path.join(__dirname, '..', '..', '..', 'deploy', 'manifest.schema.json');
+let validate;
+
+// The first way the manifest breaks the schema, worded as Python's reader words it
+// (decode.steps[1] lacks 'inputs'), or null.
+function manifestProblem(manifest) {
+  if (!validate) {
+    const Ajv2020 = require('ajv/dist/2020');
+    validate = new Ajv2020({ allErrors: true, strict: false }).compile(JSON.parse(fs.readFileSync(SCHEMA_FILE, 'utf8')));
   }
-  for (const [where, list] of lists) {
-    if (!Array.isArray(list)) return where;
-    for (const [i, entry] of list.entries()) {
-      for (const side of ['inputs', 'outputs']) {
-        if (!isObject(entry) || !Array.isArray(entry[side])) return `${where}[${i}].${side}`;
-        for (const [k, f] of entry[side].entries()) {
-          for (const key of ['file', 'sha256', 'name']) {
-            if (!isObject(f) || typeof f[key] !== 'string') return `${where}[${i}].${side}[${k}].${key}`;
-          }
-        }
-      }
-    }
+  if (validate(manifest)) return null;
+  const depth = (e) => (e.instancePath.match(/\//g) || []).length;
+  const error = [...validate.errors].sort((a, b) => depth(a) - depth(b) || (a.instancePath < b.instancePath ? -1 : 1))[0];
+  const where = error.instancePath.split('/').slice(1)
+    .map((p) => (/^\d+$/.test(p) ? `[${p}]` : `.${p}`)).join('').replace(/^\./, '') || 'the manifest';
+  if (error.keyword === 'required') return `${where} lacks '${error.params.missingProperty}'`;
+  if (error.keyword === 'type') {
+    const kinds = { array: 'a list', object: 'an object', number: 'a number', integer: 'an integer', string: 'a string' };
+    return `${where} is not ${[].concat(error.params.type).map((t) => kinds[t] || t).join(' or ')}`;
   }
-  return null;
+  return `${where}: ${error.message}`;
 }
 
 // Every file the manifest names, with its sha256: the model, its external weights, every vector set and every

@@ -77,25 +77,31 @@ test('half precision bits decode to the numbers they stand for', () => {
   assert.ok(Number.isNaN(halfToNumber(0x7e00)));
 });
 
-test('a manifest missing what the readers need is refused, naming the key', () => {
+test('a manifest the schema refuses is one error naming the first thing wrong, as Python words it', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'attn-manifest-'));
-  const entry = { file: 'a.pb', sha256: '0', name: 'query' };
+  const sha = '0'.repeat(64);
+  const entry = { file: 'a.pb', sha256: sha, name: 'query' };
+  const io = { name: 'output', dtype: 'float32', datatype: 'FP32', dims: ['batch'], shape: [-1] };
+  const step = (k) => ({ folder: `decode/step_${k}`, new_tokens: 1, past_len: k, inputs: [entry], outputs: [entry] });
   const good = {
-    format: 'attn-onnx-bundle/1', model: { file: 'model.onnx', sha256: '0' }, tolerance: { atol: 1e-5, rtol: 1e-4 },
+    format: 'attn-onnx-bundle/1', name: 'm', model: { file: 'model.onnx', sha256: sha }, inputs: [io], outputs: [io],
+    mask_convention: 'nonzero = attend', tolerance: { atol: 1e-5, rtol: 1e-4 },
     test_data_sets: [{ inputs: [entry], outputs: [entry] }],
-    decode: { thread: {}, first_past: {}, steps: [{ inputs: [entry], outputs: [entry] }, { outputs: [entry] }] },
+    decode: { thread: {}, first_past: { shape: [1, 2, 0, 8] }, steps: [step(0), step(1)] },
   };
+  const without = (object, key) => Object.fromEntries(Object.entries(object).filter(([k]) => k !== key));
   const cases = [
-    [good, /manifest\.json lacks decode\.steps\[1\]\.inputs$/],
-    [{ ...good, decode: undefined, test_data_sets: [{ inputs: [{ file: 'a.pb', name: 'q' }], outputs: [] }] },
-      /lacks test_data_sets\[0\]\.inputs\[0\]\.sha256$/],
-    [{ ...good, tolerance: {} }, /lacks tolerance\.atol$/],
+    [{ ...good, decode: { ...good.decode, steps: [step(0), without(step(1), 'inputs')] } },
+      /manifest\.json is malformed: decode\.steps\[1\] lacks 'inputs'$/],
+    [{ ...good, test_data_sets: [{ inputs: [without(entry, 'sha256')], outputs: [] }] },
+      /is malformed: test_data_sets\[0\]\.inputs\[0\] lacks 'sha256'$/],
+    [{ ...good, tolerance: { rtol: 1e-4 } }, /is malformed: tolerance lacks 'atol'$/],
+    [{ ...good, decode: { ...good.decode, steps: {} } }, /is malformed: decode\.steps is not a list$/],
   ];
   for (const [manifest, message] of cases) {
     fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(manifest));
     assert.throws(() => readManifest(dir), message);
   }
-  good.decode.steps[1].inputs = [];
   fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(good));
   assert.equal(readManifest(dir).decode.steps.length, 2);
 });
