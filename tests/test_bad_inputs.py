@@ -1,4 +1,4 @@
-"""The README's bad-input tables, run row by row: each row's command (or request) is executed here and
+"""The bad-input tables of docs/reliability.md, run row by row: each row's command (or request) is executed here and
 must answer with the row's exit code (or status) and message. A row this file cannot set up fails."""
 
 import gzip
@@ -19,13 +19,13 @@ from onnx import numpy_helper
 from attn_onnx.cli.check_attn import main as check_attn
 from attn_onnx.cli.export_attn import main as export_attn
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+TABLES = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
 CLIS = {"check-attn": check_attn, "export-attn": export_attn}
 
 
 def table(heading: str) -> list[list[str]]:
     """The rows of the first table after `heading`, as cell texts (escaped pipes restored)."""
-    section = heading + README.split(heading, 1)[1]
+    section = heading + TABLES.split(heading, 1)[1]
     lines = section.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     block = []
@@ -148,7 +148,7 @@ def _setups(default: Path, bundle: Path) -> dict:
     }
 
 
-CLI_ROWS = table("### Bad inputs")
+CLI_ROWS = table("## Bad inputs")
 
 
 def test_every_row_has_a_setup(exported, default_bundle):

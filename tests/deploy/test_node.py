@@ -100,7 +100,7 @@ def test_the_readme_tritonclient_example_runs_as_written(tmp_path_factory, capsy
     folder = tmp_path_factory.mktemp("readme") / "mha-bundle"
     assert CliRunner().invoke(export, ["--bundle", str(folder), "--no-check"]).exit_code == 0
     with serve(folder) as url:
-        block = python_block("With the protocol's own Python client")
+        block = python_block("## Quick start")
         assert 'url="localhost:8000"' in block
         exec(block.replace('url="localhost:8000"', f'url="{url}"'), {})
         assert capsys.readouterr().out.strip() == "(2, 7, 512)"
