@@ -123,9 +123,10 @@ def model_stats(address: str) -> dict | None:
 
 
 def perf_analyzer(url: str, target: Target, data: Path, batch: int, concurrency: int, csv_path: Path,
-                  request_count: int | None = None) -> dict:
-    """One perf_analyzer run; its CSV row, or RuntimeFailure with its last error line."""
-    command = [str(tool("perf_analyzer")), "-m", MODEL, "-u", url, "-i", target.protocol, "-b", str(batch),
+                  request_count: int | None = None, model: str = MODEL) -> dict:
+    """One perf_analyzer run (a fixed `request_count`, or windows until stable); its CSV row, or RuntimeFailure
+    with its first error line."""
+    command = [str(tool("perf_analyzer")), "-m", model, "-u", url, "-i", target.protocol, "-b", str(batch),
                "--input-data", str(data), "--concurrency-range", str(concurrency), "-f", str(csv_path)]
     if request_count:
         command += ["--request-count", str(request_count)]

@@ -88,7 +88,7 @@ class TritonServer:
         command = [str(self.binary), "--model-repository", str(self.repository),
                    "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1",
                    f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}",
-                   "--exit-timeout-secs=10", *self.options]
+                   "--exit-timeout-secs=5", *self.options]
         with open(self.log_path, "wb") as log:  # the child keeps its own handle
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True)  # its own group: the stubs go with it
