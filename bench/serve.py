@@ -8,8 +8,9 @@ with free ports and stopped by its PID.
 
 Each row is one perf_analyzer run at one concurrency: inputs of one shape (batch, len) for self-attention
 (query = key = value) with a real padding mask (each sequence keeps a prefix of its keys, no row is fully
-masked), fed from an --input-data file. perf_analyzer gives throughput (inferences, i.e. sequences, per
-second) and client p50/p99 latency; the server's statistics (GET /v2/models/NAME/stats) read before and after
+masked), fed from an --input-data file. perf_analyzer gives throughput (here in requests of that shape per
+second, whether the server takes the batch as perf_analyzer's -b or as whole tensors) and client p50/p99
+latency; the server's statistics (GET /v2/models/NAME/stats) read before and after
 the run give the compute-infer time per request (the model's own time: for a batched execution, each request
 of the batch counts the batch's time) and executions against requests (dynamic batching at work).
 """
@@ -61,7 +62,7 @@ class Row:
     batch: int
     length: int
     concurrency: int
-    throughput: float | None = None  # inferences (sequences) per second
+    throughput: float | None = None  # requests (each of shape (batch, length)) per second
     p50_us: float | None = None
     p99_us: float | None = None
     compute_infer_us: float | None = None  # per request, from the server's statistics
@@ -235,7 +236,7 @@ def _measure(bench: ServeBench, name: str, address: str, url: str, shapes, folde
             except RuntimeFailure as exc:
                 row.error = str(exc)
             else:
-                row.throughput = float(result["Inferences/Second"])
+                row.throughput = float(result["Inferences/Second"]) / per_request  # perf_analyzer counts -b
                 row.p50_us, row.p99_us = float(result["p50 latency"]), float(result["p99 latency"])
             after = model_stats(address)
             if before and after and after["count"] > before["count"]:
@@ -303,7 +304,7 @@ def table(bench: ServeBench) -> str:
              f"{bench.queue_delay_us}; perf_analyzer windows of {bench.window_ms} ms; load average "
              f"{' -> '.join(f'{x:.1f}' for x in bench.load) or '-'}; "
              + ", ".join(f"{k} {v}" for k, v in bench.versions.items()),
-             f"{'target':<12}{'shape':<12}conc{'infer/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'infer us':>10}"
+             f"{'target':<12}{'shape':<12}conc{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'infer us':>10}"
              f"{'execs/reqs':>14}"]
     lines += [line(row) for row in bench.rows]
     lines += [f"{name:<12}not run: {why}" for name, why in bench.not_run.items()]

@@ -4,7 +4,7 @@ repositories export-attn writes, checked through Triton's own clients: tritoncli
 
 One server for the session, on 127.0.0.1 with free ports, stopped by its PID at the end (also on failure). Its
 repository: the bundle's model with --triton-backend python (`small`), a KV-cache model (`kv`), the same model
-with a long dynamic-batching delay (`batched`), the onnxruntime-backend form (`ortb`, which this server cannot
+with a long dynamic-batching delay (`batched`), a float16 one (`half`), the onnxruntime-backend form (`ortb`, which this server cannot
 load: it has no onnxruntime backend), and a python-backend copy with a broken config (`broken`, the control).
 Skipped, visibly, where .deps/triton is absent (the setup script was not run).
 """
@@ -58,6 +58,7 @@ def live(tmp_path_factory):
             "--name", "kv")
     _export("--triton-repo", str(repo), "--triton-backend", "python", "--name", "batched",
             "--triton-max-queue-delay-us", str(BATCH_DELAY_US))
+    _export("--triton-repo", str(repo), "--triton-backend", "python", "--name", "half", "--dtype", "float16")
     _export("--triton-repo", str(repo), "--name", "ortb")  # the default: onnxruntime backend
     shutil.copytree(repo / "small", repo / "broken")
     config = (repo / "broken" / "config.pbtxt").read_text().replace('name: "small"', 'name: "broken"')
@@ -83,7 +84,7 @@ def _tolerance(manifest: dict) -> Tolerance:
     return Tolerance(atol=float(manifest["tolerance"]["atol"]), rtol=float(manifest["tolerance"]["rtol"]))
 
 
-DATATYPES = {"float32": "FP32", "bool": "BOOL"}
+DATATYPES = {"float32": "FP32", "float16": "FP16", "bool": "BOOL"}
 
 
 class Client:
@@ -211,12 +212,27 @@ def test_dynamic_batching_runs_concurrent_requests_together(live, client_of):
     assert executions < 9, f"{executions} executions for 9 requests"
 
 
+@pytest.mark.parametrize("kind", ["http-binary", "grpc"])  # JSON has no float16
+def test_a_float16_model_is_served_in_float16(live, client_of, kind):
+    """`half` (--dtype float16) answers FP16 tensors as onnxruntime in-process does with the same model."""
+    import onnxruntime
+
+    rng = np.random.default_rng(3)
+    feeds = {name: rng.standard_normal((2, 5, 16)).astype(np.float16) for name in ("query", "key", "value")}
+    feeds["mask"] = np.arange(5)[None, None, :] < np.array([5, 3])[:, None, None]  # (2, 1, 5): padding
+    answer = client_of(kind).infer("half", feeds, ["output"])["output"]
+    session = onnxruntime.InferenceSession(str(live.repo / "half" / "1" / "model.onnx"))
+    expected = session.run(None, feeds)[0]
+    assert answer.dtype == np.float16 and answer.shape == (2, 5, 16)
+    np.testing.assert_allclose(answer.astype(np.float32), expected.astype(np.float32), rtol=4e-3, atol=4e-3)
+
+
 def test_health_and_readiness(live, client_of):
     http, grpc = client_of("http-binary").client, client_of("grpc").client
     for client in (http, grpc):
         assert client.is_server_live() and client.is_server_ready()
-        assert [client.is_model_ready(m) for m in ("small", "kv", "batched", "ortb", "broken")] == [
-            True, True, True, False, False]
+        assert [client.is_model_ready(m) for m in ("small", "kv", "batched", "half", "ortb", "broken")] == [
+            True, True, True, True, False, False]
     assert http.get_server_metadata()["version"] == "2.51.0"
     metadata = http.get_model_metadata("small")
     assert metadata["platform"] == "python" and [i["name"] for i in metadata["inputs"]] == [
