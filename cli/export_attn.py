@@ -14,8 +14,6 @@ from attn_onnx.exporter.spec import DTYPES, MASK_DTYPES, MASK_MODES, OPSETS, Exp
 from attn_onnx.exporter.variants import DEFAULT as DEFAULT_VARIANT
 from attn_onnx.exporter.variants import VARIANTS
 
-QUEUE_DELAY_US = 0  # Triton's dynamic batcher's own default
-
 
 def _applies(option: str) -> str:
     """`[mha, attention]`: the module kinds an option applies to, for its help."""
@@ -89,9 +87,9 @@ def _applies(option: str) -> str:
               show_default=True, help="[with --triton-repo] onnxruntime: Triton's onnxruntime backend (NVIDIA's "
               "containers); python: its Python backend, with 1/model.py running the model in onnxruntime and "
               "batching the requests (the tested path here; docs/serving-triton.md).")
-@click.option("--triton-max-queue-delay-us", type=click.IntRange(min=0), default=QUEUE_DELAY_US, show_default=True,
+@click.option("--triton-max-queue-delay-us", type=click.IntRange(min=0), default=0, show_default=True,
               help="[with --triton-repo] How long Triton's dynamic batcher may hold a request for others to join "
-                   "its batch, in microseconds (0: only those already queued).")
+                   "its batch, in microseconds (0, Triton's default: only those already queued).")
 @click.option("--external-data", is_flag=True, help="Write the weights beside the model as ONNX external data "
               "(model.onnx.data, a relative location; in a bundle or Triton model too). Automatic past 2 GiB, "
               "protobuf's limit for one file.")
