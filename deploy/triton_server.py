@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -72,12 +73,17 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> TritonServer:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        for attempt in range(3):  # a port chosen free may be taken before tritonserver binds it
+            try:
+                self.start()
+                return self
+            except RuntimeFailure as exc:
+                self.stop()
+                if "already in use" not in str(exc) or attempt == 2:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -123,9 +129,11 @@ class TritonServer:
             pass
         return process.returncode
 
-    def log_tail(self, lines: int = 8) -> str:
+    def log_tail(self, lines: int = 4) -> str:
+        """The log's error lines (E...), or its last lines where it has none."""
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return " | ".join(line.strip() for line in text.splitlines()[-lines:])
+        errors = [line for line in text.splitlines() if re.match(r"E\d{4} ", line)]  # Triton's error lines
+        return " | ".join(line.strip() for line in (errors or text.splitlines())[-lines:])
 
     def stats(self, model: str) -> dict:
         """The model's entry of GET /v2/models/MODEL/stats (Triton's statistics extension)."""

@@ -274,3 +274,29 @@ def test_perf_analyzer_drives_the_server(live, tmp_path):
         assert float(row["Inferences/Second"]) > 0 and float(row["p50 latency"]) > 0
     executions, success, fail = np.subtract(_requests(live.stats("small")), before)
     assert (success, fail) == (40, 0)
+
+
+def test_a_port_taken_before_the_server_binds_it_is_chosen_again(tmp_path, monkeypatch):
+    """free_ports can only say a port was free a moment ago: the server retries on fresh ones, and is stopped
+    by its PID (its process gone afterwards)."""
+    import os
+    import socket
+
+    (tmp_path / "repo").mkdir()  # no models: the server alone
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        real, chosen = triton_server.free_ports, []
+
+        def ports(count):
+            chosen.append(real(count))
+            if len(chosen) == 1:
+                chosen[0][0] = taken.getsockname()[1]  # the HTTP port, taken
+            return chosen[-1]
+
+        monkeypatch.setattr(triton_server, "free_ports", ports)
+        with triton_server.TritonServer(tmp_path / "repo", log_path=tmp_path / "log", root=DEPS) as server:
+            assert server.http == f"127.0.0.1:{chosen[1][0]}" and len(chosen) == 2
+            pid = server.process.pid
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
