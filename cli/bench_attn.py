@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from attn_onnx import __version__
-from attn_onnx.cli.common import OneLineErrorCommand, comma_list
-from attn_onnx.errors import UsageError
+from attn_onnx.cli.common import OneLineErrorCommand, comma_list, given, refuse
+from attn_onnx.errors import RuntimeFailure, UsageError
 from attn_onnx.exporter.variants import VARIANTS
 
 SHAPES = "1x16,8x128,1x512,4x512,1x2048"
@@ -51,11 +51,18 @@ def _shapes(text: str, option: str = "--shapes") -> list[tuple[int, int]]:
               "ort:<variant>@float16. Its max_abs is against the float64 module of the float32 weights.")
 @click.option("--quantize", is_flag=True, help="Also time each variant exported with --quantize int8, as "
               "ort:<variant>@int8.")
+@click.option("--serve", "serve_targets", default=None, metavar="TARGET,...|all",
+              help="Instead: load figures from perf_analyzer (bash scripts/setup/triton.sh first) against the model "
+                   "served by Triton's Python backend (triton-http, triton-grpc) and the Node service (node-http, "
+                   "node-json, node-grpc), at concurrency 1 and 4 and --shapes [default: 1x16,1x128,4x512] with a "
+                   "padding mask (docs/serving-triton.md).")
+@click.option("--triton-max-queue-delay-us", "queue_delay_us", type=click.IntRange(min=0), default=0,
+              show_default=True, help="[with --serve] Triton's dynamic batcher's max_queue_delay_microseconds.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the results.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Also draw a PNG: median latency per shape, each contender.")
 def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, decode_lens, self_attention, dtypes,
-         quantize, json_path, plot_path):
+         quantize, serve_targets, queue_delay_us, json_path, plot_path):
     """Time the attention block, causal+padding mask input, float32: each export variant in onnxruntime
     (CPU), PyTorch eager of the Annotated Transformer's MultiHeadedAttention, and PyTorch SDPA with the same
     weights, in interleaved rounds.
@@ -68,8 +75,13 @@ def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, dec
     Examples:
       bench-attn
       bench-attn --attention-impl torch-export,ort-mha --shapes 4x512,1x2048 --json bench.json --plot bench.png
+      bench-attn --serve all
     """
     from attn_onnx.files import check_output_file, write_atomic
+
+    if serve_targets is not None:
+        return _serve(serve_targets, shapes, heads, embedding_dim, queue_delay_us, json_path)
+    refuse(click.get_current_context(), {"queue_delay_us"}, "without --serve")
 
     variants = list(comma_list(impls))
     unknown = [v for v in variants if v not in VARIANTS]
@@ -137,6 +149,33 @@ def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, dec
 
         write_atomic(plot_path, draw(bench), force=True)
         click.echo(f"wrote {plot_path}")
+
+
+def _serve(targets: str, shapes: str, heads: int, embedding_dim: int, queue_delay_us: int, json_path) -> None:
+    from attn_onnx.bench.serve import SHAPES as SERVE_SHAPES
+    from attn_onnx.bench.serve import TARGETS, run_serve_bench
+    from attn_onnx.bench.serve import table as serve_table
+    from attn_onnx.files import check_output_file, write_atomic
+
+    ctx = click.get_current_context()
+    refuse(ctx, given(ctx) - {"serve_targets", "queue_delay_us", "shapes", "heads", "embedding_dim", "json_path"},
+           "with --serve")
+    names = list(TARGETS) if targets == "all" else list(comma_list(targets))
+    if not names or any(n not in TARGETS for n in names):
+        raise UsageError(f"--serve {targets!r}: choose from all, {', '.join(TARGETS)}")
+    shape_list = _shapes(shapes) if "shapes" in given(ctx) else list(SERVE_SHAPES)
+    if embedding_dim % heads:
+        raise UsageError(f"--embedding-dim {embedding_dim} is not divisible by --heads {heads}")
+    if json_path is not None:
+        check_output_file(json_path, force=True, what="--json")
+    bench = run_serve_bench(names, shape_list, heads, embedding_dim, queue_delay_us,
+                            on_line=lambda text: click.echo(text, err=True))
+    click.echo(serve_table(bench))
+    if json_path is not None:
+        write_atomic(json_path, json.dumps(bench.to_json(), indent=1).encode(), force=True)
+        click.echo(f"wrote {json_path}")
+    if all(row.error for row in bench.rows):
+        raise RuntimeFailure("no target was measured (the table says why)")
 
 
 def table(bench) -> str:

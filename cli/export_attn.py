@@ -103,6 +103,13 @@ def _applies(option: str) -> str:
 @click.option("--triton-max-batch", type=click.IntRange(min=0), default=8, show_default=True,
               help="[with --triton-repo] max_batch_size for Triton's dynamic batching (0: off).")
 @click.option("--triton-gpu", is_flag=True, help="[with --triton-repo] A GPU instance group instead of CPU.")
+@click.option("--triton-backend", type=click.Choice(["onnxruntime", "python"]), default="onnxruntime",
+              show_default=True, help="[with --triton-repo] onnxruntime: Triton's onnxruntime backend (NVIDIA's "
+              "containers); python: its Python backend, with 1/model.py running the model in onnxruntime and "
+              "batching the requests (the tested path here; docs/serving-triton.md).")
+@click.option("--triton-max-queue-delay-us", type=click.IntRange(min=0), default=0, show_default=True,
+              help="[with --triton-repo] How long Triton's dynamic batcher may hold a request for others to join "
+                   "its batch, in microseconds (0, Triton's default: only those already queued).")
 @click.option("--external-data", is_flag=True, help="Write the weights beside the model as ONNX external data "
               "(model.onnx.data, a relative location; in a bundle or Triton model too). Automatic past 2 GiB, "
               "protobuf's limit for one file.")
@@ -163,15 +170,17 @@ def main(**options):
     if bundle is None and repo is None:
         refuse(ctx, {"name"}, "without --bundle or --triton-repo")
     if repo is None:
-        refuse(ctx, {"triton_max_batch", "triton_gpu"}, "without --triton-repo")
+        refuse(ctx, {"triton_max_batch", "triton_gpu", "triton_backend", "triton_max_queue_delay_us"},
+               "without --triton-repo")
     name = options["name"] or kind.name
     from attn_onnx.deploy.bundle import check_bundle_dtype
-    from attn_onnx.deploy.triton import check_name
+    from attn_onnx.deploy.triton import check_backend, check_name
 
     if bundle is not None:
         check_bundle_dtype(options["dtype"])
 
     check_name(name)
+    check_backend(options["triton_backend"], options["dtype"])
     if out is not None:
         check_output_file(out, force)
     if bundle is not None:
@@ -259,9 +268,12 @@ def _export(kind, options, name: str, targets: str, tune_shapes=None, pinned_ops
 
         path = write_repository(options["triton_repo"], proto, spec, name=name, force=force,
                                 max_batch_size=options["triton_max_batch"], gpu=options["triton_gpu"],
-                                external=external)
+                                external=external, backend=options["triton_backend"],
+                                max_queue_delay_us=options["triton_max_queue_delay_us"])
         data = ", 1/model.onnx.data" if external else ""
-        click.echo(f"wrote Triton model {path}/ (config.pbtxt, 1/model.onnx{data})")
+        data += ", 1/model.py" if options["triton_backend"] == "python" else ""
+        click.echo(f"wrote Triton model {path}/ ({options['triton_backend']} backend: config.pbtxt, "
+                   f"1/model.onnx{data})")
 
 
 def _check(proto, module, stored, spec, targets: str) -> None:

@@ -1,5 +1,7 @@
 """A Triton model repository: `DIR/<name>/config.pbtxt` and `DIR/<name>/1/model.onnx`, served by Triton's
-onnxruntime backend. Clients speak the same Open Inference Protocol to it as to the Node service.
+onnxruntime backend (NVIDIA's containers), or by its Python backend with `1/model.py` beside the model (the
+template `triton_python_model.py`: onnxruntime in the backend's own Python, the requests batched). Clients
+speak the same Open Inference Protocol to it as to the Node service.
 
 The config is written as protobuf text; `check_config` reads it back with Triton's own model-config
 protobuf (tritonclient) and compares it with the model.
@@ -19,6 +21,8 @@ from attn_onnx.model_files import needs_external, save_model
 
 TRITON_TYPES = {name: t.triton for name, t in ELEMENT_TYPES.items()}  # numpy's name -> Triton's
 CONFIG_FILE, VERSION = "config.pbtxt", "1"
+BACKENDS = ("onnxruntime", "python")
+PYTHON_MODEL = "triton_python_model.py"  # the template, shipped in this package, written as 1/model.py
 
 
 def batched(spec: ExportSpec) -> bool:
@@ -33,12 +37,24 @@ def check_name(name: str) -> None:
         raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
 
 
-def config_text(spec: ExportSpec, name: str, *, max_batch_size: int = 8, gpu: bool = False) -> str:
-    """config.pbtxt for the model of `spec`. With batching, dims leave out the batch dim (Triton adds it);
-    dynamic dims are -1."""
+def check_backend(backend: str, dtype: str) -> None:
+    """UsageError unless Triton's `backend` can serve a model of `dtype`."""
+    if backend not in BACKENDS:
+        raise UsageError(f"--triton-backend {backend!r}: choose from {list(BACKENDS)}")
+    if backend == "python" and dtype == "bfloat16":
+        raise UsageError("--triton-backend python cannot serve --dtype bfloat16: the Python backend hands tensors "
+                         "over as numpy arrays, and numpy has no bfloat16; use the onnxruntime backend")
+
+
+def config_text(spec: ExportSpec, name: str, *, max_batch_size: int = 8, gpu: bool = False,
+                backend: str = "onnxruntime", max_queue_delay_us: int = 0) -> str:
+    """config.pbtxt for the model of `spec`, served by Triton's `backend`. With batching, dims leave out the
+    batch dim (Triton adds it); dynamic dims are -1; the dynamic batcher waits up to `max_queue_delay_us`
+    for more requests to join a batch."""
     check_name(name)
+    check_backend(backend, spec.dtype)
     batching = batched(spec) and max_batch_size > 0
-    lines = [f'name: "{name}"', 'backend: "onnxruntime"', f"max_batch_size: {max_batch_size if batching else 0}"]
+    lines = [f'name: "{name}"', f'backend: "{backend}"', f"max_batch_size: {max_batch_size if batching else 0}"]
 
     def tensors(kind: str, dims: dict, dtypes: dict) -> None:
         lines.append(f"{kind} [")
@@ -57,17 +73,24 @@ def config_text(spec: ExportSpec, name: str, *, max_batch_size: int = 8, gpu: bo
     tensors("input", spec.input_dims(), spec.input_dtypes())
     tensors("output", spec.output_dims(), spec.output_dtypes())
     if batching:
-        lines.append("dynamic_batching { }")
+        delay = f" max_queue_delay_microseconds: {max_queue_delay_us} " if max_queue_delay_us else " "
+        lines.append(f"dynamic_batching {{{delay}}}")
     lines.append(f"instance_group [ {{ kind: {'KIND_GPU' if gpu else 'KIND_CPU'} count: 1 }} ]")
     return "\n".join(lines) + "\n"
 
 
 def write_repository(repo: str | Path, proto: onnx.ModelProto, spec: ExportSpec, *, name: str, force: bool = False,
-                     max_batch_size: int = 8, gpu: bool = False, external: bool = False) -> Path:
+                     max_batch_size: int = 8, gpu: bool = False, external: bool = False,
+                     backend: str = "onnxruntime", max_queue_delay_us: int = 0) -> Path:
     """Write `repo/<name>/` atomically (other models already in `repo` are left alone). With `external` (or
-    past 2 GiB) the weights go to `1/model.onnx.data`, where onnxruntime's backend finds them."""
+    past 2 GiB) the weights go to `1/model.onnx.data`, where onnxruntime finds them. The python backend also
+    gets `1/model.py`."""
+    from importlib.resources import files
+
     repo = Path(repo)
-    text = config_text(spec, name, max_batch_size=max_batch_size, gpu=gpu)
+    text = config_text(spec, name, max_batch_size=max_batch_size, gpu=gpu, backend=backend,
+                       max_queue_delay_us=max_queue_delay_us)
+    code = files(__package__).joinpath(PYTHON_MODEL).read_text() if backend == "python" else None
     external = external or needs_external(proto)
     created = not repo.exists()
     repo.mkdir(parents=True, exist_ok=True)
@@ -75,6 +98,8 @@ def write_repository(repo: str | Path, proto: onnx.ModelProto, spec: ExportSpec,
     def build(folder: Path) -> None:
         (folder / VERSION).mkdir()
         save_model(proto, folder / VERSION / "model.onnx", external)
+        if code is not None:
+            (folder / VERSION / "model.py").write_text(code)
         (folder / CONFIG_FILE).write_text(text)
 
     try:
@@ -96,8 +121,8 @@ def check_config(text: str, proto: onnx.ModelProto) -> None:
     except text_format.ParseError as exc:
         raise InterfaceError(f"config.pbtxt does not parse as Triton's ModelConfig: {exc}") from None
     problems = []
-    if config.backend != "onnxruntime" and config.platform != "onnxruntime_onnx":
-        problems.append(f"backend is {config.backend!r}, not 'onnxruntime'")
+    if config.backend not in BACKENDS and config.platform != "onnxruntime_onnx":
+        problems.append(f"backend is {config.backend!r}, not 'onnxruntime' or 'python'")
     batch = config.max_batch_size > 0
     initializers = {i.name for i in proto.graph.initializer}
     model_io = {"input": [v for v in proto.graph.input if v.name not in initializers],

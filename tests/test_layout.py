@@ -106,7 +106,10 @@ def test_the_built_wheel_holds_and_imports_every_module(tmp_path):
     assert inside == expected, (sorted(expected - inside), sorted(inside - expected))
     code = ("import importlib, sys\n"
             f"names = {sorted(inside)!r}\n"
-            "for n in names:\n    importlib.import_module(n)\n"
+            "for n in names:\n"
+            "    try:\n        importlib.import_module(n)\n"
+            "    except ModuleNotFoundError as e:  # the Triton model template runs inside Triton's stub only\n"
+            "        if e.name != 'triton_python_backend_utils':\n            raise\n"
             "import attn_onnx\nprint(attn_onnx.__file__)")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})

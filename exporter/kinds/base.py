@@ -11,8 +11,9 @@ from attn_onnx.vocab import GRAPH_MASK, MASK_FILL, MASK_KINDS
 
 # export-attn options that every kind takes; each kind adds the ones that apply to it
 COMMON_EXPORT_OPTIONS = frozenset({"module_kind", "variant", "optimize", "external_data", "opset", "out", "bundle_dir",
-                                   "triton_repo", "name", "triton_max_batch", "triton_gpu", "force", "no_check",
-                                   "tune_shapes", "tune_rounds", "tune_mask", "standard_ops"})
+                                   "triton_repo", "name", "triton_max_batch", "triton_gpu", "triton_backend",
+                                   "triton_max_queue_delay_us", "force", "no_check", "tune_shapes", "tune_rounds",
+                                   "tune_mask", "standard_ops"})
 
 
 class ModuleKind:

@@ -116,3 +116,37 @@ def test_output_options_are_checked_first(tmp_path, monkeypatch, args, text):
     assert result.exit_code == 2
     assert result.output.strip() == f"Error: {text}"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_python_backend_writes_model_py_beside_the_same_config(repo, tmp_path):
+    result = CliRunner().invoke(export, [*SMALL, "--triton-repo", str(tmp_path), "--triton-backend", "python",
+                                         "--triton-max-queue-delay-us", "500", "--no-check"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith("(python backend: config.pbtxt, 1/model.onnx, 1/model.py)")
+    assert sorted(str(p.relative_to(tmp_path / "mha")) for p in (tmp_path / "mha").rglob("*")) == [
+        "1", "1/model.onnx", "1/model.py", "config.pbtxt"]
+    text, model = read(tmp_path, "mha")
+    check_config(text, model)  # the python backend passes the same check
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert config.backend == "python" and config.dynamic_batching.max_queue_delay_microseconds == 500
+    onnxruntime_text = read(repo, "mha")[0]  # but for the backend and the delay, the onnxruntime form's config
+    assert text.replace('backend: "python"', 'backend: "onnxruntime"').replace(
+        "dynamic_batching { max_queue_delay_microseconds: 500 }", "dynamic_batching { }") == onnxruntime_text
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--triton-backend", "python", "--out", "m.onnx"], "--triton-backend does not apply without --triton-repo"),
+    (["--triton-max-queue-delay-us", "100", "--bundle", "b"],
+     "--triton-max-queue-delay-us does not apply without --triton-repo"),
+    (["--triton-repo", "r", "--triton-backend", "python", "--dtype", "bfloat16"],
+     "--triton-backend python cannot serve --dtype bfloat16: the Python backend hands tensors over as numpy "
+     "arrays, and numpy has no bfloat16; use the onnxruntime backend"),
+    (["--triton-repo", "r", "--triton-backend", "tensorrt"],
+     "Invalid value for '--triton-backend': 'tensorrt' is not one of 'onnxruntime', 'python'."),
+])
+def test_triton_backend_options_are_checked_first(tmp_path, monkeypatch, args, text):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(export, [*SMALL, *args])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: {text}"
+    assert list(tmp_path.iterdir()) == []

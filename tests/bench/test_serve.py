@@ -1,0 +1,71 @@
+"""bench-attn --serve: the data it feeds perf_analyzer (a real padding mask), its table, its refusals. The run
+itself against a live Triton is tests/deploy/test_triton_live.py::test_perf_analyzer_drives_the_server."""
+
+import base64
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from attn_onnx.bench.serve import Row, ServeBench, input_data, padding_mask, table
+from attn_onnx.cli.bench_attn import main as bench
+
+
+@pytest.mark.parametrize("batch, length", [(1, 16), (1, 128), (4, 512), (3, 1)])
+def test_the_padding_mask_pads_and_never_masks_a_whole_row(batch, length):
+    mask = padding_mask(batch, length)
+    assert mask.shape == (batch, length, length) and mask.dtype == bool
+    kept = mask.sum(axis=2)  # keys each query attends
+    assert (kept >= 1).all()  # no row fully masked
+    assert (kept == kept[:, :1]).all()  # a sequence's queries share its keys
+    assert kept[0, 0] == max(1, 3 * length // 4)  # the first sequence is padded (where there is room)
+    if batch > 1:
+        assert kept[1, 0] == length  # the second is not
+
+
+def _decode(entry):
+    return {name: np.frombuffer(base64.b64decode(t["b64"]), bool if name == "mask" else np.float32).reshape(
+        t["shape"]) for name, t in entry.items()}
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "whole"])
+def test_input_data_is_self_attention_with_the_padding_mask(tmp_path, batched):
+    input_data(tmp_path / "d.json", 2, 8, 16, batched)
+    entries = [_decode(e) for e in json.loads((tmp_path / "d.json").read_text())["data"]]
+    if batched:  # one entry per sequence, without the batch dim (perf_analyzer -b 2 makes the batch)
+        assert len(entries) == 2 and entries[0]["query"].shape == (8, 16) and entries[0]["mask"].shape == (8, 8)
+        mask = np.stack([e["mask"] for e in entries])
+    else:
+        assert len(entries) == 1 and entries[0]["query"].shape == (2, 8, 16)
+        mask = entries[0]["mask"]
+    np.testing.assert_array_equal(mask, padding_mask(2, 8))
+    for e in entries:
+        np.testing.assert_array_equal(e["query"], e["key"])
+        np.testing.assert_array_equal(e["query"], e["value"])
+        assert np.isfinite(e["query"]).all() and e["query"].std() > 0.5
+
+
+def test_the_table_has_every_figure_and_says_what_failed():
+    result = ServeBench("CPU X", 8, 512, 0, rows=[
+        Row("triton-http", 1, 16, 4, 1500.0, 2100.0, 9000.0, 850.0, 3000, 1800),
+        Row("node-grpc", 1, 16, 1, error="perf_analyzer exited with 99: failed to get model config")],
+        not_run={"node-json": "the Node service exited before it served: Error: unknown option --grpc-port"})
+    text = table(result)
+    assert "triton-http (1,16)      c4    1500.0     2.10     9.00       850     1800/3000" in text
+    assert "node-grpc   (1,16)      c1  failed: perf_analyzer exited with 99: failed to get model config" in text
+    assert "node-json   not run: the Node service exited before it served" in text
+    assert text.startswith("bench-attn --serve: CPU X")
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--serve", "triton"], "--serve 'triton': choose from all, triton-http, triton-grpc, node-http, node-json, "
+                            "node-grpc"),
+    (["--serve", "all", "--rounds", "3"], "--rounds does not apply with --serve"),
+    (["--serve", "all", "--shapes", "4"], "--shapes item '4' is not BATCHxLEN with both >= 1 (e.g. 4x512)"),
+    (["--triton-max-queue-delay-us", "100"], "--triton-max-queue-delay-us does not apply without --serve"),
+])
+def test_serve_refusals_come_first(args, text):
+    result = CliRunner().invoke(bench, args)
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: {text}"
