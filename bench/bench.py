@@ -123,15 +123,18 @@ def sessions(proto: onnx.ModelProto, threads: int) -> list[ort.InferenceSession]
 
 def interleaved(calls: dict[str, Callable[[int], object]], rounds: int, target_s: float,
                 before_round: Callable[[int], None] = lambda number: None,
-                on_round: Callable[[int], None] = lambda number: None) -> dict[str, list[float]]:
+                on_round: Callable[[int], None] = lambda number: None,
+                measure: Callable[[Callable[[], object], float], float] | None = None) -> dict[str, list[float]]:
     """Seconds per call of each contender in each round: every round times every contender once, in
-    round_order, each after a pause (`_timed`). `call(number)` gets the round's number, so a contender can take
-    its sessions in turn. The one timing engine of bench-attn and export-attn --attention-impl auto."""
+    round_order, each after a pause (`_timed`, or `measure` for contenders that time themselves in their own
+    process). `call(number)` gets the round's number, so a contender can take its sessions in turn. The one timing
+    engine of bench-attn, its --runtimes, and export-attn --attention-impl auto."""
+    measure = measure or _timed
     samples = {name: [] for name in calls}
     for number in range(rounds):
         before_round(number)
         for name in round_order(list(calls), number):
-            samples[name].append(_timed(lambda call=calls[name]: call(number), target_s))
+            samples[name].append(measure(lambda call=calls[name]: call(number), target_s))
         on_round(number)
     return samples
 

@@ -56,13 +56,16 @@ def _shapes(text: str, option: str = "--shapes") -> list[tuple[int, int]]:
                    "served by Triton's Python backend (triton-http, triton-grpc) and the Node service (node-http, "
                    "node-json, node-grpc), at concurrency 1 and 4 and --shapes [default: 1x16,1x128,4x512] with a "
                    "padding mask (docs/serving-triton.md).")
+@click.option("--runtimes", is_flag=True, help="Instead: one model's latency in onnxruntime (Python), onnxruntime-node, "
+              "onnxruntime-web (WASM) and onnxruntime's C++ API (examples/cpp), timed side by side in interleaved "
+              "rounds at --shapes [default: 1x16,1x128,1x512]; a runtime not installed here is reported as not run.")
 @click.option("--triton-max-queue-delay-us", "queue_delay_us", type=click.IntRange(min=0), default=0,
               show_default=True, help="[with --serve] Triton's dynamic batcher's max_queue_delay_microseconds.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the results.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Also draw a PNG: median latency per shape, each contender.")
 def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, decode_lens, self_attention, dtypes,
-         quantize, serve_targets, queue_delay_us, json_path, plot_path):
+         quantize, serve_targets, runtimes, queue_delay_us, json_path, plot_path):
     """Time the attention block, causal+padding mask input, float32: each export variant in onnxruntime
     (CPU), PyTorch eager of the Annotated Transformer's MultiHeadedAttention, and PyTorch SDPA with the same
     weights, in interleaved rounds.
@@ -81,6 +84,8 @@ def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, dec
 
     if serve_targets is not None:
         return _serve(serve_targets, shapes, heads, embedding_dim, queue_delay_us, json_path)
+    if runtimes:
+        return _runtimes(shapes, threads, heads, embedding_dim, rounds, json_path)
     refuse(click.get_current_context(), {"queue_delay_us"}, "without --serve")
 
     variants = list(comma_list(impls))
@@ -149,6 +154,31 @@ def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, dec
 
         write_atomic(plot_path, draw(bench), force=True)
         click.echo(f"wrote {plot_path}")
+
+
+def _runtimes(shapes: str, threads: str | None, heads: int, embedding_dim: int, rounds: int, json_path) -> None:
+    from attn_onnx.bench.runtimes import SHAPES as RUNTIME_SHAPES
+    from attn_onnx.bench.runtimes import run_runtimes_bench
+    from attn_onnx.bench.runtimes import table as runtimes_table
+    from attn_onnx.files import check_output_file, write_atomic
+
+    ctx = click.get_current_context()
+    refuse(ctx, given(ctx) - {"runtimes", "shapes", "threads", "heads", "embedding_dim", "rounds", "json_path"},
+           "with --runtimes")
+    shape_list = _shapes(shapes) if "shapes" in given(ctx) else list(RUNTIME_SHAPES)
+    thread_list = list(comma_list(threads, int)) if threads else [len(os.sched_getaffinity(0))]
+    if len(thread_list) != 1 or thread_list[0] < 1:
+        raise UsageError("--threads with --runtimes: give one thread count >= 1")
+    if embedding_dim % heads:
+        raise UsageError(f"--embedding-dim {embedding_dim} is not divisible by --heads {heads}")
+    if json_path is not None:
+        check_output_file(json_path, force=True, what="--json")
+    bench = run_runtimes_bench(shape_list, heads, embedding_dim, rounds, thread_list[0],
+                               on_line=lambda text: click.echo(text, err=True))
+    click.echo(runtimes_table(bench))
+    if json_path is not None:
+        write_atomic(json_path, json.dumps(bench.to_json(), indent=1).encode(), force=True)
+        click.echo(f"wrote {json_path}")
 
 
 def _serve(targets: str, shapes: str, heads: int, embedding_dim: int, queue_delay_us: int, json_path) -> None:

@@ -3,7 +3,7 @@ tensors), tritonclient.grpc, JSON and binary mixed, FP16 in binary, Triton's mod
 extensions, gRPC health and metadata, hostile requests, memory under a thousand of them, and perf_analyzer.
 
 Skipped, visibly, where node or the example's node_modules are absent (perf_analyzer: where
-scripts/setup/perf-node.sh was not run)."""
+scripts/setup/triton.sh was not run)."""
 
 import json
 import re
@@ -23,7 +23,7 @@ from tests.deploy.test_node import serve
 
 pytestmark = node_marks
 ROOT = Path(__file__).resolve().parents[2]
-PERF_ANALYZER = ROOT / ".deps" / "perf-node" / "perf_analyzer.sh"
+PERF_ANALYZER = ROOT / ".deps" / "triton" / "bin" / "perf_analyzer"  # scripts/setup/triton.sh
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.bool_): "BOOL"}
 
 
@@ -383,7 +383,7 @@ def test_a_client_gone_mid_body_leaves_the_service_serving(bundle, served):
 
 # --- perf_analyzer -------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not PERF_ANALYZER.exists(), reason="perf_analyzer is not installed: run scripts/setup/perf-node.sh")
+@pytest.mark.skipif(not PERF_ANALYZER.exists(), reason="perf_analyzer is not installed: run scripts/setup/triton.sh")
 @pytest.mark.parametrize("protocol", ["http", "http-json", "grpc"])
 def test_perf_analyzer_drives_the_service_and_reads_its_statistics(bundle, served, protocol):
     """perf_analyzer reads the model's config and metadata, sends binary (or JSON) tensors over HTTP or gRPC, and
