@@ -13,6 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
+import time
+
 import numpy as np
 import onnx
 import pytest
@@ -203,7 +205,12 @@ def test_dynamic_batching_runs_concurrent_requests_together(live, client_of):
             answers[i] = handle.get_result(timeout=60).as_numpy("output")
         except InferenceServerException as exc:
             errors[i] = str(exc)
-    executions, success, fail = np.subtract(_requests(live.stats("batched")), _requests(before))
+    deadline = time.monotonic() + 10  # Triton counts a request once its response is sent: read until all 9 are
+    while True:
+        executions, success, fail = np.subtract(_requests(live.stats("batched")), _requests(before))
+        if success + fail >= 9 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert errors[:8] == [None] * 8
     for answer, expected in zip(answers[:8], alone):  # each its own answer, as alone (to float32's roundoff)
         np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-5)
