@@ -11,9 +11,8 @@ Skipped, visibly, where .deps/triton is absent (the setup script was not run).
 
 import json
 import shutil
-from pathlib import Path
-
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
