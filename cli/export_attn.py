@@ -66,7 +66,7 @@ def _applies(option: str) -> str:
 @click.option("--tune-shapes", default="1x16,1x128,1x512", show_default=True, metavar="BATCHxLEN,...",
               help="[with --attention-impl auto] The shapes to time the candidates at (self-attention lengths); "
                    "the fastest by geometric mean over them wins.")
-@click.option("--tune-rounds", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--tune-rounds", type=click.IntRange(min=1), default=7, show_default=True,
               help="[with --attention-impl auto] Interleaved timing rounds (bench-attn's); each figure is a median.")
 @click.option("--tune-mask", type=click.Choice(list(MASK_KINDS)), default="causal+padding", show_default=True,
               help="[with --attention-impl auto and --mask input] The mask fed while timing: the kind your "
