@@ -56,9 +56,10 @@ def _shapes(text: str, option: str = "--shapes") -> list[tuple[int, int]]:
                    "served by Triton's Python backend (triton-http, triton-grpc) and the Node service (node-http, "
                    "node-json, node-grpc), at concurrency 1 and 4 and --shapes [default: 1x16,1x128,4x512] with a "
                    "padding mask (docs/serving-triton.md).")
-@click.option("--runtimes", is_flag=True, help="Instead: one model's latency in onnxruntime (Python), onnxruntime-node, "
-              "onnxruntime-web (WASM) and onnxruntime's C++ API (examples/cpp), timed side by side in interleaved "
-              "rounds at --shapes [default: 1x16,1x128,1x512]; a runtime not installed here is reported as not run.")
+@click.option("--runtimes", is_flag=True, help="Instead: one model's latency in onnxruntime (Python), "
+              "onnxruntime-node, onnxruntime-web (WASM) and onnxruntime's C++ API (examples/cpp), timed side by side "
+              "in interleaved rounds at --shapes [default: 1x16,1x128,1x512]; a runtime not installed here is "
+              "reported as not run.")
 @click.option("--triton-max-queue-delay-us", "queue_delay_us", type=click.IntRange(min=0), default=0,
               show_default=True, help="[with --serve] Triton's dynamic batcher's max_queue_delay_microseconds.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the results.")

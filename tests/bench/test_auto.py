@@ -41,7 +41,8 @@ def chosen(tmp_path_factory):
     real = bench.interleaved
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(VARIANTS, "fast-but-wrong", FastButWrong("fast-but-wrong", "torch_export", "broken on purpose"))
-        patch.setattr(bench, "interleaved", lambda calls, *a, **k: engine_calls.append(set(calls)) or real(calls, *a, **k))
+        patch.setattr(bench, "interleaved",
+                      lambda calls, *a, **k: engine_calls.append(set(calls)) or real(calls, *a, **k))
         result = CliRunner().invoke(export, [*SMALL, "--attention-impl", "auto", "--out", str(path)])
     assert result.exit_code == 0, result.output
     return path, result.output, engine_calls
@@ -65,10 +66,12 @@ def test_the_fastest_checked_variant_is_written_and_the_metadata_says_why(chosen
     assert record["chosen"] == min(record["geomean_ms"], key=record["geomean_ms"].get)
     for variant, per_shape in record["median_ms"].items():  # the geometric mean of the shapes' medians
         assert set(per_shape) == {"1x8", "2x5"}
-        assert record["geomean_ms"][variant] == pytest.approx(np.sqrt(per_shape["1x8"] * per_shape["2x5"]), rel=1e-5)
+        geomean = np.sqrt(per_shape["1x8"] * per_shape["2x5"])
+        assert record["geomean_ms"][variant] == pytest.approx(geomean, rel=1e-5)
     assert record["shapes"] == ["1x8", "2x5"] and record["rounds"] == 2 and record["mask"] == "causal+padding"
     assert record["cpu"] == bench.cpu_model() and record["runs_in"] == VARIANTS[record["chosen"]].runtimes
-    assert f"{record['chosen']}" in output and "<- chosen" in output and output.index("<- chosen") < output.index("wrote")
+    assert record["chosen"] in output and "<- chosen" in output
+    assert output.index("<- chosen") < output.index("wrote")
 
 
 def test_check_attn_shows_the_choice_and_the_model_passes(chosen):
@@ -143,3 +146,18 @@ def _subgraph_nodes(graph):
                 yield from sub.node
                 yield from _subgraph_nodes(sub)
 
+
+
+def test_a_bundle_and_a_triton_repository_ship_the_chosen_variant(tmp_path):
+    import json
+
+    result = CliRunner().invoke(export, [*SMALL, "--tune-shapes", "1x8", "--tune-rounds", "1", "--attention-impl",
+                                         "auto", "--bundle", str(tmp_path / "b"), "--triton-repo", str(tmp_path / "t"),
+                                         "--name", "m"])
+    assert result.exit_code == 0, result.output
+    shipped = [load_model(tmp_path / "b" / "model.onnx").spec,
+               load_model(tmp_path / "t" / "m" / "1" / "model.onnx").spec]
+    chosen = shipped[0].tuning["chosen"]
+    assert [s.variant for s in shipped] == [chosen, chosen] and shipped[1].tuning == shipped[0].tuning
+    metadata = json.loads((tmp_path / "b" / "manifest.json").read_text())["metadata"]
+    assert json.loads(metadata["attn_onnx.tuning"])["chosen"] == chosen

@@ -398,8 +398,9 @@ def test_json_of_a_failing_run_has_numbers_or_null(small_mha, tmp_path):
                                      str(report_path)]
 
 
-@pytest.mark.parametrize("fields, profile", [(dict(dtype="float16"), (4e-3, 4e-3)), (dict(quantize="int8"), (0.05, 0.05)),
-                                             ({}, (1e-5, 1e-4))], ids=["float16", "int8", "float32"])
+@pytest.mark.parametrize("fields, profile", [(dict(dtype="float16"), (4e-3, 4e-3)),
+                                             (dict(quantize="int8"), (0.05, 0.05)), ({}, (1e-5, 1e-4))],
+                         ids=["float16", "int8", "float32"])
 @pytest.mark.parametrize("given", ["atol", "rtol"])
 def test_one_tolerance_given_alone_keeps_the_other_from_the_models_profile(exported, tmp_path, fields, profile,
                                                                             given):

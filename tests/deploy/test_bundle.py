@@ -173,7 +173,8 @@ def test_a_folder_that_is_not_a_bundle_is_one_error(bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     result = run_check("--bundle", copy)
     assert result.exit_code == 1
-    assert result.output.strip() == f"Error: {copy / 'manifest.json'} is malformed: test_data_sets[0].outputs[0] lacks 'sha256'"
+    assert result.output.strip() == (f"Error: {copy / 'manifest.json'} is malformed: "
+                                     "test_data_sets[0].outputs[0] lacks 'sha256'")
 
 
 @pytest.fixture(scope="module", params=["causal", "input"])
@@ -276,7 +277,8 @@ def test_a_float16_bundle_carries_float16_vectors_at_the_float16_profile(bundle_
     folder = bundle_of("--dtype", "float16")
     manifest = read_manifest(folder)
     assert [(i["name"], i["dtype"], i["datatype"]) for i in manifest["inputs"]] == [
-        ("query", "float16", "FP16"), ("key", "float16", "FP16"), ("value", "float16", "FP16"), ("mask", "bool", "BOOL")]
+        ("query", "float16", "FP16"), ("key", "float16", "FP16"), ("value", "float16", "FP16"),
+        ("mask", "bool", "BOOL")]
     assert [(o["dtype"], o["datatype"]) for o in manifest["outputs"]] == [("float16", "FP16")]
     assert (manifest["tolerance"]["atol"], manifest["tolerance"]["rtol"]) == (4e-3, 4e-3)
     assert "replaced by -65504" in manifest["mask_convention"]  # float16's lowest, not -1e9 (-inf in float16)
