@@ -40,6 +40,7 @@ DTYPES = ("float32", "float16", "bfloat16")  # --dtype: the float inputs, output
 MASK_DTYPES = {"bool": np.bool_, "uint8": np.uint8, "int64": np.int64, "float32": np.float32}  # --mask-dtype
 QUANTIZE_MODES = ("int8",)  # --quantize (exporter/quantize.py)
 OPTIMIZE_LEVELS = ("extended",)  # --optimize (exporter/optimize.py)
+TRITON_BACKENDS = ("onnxruntime", "python")  # --triton-backend (deploy/triton.py)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from attn_onnx.errors import UsageError
 from attn_onnx.exporter.export import describe, export_onnx
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.exporter.variants import VARIANTS
-from attn_onnx.runtime_check.cases import MASK_KINDS, make_mask
+from attn_onnx.vocab import MASK_KINDS
 
 DEFAULT_SHAPES = ((1, 16), (1, 128), (1, 512))  # batch x length, self-attention lengths
 # bench-attn's own rounds and share of a round, so that auto decides on the figures bench-attn would give (with 5
@@ -105,7 +105,7 @@ def tune(spec: ExportSpec, module, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAU
 
     `module` holds the weights as the model will (rounded to its dtype); `opset` pins the opset (else each
     variant gets max(spec.opset, its minimum)). UsageError when no candidate survives."""
-    from attn_onnx.bench.bench import cpu_model, interleaved, sessions
+    from attn_onnx.bench.bench import cpu_model, feeds_at, interleaved, sessions
 
     shapes = [tuple(s) for s in shapes]
     if spec.dtype == "bfloat16":
@@ -132,7 +132,7 @@ def tune(spec: ExportSpec, module, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAU
         for batch, length in shapes:
             name = _shape_name((batch, length))
             on_line(f"auto: timing {len(alive)} variants at {name} ({rounds} rounds)")
-            calls = {c.variant: _call(runs[c.variant], _feeds(c.spec, batch, length, mask, rng)) for c in alive}
+            calls = {c.variant: _call(runs[c.variant], feeds_at(c.spec, batch, length, rng, mask)) for c in alive}
             by_shape[name] = interleaved(calls, rounds, TARGET_S)
         for c in alive:
             c.median_ms = {s: statistics.median(times[c.variant]) * 1e3 for s, times in by_shape.items()}
@@ -174,12 +174,6 @@ def _export_and_check(candidate: Candidate, module) -> None:
                              f"{worst.line()[:160]})")
     else:
         candidate.max_abs = report.worst.max_abs
-
-
-def _feeds(spec: ExportSpec, batch: int, length: int, mask: str, rng) -> dict[str, np.ndarray]:
-    dims = {"batch": batch, "q_len": length, "kv_len": length}
-    mask_array = make_mask(mask, batch, length, length, rng) if spec.mask == "input" else None
-    return spec.kind.inputs(spec, dims, rng, mask_array)
 
 
 def _call(runs, feeds) -> Callable[[int], object]:

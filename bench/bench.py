@@ -96,6 +96,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def feeds_at(spec: ExportSpec, batch: int, length: int, rng: np.random.Generator,
+             mask: str = "causal+padding") -> dict[str, np.ndarray]:
+    """The inputs the benches time a model of `spec` on: self-attention lengths, and for a mask input a mask of
+    kind `mask` (bench-attn's causal+padding unless asked otherwise)."""
+    mask_array = make_mask(mask, batch, length, length, rng) if spec.mask == "input" else None
+    return spec.kind.inputs(spec, {"batch": batch, "q_len": length, "kv_len": length}, rng, mask_array)
+
+
 def flops(batch: int, length: int, width: int) -> float:
     """4 projections (2·B·L·E² each) and QKᵀ, P·V (2·B·L²·E each) for self-attention."""
     return 8 * batch * length * width * width + 4 * batch * length * length * width
@@ -214,8 +222,7 @@ def run_bench(variants: list[str], shapes: list[tuple[int, int]], threads: list[
         sgemm = session(sgemm_model(), n_threads)
         limit_rounds, torch_rounds = [], []
         for batch, length in shapes:
-            feeds = spec0.kind.inputs(spec0, {"batch": batch, "q_len": length, "kv_len": length}, rng,
-                                      make_mask("causal+padding", batch, length, length, rng))
+            feeds = feeds_at(spec0, batch, length, rng)
             if self_attention:
                 feeds["key"] = feeds["value"] = feeds["query"]
             tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}

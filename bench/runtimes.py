@@ -28,7 +28,6 @@ from onnx import numpy_helper
 from attn_onnx.errors import RuntimeFailure
 from attn_onnx.exporter.export import export_onnx
 from attn_onnx.exporter.spec import ExportSpec
-from attn_onnx.runtime_check.cases import make_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "examples" / "node"
@@ -91,7 +90,7 @@ def run_runtimes_bench(shapes=SHAPES, heads: int = 8, embedding_dim: int = 512, 
                        threads: int | None = None, on_line=lambda text: None) -> RuntimesBench:
     import onnxruntime as ort
 
-    from attn_onnx.bench.bench import cpu_model, interleaved, session
+    from attn_onnx.bench.bench import _timed, cpu_model, feeds_at, interleaved, session
     from attn_onnx.runtime_check.model import load_model
     from attn_onnx.runtime_check.runners import web_runner
 
@@ -106,15 +105,15 @@ def run_runtimes_bench(shapes=SHAPES, heads: int = 8, embedding_dim: int = 512, 
         model_path.write_bytes(proto.SerializeToString())
         rng = np.random.default_rng(0)
         for batch, length in shapes:
-            feeds = spec.kind.inputs(spec, {"batch": batch, "q_len": length, "kv_len": length}, rng,
-                                     make_mask("causal+padding", batch, length, length, rng))
+            feeds = feeds_at(spec, batch, length, rng)
             feeds_dir = folder / f"feeds_{batch}x{length}"
             feeds_dir.mkdir()
             for k, (name, array) in enumerate(feeds.items()):
                 (feeds_dir / f"input_{k}.pb").write_bytes(numpy_helper.from_array(array, name).SerializeToString())
             timers, closers, missing = {}, [], {}
             python = session(proto, threads)
-            timers["onnxruntime (Python)"] = lambda number, s=python, f=feeds: _python_seconds(s, f)
+            timers["onnxruntime (Python)"] = lambda number, s=python, f=feeds: _timed(lambda: s.run(None, f),
+                                                                                     TARGET_S, settle_s=0)
             node = shutil.which("node")
             if node is None or not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir():
                 missing["onnxruntime-node"] = "node or examples/node/node_modules is absent"
@@ -157,18 +156,6 @@ def _self_timed(call, target_s: float) -> float:
 
     time.sleep(SETTLE_S)
     return call()
-
-
-def _python_seconds(python, feeds) -> float:
-    python.run(None, feeds)  # untimed
-    start = time.perf_counter()
-    once = 0.0
-    runs = 0
-    while once < TARGET_S or runs == 0:
-        python.run(None, feeds)
-        runs += 1
-        once = time.perf_counter() - start
-    return once / runs
 
 
 def _web_seconds(web, feeds) -> float:

@@ -10,21 +10,11 @@ from pathlib import Path
 import click
 
 from attn_onnx import __version__
-from attn_onnx.cli.common import OneLineErrorCommand, comma_list, given, refuse
+from attn_onnx.cli.common import OneLineErrorCommand, batch_lengths, comma_list, given, refuse
 from attn_onnx.errors import RuntimeFailure, UsageError
 from attn_onnx.exporter.variants import VARIANTS
 
 SHAPES = "1x16,8x128,1x512,4x512,1x2048"
-
-
-def _shapes(text: str, option: str = "--shapes") -> list[tuple[int, int]]:
-    shapes = []
-    for item in comma_list(text):
-        parts = item.lower().split("x")
-        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise UsageError(f"{option} item {item!r} is not BATCHxLEN with both >= 1 (e.g. 4x512)")
-        shapes.append((int(parts[0]), int(parts[1])))
-    return shapes
 
 
 @click.command("bench-attn", cls=OneLineErrorCommand)
@@ -97,8 +87,8 @@ def main(impls, shapes, threads, heads, embedding_dim, rounds, memory_shape, dec
     if not dtype_list or any(d not in ("float32", "float16") for d in dtype_list):
         raise UsageError(f"--dtypes {dtypes!r}: choose from float32, float16 (bfloat16 has no MatMul kernel in "
                          "onnxruntime's CPU)")
-    shape_list = _shapes(shapes)
-    memory = _shapes(memory_shape, "--memory") if memory_shape else None
+    shape_list = batch_lengths(shapes, "--shapes")
+    memory = batch_lengths(memory_shape, "--memory") if memory_shape else None
     if memory is not None and len(memory) != 1:
         raise UsageError(f"--memory {memory_shape!r}: give one BATCHxLEN")
     memory = memory[0] if memory else None
@@ -166,7 +156,7 @@ def _runtimes(shapes: str, threads: str | None, heads: int, embedding_dim: int, 
     ctx = click.get_current_context()
     refuse(ctx, given(ctx) - {"runtimes", "shapes", "threads", "heads", "embedding_dim", "rounds", "json_path"},
            "with --runtimes")
-    shape_list = _shapes(shapes) if "shapes" in given(ctx) else list(RUNTIME_SHAPES)
+    shape_list = batch_lengths(shapes, "--shapes") if "shapes" in given(ctx) else list(RUNTIME_SHAPES)
     thread_list = list(comma_list(threads, int)) if threads else [len(os.sched_getaffinity(0))]
     if len(thread_list) != 1 or thread_list[0] < 1:
         raise UsageError("--threads with --runtimes: give one thread count >= 1")
@@ -194,7 +184,7 @@ def _serve(targets: str, shapes: str, heads: int, embedding_dim: int, queue_dela
     names = list(TARGETS) if targets == "all" else list(comma_list(targets))
     if not names or any(n not in TARGETS for n in names):
         raise UsageError(f"--serve {targets!r}: choose from all, {', '.join(TARGETS)}")
-    shape_list = _shapes(shapes) if "shapes" in given(ctx) else list(SERVE_SHAPES)
+    shape_list = batch_lengths(shapes, "--shapes") if "shapes" in given(ctx) else list(SERVE_SHAPES)
     if embedding_dim % heads:
         raise UsageError(f"--embedding-dim {embedding_dim} is not divisible by --heads {heads}")
     if json_path is not None:

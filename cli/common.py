@@ -81,6 +81,19 @@ def _fail(message: str, code: int):
     sys.exit(code)
 
 
+def batch_lengths(text: str, option: str) -> list[tuple[int, int]]:
+    """Parse "1x16,4x512" into [(1, 16), (4, 512)]; UsageError names the item that is not BATCHxLEN."""
+    shapes = []
+    for item in comma_list(text):
+        parts = item.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise UsageError(f"{option} item {item!r} is not BATCHxLEN with both >= 1 (e.g. 4x512)")
+        shapes.append((int(parts[0]), int(parts[1])))
+    if not shapes:
+        raise UsageError(f"{option}: give at least one BATCHxLEN")
+    return shapes
+
+
 def comma_list(value: str | None, cast=str) -> tuple:
     """Parse "a,b,c" into a tuple; UsageError names the item that does not parse."""
     if value is None:

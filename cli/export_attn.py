@@ -7,14 +7,13 @@ from pathlib import Path
 import click
 
 from attn_onnx import __version__
-from attn_onnx.cli.common import OneLineErrorCommand, given, refuse
+from attn_onnx.cli.common import OneLineErrorCommand, batch_lengths, given, refuse
 from attn_onnx.exporter.kinds import KINDS, MODULES
 from attn_onnx.exporter.kinds.base import COMMON_EXPORT_OPTIONS
 from attn_onnx.exporter.spec import OPSETS, ExportSpec
-from attn_onnx.runtime_check.cases import MASK_KINDS
-from attn_onnx.vocab import CAUSAL_ALIGNS, DTYPES, MASK_DTYPES, MASK_MODES, QUANTIZE_MODES
 from attn_onnx.exporter.variants import DEFAULT as DEFAULT_VARIANT
 from attn_onnx.exporter.variants import VARIANTS
+from attn_onnx.vocab import CAUSAL_ALIGNS, DTYPES, MASK_DTYPES, MASK_KINDS, MASK_MODES, QUANTIZE_MODES, TRITON_BACKENDS
 
 
 def _applies(option: str) -> str:
@@ -60,9 +59,8 @@ def _applies(option: str) -> str:
               show_default=True, help="How attention is built: " + "; ".join(
                   f"{v.name}: {v.help} ({v.runtimes})" for v in VARIANTS.values()) + ". Each keeps the Annotated "
               "Transformer's semantics, a fully-masked row attending uniformly included. auto: export every "
-              "variant that "
-              "accepts the spec, check each, time those that pass at --tune-shapes on this machine, and write the "
-              "fastest (the table it decided from is printed and kept in the metadata).")
+              "variant that accepts the spec, check each, time those that pass at --tune-shapes on this machine, "
+              "and write the fastest (the table it decided from is printed and kept in the metadata).")
 @click.option("--tune-shapes", default="1x16,1x128,1x512", show_default=True, metavar="BATCHxLEN,...",
               help="[with --attention-impl auto] The shapes to time the candidates at (self-attention lengths); "
                    "the fastest by geometric mean over them wins.")
@@ -103,7 +101,7 @@ def _applies(option: str) -> str:
 @click.option("--triton-max-batch", type=click.IntRange(min=0), default=8, show_default=True,
               help="[with --triton-repo] max_batch_size for Triton's dynamic batching (0: off).")
 @click.option("--triton-gpu", is_flag=True, help="[with --triton-repo] A GPU instance group instead of CPU.")
-@click.option("--triton-backend", type=click.Choice(["onnxruntime", "python"]), default="onnxruntime",
+@click.option("--triton-backend", type=click.Choice(TRITON_BACKENDS), default="onnxruntime",
               show_default=True, help="[with --triton-repo] onnxruntime: Triton's onnxruntime backend (NVIDIA's "
               "containers); python: its Python backend, with 1/model.py running the model in onnxruntime and "
               "batching the requests (the tested path here; docs/serving-triton.md).")
@@ -157,7 +155,7 @@ def main(**options):
     pinned_opset = options["opset"]  # auto: each candidate at max(18, its minimum) unless pinned
     variant = VARIANTS[DEFAULT_VARIANT if auto else options["variant"]]  # auto: every option checked as for it
     options["opset"] = options["opset"] or max(18, variant.min_opset)
-    tune_shapes = _tune_shapes(options["tune_shapes"]) if auto else None
+    tune_shapes = batch_lengths(options["tune_shapes"], "--tune-shapes") if auto else None
     ExportSpec(module=kind.name, attn_probs=options["attn_probs"], opset=options["opset"], variant=variant.name,
                dtype=options["dtype"], mask=options["mask_mode"], causal_align=options["causal_align"]).validate()
     if options["weights"] is None and "weights_prefix" in given(ctx):
@@ -196,20 +194,6 @@ def main(**options):
         from attn_onnx.cli.common import signal_name
 
         raise Interrupted(f"{signal_name()}; nothing was written to {targets}") from None
-
-
-def _tune_shapes(text: str) -> list[tuple[int, int]]:
-    from attn_onnx.cli.common import comma_list
-
-    shapes = []
-    for item in comma_list(text):
-        parts = item.lower().split("x")
-        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise click.UsageError(f"--tune-shapes item {item!r} is not BATCHxLEN with both >= 1 (e.g. 4x512)")
-        shapes.append((int(parts[0]), int(parts[1])))
-    if not shapes:
-        raise click.UsageError("--tune-shapes: give at least one BATCHxLEN")
-    return shapes
 
 
 def _export(kind, options, name: str, targets: str, tune_shapes=None, pinned_opset=None) -> None:

@@ -10,6 +10,7 @@ The outputs are the float64 PyTorch module's answers (cast to the output dtype),
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -21,11 +22,11 @@ from attn_onnx import __version__
 from attn_onnx.errors import BundleError, InterfaceError, UsageError
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.files import file_sha256, write_folder_atomic
-from attn_onnx.vocab import ELEMENT_TYPES
 from attn_onnx.model_files import needs_external, save_model
 from attn_onnx.runtime_check.cases import Case, parse_case
 from attn_onnx.runtime_check.compare import OutputComparison, Tolerance, tolerance_for
 from attn_onnx.runtime_check.report import CaseResult, Report
+from attn_onnx.vocab import ELEMENT_TYPES
 
 FORMAT = "attn-onnx-bundle/1"
 MODEL_FILE, MANIFEST_FILE = "model.onnx", "manifest.json"
@@ -165,14 +166,18 @@ def read_manifest(folder: str | Path) -> dict:
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")  # docs/bundle-format.md; Node validates with it too
 
 
+@functools.cache
+def _validator():
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+
+
 def manifest_problem(manifest) -> str | None:
     """The first way `manifest` breaks the bundle format's JSON Schema, in words (`decode.steps[1] lacks
     'inputs'`), or None. The first by position in the document, so the answer does not depend on the validator's
     order."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
-    errors = sorted(validator.iter_errors(manifest), key=lambda e: (len(e.absolute_path), [str(p) for p in
+    errors = sorted(_validator().iter_errors(manifest), key=lambda e: (len(e.absolute_path), [str(p) for p in
                                                                                         e.absolute_path]))
     if not errors:
         return None

@@ -16,12 +16,11 @@ import onnx
 from attn_onnx.errors import InterfaceError, UsageError
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.files import write_folder_atomic
-from attn_onnx.vocab import ELEMENT_TYPES
 from attn_onnx.model_files import needs_external, save_model
+from attn_onnx.vocab import ELEMENT_TYPES, TRITON_BACKENDS
 
 TRITON_TYPES = {name: t.triton for name, t in ELEMENT_TYPES.items()}  # numpy's name -> Triton's
 CONFIG_FILE, VERSION = "config.pbtxt", "1"
-BACKENDS = ("onnxruntime", "python")
 PYTHON_MODEL = "triton_python_model.py"  # the template, shipped in this package, written as 1/model.py
 
 
@@ -39,8 +38,8 @@ def check_name(name: str) -> None:
 
 def check_backend(backend: str, dtype: str) -> None:
     """UsageError unless Triton's `backend` can serve a model of `dtype`."""
-    if backend not in BACKENDS:
-        raise UsageError(f"--triton-backend {backend!r}: choose from {list(BACKENDS)}")
+    if backend not in TRITON_BACKENDS:
+        raise UsageError(f"--triton-backend {backend!r}: choose from {list(TRITON_BACKENDS)}")
     if backend == "python" and dtype == "bfloat16":
         raise UsageError("--triton-backend python cannot serve --dtype bfloat16: the Python backend hands tensors "
                          "over as numpy arrays, and numpy has no bfloat16; use the onnxruntime backend")
@@ -121,7 +120,7 @@ def check_config(text: str, proto: onnx.ModelProto) -> None:
     except text_format.ParseError as exc:
         raise InterfaceError(f"config.pbtxt does not parse as Triton's ModelConfig: {exc}") from None
     problems = []
-    if config.backend not in BACKENDS and config.platform != "onnxruntime_onnx":
+    if config.backend not in TRITON_BACKENDS and config.platform != "onnxruntime_onnx":
         problems.append(f"backend is {config.backend!r}, not 'onnxruntime' or 'python'")
     batch = config.max_batch_size > 0
     initializers = {i.name for i in proto.graph.initializer}

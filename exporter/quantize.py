@@ -24,7 +24,6 @@ import onnx
 from attn_onnx.errors import ExportError, first_line
 
 
-
 def quantize(proto: onnx.ModelProto, weights: dict[str, dict]) -> tuple[onnx.ModelProto, dict[str, dict]]:
     """The model with its projection MatMuls quantized to int8, and the weight map pointing at the int8
     tensors with their scales."""

@@ -45,6 +45,14 @@ size_t type_size(ONNXTensorElementDataType type) {
   }
 }
 
+// Element i of a buffer of T (unaligned: a copy, not a cast), as a double.
+template <typename T>
+static double load(const uint8_t* data, size_t i) {
+  T v;
+  std::memcpy(&v, data + sizeof(T) * i, sizeof(T));
+  return static_cast<double>(v);
+}
+
 // Element i of a buffer of `type`, as a double (int64 beyond 2^53 rounds, as JavaScript's Number() does).
 static double element(const uint8_t* data, ONNXTensorElementDataType type, size_t i) {
   switch (type) {
@@ -55,26 +63,10 @@ static double element(const uint8_t* data, ONNXTensorElementDataType type, size_
       std::memcpy(&bits, data + 2 * i, 2);
       return Ort::Float16_t::FromBits(bits).ToFloat();
     }
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: {
-      float v;
-      std::memcpy(&v, data + 4 * i, 4);
-      return v;
-    }
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: {
-      int32_t v;
-      std::memcpy(&v, data + 4 * i, 4);
-      return v;
-    }
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: {
-      double v;
-      std::memcpy(&v, data + 8 * i, 8);
-      return v;
-    }
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: {
-      int64_t v;
-      std::memcpy(&v, data + 8 * i, 8);
-      return static_cast<double>(v);
-    }
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return load<float>(data, i);
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return load<int32_t>(data, i);
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return load<double>(data, i);
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return load<int64_t>(data, i);
     default: throw BundleError("cannot compare values of " + type_name(type));
   }
 }

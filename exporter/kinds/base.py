@@ -152,7 +152,7 @@ class AttentionKindBase(ModuleKind):
         return list(MASK_KINDS) if spec.mask == "input" else [GRAPH_MASK]
 
     def cases(self, spec, sweep):
-        kinds = list(sweep.masks or MASK_KINDS) if spec.mask == "input" else [GRAPH_MASK]
+        kinds = list(sweep.masks) if sweep.masks and spec.mask == "input" else self.mask_kinds(spec)
         shapes = sweep.shape_list()
         if self.self_attention:  # one input: every shape square (b, q, q), each once
             shapes = list(dict.fromkeys((b, q, q) for b, q, _ in shapes))

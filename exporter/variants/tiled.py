@@ -83,8 +83,8 @@ def _needed_projections(w: GraphWriter, weights: Weights, spec, key_limit: str) 
     The mean is linear: mean(x) W^T + b is the mean of x W^T + b (to float32 rounding), whatever was skipped.
     Self-attention projects key and value with one (E, 2E) MatMul on the rows they need."""
     width = spec.embedding_dim
-    kv_len = w.op("Gather", [w.op("Shape", [source(spec, "key")]), _i64(w, 1)], axis=0, stem="kv_len")
-    keys = w.op("Unsqueeze", [w.op("Range", [_i64(w, 0), kv_len, _i64(w, 1)]), _zero_1(w)])  # (1, kv_len)
+    kv_len = w.op("Gather", [w.op("Shape", [source(spec, "key")]), int64(w, 1)], axis=0, stem="kv_len")
+    keys = w.op("Unsqueeze", [w.op("Range", [int64(w, 0), kv_len, int64(w, 1)]), _zero_1(w)])  # (1, kv_len)
     needed = w.op("Less", [keys, w.op("Unsqueeze", [key_limit, w.constant("axes_1", np.array([1], np.int64))])],
                   stem="needed_keys")  # (B, kv_len)
     flat = w.constant("flat", np.array([-1], np.int64))
@@ -93,7 +93,7 @@ def _needed_projections(w: GraphWriter, weights: Weights, spec, key_limit: str) 
     rows = lambda x: w.op("Gather", [w.op("Reshape", [x, tokens]), where], axis=0, stem="needed")  # noqa: E731
     out = {"query": _linear(w, weights, w.op("Reshape", [source(spec, "query"), tokens]), [0]),  # (B * q_len, E)
            "key_range": keys,  # (1, kv_len): 0, 1, ..., kv_len - 1
-           "key_offsets": w.op("CumSum", [key_limit, _i64(w, 0)], exclusive=1, stem="key_offsets")}
+           "key_offsets": w.op("CumSum", [key_limit, int64(w, 0)], exclusive=1, stem="key_offsets")}
     if spec.kind.self_attention:
         kv = _linear(w, weights, rows("x"), [1, 2])  # (N, 2E)
         out["key"], out["value"] = w.op("Split", [kv, w.constant("kv_split", np.array([width] * 2, np.int64))],
@@ -133,10 +133,10 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
         axis=0)
     q = w.op("Transpose", [w.op("Reshape", [p["query"], q_shape])], perm=[2, 0, 1, 3], stem="q")  # (h, B, q_len, d_k)
     q_shape = w.op("Shape", [q])
-    batch = w.op("Gather", [q_shape, _i64(w, 1)], axis=0, stem="batch")
-    q_len = w.op("Gather", [q_shape, _i64(w, 2)], axis=0, stem="q_len")
-    kv_len = w.op("Gather", [w.op("Shape", [source(spec, "key")]), _i64(w, 1)], axis=0, stem="kv_len")
-    i64 = lambda value: _i64(w, value)  # noqa: E731
+    batch = w.op("Gather", [q_shape, int64(w, 1)], axis=0, stem="batch")
+    q_len = w.op("Gather", [q_shape, int64(w, 2)], axis=0, stem="q_len")
+    kv_len = w.op("Gather", [w.op("Shape", [source(spec, "key")]), int64(w, 1)], axis=0, stem="kv_len")
+    i64 = lambda value: int64(w, value)  # noqa: E731
     per_row = w.op("Mul", [i64(spec.heads), kv_len])  # scores per query row of one example
     if limits is not None:  # tiles of few examples, each tile's keys ending at the last any of them may attend
         reach, key_limit = limits[:2]  # query i attends no key j > i + reach; (B,)
@@ -231,7 +231,7 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
 def _placed(w: GraphWriter, size: str, block: str, blocks: str, stem: str) -> tuple[str, str]:
     """For each of 0..size-1, which of the `blocks` blocks of `block` it is in and where: blocks end to end,
     the last one starting at size - block (it overlaps the one before)."""
-    index = Int(w, w.op("Range", [_i64(w, 0), size, _i64(w, 1)]))
+    index = Int(w, w.op("Range", [int64(w, 0), size, int64(w, 1)]))
     in_last = Int(w, w.op("Cast", [w.op("GreaterOrEqual", [index, (blocks - 1) * block])], to=INT64))
     regular = 1 - in_last
     which = (index // block * regular + (blocks - 1) * in_last).named(stem + "_block")
@@ -240,11 +240,11 @@ def _placed(w: GraphWriter, size: str, block: str, blocks: str, stem: str) -> tu
 
 
 def _clamp(w: GraphWriter, value: str, low: int, high: str, stem: str) -> str:
-    return w.op("Min", [high, w.op("Max", [_i64(w, low), value])], stem=stem)
+    return w.op("Min", [high, w.op("Max", [int64(w, low), value])], stem=stem)
 
 
 def _at_most(w: GraphWriter, value: str, most: int) -> str:
-    return w.op("Min", [value, _i64(w, most)])
+    return w.op("Min", [value, int64(w, most)])
 
 
 def _reach(w: GraphWriter, spec, q_len: str, kv_len: str) -> str:
@@ -252,7 +252,7 @@ def _reach(w: GraphWriter, spec, q_len: str, kv_len: str) -> str:
     reach)."""
     if spec.mask == "none":
         return kv_len
-    return w.op("Sub", [kv_len, q_len]) if spec.causal_align == "bottom-right" else _i64(w, 0)
+    return w.op("Sub", [kv_len, q_len]) if spec.causal_align == "bottom-right" else int64(w, 0)
 
 
 def _mask_reach(w: GraphWriter, allowed: str) -> tuple[str, str, str]:
@@ -267,24 +267,20 @@ def _mask_reach(w: GraphWriter, allowed: str) -> tuple[str, str, str]:
     ones = w.op("Expand", [w.constant("u8_1", np.array(1, np.uint8)), first_col])  # (B, mask_q_len, 1)
     # a 1 before key 0: the last 1 of each row is its last allowed key + 1, or 0 where it allows none
     last = w.op("ArgMax", [w.op("Concat", [ones, mask], axis=-1)], axis=-1, keepdims=0, select_last_index=1)
-    last = w.op("Sub", [last, _i64(w, 1)], stem="last_key")  # (B, mask_q_len), -1 where no key
-    rows = w.op("Range", [_i64(w, 0), w.op("Gather", [w.op("Shape", [allowed]), _i64(w, 1)], axis=0), _i64(w, 1)])
+    last = w.op("Sub", [last, int64(w, 1)], stem="last_key")  # (B, mask_q_len), -1 where no key
+    rows = w.op("Range", [int64(w, 0), w.op("Gather", [w.op("Shape", [allowed]), int64(w, 1)], axis=0), int64(w, 1)])
     reach = w.op("ReduceMax", [w.op("Sub", [last, rows])], keepdims=0)  # a one-row mask: row 0 binds every query
-    reach = w.op("Max", [reach, _i64(w, 0)], stem="reach")
-    limit = w.op("ReduceMax", [last, _vector(w, _i64(w, 1))], keepdims=0)  # (B,)
-    any_allowed = w.op("Cast", [w.op("Unsqueeze", [w.op("GreaterOrEqual", [last, _i64(w, 0)]), _vector(
-        w, _i64(w, -1))])], to=TensorProto.UINT8, stem="any_allowed_rows")  # (B, mask_q_len, 1)
-    return reach, w.op("Max", [w.op("Add", [limit, _i64(w, 1)]), _i64(w, 1)], stem="key_limit"), any_allowed
+    reach = w.op("Max", [reach, int64(w, 0)], stem="reach")
+    limit = w.op("ReduceMax", [last, _vector(w, int64(w, 1))], keepdims=0)  # (B,)
+    any_allowed = w.op("Cast", [w.op("Unsqueeze", [w.op("GreaterOrEqual", [last, int64(w, 0)]), _vector(
+        w, int64(w, -1))])], to=TensorProto.UINT8, stem="any_allowed_rows")  # (B, mask_q_len, 1)
+    return reach, w.op("Max", [w.op("Add", [limit, int64(w, 1)]), int64(w, 1)], stem="key_limit"), any_allowed
 
 
 def _mask_rows(w: GraphWriter, allowed: str) -> str:
     """1 where the mask input has a row per query, 0 where it is one (B, 1, kv_len) row for every query."""
-    mask_q_len = w.op("Gather", [w.op("Shape", [allowed]), _i64(w, 1)], axis=0)
-    return w.op("Cast", [w.op("Greater", [mask_q_len, _i64(w, 1)])], to=INT64, stem="full_mask")
-
-
-def _i64(w: GraphWriter, value: int) -> str:
-    return int64(w, value)
+    mask_q_len = w.op("Gather", [w.op("Shape", [allowed]), int64(w, 1)], axis=0)
+    return w.op("Cast", [w.op("Greater", [mask_q_len, int64(w, 1)])], to=INT64, stem="full_mask")
 
 
 def _vector(w: GraphWriter, scalar: str) -> str:

@@ -147,7 +147,6 @@ def _subgraph_nodes(graph):
                 yield from _subgraph_nodes(sub)
 
 
-
 def test_a_bundle_and_a_triton_repository_ship_the_chosen_variant(tmp_path):
     import json
 

@@ -101,6 +101,17 @@ def big_request(bundle, reps=2500):
     return json.dumps(big).encode(), np.concatenate([expected] * reps), tol
 
 
+def begin_infer(url: str, length: int) -> http.client.HTTPConnection:
+    """A POST of a JSON body of `length` bytes to the service's infer URL, its headers sent and no body yet."""
+    host, port = url.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.putrequest("POST", "/v2/models/small/infer")
+    connection.putheader("content-type", "application/json")
+    connection.putheader("content-length", str(length))
+    connection.endheaders()
+    return connection
+
+
 @pytest.mark.parametrize("sent_before", [0.1, 0.5, 1.0])
 def test_sigterm_finishes_the_requests_in_flight_then_exits_0(bundle, sent_before):
     """SIGTERM while a large request is in flight: it is answered in full, then the service exits 0.
@@ -113,12 +124,7 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits_0(bundle, sent_befor
     data, expected, tol = big_request(bundle)
     split = int(len(data) * sent_before)
     with serve(bundle) as url:
-        host, port = url.split(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=60)
-        connection.putrequest("POST", "/v2/models/small/infer")
-        connection.putheader("content-type", "application/json")
-        connection.putheader("content-length", str(len(data)))
-        connection.endheaders()
+        connection = begin_infer(url, len(data))
         connection.send(data[:split])
         url.process.terminate()
         connection.send(data[split:])
@@ -176,12 +182,7 @@ def test_sigterm_finishes_a_grpc_and_an_http_request_in_flight_then_exits_0(bund
         size += array.nbytes
     answers = []
     with serve(bundle, "--grpc-port", "0") as url:
-        host, port = url.split(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=60)
-        connection.putrequest("POST", "/v2/models/small/infer")
-        connection.putheader("content-type", "application/json")
-        connection.putheader("content-length", str(len(data)))
-        connection.endheaders()
+        connection = begin_infer(url, len(data))
         connection.send(data[:len(data) // 2])
         client = grpcclient.InferenceServerClient(url=url.grpc)
         before = bytes_read(url.process)

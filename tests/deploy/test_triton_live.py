@@ -4,8 +4,9 @@ repositories export-attn writes, checked through Triton's own clients: tritoncli
 
 One server for the session, on 127.0.0.1 with free ports, stopped by its PID at the end (also on failure). Its
 repository: the bundle's model with --triton-backend python (`small`), a KV-cache model (`kv`), the same model
-with a long dynamic-batching delay (`batched`), a float16 one (`half`), the onnxruntime-backend form (`ortb`, which this server cannot
-load: it has no onnxruntime backend), and a python-backend copy with a broken config (`broken`, the control).
+with a long dynamic-batching delay (`batched`), a float16 one (`half`), the onnxruntime-backend form (`ortb`,
+which this server cannot load: it has no onnxruntime backend), and a python-backend copy with a broken config
+(`broken`, the control).
 Skipped, visibly, where .deps/triton is absent (the setup script was not run).
 """
 

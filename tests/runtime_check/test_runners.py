@@ -55,7 +55,6 @@ def test_tolerance_comes_from_the_runners_precision_profile():
         tolerance_for("bf16", False)
 
 
-
 @pytest.mark.skipif("openvino" not in AVAILABLE, reason="openvino is not installed (pip install '.[openvino]')")
 def test_a_model_openvino_cannot_compile_is_skipped_with_the_reason(exported):
     """ort-gqa's com.microsoft.GroupQueryAttention does not convert in OpenVINO: SKIPPED naming the operator,

@@ -144,7 +144,7 @@ def test_weights_changed_after_export_fail_in_the_web_runner(small_mha, tmp_path
 
 
 @pytest.mark.parametrize("absent, error", [
-    ("node_modules", f"onnxruntime-web is not installed in {{}} (run `npm ci --ignore-scripts --prefix examples/web`"),
+    ("node_modules", "onnxruntime-web is not installed in {} (run `npm ci --ignore-scripts --prefix examples/web`"),
     ("node", "node is not installed (onnxruntime-web runs under Node.js >= 20)"),
 ], ids=["no-package", "no-node"])
 def test_the_runner_is_missing_without_node_or_its_package(small_mha, tmp_path, monkeypatch, absent, error):
