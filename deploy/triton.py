@@ -75,6 +75,8 @@ def config_text(spec: ExportSpec, name: str, *, max_batch_size: int = 8, gpu: bo
         delay = f" max_queue_delay_microseconds: {max_queue_delay_us} " if max_queue_delay_us else " "
         lines.append(f"dynamic_batching {{{delay}}}")
     lines.append(f"instance_group [ {{ kind: {'KIND_GPU' if gpu else 'KIND_CPU'} count: 1 }} ]")
+    if backend == "python":  # idle onnxruntime threads that spin hold the cores Triton's own threads need
+        lines.append('parameters { key: "session.intra_op.allow_spinning" value: { string_value: "0" } }')
     return "\n".join(lines) + "\n"
 
 

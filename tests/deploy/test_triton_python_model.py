@@ -187,3 +187,9 @@ def test_session_options_come_from_the_config_parameters(model_py):
         "session.intra_op.allow_spinning": {"string_value": "0"}, "unrelated": {"string_value": "x"}}})
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 2)
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_the_written_config_keeps_onnxruntime_s_idle_threads_from_spinning(model_py, repo):
+    config = json.loads(_args(repo, "mha")["model_config"])
+    options = model_py.session_options(config)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
