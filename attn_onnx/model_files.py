@@ -39,15 +39,16 @@ def data_file(model_path: Path) -> Path:
     return model_path.with_name(model_path.name + DATA_SUFFIX)
 
 
-def save_model(proto: onnx.ModelProto, path: Path, external: bool) -> list[Path]:
+def save_model(proto: onnx.ModelProto, path: Path, external: bool, data: bytes | None = None) -> list[Path]:
     """Write `proto` to `path`; with `external`, its large initializers go to `path.data`. Returns the files.
+    `data`, where the caller holds the model serialized already (not external), is written as it is.
 
     `proto` is left as it was: each tensor's bytes leave it while the graph is serialized and are read back
     from the data file after, one tensor at a time, so a 4 GB model is never held twice.
     """
     path = Path(path)
     if not external:
-        path.write_bytes(proto.SerializeToString())
+        path.write_bytes(proto.SerializeToString() if data is None else data)
         return [path]
     data = data_file(path)
     moved = []
@@ -82,7 +83,7 @@ def save_model(proto: onnx.ModelProto, path: Path, external: bool) -> list[Path]
 
 
 @contextlib.contextmanager
-def staged_model(proto: onnx.ModelProto, out: Path, external: bool):
+def staged_model(proto: onnx.ModelProto, out: Path, external: bool, data: bytes | None = None):
     """Save the model under a temp folder beside `out` and yield its path there; `commit(force)` moves the
     file(s) into place (the data file first, so `out` never points at missing weights)."""
     out = Path(out)
@@ -90,7 +91,7 @@ def staged_model(proto: onnx.ModelProto, out: Path, external: bool):
     folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     try:
         staged = folder / out.name
-        files = save_model(proto, staged, external)
+        files = save_model(proto, staged, external, data)
 
         def commit(force: bool) -> int:
             """Without `force` nothing existing is replaced, even a file that appeared while working (a hard

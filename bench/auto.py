@@ -47,6 +47,7 @@ class Candidate:
     max_abs: float | None = None  # on the quick sweep, against the float64 module
     median_ms: dict[str, float] = field(default_factory=dict)  # "1x128" -> median over rounds
     geomean_ms: float | None = None
+    report: object = None  # its check's Report
 
 
 @dataclass
@@ -58,6 +59,11 @@ class Choice:
     cpu: str
     threads: int
     rounds: int
+
+    @property
+    def report(self):
+        """The chosen variant's check (export-attn's quick sweep): the pipeline does not check it again."""
+        return next(c.report for c in self.candidates if c.variant == self.spec.variant)
 
     def table(self) -> str:
         shapes = [_shape_name(s) for s in self.shapes]
@@ -165,7 +171,7 @@ def _export_and_check(candidate: Candidate, module) -> None:
     golden = module
     if candidate.spec.quantize:  # held to the dequantized weights the file holds, as export-attn does
         golden, _ = reference_module(candidate.proto, candidate.spec)
-    report = check_model(candidate.proto, QUICK_CONFIG, module=golden)
+    report = candidate.report = check_model(candidate.proto, QUICK_CONFIG, module=golden)
     if report.nothing_checked:
         candidate.dropped = "onnxruntime cannot run it here: " + "; ".join(s.reason for s in report.skipped)
     elif not report.ok:

@@ -13,6 +13,7 @@ from attn_onnx.runtime_check.runners import RUNTIMES
 
 GRID = ("batches", "lengths", "shapes", "masks")  # the sweep options of attention models
 SWEEP = (*GRID, "sizes")
+SWEEP_DIM = {**dict.fromkeys(GRID, "batch"), "sizes": "size"}  # each applies to kinds whose cases set that dim
 
 
 def _profiles(field: str) -> str:
@@ -211,9 +212,10 @@ def _plan(ctx, model: Path, options: dict):
 
     loaded = load_model(model)
     spec = loaded.spec
-    refuse(ctx, chosen & set(SWEEP) - spec.kind.check_options, f"to a {spec.module} model")
-    refuse(ctx, chosen & {"weights", "weights_prefix"} - spec.kind.check_options,
-           f"to a {spec.module} model (it has no weights)")
+    refuse(ctx, {o for o in chosen & set(SWEEP) if SWEEP_DIM[o] not in spec.kind.case_dims},
+           f"to a {spec.module} model")
+    if not spec.kind.has_weights:
+        refuse(ctx, chosen & {"weights", "weights_prefix"}, f"to a {spec.module} model (it has no weights)")
     if spec.mask != "input":
         refuse(ctx, chosen & {"masks"}, f"to a model without a mask input (its mask is {spec.mask})")
     plots = None

@@ -78,12 +78,13 @@ def _io(values, dims: dict, dtypes: dict) -> list[dict]:
 
 
 def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, module, *, name: str,
-                 force: bool = False, seed: int = 0, external: bool = False) -> Path:
+                 force: bool = False, seed: int = 0, external: bool = False, data: bytes | None = None) -> Path:
     """Write the bundle folder atomically (a temp folder beside `target`, then a rename). With `external`
     (or past 2 GiB), the weights go to `model.onnx.data` beside the model, hashed in the manifest too.
 
     `module` holds the weights as the model does (dequantized, for an int8 model): the golden vectors are its
-    float64 answers, and the manifest's tolerance is the profile of the model's precision."""
+    float64 answers, and the manifest's tolerance is the profile of the model's precision. `data`: the model
+    serialized already, where the caller holds it."""
     check_bundle_dtype(spec.dtype)
     import torch
 
@@ -95,7 +96,7 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
     inputs = [v for v in proto.graph.input if v.name not in initializers]
 
     def build(folder: Path) -> None:
-        files = save_model(proto, folder / MODEL_FILE, external)
+        files = save_model(proto, folder / MODEL_FILE, external, data)
         sets = []
         for i, case in enumerate(bundle_cases(spec)):
             feeds = case.feeds(seed)
@@ -338,4 +339,3 @@ def _load_tensor(path: Path) -> np.ndarray:
     except Exception as exc:  # protobuf's DecodeError
         raise BundleError(f"{path.name} is not a TensorProto: {exc}") from None
     return numpy_helper.to_array(tensor)
-

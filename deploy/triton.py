@@ -82,7 +82,7 @@ def config_text(spec: ExportSpec, name: str, *, max_batch_size: int = 8, gpu: bo
 
 def write_repository(repo: str | Path, proto: onnx.ModelProto, spec: ExportSpec, *, name: str, force: bool = False,
                      max_batch_size: int = 8, gpu: bool = False, external: bool = False,
-                     backend: str = "onnxruntime", max_queue_delay_us: int = 0) -> Path:
+                     backend: str = "onnxruntime", max_queue_delay_us: int = 0, data: bytes | None = None) -> Path:
     """Write `repo/<name>/` atomically (other models already in `repo` are left alone). With `external` (or
     past 2 GiB) the weights go to `1/model.onnx.data`, where onnxruntime finds them. The python backend also
     gets `1/model.py`."""
@@ -98,7 +98,7 @@ def write_repository(repo: str | Path, proto: onnx.ModelProto, spec: ExportSpec,
 
     def build(folder: Path) -> None:
         (folder / VERSION).mkdir()
-        save_model(proto, folder / VERSION / "model.onnx", external)
+        save_model(proto, folder / VERSION / "model.onnx", external, data)
         if code is not None:
             (folder / VERSION / "model.py").write_text(code)
         (folder / CONFIG_FILE).write_text(text)

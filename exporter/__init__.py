@@ -1,7 +1,9 @@
-"""Export the seed's attention modules to ONNX: the Python API beneath `export-attn`.
+"""Build the ONNX models of the Annotated Transformer's attention modules, in memory: the layer beneath
+`export-attn`, whose pipeline (validate, build, check, write) is `attn_onnx.deploy.export_model`.
 
-    from attn_onnx.exporter import ExportSpec, build_module, export_model
-    result = export_model(ExportSpec(heads=8, embedding_dim=512), "mha.onnx", module=build_module(ExportSpec()))
+    from attn_onnx.exporter import ExportSpec, build_module, export_onnx
+    spec = ExportSpec(heads=8, embedding_dim=512).validate()
+    proto, spec = export_onnx(spec, build_module(spec))
 
 Names are imported on first use, so that `export-attn --help` answers without importing torch.
 """
@@ -11,9 +13,7 @@ import importlib
 from attn_onnx import __version__
 
 _LAZY = {
-    "ExportResult": "attn_onnx.exporter.export",
     "build_module": "attn_onnx.exporter.export",
-    "export_model": "attn_onnx.exporter.export",
     "export_onnx": "attn_onnx.exporter.export",
     "example_inputs": "attn_onnx.exporter.export",
     "ExportSpec": "attn_onnx.exporter.spec",

@@ -1,14 +1,13 @@
-"""Export the seed's modules to one self-contained ONNX file with dynamic batch and sequence axes.
+"""Build the ONNX model of a spec in memory, with dynamic batch and sequence axes and the spec in its metadata.
 
-    spec = ExportSpec(heads=8, embedding_dim=512)
-    module = build_module(spec, seed=0)           # or your own trained MultiHeadedAttention
-    result = export_model(spec, "mha.onnx", module=module)
+    proto, spec = export_onnx(spec, module)      # spec validated; spec now carries the weight map
+
+The pipeline that validates, checks and writes is attn_onnx.deploy.export_model (export-attn's).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +20,9 @@ from attn_onnx.dtypes import to_torch, torch_dtype
 from attn_onnx.errors import ExportError, UsageError, first_line
 from attn_onnx.exporter.spec import METADATA_PREFIX, ExportSpec
 from attn_onnx.exporter.variants import VARIANTS
-from attn_onnx.files import check_output_file
 from attn_onnx.vocab import MASK_CONVENTION
-from attn_onnx.model_files import needs_external, staged_model
+from attn_onnx.model_files import needs_external
 
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    """What was written: the path, the spec (with its weight map) and the file's size."""
-
-    path: Path
-    spec: ExportSpec
-    size_bytes: int
 
 
 def build_module(spec: ExportSpec, state: dict[str, torch.Tensor] | None = None, seed: int = 0) -> nn.Module:
@@ -59,12 +48,12 @@ def in_dtype(module: nn.Module | None, dtype: str) -> nn.Module | None:
 
 def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0) -> tuple[onnx.ModelProto,
                                                                                         ExportSpec]:
-    """Export `spec` to an in-memory model. For mha, `module` is any module with the seed's interface
-    (`head`, `linears`, `attn`); without one, random weights from `seed` are used.
+    """Export `spec` (validated by the caller: export_model does it once) to an in-memory model. For mha,
+    `module` is any module with MultiHeadedAttention's interface (`head`, `linears`, `attn`); without one,
+    random weights from `seed` are used.
 
-    Returns the checked model and the spec completed with its weight map.
+    Returns the model, passed through onnx.checker, and the spec completed with its weight map.
     """
-    spec.validate()
     kind = spec.kind
     if kind.has_weights:
         if module is None:
@@ -112,21 +101,6 @@ def check_onnx(proto: onnx.ModelProto | str | Path) -> None:
         raise ExportError(f"onnx.checker rejected the exported model: {first_line(exc)}") from exc
 
 
-def export_model(spec: ExportSpec, out: str | Path, module: nn.Module | None = None, force: bool = False,
-                 seed: int = 0, external_data: bool = False) -> ExportResult:
-    """Export and write the .onnx file atomically; refuse to overwrite unless `force`. With `external_data`
-    (automatic past 2 GiB) the weights go to `out.data` beside it."""
-    out = Path(out)
-    check_output_file(out, force)
-    proto, spec = export_onnx(spec, module, seed)
-    external = external_data or needs_external(proto)
-    with staged_model(proto, out, external) as (staged, commit):
-        if external:
-            check_onnx(staged)  # past 2 GiB, export_onnx could not check it in memory
-        size = commit(force)
-    return ExportResult(path=out, spec=spec, size_bytes=size)
-
-
 def _name_dims(proto: onnx.ModelProto, spec: ExportSpec) -> None:
     """Give every input and output the dims of the spec; fail if the exporter fixed a dim we asked free."""
     for values, wanted, is_input in ((proto.graph.input, spec.input_dims(), True),
@@ -165,6 +139,6 @@ def describe(proto: onnx.ModelProto, spec: ExportSpec) -> None:
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
     proto.producer_name, proto.producer_version = "attn-onnx", __version__
-    mask = f" Mask: {spec.mask}; {MASK_CONVENTION}." if "mask_mode" in spec.kind.export_options else ""
+    mask = f" Mask: {spec.mask}; {MASK_CONVENTION}." if "mask" in spec.kind.settings else ""
     proto.doc_string = (f"{spec.kind.describe(spec)}, exported by attn-onnx. Inputs: {spec.input_dims()}; "
                         f"outputs: {spec.output_dims()}.{mask}")

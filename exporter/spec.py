@@ -96,11 +96,11 @@ class ExportSpec:
                 raise UsageError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
         if self.dtype not in kind.dtypes:
             raise UsageError(f"--dtype {self.dtype} does not apply to {kind.flag}: it takes {'/'.join(kind.dtypes)}")
-        if self.quantize and "quantize" not in kind.export_options:
+        if self.quantize and "quantize" not in kind.settings:
             raise UsageError(f"--quantize does not apply to {kind.flag}")
         if self.quantize and self.dtype != "float32":
             raise UsageError(f"--quantize {self.quantize} quantizes float32 weights; not with --dtype {self.dtype}")
-        if self.attn_probs and "attn_probs" not in kind.export_options:
+        if self.attn_probs and "attn_probs" not in kind.settings:
             raise UsageError(f"--attn-probs does not apply to --module {self.module} "
                              "(mha only; attention always outputs attn_probs)")
         kind.validate(self)

@@ -85,3 +85,5 @@ def test_the_python_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
     exec(python_block("## Python API", "export.md"), {})
     assert capsys.readouterr().out.startswith("PASSED | summary | 288 passed, 0 failed, 0 skipped")
     assert (tmp_path / "mha.onnx").is_file()
+    assert (tmp_path / "mha-bundle" / "manifest.json").is_file()
+    assert (tmp_path / "models" / "mha" / "1" / "model.py").is_file()

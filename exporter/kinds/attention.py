@@ -9,8 +9,7 @@ class AttentionKind(AttentionKindBase):
     name = "attention"
     flag = "--module attention"
     help = "the bare attention(query, key, value, mask); outputs output and attn_probs"
-    export_options = frozenset({"heads", "embedding_dim", "mask_mode", "mask_dtype", "causal_align", "dtype"})
-    check_options = frozenset({"batches", "lengths", "shapes", "masks"})
+    settings = frozenset({"heads", "embedding_dim", "mask", "mask_dtype", "causal_align", "dtype"})
     metadata_fields = ("heads", "d_k", "dtype", "mask", "mask_dtype", "causal_align", "mask_convention")
 
     def input_dims(self, spec):

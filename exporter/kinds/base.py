@@ -9,11 +9,10 @@ import numpy as np
 from attn_onnx.errors import UsageError
 from attn_onnx.vocab import GRAPH_MASK, MASK_FILL, MASK_KINDS
 
-# export-attn options that every kind takes; each kind adds the ones that apply to it
-COMMON_EXPORT_OPTIONS = frozenset({"module_kind", "variant", "optimize", "external_data", "opset", "out", "bundle_dir",
-                                   "triton_repo", "name", "triton_max_batch", "triton_gpu", "triton_backend",
-                                   "triton_max_queue_delay_us", "force", "no_check", "tune_shapes", "tune_rounds",
-                                   "tune_mask", "standard_ops"})
+# the settings a kind may take beyond those every kind takes (module, variant, opset, optimize): ExportSpec's
+# fields, and "weights" (where the weights come from: a checkpoint, or random from a seed)
+KIND_SETTINGS = frozenset({"heads", "embedding_dim", "mask", "mask_dtype", "causal_align", "attn_probs", "dtype",
+                           "quantize", "weights"})
 
 
 class ModuleKind:
@@ -24,18 +23,17 @@ class ModuleKind:
     has_weights: bool = False
     example_dims: dict[str, int] = {}  # the dims of the example handed to torch.export
     case_dims: tuple[str, ...] = ()  # the dims a check case sets: ("batch", "q_len", "kv_len") or ("size",)
-    export_options: frozenset[str] = frozenset()  # export-attn options that apply (beyond the common ones)
-    check_options: frozenset[str] = frozenset()  # check-attn options that apply to a model of this kind
+    settings: frozenset[str] = frozenset()  # which of KIND_SETTINGS apply to this kind
     metadata_fields: tuple[str, ...] = ()  # ExportSpec fields written to (and read from) metadata
     decodes: bool = False  # runtime_check also decodes sequences through its cache (mha-cache)
     self_attention: bool = False  # one input x for query, key and value: check cases have q_len == kv_len
     dtypes: tuple[str, ...] = ("float32",)  # the --dtype values it exports
     flag: str = ""  # how the user asks for it, for messages: "--module mha", "--kv-cache"
     form_of: str = ""  # a form of another kind, selected by its own flag (mha-cache: --kv-cache on mha)
-    option: str = ""  # that flag's option name ("kv_cache"); the CLI finds the kind by it
 
-    def complete_options(self, options: dict, given: set[str]) -> None:
-        """Fill in what choosing this kind implies for the options the user did not give (export-attn)."""
+    def implied(self, settings: dict, given: set[str]) -> dict:
+        """What choosing this kind implies for the settings the user did not give: {setting: value}."""
+        return {}
 
     def validate(self, spec) -> None:
         """Raise UsageError naming the value that does not fit this kind."""

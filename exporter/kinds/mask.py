@@ -17,7 +17,6 @@ class SubsequentMaskKind(ModuleKind):
     help = "subsequent_mask(size) as a graph"
     example_dims = {"size": 5}
     case_dims = ("size",)
-    check_options = frozenset({"sizes"})
     metadata_fields = ("output",)
 
     def input_dims(self, spec):

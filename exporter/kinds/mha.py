@@ -11,10 +11,8 @@ class MhaKind(AttentionKindBase):
     flag = "--module mha"
     help = "MultiHeadedAttention"
     has_weights = True
-    export_options = frozenset({"heads", "embedding_dim", "mask_mode", "mask_dtype", "causal_align", "attn_probs",
-                                "weights", "weights_prefix", "seed", "kv_cache", "self_attention", "dtype",
-                                "quantize"})
-    check_options = frozenset({"batches", "lengths", "shapes", "masks", "weights", "weights_prefix"})
+    settings = frozenset({"heads", "embedding_dim", "mask", "mask_dtype", "causal_align", "attn_probs", "weights",
+                          "dtype", "quantize"})
     metadata_fields = ("heads", "d_k", "embedding_dim", "dtype", "mask", "mask_dtype", "causal_align",
                        "mask_convention", "attn_probs", "weights", "weights_source")
 
@@ -75,5 +73,3 @@ class MhaKind(AttentionKindBase):
             raise UsageError(f"the module has heads={heads}, embedding_dim={width} but the spec asks for "
                              f"heads={spec.heads}, embedding_dim={spec.embedding_dim}")
         return module.eval()  # dropout is a training-time op
-
-

@@ -20,21 +20,21 @@ from attn_onnx.exporter.kinds.mha import MhaKind
 class MhaCacheKind(MhaKind):
     name = "mha-cache"
     flag = "--kv-cache"
-    form_of, option = "mha", "kv_cache"
+    form_of = "mha"
     dtypes = ("float32",)  # the decode check and the bundle's decode steps are float32 so far
     help = "one decoding step of MultiHeadedAttention with a KV cache (export-attn --kv-cache)"
-    export_options = frozenset({"heads", "embedding_dim", "mask_mode", "mask_dtype", "causal_align", "weights",
-                                "weights_prefix", "seed", "kv_cache", "dtype"})
-    check_options = frozenset({"batches", "lengths", "shapes", "masks", "weights", "weights_prefix"})
+    settings = MhaKind.settings - {"attn_probs", "quantize"}
     metadata_fields = ("heads", "d_k", "embedding_dim", "dtype", "mask", "mask_dtype", "causal_align",
                        "mask_convention", "weights", "weights_source")
     decodes = True  # runtime_check feeds whole sequences through the cache
 
-    def complete_options(self, options, given):
-        if "mask_mode" not in given:
-            options["mask_mode"] = "causal"  # built in, bottom-right aligned: the mask a decoding step needs
-        if "causal_align" not in given and options["mask_mode"] == "causal":
-            options["causal_align"] = "bottom-right"
+    def implied(self, settings, given):
+        implied = {}
+        if "mask" not in given:
+            implied["mask"] = "causal"  # built in, bottom-right aligned: the mask a decoding step needs
+        if "causal_align" not in given and implied.get("mask", settings["mask"]) == "causal":
+            implied["causal_align"] = "bottom-right"
+        return implied
 
     def validate(self, spec) -> None:
         super().validate(spec)

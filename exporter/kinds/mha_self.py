@@ -14,11 +14,11 @@ from attn_onnx.exporter.kinds.mha import MhaKind
 class MhaSelfKind(MhaKind):
     name = "mha-self"
     flag = "--self-attention"
-    form_of, option = "mha", "self_attention"
+    form_of = "mha"
     help = "MultiHeadedAttention on one input x (export-attn --self-attention)"
     self_attention = True
     example_dims = {"batch": 2, "q_len": 3, "kv_len": 3}  # one length; batch and length still differ
-    export_options = MhaKind.export_options - {"kv_cache"} | {"self_attention"}
+    settings = MhaKind.settings
 
     def input_dims(self, spec):
         dims = {"x": ["batch", "q_len", spec.embedding_dim]}

@@ -209,7 +209,7 @@ def test_help_names_only_module_choices_and_says_how_to_reach_the_other_kinds():
     """--help used to list mha-cache and mha-self under --module, whose choices are mha|attention|mask."""
     import click
 
-    module = next(p for p in main.params if p.name == "module_kind")
+    module = next(p for p in main.params if p.name == "module")
     assert list(module.type.choices) == ["mha", "attention", "mask"]
     assert all(f"{name}: " in module.help for name in module.type.choices)
     assert "mha-cache:" not in module.help and "mha-self:" not in module.help  # not values of --module

@@ -1,5 +1,7 @@
 """Each module kind describes itself consistently: dims, dtypes, example inputs, metadata, options."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -47,15 +49,17 @@ def test_the_mask_convention_in_metadata_is_the_models():
     assert ExportSpec().to_metadata()["attn_onnx.mask_convention"] == MASK_CONVENTION
 
 
-def test_kind_options_are_real_cli_options():
-    from attn_onnx.cli.check_attn import main as check
+def test_kind_settings_are_the_vocabulary_s_and_each_has_an_export_attn_option():
+    from attn_onnx.cli.export_attn import SETTING_OF
     from attn_onnx.cli.export_attn import main as export
+    from attn_onnx.exporter.kinds.base import KIND_SETTINGS
 
-    export_params = {p.name for p in export.params}
-    check_params = {p.name for p in check.params}
     for kind in KINDS.values():
-        assert kind.export_options <= export_params, kind.name
-        assert kind.check_options <= check_params, kind.name
+        assert kind.settings <= KIND_SETTINGS, kind.name
+    options = {SETTING_OF.get(p.name, p.name) for p in export.params}
+    assert KIND_SETTINGS <= options
+    spec_fields = {f.name for f in dataclasses.fields(ExportSpec)}
+    assert KIND_SETTINGS <= spec_fields  # "weights" is the field of the weight map a kind with weights writes
 
 
 def test_a_padding_mask_is_one_row_for_every_query():

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import attn_onnx.exporter.variants.tiled as tiled
-from attn_onnx.exporter.export import build_module, export_model
+from attn_onnx.deploy import export_model
+from attn_onnx.exporter.export import build_module
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.runtime_check.cases import Sweep, make_mask
 from attn_onnx.runtime_check.check import CheckConfig, check_model
@@ -35,7 +36,8 @@ def tiny_tiles(tmp_path_factory):
                 patch.setattr(tiled, "TILE_SCORES", 1)
                 patch.setattr(tiled, "MIN_TILE", 3)
                 patch.setattr(tiled, "GROUP_SCORES", group_scores)
-                path = export_model(spec, folder / f"{len(cache)}.onnx", seed=0).path
+                path = folder / f"{len(cache)}.onnx"
+                export_model(spec, path, seed=0, check=False)
             cache[key] = (path, spec, build_module(spec, seed=0))
         return cache[key]
 

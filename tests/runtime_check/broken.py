@@ -8,7 +8,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from attn_onnx.exporter.export import export_model
+from attn_onnx.deploy import export_model
 from attn_onnx.exporter.kinds import KINDS
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.models import MultiHeadedAttention
@@ -29,7 +29,7 @@ class NegInfFillMHA(MultiHeadedAttention):
 def neg_inf_fill_model(path: Path, spec: ExportSpec, module: MultiHeadedAttention) -> Path:
     bad = NegInfFillMHA(spec.heads, spec.embedding_dim, dropout=0.0).eval()
     bad.load_state_dict(module.state_dict())
-    export_model(spec, path, module=bad)
+    export_model(spec, path, module=bad, check=False)  # it would fail the check: that is the point
     return path
 
 

@@ -1,0 +1,157 @@
+"""The one export pipeline: validate the spec, build the model, check it against the float64 PyTorch module,
+and write it in each output form asked for. export-attn only wires its options to it.
+
+    from attn_onnx.deploy import Bundle, OnnxFile, export_model
+    from attn_onnx.exporter import ExportSpec
+
+    exported = export_model(ExportSpec(heads=8), OnnxFile("mha.onnx"), Bundle("mha-bundle"), module=module)
+    exported.proto, exported.spec, exported.golden, exported.report   # what was built, and its check
+
+Each step is done once: the spec is validated once (here, before any work), the forms' targets are checked
+before the export, the model is serialized once and that one copy is checked and written in every form (a
+model past 2 GiB, whose weights must lie beside it, is saved and checked from a file instead). A model that
+fails the check is written nowhere (ParityError, with the report).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from attn_onnx.errors import ParityError
+from attn_onnx.exporter.spec import ExportSpec
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """--attention-impl auto: time every variant that passes the check at `shapes` and keep the fastest."""
+
+    shapes: tuple = ((1, 16), (1, 128), (1, 512))  # (batch, length), self-attention
+    rounds: int = 7  # bench-attn's interleaved rounds
+    mask: str = "causal+padding"  # the mask fed while timing, for a model with a mask input
+    standard_ops: bool = False  # only variants of standard ONNX operators
+    opset: int | None = None  # pinned; else each candidate at max(spec.opset, its minimum)
+
+
+@dataclass(frozen=True)
+class Model:
+    """The model as the forms write it: built once, serialized once (`data`; None where `external`)."""
+
+    proto: onnx.ModelProto
+    spec: ExportSpec  # with the weight map
+    data: bytes | None
+    external: bool  # its weights go beside it (asked for, or past protobuf's 2 GiB)
+    golden: object  # the module holding the weights as the model does: a bundle's vectors are its answers
+
+
+@dataclass
+class Exported:
+    """What export_model built and wrote."""
+
+    proto: onnx.ModelProto
+    spec: ExportSpec
+    module: object  # the PyTorch module as given or built (None for the mask kind)
+    golden: object  # `module` with the model's weights: rounded to its dtype, or dequantized (int8)
+    report: object = None  # the parity check's Report (None with check=False)
+    accuracy: object = None  # a reduced-precision model against the module as given: its worst CaseResult
+    choice: object = None  # --attention-impl auto's Choice (its table), where tuned
+    written: dict[str, str] = field(default_factory=dict)  # form -> the line it printed
+
+
+def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = None, seed: int = 0,
+                 check: bool = True, force: bool = False, external_data: bool = False, tuning: Tuning | None = None,
+                 on_line: Callable[[str], None] = lambda text: None) -> Exported:
+    """Export `spec` and write it in each of `forms` (OnnxFile, Bundle, TritonRepo; a bare path is an
+    OnnxFile); with no form, nothing is written and the model is returned.
+
+    The weights: `module` (any module with MultiHeadedAttention's interface), else `state` (a state_dict),
+    else random from `seed`. `check` runs the quick parity sweep in onnxruntime first. `tuning` chooses the
+    variant (--attention-impl auto), reporting progress to `on_line`.
+    """
+    from attn_onnx.deploy.forms import OnnxFile
+
+    forms = [OnnxFile(f) if isinstance(f, (str, Path)) else f for f in forms]
+    spec.validate()
+    for form in forms:
+        form.check(spec, force)
+    kind = spec.kind
+    if kind.has_weights:
+        if module is None:
+            module = kind.build_module(spec, state, seed)
+            spec = spec.replace(weights_source=spec.weights_source or
+                                ("a state_dict" if state is not None else f"random (seed={seed})"))
+        module = kind.checked_module(spec, module)
+        spec = spec.replace(weights_source=spec.weights_source or "a module passed to the Python API")
+    from attn_onnx.exporter.export import export_onnx, in_dtype
+
+    golden = in_dtype(module, spec.dtype)  # the weights as the model holds them: rounded to its dtype
+    choice = None
+    if tuning is not None:
+        from attn_onnx.bench.auto import tune
+
+        choice = tune(spec, golden, tuning.shapes, rounds=tuning.rounds, mask=tuning.mask,
+                      standard_ops=tuning.standard_ops, opset=tuning.opset, on_line=on_line)
+        proto, spec = choice.proto, choice.spec
+    else:
+        proto, spec = export_onnx(spec, golden)
+    if spec.quantize:  # int8: the golden holds the dequantized weights, read back through the weight map
+        from attn_onnx.runtime_check.reference import reference_module
+
+        golden, _ = reference_module(proto, spec)
+    from attn_onnx.model_files import needs_external
+
+    external = external_data or needs_external(proto)
+    model = Model(proto, spec, None if external else proto.SerializeToString(), external, golden)
+    exported = Exported(proto, spec, module, golden, choice=choice)
+    targets = " or ".join(str(form.target(spec)) for form in forms) or "nothing"
+    if check or choice is not None:  # auto checked every candidate on this sweep: the winner's report stands
+        exported.report, exported.accuracy = _check(model, module, forms, targets, choice and choice.report)
+    for form in forms:
+        exported.written[type(form).__name__] = form.write(model, force)
+    return exported
+
+
+def _check(model: Model, module, forms, targets: str, report=None):
+    """The quick parity sweep in onnxruntime (onnx.reference where onnxruntime cannot run the model here),
+    unless `report` holds it already; ParityError, with the report, unless it passes. Where the golden's
+    weights differ from the module's (reduced precision, int8), also the worst case against the module as
+    given: what rounding cost."""
+    from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
+    from attn_onnx.runtime_check.compare import Tolerance
+
+    def run(loaded, report=report):
+        config = QUICK_CONFIG
+        if report is None:
+            report = check_model(loaded, config, module=model.golden)
+        if report.nothing_checked:  # no bfloat16 MatMul in onnxruntime's CPU: onnx.reference checks it
+            config = dataclasses.replace(config, runtimes=("onnxruntime", "reference"))
+            report = check_model(loaded, config, module=model.golden)
+        if not report.ok:
+            raise ParityError(f"the exported model fails the parity check ({len(report.failed)} of "
+                              f"{len(report.results)} cases failed); nothing was written to {targets} "
+                              "(--no-check writes it anyway, for inspection)", report)
+        accuracy = None
+        if model.golden is not module:
+            accuracy = check_model(loaded, dataclasses.replace(config, tolerance=Tolerance(float("inf"), 0.0)),
+                                   module=module).worst
+        return report, accuracy
+
+    from attn_onnx.runtime_check.model import LoadedModel
+
+    if not model.external:
+        return run(LoadedModel(model.proto, model.data, "<in memory>", model.spec))
+    # past 2 GiB a model runs only from a file: saved (and checked by onnx.checker) in a temp folder
+    from attn_onnx.exporter.export import check_onnx
+    from attn_onnx.model_files import save_model
+
+    near = forms[0].target(model.spec).parent if forms else None
+    with tempfile.TemporaryDirectory(prefix=".attn-onnx-check.", dir=near if near and near.is_dir() else None) as tmp:
+        path = Path(tmp) / "model.onnx"
+        save_model(model.proto, path, True)
+        check_onnx(path)
+        return run(LoadedModel(model.proto, path.read_bytes(), str(path), model.spec, path, True))

@@ -1,0 +1,138 @@
+"""The one export pipeline (deploy/pipeline.py) and the output forms' registry (deploy/forms/): each step once,
+a failing model written nowhere, and a form that is one file plus one registration line."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from attn_onnx.cli.export_attn import main as export
+from attn_onnx.deploy import FORMS, Bundle, OnnxFile, TritonRepo, export_model
+from attn_onnx.errors import ParityError
+from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.variants import VARIANTS, Variant
+from attn_onnx.runtime_check.model import load_model
+
+SMALL = ["--heads", "2", "--embedding-dim", "16"]
+ALL_FORMS = ["--out", "m.onnx", "--bundle", "b", "--triton-repo", "r", "--triton-backend", "python"]
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Calls of ExportSpec.validate and of ModelProto serialization while a test runs. onnx.checker serializes
+    the model it is handed to reach its C++ checker: those serializations (building the model, not writing it)
+    are taken off the count."""
+    counts = {"validate": 0, "serialize": 0}
+    validate, serialize, checker = ExportSpec.validate, onnx.ModelProto.SerializeToString, onnx.checker.check_model
+
+    def counting_validate(self):
+        counts["validate"] += 1
+        return validate(self)
+
+    def counting_serialize(self, *args, **kwargs):
+        counts["serialize"] += 1
+        return serialize(self, *args, **kwargs)
+
+    def counting_checker(model, *args, **kwargs):
+        counts["serialize"] -= isinstance(model, onnx.ModelProto)
+        return checker(model, *args, **kwargs)
+
+    monkeypatch.setattr(ExportSpec, "validate", counting_validate)
+    monkeypatch.setattr(onnx.ModelProto, "SerializeToString", counting_serialize)
+    monkeypatch.setattr(onnx.checker, "check_model", counting_checker)
+    return counts
+
+
+@pytest.mark.parametrize("forms", [["--out", "m.onnx"], ALL_FORMS], ids=["out", "out+bundle+triton"])
+def test_an_export_validates_the_spec_once_and_serializes_the_model_once(tmp_path, monkeypatch, counted, forms):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(export, [*SMALL, *forms])
+    assert result.exit_code == 0, result.output
+    assert "PASSED" in result.output  # the check ran, on the same serialized copy the forms wrote
+    assert counted == {"validate": 1, "serialize": 1}
+    written = [(tmp_path / "m.onnx").read_bytes()]
+    if "--bundle" in forms:
+        written += [(tmp_path / "b" / "model.onnx").read_bytes(),
+                    (tmp_path / "r" / "mha" / "1" / "model.onnx").read_bytes()]
+    assert len(set(written)) == 1  # one copy, byte for byte, in every form
+
+
+def test_the_python_api_is_the_pipeline_and_returns_what_it_built(tmp_path, counted):
+    spec = ExportSpec(heads=2, embedding_dim=16)
+    exported = export_model(spec, OnnxFile(tmp_path / "m.onnx"), Bundle(tmp_path / "b", name="attn"),
+                            TritonRepo(tmp_path / "r", name="attn", backend="python"), seed=3)
+    assert counted == {"validate": 1, "serialize": 1}
+    assert exported.report.ok and len(exported.report.results) == 8  # the quick sweep, passed
+    assert exported.spec.weights and exported.spec.weights_source == "random (seed=3)"
+    assert exported.golden is exported.module  # float32: the module's own weights are the model's
+    assert list(exported.written) == ["OnnxFile", "Bundle", "TritonRepo"]
+    assert load_model(tmp_path / "m.onnx").spec == exported.spec
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["name"] == "attn"
+    assert (tmp_path / "r" / "attn" / "1" / "model.py").is_file()
+
+
+@dataclasses.dataclass(frozen=True)
+class WrongBias(Variant):
+    """torch-export's graph with the output projection's bias moved by 0.5: builds and runs, and is wrong."""
+
+    def build(self, spec, graph, example, module):
+        built = VARIANTS["torch-export"].build(spec.replace(variant="torch-export"), graph, example, module)
+        entry = built.weights["linears.3.bias"]
+        init = next(i for i in built.proto.graph.initializer if i.name == entry["initializer"])
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(0.5), init.name))
+        return built
+
+
+def test_a_model_that_fails_the_check_is_written_in_no_form(tmp_path, monkeypatch):
+    monkeypatch.setitem(VARIANTS, "wrong-bias", WrongBias("wrong-bias", "torch_export", "broken on purpose"))
+    spec = ExportSpec(heads=2, embedding_dim=16, variant="wrong-bias")
+    with pytest.raises(ParityError, match=r"fails the parity check \(8 of 8 cases failed\); nothing was written to "
+                                          rf"{tmp_path / 'm.onnx'} or {tmp_path / 'b'}") as caught:
+        export_model(spec, OnnxFile(tmp_path / "m.onnx"), Bundle(tmp_path / "b"))
+    assert not caught.value.report.ok and caught.value.report.worst.max_abs == pytest.approx(0.5, abs=1e-6)
+    assert list(tmp_path.iterdir()) == []  # no file, no folder, no temp left behind
+
+
+def test_every_form_s_options_are_export_attn_s_and_refused_without_its_target():
+    params = {p.name: p for p in export.params}
+    for form in FORMS.values():
+        for option in form.OPTIONS:
+            assert params[option.name] is option  # taken from the form's file, not written again in the CLI
+        for option in form.OPTIONS[1:]:
+            flag = option.opts[0]
+            result = CliRunner().invoke(export, [*SMALL, "--out", "x.onnx", flag,
+                                                 *([] if option.is_flag else [str(option.default or 1)])])
+            if form is not OnnxFile:
+                assert result.exit_code == 2
+                assert result.output.strip() == f"Error: {flag} does not apply without {form.OPTIONS[0].opts[0]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """A form written in a test: a text file naming the model's inputs (what a new form is: this class)."""
+
+    path: Path
+    named = False
+
+    def target(self, spec):
+        return Path(self.path)
+
+    def check(self, spec, force):
+        pass
+
+    def write(self, model, force):
+        Path(self.path).write_text(", ".join(model.spec.input_names))
+        return f"wrote {self.path}"
+
+
+def test_a_new_form_is_one_class_the_pipeline_writes_from_the_same_model(tmp_path, counted):
+    exported = export_model(ExportSpec(heads=2, embedding_dim=16, mask="none"), Summary(tmp_path / "io.txt"),
+                            OnnxFile(tmp_path / "m.onnx"))
+    assert (tmp_path / "io.txt").read_text() == "query, key, value"
+    assert exported.written == {"Summary": f"wrote {tmp_path / 'io.txt'}", "OnnxFile": exported.written["OnnxFile"]}
+    assert counted["serialize"] == 1
