@@ -24,7 +24,7 @@ import onnx
 
 from attn_onnx.errors import UsageError
 from attn_onnx.exporter.export import describe, export_onnx
-from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.spec import ExportSpec, ModelSpec
 from attn_onnx.exporter.variants import VARIANTS
 from attn_onnx.vocab import MASK_KINDS
 
@@ -53,7 +53,7 @@ class Candidate:
 @dataclass
 class Choice:
     proto: onnx.ModelProto
-    spec: ExportSpec  # the chosen variant's, with the record in spec.tuning
+    spec: ModelSpec  # the chosen variant's, with the record in spec.tuning
     candidates: list[Candidate]
     shapes: list[tuple[int, int]]
     cpu: str
@@ -106,7 +106,7 @@ def candidates(spec: ExportSpec, standard_ops: bool = False, opset: int | None =
 
 def tune(spec: ExportSpec, module, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAULT_ROUNDS, mask: str = DEFAULT_MASK,
          standard_ops: bool = False, opset: int | None = None, threads: int | None = None,
-         on_line: Callable[[str], None] = lambda text: None) -> Choice:
+         on_line: Callable[[str], None] = lambda text: None, weights_source: str = "") -> Choice:
     """Export, check and time every candidate; the fastest correct one, its metadata recording why.
 
     `module` holds the weights as the model will (rounded to its dtype); `opset` pins the opset (else each
@@ -126,7 +126,7 @@ def tune(spec: ExportSpec, module, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAU
             on_line(f"auto: {c.variant}: dropped ({c.dropped})")
             continue
         on_line(f"auto: {c.variant}: exporting and checking")
-        _export_and_check(c, module)
+        _export_and_check(c, module, weights_source)
     alive = [c for c in found if not c.dropped]
     if not alive:
         reasons = "; ".join(f"{c.variant}: {c.dropped}" for c in found)
@@ -158,13 +158,13 @@ def tune(spec: ExportSpec, module, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAU
     return Choice(best.proto, chosen, found, shapes, cpu, threads, rounds)
 
 
-def _export_and_check(candidate: Candidate, module) -> None:
+def _export_and_check(candidate: Candidate, module, weights_source: str = "") -> None:
     """The candidate's model, checked on the quick sweep; `dropped` says why where it fails."""
     from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
     from attn_onnx.runtime_check.reference import reference_module
 
     try:
-        candidate.proto, candidate.spec = export_onnx(candidate.spec, module)
+        candidate.proto, candidate.spec = export_onnx(candidate.spec, module, weights_source=weights_source)
     except Exception as exc:  # a variant that cannot export this spec is out, with the exporter's word
         candidate.dropped = f"the export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         return

@@ -181,12 +181,13 @@ def main(**options):
                         rounds=options["tune_rounds"], mask=options["tune_mask"],
                         standard_ops=options["standard_ops"], opset=options["opset"])
     variant = VARIANTS[DEFAULT_VARIANT if auto else options["variant"]]  # auto: every option checked as for it
-    spec, state = _spec(kind, options, variant)
+    spec, state, source = _spec(kind, options, variant)
     targets = " or ".join(str(form.target(spec)) for form in forms)
     from attn_onnx.deploy.pipeline import export_model
 
     try:
-        exported = export_model(spec, *forms, state=state, seed=options["seed"], check=not options["no_check"],
+        exported = export_model(spec, *forms, state=state, seed=options["seed"], weights_source=source,
+                                check=not options["no_check"],
                                 force=options["force"], external_data=options["external_data"], tuning=tuning,
                                 on_line=lambda text: click.echo(text, err=True))
     except ParityError as exc:
@@ -205,7 +206,8 @@ def main(**options):
 
 
 def _spec(kind, options: dict, variant):
-    """The settings of the export (validated by the pipeline, once) and the state_dict of --weights."""
+    """The settings of the export (validated by the pipeline, once), the state_dict of --weights, and where
+    the weights come from (for the metadata)."""
     from attn_onnx.exporter.spec import ExportSpec
 
     state, weights, prefix = None, options["weights"], options["weights_prefix"]
@@ -224,8 +226,8 @@ def _spec(kind, options: dict, variant):
                       mask_dtype=options["mask_dtype"], attn_probs=options["attn_probs"], dtype=options["dtype"],
                       quantize=options["quantize"] or "", opset=options["opset"] or max(18, variant.min_opset),
                       variant=variant.name, optimize="extended" if options["optimize"] else "",
-                      causal_align=options["causal_align"], weights_source=source if kind.has_weights else "")
-    return spec, state
+                      causal_align=options["causal_align"])
+    return spec, state, source
 
 
 def _echo_check(report, accuracy, spec) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import onnx
 
 from attn_onnx.errors import ParityError
-from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.spec import ExportSpec, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Model:
     """The model as the forms write it: built once, serialized once (`data`; None where `external`)."""
 
     proto: onnx.ModelProto
-    spec: ExportSpec  # with the weight map
+    spec: ModelSpec  # the settings with the weight map
     data: bytes | None
     external: bool  # its weights go beside it (asked for, or past protobuf's 2 GiB)
     golden: object  # the module holding the weights as the model does: a bundle's vectors are its answers
@@ -54,7 +54,7 @@ class Exported:
     """What export_model built and wrote."""
 
     proto: onnx.ModelProto
-    spec: ExportSpec
+    spec: ModelSpec  # what the model's metadata states: the settings, the weight map, auto's record
     module: object  # the PyTorch module as given or built (None for the mask kind)
     golden: object  # `module` with the model's weights: rounded to its dtype, or dequantized (int8)
     report: object = None  # the parity check's Report (None with check=False)
@@ -64,13 +64,14 @@ class Exported:
 
 
 def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = None, seed: int = 0,
-                 check: bool = True, force: bool = False, external_data: bool = False, tuning: Tuning | None = None,
-                 on_line: Callable[[str], None] = lambda text: None) -> Exported:
+                 weights_source: str = "", check: bool = True, force: bool = False, external_data: bool = False,
+                 tuning: Tuning | None = None, on_line: Callable[[str], None] = lambda text: None) -> Exported:
     """Export `spec` and write it in each of `forms` (OnnxFile, Bundle, TritonRepo; a bare path is an
     OnnxFile); with no form, nothing is written and the model is returned.
 
     The weights: `module` (any module with MultiHeadedAttention's interface), else `state` (a state_dict),
-    else random from `seed`. `check` runs the quick parity sweep in onnxruntime first. `tuning` chooses the
+    else random from `seed`; `weights_source` says where they came from, in the metadata. `check` runs the
+    quick parity sweep in onnxruntime first. `tuning` chooses the
     variant (--attention-impl auto), reporting progress to `on_line`.
     """
     from attn_onnx.deploy.forms import OnnxFile
@@ -83,10 +84,8 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
     if kind.has_weights:
         if module is None:
             module = kind.build_module(spec, state, seed)
-            spec = spec.replace(weights_source=spec.weights_source or
-                                ("a state_dict" if state is not None else f"random (seed={seed})"))
+            weights_source = weights_source or ("a state_dict" if state is not None else f"random (seed={seed})")
         module = kind.checked_module(spec, module)
-        spec = spec.replace(weights_source=spec.weights_source or "a module passed to the Python API")
     from attn_onnx.exporter.export import export_onnx, in_dtype
 
     golden = in_dtype(module, spec.dtype)  # the weights as the model holds them: rounded to its dtype
@@ -95,10 +94,11 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
         from attn_onnx.bench.auto import tune
 
         choice = tune(spec, golden, tuning.shapes, rounds=tuning.rounds, mask=tuning.mask,
-                      standard_ops=tuning.standard_ops, opset=tuning.opset, on_line=on_line)
+                      standard_ops=tuning.standard_ops, opset=tuning.opset, on_line=on_line,
+                      weights_source=weights_source)
         proto, spec = choice.proto, choice.spec
     else:
-        proto, spec = export_onnx(spec, golden)
+        proto, spec = export_onnx(spec, golden, weights_source=weights_source)
     if spec.quantize:  # int8: the golden holds the dequantized weights, read back through the weight map
         from attn_onnx.runtime_check.reference import reference_module
 

@@ -18,7 +18,7 @@ from torch import nn
 from attn_onnx import __version__
 from attn_onnx.dtypes import to_torch, torch_dtype
 from attn_onnx.errors import ExportError, UsageError, first_line
-from attn_onnx.exporter.spec import METADATA_PREFIX, ExportSpec
+from attn_onnx.exporter.spec import METADATA_PREFIX, ExportSpec, ModelSpec
 from attn_onnx.exporter.variants import VARIANTS
 from attn_onnx.vocab import MASK_CONVENTION
 from attn_onnx.model_files import needs_external
@@ -46,27 +46,29 @@ def in_dtype(module: nn.Module | None, dtype: str) -> nn.Module | None:
     return copy.deepcopy(module).to(torch_dtype(dtype))
 
 
-def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0) -> tuple[onnx.ModelProto,
-                                                                                        ExportSpec]:
-    """Export `spec` (validated by the caller: export_model does it once) to an in-memory model. For mha,
-    `module` is any module with MultiHeadedAttention's interface (`head`, `linears`, `attn`); without one,
-    random weights from `seed` are used.
+def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0,
+                weights_source: str = "") -> tuple[onnx.ModelProto, ModelSpec]:
+    """Export the settings `spec` (validated by the caller: export_model does it once) to an in-memory model.
+    For mha, `module` is any module with MultiHeadedAttention's interface (`head`, `linears`, `attn`); without
+    one, random weights from `seed` are used. `weights_source` says where the weights came from, for people.
 
-    Returns the model, passed through onnx.checker, and the spec completed with its weight map.
+    Returns the model, passed through onnx.checker, and what the export produced: the ModelSpec (the settings
+    with the weight map) that its metadata states.
     """
     kind = spec.kind
     if kind.has_weights:
         if module is None:
             module = kind.build_module(spec, seed=seed)
-            spec = spec.replace(weights_source=spec.weights_source or f"random (seed={seed})")
+            weights_source = weights_source or f"random (seed={seed})"
         module = kind.checked_module(spec, module)
-        spec = spec.replace(weights_source=spec.weights_source or "a module passed to the Python API")
     module = in_dtype(module, spec.dtype)
     graph = kind.graph(spec, module).eval()
     built = VARIANTS[spec.variant].build(spec, graph, example_inputs(spec), module)
     proto = built.proto
+    spec = ModelSpec.of(spec)
     if kind.has_weights:
-        spec = spec.replace(weights=built.weights)
+        spec = ModelSpec.of(spec, weights=built.weights,
+                            weights_source=weights_source or "a module passed to the Python API")
     _name_dims(proto, spec)
     describe(proto, spec)
     check_onnx(proto)
@@ -81,7 +83,7 @@ def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0
     return proto, spec
 
 
-def _rewritten(rewrite, proto: onnx.ModelProto, spec: ExportSpec) -> tuple[onnx.ModelProto, ExportSpec]:
+def _rewritten(rewrite, proto: onnx.ModelProto, spec: ModelSpec) -> tuple[onnx.ModelProto, ModelSpec]:
     """The model after a pass over it (`rewrite(proto, weights) -> (proto, weights)`), described and checked
     again, with the spec's weight map following the weights."""
     proto, weights = rewrite(proto, spec.weights)
@@ -121,7 +123,7 @@ def _name_dims(proto: onnx.ModelProto, spec: ExportSpec) -> None:
                     dim.dim_param = w
 
 
-def describe(proto: onnx.ModelProto, spec: ExportSpec) -> None:
+def describe(proto: onnx.ModelProto, spec: ModelSpec) -> None:
     """Write the spec into the model: its metadata_props (attn_onnx.*, the producers' versions), producer and
     doc_string."""
     import onnxscript

@@ -1,5 +1,6 @@
-"""What an exported model is: the export settings, and how they are written into (and read back from)
-the model's `metadata_props`, so that runtime_check can rebuild the PyTorch reference from the file alone.
+"""What an export is asked for (ExportSpec: the settings) and what it produced (ModelSpec: the settings, the
+weight map, where the weights came from, auto's record), and how a ModelSpec is written into (and read back
+from) the model's `metadata_props`, so that runtime_check can rebuild the PyTorch reference from the file alone.
 
 What differs between module kinds (dims, dtypes, which fields apply) lives in `exporter/kinds/`.
 """
@@ -23,9 +24,10 @@ FORMAT_VERSION = "1"
 MASK_OUTPUT = "uint8 (1, size, size): 1 on and below the diagonal, 0 above"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ExportSpec:
-    """Settings of one export; everything runtime_check needs to know about the graph's interface."""
+    """Settings of one export; everything runtime_check needs to know about the graph's interface. Two specs
+    are equal when their settings are (a ModelSpec's products aside)."""
 
     module: str = "mha"  # which module kind: mha (MultiHeadedAttention), attention (bare), mask (subsequent_mask)
     heads: int = 8  # attention heads
@@ -39,10 +41,15 @@ class ExportSpec:
     optimize: str = ""  # "": as built; "extended": as onnxruntime optimizes it offline at that level
     quantize: str = ""  # "": float weights; "int8": the projections dynamically quantized (onnxruntime's)
     causal_align: str = "top-left"  # with mask causal: top-left (the seed's subsequent_mask) or bottom-right
-    weights: dict[str, dict] = field(default_factory=dict, compare=False)  # state_dict key -> initializer
-    weights_source: str = field(default="", compare=False)  # where the weights came from, for people
-    # export-attn --attention-impl auto: why this variant (shapes, CPU, each candidate's figures); {} otherwise
-    tuning: dict = field(default_factory=dict, compare=False)
+
+    def settings(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(ExportSpec))
+
+    def __eq__(self, other):
+        return self.settings() == other.settings() if isinstance(other, ExportSpec) else NotImplemented
+
+    def __hash__(self):
+        return hash(self.settings())
 
     @property
     def kind(self):
@@ -109,6 +116,23 @@ class ExportSpec:
         VARIANTS[self.variant].check(self)
         return self
 
+    def replace(self, **changes) -> "ExportSpec":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, eq=False)
+class ModelSpec(ExportSpec):
+    """What an export produced, as its model's metadata states it: the settings, and what building them gave."""
+
+    weights: dict[str, dict] = field(default_factory=dict)  # state_dict key -> initializer (kinds with weights)
+    weights_source: str = ""  # where the weights came from, for people
+    tuning: dict = field(default_factory=dict)  # --attention-impl auto: why this variant; {} otherwise
+
+    @classmethod
+    def of(cls, settings: ExportSpec, **products) -> "ModelSpec":
+        """`settings` with what the export produced (weights, weights_source, tuning)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(ExportSpec)}, **products)
+
     # --- metadata --------------------------------------------------------------------------------------
 
     def to_metadata(self) -> dict[str, str]:
@@ -127,7 +151,7 @@ class ExportSpec:
         return {METADATA_PREFIX + k: v for k, v in meta.items()}
 
     @classmethod
-    def from_metadata(cls, props: dict[str, str]) -> "ExportSpec":
+    def from_metadata(cls, props: dict[str, str]) -> "ModelSpec":
         """Read a spec back from `metadata_props`; MetadataError names what is missing or malformed."""
         from attn_onnx.exporter.kinds import KINDS
 
@@ -172,11 +196,8 @@ class ExportSpec:
                                 f"embedding_dim/heads={spec.d_k}")
         return spec
 
-    def replace(self, **changes) -> "ExportSpec":
-        return dataclasses.replace(self, **changes)
 
-
-def _encode(spec: ExportSpec, name: str) -> str | None:
+def _encode(spec: ModelSpec, name: str) -> str | None:
     """One field as metadata text; None where it does not apply (mask_dtype without a mask input)."""
     if name == "mask_dtype" and spec.mask != "input":
         return None

@@ -10,7 +10,7 @@ import onnx
 
 from attn_onnx.errors import InterfaceError, MetadataError, first_line
 from attn_onnx.model_files import check_external_data, external_locations
-from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class LoadedModel:
     proto: onnx.ModelProto
     data: bytes
     name: str  # the file's path, or "<in memory>"
-    spec: ExportSpec
+    spec: ModelSpec
     path: Path | None = None
     external: bool = False
 
@@ -59,11 +59,11 @@ def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
         external = bool(external_locations(proto))
         if external:
             check_external_data(proto, path.parent, path.name)
-    spec = ExportSpec.from_metadata({p.key: p.value for p in proto.metadata_props})
+    spec = ModelSpec.from_metadata({p.key: p.value for p in proto.metadata_props})
     return LoadedModel(proto, data, name, spec, path, external)
 
 
-def check_interface(proto: onnx.ModelProto, spec: ExportSpec) -> None:
+def check_interface(proto: onnx.ModelProto, spec: ModelSpec) -> None:
     """InterfaceError, naming every difference, unless the graph's inputs and outputs have the names,
     dtypes and ranks its metadata states."""
     problems = []

@@ -157,7 +157,7 @@ class Report:
 
     def to_dict(self) -> dict:
         spec = dataclasses.asdict(self.spec)
-        spec.pop("weights")
+        spec.pop("weights", None)
         worst = self.worst
         return {"model": self.model, "sha256": self.sha256, "spec": spec,
                 "reference_weights": self.reference_weights, "seed": self.seed,

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from attn_onnx import __version__
 from attn_onnx.cli.check_attn import main
-from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.spec import ModelSpec
 from attn_onnx.runtime_check import CheckConfig, Sweep, check_model
 from attn_onnx.runtime_check.plots import PLOT_FILES, plot_names
 from tests.runtime_check import broken
@@ -252,10 +252,10 @@ def test_plots_need_attn_probs(small_mha, tmp_path):
 def test_spec_round_trip_fails_loudly_on_missing_keys():
     from attn_onnx.errors import MetadataError
 
-    props = ExportSpec().to_metadata()
+    props = ModelSpec().to_metadata()
     del props["attn_onnx.heads"]
     with pytest.raises(MetadataError, match="lacks attn_onnx.heads"):
-        ExportSpec.from_metadata(props)
+        ModelSpec.from_metadata(props)
 
 
 def test_every_option_has_help():

@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attn_onnx.exporter.spec import MASK_DTYPES, METADATA_PREFIX, ExportSpec
+from attn_onnx.exporter.spec import MASK_DTYPES, METADATA_PREFIX, ModelSpec
 from attn_onnx.models import attention, subsequent_mask
 
 # float32 against float64: the measured worst error of this module is ~1e-6 (see runtime_check.compare).
@@ -143,7 +143,7 @@ def test_metadata_describes_the_model_and_round_trips(exported):
     assert props[METADATA_PREFIX + "weights_source"] == "random (seed=0)"
     assert set(json.loads(props[METADATA_PREFIX + "weights"])) == {f"linears.{i}.{p}" for i in range(4)
                                                                     for p in ("weight", "bias")}
-    assert ExportSpec.from_metadata(props) == spec
+    assert ModelSpec.from_metadata(props) == spec
 
 
 @pytest.mark.parametrize("opset", [17, 23])

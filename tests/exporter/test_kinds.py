@@ -7,7 +7,7 @@ import pytest
 
 from attn_onnx.exporter.export import example_inputs
 from attn_onnx.exporter.kinds import KINDS
-from attn_onnx.exporter.spec import MASK_DTYPES, MASK_MODES, ExportSpec
+from attn_onnx.exporter.spec import MASK_DTYPES, MASK_MODES, ExportSpec, ModelSpec
 
 SPECS = [ExportSpec(module=m, heads=2, embedding_dim=16, mask=mask, mask_dtype=dtype, attn_probs=probs)
          for m in ("mha", "attention") for mask in MASK_MODES for dtype in MASK_DTYPES for probs in (False, True)
@@ -36,7 +36,7 @@ def test_dims_dtypes_and_example_agree(spec):
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_metadata_round_trips(spec):
-    assert ExportSpec.from_metadata(spec.to_metadata()) == spec
+    assert ModelSpec.from_metadata(ModelSpec.of(spec).to_metadata()) == spec
 
 
 def test_every_kind_is_covered():
@@ -46,7 +46,7 @@ def test_every_kind_is_covered():
 def test_the_mask_convention_in_metadata_is_the_models():
     from attn_onnx.models import MASK_CONVENTION
 
-    assert ExportSpec().to_metadata()["attn_onnx.mask_convention"] == MASK_CONVENTION
+    assert ModelSpec().to_metadata()["attn_onnx.mask_convention"] == MASK_CONVENTION
 
 
 def test_kind_settings_are_the_vocabulary_s_and_each_has_an_export_attn_option():
@@ -58,8 +58,9 @@ def test_kind_settings_are_the_vocabulary_s_and_each_has_an_export_attn_option()
         assert kind.settings <= KIND_SETTINGS, kind.name
     options = {SETTING_OF.get(p.name, p.name) for p in export.params}
     assert KIND_SETTINGS <= options
-    spec_fields = {f.name for f in dataclasses.fields(ExportSpec)}
-    assert KIND_SETTINGS <= spec_fields  # "weights" is the field of the weight map a kind with weights writes
+    settings = {f.name for f in dataclasses.fields(ExportSpec)}
+    assert KIND_SETTINGS - settings == {"weights"}  # where the weights come from: the ModelSpec's weight map
+    assert "weights" in {f.name for f in dataclasses.fields(ModelSpec)}
 
 
 def test_a_padding_mask_is_one_row_for_every_query():
@@ -68,3 +69,13 @@ def test_a_padding_mask_is_one_row_for_every_query():
     feeds = spec.kind.inputs(spec, {"batch": 3, "q_len": 4, "kv_len": 5}, np.random.default_rng(0), mask)
     assert feeds["mask"].shape == (3, 1, 1, 5) and feeds["mask"].dtype == np.int64
     assert feeds["query"].shape == (3, 2, 4, 8)
+
+
+def test_settings_carry_no_products_and_a_model_spec_states_both():
+    with pytest.raises(TypeError):
+        ExportSpec(weights={"linears.0.weight": {"initializer": "w"}})  # what an export produced is not a setting
+    assert not hasattr(ExportSpec(), "to_metadata")  # only what was produced is written into a model
+    settings = ExportSpec(heads=2, embedding_dim=16)
+    produced = ModelSpec.of(settings, weights={"linears.0.weight": {"initializer": "w"}}, weights_source="here")
+    assert produced == settings and produced.settings() == settings.settings()  # equal as settings
+    assert produced.replace(heads=4) != settings and produced.replace(heads=4).weights == produced.weights

@@ -9,7 +9,7 @@ import torch
 
 from attn_onnx.errors import ExportError
 from attn_onnx.exporter.optimize import _refind
-from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.spec import ModelSpec
 from attn_onnx.exporter.variants import VARIANTS
 from attn_onnx.runtime_check.cases import QUICK
 from attn_onnx.runtime_check.check import CheckConfig, check_model
@@ -23,7 +23,7 @@ def test_an_optimized_export_checks_clean_with_its_golden_from_the_file(exported
     proto = onnx.load(path)
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["attn_onnx.optimize"] == "extended" and meta["attn_onnx.producer.onnxruntime"] == ort.__version__
-    rebuilt, _ = reference_module(proto, ExportSpec.from_metadata(meta))
+    rebuilt, _ = reference_module(proto, ModelSpec.from_metadata(meta))
     for key, tensor in module.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], tensor), key
     report = check_model(path, CheckConfig(sweep=QUICK))  # no module: the golden comes from the file

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from attn_onnx.cli.check_attn import main as check
 from attn_onnx.cli.export_attn import main as export
-from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.spec import ModelSpec
 from attn_onnx.exporter.variants import VARIANTS
 from attn_onnx.runtime_check.cases import Sweep
 from attn_onnx.runtime_check.check import CheckConfig, check_model
@@ -51,7 +51,7 @@ def test_runtime_check_passes_at_the_int8_profile_in_every_variant(exported, var
 def test_the_weight_map_leads_to_the_dequantized_weights(exported, variant):
     path, spec, module = exported(**variant_fields(variant, quantize="int8"))
     proto = onnx.load(path)
-    spec = ExportSpec.from_metadata({p.key: p.value for p in proto.metadata_props})
+    spec = ModelSpec.from_metadata({p.key: p.value for p in proto.metadata_props})
     assert spec.quantize == "int8" and spec.precision == "int8"
     rebuilt, _ = reference_module(proto, spec)
     for key, tensor in module.state_dict().items():

@@ -12,7 +12,7 @@ import torch
 import attn_onnx.exporter.variants.tiled as tiled
 from attn_onnx.deploy import export_model
 from attn_onnx.exporter.export import build_module
-from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.spec import ExportSpec, ModelSpec
 from attn_onnx.runtime_check.cases import Sweep, make_mask
 from attn_onnx.runtime_check.check import CheckConfig, check_model
 from attn_onnx.runtime_check.reference import reference_module
@@ -191,6 +191,6 @@ def test_self_attention_with_a_mask_input_projects_key_and_value_together_on_the
     assert len(gathered) == 1 and [n.input[1] for n in on_needed] == ["kv.weight.T"]
     assert spec.weights["linears.1.weight"] == {"initializer": "kv.weight.T", "transposed": True, "slice": [0, 32]}
     assert spec.weights["linears.2.weight"] == {"initializer": "kv.weight.T", "transposed": True, "slice": [32, 64]}
-    rebuilt, _ = reference_module(proto, ExportSpec.from_metadata({p.key: p.value for p in proto.metadata_props}))
+    rebuilt, _ = reference_module(proto, ModelSpec.from_metadata({p.key: p.value for p in proto.metadata_props}))
     for key, tensor in module.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], tensor), key

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attn_onnx.cli.export_attn import main as export
-from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.spec import ModelSpec
 from attn_onnx.exporter.variants import VARIANTS
 from attn_onnx.runtime_check.check import CheckConfig, check_model
 from attn_onnx.runtime_check.cases import QUICK, Sweep
@@ -57,7 +57,7 @@ def test_the_golden_rebuilt_from_the_file_holds_the_modules_weights(exported, va
     """The fused builders pack and transpose weights; their weight map must still lead back to each tensor."""
     path, spec, module = exported(**variant_fields(variant))
     proto = onnx.load(path)
-    rebuilt, _ = reference_module(proto, ExportSpec.from_metadata({p.key: p.value for p in proto.metadata_props}))
+    rebuilt, _ = reference_module(proto, ModelSpec.from_metadata({p.key: p.value for p in proto.metadata_props}))
     for key, tensor in module.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], tensor), key
     assert check_model(path, CheckConfig(sweep=QUICK)).ok  # no module given: the golden comes from the file
@@ -241,7 +241,7 @@ def test_self_attention_projects_q_k_v_with_one_packed_matmul(exported, variant,
     assert len(projections) == 1 and any(n.op_type == "Split" for n in proto.graph.node)
     assert spec.weights["linears.1.weight"] == {"initializer": "qkv_weight.T", "transposed": True,
                                                 "slice": [32, 64]}
-    rebuilt, _ = reference_module(proto, ExportSpec.from_metadata({p.key: p.value for p in proto.metadata_props}))
+    rebuilt, _ = reference_module(proto, ModelSpec.from_metadata({p.key: p.value for p in proto.metadata_props}))
     for key, tensor in module.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], tensor), key
 
