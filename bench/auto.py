@@ -5,7 +5,7 @@ time the ones that pass side by side at the user's shapes on this machine, and k
     choice.proto, choice.spec           # the chosen model, its metadata recording the choice (attn_onnx.tuning)
     print(choice.table())
 
-The timing is bench-attn's (bench.interleaved: rotated rounds, two sessions per variant, a pause before each
+The timing is bench-attn's (bench.interleaved: rotated rounds, three sessions per variant, a pause before each
 contender); the figure per variant is the geometric mean over the shapes of its median latency, so a long shape
 does not drown the short ones. A variant that fails the check is dropped with the reason and never timed: a fast
 wrong answer is never chosen.

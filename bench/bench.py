@@ -15,7 +15,10 @@ How sure a ratio is: on this kind of shared 2-core machine, the same model in tw
 differed by up to 10-25% at one shape within one run, and a ratio moves by about as much between runs. Part
 of it stays with the session: of six sessions of one model timed in 16 rotated rounds, one took 7.62 and
 7.52 ms (median of the even rounds, of the odd rounds) and another 8.34 and 8.87. So each onnxruntime
-contender runs in SESSIONS sessions, taking turns by round, and beside the ratio of medians each contender
+contender runs in SESSIONS sessions, taking turns by round. Three, not two: with 7 rounds the sessions take 3, 2
+and 2 of them, so one slow session holds at most 3 of the 7 figures and cannot move the median (with two, the
+slow one held 4 and was the median: export-attn --attention-impl auto once timed tiled at 14.1 ms at (1,1024)
+where bench-attn's runs gave 9.4 and 10.8). Beside the ratio of medians each contender
 counts the rounds it was faster than SDPA in that same round (`faster_rounds`): 7 of 7 is a clear win, 4 of
 7 a tie.
 """
@@ -51,7 +54,7 @@ SGEMM_N = 2048
 # still 1.6x after a 30 ms pause; after 50 ms it ran as alone), PyTorch's OpenMP threads likewise. On two
 # cores the next contender would share them with that spinning. So each contender starts after a pause.
 SETTLE_S = 0.1
-SESSIONS = 2  # per onnxruntime contender, used in turn round by round (see above)
+SESSIONS = 3  # per onnxruntime contender, used in turn round by round: one slow session cannot be the median
 
 
 @dataclass
