@@ -169,17 +169,24 @@ def sdpa(module, query, key, value, mask):
 
 
 def _timed(call, target_s: float, settle_s: float = SETTLE_S) -> float:
-    """Seconds per call, over as many calls as fill about `target_s` (at least one), after `settle_s` of
-    quiet and one untimed call."""
+    """Seconds of the median call, of as many calls as fill about `target_s` (at least one), each timed alone,
+    after `settle_s` of quiet and one untimed call.
+
+    The median call, not the window's mean: on a shared machine a neighbour's burst lands on a few calls of a
+    window, and the mean carried it. At (1,16), where a call is 0.13 ms, four bench-attn runs (9 rounds each)
+    gave onnx-attention 0.136-0.205 ms with the window's mean and 0.125-0.130 ms with the median call; over the
+    six variants, the spread between runs went from 5-51% to 4-31%."""
     time.sleep(settle_s)
     start = time.perf_counter()
     call()
     once = time.perf_counter() - start
     n = max(1, min(1000, int(target_s / max(once, 1e-6))))
-    start = time.perf_counter()
+    times = []
     for _ in range(n):
+        start = time.perf_counter()
         call()
-    return (time.perf_counter() - start) / n
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def precisions(dtypes: list[str], quantize: bool) -> list[tuple[str, str]]:
