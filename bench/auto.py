@@ -19,7 +19,6 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 
 from attn_onnx.errors import UsageError
@@ -131,14 +130,14 @@ def tune(spec: ExportSpec, module, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAU
     if not alive:
         reasons = "; ".join(f"{c.variant}: {c.dropped}" for c in found)
         raise UsageError(f"--attention-impl auto found no variant that builds and passes the check: {reasons}")
-    rng = np.random.default_rng(0)
     by_shape = {}
     if len(alive) > 1:  # one candidate needs no race
         runs = {c.variant: sessions(c.proto, threads) for c in alive}
         for batch, length in shapes:
             name = _shape_name((batch, length))
             on_line(f"auto: timing {len(alive)} variants at {name} ({rounds} rounds)")
-            calls = {c.variant: _call(runs[c.variant], feeds_at(c.spec, batch, length, rng, mask)) for c in alive}
+            feeds = feeds_at(alive[0].spec, batch, length, mask)  # one draw: every candidate on the same inputs
+            calls = {c.variant: _call(runs[c.variant], feeds) for c in alive}
             by_shape[name] = interleaved(calls, rounds, TARGET_S)
         for c in alive:
             c.median_ms = {s: statistics.median(times[c.variant]) * 1e3 for s, times in by_shape.items()}

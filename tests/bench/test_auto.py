@@ -160,3 +160,20 @@ def test_a_bundle_and_a_triton_repository_ship_the_chosen_variant(tmp_path):
     assert [s.variant for s in shipped] == [chosen, chosen] and shipped[1].tuning == shipped[0].tuning
     metadata = json.loads((tmp_path / "b" / "manifest.json").read_text())["metadata"]
     assert json.loads(metadata["attn_onnx.tuning"])["chosen"] == chosen
+
+
+def test_every_candidate_is_timed_on_the_same_inputs_as_bench_attn_s(tmp_path, monkeypatch):
+    """A padding mask's lengths are random at batch > 1 and tiled skips what they hide: candidates timed on
+    masks of their own would race on different work."""
+    handed = []
+    real = auto._call
+    monkeypatch.setattr(auto, "_call", lambda runs, feeds: handed.append(feeds) or real(runs, feeds))
+    result = CliRunner().invoke(export, [*SMALL, "--attention-impl", "auto", "--tune-shapes", "4x12",
+                                         "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    assert len(handed) == len(VARIANTS) and all(feeds is handed[0] for feeds in handed)
+    spec = load_model(tmp_path / "m.onnx").spec
+    again = bench.feeds_at(spec, 4, 12)  # what bench-attn feeds at (4,12): the same arrays
+    assert set(again) == set(handed[0]) and all(np.array_equal(again[k], handed[0][k]) for k in again)
+    lengths = handed[0]["mask"][:, -1, :].sum(axis=-1)
+    assert lengths[0] == 12 and len(set(lengths.tolist())) == 4  # causal+padding: the first full, all differ
