@@ -174,7 +174,7 @@ def _plan(ctx, model: Path, options: dict):
     from attn_onnx.files import check_output_file, check_output_folder
     from attn_onnx.runtime_check.cases import QUICK, Sweep, default_plot_case, parse_case
     from attn_onnx.runtime_check.compare import Tolerance
-    from attn_onnx.runtime_check.model import check_interface, load_model
+    from attn_onnx.runtime_check.model import load_model
     from attn_onnx.runtime_check.runners import PROVIDERS, RUNTIMES
 
     chosen = given(ctx)
@@ -231,7 +231,6 @@ def _plan(ctx, model: Path, options: dict):
             raise UsageError(f"--plot-head {options['plot_head']} is out of range: the model has {spec.heads} heads")
         plots = {"out_dir": options["plots_dir"], "case_name": case.name, "example": example,
                  "head": options["plot_head"], "provider": providers[0] if providers else "cpu"}
-    check_interface(loaded.proto, spec)
 
     from attn_onnx.runtime_check.check import CheckConfig  # torch: only once every option is known good
 

@@ -141,8 +141,9 @@ def _check(model: Model, module, forms, targets: str, report=None):
                                    module=module).worst
         return report, accuracy
 
-    from attn_onnx.runtime_check.model import LoadedModel
+    from attn_onnx.runtime_check.model import LoadedModel, check_interface
 
+    check_interface(model.proto, model.spec)  # the graph's inputs and outputs are what its metadata says
     if not model.external:
         return run(LoadedModel(model.proto, model.data, "<in memory>", model.spec))
     # past 2 GiB a model runs only from a file: saved (and checked by onnx.checker) in a temp folder

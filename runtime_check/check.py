@@ -20,7 +20,7 @@ from attn_onnx import __version__
 from attn_onnx.errors import ProviderError, UnsupportedModelError, UsageError, first_line
 from attn_onnx.runtime_check.cases import QUICK, Sweep, generate_cases
 from attn_onnx.runtime_check.compare import OutputComparison, Tolerance, tolerance_for
-from attn_onnx.runtime_check.model import LoadedModel, check_interface, load_model
+from attn_onnx.runtime_check.model import LoadedModel, load_model
 from attn_onnx.runtime_check.reference import reference_module
 from attn_onnx.runtime_check.report import CaseResult, Report, Skipped
 from attn_onnx.runtime_check.runners import PROVIDERS, RUNTIMES, Runner, runtime, uses_providers
@@ -71,8 +71,7 @@ def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: Check
     config.validate()
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    spec = loaded.spec
-    check_interface(loaded.proto, spec)
+    spec = loaded.spec  # its interface compared with it by load_model, or by the export that built it
     module, reference_weights = _golden_module(loaded, config, module)
     golden = TorchRunner(spec, module, torch.float64)
     runners, skipped = make_runners(loaded, module, config)

@@ -38,7 +38,8 @@ class LoadedModel:
 
 
 def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
-    """Read `model` and its spec; MetadataError for what is not an export-attn model."""
+    """Read `model` and its spec, and compare its interface with that spec: MetadataError for what is not an
+    export-attn model, InterfaceError for one whose inputs or outputs are not what its metadata says."""
     path, external = None, False
     if isinstance(model, onnx.ModelProto):
         if external_locations(model):
@@ -60,6 +61,7 @@ def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
         if external:
             check_external_data(proto, path.parent, path.name)
     spec = ModelSpec.from_metadata({p.key: p.value for p in proto.metadata_props})
+    check_interface(proto, spec)
     return LoadedModel(proto, data, name, spec, path, external)
 
 

@@ -412,3 +412,27 @@ def test_one_tolerance_given_alone_keeps_the_other_from_the_models_profile(expor
     tolerance = json.loads(report_path.read_text())["tolerances"]["onnxruntime/cpu"]
     atol, rtol = (0.5, profile[1]) if given == "atol" else (profile[0], 0.5)
     assert (tolerance["profile"], tolerance["atol"], tolerance["rtol"]) == ("user", atol, rtol)
+
+
+def test_the_model_is_read_and_its_interface_compared_once(small_mha, monkeypatch):
+    """check-attn plans from the model it read, and checks that same model: one read, one comparison (it
+    compared the interface twice, in its plan and again in check_model)."""
+    import sys
+
+    import attn_onnx.runtime_check.check  # noqa: F401 - loaded, so that its names are patched too
+    import attn_onnx.runtime_check.model as model_module
+
+    calls = {"load_model": 0, "check_interface": 0}
+    for name in calls:
+        real = getattr(model_module, name)
+
+        def counting(*args, real=real, name=name, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        for module in [m for n, m in sys.modules.items() if n.startswith("attn_onnx")]:
+            if getattr(module, name, None) is real:  # every module that holds the function by name
+                monkeypatch.setattr(module, name, counting)
+    result = run(small_mha[0], "--quick", "--runtimes", "onnxruntime")
+    assert result.exit_code == 0, result.output
+    assert calls == {"load_model": 1, "check_interface": 1}
