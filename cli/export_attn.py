@@ -40,8 +40,8 @@ def _applies(option: str) -> str:
                            or any(name in (s.form_of, s.name) for s in selects)) + "]"
 
 
-TARGETS = [form.OPTIONS[0].opts[0] for form in FORMS.values()]  # --out, --bundle, --triton-repo
-NAMED = " or ".join(form.OPTIONS[0].opts[0] for form in FORMS.values() if form.named)  # forms --name applies to
+TARGETS = [form.flag() for form in FORMS.values()]  # --out, --bundle, --triton-repo
+NAMED = " or ".join(form.flag() for form in FORMS.values() if form.named)  # the forms --name applies to
 
 
 @click.command("export-attn", cls=OneLineErrorCommand)
@@ -165,11 +165,11 @@ def main(**options):
     for form in FORMS.values():
         asked = form.from_options(options, name)
         if asked is None:
-            refuse(ctx, {o.name for o in form.OPTIONS[1:]}, f"without {form.OPTIONS[0].opts[0]}")
+            refuse(ctx, {o.name for o in form.OPTIONS[1:]}, f"without {form.flag()}")
         else:
             forms.append(asked)
     if not forms:
-        asks = [f"{form.OPTIONS[0].opts[0]} {form.OPTIONS[0].metavar}" for form in FORMS.values()]
+        asks = [f"{form.flag()} {form.OPTIONS[0].metavar}" for form in FORMS.values()]
         raise click.UsageError(f"say where to write: {', '.join(asks[:-1])} or {asks[-1]}")
     if not any(form.named for form in forms):
         refuse(ctx, {"name"}, f"without {NAMED}")

@@ -9,11 +9,12 @@ import click
 
 from attn_onnx.deploy.bundle import bundle_cases, check_bundle_dtype, write_bundle
 from attn_onnx.deploy.triton import check_name
+from attn_onnx.deploy.forms.base import OutputForm
 from attn_onnx.files import check_output_dir
 
 
 @dataclass(frozen=True)
-class Bundle:
+class Bundle(OutputForm):
     folder: str | Path
     name: str = ""  # the model's name in the manifest; the module kind's where empty
 

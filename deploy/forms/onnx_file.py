@@ -7,18 +7,18 @@ from pathlib import Path
 
 import click
 
+from attn_onnx.deploy.forms.base import OutputForm
 from attn_onnx.exporter.variants import DEFAULT as DEFAULT_VARIANT
 from attn_onnx.files import check_output_file
 from attn_onnx.model_files import staged_model
 
 
 @dataclass(frozen=True)
-class OnnxFile:
+class OnnxFile(OutputForm):
     path: str | Path
 
     OPTIONS = [click.Option(["--out"], type=click.Path(path_type=Path), default=None, metavar="FILE",
                             help="The .onnx file to write.")]
-    named = False
 
     @classmethod
     def from_options(cls, values: dict, name: str) -> OnnxFile | None:

@@ -10,12 +10,13 @@ import click
 
 from attn_onnx.deploy.triton import check_backend, check_name, write_repository
 from attn_onnx.errors import UsageError
+from attn_onnx.deploy.forms.base import OutputForm
 from attn_onnx.files import check_output_dir
 from attn_onnx.vocab import TRITON_BACKENDS
 
 
 @dataclass(frozen=True)
-class TritonRepo:
+class TritonRepo(OutputForm):
     repo: str | Path
     name: str = ""  # the model's folder and name in the repository; the module kind's where empty
     max_batch_size: int = 8

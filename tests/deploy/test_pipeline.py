@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 from attn_onnx.cli.export_attn import main as export
 from attn_onnx.deploy import FORMS, Bundle, OnnxFile, TritonRepo, export_model
+from attn_onnx.deploy.forms import OutputForm
 from attn_onnx.errors import ParityError
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.exporter.variants import VARIANTS, Variant
@@ -109,15 +110,14 @@ def test_every_form_s_options_are_export_attn_s_and_refused_without_its_target()
                                                  *([] if option.is_flag else [str(option.default or 1)])])
             if form is not OnnxFile:
                 assert result.exit_code == 2
-                assert result.output.strip() == f"Error: {flag} does not apply without {form.OPTIONS[0].opts[0]}"
+                assert result.output.strip() == f"Error: {flag} does not apply without {form.flag()}"
 
 
 @dataclasses.dataclass(frozen=True)
-class Summary:
+class Summary(OutputForm):
     """A form written in a test: a text file naming the model's inputs (what a new form is: this class)."""
 
     path: Path
-    named = False
 
     def target(self, spec):
         return Path(self.path)

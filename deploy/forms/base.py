@@ -1,0 +1,38 @@
+"""What every output form provides: each form in this folder is a frozen dataclass of its settings that
+subclasses OutputForm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from attn_onnx.deploy.pipeline import Model
+    from attn_onnx.exporter.spec import ExportSpec
+
+
+class OutputForm:
+    OPTIONS: list = []  # click.Options: the one asking for the form first (its target), then the form's own
+    named: bool = False  # it takes export-attn's --name (a model name inside the form)
+
+    @classmethod
+    def flag(cls) -> str:
+        """The option that asks for the form: --out, --bundle, --triton-repo."""
+        return cls.OPTIONS[0].opts[0]
+
+    @classmethod
+    def from_options(cls, values: dict, name: str) -> OutputForm | None:
+        """The form export-attn's option values ask for, or None where its target option is absent."""
+        raise NotImplementedError
+
+    def target(self, spec: ExportSpec) -> Path:
+        """Where the form writes: the file or folder that is new (REPO/NAME for a Triton repository)."""
+        raise NotImplementedError
+
+    def check(self, spec: ExportSpec, force: bool) -> None:
+        """UsageError for what can be refused before any work: the target, a dtype the form cannot carry."""
+        raise NotImplementedError
+
+    def write(self, model: Model, force: bool) -> str:
+        """Write the form atomically from the exported model; returns the line export-attn prints."""
+        raise NotImplementedError
