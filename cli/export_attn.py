@@ -182,8 +182,9 @@ def main(**options):
                         standard_ops=options["standard_ops"], opset=options["opset"])
     variant = VARIANTS[DEFAULT_VARIANT if auto else options["variant"]]  # auto: every option checked as for it
     spec, state, source = _spec(kind, options, variant)
-    targets = " or ".join(str(form.target(spec)) for form in forms)
-    from attn_onnx.deploy.pipeline import export_model
+    from attn_onnx.deploy.pipeline import export_model, targets_of
+
+    targets = targets_of(forms, spec)
 
     try:
         exported = export_model(spec, *forms, state=state, seed=options["seed"], weights_source=source,
@@ -210,20 +211,17 @@ def _spec(kind, options: dict, variant):
     the weights come from (for the metadata)."""
     from attn_onnx.exporter.spec import ExportSpec
 
-    state, weights, prefix = None, options["weights"], options["weights_prefix"]
-    if weights is not None:
-        from attn_onnx.exporter.weights import embedding_dim_of, load_state_dict
+    state, source, weights, prefix = None, "", options["weights"], options["weights_prefix"]
+    embedding_dim = options["embedding_dim"]
+    if weights is not None:  # without, the pipeline draws random weights and says so ("random (seed=N)")
+        from attn_onnx.exporter.weights import embedding_dim_of, load_state_dict, weights_label
 
         state = load_state_dict(weights, prefix)
-    embedding_dim = options["embedding_dim"] or (state and embedding_dim_of(state)) or 512
-    if weights is not None:
-        from attn_onnx.exporter.weights import weights_label
-
+        embedding_dim = embedding_dim or embedding_dim_of(state)
         source = f"file {weights_label(weights, prefix)}"
-    else:
-        source = f"random (seed={options['seed']})"
-    spec = ExportSpec(module=kind.name, heads=options["heads"], embedding_dim=embedding_dim, mask=options["mask"],
-                      mask_dtype=options["mask_dtype"], attn_probs=options["attn_probs"], dtype=options["dtype"],
+    spec = ExportSpec(module=kind.name, heads=options["heads"], embedding_dim=embedding_dim or 512,
+                      mask=options["mask"], mask_dtype=options["mask_dtype"], attn_probs=options["attn_probs"],
+                      dtype=options["dtype"],
                       quantize=options["quantize"] or "", opset=options["opset"] or max(18, variant.min_opset),
                       variant=variant.name, optimize="extended" if options["optimize"] else "",
                       causal_align=options["causal_align"])

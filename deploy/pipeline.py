@@ -108,12 +108,17 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
     external = external_data or needs_external(proto)
     model = Model(proto, spec, None if external else proto.SerializeToString(), external, golden)
     exported = Exported(proto, spec, module, golden, choice=choice)
-    targets = " or ".join(str(form.target(spec)) for form in forms) or "nothing"
+    targets = targets_of(forms, spec)
     if check or choice is not None:  # auto checked every candidate on this sweep: the winner's report stands
         exported.report, exported.accuracy = _check(model, module, forms, targets, choice and choice.report)
     for form in forms:
         exported.written[type(form).__name__] = form.write(model, force)
     return exported
+
+
+def targets_of(forms, spec: ExportSpec) -> str:
+    """Where `forms` write, for messages: "m.onnx or b or r/mha"."""
+    return " or ".join(str(form.target(spec)) for form in forms) or "nothing"
 
 
 def _check(model: Model, module, forms, targets: str, report=None):

@@ -20,9 +20,8 @@ from attn_onnx.dtypes import to_torch, torch_dtype
 from attn_onnx.errors import ExportError, UsageError, first_line
 from attn_onnx.exporter.spec import METADATA_PREFIX, ExportSpec, ModelSpec
 from attn_onnx.exporter.variants import VARIANTS
-from attn_onnx.vocab import MASK_CONVENTION
 from attn_onnx.model_files import needs_external
-
+from attn_onnx.vocab import MASK_CONVENTION
 
 
 def build_module(spec: ExportSpec, state: dict[str, torch.Tensor] | None = None, seed: int = 0) -> nn.Module:
@@ -65,10 +64,8 @@ def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0
     graph = kind.graph(spec, module).eval()
     built = VARIANTS[spec.variant].build(spec, graph, example_inputs(spec), module)
     proto = built.proto
-    spec = ModelSpec.of(spec)
-    if kind.has_weights:
-        spec = ModelSpec.of(spec, weights=built.weights,
-                            weights_source=weights_source or "a module passed to the Python API")
+    products = {"weights": built.weights, "weights_source": weights_source or "a module passed to the Python API"}
+    spec = ModelSpec.of(spec, **(products if kind.has_weights else {}))
     _name_dims(proto, spec)
     describe(proto, spec)
     check_onnx(proto)
