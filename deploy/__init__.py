@@ -9,7 +9,7 @@ bundle's vectors are the float64 golden's answers, and checking a model runs the
 Names are imported on first use, so that `export-attn --help` answers without importing torch.
 """
 
-import importlib
+from attn_onnx.lazy import lazy_names
 
 _LAZY = {
     "export_model": "attn_onnx.deploy.pipeline",
@@ -23,8 +23,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'attn_onnx.deploy' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)

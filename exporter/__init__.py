@@ -8,15 +8,15 @@
 Names are imported on first use, so that `export-attn --help` answers without importing torch.
 """
 
-import importlib
-
 from attn_onnx import __version__
+from attn_onnx.lazy import lazy_names
 
 _LAZY = {
     "build_module": "attn_onnx.exporter.export",
     "export_onnx": "attn_onnx.exporter.export",
     "example_inputs": "attn_onnx.exporter.export",
     "ExportSpec": "attn_onnx.exporter.spec",
+    "ModelSpec": "attn_onnx.exporter.spec",
     "KINDS": "attn_onnx.exporter.kinds",
     "VARIANTS": "attn_onnx.exporter.variants",
     "load_state_dict": "attn_onnx.exporter.weights",
@@ -24,8 +24,4 @@ _LAZY = {
 
 __all__ = [*_LAZY, "__version__"]
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'attn_onnx.exporter' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)

@@ -8,7 +8,7 @@ and execution providers it will ship on.
 Names are imported on first use, so that `check-attn --help` answers without importing torch.
 """
 
-import importlib
+from attn_onnx.lazy import lazy_names
 
 _LAZY = {
     "QUICK": "attn_onnx.runtime_check.cases",
@@ -31,8 +31,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'attn_onnx.runtime_check' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
