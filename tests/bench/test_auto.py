@@ -2,35 +2,21 @@
 choice recorded in the metadata and shown by check-attn, the standard-operators limit honoured. No timing is
 asserted (speed claims live in the closing notes and docs, measured side by side by hand)."""
 
-import dataclasses
 import json
 
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import numpy_helper
 
 from attn_onnx.bench import auto, bench
 from attn_onnx.cli.check_attn import main as check
 from attn_onnx.cli.export_attn import main as export
-from attn_onnx.exporter.variants import VARIANTS, Variant
+from attn_onnx.exporter.variants import VARIANTS
 from attn_onnx.runtime_check.model import load_model
+from tests.runtime_check.broken import bias_moved
 
 SMALL = ["--heads", "2", "--embedding-dim", "16", "--tune-shapes", "1x8,2x5", "--tune-rounds", "2"]
-
-
-@dataclasses.dataclass(frozen=True)
-class FastButWrong(Variant):
-    """torch-export's graph with the output projection's bias moved by 0.5: as fast as the straight export,
-    and wrong."""
-
-    def build(self, spec, graph, example, module):
-        built = VARIANTS["torch-export"].build(spec.replace(variant="torch-export"), graph, example, module)
-        entry = built.weights["linears.3.bias"]
-        init = next(i for i in built.proto.graph.initializer if i.name == entry["initializer"])
-        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(0.5), init.name))
-        return built
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +26,7 @@ def chosen(tmp_path_factory):
     engine_calls = []
     real = bench.interleaved
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(VARIANTS, "fast-but-wrong", FastButWrong("fast-but-wrong", "torch_export", "broken on purpose"))
+        patch.setitem(VARIANTS, "fast-but-wrong", bias_moved("fast-but-wrong"))
         patch.setattr(bench, "interleaved",
                       lambda calls, *a, **k: engine_calls.append(set(calls)) or real(calls, *a, **k))
         result = CliRunner().invoke(export, [*SMALL, "--attention-impl", "auto", "--out", str(path)])

@@ -5,19 +5,18 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import numpy_helper
 
 from attn_onnx.cli.export_attn import main as export
 from attn_onnx.deploy import FORMS, Bundle, OnnxFile, TritonRepo, export_model
 from attn_onnx.deploy.forms import OutputForm
 from attn_onnx.errors import ParityError
 from attn_onnx.exporter.spec import ExportSpec
-from attn_onnx.exporter.variants import VARIANTS, Variant
+from attn_onnx.exporter.variants import VARIANTS
 from attn_onnx.runtime_check.model import load_model
+from tests.runtime_check.broken import bias_moved
 
 SMALL = ["--heads", "2", "--embedding-dim", "16"]
 ALL_FORMS = ["--out", "m.onnx", "--bundle", "b", "--triton-repo", "r", "--triton-backend", "python"]
@@ -77,20 +76,8 @@ def test_the_python_api_is_the_pipeline_and_returns_what_it_built(tmp_path, coun
     assert (tmp_path / "r" / "attn" / "1" / "model.py").is_file()
 
 
-@dataclasses.dataclass(frozen=True)
-class WrongBias(Variant):
-    """torch-export's graph with the output projection's bias moved by 0.5: builds and runs, and is wrong."""
-
-    def build(self, spec, graph, example, module):
-        built = VARIANTS["torch-export"].build(spec.replace(variant="torch-export"), graph, example, module)
-        entry = built.weights["linears.3.bias"]
-        init = next(i for i in built.proto.graph.initializer if i.name == entry["initializer"])
-        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(0.5), init.name))
-        return built
-
-
 def test_a_model_that_fails_the_check_is_written_in_no_form(tmp_path, monkeypatch):
-    monkeypatch.setitem(VARIANTS, "wrong-bias", WrongBias("wrong-bias", "torch_export", "broken on purpose"))
+    monkeypatch.setitem(VARIANTS, "wrong-bias", bias_moved("wrong-bias"))
     spec = ExportSpec(heads=2, embedding_dim=16, variant="wrong-bias")
     with pytest.raises(ParityError, match=r"fails the parity check \(8 of 8 cases failed\); nothing was written to "
                                           rf"{tmp_path / 'm.onnx'} or {tmp_path / 'b'}") as caught:

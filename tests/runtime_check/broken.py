@@ -1,5 +1,6 @@
 """Broken models, built the way real exports go wrong, for runtime_check to catch."""
 
+import dataclasses
 import importlib
 from pathlib import Path
 
@@ -11,7 +12,26 @@ from onnx.reference import ReferenceEvaluator
 from attn_onnx.deploy import export_model
 from attn_onnx.exporter.kinds import KINDS
 from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.variants import VARIANTS, Variant
 from attn_onnx.models import MultiHeadedAttention
+
+
+@dataclasses.dataclass(frozen=True)
+class BiasMoved(Variant):
+    """torch-export's graph with the output projection's bias moved by 0.5: as fast as the straight export, builds
+    and runs, and is wrong."""
+
+    def build(self, spec, graph, example, module):
+        built = VARIANTS["torch-export"].build(spec.replace(variant="torch-export"), graph, example, module)
+        entry = built.weights["linears.3.bias"]
+        init = next(i for i in built.proto.graph.initializer if i.name == entry["initializer"])
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(0.5), init.name))
+        return built
+
+
+def bias_moved(name: str) -> BiasMoved:
+    """The broken variant, to register in VARIANTS under `name` for a test."""
+    return BiasMoved(name, "torch_export", "broken on purpose")
 
 
 class NegInfFillMHA(MultiHeadedAttention):
