@@ -40,6 +40,25 @@ class _sigterm_unwinds:
             signal.signal(signal.SIGTERM, self.previous)
 
 
+class Tolerance(click.ParamType):
+    """A tolerance: a finite number >= 0. NaN compares false with everything, so `|a - b| <= NaN` never fails
+    and `atol=nan` would pass any model; infinity passes any finite one: both are usage errors."""
+
+    name = "tolerance"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number < 0:
+            self.fail(f"{value!r} is not a finite number >= 0 (a NaN or infinite tolerance passes anything)",
+                      param, ctx)
+        return number
+
+
 class OneLineErrorCommand(click.Command):
     """A click command whose every error, click's usage errors included, is one `Error: ...` line."""
 

@@ -116,6 +116,15 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
     return exported
 
 
+def _why(report) -> str:
+    """Why a gate's report fails, in a few words: the cases that failed, or the paths no case ran."""
+    if report.failed:
+        return f"{len(report.failed)} of {len(report.results)} cases failed"
+    if report.uncovered:
+        return f"its cases never ran {'; '.join(report.coverage.missing)}"
+    return "nothing was checked"
+
+
 def targets_of(forms, spec: ExportSpec) -> str:
     """Where `forms` write, for messages: "m.onnx or b or r/mha"."""
     return " or ".join(str(form.target(spec)) for form in forms) or "nothing"
@@ -127,7 +136,7 @@ def _check(model: Model, module, forms, targets: str, report=None):
     weights differ from the module's (reduced precision, int8), also the worst case against the module as
     given: what rounding cost."""
     from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
-    from attn_onnx.runtime_check.compare import Tolerance
+    from attn_onnx.runtime_check.compare import MEASURE_ONLY
 
     def run(loaded, report=report):
         config = QUICK_CONFIG
@@ -137,12 +146,11 @@ def _check(model: Model, module, forms, targets: str, report=None):
             config = dataclasses.replace(config, runtimes=("onnxruntime", "reference"))
             report = check_model(loaded, config, module=model.golden)
         if not report.ok:
-            raise ParityError(f"the exported model fails the parity check ({len(report.failed)} of "
-                              f"{len(report.results)} cases failed); nothing was written to {targets} "
-                              "(--no-check writes it anyway, for inspection)", report)
+            raise ParityError(f"the exported model fails the parity check ({_why(report)}); nothing was written "
+                              f"to {targets} (--no-check writes it anyway, for inspection)", report)
         accuracy = None
         if model.golden is not module:
-            accuracy = check_model(loaded, dataclasses.replace(config, tolerance=Tolerance(float("inf"), 0.0)),
+            accuracy = check_model(loaded, dataclasses.replace(config, tolerance=MEASURE_ONLY),
                                    module=module).worst
         return report, accuracy
 

@@ -27,6 +27,9 @@ class Sweep:
     masks: tuple[str, ...] | None = None  # mask kinds (MASK_KINDS); None: every kind
     shapes: tuple[tuple[int, int, int], ...] | None = None  # explicit (batch, q_len, kv_len) list
     sizes: tuple[int, ...] = (1, 5, 20, 64)  # for the `mask` module: subsequent_mask(size)
+    # also the shapes the model's variant names to run its every control-flow path (tiled: 2 tiles, 3 or more
+    # ending in a partial one), and the check then fails a path no case ran (runtime_check.coverage)
+    cover: bool = True
 
     def validate(self) -> "Sweep":
         unknown = sorted(set(self.masks or ()) - MASK_KINDS.keys())
@@ -46,9 +49,15 @@ class Sweep:
         return [(b, q, kv) for b in self.batches for q, kv in pairs]
 
 
-# The sweep export-attn runs after exporting: two shapes unlike the export's example (2, 3, 4),
-# cross-attention lengths, the mask kinds most likely to break.
-QUICK = Sweep(shapes=((3, 11, 5), (1, 17, 6)), masks=("ones", "padding", "masked_row", "zeros"), sizes=(1, 5, 20))
+# The gate: the one sweep export-attn runs before it writes a model, --attention-impl auto runs on each
+# candidate, and check-attn --quick runs. Shapes unlike the export's example (2, 3, 4); cross-attention
+# lengths; a square batch of 3 with distinct padding lengths (causal+padding there is ort-gqa's
+# GroupQueryAttention branch); every mask kind, causal and causal+padding (the ones auto times) included; and,
+# through `cover`, the shapes that run the variant's every control-flow path, proven by the coverage probe.
+QUICK = Sweep(shapes=((3, 11, 5), (1, 17, 6), (3, 9, 9)), sizes=(1, 5, 20))
+# The masks a variant's coverage shapes run with (their paths are the shapes'; the masks' own paths, a fully-
+# masked row say, the small shapes run): keys padded away, causal reach, holes and a fully-masked row.
+COVER_MASKS = ("causal+padding", "padding", "masked_row")
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,15 @@ def valid_lengths(batch: int, kv_len: int, rng: np.random.Generator) -> np.ndarr
 def generate_cases(spec: ExportSpec, sweep: Sweep = Sweep()) -> list[Case]:
     """Every case of `sweep` that applies to a model of `spec` (its kind names them: exporter/kinds/)."""
     sweep.validate()
-    return [Case(name, spec, mask=mask, **dims) for name, dims, mask in spec.kind.cases(spec, sweep)]
+    cases = spec.kind.cases(spec, sweep)
+    if sweep.cover and spec.kind.case_dims == ("batch", "q_len", "kv_len"):
+        from attn_onnx.exporter.variants import VARIANTS
+
+        extra = tuple(s for s in VARIANTS[spec.variant].coverage_shapes(spec) if s not in sweep.shape_list())
+        masks = tuple(m for m in COVER_MASKS if sweep.masks is None or m in sweep.masks) or sweep.masks
+        cases += spec.kind.cases(spec, Sweep(shapes=extra, masks=masks))
+    unique = {name: (dims, mask) for name, dims, mask in reversed(cases)}  # each name once, the first kept
+    return [Case(name, spec, mask=mask, **dims) for name, (dims, mask) in reversed(unique.items())]
 
 
 def parse_case(name: str, spec: ExportSpec) -> Case:

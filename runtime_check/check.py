@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from attn_onnx import __version__
 from attn_onnx.errors import ProviderError, UnsupportedModelError, UsageError, first_line
 from attn_onnx.runtime_check.cases import QUICK, Sweep, generate_cases
 from attn_onnx.runtime_check.compare import OutputComparison, Tolerance, tolerance_for
+from attn_onnx.runtime_check.coverage import Coverage, CoverageProbe
 from attn_onnx.runtime_check.model import LoadedModel, load_model
 from attn_onnx.runtime_check.reference import reference_module
 from attn_onnx.runtime_check.report import CaseResult, Report, Skipped
@@ -48,11 +50,14 @@ class CheckConfig:
                              f"providers: {list(PROVIDERS)}")
         if not self.runtimes:
             raise UsageError("no runtime to check with")
+        given = [v for v in (self.tolerance.atol, self.tolerance.rtol) if v is not None] if self.tolerance else []
+        if not all(math.isfinite(v) and v >= 0 for v in given):  # NaN passes any comparison, inf any finite one
+            raise UsageError(f"a tolerance is a finite number >= 0, not {self.tolerance}")
         self.sweep.validate()
         return self
 
 
-QUICK_CONFIG = CheckConfig(runtimes=("onnxruntime",), sweep=QUICK)  # what export-attn runs after exporting
+QUICK_CONFIG = CheckConfig(runtimes=("onnxruntime",), sweep=QUICK)  # the gate: export-attn, auto, check-attn --quick
 
 
 def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: CheckConfig = CheckConfig(), *,
@@ -89,8 +94,11 @@ def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: Check
     if decoding:
         from attn_onnx.runtime_check.decode import SEQUENCE, chunkings, decode_results
     total = (len(cases) + (len(chunkings(SEQUENCE[1])) if decoding else 0)) * len(runners)
+    probe = CoverageProbe(loaded.proto, loaded.base_dir)  # which control-flow paths each case takes
+    report.coverage = Coverage(probe.paths, required=config.sweep.cover)
     for case in cases:
         feeds = case.feeds(config.seed)
+        report.coverage.record(case.name, probe.run(feeds))
         golden_outputs = golden.run(feeds)
         for runner in runners:
             result = run_case(runner, case.name, case.shape, feeds, golden_outputs, expected,

@@ -37,11 +37,17 @@ EXACT = Tolerance(atol=0.0, rtol=0.0)
 FLOAT16 = Tolerance(atol=4e-3, rtol=4e-3)
 BFLOAT16 = Tolerance(atol=3e-2, rtol=3e-2)
 # export-attn --quantize int8, against the float64 golden of the dequantized weights the file holds: what is
-# left is the activations' on-the-fly uint8 quantization (per tensor, ~1/255 of their range). Measured over
-# the default sweep, every variant, mha and --self-attention, onnxruntime CPU and onnx.reference alike: max_abs
-# 0.0195, needed atol 0.0168 at rtol 0.05; a 3x margin. What quantizing the weights cost on top is a figure
+# left is the activations' on-the-fly uint8 quantization (per tensor, ~1/255 of their range). Measured in the
+# 7-bit weight format (exporter/quantize.py FORMAT, exact integers on every x86 CPU) over the default sweep,
+# every variant, mha and --self-attention: the default block (heads 8, width 512) on onnxruntime CPU (AVX2)
+# max_abs 0.0214, needed atol 0.0189 at rtol 0.05, a 2.6x margin; heads 4, width 32 on onnxruntime and
+# onnx.reference alike 0.0125 and 0.0098. Full-range int8 weights on a CPU without VNNI (int16 saturation)
+# left 0.15-0.29: the profile's job is to fail that. What quantizing the weights cost on top is a figure
 # (export-attn's `accuracy:` line, or check-attn --weights with the float checkpoint), not judged here.
 INT8 = Tolerance(atol=0.05, rtol=0.05)
+# Not a verdict: a check run only for its figures (export-attn's `accuracy:` line, what rounding the weights
+# cost) passes every finite difference. Finite on purpose: CheckConfig refuses NaN and infinite tolerances.
+MEASURE_ONLY = Tolerance(atol=float(np.finfo(np.float64).max), rtol=0.0)
 PROFILES = {"float32": FLOAT32, "tf32": TF32, "float64": FLOAT32, "float16": FLOAT16, "bfloat16": BFLOAT16,
             "int8": INT8, "exact": EXACT}
 

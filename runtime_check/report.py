@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from attn_onnx.errors import ParityError
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.runtime_check.compare import OutputComparison, Tolerance
+from attn_onnx.runtime_check.coverage import Coverage
 
 PASSED, FAILED, SKIPPED = "PASSED", "FAILED", "SKIPPED"
 
@@ -92,14 +93,20 @@ class Report:
     created: str = ""  # ISO 8601 UTC, when the check started
     results: list[CaseResult] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    coverage: Coverage | None = None  # which control-flow paths the cases ran
 
     @property
     def failed(self) -> list[CaseResult]:
         return [r for r in self.results if not r.passed]
 
     @property
+    def uncovered(self) -> list[str]:
+        """Why the coverage fails the check: the control-flow paths no case ran, where they had to run."""
+        return self.coverage.failures if self.coverage is not None else []
+
+    @property
     def passed(self) -> bool:
-        return bool(self.results) and not self.failed
+        return bool(self.results) and not self.failed and not self.uncovered
 
     def __bool__(self) -> bool:
         return self.passed
@@ -131,7 +138,11 @@ class Report:
         return sorted({r.shape for r in self.results})
 
     def lines(self) -> list[str]:
-        return [r.line() for r in self.results] + [s.line() for s in self.skipped]
+        return [r.line() for r in self.results] + [s.line() for s in self.skipped] + self.coverage_lines()
+
+    def coverage_lines(self) -> list[str]:
+        """The coverage line, for a model with control flow (one without has one path, run by every case)."""
+        return [self.coverage.line()] if self.coverage is not None and self.coverage.paths and self.results else []
 
     def summary(self) -> str:
         n_pass, n_fail = len(self.results) - len(self.failed), len(self.failed)
@@ -143,6 +154,9 @@ class Report:
             needed = max(r.needed_atol for r in self.results)
             text += (f" | worst: {worst.runner} {worst.case} max_abs={worst.max_abs:.3g}"
                      f" | min atol that passes all: {needed:.3g}")
+            if self.coverage is not None and self.coverage.paths:
+                covered = len(self.coverage.paths) - len(self.coverage.missing)
+                text += f" | paths: {covered} of {len(self.coverage.paths)} ran"
         return f"{self.status} | summary | {text}"
 
     def raise_for_failures(self) -> None:
@@ -153,6 +167,9 @@ class Report:
             names = ", ".join(f"{r.runner} {r.case}" for r in self.failed[:10])
             more = f" and {len(self.failed) - 10} more" if len(self.failed) > 10 else ""
             raise ParityError(f"{len(self.failed)} of {len(self.results)} cases failed: {names}{more}",
+                              report=self)
+        if self.uncovered:
+            raise ParityError(f"the cases left control-flow paths unrun: {'; '.join(self.coverage.missing)}",
                               report=self)
 
     def to_dict(self) -> dict:
@@ -172,6 +189,7 @@ class Report:
                                                                   "max_abs": _number(worst.max_abs)},
                             "line": self.summary()},
                 "skipped": [dataclasses.asdict(s) for s in self.skipped],
+                "coverage": None if self.coverage is None else self.coverage.to_dict(),
                 "cases": [r.to_dict() for r in self.results]}
 
     def to_json(self) -> str:

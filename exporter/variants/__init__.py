@@ -95,6 +95,13 @@ class Variant:
     def build(self, spec, graph, example, module) -> Built:
         return importlib.import_module(f"attn_onnx.exporter.variants.{self.file}").build(spec, graph, example, module)
 
+    def coverage_shapes(self, spec) -> tuple[tuple[int, int, int], ...]:
+        """(batch, q_len, kv_len) shapes that run the paths of this variant's graph that small shapes do not
+        (tiled: 2 tiles, and 3 or more ending in a partial one): its file's `coverage_shapes(spec)`, if any.
+        runtime_check.coverage then proves they do."""
+        shapes = getattr(importlib.import_module(f"attn_onnx.exporter.variants.{self.file}"), "coverage_shapes", None)
+        return tuple(shapes(spec)) if shapes else ()
+
 
 VARIANTS = {v.name: v for v in (
     Variant("torch-export", "torch_export", "attention()'s MatMul/Softmax graph as torch.onnx writes it (the "

@@ -73,6 +73,39 @@ def build(spec, graph, example, module) -> Built:
     return Built(model(w, spec, {"": spec.opset}, doc), weights.map)
 
 
+def tiles(spec, batch: int, q_len: int, kv_len: int) -> tuple[int, int, int, int]:
+    """(row tiles, example groups, rows per tile, examples per group) the graph's Loop takes at these dims: the
+    same arithmetic as _attend_in_tiles, in Python, to choose shapes that run its paths (coverage_shapes)."""
+    def clamp(value, low, high):
+        return min(high, max(low, value))
+
+    per_row = spec.heads * kv_len
+    if spec.mask == "input":
+        tile = clamp(TILE_SCORES // per_row, MIN_TILE, min(q_len, MAX_TILE))
+        group = clamp(GROUP_SCORES // (per_row * q_len), 1, batch)
+    else:
+        tile = clamp(TILE_SCORES // (per_row * batch), MIN_TILE, q_len if spec.mask == "none" else min(q_len, MAX_TILE))
+        group = batch
+    return -(-q_len // tile), -(-batch // group), tile, group
+
+
+def coverage_shapes(spec) -> list[tuple[int, int, int]]:
+    """The smallest square shapes at batch 2 whose Loop runs 2 tiles, and 3 or more ending in a partial tile
+    (one that overlaps the tile before): small shapes run one tile only, and a check on them alone passes a
+    graph whose later tiles are wrong."""
+    found = {}
+    for length in range(2, 1 << 14):
+        row_tiles, groups, tile, group = tiles(spec, 2, length, length)
+        count, partial = row_tiles * groups, length % tile or 2 % group
+        if count == 2 and "two" not in found:
+            found["two"] = (2, length, length)
+        if count >= 3 and partial and "three" not in found:
+            found["three"] = (2, length, length)
+        if len(found) == 2:
+            break
+    return list(found.values())
+
+
 def _needed_projections(w: GraphWriter, weights: Weights, spec, key_limit: str) -> dict:
     """The query projected on every row (B * q_len, E); the key and value only on the rows of keys some query of
     their example may attend (key j < key_limit[b]), packed example after example (N, E), with where each
@@ -218,6 +251,9 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
     # an explicit true condition: onnx.reference's Loop runs no iteration when the condition is omitted
     tiles = w.op("Loop", [count, w.constant("true", np.array(True))], stem="tiles", body=body.loop_body(
         "tile", counter, cond, x_tile, ONNX_TYPES[spec.dtype], ["tile_values"]))  # (count, G * T * E)
+    # for runtime_check.coverage: the last tile is partial (it overlaps the one before) where the rows or the
+    # examples do not divide into whole tiles
+    w.nodes[-1].doc_string = f"coverage: partial if ({q_len} % {tile}) or ({batch} % {group})"
     rows = w.op("Reshape", [tiles, w.constant("rows_shape", np.array([-1, spec.embedding_dim], np.int64))])
 
     # output (b, i) is row t of example e of tile (g, j): g-major over the groups, then j, then e, then t

@@ -3,6 +3,7 @@ choice recorded in the metadata and shown by check-attn, the standard-operators 
 asserted (speed claims live in the closing notes and docs, measured side by side by hand)."""
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -83,7 +84,7 @@ def test_standard_ops_limits_the_candidates_and_the_choice_runs_in_onnx_referenc
     assert all(n.domain in ("", "ai.onnx") for n in onnx.load(str(path)).graph.node)
     result = CliRunner().invoke(check, [str(path), "--quick", "--runtimes", "reference"])
     assert result.exit_code == 0, result.output
-    assert "PASSED | summary | 8 passed, 0 failed, 0 skipped" in result.output
+    assert re.search(r"PASSED \| summary \| \d+ passed, 0 failed, 0 skipped", result.output), result.output
 
 
 def test_a_kind_one_variant_builds_is_written_untimed(tmp_path):

@@ -118,7 +118,7 @@ def test_perturbed_weights_need_the_original_checkpoint(small_mha, tmp_path):
     with_weights = run(path, "--quick", "--weights", original)
     assert with_weights.exit_code == 1  # ... the user's checkpoint can, and the report says which was used
     assert "reference weights: --weights original.safetensors (sha256 " in with_weights.output
-    assert len(lines_of(with_weights, "FAILED")) == 17  # every case of both runners, and the summary
+    assert len(lines_of(with_weights, "FAILED")) == 37  # every case of both runners, and the summary
     assert run(src, "--quick", "--weights", original).exit_code == 0
 
 
@@ -181,7 +181,7 @@ def test_openvino_where_installed_passes(small_mha):
     pytest.importorskip("openvino")
     result = run(small_mha[0], "--runtimes", "onnxruntime,openvino", "--quick")
     assert result.exit_code == 0, result.output
-    assert len([line for line in lines_of(result, "PASSED") if "| openvino/cpu |" in line]) == 8
+    assert len([line for line in lines_of(result, "PASSED") if "| openvino/cpu |" in line]) == 18
 
 
 def test_a_model_without_metadata_is_a_clear_error(tmp_path):
@@ -354,8 +354,8 @@ def test_an_ort_optimized_model_passes_on_onnxruntime_with_the_reference_skipped
     assert lines_of(result, "SKIPPED") == [
         "SKIPPED | onnx-reference | - | onnx.reference runs standard ONNX operators only; this model uses "
         "com.microsoft.FusedMatMul (an onnxruntime-optimized model?)"]
-    assert len([line for line in lines_of(result, "PASSED") if "| onnxruntime/cpu |" in line]) == 8
-    assert lines_of(result, "PASSED")[-1].startswith("PASSED | summary | 8 passed, 0 failed, 1 skipped | worst: ")
+    assert len([line for line in lines_of(result, "PASSED") if "| onnxruntime/cpu |" in line]) == 18
+    assert lines_of(result, "PASSED")[-1].startswith("PASSED | summary | 18 passed, 0 failed, 1 skipped | worst: ")
     only_reference = run(ort_optimized, "--quick", "--runtimes", "reference")  # nothing checked: not green
     assert only_reference.exit_code == 1
     assert only_reference.output.strip().splitlines()[-1] == (
@@ -380,10 +380,10 @@ def test_result_lines_stream_as_cases_finish(small_mha, monkeypatch):
     monkeypatch.setattr(check, "run_case", spy)
     result = run(small_mha[0], "--quick")
     assert result.exit_code == 0
-    assert seen == list(range(16))  # before each case ran, every earlier one had been printed
+    assert seen == list(range(36))  # before each case ran, every earlier one had been printed
     lines = result.output.splitlines()
     assert lines[0].startswith(f"model {small_mha[0]} (sha256 ")
-    assert lines[-1].startswith("PASSED | summary | 16 passed")
+    assert lines[-1].startswith("PASSED | summary | 36 passed")
 
 
 def test_json_of_a_failing_run_has_numbers_or_null(small_mha, tmp_path):

@@ -33,7 +33,7 @@ def test_default_export_writes_checks_and_summarises(tmp_path):
     assert out.is_file()
     lines = result.output.splitlines()
     parity = lines[0]  # checked in memory first; written only once it passed
-    assert parity.startswith("parity: onnxruntime/cpu vs PyTorch float64 on 8 cases (b1.q17.kv6, b3.q11.kv5)")
+    assert parity.startswith("parity: onnxruntime/cpu vs PyTorch float64 on 18 cases (b1.q17.kv6, b3.q11.kv5, b3.q9.kv9)")
     assert parity.endswith("PASSED")
     assert lines[1].startswith(f"wrote {out} (4.0 MiB, opset 18, mha, heads 8, mask input)")
     assert "  input  mask       bool     [batch, mask_q_len, kv_len]" in lines
@@ -333,3 +333,14 @@ def test_a_failed_export_writes_nothing(tmp_path, monkeypatch):
     out = tmp_path / "m.onnx"
     one_line_error(run(*SMALL, "--out", out), 1, "onnx.checker rejected the exported model: bad graph")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("form", ["--bundle", "--triton-repo"])
+@pytest.mark.parametrize("name", ["café", "ｍｈａ", "-mha", ".mha", "m/ha"])
+def test_a_name_outside_the_manifest_schemas_pattern_is_refused_before_any_work(tmp_path, form, name):
+    """The bundle's schema takes ^[A-Za-z0-9][A-Za-z0-9._-]*$: str.isalnum() let 'café' through, and export-attn
+    then wrote a bundle its own schema refused. Nothing is written."""
+    result = CliRunner().invoke(main, [form, str(tmp_path / "out"), "--name", name])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: --name {name!r}") and len(result.output.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())

@@ -67,7 +67,7 @@ def test_the_python_api_is_the_pipeline_and_returns_what_it_built(tmp_path, coun
     exported = export_model(spec, OnnxFile(tmp_path / "m.onnx"), Bundle(tmp_path / "b", name="attn"),
                             TritonRepo(tmp_path / "r", name="attn", backend="python"), seed=3)
     assert counted == {"validate": 1, "serialize": 1}
-    assert exported.report.ok and len(exported.report.results) == 8  # the quick sweep, passed
+    assert exported.report.ok and len(exported.report.results) == 18  # the quick sweep, passed
     assert exported.spec.weights and exported.spec.weights_source == "random (seed=3)"
     assert exported.golden is exported.module  # float32: the module's own weights are the model's
     assert list(exported.written) == ["OnnxFile", "Bundle", "TritonRepo"]
@@ -79,7 +79,7 @@ def test_the_python_api_is_the_pipeline_and_returns_what_it_built(tmp_path, coun
 def test_a_model_that_fails_the_check_is_written_in_no_form(tmp_path, monkeypatch):
     monkeypatch.setitem(VARIANTS, "wrong-bias", bias_moved("wrong-bias"))
     spec = ExportSpec(heads=2, embedding_dim=16, variant="wrong-bias")
-    with pytest.raises(ParityError, match=r"fails the parity check \(8 of 8 cases failed\); nothing was written to "
+    with pytest.raises(ParityError, match=r"fails the parity check \(18 of 18 cases failed\); nothing was written to "
                                           rf"{tmp_path / 'm.onnx'} or {tmp_path / 'b'}") as caught:
         export_model(spec, OnnxFile(tmp_path / "m.onnx"), Bundle(tmp_path / "b"))
     assert not caught.value.report.ok and caught.value.report.worst.max_abs == pytest.approx(0.5, abs=1e-6)

@@ -92,3 +92,123 @@ def perturbed_weights_model(src: Path, dst: Path, spec: ExportSpec, amount: floa
             model.graph.initializer[i].CopyFrom(numpy_helper.from_array(array + amount * signs, name))
     onnx.save(model, str(dst))
     return dst
+
+
+# --- mutants of control-flow paths: one path's output moved by 0.01, as a bug on that path alone would show ---
+
+MUTATION = 0.01
+
+
+def path_mutants(proto: onnx.ModelProto) -> dict[str, onnx.ModelProto]:
+    """{what was mutated: the model}, one mutant per control-flow path of `proto`, at any depth of If branches:
+    each If branch's output + 0.01; each Loop's scan output + 0.01 on the first iteration, on every later one,
+    on a middle one (neither first nor last), and on the last one where it is partial (the Loop's `coverage:`
+    hint, runtime_check.coverage)."""
+    mutants = {}
+    for where in _control_flow(proto.graph, []):
+        *path, (node_index, kind) = where
+        inside = " in ".join(f"{_graph_at(proto.graph, path[:k]).node[i].output[0]}.{attr}"
+                             for k, (i, attr) in reversed(list(enumerate(path))))
+        for variant in (("then", "else") if kind == "If" else ("first", "later", "middle", "last partial")):
+            copy = onnx.ModelProto()
+            copy.CopyFrom(proto)
+            graph = _graph_at(copy.graph, path)
+            node = graph.node[node_index]
+            if kind == "If":
+                _shift_output(next(a.g for a in node.attribute if a.name == f"{variant}_branch"), 0, None, None)
+            elif not _mutate_loop(graph, node, variant):
+                continue  # no hint of a partial last iteration
+            mutants[f"{kind} {node.output[0]}{' in ' + inside if inside else ''}: {variant}"] = copy
+    return mutants
+
+
+def _control_flow(graph: onnx.GraphProto, path: list) -> list[list]:
+    """Every If and Loop: [branch steps..., (node index, op)], a branch step being (node index, attribute)."""
+    found = []
+    for i, node in enumerate(graph.node):
+        if node.op_type in ("If", "Loop"):
+            found.append([*path, (i, node.op_type)])
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                found += _control_flow(attr.g, [*path, (i, attr.name)])
+    return found
+
+
+def _graph_at(graph: onnx.GraphProto, path: list) -> onnx.GraphProto:
+    for i, attr in path:
+        graph = next(a.g for a in graph.node[i].attribute if a.name == attr)
+    return graph
+
+
+def _shift_output(graph: onnx.GraphProto, index: int, when: str | None, nodes_before: list | None) -> None:
+    """Output `index` of `graph` + 0.01 (times the bool `when`, if given)."""
+    out = graph.output[index]
+    elem = out.type.tensor_type.elem_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+    make = onnx.helper.make_node
+    nodes = list(nodes_before or [])
+    delta = f"{out.name}_mutation"
+    nodes.append(make("Constant", [], [delta], value=numpy_helper.from_array(np.array(MUTATION, dtype), delta)))
+    if when is not None:
+        nodes.append(make("Cast", [when], [f"{delta}_on"], to=elem))
+        nodes.append(make("Mul", [delta, f"{delta}_on"], [f"{delta}_gated"]))
+        delta = f"{delta}_gated"
+    nodes.append(make("Add", [out.name, delta], [f"{out.name}_mutated"]))
+    graph.node.extend(nodes)
+    out.name = f"{out.name}_mutated"
+
+
+def _mutate_loop(graph: onnx.GraphProto, node: onnx.NodeProto, variant: str) -> bool:
+    """The Loop's first scan output + 0.01 on the iterations `variant` names; False where it cannot apply."""
+    import re
+
+    make = onnx.helper.make_node
+    body = next(a.g for a in node.attribute if a.name == "body")
+    counter, count = body.input[0].name, node.input[0]  # this iteration; the trip count (outer scope)
+    carried = len(node.input) - 2
+    stem = f"mutant_{variant.replace(' ', '_')}"
+    int64 = lambda name, v: make("Constant", [], [name], value=numpy_helper.from_array(np.array(v, np.int64), name))  # noqa: E731
+    nodes = [int64(f"{stem}_0", 0), int64(f"{stem}_1", 1)]
+    nodes.append(make("Sub", [count, f"{stem}_1"], [f"{stem}_last"]))
+    if variant == "first":
+        nodes.append(make("Equal", [counter, f"{stem}_0"], [f"{stem}_on"]))
+    elif variant == "later":
+        nodes.append(make("GreaterOrEqual", [counter, f"{stem}_1"], [f"{stem}_on"]))
+    elif variant == "middle":
+        nodes += [make("GreaterOrEqual", [counter, f"{stem}_1"], [f"{stem}_after_first"]),
+                  make("Less", [counter, f"{stem}_last"], [f"{stem}_before_last"]),
+                  make("And", [f"{stem}_after_first", f"{stem}_before_last"], [f"{stem}_on"])]
+    else:  # the last iteration, where the hint says it is partial (computed in the Loop's own graph)
+        pairs = re.findall(r"\(\s*(\S+)\s*%\s*(\S+)\s*\)", node.doc_string) if node.doc_string.startswith(
+            "coverage:") else []
+        if not pairs:
+            return False
+        flags = []
+        for k, (size, block) in enumerate(pairs):
+            graph.node.extend([int64(f"{stem}_zero_{k}", 0),
+                               make("Mod", [size, block], [f"{stem}_rest_{k}"]),
+                               make("Greater", [f"{stem}_rest_{k}", f"{stem}_zero_{k}"], [f"{stem}_partial_{k}"])])
+            flags.append(f"{stem}_partial_{k}")
+        graph.node.append(make("Or", flags, [f"{stem}_partial"]) if len(flags) == 2 else
+                          make("Identity", flags[:1], [f"{stem}_partial"]))
+        nodes += [make("Equal", [counter, f"{stem}_last"], [f"{stem}_is_last"]),
+                  make("And", [f"{stem}_is_last", f"{stem}_partial"], [f"{stem}_on"])]
+    _shift_output(body, 1 + carried, f"{stem}_on", nodes)
+    if variant == "last partial":
+        _move_before_users(graph, node)  # last: it copies the nodes, `node` and `body` among them
+    return True
+
+
+def _move_before_users(graph: onnx.GraphProto, loop: onnx.NodeProto) -> None:
+    """The nodes appended to `graph` moved to just before `loop` (they read what comes before it)."""
+    nodes = list(graph.node)
+    at = next(i for i, n in enumerate(nodes) if n is loop or n == loop)
+    tail = [n for n in nodes[at + 1:] if n.output and n.output[0].startswith("mutant_")]
+    rest = [n for n in nodes if not any(n is t for t in tail)]
+    at = next(i for i, n in enumerate(rest) if n == loop)
+    ordered = rest[:at] + tail + rest[at:]
+    copies = [onnx.NodeProto() for _ in ordered]
+    for copy, n in zip(copies, ordered):
+        copy.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)

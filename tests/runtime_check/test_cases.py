@@ -89,8 +89,14 @@ def test_causal_plus_padding_is_the_causal_mask_times_the_padding(batch, q_len, 
     assert (valid < kv_len).any() and (batch == 1 or valid[0] == kv_len)
 
 
-def test_quick_sweep_avoids_the_export_example_shape():
-    assert all(shape != (2, 3, 4) and shape[1] != shape[2] for shape in QUICK.shapes)
+def test_quick_sweep_avoids_the_export_example_shape_and_has_cross_and_square_shapes():
+    assert all(shape != (2, 3, 4) for shape in QUICK.shapes)
+    assert any(q != kv for _, q, kv in QUICK.shapes)  # cross-attention lengths
+    assert any(q == kv and b > 2 for b, q, kv in QUICK.shapes)  # square (GroupQueryAttention's), distinct lengths
+
+
+def test_the_gate_runs_every_mask_kind_auto_times():
+    assert QUICK.masks is None or {"causal", "causal+padding"} <= set(QUICK.masks)
 
 
 @pytest.mark.parametrize("name", ["b3.q11", "b0.q1.kv1.ones", "b1.q1.kv1.sideways", "size5"])

@@ -48,3 +48,14 @@ def test_case_line_has_the_fixed_format():
     bad = CaseResult("onnxruntime/cpu", "b1.q7.kv7.ones", error="onnxruntime/cpu raised Fail: shape")
     assert bad.line().startswith("FAILED | onnxruntime/cpu | b1.q7.kv7.ones | max_abs=inf")
     assert bad.line().endswith("| onnxruntime/cpu raised Fail: shape") and not bad
+
+
+@pytest.mark.parametrize("atol, rtol", [(float("nan"), None), (None, float("nan")), (float("inf"), 0.0),
+                                        (0.0, float("inf")), (-1e-5, None)])
+def test_a_tolerance_that_passes_anything_is_refused_before_any_case(atol, rtol):
+    """|a - b| <= NaN is never false and |a - b| <= inf never for a finite a: such a check passes any model."""
+    from attn_onnx.errors import UsageError
+    from attn_onnx.runtime_check.check import CheckConfig
+
+    with pytest.raises(UsageError, match="a tolerance is a finite number >= 0"):
+        CheckConfig(tolerance=Tolerance(atol=atol, rtol=rtol)).validate()
