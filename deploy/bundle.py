@@ -25,8 +25,9 @@ from attn_onnx.files import file_sha256, write_folder_atomic
 from attn_onnx.model_files import needs_external, save_model
 from attn_onnx.runtime_check.cases import Case, parse_case
 from attn_onnx.runtime_check.compare import OutputComparison, Tolerance, tolerance_for
+from attn_onnx.runtime_check.coverage import Coverage, CoverageProbe
 from attn_onnx.runtime_check.report import CaseResult, Report
-from attn_onnx.vocab import ELEMENT_TYPES
+from attn_onnx.vocab import ELEMENT_TYPES, GRAPH_MASK
 
 FORMAT = "attn-onnx-bundle/1"
 MODEL_FILE, MANIFEST_FILE = "model.onnx", "manifest.json"
@@ -48,14 +49,43 @@ THREAD = {"present_key": "past_key", "present_value": "past_value"}
 
 
 def bundle_cases(spec: ExportSpec) -> list[Case]:
-    """The cases a bundle carries vectors for: those its module kind says a service must get right."""
-    return [parse_case(name, spec) for name in spec.kind.vector_cases(spec)]
+    """The cases a bundle carries vectors for: those its module kind says a service must get right, and the
+    shapes its variant names to run every control-flow path (tiled: 2 tiles, and 3 or more ending in a partial
+    one), under causal+padding where the mask is an input."""
+    from attn_onnx.exporter.variants import VARIANTS
+
+    names = list(spec.kind.vector_cases(spec))
+    if spec.kind.case_dims == ("batch", "q_len", "kv_len"):
+        kind = "causal+padding" if spec.mask == "input" else GRAPH_MASK
+        names += [f"b{b}.q{q}.kv{kv}.{kind}" for b, q, kv in VARIANTS[spec.variant].coverage_shapes(spec)]
+    return [parse_case(name, spec) for name in dict.fromkeys(names)]
+
+
+def set_coverage(proto: onnx.ModelProto, sets: list[tuple[str, dict]], base_dir: str = "") -> Coverage:
+    """Which control-flow paths of `proto` the sets (label, feeds) run (runtime_check.coverage)."""
+    probe = CoverageProbe(proto, base_dir)
+    coverage = Coverage(probe.paths)
+    for label, feeds in sets:
+        coverage.record(label, probe.run(feeds))
+    return coverage
 
 
 def min_onnxruntime(proto: onnx.ModelProto) -> str:
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     needs = [ORT_FOR_OPSET.get(opset, "1.22"), ORT_FOR_IR.get(proto.ir_version, "1.22")]
     return max(needs, key=lambda v: tuple(int(p) for p in v.split(".")))
+
+
+def check_bundle_name(name: str) -> None:
+    """UsageError unless `name` matches the manifest schema's own pattern for it (before any export work): a
+    bundle written under another name would be refused by its own schema. Triton's model names and the
+    service's URLs take the same (deploy/triton.py)."""
+    import re
+
+    pattern = json.loads(SCHEMA_FILE.read_text())["properties"]["name"]["pattern"]
+    if not re.fullmatch(pattern, name, flags=re.ASCII):
+        raise UsageError(f"--name {name!r}: a model's name matches {pattern} (ASCII letters, digits, '.', '_' "
+                         "and '-', not first)")
 
 
 def check_bundle_dtype(dtype: str) -> None:
@@ -97,9 +127,10 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
 
     def build(folder: Path) -> None:
         files = save_model(proto, folder / MODEL_FILE, external, data)
-        sets = []
+        sets, fed = [], []
         for i, case in enumerate(bundle_cases(spec)):
             feeds = case.feeds(seed)
+            fed.append((f"test_data_set_{i}", {v.name: feeds[v.name] for v in inputs}))
             outputs = {k: v.astype(spec.output_dtypes()[k]) for k, v in golden.run(feeds).items()}
             sub = folder / f"test_data_set_{i}"
             sub.mkdir()
@@ -107,6 +138,10 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
                          "inputs": _write_tensors(folder, sub, "input", {v.name: feeds[v.name] for v in inputs}),
                          "outputs": _write_tensors(folder, sub, "output", {n: outputs[n] for n in spec.output_names})})
         _, tolerance = tolerance_for(spec.precision, spec.kind.integer_outputs(spec))
+        coverage = set_coverage(proto, fed, str(folder) if external else "")
+        if not coverage.complete:  # a variant's coverage_shapes that no longer run what they should
+            raise BundleError(f"the bundle's golden sets leave control-flow paths of its model unrun: "
+                              f"{'; '.join(coverage.missing)}")
         import onnxruntime
         import onnxscript
 
@@ -124,10 +159,17 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
                           "rule": "|actual - expected| <= atol + rtol * |expected|, elementwise; no NaN or Inf",
                           "expected": "the PyTorch module's answers in float64, cast to the output dtype"},
             "test_data_sets": sets,
+            "coverage": {"description": "the model's control-flow paths (every If branch, every Loop at 1, 2 and "
+                                        "3+ iterations and with a last partial iteration) and the sets that run "
+                                        "each; check-attn --bundle fails a bundle whose sets leave one unrun",
+                         "paths": {path: coverage.ran[path] for path in coverage.paths}},
             "producer": {"attn_onnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                          "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__},
             "metadata": {p.key: p.value for p in proto.metadata_props},
         }
+        quantization = manifest["metadata"].get("attn_onnx.quantize_format")  # exporter/quantize.py FORMAT
+        if spec.quantize and quantization:
+            manifest["model"]["quantization"] = quantization
         if spec.kind.decodes:
             manifest["decode"] = _write_decode(folder, spec, golden, seed)
         if external:
@@ -152,8 +194,10 @@ def read_manifest(folder: str | Path) -> dict:
         raise BundleError(f"bundle {str(folder)!r} is not a folder")
     if not path.is_file():
         raise BundleError(f"{str(folder)!r} is not a bundle: it has no {MANIFEST_FILE}")
-    try:
-        manifest = json.loads(path.read_text())
+    if _inside(folder, MANIFEST_FILE) is None:
+        raise BundleError(f"{path} is outside the bundle: a symlink whose target leaves it")
+    try:  # NaN, Infinity and -Infinity are not JSON, though Python's json reads them
+        manifest = json.loads(path.read_text(), parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -174,14 +218,18 @@ def _validator():
     return jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
 
 
+def _not_json(token: str):
+    raise ValueError(f"{token} is not a JSON value")
+
+
 def manifest_problem(manifest) -> str | None:
     """The first way `manifest` breaks the bundle format's JSON Schema, in words (`decode.steps[1] lacks
     'inputs'`), or None. The first by position in the document, so the answer does not depend on the validator's
-    order."""
+    order. Then what the schema cannot say (docs/bundle-format.md, "The rules every verifier applies")."""
     errors = sorted(_validator().iter_errors(manifest), key=lambda e: (len(e.absolute_path), [str(p) for p in
                                                                                         e.absolute_path]))
     if not errors:
-        return None
+        return _beyond_schema(manifest)
     error = errors[0]
     while error.context:  # an allOf's own failure: say the innermost
         error = min(error.context, key=lambda e: len(e.absolute_path))
@@ -198,8 +246,72 @@ def manifest_problem(manifest) -> str | None:
     return f"{where}: {error.message[:200]}"
 
 
+def _beyond_schema(manifest: dict) -> str | None:
+    """The rules the schema cannot state: finite tolerances (a dict may hold NaN, which jsonschema's `number`
+    takes), and a folder of its own for every set and decode step."""
+    import math
+
+    for key in ("atol", "rtol"):
+        if not math.isfinite(manifest["tolerance"][key]):
+            return f"tolerance.{key} is not a finite number"
+    seen = {}
+    for where, entry in _vector_sets(manifest):
+        if entry["folder"] in seen:
+            return f"{where}.folder '{entry['folder']}' is also {seen[entry['folder']]}'s"
+        seen[entry["folder"]] = where
+    return None
+
+
+def _vector_sets(manifest: dict) -> list[tuple[str, dict]]:
+    """Every test set and decode step, with where it is in the manifest (`test_data_sets[2]`)."""
+    return ([(f"test_data_sets[{k}]", s) for k, s in enumerate(manifest["test_data_sets"])] +
+            [(f"decode.steps[{k}]", s) for k, s in enumerate(manifest.get("decode", {}).get("steps", []))])
+
+
+def outputs_problem(manifest: dict, outputs: list[str]) -> str | None:
+    """How the manifest fails to compare every output of the model (`outputs`, in the model's order), or None:
+    its `outputs` list names them in order, and every set and decode step names each once and nothing else;
+    the decode thread takes its present_* from them."""
+    listed = [o["name"] for o in manifest["outputs"]]
+    if listed != outputs:
+        return (f"outputs names {', '.join(repr(n) for n in listed)}; the model gives "
+                f"{', '.join(repr(n) for n in outputs)}")
+    for where, entry in _vector_sets(manifest):
+        names = [f["name"] for f in entry["outputs"]]
+        for name in outputs:
+            if name not in names:
+                return f"{where}.outputs lacks the model's output '{name}'"
+        for name in names:
+            if name not in outputs:
+                return f"{where}.outputs names '{name}', which the model does not give"
+            if names.count(name) > 1:
+                return f"{where}.outputs names '{name}' more than once"
+    for present in manifest.get("decode", {}).get("thread", {}):
+        if present not in outputs:
+            return f"decode.thread names '{present}', which the model does not give"
+    return None
+
+
+def check_outputs(folder: str | Path, manifest: dict, outputs: list[str]) -> None:
+    """BundleError naming the manifest unless every set and decode step compares every output of the model."""
+    problem = outputs_problem(manifest, outputs)
+    if problem:
+        raise BundleError(f"{Path(folder) / MANIFEST_FILE} is malformed: {problem}")
+
+
+def _inside(folder: Path, relative: str) -> Path | None:
+    """The file a manifest path names, symlinks resolved; None unless the path is plain (relative, `/` between
+    parts, none of them empty, `.` or `..`, no backslash or NUL) and its target lies inside the bundle."""
+    parts = relative.split("/")
+    if "\\" in relative or "\0" in relative or any(part in ("", ".", "..") for part in parts):
+        return None
+    path = (folder / relative).resolve()
+    return path if folder.resolve() in path.parents else None
+
+
 def verify_hashes(folder: str | Path, manifest: dict) -> None:
-    """BundleError naming every file that is missing or whose sha256 differs from the manifest's."""
+    """BundleError naming every file that is missing, outside the bundle (see `_inside`) or whose sha256 differs
+    from the manifest's."""
     folder = Path(folder)
     files = [(manifest["model"]["file"], manifest["model"]["sha256"])]
     if "data" in manifest["model"]:  # the weights, as external data beside the model
@@ -209,8 +321,8 @@ def verify_hashes(folder: str | Path, manifest: dict) -> None:
               for f in s["inputs"] + s["outputs"]]
     changed = []
     for relative, expected in files:
-        path = (folder / relative).resolve()
-        if folder.resolve() not in path.parents:
+        path = _inside(folder, relative)
+        if path is None:
             changed.append(f"{relative} (outside the bundle)")
         elif not path.is_file():
             changed.append(f"{relative} (missing)")
@@ -232,6 +344,7 @@ def check_bundle(folder: str | Path, config=None) -> Report:
     manifest = read_manifest(folder)
     verify_hashes(folder, manifest)
     loaded = load_model(folder / manifest["model"]["file"])
+    check_outputs(folder, manifest, [o.name for o in loaded.proto.graph.output])
     spec = loaded.spec  # its interface compared with it by load_model
     stated = [(io["name"], io["dtype"]) for io in manifest["inputs"]]
     actual = [(n, spec.input_dtypes()[n]) for n in spec.input_names]
@@ -260,6 +373,10 @@ def check_bundle(folder: str | Path, config=None) -> Report:
                                            tolerance))
     if "decode" in manifest:
         report.results.extend(_check_decode(folder, manifest, runners, tolerance))
+    # the sets must run every control-flow path of the model: measured here, whatever the manifest claims
+    report.coverage = set_coverage(loaded.proto, [(f"{e['folder']} ({e['case']})", {
+        f["name"]: _load_tensor(folder / f["file"]) for f in e["inputs"]}) for e in manifest["test_data_sets"]],
+        loaded.base_dir if loaded.external else "")
     return report
 
 
@@ -331,10 +448,69 @@ def _check_decode(folder: Path, manifest: dict, runners, tolerance: Tolerance) -
     return results
 
 
+# The element types a golden vector may hold, and the TensorProto field that holds each one's values when
+# raw_data does not (docs/bundle-format.md: the same rules in lib/bundle.js, bundle.cc and lib/bundle.mjs).
+_ELEMENTS = {1: ("float32", 4, "float_data"), 2: ("uint8", 1, "int32_data"), 7: ("int64", 8, "int64_data"),
+             9: ("bool", 1, "int32_data"), 10: ("float16", 2, "int32_data"), 11: ("float64", 8, "double_data")}
+_INT32_RANGE = {"bool": (0, 1), "uint8": (0, 255), "float16": (0, 0xFFFF)}
+_VALUE_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+_REFUSED_TYPES = {3: "int8", 4: "uint16", 5: "int16", 6: "int32", 8: "string", 12: "uint32", 13: "uint64",
+                  14: "complex64", 15: "complex128", 16: "bfloat16", 17: "float8e4m3fn", 18: "float8e4m3fnuz",
+                  19: "float8e5m2", 20: "float8e5m2fnuz", 21: "uint4", 22: "int4", 23: "float4e2m1"}
+_MAX_ELEMENTS = 2**63 - 1
+
+
+def tensor_problem(tensor: onnx.TensorProto) -> str | None:
+    """Why a golden vector is refused, in the words the other verifiers use, or None."""
+    if tensor.HasField("segment"):
+        return "stored in segments, which this reader does not take"
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+        return "stored in external data, which this reader does not take"
+    if tensor.data_type not in _ELEMENTS:
+        known = f" ({_REFUSED_TYPES[tensor.data_type]})" if tensor.data_type in _REFUSED_TYPES else ""
+        return (f"unsupported ONNX data type {tensor.data_type}{known}; this reader takes "
+                f"{', '.join(kind for kind, _, _ in _ELEMENTS.values())}")
+    kind, size, typed = _ELEMENTS[tensor.data_type]
+    count = 1
+    for k, dim in enumerate(tensor.dims):  # each dim, and the product in order, before anything is allocated
+        if dim < 0:
+            return f"dims[{k}] = {dim} is negative"
+        count *= dim
+        if count > _MAX_ELEMENTS:
+            return f"dims [{','.join(map(str, tensor.dims))}] hold more than 2^63-1 elements"
+    stray = [field for field in _VALUE_FIELDS if field != typed and len(getattr(tensor, field))]
+    if stray:
+        return f"{kind} values in {', '.join(stray)}"
+    values = getattr(tensor, typed)
+    if tensor.HasField("raw_data"):
+        if len(values):
+            return f"values in both raw_data and {typed}"
+        if len(tensor.raw_data) % size:
+            return f"raw_data of {len(tensor.raw_data)} bytes is not whole {kind} elements"
+        found = len(tensor.raw_data) // size
+        if kind == "bool" and (bad := np.flatnonzero(np.frombuffer(tensor.raw_data, np.uint8) > 1)).size:
+            return f"raw_data[{bad[0]}] = {tensor.raw_data[bad[0]]} is not a bool value"
+    else:
+        if typed == "int32_data":
+            low, high = _INT32_RANGE[kind]
+            bad = next((i for i, v in enumerate(values) if not low <= v <= high), None)
+            if bad is not None:
+                return f"int32_data[{bad}] = {values[bad]} is not a {kind} value"
+        found = len(values)
+    if found != count:
+        return f"{found} values for shape [{','.join(map(str, tensor.dims))}]"
+    return None
+
+
 def _load_tensor(path: Path) -> np.ndarray:
+    """A golden vector, read by the rules every verifier applies; BundleError naming the file for anything else."""
     tensor = onnx.TensorProto()
     try:
         tensor.ParseFromString(path.read_bytes())
     except Exception as exc:  # protobuf's DecodeError
-        raise BundleError(f"{path.name} is not a TensorProto: {exc}") from None
+        why = (str(exc) or type(exc).__name__).splitlines()[0]
+        raise BundleError(f"{path}: malformed TensorProto ({why})") from None
+    problem = tensor_problem(tensor)
+    if problem:
+        raise BundleError(f"{path}: tensor {tensor.name}: {problem}")
     return numpy_helper.to_array(tensor)

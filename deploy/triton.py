@@ -31,9 +31,11 @@ def batched(spec: ExportSpec) -> bool:
 
 
 def check_name(name: str) -> None:
-    """UsageError unless `name` is safe as a folder, a URL path segment and a Triton model name."""
-    if not name or name.startswith(".") or not all(c.isalnum() or c in "-_." for c in name):
-        raise UsageError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only")
+    """UsageError unless `name` is safe as a folder, a URL path segment and a Triton model name: the bundle
+    manifest schema's own pattern, so a Triton repository and a bundle take the same names."""
+    from attn_onnx.deploy.bundle import check_bundle_name
+
+    check_bundle_name(name)
 
 
 def check_backend(backend: str, dtype: str) -> None:

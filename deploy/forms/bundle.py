@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from attn_onnx.deploy.bundle import bundle_cases, check_bundle_dtype, write_bundle
-from attn_onnx.deploy.triton import check_name
+from attn_onnx.deploy.bundle import bundle_cases, check_bundle_dtype, check_bundle_name, write_bundle
 from attn_onnx.deploy.forms.base import OutputForm
 from attn_onnx.files import check_output_dir
 
@@ -31,7 +30,7 @@ class Bundle(OutputForm):
         return Path(self.folder)
 
     def check(self, spec, force: bool) -> None:
-        check_name(self.name or spec.module)
+        check_bundle_name(self.name or spec.module)
         check_bundle_dtype(spec.dtype)
         check_output_dir(Path(self.folder), force, "--bundle")
 

@@ -39,18 +39,34 @@ struct Tensor {
 std::string type_name(ONNXTensorElementDataType type);
 // Bytes per element; 0 for a type bundles never hold.
 size_t type_size(ONNXTensorElementDataType type);
+// Element i of a tensor as a number (float16 decoded; int64 beyond 2^53 rounded, as JavaScript's Number() does).
+double element_value(const Tensor& t, size_t i);
 
-// TensorProto fields: dims (1), data_type (2), float_data (4), int32_data (5), int64_data (7), name (8),
-// raw_data (9), double_data (10). External data (13, 14) is refused: bundles keep every vector inline.
+// TensorProto, by the rules every verifier applies (docs/bundle-format.md): values in raw_data or the element
+// type's own field (float_data, int32_data, int64_data, double_data); float32, float16, float64, bool, uint8 and
+// int64 only; dims each >= 0 and their product within 2^63-1, checked before anything is allocated; a bool 0 or 1.
+// Segments and external data are refused. BundleError saying why ("tensor NAME: ...").
 Tensor decode_tensor(const std::string& bytes);
 Tensor load_tensor(const std::filesystem::path& file);  // BundleError naming the file
 
 std::string sha256_file(const std::filesystem::path& file);  // lowercase hex
 
+// The manifest: JSON (NaN and Infinity are not), valid under the bundle format's JSON Schema (the one Python and
+// Node validate against, built in; ATTN_ONNX_MANIFEST_SCHEMA names a copy to use instead), with finite
+// tolerances and a folder of its own for every set and decode step. BundleError naming manifest.json.
 nlohmann::json read_manifest(const std::filesystem::path& dir);
+// The first way `manifest` breaks the schema, in Python's words (decode.steps[1] lacks 'inputs'); "" if none.
+std::string schema_problem(const nlohmann::json& manifest);
+// The file a manifest path names, symlinks resolved; empty unless the path is plain (relative, / between parts,
+// none of them empty, . or .., no backslash or NUL) and its target lies inside the bundle.
+std::filesystem::path inside(const std::filesystem::path& dir, const std::string& relative);
 // Every file the manifest names (model, external weights, every vector, decode steps included) that is
 // missing, outside the bundle or whose sha256 differs, each as "FILE (why)".
 std::vector<std::string> changed_files(const std::filesystem::path& dir, const nlohmann::json& manifest);
+// BundleError naming manifest.json unless every set and decode step compares every output of the model
+// (`outputs`, its names in order), each once and nothing else, and the manifest's outputs list names them.
+void check_outputs(const std::filesystem::path& dir, const nlohmann::json& manifest,
+                   const std::vector<std::string>& outputs);
 
 struct Tolerance {
   double atol = 0;

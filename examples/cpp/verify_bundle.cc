@@ -45,6 +45,8 @@ class Model {
     return by_name;
   }
 
+  const std::vector<std::string>& outputs() const { return outputs_; }
+
  private:
   Ort::Session session_;
   std::vector<std::string> outputs_;
@@ -109,6 +111,7 @@ bool verify(const fs::path& dir) {
   const bundle::Tolerance tolerance{manifest["tolerance"]["atol"], manifest["tolerance"]["rtol"]};
   Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "verify_bundle");
   Model model(env, dir / manifest["model"]["file"].get<std::string>());
+  bundle::check_outputs(dir, manifest, model.outputs());  // every set and step compares every output of the model
   const auto memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
   int passed = 0, failed = 0;
   for (const json& set : manifest["test_data_sets"]) {

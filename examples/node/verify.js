@@ -8,7 +8,7 @@
 
 const path = require('node:path');
 const ort = require('onnxruntime-node');
-const { BundleError, changedFiles, compare, loadTensor, readManifest, toOrt } = require('./lib/bundle');
+const { BundleError, changedFiles, checkOutputs, compare, loadTensor, readManifest, toOrt } = require('./lib/bundle');
 
 async function verify(dir, log = console.log) {
   const manifest = readManifest(dir);
@@ -17,6 +17,7 @@ async function verify(dir, log = console.log) {
     throw new BundleError(`the bundle was changed after it was written: ${changed.join('; ')}`);
   }
   const session = await ort.InferenceSession.create(path.join(dir, manifest.model.file));
+  checkOutputs(dir, manifest, session.outputNames); // every set and step compares every output of the model
   let passed = 0;
   let failed = 0;
   for (const set of manifest.test_data_sets) {

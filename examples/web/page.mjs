@@ -3,9 +3,14 @@
 // results to ?report= (default /results). Other parameters: set (its index in the list; default the last
 // golden set), example (default the last in its batch: the padded one), head (default 0), threads (WASM
 // threads; default onnxruntime-web's choice, more than one only where the page is cross-origin isolated).
+// With ?corpus=URL (a folder holding index.json: {"bundles": [names], "tensors": [files]}, as serve.js --corpus
+// serves it) it verifies every bundle listed and decodes every tensor file instead, in one page load, and posts
+// each one's verdict; nothing is drawn.
 
 import * as ort from '/node_modules/onnxruntime-web/dist/ort.wasm.min.mjs';
-import { BundleError, compare, decodeTensor, fetchVerified, numbers, readManifest } from './lib/bundle.mjs';
+import {
+  BundleError, checkOutputs, compare, fetchSchema, fetchVerified, loadTensor, numbers, readManifest,
+} from './lib/bundle.mjs';
 import { errorBars, heatmap } from './lib/draw.mjs';
 
 const RUNTIME = 'onnxruntime-web';
@@ -13,6 +18,7 @@ const params = new URLSearchParams(window.location.search);
 const base = new URL(params.get('bundle') || '/bundle/', window.location.href);
 if (!base.pathname.endsWith('/')) base.pathname += '/';
 const BASE = base.href;
+const SCHEMA = new URL('/manifest.schema.json', window.location.href).href; // serve.js serves deploy/'s
 
 const logElement = document.getElementById('log');
 const lines = [];
@@ -31,19 +37,22 @@ function verdictLine(label, verdicts) {
   return { ok, maxAbs, reasons, line: `${ok ? 'PASSED' : 'FAILED'} | ${RUNTIME} | ${label} | max_abs=${maxAbs.toPrecision(3)}` + (ok ? '' : ` | ${reasons}`) };
 }
 
-async function verify() {
-  const manifest = await readManifest(BASE);
-  const files = await fetchVerified(BASE, manifest);
+// Verify the bundle at `base`, one line per set or step to `log`: the manifest, every sha256, every set's outputs
+// against the model's, then every set and decode step run and compared.
+async function verify(base, log) {
+  const manifest = await readManifest(base, await fetchSchema(SCHEMA));
+  const files = await fetchVerified(base, manifest);
   const tolerance = { atol: Number(manifest.tolerance.atol), rtol: Number(manifest.tolerance.rtol) };
-  log(`bundle ${BASE} (model sha256 ${manifest.model.sha256.slice(0, 16)}): ${files.size} files, every sha256 as in its manifest`);
-  log(`${manifest.description}`);
-  const tensor = (f) => decodeTensor(files.get(f.file), f.file);
+  log(`bundle ${base} (model sha256 ${manifest.model.sha256.slice(0, 16)}): ${files.size} files, every sha256 as in its manifest`);
+  if (manifest.description) log(manifest.description);
+  const tensor = (f) => loadTensor(files.get(f.file), f.file);
   const toOrt = (t) => new ort.Tensor(t.type, t.data, t.dims);
   const options = { executionProviders: ['wasm'] };
   if (manifest.model.data) {
     options.externalData = [{ path: manifest.model.data.file, data: files.get(manifest.model.data.file) }];
   }
   const session = await ort.InferenceSession.create(files.get(manifest.model.file), options);
+  checkOutputs(manifest, session.outputNames); // every set and step compares every output of the model
   const threads = ort.env.wasm.numThreads;
   log(`onnxruntime-web ${ort.env.versions.web}, wasm backend, ${threads} thread${threads === 1 ? '' : 's'}, ` +
       `cross-origin isolated: ${window.crossOriginIsolated ? 'yes' : 'no'}; tolerance atol=${tolerance.atol}, ` +
@@ -69,7 +78,9 @@ async function verify() {
   if (manifest.decode) { // a model with a KV cache: decode step by step, threading present_* into past_*
     const { thread, first_past: first, steps } = manifest.decode;
     let past = {};
-    for (const name of Object.values(thread)) past[name] = new ort.Tensor('float32', new Float32Array(0), first.shape);
+    const empty = { float32: Float32Array, float16: Uint16Array }[first.dtype || 'float32'];
+    if (!empty) throw new BundleError(`decode.first_past.dtype ${JSON.stringify(first.dtype)}: this verifier takes float32 or float16`);
+    for (const name of Object.values(thread)) past[name] = new ort.Tensor(first.dtype || 'float32', new empty(0), first.shape);
     for (const step of steps) {
       const outputs = await check(`${step.folder} (${step.new_tokens} new, past ${step.past_len})`, step.inputs,
         step.outputs, past);
@@ -191,14 +202,52 @@ async function report(body) {
   }
 }
 
+// ?corpus=: every bundle and tensor file the corpus lists, each one's verdict; posted as one report
+async function verifyCorpus(about) {
+  const root = new URL(params.get('corpus'), window.location.href);
+  if (!root.pathname.endsWith('/')) root.pathname += '/';
+  const index = await (await fetch(new URL('index.json', root))).json();
+  const bundles = [];
+  for (const name of index.bundles) {
+    const own = [];
+    let error = null;
+    let kind = null;
+    let results = [];
+    try {
+      ({ results } = await verify(new URL(`${name}/`, root).href, (line) => own.push(line)));
+    } catch (err) {
+      kind = err instanceof BundleError ? 'bundle' : 'unexpected';
+      error = kind === 'bundle' ? err.message : String(err.message || err).split('\n')[0];
+    }
+    const passed = results.filter((r) => r.ok).length;
+    bundles.push({ name, error, kind, passed, failed: results.length - passed, lines: own,
+      failed_sets: results.filter((r) => !r.ok).map((r) => r.label) });
+    log(`${name}: ${error ? `Error: ${error}` : `${passed} passed, ${results.length - passed} failed`}`);
+  }
+  const tensors = [];
+  for (const file of index.tensors) {
+    try {
+      const bytes = new Uint8Array(await (await fetch(new URL(file, root))).arrayBuffer());
+      const t = loadTensor(bytes, file);
+      const values = Array.from(numbers(t), (v) => (Number.isFinite(v) ? v : String(v)));
+      tensors.push({ file, name: t.name, type: t.type, dims: t.dims, values });
+    } catch (err) {
+      tensors.push({ file, error: err instanceof BundleError ? err.message : `unexpected: ${err.message || err}` });
+    }
+  }
+  document.body.dataset.status = 'done';
+  await report({ ...about, corpus: true, bundles, tensors, lines });
+}
+
 async function main() {
   ort.env.wasm.wasmPaths = new URL('/node_modules/onnxruntime-web/dist/', window.location.href).href;
   if (params.has('threads')) ort.env.wasm.numThreads = Number(params.get('threads'));
   const about = { runtime: RUNTIME, backend: 'wasm', version: ort.env.versions.web, bundle: BASE,
     cross_origin_isolated: window.crossOriginIsolated };
+  if (params.has('corpus')) return verifyCorpus(about);
   let state;
   try {
-    state = await verify();
+    state = await verify(BASE, log);
   } catch (err) {
     const message = err instanceof BundleError ? err.message : String(err.message || err).split('\n')[0];
     log(`Error: ${message}`);

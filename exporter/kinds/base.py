@@ -110,7 +110,8 @@ class AttentionKindBase(ModuleKind):
     # batch 1; q_len != kv_len with a padding mask; a fully-masked row; the causal case; causal plus padding
     VECTOR_CASES = ("b1.q5.kv5.ones", "b2.q4.kv7.padding", "b2.q6.kv6.masked_row", "b2.q6.kv6.causal",
                     "b3.q3.kv8.causal+padding")
-    GRAPH_VECTOR_CASES = ("b1.q5.kv5.graph", "b2.q4.kv7.graph", "b3.q6.kv6.graph")  # a mask built in, or none
+    # a mask built in, or none; q_len > kv_len: a bottom-right causal mask's fully-masked first rows
+    GRAPH_VECTOR_CASES = ("b1.q5.kv5.graph", "b2.q4.kv7.graph", "b3.q6.kv6.graph", "b2.q7.kv3.graph")
 
     def validate(self, spec) -> None:
         if spec.heads <= 0 or spec.embedding_dim <= 0:

@@ -88,8 +88,8 @@ def test_every_set_and_decode_step_passes_one_line_each(build, bundle_of, args):
     assert [(verdict, label) for verdict, label, _, _ in rows] == [("PASSED", label) for label in labels(manifest)]
     assert all(float(max_abs) <= manifest["tolerance"]["atol"] for _, _, max_abs, _ in rows)
     assert summary == f"{len(rows)} passed, 0 failed" and result.stderr == ""
-    if "--kv-cache" in args:  # the decode steps ran, threading the cache: 3 sets and 4 steps
-        assert len(rows) == 7 and rows[-1][1] == "decode/step_3 (1 new, past 6)"
+    if "--kv-cache" in args:  # the decode steps ran, threading the cache: the sets, then 4 steps
+        assert len(manifest["decode"]["steps"]) == 4 and rows[-1][1] == "decode/step_3 (1 new, past 6)"
 
 
 NODE_DIR = ROOT / "examples" / "node"
@@ -206,7 +206,7 @@ def test_a_model_onnxruntime_cannot_load_is_one_error_line(build, bundle, tmp_pa
     ("bad-json", 1, "Error: {folder}/manifest.json is not valid JSON: "),
     ("other-format", 1, "Error: {folder}/manifest.json is not an attn-onnx bundle manifest (format is not "
                         "attn-onnx-bundle/1)"),
-    ("no-sha256", 1, "Error: {folder}/manifest.json lacks test_data_sets[1].outputs[0].sha256"),
+    ("no-sha256", 1, "Error: {folder}/manifest.json is malformed: test_data_sets[1].outputs[0] lacks 'sha256'"),
     ("truncated-vector", 1, "Error: {folder}/test_data_set_0/input_0.pb: truncated TensorProto"),
     ("no-args", 2, "Error: give a bundle folder (usage: verify_bundle BUNDLE_DIR)"),
     ("two-args", 2, "Error: give one bundle folder (usage: verify_bundle BUNDLE_DIR)"),
@@ -241,10 +241,13 @@ def test_a_bad_bundle_or_usage_is_one_error_line(build, bundle, tmp_path, how, c
 def test_every_graph_variant_verifies_in_the_cpp_api(build, bundle_of, variant):
     """The hand-built graphs (a Loop, If branches, com.microsoft kernels) pass every golden set, fully-masked
     rows included, as in Python and Node."""
-    result = verify(build, bundle_of("--attention-impl", variant))
+    folder = bundle_of("--attention-impl", variant)
+    result = verify(build, folder)
     assert result.returncode == 0, result.stdout + result.stderr
     rows, summary = parsed(result.stdout)
-    assert all(verdict == "PASSED" for verdict, *_ in rows) and summary == "5 passed, 0 failed"
+    expected = [("PASSED", label) for label in labels(manifest_of(folder))]  # coverage sets included
+    assert [(verdict, label) for verdict, label, _, _ in rows] == expected
+    assert summary == f"{len(rows)} passed, 0 failed"
 
 
 # --- every element type a bundle may hold: a hand-made bundle of Identity nodes ---------------------------
@@ -280,7 +283,12 @@ def _typed_bundle(folder, expected=None, atol=4e-3, inputs=None):
             path = folder / "test_data_set_0" / f"{side}_{k}.pb"
             path.write_bytes(tensor.SerializeToString())
             entries.append({"file": f"test_data_set_0/{side}_{k}.pb", "name": tensor.name, "sha256": sha256(path)})
-    manifest = {"format": "attn-onnx-bundle/1",
+    dtypes = {"f32": ("float32", "FP32"), "f16": ("float16", "FP16"), "b": ("bool", "BOOL"), "u8": ("uint8", "UINT8"),
+              "i64": ("int64", "INT64")}
+    io = [{"name": name, "dtype": dtypes[name][0], "datatype": dtypes[name][1], "dims": [1, 3], "shape": [1, 3]}
+          for name in TYPED]
+    manifest = {"format": "attn-onnx-bundle/1", "name": "typed", "mask_convention": "no mask",
+                "inputs": io, "outputs": [dict(i, name=f"{i['name']}_out") for i in io],
                 "model": {"file": "model.onnx", "sha256": sha256(folder / "model.onnx")},
                 "tolerance": {"atol": atol, "rtol": atol},
                 "test_data_sets": [{"folder": "test_data_set_0", "case": "typed", "inputs": entries_in,

@@ -106,8 +106,8 @@ def test_node_refuses_what_it_does_not_read_with_the_reason(tmp_path):
     for name, (tensor, _) in cases.items():
         files.append(tmp_path / f"{name}.pb")
         files[-1].write_bytes(tensor.SerializeToString())
-    for (name, (_, message)), got in zip(cases.items(), node_read(*files)):
-        assert got.get("error", "").startswith(message), (name, got)
+    for (name, (_, message)), got, file in zip(cases.items(), node_read(*files), files):
+        assert got.get("error", "").startswith(f"{file}: {message}"), (name, got)  # the file, then the tensor
 
 
 def test_a_float16_bundle_verifies_in_node_as_numbers(float16_bundle):

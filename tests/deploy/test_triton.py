@@ -107,7 +107,9 @@ def test_an_existing_model_is_refused_and_others_are_left_alone(repo):
 @pytest.mark.parametrize("args, text", [
     (["--triton-gpu", "--out", "m.onnx"], "--triton-gpu does not apply without --triton-repo"),
     (["--name", "x", "--out", "m.onnx"], "--name does not apply without --bundle or --triton-repo"),
-    (["--triton-repo", "r", "--name", "a/b"], "--name 'a/b': use letters, digits, '-', '_' and '.' only"),
+    (["--triton-repo", "r", "--name", "a/b"],
+     "--name 'a/b': a model's name matches ^[A-Za-z0-9][A-Za-z0-9._-]*$ (ASCII letters, digits, '.', '_' and '-', "
+     "not first)"),
     ([], "say where to write: --out FILE, --bundle DIR or --triton-repo DIR"),
 ])
 def test_output_options_are_checked_first(tmp_path, monkeypatch, args, text):

@@ -33,9 +33,10 @@ VIRIDIS_YELLOW, BAR_BLUE = (253, 231, 37), (31, 119, 180)  # examples/web/lib/dr
 
 
 @contextlib.contextmanager
-def served(bundle: Path, results: Path):
-    """serve.js on a free port for `bundle`, writing what the page posts to `results`; stopped by its PID."""
-    process = subprocess.Popen([NODE, "serve.js", "--bundle", str(bundle), "--results", str(results)], cwd=WEB_DIR,
+def served(bundle: Path, results: Path, option: str = "--bundle"):
+    """serve.js on a free port for `bundle` (a corpus folder with option="--corpus"), writing what the page posts to
+    `results`; stopped by its PID."""
+    process = subprocess.Popen([NODE, "serve.js", option, str(bundle), "--results", str(results)], cwd=WEB_DIR,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ready, _, _ = select.select([process.stdout], [], [], 15)
@@ -48,14 +49,16 @@ def served(bundle: Path, results: Path):
         process.wait(timeout=10)
 
 
-def open_page(bundle: Path, folder: Path) -> tuple[dict, Path]:
-    """The results the page posts for `bundle`, and its screenshot."""
+def open_page(bundle: Path, folder: Path, option: str = "--bundle", query: str = "", timeout: int = 180,
+              budget_ms: int = 60000) -> tuple[dict, Path]:
+    """The results the page posts for `bundle` (served with `option`, the page opened with `query`), and its
+    screenshot."""
     results, screenshot = folder / "results.json", folder / "page.png"
-    with served(bundle, results) as url:
+    with served(bundle, results, option) as url:
         browser = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
                                   f"--user-data-dir={folder / 'profile'}", "--window-size=1100,900",
-                                  "--virtual-time-budget=60000", f"--screenshot={screenshot}", url],
-                                 capture_output=True, text=True, timeout=180)
+                                  f"--virtual-time-budget={budget_ms}", f"--screenshot={screenshot}",
+                                  url + query], capture_output=True, text=True, timeout=timeout)
         for _ in range(100):  # the post may land just after the screenshot: up to 10 s more
             if results.exists():
                 break

@@ -86,20 +86,27 @@ test('a manifest the schema refuses is one error naming the first thing wrong, a
   const good = {
     format: 'attn-onnx-bundle/1', name: 'm', model: { file: 'model.onnx', sha256: sha }, inputs: [io], outputs: [io],
     mask_convention: 'nonzero = attend', tolerance: { atol: 1e-5, rtol: 1e-4 },
-    test_data_sets: [{ inputs: [entry], outputs: [entry] }],
+    test_data_sets: [{ folder: 'test_data_set_0', case: 'c', inputs: [entry], outputs: [entry] }],
     decode: { thread: {}, first_past: { shape: [1, 2, 0, 8] }, steps: [step(0), step(1)] },
   };
   const without = (object, key) => Object.fromEntries(Object.entries(object).filter(([k]) => k !== key));
   const cases = [
     [{ ...good, decode: { ...good.decode, steps: [step(0), without(step(1), 'inputs')] } },
       /manifest\.json is malformed: decode\.steps\[1\] lacks 'inputs'$/],
-    [{ ...good, test_data_sets: [{ inputs: [without(entry, 'sha256')], outputs: [] }] },
+    [{ ...good, test_data_sets: [{ folder: 'a', case: 'c', inputs: [without(entry, 'sha256')], outputs: [entry] }] },
       /is malformed: test_data_sets\[0\]\.inputs\[0\] lacks 'sha256'$/],
+    [{ ...good, test_data_sets: [{ folder: 'a', case: 'c', inputs: [entry], outputs: [] }] },
+      /is malformed: test_data_sets\[0\]\.outputs: /],
+    [{ ...good, test_data_sets: [] }, /is malformed: test_data_sets: /],
+    [{ ...good, test_data_sets: [{ inputs: [entry], outputs: [entry] }] }, /is malformed: test_data_sets\[0\] lacks 'folder'$/],
+    [{ ...good, decode: { ...good.decode, steps: [step(0), step(0)] } },
+      /is malformed: decode\.steps\[1\]\.folder 'decode\/step_0' is also decode\.steps\[0\]'s$/],
+    [{ ...good, tolerance: { atol: 'OVERFLOW', rtol: 0 } }, /is malformed: tolerance\.atol: /], // 1e999: Infinity
     [{ ...good, tolerance: { rtol: 1e-4 } }, /is malformed: tolerance lacks 'atol'$/],
     [{ ...good, decode: { ...good.decode, steps: {} } }, /is malformed: decode\.steps is not a list$/],
   ];
   for (const [manifest, message] of cases) {
-    fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(manifest));
+    fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(manifest).replace('"OVERFLOW"', '1e999'));
     assert.throws(() => readManifest(dir), message);
   }
   fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(good));

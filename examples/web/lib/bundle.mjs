@@ -1,37 +1,35 @@
-// Reading an attn-onnx bundle in the browser: the manifest, its sha256s (WebCrypto), the golden vectors (ONNX
-// TensorProto files, decoded here without a protobuf library) and the comparison rule the manifest states.
-// The same rules as examples/node/lib/bundle.js and deploy/bundle.py, with fetch and DataView for fs and Buffer.
+// Reading an attn-onnx bundle in the browser: the manifest (its JSON Schema applied by lib/schema.mjs), its
+// sha256s (WebCrypto), the golden vectors (ONNX TensorProto files, decoded here without a protobuf library) and the
+// comparison rule the manifest states. The rules are examples/node/lib/bundle.js's, as the same text (the shared
+// part below), with fetch for fs; the folder's containment (symlinks) is serve.js's, which answers 403 for a file
+// whose target leaves the bundle.
+
+import { schemaProblem } from './schema.mjs';
 
 export const FORMAT = 'attn-onnx-bundle/1';
 
 export class BundleError extends Error {}
 
-// ONNX TensorProto.DataType -> onnxruntime-web's tensor type and the typed array that holds it
-const ONNX_TYPES = {
-  1: { type: 'float32', array: Float32Array },
-  2: { type: 'uint8', array: Uint8Array },
-  7: { type: 'int64', array: BigInt64Array },
-  9: { type: 'bool', array: Uint8Array }, // one byte per element, 0 or 1
-  10: { type: 'float16', array: Uint16Array }, // the bits; onnxruntime-web takes float16 so
-  11: { type: 'float64', array: Float64Array },
-};
-
-// Fetch `relative` inside the bundle at `base` (a URL ending in /); BundleError when it is missing.
+// Fetch `relative` inside the bundle at `base` (a URL ending in /); BundleError when it is not a plain path inside
+// the bundle (403 from the server: a symlink out of it) or is missing.
 export async function fetchBytes(base, relative) {
-  if (relative.split('/').includes('..') || relative.startsWith('/')) {
-    throw new BundleError(`${relative} (outside the bundle)`);
-  }
+  if (!plainPath(relative)) throw new BundleError(`${relative} (outside the bundle)`);
   const response = await fetch(new URL(relative, base));
-  if (!response.ok) throw new BundleError(`${relative} (missing: HTTP ${response.status})`);
+  if (response.status === 403) throw new BundleError(`${relative} (outside the bundle)`);
+  if (!response.ok) throw new BundleError(`${relative} (missing)`);
   return new Uint8Array(await response.arrayBuffer());
 }
 
-export async function readManifest(base) {
+// The manifest at `base`, valid under `schema` (the bundle format's JSON Schema) and the rules beyond it
+export async function readManifest(base, schema) {
   let response;
   try {
     response = await fetch(new URL('manifest.json', base));
   } catch (err) {
     throw new BundleError(`cannot fetch ${base}manifest.json: ${err.message}`);
+  }
+  if (response.status === 403) {
+    throw new BundleError('manifest.json is outside the bundle: the server refuses it (HTTP 403), a symlink out');
   }
   if (!response.ok) throw new BundleError(`${base} is not a bundle: manifest.json is missing (HTTP ${response.status})`);
   let manifest;
@@ -43,15 +41,29 @@ export async function readManifest(base) {
   if (!manifest || manifest.format !== FORMAT) {
     throw new BundleError(`manifest.json is not an attn-onnx bundle manifest (format is not ${FORMAT})`);
   }
+  const problem = schemaProblem(schema, manifest) || beyondSchema(manifest);
+  if (problem) throw new BundleError(`manifest.json is malformed: ${problem}`);
   return manifest;
+}
+
+// The bundle format's JSON Schema, as serve.js serves it
+export async function fetchSchema(url) {
+  const response = await fetch(url);
+  if (!response.ok) throw new BundleError(`cannot fetch the manifest schema ${url}: HTTP ${response.status}`);
+  return response.json();
+}
+
+// BundleError naming the manifest unless every set and decode step compares every output of the model
+export function checkOutputs(manifest, outputs) {
+  const problem = outputsProblem(manifest, outputs);
+  if (problem) throw new BundleError(`manifest.json is malformed: ${problem}`);
 }
 
 // Every file the manifest names (model, external weights, vectors, decode steps) with its sha256.
 export function manifestFiles(manifest) {
   const files = [[manifest.model.file, manifest.model.sha256]];
   if (manifest.model.data) files.push([manifest.model.data.file, manifest.model.data.sha256]);
-  const sets = [...manifest.test_data_sets, ...((manifest.decode && manifest.decode.steps) || [])];
-  for (const set of sets) for (const f of [...set.inputs, ...set.outputs]) files.push([f.file, f.sha256]);
+  for (const [, set] of vectorSets(manifest)) for (const f of [...set.inputs, ...set.outputs]) files.push([f.file, f.sha256]);
   return files;
 }
 
@@ -60,8 +72,8 @@ export async function sha256(bytes) {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-// Fetch and hash every file; throws BundleError naming each one that is missing or differs, else returns
-// the bytes by relative path (so nothing is fetched twice, and what runs is what was hashed).
+// Fetch and hash every file; throws BundleError naming each one that is missing, outside the bundle or differs,
+// else returns the bytes by relative path (so nothing is fetched twice, and what runs is what was hashed).
 export async function fetchVerified(base, manifest) {
   const bytes = new Map();
   const changed = [];
@@ -84,7 +96,103 @@ export async function fetchVerified(base, manifest) {
   return bytes;
 }
 
-// --- TensorProto: dims (1), data_type (2), float_data (4), int64_data (7), name (8), raw_data (9)
+// A golden vector, decoded; BundleError naming the file (its path in the bundle) for anything the rules refuse
+export function loadTensor(buf, file) {
+  try {
+    return decodeTensor(buf);
+  } catch (err) {
+    if (err instanceof BundleError) throw new BundleError(`${file}: ${err.message}`);
+    throw err;
+  }
+}
+
+// ---- shared: from here to the end mark, this file and examples/web/lib/bundle.mjs hold the same text (the
+// rules every verifier applies, docs/bundle-format.md; tests/deploy/test_corpus.py holds them equal) ----------
+
+// A path in the manifest is plain: relative, / between its parts, none of them empty, . or .., no backslash or NUL
+function plainPath(relative) {
+  const parts = relative.split('/');
+  return !relative.includes('\\') && !relative.includes('\0') && parts.every((p) => !['', '.', '..'].includes(p));
+}
+
+// The rules the schema cannot state: finite tolerances, and a folder of its own for every set and decode step.
+function beyondSchema(manifest) {
+  for (const key of ['atol', 'rtol']) {
+    if (!Number.isFinite(manifest.tolerance[key])) return `tolerance.${key} is not a finite number`;
+  }
+  const seen = new Map();
+  for (const [where, entry] of vectorSets(manifest)) {
+    if (seen.has(entry.folder)) return `${where}.folder '${entry.folder}' is also ${seen.get(entry.folder)}'s`;
+    seen.set(entry.folder, where);
+  }
+  return null;
+}
+
+// Every test set and decode step, with where it is in the manifest (test_data_sets[2])
+function vectorSets(manifest) {
+  return [...manifest.test_data_sets.map((s, k) => [`test_data_sets[${k}]`, s]),
+    ...((manifest.decode && manifest.decode.steps) || []).map((s, k) => [`decode.steps[${k}]`, s])];
+}
+
+// How the manifest fails to compare every output of the model (`outputs`, its names in order), or null: its
+// outputs list names them in order, and every set and decode step names each once and nothing else; the decode
+// thread takes its present_* from them.
+function outputsProblem(manifest, outputs) {
+  const listed = manifest.outputs.map((o) => o.name);
+  const quoted = (names) => names.map((n) => `'${n}'`).join(', ');
+  if (listed.length !== outputs.length || listed.some((n, k) => n !== outputs[k])) {
+    return `outputs names ${quoted(listed)}; the model gives ${quoted(outputs)}`;
+  }
+  for (const [where, entry] of vectorSets(manifest)) {
+    const names = entry.outputs.map((f) => f.name);
+    for (const name of outputs) {
+      if (!names.includes(name)) return `${where}.outputs lacks the model's output '${name}'`;
+    }
+    for (const name of names) {
+      if (!outputs.includes(name)) return `${where}.outputs names '${name}', which the model does not give`;
+      if (names.indexOf(name) !== names.lastIndexOf(name)) return `${where}.outputs names '${name}' more than once`;
+    }
+  }
+  for (const present of Object.keys((manifest.decode && manifest.decode.thread) || {})) {
+    if (!outputs.includes(present)) return `decode.thread names '${present}', which the model does not give`;
+  }
+  return null;
+}
+
+// ONNX TensorProto.DataType -> onnxruntime's tensor type, the typed array that holds it, its size, the field that
+// holds its values where raw_data does not, and the range int32_data may hold. float16 is held as its IEEE half bit
+// patterns in a Uint16Array (what onnxruntime takes in JavaScript, which has no Float16Array everywhere);
+// `numbers` turns them into numbers.
+const ONNX_TYPES = {
+  1: { type: 'float32', array: Float32Array, bytes: 4, field: 'float_data' },
+  2: { type: 'uint8', array: Uint8Array, bytes: 1, field: 'int32_data', range: [0, 255] },
+  7: { type: 'int64', array: BigInt64Array, bytes: 8, field: 'int64_data' },
+  9: { type: 'bool', array: Uint8Array, bytes: 1, field: 'int32_data', range: [0, 1] }, // one byte, 0 or 1
+  10: { type: 'float16', array: Uint16Array, bytes: 2, field: 'int32_data', range: [0, 0xffff] },
+  11: { type: 'float64', array: Float64Array, bytes: 8, field: 'double_data' },
+};
+// The element types ONNX knows but this reader refuses, by name, for a clear message
+const ONNX_TYPE_NAMES = { 3: 'int8', 4: 'uint16', 5: 'int16', 6: 'int32', 8: 'string', 12: 'uint32', 13: 'uint64',
+  14: 'complex64', 15: 'complex128', 16: 'bfloat16', 17: 'float8e4m3fn', 18: 'float8e4m3fnuz', 19: 'float8e5m2',
+  20: 'float8e5m2fnuz', 21: 'uint4', 22: 'int4', 23: 'float4e2m1' };
+
+// --- TensorProto, decoded without a protobuf library, by the rules every verifier applies. The fields read:
+// dims (1), data_type (2), segment (3), float_data (4), int32_data (5), string_data (6), int64_data (7), name (8),
+// raw_data (9), double_data (10), uint64_data (11), external_data (13), data_location (14); each repeated field
+// packed or not. Where the values live, as ONNX stores them:
+//   raw_data                          any type: little-endian elements (what numpy_helper.from_array writes,
+//                                     and so what a bundle's vectors use)
+//   float_data                        float32
+//   double_data                       float64
+//   int64_data                        int64
+//   int32_data                        bool (0..1), uint8 (0..255), and float16 as its 16-bit patterns (0..65535),
+//                                     each value read as protobuf reads an int32 (its low 32 bits)
+// Refused with a message naming the tensor: segments, external data, any other element type, a negative dim, dims
+// whose product passes 2^63-1, values in a field that is not the type's, in raw_data and a typed field both, a
+// bool byte other than 0 or 1, a count of values that is not the product of the dims.
+
+const MAX_ELEMENTS = 2n ** 63n - 1n;
+const VALUE_FIELDS = ['float_data', 'int32_data', 'string_data', 'int64_data', 'double_data', 'uint64_data'];
 
 function readVarint(buf, pos) {
   let result = 0n;
@@ -93,20 +201,42 @@ function readVarint(buf, pos) {
     if (pos >= buf.length) throw new BundleError('truncated TensorProto');
     const byte = buf[pos++];
     result |= BigInt(byte & 0x7f) << shift;
-    if ((byte & 0x80) === 0) return [result, pos];
+    if ((byte & 0x80) === 0) return [BigInt.asUintN(64, result), pos];
     shift += 7n;
+    if (shift > 63n) throw new BundleError('malformed TensorProto: a varint longer than 10 bytes');
   }
 }
 
-export function decodeTensor(buf, file = 'tensor') {
+// The values of a repeated varint field, packed (wire type 2) or one at a time (wire type 0)
+function readVarints(bytes, out, convert) {
+  for (let p = 0; p < bytes.length;) {
+    let v;
+    [v, p] = readVarint(bytes, p);
+    out.push(convert(v));
+  }
+}
+
+// The values of a packed fixed-width field: whole elements only
+function readFixed(view, start, length, width, read, out, field) {
+  if (length % width) throw new BundleError(`malformed TensorProto: packed ${field} of ${length} bytes`);
+  for (let p = 0; p < length; p += width) out.push(read(view, start + p));
+}
+const float32At = (view, p) => view.getFloat32(p, true);
+const float64At = (view, p) => view.getFloat64(p, true);
+
+function decodeTensor(buf) {
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const dims = [];
-  const int64s = [];
-  const floats = [];
+  const fields = Object.fromEntries(VALUE_FIELDS.map((f) => [f, []]));
   let dataType = 0;
   let name = '';
   let raw = null;
+  let segments = false;
+  let external = false; // external_data (13)
+  let location = 0n; // data_location (14): 1 is EXTERNAL
   let pos = 0;
+  const asInt32 = (v) => Number(BigInt.asIntN(32, v));
+  const asInt64 = (v) => BigInt.asIntN(64, v);
   while (pos < buf.length) {
     let key;
     [key, pos] = readVarint(buf, pos);
@@ -115,55 +245,91 @@ export function decodeTensor(buf, file = 'tensor') {
     if (wire === 0) {
       let value;
       [value, pos] = readVarint(buf, pos);
-      if (field === 1) dims.push(BigInt.asIntN(64, value));
-      else if (field === 2) dataType = Number(value);
-      else if (field === 7) int64s.push(BigInt.asIntN(64, value));
+      if (field === 1) dims.push(asInt64(value));
+      else if (field === 2) dataType = asInt32(value);
+      else if (field === 5) fields.int32_data.push(asInt32(value));
+      else if (field === 7) fields.int64_data.push(asInt64(value));
+      else if (field === 11) fields.uint64_data.push(value);
+      else if (field === 14) location = value;
     } else if (wire === 2) {
       let length;
       [length, pos] = readVarint(buf, pos);
+      if (length > BigInt(buf.length - pos)) throw new BundleError('truncated TensorProto');
       const end = pos + Number(length);
-      if (end > buf.length) throw new BundleError(`${file}: truncated TensorProto`);
       const bytes = buf.subarray(pos, end);
       if (field === 8) name = new TextDecoder().decode(bytes);
       else if (field === 9) raw = bytes;
-      else if (field === 1 || field === 7) { // packed int64s
-        let p = 0;
-        while (p < bytes.length) {
-          let v;
-          [v, p] = readVarint(bytes, p);
-          (field === 1 ? dims : int64s).push(BigInt.asIntN(64, v));
-        }
-      } else if (field === 4) {
-        for (let p = 0; p + 4 <= bytes.length; p += 4) floats.push(view.getFloat32(pos + p, true));
-      }
+      else if (field === 3) segments = true;
+      else if (field === 13) external = true;
+      else if (field === 6) fields.string_data.push(bytes);
+      else if (field === 1) readVarints(bytes, dims, asInt64);
+      else if (field === 5) readVarints(bytes, fields.int32_data, asInt32);
+      else if (field === 7) readVarints(bytes, fields.int64_data, asInt64);
+      else if (field === 11) readVarints(bytes, fields.uint64_data, (v) => v);
+      else if (field === 4) readFixed(view, pos, bytes.length, 4, float32At, fields.float_data, 'float_data');
+      else if (field === 10) readFixed(view, pos, bytes.length, 8, float64At, fields.double_data, 'double_data');
       pos = end;
     } else if (wire === 5) {
-      if (field === 4) floats.push(view.getFloat32(pos, true));
+      if (pos + 4 > buf.length) throw new BundleError('truncated TensorProto');
+      if (field === 4) fields.float_data.push(float32At(view, pos));
       pos += 4;
     } else if (wire === 1) {
+      if (pos + 8 > buf.length) throw new BundleError('truncated TensorProto');
+      if (field === 10) fields.double_data.push(float64At(view, pos));
       pos += 8;
     } else {
-      throw new BundleError(`${file}: unsupported protobuf wire type ${wire} in a TensorProto`);
+      throw new BundleError(`unsupported protobuf wire type ${wire} in a TensorProto`);
     }
   }
+  const refuse = (why) => new BundleError(`tensor ${name}: ${why}`);
+  if (segments) throw refuse('stored in segments, which this reader does not take');
+  if (external || location === 1n) throw refuse('stored in external data, which this reader does not take');
   const info = ONNX_TYPES[dataType];
   if (!info) {
-    throw new BundleError(`${file}: onnxruntime-web cannot take ONNX data type ${dataType}` +
-                          (dataType === 16 ? ' (bfloat16: it has no such tensor type)' : ''));
+    const known = ONNX_TYPE_NAMES[dataType] ? ` (${ONNX_TYPE_NAMES[dataType]})` : '';
+    throw refuse(`unsupported ONNX data type ${dataType}${known}; this reader takes ` +
+      `${Object.values(ONNX_TYPES).map((t) => t.type).join(', ')}`);
   }
-  const shape = dims.map(Number);
-  const count = shape.reduce((a, b) => a * b, 1);
+  let count = 1n; // each dim, and the product in order, before anything is allocated
+  for (let k = 0; k < dims.length; k++) {
+    if (dims[k] < 0n) throw refuse(`dims[${k}] = ${dims[k]} is negative`);
+    count *= dims[k];
+    if (count > MAX_ELEMENTS) throw refuse(`dims [${dims.join(',')}] hold more than 2^63-1 elements`);
+  }
+  const typed = info.field;
+  const stray = VALUE_FIELDS.filter((f) => f !== typed && fields[f].length);
+  if (stray.length) throw refuse(`${info.type} values in ${stray.join(', ')}`);
+  const values = fields[typed];
+  let found;
+  if (raw) {
+    if (values.length) throw refuse(`values in both raw_data and ${typed}`);
+    if (raw.length % info.bytes) throw refuse(`raw_data of ${raw.length} bytes is not whole ${info.type} elements`);
+    found = raw.length / info.bytes;
+    if (info.type === 'bool') {
+      const bad = raw.findIndex((b) => b > 1);
+      if (bad >= 0) throw refuse(`raw_data[${bad}] = ${raw[bad]} is not a bool value`);
+    }
+  } else {
+    if (info.range) {
+      const [low, high] = info.range;
+      const bad = values.findIndex((v) => v < low || v > high);
+      if (bad >= 0) throw refuse(`int32_data[${bad}] = ${values[bad]} is not a ${info.type} value`);
+    }
+    found = values.length;
+  }
+  if (BigInt(found) !== count) throw refuse(`${found} values for shape [${dims.join(',')}]`);
   let data;
   if (raw) {
     const copy = new ArrayBuffer(raw.length); // aligned for the typed array
     new Uint8Array(copy).set(raw);
     data = new info.array(copy);
-  } else if (info.type === 'float32') data = Float32Array.from(floats);
-  else if (info.type === 'int64') data = BigInt64Array.from(int64s);
-  else throw new BundleError(`${file}: tensor ${name} has no raw_data`);
-  if (data.length !== count) throw new BundleError(`${file}: ${data.length} values for shape [${shape}]`);
-  return { name, type: info.type, dims: shape, data };
+  } else {
+    data = info.array.from(values);
+  }
+  return { name, type: info.type, dims: dims.map(Number), data };
 }
+
+// ---- shared: end -----------------------------------------------------------------------------------------------
 
 // A float16's bits as a number
 export function halfToFloat(bits) {
@@ -212,3 +378,5 @@ export function compare(actual, expected, tolerance) {
     reason: passed ? '' : `max_abs=${maxAbs.toPrecision(3)} beyond atol=${tolerance.atol}, rtol=${tolerance.rtol}`,
   };
 }
+
+export { decodeTensor, outputsProblem, plainPath };
