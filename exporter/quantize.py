@@ -7,6 +7,15 @@ per-tensor measured the same: max_abs 0.0176 against 0.0180 at (4,128)), the act
 the fly, per tensor. Standard ONNX operators, so onnx.reference checks it too. A projection inside an If
 branch (tiled's fully-masked rows) reads the same int8 weight, dequantized, so no float weight stays.
 
+The weights use 7 bits, [-64, 64] (quantize_dynamic's reduce_range), so that the model computes the same
+integers on every x86 CPU (FORMAT; docs/precision.md). onnxruntime runs uint8 x int8 in MLAS's u8s8 kernels:
+with AVX-512 VNNI or AVX-VNNI (vpdpbusd) and AMX they add the products in int32, exactly; with AVX2 or AVX-512
+without VNNI they add each pair of products in int16 first (vpmaddubsw), and that saturates: 255·127·2 =
+64770 > 32767. Full-range int8 weights (the format before) lost 0.15-0.29 there (max_abs, the default
+block), exact on a VNNI CPU. With |w| <= 64 a pair is at most 255·64·2 = 32640 and fits. uint8 weights (u8u8,
+a 16-bit kernel: exact too) keep 8 bits, but give up VNNI's and AMX's int8 instructions, which MLAS has for
+u8s8 only; what the seventh bit costs against the float weights is measured in docs/precision.md.
+
 The weight map follows the weights into their quantized form: an entry gains `scale` and `zero_point`
 initializers, and `variants.tensor_of` dequantizes, so runtime_check's golden holds exactly the weights
 the file holds. What quantizing cost against the float weights is a separate figure (export-attn prints it).
@@ -23,6 +32,14 @@ import onnx
 
 from attn_onnx.errors import ExportError, first_line
 
+# What an int8 export is, as its metadata (attn_onnx.quantize_format) and its bundle's manifest state it.
+FORMAT = ("MatMulInteger u8s8: uint8 activations per tensor (dynamic), int8 weights per output channel "
+          "in [-64, 64] (7-bit: no int16 saturation on AVX2)")
+# Files written before the format was recorded: full-range int8 weights (they saturate on AVX2).
+UNRECORDED_FORMAT = ("unrecorded; written before attn-onnx recorded it: int8 weights per output channel in "
+                     "[-127, 127] (u8s8: saturates on CPUs without VNNI)")
+WEIGHT_MAX = 64  # |int8 weight| <= WEIGHT_MAX: 2 * 255 * 64 = 32640 fits int16 (vpmaddubsw)
+
 
 def quantize(proto: onnx.ModelProto, weights: dict[str, dict]) -> tuple[onnx.ModelProto, dict[str, dict]]:
     """The model with its projection MatMuls quantized to int8, and the weight map pointing at the int8
@@ -35,7 +52,7 @@ def quantize(proto: onnx.ModelProto, weights: dict[str, dict]) -> tuple[onnx.Mod
         try:
             with _quiet():
                 quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                                 per_channel=True,
+                                 per_channel=True, reduce_range=True,  # 7-bit weights: FORMAT
                                  extra_options={"MatMulConstBOnly": True,  # projections only
                                                 "DefaultTensorType": onnx.TensorProto.FLOAT})  # past com.microsoft ops
         except Exception as exc:
@@ -54,10 +71,22 @@ def quantize(proto: onnx.ModelProto, weights: dict[str, dict]) -> tuple[onnx.Mod
             raise ExportError(f"after quantization, weight {key!r} ({name}) is nowhere among the initializers")
     if not any("scale" in entry for entry in mapped.values()):
         raise ExportError("quantize_dynamic quantized none of the projections")
+    _check_range(quantized.graph, mapped)
     del quantized.metadata_props[:]  # the exporter writes them again, with `quantize`
     _branches_read_int8(quantized.graph, names)
     _sort_nodes(quantized.graph)
     return quantized, mapped
+
+
+def _check_range(graph: onnx.GraphProto, mapped: dict[str, dict]) -> None:
+    """Every quantized weight within FORMAT's range: a wider one saturates MLAS's u8s8 kernel on AVX2."""
+    inits = {init.name: init for init in graph.initializer}
+    for key, entry in mapped.items():
+        if "scale" in entry:
+            array = onnx.numpy_helper.to_array(inits[entry["initializer"]])
+            if array.dtype.kind != "i" or int(abs(array.astype("int32")).max(initial=0)) > WEIGHT_MAX:
+                raise ExportError(f"quantize_dynamic wrote weight {key!r} as {array.dtype} beyond "
+                                  f"[-{WEIGHT_MAX}, {WEIGHT_MAX}]: not {FORMAT}")
 
 
 def _branches_read_int8(graph: onnx.GraphProto, names: set[str]) -> None:

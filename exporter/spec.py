@@ -127,6 +127,9 @@ class ModelSpec(ExportSpec):
     weights: dict[str, dict] = field(default_factory=dict)  # state_dict key -> initializer (kinds with weights)
     weights_source: str = ""  # where the weights came from, for people
     tuning: dict = field(default_factory=dict)  # --attention-impl auto: why this variant; {} otherwise
+    # --quantize: the integer format the file holds (exporter/quantize.py FORMAT, what a fresh export writes);
+    # a file from before it was recorded reads as UNRECORDED_FORMAT
+    quantize_format: str = ""
 
     @classmethod
     def of(cls, settings: ExportSpec, **products) -> "ModelSpec":
@@ -141,7 +144,10 @@ class ModelSpec(ExportSpec):
         if self.optimize:
             meta["optimize"] = self.optimize
         if self.quantize:
+            from attn_onnx.exporter.quantize import FORMAT
+
             meta["quantize"] = self.quantize
+            meta["quantize_format"] = self.quantize_format or FORMAT
         if self.tuning:
             meta["tuning"] = json.dumps(self.tuning, sort_keys=True)
         for name in self.kind.metadata_fields:
@@ -187,6 +193,10 @@ class ModelSpec(ExportSpec):
                 kwargs.update(weights=json.loads(meta["weights"]), weights_source=meta.get("weights_source", ""))
             if "tuning" in meta:
                 kwargs["tuning"] = json.loads(meta["tuning"])
+            if kwargs["quantize"]:
+                from attn_onnx.exporter.quantize import UNRECORDED_FORMAT
+
+                kwargs["quantize_format"] = meta.get("quantize_format", UNRECORDED_FORMAT)
             spec = cls(**kwargs)
             spec.validate()
         except (ValueError, UsageError) as exc:

@@ -1,6 +1,7 @@
 """--quantize int8: the projections become int8 MatMulIntegers, the weight map follows them (dequantized,
 the golden holds exactly the file's weights), the check passes at the int8 profile in every variant, and a
-fully-masked row stays uniform."""
+fully-masked row stays uniform. The weights stay in [-64, 64], where onnxruntime's u8s8 kernels compute exact
+integers on every x86 CPU (AVX2's int16 pairs included), and the file says so."""
 
 import json
 
@@ -10,10 +11,13 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from attn_onnx.cli.check_attn import main as check
 from attn_onnx.cli.export_attn import main as export
-from attn_onnx.exporter.spec import ModelSpec
+from attn_onnx.exporter.quantize import FORMAT, UNRECORDED_FORMAT, WEIGHT_MAX, quantize
+from attn_onnx.exporter.spec import METADATA_PREFIX, ModelSpec
 from attn_onnx.exporter.variants import VARIANTS
 from attn_onnx.runtime_check.cases import Sweep
 from attn_onnx.runtime_check.check import CheckConfig, check_model
@@ -56,12 +60,72 @@ def test_the_weight_map_leads_to_the_dequantized_weights(exported, variant):
     rebuilt, _ = reference_module(proto, spec)
     for key, tensor in module.state_dict().items():
         got = rebuilt.state_dict()[key]
-        if key.endswith("weight"):  # int8 per output channel: within half a step of that channel's scale
-            step = tensor.abs().amax(dim=1, keepdim=True) / 127
+        if key.endswith("weight"):  # int8 per output channel, in [-64, 64]: within half a step of its scale
+            step = tensor.abs().amax(dim=1, keepdim=True) / WEIGHT_MAX
             assert torch.all((got - tensor).abs() <= step / 2 + 1e-7), key
             assert not torch.equal(got, tensor)
         else:
             assert torch.equal(got, tensor), key  # biases stay float
+
+
+@pytest.mark.parametrize("variant", ["torch-export", "tiled"])
+def test_every_weight_is_in_the_range_that_no_cpu_saturates_and_the_file_names_its_format(exported, variant):
+    """What the next test sees only on a CPU without VNNI, held on any CPU: every quantized weight is int8
+    with 2·255·|w| within int16 (|w| <= 64; full-range weights reach 127), and the metadata states FORMAT."""
+    path, spec, module = exported(**variant_fields(variant, quantize="int8"))
+    proto = onnx.load(path)
+    read = ModelSpec.from_metadata({p.key: p.value for p in proto.metadata_props})
+    assert read.quantize_format == FORMAT and spec.quantize_format in ("", FORMAT)
+    inits = {init.name: init for init in proto.graph.initializer}
+    weights = [entry for key, entry in read.weights.items() if key.endswith("weight")]
+    assert weights and all("scale" in entry for entry in weights)
+    for entry in weights:
+        array = numpy_helper.to_array(inits[entry["initializer"]]).astype(np.int32)
+        assert inits[entry["initializer"]].data_type == TensorProto.INT8
+        assert 2 * 255 * np.abs(array).max() <= 32767, entry  # u8·s8 pairs fit vpmaddubsw's int16
+        assert np.abs(array).max() == WEIGHT_MAX  # and the range is used: each channel's largest weight is 64
+
+
+def _projection(weight: np.ndarray) -> onnx.ModelProto:
+    """x (rows, K) times a weight initializer (K, N): one MatMul, as a projection in an exported graph."""
+    k, n = weight.shape
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "projection",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", n])],
+                              [numpy_helper.from_array(weight, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_onnxruntime_computes_exact_integers_where_full_range_int8_saturates():
+    """Activations that quantize to 229-255 (all positive: zero point 0) against weights at the top of their
+    channel's range, every pair along K of one sign. With full-range int8 weights a pair of products reaches
+    2·255·127 = 64770, and onnxruntime's u8s8 kernel on AVX2, or AVX-512 without VNNI (vpmaddubsw, int16),
+    saturates it to 32767: the answer comes out about halved (VNNI CPUs add in int32 and get it right). With
+    FORMAT's weights every CPU computes what onnx.reference computes in exact integers."""
+    rng = np.random.default_rng(0)
+    k, n = 256, 32
+    signs = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    weight = (rng.uniform(0.9, 1.0, (k, n)) * signs).astype(np.float32)
+    weight[0] = signs  # each channel's largest magnitude: the top of the integer range
+    x = (rng.integers(229, 256, (5, k)) / 255).astype(np.float32)
+    x[:, 0] = 1.0  # the activations' range [0, 1]: scale 1/255, zero point 0, each x exactly on the grid
+    model, mapped = quantize(_projection(weight), {"w": {"initializer": "w", "transposed": False}})
+    assert "scale" in mapped["w"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for rows in (x[:1], x):  # MLAS's matrix-vector and matrix-matrix paths
+        got = session.run(None, {"x": rows})[0]
+        exact = ReferenceEvaluator(model).run(None, {"x": rows})[0]  # numpy's integers: nothing saturates
+        np.testing.assert_allclose(got, exact, rtol=1e-5)
+        np.testing.assert_allclose(got, rows @ weight, rtol=0.02)  # which is the product, to the quantization
+
+
+def test_a_file_from_before_the_format_was_recorded_still_loads(exported):
+    path, spec, _ = exported(**variant_fields("torch-export", quantize="int8"))
+    props = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert props.pop(METADATA_PREFIX + "quantize_format") == FORMAT
+    read = ModelSpec.from_metadata(props)
+    assert read == spec and read.quantize == "int8" and read.quantize_format == UNRECORDED_FORMAT
+    assert read.to_metadata()[METADATA_PREFIX + "quantize_format"] == UNRECORDED_FORMAT  # not claimed as FORMAT
 
 
 @pytest.mark.parametrize("variant", ["additive-mask", "onnx-attention", "ort-mha", "tiled"])
@@ -98,8 +162,10 @@ def test_an_int8_bundle_holds_the_golden_of_its_own_weights_and_profile(tmp_path
     result = CliRunner().invoke(export, ["--heads", "4", "--embedding-dim", "32", "--quantize", "int8",
                                          "--bundle", str(bundle)])
     assert result.exit_code == 0, result.output
-    tolerance = json.loads((bundle / "manifest.json").read_text())["tolerance"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    tolerance = manifest["tolerance"]
     assert (tolerance["atol"], tolerance["rtol"]) == (PROFILES["int8"].atol, PROFILES["int8"].rtol)
+    assert manifest["model"]["quantization"] == manifest["metadata"][METADATA_PREFIX + "quantize_format"] == FORMAT
     checked = CliRunner().invoke(check, ["--bundle", str(bundle)])
     assert checked.exit_code == 0, checked.output
     assert "| summary | 5 passed, 0 failed" in checked.output
