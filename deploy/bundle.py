@@ -27,7 +27,7 @@ from attn_onnx.runtime_check.cases import Case, parse_case
 from attn_onnx.runtime_check.compare import OutputComparison, Tolerance, tolerance_for
 from attn_onnx.runtime_check.coverage import Coverage, CoverageProbe
 from attn_onnx.runtime_check.report import CaseResult, Report
-from attn_onnx.vocab import ELEMENT_TYPES, GRAPH_MASK
+from attn_onnx.vocab import ELEMENT_TYPES
 
 FORMAT = "attn-onnx-bundle/1"
 MODEL_FILE, MANIFEST_FILE = "model.onnx", "manifest.json"
@@ -55,9 +55,8 @@ def bundle_cases(spec: ExportSpec) -> list[Case]:
     from attn_onnx.exporter.variants import VARIANTS
 
     names = list(spec.kind.vector_cases(spec))
-    if spec.kind.case_dims == ("batch", "q_len", "kv_len"):
-        kind = "causal+padding" if spec.mask == "input" else GRAPH_MASK
-        names += [f"b{b}.q{q}.kv{kv}.{kind}" for b, q, kv in VARIANTS[spec.variant].coverage_shapes(spec)]
+    names += [name for name, _, _ in spec.kind.coverage_cases(spec, VARIANTS[spec.variant].coverage_shapes(spec),
+                                                              ("causal+padding",))]
     return [parse_case(name, spec) for name in dict.fromkeys(names)]
 
 

@@ -130,12 +130,11 @@ def generate_cases(spec: ExportSpec, sweep: Sweep = Sweep()) -> list[Case]:
     """Every case of `sweep` that applies to a model of `spec` (its kind names them: exporter/kinds/)."""
     sweep.validate()
     cases = spec.kind.cases(spec, sweep)
-    if sweep.cover and spec.kind.case_dims == ("batch", "q_len", "kv_len"):
+    if sweep.cover:
         from attn_onnx.exporter.variants import VARIANTS
 
-        extra = tuple(s for s in VARIANTS[spec.variant].coverage_shapes(spec) if s not in sweep.shape_list())
         masks = tuple(m for m in COVER_MASKS if sweep.masks is None or m in sweep.masks) or sweep.masks
-        cases += spec.kind.cases(spec, Sweep(shapes=extra, masks=masks))
+        cases += spec.kind.coverage_cases(spec, VARIANTS[spec.variant].coverage_shapes(spec), masks)
     unique = {name: (dims, mask) for name, dims, mask in reversed(cases)}  # each name once, the first kept
     return [Case(name, spec, mask=mask, **dims) for name, (dims, mask) in reversed(unique.items())]
 

@@ -92,6 +92,12 @@ class ModuleKind:
         """The cases a bundle carries golden vectors for: those a service must get right."""
         raise NotImplementedError
 
+    def coverage_cases(self, spec, shapes: tuple, masks: tuple[str, ...]) -> list[tuple[str, dict[str, int], str]]:
+        """(name, dims, mask kind) of the cases at a variant's coverage shapes ((batch, q_len, kv_len): those that
+        reach every control-flow path of its graph), with `masks` where the model has a mask input; none for a
+        kind whose cases are not of that form."""
+        return []
+
     def describe_case(self, spec, dims: dict[str, int], mask: str) -> str:
         raise NotImplementedError
 
@@ -151,8 +157,14 @@ class AttentionKindBase(ModuleKind):
         return list(MASK_KINDS) if spec.mask == "input" else [GRAPH_MASK]
 
     def cases(self, spec, sweep):
-        kinds = list(sweep.masks) if sweep.masks and spec.mask == "input" else self.mask_kinds(spec)
-        shapes = sweep.shape_list()
+        return self._grid(spec, sweep.shape_list(), sweep.masks)
+
+    def coverage_cases(self, spec, shapes, masks):
+        return self._grid(spec, shapes, masks)
+
+    def _grid(self, spec, shapes, masks) -> list[tuple[str, dict[str, int], str]]:
+        """Every (batch, q_len, kv_len) shape with every mask kind (`masks`, where the model has a mask input)."""
+        kinds = list(masks) if masks and spec.mask == "input" else self.mask_kinds(spec)
         if self.self_attention:  # one input: every shape square (b, q, q), each once
             shapes = list(dict.fromkeys((b, q, q) for b, q, _ in shapes))
         return [(f"b{b}.q{q}.kv{kv}.{kind}", {"batch": b, "q_len": q, "kv_len": kv}, kind)
