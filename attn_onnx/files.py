@@ -4,9 +4,13 @@ work, so that a typo in a path costs nothing."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import os
+import secrets
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 from attn_onnx.errors import OutputExistsError, UsageError
@@ -95,10 +99,19 @@ def write_atomic(out: str | Path, data: bytes, force: bool) -> int:
 
 def write_folder_atomic(target: str | Path, build, force: bool) -> Path:
     """Build a folder with `build(tmp_folder)` under a temp name beside `target`, then rename it into place:
-    a failed or interrupted build leaves nothing, and an earlier `target` stays intact unless `force`."""
+    a failed or interrupted build leaves nothing, and an earlier `target` stays intact unless `force`.
+
+    Within `staging()` the built folder is only staged: the transaction's commit moves it into place, with
+    every other output of the export, or none of them."""
     import shutil
 
     target = Path(target)
+    txn = current_staging()
+    if txn is not None:
+        tmp = txn.temp_folder(target)
+        build(tmp)
+        txn.put(tmp, target)
+        return target
     parent = target.parent if str(target.parent) else Path(".")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
     old = None
@@ -123,3 +136,192 @@ def write_folder_atomic(target: str | Path, build, force: bool) -> Path:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+# --- all forms of one export committed together ------------------------------------------------------------
+
+_STAGING: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar("attn_onnx_staging", default=None)
+
+
+def _lexists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def _aside_name(target: Path) -> Path:
+    """A fresh temp name beside `target`, for the content it replaces (kept until every target is in place)."""
+    return target.parent / f".{target.name}.{secrets.token_hex(6)}.old"
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+class _signals_held:
+    """SIGINT and SIGTERM held back (POSIX, main thread) while targets are swapped: the handful of renames
+    of a commit, or of its rollback, is never cut in the middle. A signal held meanwhile is delivered when
+    released."""
+
+    def __enter__(self):
+        self.held = (hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread())
+        if self.held:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        return self
+
+    def __exit__(self, *exc):
+        if self.held:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+class Transaction:
+    """Every output of one export, staged under temp names beside their targets, then committed together.
+
+    The steps, in the order added:
+    - `put(staged, target)`: the staged file or folder takes `target`'s place;
+    - `aside(target)`: `target` (if any) leaves (an earlier model's data file, or a model whose new data
+      must go in before it).
+    Without `force` an existing target is refused (OutputExistsError), even one that appeared while
+    working: a file goes in by a hard link, which fails on an existing name. With `force` what a step
+    replaces is kept under a temp name beside it (a hard link to a file, so the file itself is swapped
+    by one rename and never missing; a folder renamed away) until every step is done, then deleted.
+
+    If any step fails, or a signal arrives during the commit, the steps done are undone in reverse order
+    and every target is as it was; the temp names are removed whatever happens.
+    """
+
+    def __init__(self, force: bool):
+        self.force = force
+        self.steps: list[tuple[str, Path | None, Path]] = []
+        self.temps: list[Path] = []  # staging folders and files, removed at the end
+        self.on_abort: list = []  # callbacks when nothing is committed (a repository folder made for it)
+        self.committed = False
+
+    def temp_folder(self, target: Path) -> Path:
+        """A new temp folder beside `target`, removed when the transaction ends."""
+        parent = target.parent if str(target.parent) else Path(".")
+        folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+        self.temps.append(folder)
+        return folder
+
+    def put(self, staged: Path, target: Path) -> None:
+        self.steps.append(("put", Path(staged), Path(target)))
+
+    def aside(self, target: Path) -> None:
+        self.steps.append(("aside", None, Path(target)))
+
+    def _exists(self, target: Path) -> OutputExistsError:
+        what = "replace" if target.is_dir() else "overwrite"
+        return OutputExistsError(f"{str(target)!r} exists; pass --force to {what} it")
+
+    def _do(self, kind: str, staged: Path | None, target: Path, undo: list, kept: list) -> None:
+        if kind == "aside":
+            if not _lexists(target):
+                return
+            if not self.force:
+                raise self._exists(target)
+            old = _aside_name(target)
+            os.rename(target, old)
+            kept.append(old)
+            undo.append(lambda: os.rename(old, target))
+            return
+        if staged.is_dir():
+            old = None
+            if _lexists(target):
+                if not self.force:
+                    raise self._exists(target)
+                old = _aside_name(target)
+                os.rename(target, old)
+                kept.append(old)
+            try:
+                os.rename(staged, target)
+            except OSError:
+                appeared = _lexists(target)  # a non-empty folder appeared meanwhile
+                if old is not None and not appeared:
+                    os.rename(old, target)
+                    kept.remove(old)
+                elif old is not None:  # put back when the steps before are undone
+                    undo.append(lambda: os.rename(old, target) if not _lexists(target) else None)
+                    kept.remove(old)
+                if appeared:
+                    raise self._exists(target) from None
+                raise
+
+            def back(old=old):
+                os.rename(target, staged)  # the new folder back to its temp name, removed with it
+                if old is not None:
+                    os.rename(old, target)
+            undo.append(back)
+            return
+        if _lexists(target) and self.force and not target.is_dir():
+            old = _aside_name(target)
+            os.link(target, old)  # the earlier file kept; the swap below is one rename
+            kept.append(old)
+            os.replace(staged, target)
+            undo.append(lambda: os.replace(old, target))
+            return
+        try:
+            os.link(staged, target)  # fails if `target` exists: no clobbering
+        except FileExistsError:
+            raise self._exists(target) from None
+        undo.append(lambda: os.unlink(target))
+
+    def commit(self) -> None:
+        """Do every step, or none: see the class."""
+        undo, kept = [], []
+
+        def rollback():
+            while undo:
+                with contextlib.suppress(OSError):
+                    undo.pop()()
+            kept.clear()  # put back where they were: nothing to delete
+
+        done = False
+        try:
+            with _signals_held():
+                try:
+                    for kind, staged, target in self.steps:
+                        if staged is not None:
+                            os.chmod(staged, 0o755 if staged.is_dir() else 0o644)
+                        self._do(kind, staged, target, undo, kept)
+                except BaseException:
+                    rollback()
+                    raise
+                done = True
+        except BaseException:
+            if done:  # a signal held back during the steps, delivered as they were released: undo them too
+                with _signals_held():
+                    rollback()
+            raise
+        self.committed = True
+        for old in kept:
+            _remove(old)
+
+    def close(self) -> None:
+        for temp in self.temps:
+            _remove(temp)
+        if not self.committed:
+            for callback in reversed(self.on_abort):
+                with contextlib.suppress(OSError):
+                    callback()
+
+
+@contextlib.contextmanager
+def staging(force: bool):
+    """Within it, write_folder_atomic and model_files.stage_model stage their outputs in the Transaction
+    yielded instead of moving them into place; `commit()` then moves all of them, or none."""
+    txn = Transaction(force)
+    token = _STAGING.set(txn)
+    try:
+        yield txn
+    finally:
+        _STAGING.reset(token)
+        txn.close()
+
+
+def current_staging() -> Transaction | None:
+    return _STAGING.get()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from attn_onnx.errors import MetadataError, OutputExistsError
+from attn_onnx.errors import MetadataError
 
 MAX_SINGLE_FILE_BYTES = 2**31 - 1  # protobuf's limit for one serialized model
 DATA_SUFFIX = ".data"
@@ -82,10 +82,42 @@ def save_model(proto: onnx.ModelProto, path: Path, external: bool, data: bytes |
     return [path, data]
 
 
+def _commit_steps(txn, files: list[Path], out: Path, external: bool) -> None:
+    """The steps that put a staged model (and its data file) at `out`, as a pair: at no instant does a
+    model at `out` name a data file that is not its own.
+
+    With external data the earlier model leaves first (kept aside, under a temp name), then the data file
+    takes `out.data`'s place, then the model goes in: a crash between any two of those renames leaves
+    either no model at `out` or one beside its own data, never the new model with the old weights or the
+    old one with the new. Without, the model goes in by one rename, and an earlier export's data file
+    (whose model is gone) leaves after it."""
+    if external:
+        txn.aside(out)
+        txn.put(files[1], data_file(out))
+        txn.put(files[0], out)
+    else:
+        txn.put(files[0], out)
+        txn.aside(data_file(out))
+
+
+def stage_model(proto: onnx.ModelProto, out: Path, external: bool, data: bytes | None = None) -> list[Path]:
+    """Within files.staging(): save the model under a temp folder beside `out` and add the steps that put it
+    (with its data file) in place to the transaction. Returns the staged files."""
+    from attn_onnx.files import current_staging
+
+    txn = current_staging()
+    out = Path(out)
+    files = save_model(proto, txn.temp_folder(out) / out.name, external, data)
+    _commit_steps(txn, files, out, external)
+    return files
+
+
 @contextlib.contextmanager
 def staged_model(proto: onnx.ModelProto, out: Path, external: bool, data: bytes | None = None):
     """Save the model under a temp folder beside `out` and yield its path there; `commit(force)` moves the
-    file(s) into place (the data file first, so `out` never points at missing weights)."""
+    file(s) into place as a pair (_commit_steps), or nothing: a failed step undoes those before it."""
+    from attn_onnx.files import Transaction
+
     out = Path(out)
     parent = out.parent if str(out.parent) else Path(".")
     folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
@@ -95,30 +127,12 @@ def staged_model(proto: onnx.ModelProto, out: Path, external: bool, data: bytes 
 
         def commit(force: bool) -> int:
             """Without `force` nothing existing is replaced, even a file that appeared while working (a hard
-            link fails on an existing name, as in files.write_atomic); the data's link is undone if the
-            model's fails."""
-            for f in files:
-                os.chmod(f, 0o644)
-            placed = []
-            try:
-                for f in reversed(files):  # data, then model
-                    target = out.parent / f.name
-                    if force:
-                        os.replace(f, target)
-                    else:
-                        try:
-                            os.link(f, target)
-                        except FileExistsError:
-                            raise OutputExistsError(f"{str(target)!r} exists; pass --force to overwrite it") from None
-                        placed.append(target)
-            except BaseException:
-                for target in placed:
-                    os.unlink(target)
-                raise
-            if force and not external:
-                with contextlib.suppress(FileNotFoundError):  # a stale data file of an earlier external export
-                    os.unlink(data_file(out))
-            return sum((out.parent / f.name).stat().st_size for f in files)
+            link fails on an existing name); the data's link is undone if the model's fails."""
+            size = sum(f.stat().st_size for f in files)
+            txn = Transaction(force)
+            _commit_steps(txn, files, out, external)
+            txn.commit()
+            return size
 
         yield staged, commit
     finally:

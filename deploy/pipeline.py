@@ -8,9 +8,14 @@ and write it in each output form asked for. export-attn only wires its options t
     exported.proto, exported.spec, exported.golden, exported.report   # what was built, and its check
 
 Each step is done once: the spec is validated once (here, before any work), the forms' targets are checked
-before the export, the model is serialized once and that one copy is checked and written in every form (a
-model past 2 GiB, whose weights must lie beside it, is saved and checked from a file instead). A model that
-fails the check is written nowhere (ParityError, with the report).
+before the export (existing ones, data files beside them, two forms at one path or one inside another),
+the model is serialized once and that one copy is checked and written in every form (a model past 2 GiB,
+whose weights must lie beside it, is saved and checked from a file instead). A model that fails the check
+is written nowhere (ParityError, with the report).
+
+The forms are written all or none: each is staged under a temp name beside its target, then one commit
+moves them all into place (files.Transaction); a failure or an interrupt before or during the commit
+leaves no form written and every earlier target as it was.
 """
 
 from __future__ import annotations
@@ -78,8 +83,7 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
 
     forms = [OnnxFile(f) if isinstance(f, (str, Path)) else f for f in forms]
     spec.validate()
-    for form in forms:
-        form.check(spec, force)
+    check_targets(forms, spec, force)
     kind = spec.kind
     if kind.has_weights:
         if module is None:
@@ -111,9 +115,36 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
     targets = targets_of(forms, spec)
     if check or choice is not None:  # auto checked every candidate on this sweep: the winner's report stands
         exported.report, exported.accuracy = _check(model, module, forms, targets, choice and choice.report)
-    for form in forms:
-        exported.written[type(form).__name__] = form.write(model, force)
+    from attn_onnx.files import staging
+
+    with staging(force) as txn:  # every form staged beside its target, then committed together, or none
+        for form in forms:
+            exported.written[type(form).__name__] = form.write(model, force)
+        txn.commit()
     return exported
+
+
+def check_targets(forms, spec: ExportSpec, force: bool) -> None:
+    """Refuse, before any work, what the forms could not write: two forms (or a form and another's data
+    file) at the same path or one inside the other, then each form's own checks (its target exists without
+    `force`, its folder cannot be written, a dtype it cannot carry)."""
+    import os
+
+    from attn_onnx.errors import UsageError
+
+    claims = [(i, Path(os.path.realpath(path)), what) for i, form in enumerate(forms)
+              for path, what in form.claims(spec)]
+    for n, (i, a, what_a) in enumerate(claims):
+        for j, b, what_b in claims[n + 1:]:
+            if i == j:
+                continue
+            if a == b:
+                raise UsageError(f"{what_a} and {what_b} are the same path; give each form a path of its own")
+            if b in a.parents or a in b.parents:
+                inner, outer = (what_a, what_b) if b in a.parents else (what_b, what_a)
+                raise UsageError(f"{inner} lies inside {outer}; give each form a path of its own")
+    for form in forms:
+        form.check(spec, force)
 
 
 def _why(report) -> str:

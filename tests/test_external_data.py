@@ -166,3 +166,61 @@ def test_a_model_that_appears_while_working_is_not_replaced_and_no_data_is_left(
             commit(force=False)
     assert out.read_bytes() == b"someone else's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no data file, no temp folder
+
+
+@pytest.mark.parametrize("inject", [True, False], ids=["failure-between-the-renames", "clean"])
+def test_force_replaces_the_model_and_its_data_as_a_pair(tmp_path, monkeypatch, inject):
+    """--force over an earlier external export: the data file and the model are two renames. The data used to
+    go first, so a crash between them left the old model reading the new weights. Every rename, link and
+    replace is watched: before and after each, the model on disk (if any) is one of the two whole pairs; a
+    failure injected just before the model goes into place leaves the earlier pair, which still checks."""
+    new_folder, folder = tmp_path / "new", tmp_path / "out"
+    new_folder.mkdir()
+    folder.mkdir()
+    out = folder / "m.onnx"
+    for where, seed in ((folder, "1"), (new_folder, "2")):
+        result = CliRunner().invoke(export, [*SMALL, "--external-data", "--no-check", "--seed", seed,
+                                             "--out", str(where / "m.onnx")])
+        assert result.exit_code == 0, result.output
+
+    def pair(where):
+        return (where / "m.onnx").read_bytes(), (where / "m.onnx.data").read_bytes()
+
+    old, new = pair(folder), pair(new_folder)
+    assert old[0] != new[0] and old[1] != new[1]
+    seen = []
+
+    def state():
+        if not out.exists():
+            return "no model"
+        current = pair(folder) if (folder / "m.onnx.data").exists() else (out.read_bytes(), None)
+        return "old" if current == old else "new" if current == new else "MISMATCHED"
+
+    def watched(name):
+        real = getattr(os, name)
+
+        def call(src, dst, *args, **kwargs):
+            seen.append(state())
+            if inject and os.fspath(dst) == str(out) and os.fspath(src).endswith(f".tmp{os.sep}m.onnx"):
+                raise OSError(5, "Input/output error")  # the crash between the data's rename and the model's
+            result = real(src, dst, *args, **kwargs)
+            seen.append(state())
+            return result
+        return call
+
+    for name in ("rename", "replace", "link"):
+        monkeypatch.setattr(os, name, watched(name))
+    result = CliRunner().invoke(export, [*SMALL, "--external-data", "--no-check", "--seed", "2", "--force",
+                                         "--out", str(out)])
+    monkeypatch.undo()
+    assert "MISMATCHED" not in seen, seen
+    assert "new" in seen if not inject else seen[-1] == "old"
+    if inject:
+        assert result.exit_code == 1 and "Input/output error" in result.output
+        assert pair(folder) == old
+    else:
+        assert result.exit_code == 0, result.output
+        assert pair(folder) == new
+    assert sorted(p.name for p in folder.iterdir()) == ["m.onnx", "m.onnx.data"]  # no temp names
+    result = CliRunner().invoke(check, [str(out), "--masks", "masked_row"])
+    assert result.exit_code == 0, result.output  # the model on disk loads with its own data, and checks

@@ -29,10 +29,22 @@ class OutputForm:
         """Where the form writes: the file or folder that is new (REPO/NAME for a Triton repository)."""
         raise NotImplementedError
 
+    def claims(self, spec: ExportSpec) -> list[tuple[Path, str]]:
+        """Every path the form writes, each with how a message names it: no other form's may be the same path,
+        or lie inside it, or hold it."""
+        return [(Path(self.target(spec)), f"{self.label()} {str(self.target(spec))!r}")]
+
+    @classmethod
+    def label(cls) -> str:
+        """How messages name the form: its option (--out), or its class in the Python API."""
+        return cls.flag() if cls.OPTIONS else cls.__name__
+
     def check(self, spec: ExportSpec, force: bool) -> None:
         """UsageError for what can be refused before any work: the target, a dtype the form cannot carry."""
         raise NotImplementedError
 
     def write(self, model: Model, force: bool) -> str:
-        """Write the form atomically from the exported model; returns the line export-attn prints."""
+        """Write the form from the exported model; returns the line export-attn prints. Within the pipeline a
+        files.staging() transaction is open: a form writes through its helpers (write_folder_atomic,
+        model_files.stage_model), which only stage, and the pipeline commits every form together."""
         raise NotImplementedError

@@ -9,8 +9,9 @@ import click
 
 from attn_onnx.deploy.forms.base import OutputForm
 from attn_onnx.exporter.variants import DEFAULT as DEFAULT_VARIANT
-from attn_onnx.files import check_output_file
-from attn_onnx.model_files import staged_model
+from attn_onnx.errors import OutputExistsError, UsageError
+from attn_onnx.files import check_output_file, current_staging
+from attn_onnx.model_files import data_file, stage_model, staged_model
 
 
 @dataclass(frozen=True)
@@ -27,15 +28,29 @@ class OnnxFile(OutputForm):
     def target(self, spec) -> Path:
         return Path(self.path)
 
+    def claims(self, spec) -> list[tuple[Path, str]]:
+        out = Path(self.path)
+        return [(out, f"--out {str(out)!r}"), (data_file(out), f"the data file of --out, {str(data_file(out))!r}")]
+
     def check(self, spec, force: bool) -> None:
-        check_output_file(Path(self.path), force)
+        out = Path(self.path)
+        check_output_file(out, force)
+        data = data_file(out)  # the model's pair: written with external data, else an earlier export's, removed
+        if data.is_dir():
+            raise UsageError(f"{str(data)!r}, where --out {str(out)!r} keeps its weights, is a folder")
+        if data.exists() and not force:
+            raise OutputExistsError(f"{str(data)!r} exists (the data file of --out {str(out)!r}); pass --force "
+                                    "to overwrite it")
 
     def write(self, model, force: bool) -> str:
         import onnx
 
         out = Path(self.path)
-        with staged_model(model.proto, out, model.external, model.data) as (_, commit):
-            size = commit(force)
+        if current_staging() is not None:  # the pipeline commits it with the other forms
+            size = sum(f.stat().st_size for f in stage_model(model.proto, out, model.external, model.data))
+        else:
+            with staged_model(model.proto, out, model.external, model.data) as (_, commit):
+                size = commit(force)
         spec = model.spec
         size_text = f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
         how = f", {spec.variant}" if spec.variant != DEFAULT_VARIANT else ""

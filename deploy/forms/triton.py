@@ -11,7 +11,7 @@ import click
 from attn_onnx.deploy.triton import check_backend, check_name, write_repository
 from attn_onnx.errors import UsageError
 from attn_onnx.deploy.forms.base import OutputForm
-from attn_onnx.files import check_output_dir
+from attn_onnx.files import check_output_dir, current_staging
 from attn_onnx.vocab import TRITON_BACKENDS
 
 
@@ -62,6 +62,9 @@ class TritonRepo(OutputForm):
         check_output_dir(repo / name if repo.exists() else repo, force, "--triton-repo")
 
     def write(self, model, force: bool) -> str:
+        repo, txn = Path(self.repo), current_staging()
+        if txn is not None and not repo.exists():  # a repository made for this model goes with it
+            txn.on_abort.append(lambda: repo.rmdir() if repo.is_dir() and not any(repo.iterdir()) else None)
         path = write_repository(self.repo, model.proto, model.spec, name=self.name or model.spec.module,
                                 force=force, max_batch_size=self.max_batch_size, gpu=self.gpu,
                                 external=model.external, backend=self.backend,

@@ -344,3 +344,71 @@ def test_a_name_outside_the_manifest_schemas_pattern_is_refused_before_any_work(
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"Error: --name {name!r}") and len(result.output.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def tree(folder):
+    """Every file and folder under `folder`, with each file's bytes: what "left as it was" is checked against."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture
+def no_export(monkeypatch):
+    """export_onnx's calls: a refusal before any work never reaches it (a reached export fails the test)."""
+    import attn_onnx.exporter.export as export_module
+
+    calls = []
+
+    def refused(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("the export ran")
+
+    monkeypatch.setattr(export_module, "export_onnx", refused)
+    return calls
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["", "force"])
+@pytest.mark.parametrize("forms, text", [
+    (["--out", "P", "--bundle", "P"], "--out 'P' and --bundle 'P' are the same path"),
+    (["--out", "b/model.onnx", "--bundle", "b"], "--out 'b/model.onnx' lies inside --bundle 'b'"),
+    (["--bundle", "b", "--out", "b/sub/model.onnx"], "--out 'b/sub/model.onnx' lies inside --bundle 'b'"),
+    (["--out", "x.onnx", "--bundle", "x.onnx.data"],
+     "the data file of --out, 'x.onnx.data' and --bundle 'x.onnx.data' are the same path"),
+    (["--bundle", "r/mha", "--triton-repo", "r"], "--bundle 'r/mha' and --triton-repo 'r/mha' are the same path"),
+    (["--out", "r/mha/1/model.onnx", "--triton-repo", "r"],
+     "--out 'r/mha/1/model.onnx' lies inside --triton-repo 'r/mha'"),
+], ids=["same", "inside", "deeper", "data-file", "bundle-in-repo", "out-in-repo"])
+def test_forms_that_collide_are_refused_before_any_work(tmp_path, monkeypatch, no_export, forms, text, force):
+    """Two forms at one path (or one inside another, or at another's data file) were written one after the
+    other: the first stayed when the second was refused, and with --force the second replaced the first."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "b" / "sub").mkdir(parents=True)  # earlier outputs, and folders the paths need
+    (tmp_path / "b" / "model.onnx").write_bytes(b"an earlier bundle's model")
+    (tmp_path / "r" / "mha" / "1").mkdir(parents=True)
+    (tmp_path / "r" / "mha" / "1" / "model.onnx").write_bytes(b"an earlier Triton model")
+    before = tree(tmp_path)
+    one_line_error(run(*SMALL, *forms, *force), 2, f"{text}; give each form a path of its own")
+    assert no_export == []
+    assert tree(tmp_path) == before  # nothing written, nothing replaced, byte for byte
+
+
+@pytest.mark.parametrize("external", [[], ["--external-data"]], ids=["", "external-data"])
+def test_a_stray_data_file_is_refused_before_the_export(tmp_path, no_export, external):
+    """m.onnx.data is --out m.onnx's pair: without --force an existing one was found only after the export and
+    its check (or never, and a model was written beside weights that are not its own)."""
+    import time
+
+    out = tmp_path / "m.onnx"
+    (tmp_path / "m.onnx.data").write_bytes(b"someone's weights")
+    started = time.monotonic()
+    one_line_error(run(*SMALL, *external, "--out", out), 2,
+                   f"'{out}.data' exists (the data file of --out '{out}'); pass --force to overwrite it")
+    assert time.monotonic() - started < 5  # refused at once, not after an export and its check
+    assert no_export == []
+    assert tree(tmp_path) == {"m.onnx.data": b"someone's weights"}
+
+
+def test_force_over_a_stray_data_file_writes_the_model_and_removes_it(tmp_path):
+    out = tmp_path / "m.onnx"
+    (tmp_path / "m.onnx.data").write_bytes(b"someone's weights")
+    assert run(*SMALL, "--out", out, "--force", "--no-check").exit_code == 0
+    assert sorted(tree(tmp_path)) == ["m.onnx"]  # the weights are inside it; no stale pair, no temp

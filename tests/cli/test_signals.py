@@ -95,3 +95,60 @@ def test_cleanup_does_not_need_the_cli(tmp_path):
         write_folder_atomic(tmp_path / "target", build, force=False)
     assert list(tmp_path.iterdir()) == []
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["fresh", "force-over-earlier"])
+@pytest.mark.parametrize("signum, code, word",
+                         [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_between_forms_leaves_none_of_them(tmp_path, monkeypatch, ctrl_c_raises, signum, code, word,
+                                                    earlier):
+    """The .onnx file is written first, the bundle after: a signal while the bundle is built used to leave the
+    file behind, under a message saying nothing was written to it."""
+    import attn_onnx.deploy.bundle as bundle
+
+    out, folder = tmp_path / "m.onnx", tmp_path / "b"
+    forms = ["--out", str(out), "--bundle", str(folder), "--no-check"]
+    if earlier:
+        assert CliRunner().invoke(export, [*SMALL, *forms, "--seed", "1"]).exit_code == 0
+    before = snapshot(tmp_path)
+    real = numpy_helper.from_array
+
+    def signalled(array, name):
+        if out.exists() and out.read_bytes() != before.get("m.onnx"):
+            raise AssertionError("the .onnx file was written before the bundle")  # old code: exit 1, not code
+        os.kill(os.getpid(), signum)  # while the bundle's vectors are written
+        return real(array, name)
+
+    monkeypatch.setattr(bundle.numpy_helper, "from_array", signalled)
+    result = CliRunner().invoke(export, [*SMALL, *forms, "--seed", "2", *(["--force"] if earlier else [])])
+    assert result.exit_code == code, result.output
+    assert result.output.strip() == f"Error: {word}; nothing was written to {out} or {folder}"
+    assert snapshot(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["b", "m.onnx"] if earlier else [])  # no temp names
+
+
+def test_a_signal_during_the_commit_is_held_until_it_is_done_or_undone(tmp_path, ctrl_c_raises):
+    """The renames of a commit are not cut in the middle: a signal arriving during them is delivered once
+    they are done, and then undoes them (nothing of the export stays, as its message says)."""
+    from attn_onnx.files import staging
+
+    (tmp_path / "a").write_bytes(b"earlier a")
+    with pytest.raises(KeyboardInterrupt):
+        with staging(force=True) as txn:
+            for name in ("a", "b"):
+                staged = txn.temp_folder(tmp_path / name) / name
+                staged.write_bytes(b"new " + name.encode())
+                txn.put(staged, tmp_path / name)
+            real = os.link
+
+            def signalled(src, dst, *args, **kwargs):
+                if os.path.basename(dst) == "b":
+                    os.kill(os.getpid(), signal.SIGINT)  # mid-commit: held back until the steps are done
+                return real(src, dst, *args, **kwargs)
+
+            os.link = signalled
+            try:
+                txn.commit()
+            finally:
+                os.link = real
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"] and (tmp_path / "a").read_bytes() == b"earlier a"

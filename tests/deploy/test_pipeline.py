@@ -123,3 +123,42 @@ def test_a_new_form_is_one_class_the_pipeline_writes_from_the_same_model(tmp_pat
     assert (tmp_path / "io.txt").read_text() == "query, key, value"
     assert exported.written == {"Summary": f"wrote {tmp_path / 'io.txt'}", "OnnxFile": exported.written["OnnxFile"]}
     assert counted["serialize"] == 1
+
+
+def tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["fresh", "force-over-earlier"])
+def test_a_failure_committing_the_second_form_leaves_every_target_as_it_was(tmp_path, monkeypatch, earlier):
+    """The forms are committed together: when the bundle cannot go into place after the .onnx file did, the
+    file is taken back (and an earlier one restored), not left as a half of the export."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    forms = ["--out", "m.onnx", "--bundle", "b", "--no-check"]
+    if earlier:
+        assert CliRunner().invoke(export, [*SMALL, *forms, "--seed", "1"]).exit_code == 0
+    before = tree(tmp_path)
+    real, failed = os.rename, []
+
+    def failing(src, dst, *args, **kwargs):
+        if os.fspath(dst) in ("b", str(tmp_path / "b")) and os.fspath(src).endswith(".tmp"):  # the bundle's move
+            failed.append(dst)
+            raise OSError(28, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", failing)
+    result = CliRunner().invoke(export, [*SMALL, *forms, "--seed", "2", *(["--force"] if earlier else [])])
+    monkeypatch.undo()
+    assert failed and result.exit_code == 1, result.output
+    assert "No space left on device" in result.output
+    assert tree(tmp_path) == before  # the .onnx file taken back or restored; no temp names left
+
+
+def test_the_python_api_refuses_colliding_forms_before_any_work(tmp_path, counted):
+    from attn_onnx.errors import UsageError
+
+    with pytest.raises(UsageError, match="lies inside --bundle"):
+        export_model(ExportSpec(heads=2, embedding_dim=16), Bundle(tmp_path / "b"), OnnxFile(tmp_path / "b" / "m.onnx"))
+    assert counted["serialize"] == 0 and list(tmp_path.iterdir()) == []
