@@ -106,6 +106,14 @@ def _io(values, dims: dict, dtypes: dict) -> list[dict]:
             for v in values]
 
 
+def manifest_dims(spec: ExportSpec) -> dict[str, dict]:
+    """The manifest's `dims`: one entry per dim name the model's inputs use, {"description"}, with "is" and
+    "or_one" (equals that dim, or may be 1 where or_one) or "sum" (equals the sum of those dims): the kind's
+    dims contract (exporter/kinds/dims.py), which a service checks each request's inputs against."""
+    used = {d for dims in spec.input_dims().values() for d in dims if isinstance(d, str)}
+    return {name: rule for name, rule in spec.kind.dim_rules(spec).items() if name in used}
+
+
 def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, module, *, name: str,
                  force: bool = False, seed: int = 0, external: bool = False, data: bytes | None = None) -> Path:
     """Write the bundle folder atomically (a temp folder beside `target`, then a rename). With `external`
@@ -153,6 +161,7 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
                       "min_onnxruntime": min_onnxruntime(proto)},
             "inputs": _io(inputs, spec.input_dims(), spec.input_dtypes()),
             "outputs": _io(proto.graph.output, spec.output_dims(), spec.output_dtypes()),
+            "dims": manifest_dims(spec),
             "mask_convention": mask_contract(spec),
             "tolerance": {"atol": tolerance.atol, "rtol": tolerance.rtol,
                           "rule": "|actual - expected| <= atol + rtol * |expected|, elementwise; no NaN or Inf",

@@ -9,6 +9,7 @@ protobuf (tritonclient) and compares it with the model.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
@@ -22,6 +23,22 @@ from attn_onnx.vocab import ELEMENT_TYPES, TRITON_BACKENDS
 TRITON_TYPES = {name: t.triton for name, t in ELEMENT_TYPES.items()}  # numpy's name -> Triton's
 CONFIG_FILE, VERSION = "config.pbtxt", "1"
 PYTHON_MODEL = "triton_python_model.py"  # the template, shipped in this package, written as 1/model.py
+# the python backend's parameters: the dims contract its model.py checks each request against (JSON of
+# exporter/kinds/dims.py's contract, without the descriptions), and the work budget of one request in bytes
+DIMS_PARAMETER, BUDGET_PARAMETER = "attn_onnx.dims", "max_request_bytes"
+MAX_REQUEST_BYTES = 1 << 30  # 1 GiB
+
+
+def dims_parameter(spec: ExportSpec) -> str:
+    """The dims contract of a model of `spec` as the python backend reads it: compact JSON."""
+    contract = spec.kind.dims_contract(spec)
+    contract["dims"] = {name: {k: v for k, v in rule.items() if k != "description"}
+                        for name, rule in contract["dims"].items()}
+    return json.dumps(contract, separators=(",", ":"))
+
+
+def _pbtxt_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def batched(spec: ExportSpec) -> bool:
@@ -48,10 +65,12 @@ def check_backend(backend: str, dtype: str) -> None:
 
 
 def config_text(spec: ExportSpec, name: str, *, max_batch_size: int = 8, gpu: bool = False,
-                backend: str = "onnxruntime", max_queue_delay_us: int = 0) -> str:
+                backend: str = "onnxruntime", max_queue_delay_us: int = 0,
+                max_request_bytes: int = MAX_REQUEST_BYTES) -> str:
     """config.pbtxt for the model of `spec`, served by Triton's `backend`. With batching, dims leave out the
     batch dim (Triton adds it); dynamic dims are -1; the dynamic batcher waits up to `max_queue_delay_us`
-    for more requests to join a batch."""
+    for more requests to join a batch. The python backend's model.py also gets the dims contract and the work
+    budget of one request (`max_request_bytes`) as parameters."""
     check_name(name)
     check_backend(backend, spec.dtype)
     batching = batched(spec) and max_batch_size > 0
@@ -79,6 +98,14 @@ def config_text(spec: ExportSpec, name: str, *, max_batch_size: int = 8, gpu: bo
     lines.append(f"instance_group [ {{ kind: {'KIND_GPU' if gpu else 'KIND_CPU'} count: 1 }} ]")
     if backend == "python":  # idle onnxruntime threads that spin hold the cores Triton's own threads need
         lines.append('parameters { key: "session.intra_op.allow_spinning" value: { string_value: "0" } }')
+        lines.append("# model.py refuses (INVALID_ARGUMENT) a request whose inputs disagree with each other by this "
+                     "contract (docs/serving-triton.md)")
+        lines.append(f'parameters {{ key: "{DIMS_PARAMETER}" value: {{ string_value: '
+                     f"{_pbtxt_string(dims_parameter(spec))} }} }}")
+        lines.append("# and one whose estimated peak, 4 x (2 x batch x heads x q_len x kv_len + the elements of every "
+                     "input and output) bytes, is past this budget")
+        budget = int(max_request_bytes)
+        lines.append(f'parameters {{ key: "{BUDGET_PARAMETER}" value: {{ string_value: "{budget}" }} }}')
     return "\n".join(lines) + "\n"
 
 

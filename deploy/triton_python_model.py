@@ -4,6 +4,11 @@ hands over together run as one batch.
 
 This file is a template copied as it is: it runs inside Triton's Python-backend stub, imports nothing of
 attn_onnx, and needs numpy (< 2, for the 2.51 stub) and onnxruntime in the stub's Python environment.
+
+Before running, each request is checked on its own: its inputs against each other by the model's dims contract
+(config parameter "attn_onnx.dims", written by attn_onnx.deploy.triton), and its estimated peak memory against
+the budget (config parameter "max_request_bytes", 1 GiB unless set). A request that fails either gets an
+INVALID_ARGUMENT error naming the inputs and the dim, or the estimate and the budget; the others run.
 """
 
 import json
@@ -40,6 +45,104 @@ def session_options(config: dict) -> ort.SessionOptions:
         elif key.startswith("session."):
             options.add_session_config_entry(key, value)
     return options
+
+
+DEFAULT_MAX_REQUEST_BYTES = 1 << 30
+
+
+def contract_problem(contract: dict, shapes: dict):
+    """What breaks `contract` in a request whose inputs have `shapes`, or None: a copy of
+    attn_onnx.exporter.kinds.dims.contract_problem (this file imports nothing of attn_onnx; a test holds the two
+    to the same answers). Every axis of one name has one size; "is" (or 1 where "or_one"); "sum"."""
+    seen = {}  # dim name -> (size, input, axis) where it was first seen
+    for name, dims in contract["inputs"].items():
+        if name not in shapes:
+            continue
+        shape = [int(n) for n in shapes[name]]
+        if len(shape) != len(dims):
+            return (f"input {name!r} has {len(shape)} dims {shape}, but the model takes {len(dims)}: "
+                    f"({', '.join(str(d) for d in dims)})")
+        for axis, (dim, size) in enumerate(zip(dims, shape)):
+            if isinstance(dim, int):
+                if size != dim:
+                    return f"input {name!r} dim {axis} is {size}, but the model takes {dim} there"
+            elif dim in seen and seen[dim][0] != size:
+                first, other, other_axis = seen[dim]
+                return (f"input {name!r} dim {axis} ({dim}) is {size}, but input {other!r} dim {other_axis} "
+                        f"({dim}) is {first}")
+            else:
+                seen.setdefault(dim, (size, name, axis))
+
+    def where(dim):
+        size, name, axis = seen[dim]
+        return f"input {name!r} dim {axis} ({dim}) is {size}"
+
+    for dim, rule in contract.get("dims", {}).items():
+        if dim not in seen:
+            continue
+        size = seen[dim][0]
+        same = rule.get("is")
+        if same is not None and same in seen and size != seen[same][0] and not (rule.get("or_one") and size == 1):
+            return f"{where(dim)}, but {where(same)}" + (f" ({dim} is {same} or 1)" if rule.get("or_one") else "")
+        parts = rule.get("sum")
+        if parts and all(p in seen for p in parts):
+            total = sum(seen[p][0] for p in parts)
+            if size != total:
+                return (f"{where(dim)}, but {' and '.join(where(p) for p in parts)}: {dim} is "
+                        f"{' + '.join(parts)} = {total}")
+    return None
+
+
+def estimated_bytes(contract: dict, feeds: dict) -> int:
+    """A request's peak memory estimate: 4 x (2 x the scores' elements + the elements of every input and
+    output), the dims taken from the inputs' shapes (and values, for a scalar that sets a dim); a dim that
+    cannot be known counts 1."""
+    sizes = {}
+    for name, dims in contract["inputs"].items():
+        if name in feeds:
+            for dim, size in zip(dims, np.shape(feeds[name])):
+                if isinstance(dim, str):
+                    sizes.setdefault(dim, int(size))
+    for dim, name in (contract.get("values") or {}).items():
+        if name in feeds and np.size(feeds[name]) == 1:
+            sizes.setdefault(dim, max(int(np.asarray(feeds[name]).reshape(-1)[0]), 0))
+    for dim, rule in contract.get("dims", {}).items():
+        if dim not in sizes and rule.get("sum") and all(p in sizes for p in rule["sum"]):
+            sizes[dim] = sum(sizes[p] for p in rule["sum"])
+
+    def elements(dims):
+        count = 1
+        for dim in dims:
+            count *= dim if isinstance(dim, int) else sizes.get(dim, 1)
+        return count
+
+    scores = contract.get("scores")
+    total = 2 * elements(scores) if scores else 0
+    total += sum(int(np.size(a)) for a in feeds.values())
+    total += sum(elements(dims) for dims in contract.get("outputs", {}).values())
+    return 4 * total
+
+
+def request_problem(contract, budget: int, feeds: dict):
+    """Why the request of `feeds` is refused before it runs, or None: its inputs break the dims contract, or
+    its estimated peak memory is past the budget."""
+    if contract is None:
+        return None
+    problem = contract_problem(contract, {name: np.shape(a) for name, a in feeds.items()})
+    if problem:
+        return problem
+    estimate = estimated_bytes(contract, feeds)
+    if estimate > budget:
+        return (f"the request's estimated peak memory, {estimate} bytes (4 x (2 x batch x heads x q_len x kv_len "
+                f"+ the elements of every input and output)), is past the model's budget of {budget} bytes "
+                "(config.pbtxt parameter max_request_bytes)")
+    return None
+
+
+def invalid_argument(message: str):
+    """An INVALID_ARGUMENT error (HTTP 400), where this backend's TritonError takes a code (its INVALID_ARG)."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
 
 
 def group_requests(inputs: list, batched: bool) -> list:
@@ -94,6 +197,9 @@ class TritonPythonModel:
         self.input_names = [i["name"] for i in config["input"]]
         self.output_names = [o["name"] for o in config["output"]]
         self.scalars = {i.name for i in self.session.get_inputs() if len(i.shape) == 0}  # sent as dims [ 1 ]
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.contract = json.loads(parameters["attn_onnx.dims"]) if "attn_onnx.dims" in parameters else None
+        self.max_request_bytes = int(parameters.get("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
         pb_utils.Logger.log_info(f"{args['model_name']}: onnxruntime {ort.__version__} on "
                                  f"{self.session.get_providers()[0]}, {'batched' if self.batched else 'unbatched'}")
 
@@ -102,11 +208,22 @@ class TritonPythonModel:
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
     def execute(self, requests):
-        inputs, responses = [], []
-        for request in requests:
+        inputs, refused, responses = [], {}, []
+        for i, request in enumerate(requests):
             tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in self.input_names}
-            inputs.append({name: t.as_numpy() for name, t in tensors.items() if t is not None})
-        for request, result in zip(requests, run_grouped(self._run, inputs, self.batched)):
+            feeds = {name: t.as_numpy() for name, t in tensors.items() if t is not None}
+            shaped = {name: a.reshape(()) if name in self.scalars and a.size == 1 else a for name, a in feeds.items()}
+            problem = request_problem(self.contract, self.max_request_bytes, shaped)
+            if problem:  # refused before it runs: it joins no batch
+                refused[i] = problem
+            else:
+                inputs.append(feeds)
+        results = iter(run_grouped(self._run, inputs, self.batched))
+        for i, request in enumerate(requests):
+            if i in refused:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=invalid_argument(refused[i])))
+                continue
+            result = next(results)
             if isinstance(result, Exception):
                 error = pb_utils.TritonError(f"{type(result).__name__}: {result}")
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))

@@ -7,6 +7,7 @@ import re
 import numpy as np
 
 from attn_onnx.errors import UsageError
+from attn_onnx.exporter.kinds.dims import contract_problem
 from attn_onnx.vocab import GRAPH_MASK, MASK_FILL, MASK_KINDS
 
 # the settings a kind may take beyond those every kind takes (module, variant, opset, optimize): ExportSpec's
@@ -46,6 +47,46 @@ class ModuleKind:
 
     def input_dtypes(self, spec) -> dict[str, str]:
         raise NotImplementedError
+
+    # --- the dims contract: how one request's inputs agree with each other (exporter/kinds/dims.py) ----------
+
+    # what each dim name means, and how it relates to the others: "is" (equal to that dim, or 1 where "or_one")
+    # or "sum" (the sum of those dims); a name without a rule is only held equal across the axes that bear it
+    DIMS: dict[str, dict] = {
+        "batch": {"description": "examples in the request: the same in every input and output (a mask of batch 1 "
+                                 "is not broadcast)"},
+        "q_len": {"description": "query tokens"},
+        "kv_len": {"description": "key and value tokens; the mask's last axis too (never 1 for more keys: a "
+                                  "broadcast mask would leave the padding unapplied)"},
+        "mask_q_len": {"description": "the mask's rows: q_len (a full mask) or 1 (a padding mask, the same for "
+                                      "every query)", "is": "q_len", "or_one": True},
+        "past_len": {"description": "tokens already in the KV cache (0 for the prefill)"},
+        "total_len": {"description": "past_len + q_len: the keys of this step, the cache's length after it; the "
+                                     "mask's last axis", "sum": ["past_len", "q_len"]},
+        "size": {"description": "subsequent_mask's size: the scalar input's value"},
+    }
+
+    def dim_rules(self, spec) -> dict[str, dict]:
+        """{dim name: {"description", and "is"/"or_one" or "sum"}} for every dim name of the inputs and
+        outputs, in the order they first appear."""
+        names = [d for dims in (*self.input_dims(spec).values(), *self.output_dims(spec).values()) for d in dims
+                 if isinstance(d, str)]
+        return {name: dict(self.DIMS[name]) for name in dict.fromkeys(names)}
+
+    def score_dims(self, spec) -> list[str | int] | None:
+        """The dims of the attention scores (batch, heads, q_len, keys), for a request's work estimate; None
+        for a kind that computes no attention."""
+        return None
+
+    def value_dims(self, spec) -> dict[str, str]:
+        """{dim name: scalar input}: dims set by an input's value, not by a shape (the mask kind's size)."""
+        return {}
+
+    def dims_contract(self, spec) -> dict:
+        """The contract exporter/kinds/dims.py checks: the inputs' and outputs' dims, the dims' rules, the
+        scores' dims, the dims that are an input's value. Plain JSON."""
+        return {"inputs": self.input_dims(spec), "outputs": self.output_dims(spec), "dims": self.dim_rules(spec),
+                "scores": self.score_dims(spec), "values": self.value_dims(spec)}
 
     def output_dtypes(self, spec) -> dict[str, str]:
         raise NotImplementedError
@@ -184,6 +225,11 @@ class AttentionKindBase(ModuleKind):
             names = tuple(".".join((b, "q" + kv[2:], kv, kind)) for b, _, kv, kind in (n.split(".", 3) for n in names))
         return names
 
+    def score_dims(self, spec):
+        keys = "total_len" if "past_len" in self.dim_rules(spec) else "kv_len" if "kv_len" in self.dim_rules(
+            spec) else "q_len"  # mha-cache: the cache and the new tokens; mha-self: q_len keys
+        return ["batch", spec.heads, "q_len", keys]
+
     def describe_case(self, spec, dims, mask):
         what = MASK_KINDS.get(mask, f"the graph's own mask ({spec.mask})")
         return f"batch {dims['batch']}, q_len {dims['q_len']}, kv_len {dims['kv_len']}; mask: {what}"
@@ -209,3 +255,9 @@ class AttentionKindBase(ModuleKind):
                 f"'may attend', 0 means 'masked' (its score is replaced by {fill}). A query whose keys are all "
                 "masked attends uniformly (its output is the mean of the values): never NaN, never zeros. Bool "
                 "tensors are one byte per element (0 or 1)")
+
+
+def dims_problem(spec, shapes: dict) -> str | None:
+    """What breaks the dims contract of a model of `spec` in a request whose inputs have `shapes`
+    ({name: shape}), or None; the message names both inputs and the dim (exporter/kinds/dims.py)."""
+    return contract_problem(spec.kind.dims_contract(spec), shapes)

@@ -25,6 +25,9 @@ class SubsequentMaskKind(ModuleKind):
     def output_dims(self, spec):
         return {"mask": [1, "size", "size"]}
 
+    def value_dims(self, spec):
+        return {"size": "size"}
+
     def input_dtypes(self, spec):
         return {"size": "int64"}
 

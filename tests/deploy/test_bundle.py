@@ -340,3 +340,53 @@ def test_every_kinds_manifest_validates_against_the_schema(bundle_of, args):
     jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).validate(manifest)
     broken = dict(manifest, tolerance={"atol": -1, "rtol": 0})
     assert not jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).is_valid(broken)
+
+
+# --- the manifest names every dim (issue 27): a service checks a request's inputs against each other by it -----
+
+@pytest.mark.parametrize("args, dims", [
+    ((), {"batch": {}, "q_len": {}, "kv_len": {}, "mask_q_len": {"is": "q_len", "or_one": True}}),
+    (("--self-attention",), {"batch": {}, "q_len": {}, "mask_q_len": {"is": "q_len", "or_one": True}}),
+    (("--kv-cache",), {"batch": {}, "q_len": {}, "past_len": {}}),
+    (("--kv-cache", "--mask", "input"), {"batch": {}, "q_len": {}, "past_len": {},
+                                         "mask_q_len": {"is": "q_len", "or_one": True},
+                                         "total_len": {"sum": ["past_len", "q_len"]}}),
+    (("--module", "mask"), {}),
+], ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "mask"])
+def test_the_manifest_names_every_dim_its_inputs_use(bundle_of, args, dims):
+    manifest = read_manifest(bundle_of(*args))
+    assert {name: {k: v for k, v in rule.items() if k != "description"} for name, rule in manifest["dims"].items()} \
+        == dims
+    assert all(rule["description"] for rule in manifest["dims"].values())
+    used = {d for i in manifest["inputs"] for d in i["dims"] if isinstance(d, str)}
+    assert set(manifest["dims"]) == used
+
+
+def test_the_manifest_alone_refuses_the_inputs_that_answered_wrong(bundle):
+    """The manifest's inputs and dims are the whole contract: the requests of issue 27 are refused from them."""
+    from attn_onnx.exporter.kinds.dims import contract_problem
+
+    manifest = read_manifest(bundle)
+    contract = {"inputs": {i["name"]: i["dims"] for i in manifest["inputs"]}, "dims": manifest["dims"]}
+
+    def shapes(query, key, mask):
+        return {"query": (*query, 16), "key": (*key, 16), "value": (*key, 16), "mask": mask}
+
+    assert contract_problem(contract, shapes((2, 3), (2, 4), (2, 1, 4))) is None
+    assert contract_problem(contract, shapes((2, 3), (2, 4), (2, 3, 1))) == (
+        "input 'mask' dim 2 (kv_len) is 1, but input 'key' dim 1 (kv_len) is 4")
+    assert contract_problem(contract, shapes((2, 3), (1, 4), (2, 1, 2))) == (
+        "input 'key' dim 0 (batch) is 1, but input 'query' dim 0 (batch) is 2")
+
+
+def test_the_schema_holds_the_dims_entries(bundle):
+    import jsonschema
+
+    from attn_onnx.deploy.bundle import SCHEMA_FILE
+
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert validator.is_valid(manifest)
+    for broken in ({"batch": {}}, {"batch": {"description": 1}}, {"mask_q_len": {"description": "x", "or_one": 1}},
+                   {"total_len": {"description": "x", "sum": ["past_len"]}}):
+        assert not validator.is_valid(dict(manifest, dims=broken)), broken

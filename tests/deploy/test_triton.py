@@ -135,10 +135,18 @@ def test_the_python_backend_writes_model_py_beside_the_same_config(repo, tmp_pat
     # idle onnxruntime threads in model.py do not spin: at (1,16) and concurrency 4 spinning cost 20-30% of
     # the throughput on 2 cores, where Triton's frontend and the client share the cores
     assert config.parameters["session.intra_op.allow_spinning"].string_value == "0"
-    spinning = '\nparameters { key: "session.intra_op.allow_spinning" value: { string_value: "0" } }'
+    spinning = 'parameters { key: "session.intra_op.allow_spinning" value: { string_value: "0" } }\n'
+    tail = text[text.index(spinning):]  # model.py's parameters: the session's, the dims contract, the budget
     assert text.replace('backend: "python"', 'backend: "onnxruntime"').replace(
-        "dynamic_batching { max_queue_delay_microseconds: 500 }", "dynamic_batching { }").replace(
-        spinning, "") == onnxruntime_text
+        "dynamic_batching { max_queue_delay_microseconds: 500 }", "dynamic_batching { }").removesuffix(
+        tail) == onnxruntime_text
+    # model.py checks each request by these two (issue 27); the onnxruntime form carries neither
+    from attn_onnx.deploy.triton import dims_parameter
+    from attn_onnx.exporter.spec import ExportSpec
+
+    assert config.parameters["attn_onnx.dims"].string_value == dims_parameter(ExportSpec(heads=2, embedding_dim=16))
+    assert config.parameters["max_request_bytes"].string_value == str(1 << 30)
+    assert "parameters" not in onnxruntime_text
 
 
 @pytest.mark.parametrize("args, text", [

@@ -5,8 +5,8 @@ repositories export-attn writes, checked through Triton's own clients: tritoncli
 One server for the session, on 127.0.0.1 with free ports, stopped by its PID at the end (also on failure). Its
 repository: the bundle's model with --triton-backend python (`small`), a KV-cache model (`kv`), the same model
 with a long dynamic-batching delay (`batched`), a float16 one (`half`), the onnxruntime-backend form (`ortb`,
-which this server cannot load: it has no onnxruntime backend), and a python-backend copy with a broken config
-(`broken`, the control).
+which this server cannot load: it has no onnxruntime backend), a copy of `small` with a small work budget
+(`tight`), and a python-backend copy with a broken config (`broken`, the control).
 Skipped, visibly, where .deps/triton is absent (the setup script was not run).
 """
 
@@ -39,6 +39,7 @@ DEPS = ROOT / ".deps" / "triton"
 pytestmark = pytest.mark.skipif(not (DEPS / "bin" / "tritonserver").exists(),
                                 reason="no Triton here: run `bash scripts/setup/triton.sh` (it unpacks the "
                                        "nvidia-pytriton wheel into .deps/triton)")
+TIGHT_BUDGET = 100_000  # bytes: (1, 6, 6) requests fit, (4, 40, 40) ones do not
 BATCH_DELAY_US = 300_000  # `batched` holds a request this long for others to join its batch
 MISSING_BACKEND = ("Invalid argument: unable to find backend library for backend 'onnxruntime', try specifying "
                    "runtime on the model configuration.")
@@ -62,6 +63,12 @@ def live(tmp_path_factory):
             "--triton-max-queue-delay-us", str(BATCH_DELAY_US))
     _export("--triton-repo", str(repo), "--triton-backend", "python", "--name", "half", "--dtype", "float16")
     _export("--triton-repo", str(repo), "--name", "ortb")  # the default: onnxruntime backend
+    shutil.copytree(repo / "small", repo / "tight")  # `small` with a work budget of TIGHT_BUDGET bytes
+    config = (repo / "tight" / "config.pbtxt").read_text().replace('name: "small"', 'name: "tight"')
+    budget = f'key: "max_request_bytes" value: {{ string_value: "{1 << 30}" }}'
+    assert budget in config
+    tight = budget.replace(str(1 << 30), str(TIGHT_BUDGET))
+    (repo / "tight" / "config.pbtxt").write_text(config.replace(budget, tight))
     shutil.copytree(repo / "small", repo / "broken")
     config = (repo / "broken" / "config.pbtxt").read_text().replace('name: "small"', 'name: "broken"')
     (repo / "broken" / "config.pbtxt").write_text(config.replace("dims: [ -1, 16 ]", "dims: [ ]", 1))
@@ -214,7 +221,8 @@ def test_dynamic_batching_runs_concurrent_requests_together(live, client_of):
     assert errors[:8] == [None] * 8
     for answer, expected in zip(answers[:8], alone):  # each its own answer, as alone (to float32's roundoff)
         np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-5)
-    assert answers[8] is None and "Attempting to broadcast an axis by a dimension other than 1. 4 by 6" in errors[8]
+    # refused by the dims contract before it runs (it used to reach onnxruntime: "Attempting to broadcast...")
+    assert answers[8] is None and "input 'mask' dim 2 (kv_len) is 4, but input 'key' dim 1 (kv_len) is 6" in errors[8]
     assert success + fail == 9  # (the Python backend counts a request answered with an error as a success)
     assert executions < 9, f"{executions} executions for 9 requests"
 
@@ -258,9 +266,10 @@ def test_onnxruntime_backend_model_is_unavailable_for_the_missing_backend_only(l
     ortb = (live.repo / "ortb" / "config.pbtxt").read_text()
     small = (live.repo / "small" / "config.pbtxt").read_text()
     spinning = 'parameters { key: "session.intra_op.allow_spinning" value: { string_value: "0" } }\n'
-    assert small.endswith(spinning)  # model.py's session parameter; the onnxruntime backend's config has none
+    tail = small[small.index(spinning):]  # model.py's parameters (the session's, the dims contract, the budget)
+    assert '"attn_onnx.dims"' in tail and '"max_request_bytes"' in tail  # the onnxruntime backend's config has none
     assert ortb.replace('name: "ortb"', 'name: "small"').replace('backend: "onnxruntime"', 'backend: "python"') \
-        == small.removesuffix(spinning)
+        == small.removesuffix(tail)
     served = client_of("http-binary").client.get_model_config("small")
     assert served["backend"] == "python" and served["max_batch_size"] == 8
     assert [(i["name"], i["data_type"], i["dims"]) for i in served["input"]] == [
@@ -309,3 +318,40 @@ def test_a_port_taken_before_the_server_binds_it_is_chosen_again(tmp_path, monke
             pid = server.process.pid
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+@pytest.mark.parametrize("shapes, message", [
+    # issue 27: a mask of one key for 4 keys used to be broadcast over the keys and answered with a 200
+    ({"query": (2, 3), "key": (2, 4), "mask": (2, 3, 1)},
+     "input 'mask' dim 2 (kv_len) is 1, but input 'key' dim 1 (kv_len) is 4"),
+    # issue 27: keys of batch 1 under a query of batch 2 were reshaped into two 2-key sequences, a 200 too; with
+    # batching (max_batch_size > 0) the batch dim is Triton's, and Triton refuses it before model.py sees it
+    ({"query": (2, 3), "key": (1, 4), "mask": (2, 1, 2)}, "input 'value' batch size does not match other inputs"),
+    ({"query": (2, 3), "key": (2, 4), "mask": (2, 2, 4)},
+     "input 'mask' dim 1 (mask_q_len) is 2, but input 'query' dim 1 (q_len) is 3 (mask_q_len is q_len or 1)"),
+], ids=["mask-kv-1", "key-batch-1", "mask-rows-2"])
+def test_inputs_that_disagree_get_400_naming_both_inputs_and_the_dim(live, client_of, kind, shapes, message):
+    rng = np.random.default_rng(11)
+    feeds = {"query": rng.standard_normal((*shapes["query"], 16), dtype=np.float32),
+             "key": rng.standard_normal((*shapes["key"], 16), dtype=np.float32),
+             "value": rng.standard_normal((*shapes["key"], 16), dtype=np.float32),
+             "mask": np.zeros(shapes["mask"], bool)}
+    with pytest.raises(InferenceServerException) as caught:
+        client_of(kind).infer("small", feeds, ["output"])
+    assert message in caught.value.message()
+    assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+
+
+@pytest.mark.parametrize("kind", ["http-binary", "grpc"])
+def test_a_request_past_the_work_budget_gets_400_naming_the_estimate_and_the_budget(live, client_of, kind):
+    rng = np.random.default_rng(12)
+    client = client_of(kind)
+    assert client.infer("tight", _feeds(rng), ["output"])["output"].shape == (1, 6, 16)
+    big = _feeds(rng, batch=4, length=40, kv_len=40)
+    estimate = 4 * (2 * 4 * 2 * 40 * 40 + sum(a.size for a in big.values()) + 4 * 40 * 16)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("tight", big, ["output"])
+    assert f"{estimate} bytes" in caught.value.message()
+    assert f"budget of {TIGHT_BUDGET} bytes" in caught.value.message()
+    assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")

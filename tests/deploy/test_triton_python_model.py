@@ -22,8 +22,10 @@ from tritonclient.grpc import model_config_pb2  # noqa: E402
 
 
 class TritonError:
-    def __init__(self, message):
-        self.message = message
+    INTERNAL, INVALID_ARG = "INTERNAL", "INVALID_ARG"  # two of the codes of the 2.51 backend's TritonError
+
+    def __init__(self, message, code="INTERNAL"):
+        self.message, self.code = message, code
 
 
 class Response:
@@ -78,9 +80,14 @@ def model_py(repo, monkeypatch):
     return module
 
 
-def _args(repo, name, kind="CPU", parameters=""):
-    """TritonPythonModel.initialize's args, the config as Triton passes it (JSON of its ModelConfig)."""
+def _args(repo, name, kind="CPU", parameters="", budget=None):
+    """TritonPythonModel.initialize's args, the config as Triton passes it (JSON of its ModelConfig); `budget`
+    replaces the written max_request_bytes."""
     text = (repo / name / "config.pbtxt").read_text() + parameters
+    if budget is not None:
+        written = f'key: "max_request_bytes" value: {{ string_value: "{1 << 30}" }}'
+        assert written in text
+        text = text.replace(written, f'key: "max_request_bytes" value: {{ string_value: "{budget}" }}')
     config = json_format.MessageToDict(text_format.Parse(text, model_config_pb2.ModelConfig()),
                                        preserving_proto_field_name=True)
     return {"model_config": json.dumps(config), "model_instance_kind": kind, "model_instance_device_id": "0",
@@ -129,9 +136,9 @@ def test_requests_of_one_shape_run_as_one_batch_and_get_their_own_answers(model_
              _feeds(rng, 1, 5, 7, mask_rows=1), _feeds(rng, 2, 5, 7, mask_batch=1)]
     responses = model.execute([Request(f) for f in feeds])
     # (5,7) with a full mask: 1+2+1 in one run; (3,4) and the (batch, 1, kv_len) mask each in a run of their
-    # own; the mask of batch 1 for a query of 2 runs alone (concatenated, its batch would not line up), and fails
-    assert sorted(counting.batches) == [1, 1, 2, 4]
-    assert "Attempting to broadcast an axis" in responses[5].error.message
+    # own; the mask of batch 1 for a query of 2 is refused by the dims contract before anything runs
+    assert sorted(counting.batches) == [1, 1, 4]
+    assert responses[5].error.message == "input 'mask' dim 0 (batch) is 1, but input 'query' dim 0 (batch) is 2"
     for f, response in zip(feeds[:5], responses):
         assert response.error is None
         np.testing.assert_allclose(response.outputs["output"], alone.run(None, f)[0], rtol=1e-4, atol=1e-5)
@@ -193,3 +200,104 @@ def test_the_written_config_keeps_onnxruntime_s_idle_threads_from_spinning(model
     config = json.loads(_args(repo, "mha")["model_config"])
     options = model_py.session_options(config)
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+# --- the dims contract and the work budget (issue 27) ---------------------------------------------------------
+
+
+def test_the_config_carries_the_dims_contract_and_the_budget(repo):
+    from attn_onnx.deploy.triton import dims_parameter
+    from attn_onnx.exporter.spec import ExportSpec
+
+    parameters = json.loads(_args(repo, "mha")["model_config"])["parameters"]
+    contract = json.loads(parameters["attn_onnx.dims"]["string_value"])
+    assert contract == json.loads(dims_parameter(ExportSpec(heads=2, embedding_dim=16)))
+    assert contract["dims"]["mask_q_len"] == {"is": "q_len", "or_one": True}
+    assert contract["scores"] == ["batch", 2, "q_len", "kv_len"]
+    assert parameters["max_request_bytes"]["string_value"] == str(1 << 30)
+
+
+@pytest.mark.parametrize("shapes, message", [
+    # a mask of one key for 4 keys: broadcast over the keys, the padding never applied (a 200 with wrong numbers)
+    ({"query": (2, 3), "key": (2, 4), "mask": (2, 3, 1)},
+     "input 'mask' dim 2 (kv_len) is 1, but input 'key' dim 1 (kv_len) is 4"),
+    # keys of batch 1 under a query of batch 2, a mask of 2 keys: the graph split one 4-key sequence in two
+    ({"query": (2, 3), "key": (1, 4), "mask": (2, 1, 2)},
+     "input 'key' dim 0 (batch) is 1, but input 'query' dim 0 (batch) is 2"),
+    ({"query": (2, 3), "key": (2, 4), "mask": (2, 2, 4)},
+     "input 'mask' dim 1 (mask_q_len) is 2, but input 'query' dim 1 (q_len) is 3 (mask_q_len is q_len or 1)"),
+])
+def test_a_request_whose_inputs_disagree_is_refused_and_the_others_answered(model_py, repo, shapes, message):
+    model = _model(model_py, repo)
+    rng = np.random.default_rng(3)
+    bad = {"query": rng.standard_normal((*shapes["query"], 16), dtype=np.float32),
+           "key": rng.standard_normal((*shapes["key"], 16), dtype=np.float32),
+           "value": rng.standard_normal((*shapes["key"], 16), dtype=np.float32),
+           "mask": np.zeros(shapes["mask"], bool)}
+    good = _feeds(rng, 2, 3, 4)
+    responses = model.execute([Request(good), Request(bad), Request(good)])
+    assert responses[1].error.message == message and responses[1].error.code == "INVALID_ARG"
+    assert responses[1].outputs == {}
+    assert responses[0].error is None and responses[2].error is None
+    np.testing.assert_array_equal(responses[0].outputs["output"], responses[2].outputs["output"])
+
+
+def test_a_request_past_the_work_budget_is_refused_naming_the_estimate_and_the_budget(model_py, repo):
+    rng = np.random.default_rng(4)
+    small, large = _feeds(rng, 1, 3, 4), _feeds(rng, 2, 50, 60)
+    # 4 x (2 x batch x heads x q_len x kv_len + inputs + output)
+    estimate = 4 * (2 * 2 * 2 * 50 * 60 + sum(a.size for a in large.values()) + 2 * 50 * 16)
+    assert model_py.estimated_bytes(_model(model_py, repo).contract, large) == estimate
+    model = _model(model_py, repo, budget=estimate - 1)
+    responses = model.execute([Request(small), Request(large)])
+    assert responses[0].error is None
+    assert responses[1].error.code == "INVALID_ARG"
+    assert f"{estimate} bytes" in responses[1].error.message and f"budget of {estimate - 1} bytes" in (
+        responses[1].error.message)
+    assert _model(model_py, repo, budget=estimate).execute([Request(large)])[0].error is None
+    assert _model(model_py, repo).max_request_bytes == 1 << 30  # the written default: 1 GiB
+
+
+def test_the_template_s_checker_is_the_package_s(model_py):
+    """model.py carries a copy of exporter/kinds/dims.py's contract_problem (it imports nothing of attn_onnx):
+    the two give the same answer, shape for shape, for every kind."""
+    import itertools
+
+    from attn_onnx.exporter.kinds.dims import contract_problem
+    from attn_onnx.exporter.spec import ExportSpec
+
+    specs = [ExportSpec(heads=2, embedding_dim=16), ExportSpec(module="attention", heads=2, embedding_dim=16),
+             ExportSpec(module="mha-self", heads=2, embedding_dim=16),
+             ExportSpec(module="mha-cache", heads=2, embedding_dim=16, mask="input")]
+    checked = 0
+    for spec in specs:
+        contract = json.loads(json.dumps(spec.kind.dims_contract(spec)))
+        for sizes in itertools.product((1, 2, 3), repeat=3):  # every named dim of each input from a small set
+            b, q, k = sizes
+            value = {"batch": b, "q_len": q, "kv_len": k, "past_len": k, "mask_q_len": 1, "total_len": k + q}
+            shapes = {name: [value[d] if isinstance(d, str) else d for d in dims]
+                      for name, dims in contract["inputs"].items()}
+            for name in shapes:  # each input with each axis off by one, too
+                for axis in range(len(shapes[name])):
+                    wrong = {**shapes, name: [n + (i == axis) for i, n in enumerate(shapes[name])]}
+                    assert model_py.contract_problem(contract, wrong) == contract_problem(contract, wrong)
+                    checked += 1
+            assert model_py.contract_problem(contract, shapes) is None and contract_problem(contract, shapes) is None
+    assert checked > 500
+
+
+def test_the_estimate_reads_a_cache_step_s_keys_and_the_mask_module_s_size(model_py):
+    from attn_onnx.exporter.spec import ExportSpec
+
+    spec = ExportSpec(module="mha-cache", heads=2, embedding_dim=16, mask="causal", causal_align="bottom-right")
+    contract = json.loads(json.dumps(spec.kind.dims_contract(spec)))
+    feeds = {**{n: np.zeros((3, 2, 16), np.float32) for n in ("query", "key", "value")},
+             **{n: np.zeros((3, 2, 7, 8), np.float32) for n in ("past_key", "past_value")}}
+    total = 7 + 2  # total_len = past_len + q_len: the keys, and the presents' length
+    assert model_py.estimated_bytes(contract, feeds) == 4 * (
+        2 * 3 * 2 * 2 * total + 3 * 2 * 16 * 3 + 3 * 2 * 7 * 8 * 2 + 3 * 2 * 16 + 3 * 2 * total * 8 * 2)
+    spec = ExportSpec(module="mask")
+    contract = json.loads(json.dumps(spec.kind.dims_contract(spec)))
+    assert model_py.estimated_bytes(contract, {"size": np.array(20000, np.int64)}) == 4 * (1 + 20000 * 20000)
+    assert "past the model's budget of 1073741824 bytes" in model_py.request_problem(
+        contract, 1 << 30, {"size": np.array(20000, np.int64)})

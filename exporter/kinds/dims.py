@@ -1,0 +1,78 @@
+"""The dims contract: how the inputs of one request must agree with each other, and the one function that
+checks it. Imports nothing (no numpy, no torch), so any service can take it as it is.
+
+A contract is plain JSON, written by a kind's `dims_contract(spec)` (exporter/kinds/base.py):
+
+    {"inputs":  {"query": ["batch", "q_len", 512], "mask": ["batch", "mask_q_len", "kv_len"], ...},
+     "outputs": {"output": ["batch", "q_len", 512], ...},
+     "dims":    {"batch": {"description": "..."},
+                 "mask_q_len": {"description": "...", "is": "q_len", "or_one": true},
+                 "total_len": {"description": "...", "sum": ["past_len", "q_len"]}},
+     "scores":  ["batch", 8, "q_len", "kv_len"]}
+
+The rules: a number is that size exactly; every axis with the same name has the same size, in every input (no
+broadcasting: a mask of batch 1, or of 1 key, is refused); a dim with `is` equals that dim, or is 1 where
+`or_one`; a dim with `sum` equals the sum of those dims. `scores` are the dims of the attention scores
+(batch x heads x q_len x kv_len), for a request's work estimate; null for a kind without attention.
+
+deploy/triton_python_model.py carries a copy of `contract_problem` (it imports nothing of attn_onnx);
+tests/deploy/test_triton_python_model.py holds the two to the same answers.
+"""
+
+from __future__ import annotations
+
+
+def contract_problem(contract: dict, shapes: dict) -> str | None:
+    """What breaks `contract` in a request whose inputs have `shapes` ({name: shape}), or None: a message
+    naming both inputs and the dim, e.g. "input 'mask' dim 2 (kv_len) is 1, but input 'key' dim 1 (kv_len)
+    is 4". Inputs absent from `shapes` are not checked (a missing input is another error)."""
+    seen = {}  # dim name -> (size, input, axis) where it was first seen
+    for name, dims in contract["inputs"].items():
+        if name not in shapes:
+            continue
+        shape = [int(n) for n in shapes[name]]
+        if len(shape) != len(dims):
+            return (f"input {name!r} has {len(shape)} dims {shape}, but the model takes {len(dims)}: "
+                    f"({', '.join(str(d) for d in dims)})")
+        for axis, (dim, size) in enumerate(zip(dims, shape)):
+            if isinstance(dim, int):
+                if size != dim:
+                    return f"input {name!r} dim {axis} is {size}, but the model takes {dim} there"
+            elif dim in seen and seen[dim][0] != size:
+                first, other, other_axis = seen[dim]
+                return (f"input {name!r} dim {axis} ({dim}) is {size}, but input {other!r} dim {other_axis} "
+                        f"({dim}) is {first}")
+            else:
+                seen.setdefault(dim, (size, name, axis))
+
+    def where(dim):
+        size, name, axis = seen[dim]
+        return f"input {name!r} dim {axis} ({dim}) is {size}"
+
+    for dim, rule in contract.get("dims", {}).items():
+        if dim not in seen:
+            continue
+        size = seen[dim][0]
+        same = rule.get("is")
+        if same is not None and same in seen and size != seen[same][0] and not (rule.get("or_one") and size == 1):
+            return f"{where(dim)}, but {where(same)}" + (f" ({dim} is {same} or 1)" if rule.get("or_one") else "")
+        parts = rule.get("sum")
+        if parts and all(p in seen for p in parts):
+            total = sum(seen[p][0] for p in parts)
+            if size != total:
+                return (f"{where(dim)}, but {' and '.join(where(p) for p in parts)}: {dim} is "
+                        f"{' + '.join(parts)} = {total}")
+    return None
+
+
+def resolve(contract: dict, shapes: dict) -> dict:
+    """The size of every dim the inputs' `shapes` set, and of the dims that are sums of those."""
+    sizes = {}
+    for name, dims in contract["inputs"].items():
+        for dim, size in zip(dims, shapes.get(name, ())):
+            if isinstance(dim, str):
+                sizes.setdefault(dim, int(size))
+    for dim, rule in contract.get("dims", {}).items():
+        if dim not in sizes and rule.get("sum") and all(p in sizes for p in rule["sum"]):
+            sizes[dim] = sum(sizes[p] for p in rule["sum"])
+    return sizes
