@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 'use strict';
-// node server.js --bundle DIR --port N [--grpc-port M] [--host 127.0.0.1] [--max-body-bytes N]
-//                [--intra-op-threads N] [--spinning on|off]
+// node server.js --bundle DIR --port N [options]; node server.js --help for them all.
 //
 // Serves a bundle's model over the Open Inference Protocol (KServe v2), the protocol Triton serves too, so that
 // a client written for it (tritonclient, perf_analyzer, curl) works unchanged here and against a Triton cluster:
@@ -9,62 +8,109 @@
 //     statistics extensions (lib/http.js);
 //   gRPC on --grpc-port, when given: inference.GRPCInferenceService (lib/grpc.js, proto/).
 // A bad request gets a 4xx (or INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED) naming the problem; the service
-// keeps serving. SIGTERM answers the requests in flight, over both, then exits 0.
+// keeps serving. Inputs are checked against each other by the model's named dims (lib/dims.js), and a request
+// whose estimated peak memory passes --max-request-bytes is refused (413, RESOURCE_EXHAUSTED) before it runs.
+// SIGTERM: stop accepting at once; answer the requests in flight, over both, for up to --grace-seconds; then
+// close whatever is left (stalled uploads included) and exit 0.
 
-const { loadModel } = require('./lib/model');
+const { loadModel, DEFAULT_MAX_REQUEST_BYTES } = require('./lib/model');
 const { createHttpServer } = require('./lib/http');
 const { MAX_ELEMENTS } = require('./lib/protocol');
 
 const DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024;
+const DEFAULT_GRACE_SECONDS = 10;
+
+const USAGE = `usage: node server.js --bundle DIR --port N [options]
+
+  --bundle DIR               the bundle to serve (export-attn --bundle DIR)
+  --port N                   HTTP/REST port (0: a free one)
+  --grpc-port M              gRPC port too (0: a free one)
+  --host H                   the address to listen on (default 127.0.0.1)
+  --max-body-bytes N         the largest body, after gzip/deflate inflation (default ${DEFAULT_MAX_BODY_BYTES})
+  --max-request-bytes N      the work budget: a request whose estimated peak memory is past it gets 413 /
+                             RESOURCE_EXHAUSTED (default ${DEFAULT_MAX_REQUEST_BYTES}, 1 GiB)
+  --grace-seconds S          on SIGTERM, how long requests in flight have to finish before what is left is
+                             closed (default ${DEFAULT_GRACE_SECONDS})
+  --intra-op-threads N       onnxruntime's intra-op threads (0: one per physical core)
+  --spinning on|off          let onnxruntime's threads spin-wait between runs (default off)
+  --help                     this text`;
 
 // The model and its HTTP server (`server`, not listening yet); a gRPC server too with `grpc: true`.
-async function createService({ bundle, maxBodyBytes = DEFAULT_MAX_BODY_BYTES, grpc = false, threads = 0, spinning = false }) {
-  const model = await loadModel(bundle, { threads, spinning });
+async function createService({
+  bundle, maxBodyBytes = DEFAULT_MAX_BODY_BYTES, maxRequestBytes = DEFAULT_MAX_REQUEST_BYTES, grpc = false, threads = 0,
+  spinning = false,
+}) {
+  const model = await loadModel(bundle, { threads, spinning, maxRequestBytes });
   const rest = createHttpServer(model, { maxBodyBytes });
   const rpc = grpc ? require('./lib/grpc').createGrpcServer(model, { maxBodyBytes }) : null; // loads the .proto
-  const drain = () => Promise.all([rest.drain(), rpc && rpc.drain()]);
+  const drain = (graceMs = Infinity) => Promise.all([rest.drain(graceMs), rpc && rpc.drain(graceMs)]);
   return { server: rest.server, grpc: rpc, model, manifest: model.manifest, drain, inFlight: rest.inFlight };
 }
 
+class UsageError extends Error {}
+
+// argv -> the options; {help: true} for --help; UsageError (exit 2) for anything amiss.
 function parseArgs(argv) {
-  const args = { host: '127.0.0.1', maxBodyBytes: DEFAULT_MAX_BODY_BYTES };
+  const args = { host: '127.0.0.1', maxBodyBytes: DEFAULT_MAX_BODY_BYTES, maxRequestBytes: DEFAULT_MAX_REQUEST_BYTES,
+    graceSeconds: DEFAULT_GRACE_SECONDS };
+  if (argv.includes('--help') || argv.includes('-h')) return { help: true };
   const port = (flag, value) => {
     const n = Number(value);
-    if (!/^\d+$/.test(value) || n > 65535) throw new Error(`${flag} must be a port number, 0 to 65535 (0: a free one)`);
+    if (!/^\d+$/.test(value) || n > 65535) throw new UsageError(`${flag} must be a port number, 0 to 65535 (0: a free one)`);
     return n;
+  };
+  const positive = (flag, value) => {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n <= 0) throw new UsageError(`${flag} must be a positive integer`);
+    return n;
+  };
+  const set = {
+    '--bundle': (v) => { args.bundle = v; },
+    '--port': (v) => { args.port = port('--port', v); },
+    '--grpc-port': (v) => { args.grpcPort = port('--grpc-port', v); },
+    '--host': (v) => { args.host = v; },
+    '--max-body-bytes': (v) => { args.maxBodyBytes = positive('--max-body-bytes', v); },
+    '--max-request-bytes': (v) => { args.maxRequestBytes = positive('--max-request-bytes', v); },
+    '--grace-seconds': (v) => {
+      const n = Number(v);
+      if (v.trim() === '' || !Number.isFinite(n) || n < 0) throw new UsageError('--grace-seconds must be a number of seconds >= 0');
+      args.graceSeconds = n;
+    },
+    '--intra-op-threads': (v) => {
+      const n = Number(v);
+      if (!(Number.isInteger(n) && n >= 0)) throw new UsageError('--intra-op-threads must be a whole number (0: one per physical core)');
+      args.threads = n;
+    },
+    '--spinning': (v) => {
+      if (v !== 'on' && v !== 'off') throw new UsageError('--spinning takes on or off');
+      args.spinning = v === 'on';
+    },
   };
   for (let i = 0; i < argv.length; i += 2) {
     const [flag, value] = [argv[i], argv[i + 1]];
-    if (value === undefined) throw new Error(`${flag} needs a value`);
-    if (flag === '--bundle') args.bundle = value;
-    else if (flag === '--port') args.port = port(flag, value);
-    else if (flag === '--grpc-port') args.grpcPort = port(flag, value);
-    else if (flag === '--host') args.host = value;
-    else if (flag === '--max-body-bytes') args.maxBodyBytes = Number(value);
-    else if (flag === '--intra-op-threads') args.threads = Number(value);
-    else if (flag === '--spinning') {
-      if (value !== 'on' && value !== 'off') throw new Error('--spinning takes on or off');
-      args.spinning = value === 'on';
-    } else throw new Error(`unknown option ${flag}`);
+    if (!set[flag]) throw new UsageError(`unknown option ${flag} (node server.js --help lists them)`);
+    if (value === undefined) throw new UsageError(`${flag} needs a value`);
+    set[flag](value);
   }
-  if (!args.bundle || args.port === undefined) {
-    throw new Error('usage: node server.js --bundle DIR --port N [--grpc-port M] [--host 127.0.0.1] [--max-body-bytes N] ' +
-      '[--intra-op-threads N] [--spinning on|off]');
-  }
-  if (args.threads !== undefined && !(Number.isInteger(args.threads) && args.threads >= 0)) {
-    throw new Error('--intra-op-threads must be a whole number (0: one per physical core)');
-  }
-  if (!Number.isInteger(args.maxBodyBytes) || args.maxBodyBytes <= 0) throw new Error('--max-body-bytes must be a positive integer');
+  if (!args.bundle || args.port === undefined) throw new UsageError(USAGE.split('\n')[0]);
   return args;
 }
 
 async function main(args) {
   const service = await createService({ ...args, grpc: args.grpcPort !== undefined });
-  // In-flight requests are answered and flushed first; then nothing keeps the event loop alive and node
-  // exits 0 by itself (calling process.exit at once could cut a large answer still in the socket). The
-  // unref'd timer only forces the exit if something else still holds the loop 10 s later. The handlers are in
-  // place before the service says it is up: a SIGTERM right after that line must drain, not kill.
-  const stop = () => service.drain().then(() => setTimeout(() => process.exit(0), 10000).unref());
+  // SIGTERM (or Ctrl-C): stop accepting at once; requests in flight are answered and flushed, for up to
+  // --grace-seconds; then what is left is closed (stalled uploads too), nothing keeps the event loop alive and node
+  // exits 0 by itself (calling process.exit at once could cut a large answer still in the socket). The unref'd
+  // timer, armed at the signal, forces the exit if something else still holds the loop 5 s past the grace. The
+  // handlers are in place before the service says it is up: a SIGTERM right after that line must drain, not kill.
+  const graceMs = args.graceSeconds * 1000;
+  let stopping = false;
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    setTimeout(() => process.exit(0), graceMs + 5000).unref();
+    service.drain(graceMs);
+  };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
   await new Promise((resolve, reject) => {
@@ -85,10 +131,14 @@ if (require.main === module) {
     console.error(`Error: ${err.message}`);
     process.exit(2);
   }
+  if (args.help) {
+    console.log(USAGE);
+    process.exit(0);
+  }
   main(args).catch((err) => {
     console.error(`Error: ${err.message}`);
     process.exit(1);
   });
 }
 
-module.exports = { createService, DEFAULT_MAX_BODY_BYTES, MAX_ELEMENTS };
+module.exports = { createService, parseArgs, DEFAULT_GRACE_SECONDS, DEFAULT_MAX_BODY_BYTES, MAX_ELEMENTS };

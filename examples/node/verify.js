@@ -3,12 +3,22 @@
 // node verify.js BUNDLE_DIR
 // Checks the manifest's sha256s, runs every golden vector set in onnxruntime-node, and compares the outputs
 // with the float64 PyTorch answers within the manifest's tolerance. A model with a KV cache also decodes the
-// manifest's decode steps, threading each step's present_* into the next step's past_*. One line per set
-// or step; exit 0 when all pass.
+// manifest's decode steps, threading each step's present_* into the next step's past_*. Each set's and step's
+// inputs are first checked against each other by the model's named dims (lib/dims.js): a mismatch is a FAILED
+// line naming both inputs and the dim. One line per set or step; exit 0 when all pass.
 
 const path = require('node:path');
 const ort = require('onnxruntime-node');
 const { BundleError, changedFiles, checkOutputs, compare, loadTensor, readManifest, toOrt } = require('./lib/bundle');
+const { dimsProblem } = require('./lib/dims');
+
+// A set's or step's feeds checked against each other by the model's named dims (lib/dims.js, the rule the service
+// applies): a FAILED line naming both inputs and the dim, or null.
+function dimsVerdict(manifest, feeds, label) {
+  const shapes = Object.fromEntries(Object.entries(feeds).map(([name, t]) => [name, Array.from(t.dims)]));
+  const problem = dimsProblem(manifest, shapes);
+  return problem && `FAILED | onnxruntime-node | ${label} | the inputs disagree: ${problem}`;
+}
 
 async function verify(dir, log = console.log) {
   const manifest = readManifest(dir);
@@ -23,6 +33,12 @@ async function verify(dir, log = console.log) {
   for (const set of manifest.test_data_sets) {
     const feeds = {};
     for (const f of set.inputs) feeds[f.name] = toOrt(loadTensor(path.join(dir, f.file)));
+    const refused = dimsVerdict(manifest, feeds, `${set.folder} (${set.case})`);
+    if (refused) {
+      log(refused);
+      failed++;
+      continue;
+    }
     const results = await session.run(feeds);
     const verdicts = set.outputs.map((f) => {
       const expected = loadTensor(path.join(dir, f.file));
@@ -44,6 +60,12 @@ async function verify(dir, log = console.log) {
     for (const step of steps) {
       const feeds = { ...past };
       for (const f of step.inputs) feeds[f.name] = toOrt(loadTensor(path.join(dir, f.file)));
+      const refused = dimsVerdict(manifest, feeds, `${step.folder} (${step.new_tokens} new, past ${step.past_len})`);
+      if (refused) { // the steps after it thread its outputs: none to thread
+        log(refused);
+        failed++;
+        break;
+      }
       const results = await session.run(feeds);
       const verdicts = step.outputs.map((f) => ({ name: f.name, ...compare(results[f.name], loadTensor(path.join(dir, f.file)),
         manifest.tolerance) }));

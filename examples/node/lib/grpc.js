@@ -71,8 +71,8 @@ function decodeInfer(model, request) {
       throw new RequestError(400, `${where}: ${spec.datatype} values go in contents.${kind.contents}, and only there`);
     }
     return fromValues({ shape }, spec, values, count, CONTENTS_ELEMENT[spec.datatype]);
-  });
-  let wanted = model.outputs.map((o) => o.name);
+  }, (shapes) => model.checkShapes(shapes), (input) => input.shape.map(Number));
+  let wanted = model.outputs.map((o) => o.name); // no outputs listed: every output
   if (request.outputs.length) {
     for (const o of request.outputs) {
       if (o.parameters.classification) {
@@ -173,10 +173,24 @@ function createGrpcServer(model, { maxBodyBytes }) {
     });
   }
 
-  // Stop taking calls; resolve once every call in flight has been answered.
-  function drain() {
+  // Stop taking calls; resolve once every call in flight has been answered, or, after `graceMs` (when finite),
+  // once the calls still open are cancelled (forceShutdown: the client gets CANCELLED/UNAVAILABLE).
+  function drain(graceMs = Infinity) {
     draining = true;
-    return new Promise((resolve) => server.tryShutdown(() => resolve()));
+    return new Promise((resolve) => {
+      let timer = null;
+      if (Number.isFinite(graceMs)) {
+        timer = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, graceMs);
+        timer.unref();
+      }
+      server.tryShutdown(() => {
+        if (timer) clearTimeout(timer);
+        resolve();
+      });
+    });
   }
 
   return { server, listen, drain };

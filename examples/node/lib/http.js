@@ -88,7 +88,7 @@ function decodeRequest(model, body, headerLength) {
     const tensor = fromBytes(input, spec, body.subarray(offset, offset + size));
     offset += size;
     return tensor;
-  });
+  }, (shapes) => model.checkShapes(shapes));
   if (offset !== body.length) {
     throw new RequestError(400, `${body.length - offset} bytes after the JSON header that no input's binary_data_size accounts for`);
   }
@@ -97,7 +97,8 @@ function decodeRequest(model, body, headerLength) {
   if (typeof defaultBinary !== 'boolean') throw new RequestError(400, 'binary_data_output must be true or false');
   let wanted;
   let binary;
-  if (request.outputs === undefined) {
+  if (request.outputs === undefined || (Array.isArray(request.outputs) && request.outputs.length === 0)) {
+    // no list, or an empty one: every output (as Triton answers `"outputs": []`)
     wanted = model.outputs.map((o) => o.name);
     binary = wanted.map(() => defaultBinary);
   } else {
@@ -165,19 +166,9 @@ function headerLengthOf(req, bodyLength) {
 }
 
 // A request body sent with Content-Encoding gzip or deflate (zlib), as tritonclient's
-// request_compression_algorithm sends it; inflated to at most `limit` bytes, so a small body cannot claim memory.
-const INFLATE = { gzip: zlib.gunzipSync, deflate: zlib.inflateSync };
-
-function inflate(encoding, body, limit) {
-  try {
-    return INFLATE[encoding](body, { maxOutputLength: limit });
-  } catch (err) {
-    if (err.code === 'ERR_BUFFER_TOO_LARGE') {
-      throw new RequestError(413, `the body inflates past ${limit} bytes, the most this service takes`);
-    }
-    throw new RequestError(400, `the body is not valid ${encoding} data: ${err.message}`);
-  }
-}
+// request_compression_algorithm sends it: inflated as it streams in, and stopped (413) as soon as the inflated
+// bytes pass `limit`, so a small body cannot claim memory.
+const INFLATE = { gzip: zlib.createGunzip, deflate: zlib.createInflate };
 
 // The chunks of a body in one buffer, placed so that its binary part (after `headerLength` bytes of JSON) starts
 // at an offset that is a multiple of 8: typed arrays of any element then view it without a copy.
@@ -239,42 +230,61 @@ function createHttpServer(model, { maxBodyBytes }) {
     res.uncork();
   }
 
+  // A refusal on the model's route, before the model saw the request (415, 413): counted as a failure in the
+  // statistics, as every 4xx on the route is.
+  function refuse(req, res, status, error, started) {
+    model.stats.fail(process.hrtime.bigint() - started);
+    send(res, status, { error });
+  }
+
   function infer(req, res) {
+    const arrived = process.hrtime.bigint();
     const encoding = (req.headers['content-encoding'] || 'identity').trim().toLowerCase();
     if (!INFLATE[encoding] && encoding !== 'identity') {
-      send(res, 415, { error: `Content-Encoding ${encoding} is not supported; send identity, gzip or deflate` });
+      refuse(req, res, 415, `Content-Encoding ${encoding} is not supported; send identity, gzip or deflate`, arrived);
       req.resume();
       return;
     }
     const declared = Number(req.headers['content-length']);
     if (declared > maxBodyBytes) {
-      send(res, 413, { error: `the body is ${declared} bytes; this service takes at most ${maxBodyBytes}` });
+      refuse(req, res, 413, `the body is ${declared} bytes; this service takes at most ${maxBodyBytes}`, arrived);
       req.resume();
       return;
     }
-    const chunks = [];
-    let size = 0;
+    const chunks = []; // the body's bytes, inflated where it was compressed
+    let size = 0; // of chunks
+    let received = 0; // bytes off the wire
     let refused = false;
-    req.on('data', (chunk) => {
+    let ended = false; // the request's body was read to its end
+    let pending = null; // a refusal kept until the client has sent its (compressed, bounded) body: see take()
+    const stop = (status, error) => {
+      refused = true;
+      pending = null;
+      chunks.length = 0;
+      refuse(req, res, status, error, arrived);
+    };
+    const take = (chunk) => {
       if (refused) return;
       size += chunk.length;
       if (size > maxBodyBytes) {
         refused = true;
         chunks.length = 0;
-        send(res, 413, { error: `the body is over ${maxBodyBytes} bytes, the most this service takes` });
+        if (inflater) { // inflation stops here; the 413 goes once the compressed rest (itself bounded) is read,
+          inflater.destroy(); // so that a client still sending it reads the answer, not a broken pipe
+          pending = [413, `the body inflates past ${maxBodyBytes} bytes, the most this service takes`];
+          if (ended) stop(...pending); // the whole body was read already: answer now
+        } else {
+          stop(413, `the body is over ${maxBodyBytes} bytes, the most this service takes`);
+        }
         return;
       }
       chunks.push(chunk);
-    });
-    req.on('end', () => {
+    };
+    const whole = () => {
       if (refused) return;
       const started = process.hrtime.bigint();
       model.infer(started, () => {
-        let [parts, length] = [chunks.splice(0), size];
-        if (encoding !== 'identity') { // Inference-Header-Content-Length counts the inflated body's bytes
-          parts = [inflate(encoding, Buffer.concat(parts, length), maxBodyBytes)];
-          length = parts[0].length;
-        }
+        const [parts, length] = [chunks.splice(0), size]; // Inference-Header-Content-Length counts inflated bytes
         const headerLength = headerLengthOf(req, length);
         const body = headerLength === null ? Buffer.concat(parts, length) : assemble(parts, length, headerLength);
         return decodeRequest(model, body, headerLength);
@@ -282,6 +292,33 @@ function createHttpServer(model, { maxBodyBytes }) {
         (answer) => sendAnswer(res, answer),
         (err) => send(res, err instanceof RequestError ? err.status : 500, { error: err.message }),
       );
+    };
+    const inflater = encoding === 'identity' ? null : INFLATE[encoding]();
+    if (inflater) {
+      inflater.on('data', take);
+      inflater.on('end', whole);
+      inflater.on('error', (err) => {
+        if (!refused) stop(400, `the body is not valid ${encoding} data: ${err.message}`);
+      });
+    }
+    req.on('data', (chunk) => {
+      if (refused && !pending) return;
+      received += chunk.length;
+      if (received > maxBodyBytes) {
+        stop(413, `the body is over ${maxBodyBytes} bytes, the most this service takes`);
+        if (inflater) inflater.destroy();
+        return;
+      }
+      if (refused) return;
+      if (inflater) inflater.write(chunk);
+      else take(chunk);
+    });
+    req.on('end', () => {
+      ended = true;
+      if (pending) stop(...pending);
+      if (refused) return;
+      if (inflater) inflater.end();
+      else whole();
     });
   }
 
@@ -309,17 +346,27 @@ function createHttpServer(model, { maxBodyBytes }) {
     return send(res, 404, { error: `no route ${req.method} ${req.url}` });
   });
 
-  // Stop taking connections, let every request in flight be answered and flushed, then resolve.
+  // Stop taking connections, let every request in flight be answered and flushed, then resolve. After `graceMs`
+  // (when finite) whatever is left is closed: requests still running, answers still in the socket, and uploads
+  // that stalled (a client that sent its headers and part of its body, then nothing); then resolve.
   //
   // Not http's server.close() at once: since Node 19 it also destroys the connections it deems idle, and it
   // deems a connection idle as soon as its answer was end()ed, although a large answer may still sit in
   // the socket's queue. Destroying it then cuts the answer short (the client reads a clean EOF after a few
   // MB). So: stop listening with net's close alone, and only once every answer has left the process
   // (inFlight counts until 'close' of the response) let http's close() sweep the idle keep-alive ones.
-  function drain() {
+  let grace = null;
+  function drain(graceMs = Infinity) {
     if (!draining) {
       draining = true;
       if (server.listening) net.Server.prototype.close.call(server);
+      if (Number.isFinite(graceMs)) {
+        grace = setTimeout(() => {
+          server.closeAllConnections(); // the grace is over: cut what is left
+          drained();
+        }, graceMs);
+        grace.unref();
+      }
     }
     const done = new Promise((resolve) => waiting.push(resolve));
     if (inFlight === 0) drained();
@@ -327,6 +374,7 @@ function createHttpServer(model, { maxBodyBytes }) {
   }
 
   function drained() {
+    if (grace) clearTimeout(grace);
     server.close(); // sweeps idle keep-alive connections; nothing is left unflushed now
     waiting.splice(0).forEach((resolve) => resolve());
   }

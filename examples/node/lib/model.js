@@ -6,10 +6,12 @@
 const path = require('node:path');
 const ort = require('onnxruntime-node');
 const { BundleError, changedFiles, readManifest } = require('./bundle');
+const { dimsProblem, workEstimate } = require('./dims');
 const { RequestError } = require('./protocol');
 const { Statistics } = require('./stats');
 
 const VERSION = '1';
+const DEFAULT_MAX_REQUEST_BYTES = 1024 ** 3; // the work budget: 1 GiB, for a 2-core service with 24 GiB (docs/serving-node.md)
 const PLATFORM = 'onnxruntime_onnx';
 const CONFIG_TYPES = {
   FP16: 'TYPE_FP16', FP32: 'TYPE_FP32', FP64: 'TYPE_FP64', BOOL: 'TYPE_BOOL', UINT8: 'TYPE_UINT8', INT64: 'TYPE_INT64',
@@ -18,8 +20,9 @@ const CONFIG_TYPES = {
 const now = () => process.hrtime.bigint();
 
 class Model {
-  constructor(manifest, session, file) {
+  constructor(manifest, session, file, { maxRequestBytes = DEFAULT_MAX_REQUEST_BYTES } = {}) {
     this.manifest = manifest;
+    this.maxRequestBytes = maxRequestBytes;
     this.session = session;
     this.file = file;
     this.name = manifest.name;
@@ -32,6 +35,20 @@ class Model {
 
   metadata() {
     return { name: this.name, versions: [VERSION], platform: PLATFORM, inputs: this.inputs, outputs: this.outputs };
+  }
+
+  // A request's declared input shapes ({name: [int, ...]}, each already checked alone), checked together before
+  // any tensor is made: the model's named dims (lib/dims.js), then the work budget. RequestError: 400 naming both
+  // inputs and the dim; 413 (RESOURCE_EXHAUSTED) naming the estimate and the budget.
+  checkShapes(shapes) {
+    const problem = dimsProblem(this.manifest, shapes);
+    if (problem) throw new RequestError(400, problem);
+    const estimate = workEstimate(this.manifest, shapes);
+    if (estimate > this.maxRequestBytes) {
+      throw new RequestError(413, `this request would take about ${estimate} bytes at its peak (4 bytes x (2 x batch x heads ` +
+        `x q_len x kv_len + every input's and output's elements)), past this service's budget of ${this.maxRequestBytes} ` +
+        'bytes (--max-request-bytes)', 'RESOURCE_EXHAUSTED');
+    }
   }
 
   // Triton's model configuration (GET /v2/models/NAME/config, gRPC ModelConfig). max_batch_size 0: the service
@@ -102,8 +119,12 @@ class Model {
 // sleep unless `spinning`: a spinning thread holds a core while the main thread answers the request and the
 // client reads it (on a 2-core machine, spinning put perf_analyzer's p50 at 3x the run, without it 1.2x;
 // docs/serving-node.md). `threads` 0: onnxruntime's choice (one per physical core).
+//
+// enableCpuMemArena false: with onnxruntime's CPU arena, the largest request ever run leaves its peak resident for
+// good (a 4096-long query took RSS from 105 to 1842 MiB, and it stayed); without it, each run's buffers go back to
+// the allocator and RSS comes back near its level before (measured figures: docs/serving-node.md).
 function sessionOptions({ threads = 0, spinning = false } = {}) {
-  const options = { extra: { session: { intra_op: { allow_spinning: spinning ? '1' : '0' } } } };
+  const options = { enableCpuMemArena: false, extra: { session: { intra_op: { allow_spinning: spinning ? '1' : '0' } } } };
   if (threads) options.intraOpNumThreads = threads;
   return options;
 }
@@ -119,7 +140,7 @@ async function loadModel(bundle, runtime = {}) {
   }
   const file = path.join(bundle, manifest.model.file);
   const session = await ort.InferenceSession.create(file, sessionOptions(runtime)); // once, shared
-  return new Model(manifest, session, file);
+  return new Model(manifest, session, file, runtime);
 }
 
-module.exports = { Model, VERSION, loadModel };
+module.exports = { DEFAULT_MAX_REQUEST_BYTES, Model, VERSION, loadModel };

@@ -147,16 +147,30 @@ function toJsonData(tensor) {
 }
 
 // A request's inputs -> {name: ort.Tensor}, each made by `tensorOf(input, spec)`; every model input exactly once.
-function collectFeeds(specs, inputs, tensorOf) {
-  const feeds = {};
+// With `check`: every input's declared shape (`shapeOf(input)`) is checked alone first (checkShape), then
+// `check({name: shape})` sees them all together (the model's named dims, its work budget), and only then is any
+// tensor made. (A request missing an input is not checked together: it is refused for the missing input.)
+function collectFeeds(specs, inputs, tensorOf, check = null, shapeOf = (input) => input.shape) {
+  const pairs = [];
   for (const input of inputs) {
     if (!input || typeof input !== 'object' || typeof input.name !== 'string') throw new RequestError(400, 'every input needs a "name"');
     const spec = specs.find((i) => i.name === input.name);
     if (!spec) throw new RequestError(400, `unknown input '${input.name}'; the model takes ${specs.map((i) => i.name).join(', ')}`);
-    if (feeds[input.name]) throw new RequestError(400, `input '${input.name}' is given twice`);
-    feeds[input.name] = tensorOf(input, spec);
+    if (pairs.some(([other]) => other.name === input.name)) throw new RequestError(400, `input '${input.name}' is given twice`);
+    pairs.push([input, spec]);
   }
-  const missing = specs.filter((i) => !feeds[i.name]).map((i) => i.name);
+  const missing = specs.filter((i) => !pairs.some(([input]) => input.name === i.name)).map((i) => i.name);
+  if (check && !missing.length) { // with an input missing, each input's own problem is named first, as before
+    const shapes = {};
+    for (const [input, spec] of pairs) {
+      const shape = shapeOf(input);
+      checkShape({ datatype: input.datatype, shape }, spec);
+      shapes[spec.name] = shape;
+    }
+    check(shapes);
+  }
+  const feeds = {};
+  for (const [input, spec] of pairs) feeds[input.name] = tensorOf(input, spec);
   if (missing.length) throw new RequestError(400, `missing input(s): ${missing.join(', ')}`);
   return feeds;
 }

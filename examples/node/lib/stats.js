@@ -43,7 +43,8 @@ class Statistics {
     this.lastInference = Date.now();
   }
 
-  // A request refused or failed after it reached the model
+  // A request refused or failed on the model's infer route: every 4xx, 413 and 415 included (refused before the
+  // body was read: lib/http.js's refuse), and every gRPC error of ModelInfer
   fail(total) {
     this.inference.fail.count += 1n;
     this.inference.fail.ns += total;
