@@ -13,7 +13,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from attn_onnx.errors import OutputExistsError, UsageError
+from attn_onnx.errors import Interrupted, OutputExistsError, UsageError
 
 
 def file_sha256(path: str | Path) -> str:
@@ -177,6 +177,29 @@ class _signals_held:
         if self.held:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
+    def take(self) -> list[int]:
+        """The signals that arrived while held, taken off the pending set (they are not delivered on release):
+        the caller acts on them at a point of its choosing, with `deliver`. Python would run their handler at
+        some later bytecode after the release, perhaps past the code that must undo the steps."""
+        taken = []
+        while self.held and hasattr(signal, "sigtimedwait"):
+            info = signal.sigtimedwait({signal.SIGINT, signal.SIGTERM}, 0)
+            if info is None:
+                break
+            taken.append(info.si_signo)
+        return taken
+
+
+def deliver(signals: list[int]) -> None:
+    """Run the handler of each signal taken by `_signals_held.take` (KeyboardInterrupt for SIGINT, the CLI's
+    for SIGTERM), now; one without a Python handler is raised again."""
+    for signo in signals:
+        handler = signal.getsignal(signo)
+        if callable(handler):
+            handler(signo, None)
+        elif handler != signal.SIG_IGN:
+            signal.raise_signal(signo)
+
 
 class Transaction:
     """Every output of one export, staged under temp names beside their targets, then committed together.
@@ -280,23 +303,21 @@ class Transaction:
                     undo.pop()()
             kept.clear()  # put back where they were: nothing to delete
 
-        done = False
-        try:
-            with _signals_held():
-                try:
-                    for kind, staged, target in self.steps:
-                        if staged is not None:
-                            os.chmod(staged, 0o755 if staged.is_dir() else 0o644)
-                        self._do(kind, staged, target, undo, kept)
-                except BaseException:
-                    rollback()
-                    raise
-                done = True
-        except BaseException:
-            if done:  # a signal held back during the steps, delivered as they were released: undo them too
-                with _signals_held():
-                    rollback()
-            raise
+        with _signals_held() as held:
+            try:
+                for kind, staged, target in self.steps:
+                    if staged is not None:
+                        os.chmod(staged, 0o755 if staged.is_dir() else 0o644)
+                    self._do(kind, staged, target, undo, kept)
+            except BaseException:
+                rollback()
+                raise
+            arrived = held.take()
+            if arrived:  # a signal came during the steps: undo them before it is acted on
+                rollback()
+        deliver(arrived)  # raises (KeyboardInterrupt, or the CLI's SIGTERM handler)
+        if arrived:  # a signal whose handler did not raise: the steps are undone all the same
+            raise Interrupted("interrupted while the outputs were being moved into place; they were not")
         self.committed = True
         for old in kept:
             _remove(old)

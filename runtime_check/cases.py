@@ -28,8 +28,13 @@ class Sweep:
     shapes: tuple[tuple[int, int, int], ...] | None = None  # explicit (batch, q_len, kv_len) list
     sizes: tuple[int, ...] = (1, 5, 20, 64)  # for the `mask` module: subsequent_mask(size)
     # also the shapes the model's variant names to run its every control-flow path (tiled: 2 tiles, 3 or more
-    # ending in a partial one), and the check then fails a path no case ran (runtime_check.coverage)
-    cover: bool = True
+    # ending in a partial one), and the check then fails a path no case ran (runtime_check.coverage); None:
+    # unless `shapes` names the shapes to run (a narrowed sweep, whose unrun paths are named, not failed)
+    cover: bool | None = None
+
+    @property
+    def covers(self) -> bool:
+        return self.cover if self.cover is not None else self.shapes is None
 
     def validate(self) -> "Sweep":
         unknown = sorted(set(self.masks or ()) - MASK_KINDS.keys())
@@ -54,7 +59,7 @@ class Sweep:
 # lengths; a square batch of 3 with distinct padding lengths (causal+padding there is ort-gqa's
 # GroupQueryAttention branch); every mask kind, causal and causal+padding (the ones auto times) included; and,
 # through `cover`, the shapes that run the variant's every control-flow path, proven by the coverage probe.
-QUICK = Sweep(shapes=((3, 11, 5), (1, 17, 6), (3, 9, 9)), sizes=(1, 5, 20))
+QUICK = Sweep(shapes=((3, 11, 5), (1, 17, 6), (3, 9, 9)), sizes=(1, 5, 20), cover=True)
 # The masks a variant's coverage shapes run with (their paths are the shapes'; the masks' own paths, a fully-
 # masked row say, the small shapes run): keys padded away, causal reach, holes and a fully-masked row.
 COVER_MASKS = ("causal+padding", "padding", "masked_row")
@@ -136,7 +141,7 @@ def generate_cases(spec: ExportSpec, sweep: Sweep = Sweep()) -> list[Case]:
     """Every case of `sweep` that applies to a model of `spec` (its kind names them: exporter/kinds/)."""
     sweep.validate()
     cases = spec.kind.cases(spec, sweep)
-    if sweep.cover:
+    if sweep.covers:
         from attn_onnx.exporter.variants import VARIANTS
 
         masks = tuple(m for m in COVER_MASKS if sweep.masks is None or m in sweep.masks) or sweep.masks

@@ -95,7 +95,7 @@ def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: Check
         from attn_onnx.runtime_check.decode import SEQUENCE, chunkings, decode_results
     total = (len(cases) + (len(chunkings(SEQUENCE[1])) if decoding else 0)) * len(runners)
     probe = CoverageProbe(loaded.proto, loaded.base_dir)  # which control-flow paths each case takes
-    report.coverage = Coverage(probe.paths, required=config.sweep.cover)
+    report.coverage = Coverage(probe.paths, required=config.sweep.covers)
     for case in cases:
         feeds = case.feeds(config.seed)
         report.coverage.record(case.name, probe.run(feeds))

@@ -36,11 +36,19 @@ def build(spec, graph, example, module) -> Built:
     allowed = allowed_mask(w, spec)  # (B, mask_q_len, kv_len) or causal (q_len, kv_len) bool
     lengths, total, fast = _causal_padding(w, spec, allowed)  # (B,) key lengths, kv_len (int32); GQA applies
 
+    def group_query_attention(b: GraphWriter) -> str:
+        seqlens = b.op("Sub", [lengths, w.constant("i32_1", np.array(1, np.int32))], stem="seqlens_k")
+        return b.op("GroupQueryAttention", [p["query"], p["key"], p["value"], "", "", seqlens, total],
+                    stem="attended", outputs=3, domain="com.microsoft", num_heads=spec.heads,
+                    kv_num_heads=spec.heads, scale=scale(spec))[0]  # (B, q_len, E)
+
+    doc = ("MultiHeadedAttention through com.microsoft.GroupQueryAttention for causal+padding masks, "
+           "MultiHeadAttention otherwise (attn-onnx variant ort-gqa)")
+    if spec.mask == "causal" and spec.kind.self_attention:  # q_len == kv_len always: GQA always applies, and an
+        output_projection(w, weights, group_query_attention(w))  # If whose else no input reaches is not written
+        return Built(model(w, spec, {"": spec.opset, "com.microsoft": 1}, doc), weights.map)
     gqa = w.branch()
-    seqlens = gqa.op("Sub", [lengths, w.constant("i32_1", np.array(1, np.int32))], stem="seqlens_k")
-    attended_fast = gqa.op("GroupQueryAttention", [p["query"], p["key"], p["value"], "", "", seqlens, total],
-                           stem="attended", outputs=3, domain="com.microsoft", num_heads=spec.heads,
-                           kv_num_heads=spec.heads, scale=scale(spec))[0]  # (B, q_len, E)
+    attended_fast = group_query_attention(gqa)
 
     mha = w.branch()
     bias = additive_bias(mha, allowed, spec)  # (B | 1, 1, q_len, kv_len)
@@ -53,8 +61,6 @@ def build(spec, graph, example, module) -> Built:
     out = w.op("If", [fast], stem="attended", then_branch=gqa.subgraph("gqa", attended_fast, elem),
                else_branch=mha.subgraph("mha", attended, elem))
     output_projection(w, weights, out)  # (B, q_len, E)
-    doc = ("MultiHeadedAttention through com.microsoft.GroupQueryAttention for causal+padding masks, "
-           "MultiHeadAttention otherwise (attn-onnx variant ort-gqa)")
     return Built(model(w, spec, {"": spec.opset, "com.microsoft": 1}, doc), weights.map)
 
 

@@ -86,7 +86,8 @@ def test_the_gate_without_the_coverage_shapes_names_what_it_missed_and_fails(mod
     bare = [s for s in QUICK.shapes]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tiled, "coverage_shapes", lambda spec: [])
-        report = check_model(path, CheckConfig(runtimes=("onnxruntime",), sweep=Sweep(shapes=tuple(bare))))
+        report = check_model(path, CheckConfig(runtimes=("onnxruntime",), sweep=Sweep(shapes=tuple(bare),
+                                                                                     cover=True)))
     assert not report.failed and not report.ok
     assert {m.split(": ")[1] for m in report.coverage.missing} == {"2 iterations", "3+ iterations",
                                                                    "last iteration partial"}
