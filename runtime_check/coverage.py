@@ -70,10 +70,13 @@ class Probe:
 
 def control_flow(proto: onnx.ModelProto) -> bool:
     """Whether the model has an If or a Loop anywhere (a model without has one path: nothing to probe)."""
-    def walk(graph: onnx.GraphProto) -> bool:
-        return any(node.op_type in ("If", "Loop", "Scan") or any(walk(g) for g in _subgraphs(node))
-                   for node in graph.node)
-    return walk(proto.graph)
+    return _has_control_flow(proto.graph)
+
+
+def partial_hint(node: onnx.NodeProto) -> list[tuple[str, str]]:
+    """The (size, block) value names of a Loop's `coverage: partial if (SIZE % BLOCK) or ...` doc_string: its
+    last iteration is partial where any SIZE % BLOCK is not 0."""
+    return _PARTIAL_HINT.findall(node.doc_string) if node.doc_string.startswith("coverage:") else []
 
 
 def instrument(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Probe]]:
@@ -122,7 +125,7 @@ def _instrument(graph: onnx.GraphProto, where: str, names) -> list[tuple[str, Pr
             nodes.append(_node("Slice", [_node_output(nodes, "Shape", [counted]), _vector(nodes, f"{count}_0", [0]),
                                          _vector(nodes, f"{count}_1", [1])], [count]))
             found.append((count, Probe(count, label, "Loop")))
-            pairs = _PARTIAL_HINT.findall(node.doc_string) if node.doc_string.startswith("coverage:") else []
+            pairs = partial_hint(node)
             if pairs:
                 partial = next(names)
                 flags = [_node_output(nodes, "Greater", [_node_output(nodes, "Mod", [size, block]),

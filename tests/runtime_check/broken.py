@@ -160,7 +160,7 @@ def _shift_output(graph: onnx.GraphProto, index: int, when: str | None, nodes_be
 
 def _mutate_loop(graph: onnx.GraphProto, node: onnx.NodeProto, variant: str) -> bool:
     """The Loop's first scan output + 0.01 on the iterations `variant` names; False where it cannot apply."""
-    import re
+    from attn_onnx.runtime_check.coverage import partial_hint
 
     make = onnx.helper.make_node
     body = next(a.g for a in node.attribute if a.name == "body")
@@ -179,8 +179,7 @@ def _mutate_loop(graph: onnx.GraphProto, node: onnx.NodeProto, variant: str) -> 
                   make("Less", [counter, f"{stem}_last"], [f"{stem}_before_last"]),
                   make("And", [f"{stem}_after_first", f"{stem}_before_last"], [f"{stem}_on"])]
     else:  # the last iteration, where the hint says it is partial (computed in the Loop's own graph)
-        pairs = re.findall(r"\(\s*(\S+)\s*%\s*(\S+)\s*\)", node.doc_string) if node.doc_string.startswith(
-            "coverage:") else []
+        pairs = partial_hint(node)
         if not pairs:
             return False
         flags = []
