@@ -163,30 +163,37 @@ def _remove(path: Path) -> None:
 
 
 class _signals_held:
-    """SIGINT and SIGTERM held back (POSIX, main thread) while targets are swapped: the handful of renames
-    of a commit, or of its rollback, is never cut in the middle. A signal held meanwhile is delivered when
-    released."""
+    """SIGINT and SIGTERM held back (main thread) while targets are swapped: the handful of renames of a
+    commit, or of its rollback, is never cut in the middle. Their Python handlers are swapped for one that
+    only records the signal; `take` hands the recorded ones to the caller, who acts on them with `deliver`
+    at a point of its choosing.
+
+    Blocking the signals with pthread_sigmask is not enough: it blocks them in the main thread only, and a
+    signal sent to the process lands on any thread that does not block it (onnxruntime's and torch's pools);
+    Python then runs the handler in the main thread at its next bytecode, in the middle of a step."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self):
-        self.held = (hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread())
-        if self.held:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        self.arrived: list[int] = []
+        self.before = {}
+        if threading.current_thread() is threading.main_thread():
+            for signo in self.SIGNALS:
+                handler = signal.getsignal(signo)
+                if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                    self.before[signo] = signal.signal(signo, self._record)
         return self
 
+    def _record(self, signo, frame):
+        self.arrived.append(signo)
+
     def __exit__(self, *exc):
-        if self.held:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        for signo, handler in self.before.items():
+            signal.signal(signo, handler)
 
     def take(self) -> list[int]:
-        """The signals that arrived while held, taken off the pending set (they are not delivered on release):
-        the caller acts on them at a point of its choosing, with `deliver`. Python would run their handler at
-        some later bytecode after the release, perhaps past the code that must undo the steps."""
-        taken = []
-        while self.held and hasattr(signal, "sigtimedwait"):
-            info = signal.sigtimedwait({signal.SIGINT, signal.SIGTERM}, 0)
-            if info is None:
-                break
-            taken.append(info.si_signo)
+        """The signals that arrived so far, each once; they are not delivered on release."""
+        taken, self.arrived = self.arrived, []
         return taken
 
 
@@ -315,12 +322,14 @@ class Transaction:
             arrived = held.take()
             if arrived:  # a signal came during the steps: undo them before it is acted on
                 rollback()
-        deliver(arrived)  # raises (KeyboardInterrupt, or the CLI's SIGTERM handler)
-        if arrived:  # a signal whose handler did not raise: the steps are undone all the same
+        if arrived:
+            deliver(arrived + held.take())  # raises (KeyboardInterrupt, or the CLI's SIGTERM handler)
+            # a signal whose handler did not raise: the steps are undone all the same
             raise Interrupted("interrupted while the outputs were being moved into place; they were not")
         self.committed = True
         for old in kept:
             _remove(old)
+        deliver(held.take())  # came after the last step, before the handlers were put back: all is in place
 
     def close(self) -> None:
         for temp in self.temps:
