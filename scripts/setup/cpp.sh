@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# needs: venv (scripts/setup-tests.sh starts it once .venv is made)
 # Sets up the C++ consumer (examples/cpp) and builds it; idempotent, run it again at will.
 #   1) g++, cmake, make, nlohmann-json3-dev and libssl-dev from the system's apt sources, each only if absent;
 #   2) onnxruntime's C/C++ API headers from Debian 13's libonnxruntime-dev (Debian 12 has none) into
@@ -26,8 +27,12 @@ for package in nlohmann-json3-dev libssl-dev; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  mkdir -p "$ROOT/.deps"
+  (  # one apt-get at a time: scripts/setup-tests.sh runs the parts side by side
+    flock 9
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  ) 9>"$ROOT/.deps/apt.lock"
 else
   say "g++, cmake, make, nlohmann-json3-dev and libssl-dev are installed"
 fi

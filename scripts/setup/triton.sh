@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# needs: venv (scripts/setup-tests.sh starts it once .venv is made)
 # A real Triton server and perf_analyzer, idempotent, all under .deps/triton/ (nothing installed system-wide):
 #   wheel/      the nvidia-pytriton wheel unpacked: tritonserver 2.51, its Python backend, its libraries
 #   venv/       the Python backend's environment: numpy < 2 (numpy 2 makes every output empty) and onnxruntime

@@ -9,8 +9,12 @@ if command -v chromium >/dev/null; then
     echo "web: chromium present ($(chromium --version 2>/dev/null | head -1))"
 elif command -v apt-get >/dev/null; then
     echo "web: installing chromium (apt-get, --no-install-recommends: about 113 MB)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    mkdir -p .deps
+    (  # one apt-get at a time: scripts/setup-tests.sh runs the parts side by side
+        flock 9
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    ) 9>.deps/apt.lock
     echo "web: installed $(chromium --version 2>/dev/null | head -1)"
 else
     echo "web: no apt-get here: install chromium yourself (the browser test is skipped without it)"

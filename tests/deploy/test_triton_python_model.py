@@ -190,9 +190,9 @@ def test_a_gpu_instance_runs_on_cuda_or_says_what_there_is(model_py, repo):
 
 def test_session_options_come_from_the_config_parameters(model_py):
     options = model_py.session_options({"parameters": {
-        "intra_op_thread_count": {"string_value": "1"}, "inter_op_thread_count": {"string_value": "2"},
+        "intra_op_thread_count": {"string_value": "3"}, "inter_op_thread_count": {"string_value": "2"},
         "session.intra_op.allow_spinning": {"string_value": "0"}, "unrelated": {"string_value": "x"}}})
-    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 2)
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 2)  # neither is a default
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
