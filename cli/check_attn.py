@@ -9,7 +9,7 @@ import click
 
 from attn_onnx import __version__
 from attn_onnx.cli.common import EXIT_FAILURE, EXIT_OK, OneLineErrorCommand, Tolerance, comma_list, given, refuse
-from attn_onnx.runtime_check.runners import RUNTIMES
+from attn_onnx.runtime_check.runners import RELEASE_HELP, RUNTIMES
 
 GRID = ("batches", "lengths", "shapes", "masks")  # the sweep options of attention models
 SWEEP = (*GRID, "sizes")
@@ -32,7 +32,8 @@ def _profiles(field: str) -> str:
               help="Check a bundle (export-attn --bundle) instead of MODEL: every sha256 in its manifest, then "
                    "every golden vector set in onnxruntime (and --runtimes) within the manifest's tolerance.")
 @click.option("--runtimes", default="onnxruntime,reference", show_default=True,
-              help="Comma-separated: " + "; ".join(f"{name}: {rt.help}" for name, rt in RUNTIMES.items()) + ".")
+              help="Comma-separated: " + "; ".join(f"{name}: {rt.help}" for name, rt in RUNTIMES.items()) + "; "
+                   + RELEASE_HELP + ".")
 @click.option("--providers", default="cpu", show_default=True,
               help="[onnxruntime] Execution providers, comma-separated: cpu, cuda.")
 @click.option("--batches", default="1,2,5", show_default=True, help="[mha, attention] Batch sizes of the sweep.")
@@ -176,14 +177,16 @@ def _plan(ctx, model: Path, options: dict):
     from attn_onnx.runtime_check.cases import QUICK, Sweep, default_plot_case, parse_case
     from attn_onnx.runtime_check.compare import Tolerance
     from attn_onnx.runtime_check.model import load_model
-    from attn_onnx.runtime_check.runners import PROVIDERS, RUNTIMES
+    from attn_onnx.runtime_check.runners import PROVIDERS, RUNTIMES, known, runtime
 
     chosen = given(ctx)
     runtimes, providers = comma_list(options["runtimes"]), comma_list(options["providers"])
-    unknown = [r for r in runtimes if r not in RUNTIMES] + [p for p in providers if p not in PROVIDERS]
+    unknown = [r for r in runtimes if not known(r)] + [p for p in providers if p not in PROVIDERS]
     if unknown:
-        raise UsageError(f"unknown runtime(s) or provider(s) {unknown}; runtimes: {list(RUNTIMES)}, "
-                         f"providers: {list(PROVIDERS)}")
+        raise UsageError(f"unknown runtime(s) or provider(s) {unknown}; runtimes: {list(RUNTIMES)} or "
+                         f"onnxruntime==X.Y.Z, providers: {list(PROVIDERS)}")
+    for name in runtimes:
+        runtime(name)  # a release's number is checked here, before any work
     if "onnxruntime" not in runtimes:
         refuse(ctx, {"providers"}, "without onnxruntime in --runtimes")
     if "cuda" not in providers:

@@ -38,8 +38,6 @@ BUNDLE_DTYPES = ("float32", "float16")
 
 # The lowest onnxruntime that implements each default-domain opset, and each ONNX IR version
 # (onnxruntime's compatibility table): a model needs the higher of the two.
-ORT_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.18", 22: "1.21", 23: "1.22"}
-ORT_FOR_IR = {8: "1.13", 9: "1.15", 10: "1.18", 11: "1.22"}
 
 # A model with a KV cache also gets a decode set: a prefill of 4 tokens from an empty cache, then 3 single
 # tokens, each step's present_key/present_value threaded into the next step's past_key/past_value.
@@ -69,10 +67,17 @@ def set_coverage(proto: onnx.ModelProto, sets: list[tuple[str, dict]], base_dir:
     return coverage
 
 
-def min_onnxruntime(proto: onnx.ModelProto) -> str:
-    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    needs = [ORT_FOR_OPSET.get(opset, "1.22"), ORT_FOR_IR.get(proto.ir_version, "1.22")]
-    return max(needs, key=lambda v: tuple(int(p) for p in v.split(".")))
+def min_onnxruntime(proto: onnx.ModelProto, spec: ExportSpec) -> dict[str, str]:
+    """The manifest's claim: the measured one of the model's row (deploy/compatibility.py), else the ONNX
+    tables' floor, saying which."""
+    from attn_onnx.deploy.compatibility import min_onnxruntime as claim
+
+    release, measured = claim(proto, spec)
+    source = ("measured: the oldest release from which every later one runs this variant, kind and dtype right "
+              "(docs/compatibility.md)") if measured else ("not measured for this model (its opset, IR version, "
+                                                          "quantization or optimization): the oldest release its "
+                                                          "opset and IR version allow")
+    return {"min_onnxruntime": release, "min_onnxruntime_source": source}
 
 
 def check_bundle_name(name: str) -> None:
@@ -158,7 +163,7 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
             "description": spec.kind.describe(spec),
             "model": {"file": MODEL_FILE, "sha256": file_sha256(files[0]),
                       "bytes": files[0].stat().st_size, "opset": spec.opset, "ir_version": proto.ir_version,
-                      "min_onnxruntime": min_onnxruntime(proto)},
+                      **min_onnxruntime(proto, spec)},
             "inputs": _io(inputs, spec.input_dims(), spec.input_dtypes()),
             "outputs": _io(proto.graph.output, spec.output_dims(), spec.output_dtypes()),
             "dims": manifest_dims(spec),

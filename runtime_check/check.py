@@ -25,7 +25,7 @@ from attn_onnx.runtime_check.coverage import Coverage, CoverageProbe
 from attn_onnx.runtime_check.model import LoadedModel, load_model
 from attn_onnx.runtime_check.reference import reference_module
 from attn_onnx.runtime_check.report import CaseResult, Report, Skipped
-from attn_onnx.runtime_check.runners import PROVIDERS, RUNTIMES, Runner, runtime, uses_providers
+from attn_onnx.runtime_check.runners import PROVIDERS, RUNTIMES, Runner, known, runtime, uses_providers
 from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
 
 
@@ -33,7 +33,7 @@ from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
 class CheckConfig:
     """What a check runs: which runtimes and providers, which cases, held to which tolerances."""
 
-    runtimes: tuple[str, ...] = ("onnxruntime", "reference")  # keys of runners.RUNTIMES
+    runtimes: tuple[str, ...] = ("onnxruntime", "reference")  # keys of runners.RUNTIMES, or onnxruntime==X.Y.Z
     providers: tuple[str, ...] = ("cpu",)  # onnxruntime's execution providers: cpu, cuda
     sweep: Sweep = Sweep()  # shapes x masks (or sizes)
     tolerance: Tolerance | None = None  # overrides the runners' profiles for float outputs
@@ -44,10 +44,12 @@ class CheckConfig:
     skip_missing: bool = False  # a missing runtime or provider is SKIPPED, and "nothing checked" is allowed
 
     def validate(self) -> "CheckConfig":
-        unknown = [r for r in self.runtimes if r not in RUNTIMES] + [p for p in self.providers if p not in PROVIDERS]
+        unknown = [r for r in self.runtimes if not known(r)] + [p for p in self.providers if p not in PROVIDERS]
         if unknown:
-            raise UsageError(f"unknown runtime(s) or provider(s) {unknown}; runtimes: {list(RUNTIMES)}, "
-                             f"providers: {list(PROVIDERS)}")
+            raise UsageError(f"unknown runtime(s) or provider(s) {unknown}; runtimes: {list(RUNTIMES)} or "
+                             f"onnxruntime==X.Y.Z, providers: {list(PROVIDERS)}")
+        for name in self.runtimes:
+            runtime(name)  # a release's number is checked here, before any work
         if not self.runtimes:
             raise UsageError("no runtime to check with")
         given = [v for v in (self.tolerance.atol, self.tolerance.rtol) if v is not None] if self.tolerance else []

@@ -12,10 +12,15 @@
 // whose estimated peak memory passes --max-request-bytes is refused (413, RESOURCE_EXHAUSTED) before it runs.
 // SIGTERM: stop accepting at once; answer the requests in flight, over both, for up to --grace-seconds; then
 // close whatever is left (stalled uploads included) and exit 0.
+// Before it serves, it verifies: the bundle's min_onnxruntime is not above this onnxruntime-node, and every golden
+// set and decode step passes on it (verify.js); else one line naming the set, the runtime and its version, exit 1.
+// --no-verify skips the sets (not the version check, nor the sha256s), and says so.
 
 const { loadModel, DEFAULT_MAX_REQUEST_BYTES } = require('./lib/model');
 const { createHttpServer } = require('./lib/http');
 const { MAX_ELEMENTS } = require('./lib/protocol');
+const { readManifest } = require('./lib/bundle');
+const { verify } = require('./verify');
 
 const DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024;
 const DEFAULT_GRACE_SECONDS = 10;
@@ -33,6 +38,8 @@ const USAGE = `usage: node server.js --bundle DIR --port N [options]
                              closed (default ${DEFAULT_GRACE_SECONDS})
   --intra-op-threads N       onnxruntime's intra-op threads (0: one per physical core)
   --spinning on|off          let onnxruntime's threads spin-wait between runs (default off)
+  --no-verify                serve without first running the bundle's golden sets on this onnxruntime (said in
+                             the log); its sha256s and min_onnxruntime are checked all the same
   --help                     this text`;
 
 // The model and its HTTP server (`server`, not listening yet); a gRPC server too with `grpc: true`.
@@ -54,6 +61,10 @@ function parseArgs(argv) {
   const args = { host: '127.0.0.1', maxBodyBytes: DEFAULT_MAX_BODY_BYTES, maxRequestBytes: DEFAULT_MAX_REQUEST_BYTES,
     graceSeconds: DEFAULT_GRACE_SECONDS };
   if (argv.includes('--help') || argv.includes('-h')) return { help: true };
+  if (argv.includes('--no-verify')) {
+    args.verify = false;
+    argv = argv.filter((a) => a !== '--no-verify');
+  }
   const port = (flag, value) => {
     const n = Number(value);
     if (!/^\d+$/.test(value) || n > 65535) throw new UsageError(`${flag} must be a port number, 0 to 65535 (0: a free one)`);
@@ -96,7 +107,45 @@ function parseArgs(argv) {
   return args;
 }
 
+// The runtime this service runs the model on, as a verdict line names it
+function runtimeName() {
+  return `onnxruntime-node ${require('onnxruntime-node').env.versions.node}`;
+}
+
+const releaseKey = (v) => String(v).split('.').map((p) => Number.parseInt(p, 10) || 0);
+function olderThan(a, b) { // a < b, release numbers compared part by part (1.9 < 1.18)
+  const [x, y] = [releaseKey(a), releaseKey(b)];
+  for (let i = 0; i < Math.max(x.length, y.length); i++) {
+    if ((x[i] || 0) !== (y[i] || 0)) return (x[i] || 0) < (y[i] || 0);
+  }
+  return false;
+}
+
+// Refuse to serve what this runtime cannot answer right: a bundle that needs a later onnxruntime, or one whose
+// golden sets fail here. Returns the line the log gets; throws (exit 1) otherwise.
+async function verifyBefore(args) {
+  const manifest = readManifest(args.bundle);
+  const ours = require('onnxruntime-node').env.versions.node;
+  const needs = manifest.model.min_onnxruntime;
+  if (needs && olderThan(ours, needs)) {
+    throw new Error(`the bundle needs onnxruntime >= ${needs} (its manifest's min_onnxruntime); this service runs ` +
+                    `onnxruntime-node ${ours}`);
+  }
+  if (args.verify === false) return 'verification skipped (--no-verify): the bundle\'s golden sets were not run';
+  const started = Date.now();
+  const lines = [];
+  if (!(await verify(args.bundle, (line) => lines.push(line)))) {
+    const failed = lines.find((line) => line.startsWith('FAILED')) || lines[lines.length - 1];
+    const [, , label, ...why] = failed.split(' | ');
+    throw new Error(`golden set ${label} fails on ${runtimeName()}: ${why.join(' | ')}; not serving (--no-verify ` +
+                    'serves anyway)');
+  }
+  return `verified on ${runtimeName()}: ${lines[lines.length - 1]} (golden sets and decode steps) in ` +
+         `${Date.now() - started} ms`;
+}
+
 async function main(args) {
+  console.error(await verifyBefore(args)); // the log; stdout's first line says where it serves
   const service = await createService({ ...args, grpc: args.grpcPort !== undefined });
   // SIGTERM (or Ctrl-C): stop accepting at once; requests in flight are answered and flushed, for up to
   // --grace-seconds; then what is left is closed (stalled uploads too), nothing keeps the event loop alive and node

@@ -48,10 +48,24 @@ RUNTIMES = {
 }
 
 
+RELEASE_HELP = ("onnxruntime==X.Y.Z: that onnxruntime release, in a process of its own (CPU; install it with "
+                "scripts/setup/onnxruntime-releases.sh X.Y.Z)")
+
+
+def known(name: str) -> bool:
+    """A runtime `runtime(name)` can make: one of RUNTIMES, or a release, onnxruntime==X.Y.Z."""
+    return name in RUNTIMES or name.startswith("onnxruntime==")
+
+
 def runtime(name: str):
-    """The module of runtime `name` (imported now: some import heavy libraries)."""
+    """The module of runtime `name` (imported now: some import heavy libraries); for a release, onnxruntime==X.Y.Z,
+    an object with the same functions (ort_release_runner.Release)."""
+    if name.startswith("onnxruntime=="):
+        from attn_onnx.runtime_check.runners.ort_release_runner import Release
+
+        return Release(name)
     return importlib.import_module(RUNTIMES[name].module)
 
 
 def uses_providers(name: str) -> bool:
-    return RUNTIMES[name].per_provider
+    return name in RUNTIMES and RUNTIMES[name].per_provider

@@ -29,7 +29,8 @@ def test_the_manifest_states_the_contract(bundle):
     m = json.loads((bundle / "manifest.json").read_text())
     assert m["format"] == FORMAT and m["name"] == "small"
     assert m["model"]["sha256"] == hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()
-    assert m["model"]["opset"] == 18 and m["model"]["min_onnxruntime"] == "1.18"  # IR version 10
+    assert m["model"]["opset"] == 18 and m["model"]["min_onnxruntime"] == "1.18.1"  # measured: docs/compatibility.md
+    assert m["model"]["min_onnxruntime_source"].startswith("measured: ")
     assert [(i["name"], i["datatype"], i["dims"], i["shape"]) for i in m["inputs"]] == [
         ("query", "FP32", ["batch", "q_len", 16], [-1, -1, 16]), ("key", "FP32", ["batch", "kv_len", 16], [-1, -1, 16]),
         ("value", "FP32", ["batch", "kv_len", 16], [-1, -1, 16]),

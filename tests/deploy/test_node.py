@@ -6,6 +6,7 @@ Skipped, visibly, where node or the example's node_modules (npm ci --ignore-scri
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import urllib.error
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from attn_onnx.deploy.bundle import read_manifest
 from attn_onnx.exporter.variants import VARIANTS
 
 NODE_DIR = Path(__file__).resolve().parents[2] / "examples" / "node"
@@ -167,3 +169,52 @@ def test_a_malformed_request_gets_a_4xx_and_the_service_keeps_serving(bundle, se
                                                 "data": [1]}]}).encode())
     assert status == 400 and body == {"error": "input 'mask': datatype \"UINT8\", the model takes BOOL"}
     test_tritonclient_gets_the_float64_answers(bundle, service)  # still serving, still right
+
+
+# --- it verifies before it serves (issue 30) ---------------------------------------------------------------------
+
+def _start(bundle, *options, timeout=60):
+    """server.js until it says where it serves (then SIGTERM) or exits: (exit code or None, stdout, stderr)."""
+    process = subprocess.Popen([NODE, "server.js", "--bundle", str(bundle), "--port", "0", *options], cwd=NODE_DIR,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = process.stdout.readline()
+    if first.startswith("serving"):
+        process.terminate()
+    out, err = process.communicate(timeout=timeout)
+    return (None if first.startswith("serving") else process.returncode), first + out, err
+
+
+def test_the_service_runs_the_golden_sets_before_it_serves_and_says_so(bundle):
+    code, out, err = _start(bundle)
+    assert code is None and out.startswith("serving 'small' on http://")
+    assert re.match(r"verified on onnxruntime-node \d+\.\d+\.\d+: \d+ passed, 0 failed \(golden sets and decode steps\) "
+                    r"in \d+ ms", err), err
+
+
+def test_a_golden_set_that_fails_here_is_refused_with_the_set_and_the_runtime(bundle, tmp_path):
+    """A vector changed and the manifest re-signed: the sha256s match, only running the sets can tell."""
+    from tests.deploy.test_web_page import copy_of, move_a_value, rehash
+
+    bad = copy_of(bundle, tmp_path)
+    entry = read_manifest(bad)["test_data_sets"][1]
+    move_a_value(bad / entry["outputs"][0]["file"])
+    rehash(bad)
+    code, out, err = _start(bad)
+    assert code == 1 and not out
+    assert re.fullmatch(rf"Error: golden set {entry['folder']} \({re.escape(entry['case'])}\) fails on onnxruntime-node "
+                        r"\d+\.\d+\.\d+: max_abs=\S+ \| output: .*; not serving \(--no-verify serves anyway\)\n", err), err
+    code, out, err = _start(bad, "--no-verify")  # its user's call: served, and the log says it was not verified
+    assert code is None and out.startswith("serving") and "verification skipped (--no-verify)" in err
+
+
+def test_a_bundle_that_needs_a_later_onnxruntime_is_refused_with_both_versions(bundle, tmp_path):
+    from tests.deploy.test_web_page import copy_of
+
+    later = copy_of(bundle, tmp_path)
+    manifest = json.loads((later / "manifest.json").read_text())
+    manifest["model"]["min_onnxruntime"] = "1.100.0"  # 1.100 > 1.30: compared as numbers, not text
+    (later / "manifest.json").write_text(json.dumps(manifest))
+    for options in ((), ("--no-verify",)):
+        code, out, err = _start(later, *options)
+        assert code == 1 and re.fullmatch(r"Error: the bundle needs onnxruntime >= 1\.100\.0 \(its manifest's "
+                                          r"min_onnxruntime\); this service runs onnxruntime-node \d+\.\d+\.\d+\n", err)

@@ -1,0 +1,175 @@
+"""Which onnxruntime releases run a bundle right: measured against the real releases, kept as data.
+
+A row is what a bundle can carry: a variant, a module kind and a dtype (at the variant's opset). A cell is one
+release running every golden set and decode step of that row's bundle, one of RESULTS:
+- "runs right": every output within the manifest's tolerance;
+- "cannot load": the release refuses the model (its words kept);
+- "run error": it loads, and a set raises;
+- "wrong numbers": it runs, and an output is beyond the tolerance: the case a service would never notice.
+
+The table (compatibility.json beside this file, and docs/compatibility.md) is written by
+scripts/compat_matrix.py. `min_onnxruntime` reads it: the oldest release from which every later one runs the
+row right. A model whose row was not measured (another opset, say) gets the ONNX lookup tables' claim, marked
+unmeasured.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from attn_onnx.exporter.spec import ExportSpec
+
+TABLE = Path(__file__).with_name("compatibility.json")
+RESULTS = ("runs right", "cannot load", "run error", "wrong numbers")
+DTYPES = ("float32", "float16")  # the dtypes a bundle carries (bundle.BUNDLE_DTYPES)
+
+# What the ONNX specs say (the oldest release that reads an opset or IR version): a floor, not a proof
+ORT_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.18", 22: "1.21", 23: "1.22"}
+ORT_FOR_IR = {8: "1.13", 9: "1.15", 10: "1.18", 11: "1.22"}
+
+
+def release_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+@dataclass(frozen=True)
+class Cell:
+    result: str  # one of RESULTS
+    detail: str = ""  # the release's words, or the worst max_abs
+
+    def to_json(self) -> dict:
+        return {"result": self.result, "detail": self.detail}
+
+
+def row_key(spec: ExportSpec) -> str:
+    return f"{spec.variant}/{spec.module}/{spec.dtype}/mask-{spec.mask}"
+
+
+def _row_spec(variant: str, kind: str, dtype: str, mask: str, opset: int, **fields) -> ExportSpec:
+    """The row's settings; a built-in causal mask aligned top-left where the kind takes that, else bottom-right
+    (a KV cache's step)."""
+    from attn_onnx.errors import AttnOnnxError
+
+    aligns = ("top-left", "bottom-right") if mask == "causal" else ("top-left",)
+    for align in aligns:
+        try:
+            return ExportSpec(module=kind, variant=variant, dtype=dtype, mask=mask, opset=opset, causal_align=align,
+                              **fields).validate()
+        except AttnOnnxError:
+            if align == aligns[-1]:
+                raise
+
+
+def rows(**fields) -> list[ExportSpec]:
+    """Every variant x module kind x bundle dtype x mask mode that validates, each at opset max(18, the variant's
+    minimum) and otherwise the defaults; `fields` (heads, embedding_dim) apply to all."""
+    from attn_onnx.errors import AttnOnnxError
+    from attn_onnx.exporter.kinds import KINDS
+    from attn_onnx.exporter.variants import VARIANTS
+    from attn_onnx.vocab import MASK_MODES
+
+    found = []
+    for variant in VARIANTS.values():
+        for kind in KINDS:
+            for dtype in DTYPES:
+                for mask in MASK_MODES:
+                    try:
+                        found.append(_row_spec(variant.name, kind, dtype, mask, max(18, variant.min_opset), **fields))
+                    except AttnOnnxError:
+                        continue
+    return found
+
+
+def is_row(spec: ExportSpec) -> bool:
+    """Whether `spec` is its row's model at another width: every other setting as the row was measured."""
+    from attn_onnx.errors import AttnOnnxError
+
+    try:
+        row = _row_spec(spec.variant, spec.module, spec.dtype, spec.mask, spec.opset, heads=spec.heads,
+                        embedding_dim=spec.embedding_dim)
+    except AttnOnnxError:
+        return False
+    return row.settings() == ExportSpec.settings(spec)
+
+
+def measure(folder: str | Path, runner) -> Cell:
+    """Every set and decode step of the bundle at `folder` through `runner` (an ort_release_runner.ReleaseRunner,
+    which loads the bundle's model here), against the manifest's tolerance."""
+    from attn_onnx.deploy.bundle import _check_decode, _load_tensor, read_manifest
+    from attn_onnx.errors import RuntimeFailure
+    from attn_onnx.runtime_check.check import run_case
+    from attn_onnx.runtime_check.compare import Tolerance
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    try:
+        runner.load((folder / manifest["model"]["file"]).read_bytes())
+    except RuntimeFailure as exc:
+        return Cell("cannot load", str(exc).split("cannot load the model: ", 1)[-1])
+    tolerance = Tolerance(atol=float(manifest["tolerance"]["atol"]), rtol=float(manifest["tolerance"]["rtol"]))
+    results = []
+    for entry in manifest["test_data_sets"]:
+        feeds = {f["name"]: _load_tensor(folder / f["file"]) for f in entry["inputs"]}
+        expected = {f["name"]: _load_tensor(folder / f["file"]) for f in entry["outputs"]}
+        results.append(run_case(runner, entry["folder"], entry["case"], feeds, expected,
+                                {n: str(a.dtype) for n, a in expected.items()}, tolerance))
+    if "decode" in manifest:
+        results.extend(_check_decode(folder, manifest, [runner], tolerance))
+    errors = [r for r in results if r.error is not None]
+    if errors:
+        return Cell("run error", f"{errors[0].case}: {errors[0].error.split(': ', 1)[-1]}")
+    worst = max(results, key=lambda r: r.max_abs)
+    if not all(r.passed for r in results):
+        return Cell("wrong numbers", f"max_abs {worst.max_abs:.3g} ({worst.case})")
+    return Cell("runs right", f"max_abs {worst.max_abs:.2g}")
+
+
+def min_release(cells: dict[str, Cell]) -> str | None:
+    """The oldest measured release from which every later one runs right; None where the newest does not."""
+    claim = None
+    for version in sorted(cells, key=release_key, reverse=True):
+        if cells[version].result != "runs right":
+            break
+        claim = version
+    return claim
+
+
+def claim_problem(claim: str | None, cells: dict[str, Cell]) -> str | None:
+    """What is wrong with `claim` for a row measured as `cells` (release -> Cell): a release at or after it
+    that does not run right (the claim is too low), or one before it that does while every later one does
+    too (too high); None where the claim is the measured one."""
+    later = [v for v in sorted(cells, key=release_key) if claim is not None and release_key(v) >= release_key(claim)]
+    wrong = [f"{v}: {cells[v].result} ({cells[v].detail})" for v in later if cells[v].result != "runs right"]
+    if wrong:
+        return f"claims onnxruntime >= {claim}, but " + "; ".join(wrong)
+    measured = min_release(cells)
+    if measured != claim:
+        return f"claims onnxruntime >= {claim}, but the measured claim is {measured}"
+    return None
+
+
+def load_table(path: Path = TABLE) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {"releases": [], "rows": {}}
+
+
+def spec_floor(proto: onnx.ModelProto) -> str:
+    """The oldest release the model's opset and IR version allow, by the ONNX lookup tables."""
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    needs = [ORT_FOR_OPSET.get(opset, "1.22"), ORT_FOR_IR.get(proto.ir_version, "1.22")]
+    return max(needs, key=release_key)
+
+
+def min_onnxruntime(proto: onnx.ModelProto, spec: ExportSpec, table: dict | None = None) -> tuple[str, bool]:
+    """(release, measured): the measured claim of the model's row where the table has it at the model's opset,
+    else the ONNX lookup tables' floor (measured False)."""
+    table = load_table() if table is None else table
+    row = table["rows"].get(row_key(spec))
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if row is None or not is_row(spec) or row["opset"] != opset or row["ir_version"] != proto.ir_version \
+            or row["min"] is None:
+        return spec_floor(proto), False
+    return row["min"], True
