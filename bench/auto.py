@@ -105,11 +105,13 @@ def candidates(spec: ExportSpec, standard_ops: bool = False, opset: int | None =
 
 def tune(spec: ExportSpec, module, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAULT_ROUNDS, mask: str = DEFAULT_MASK,
          standard_ops: bool = False, opset: int | None = None, threads: int | None = None,
-         on_line: Callable[[str], None] = lambda text: None, weights_source: str = "") -> Choice:
+         on_line: Callable[[str], None] = lambda text: None, weights_source: str = "",
+         target: str | None = None) -> Choice:
     """Export, check and time every candidate; the fastest correct one, its metadata recording why.
 
     `module` holds the weights as the model will (rounded to its dtype); `opset` pins the opset (else each
-    variant gets max(spec.opset, its minimum)). UsageError when no candidate survives."""
+    variant gets max(spec.opset, its minimum)); `target`, an onnxruntime release, drops the candidates the
+    compatibility table says do not run right there. UsageError when no candidate survives."""
     from attn_onnx.bench.bench import cpu_model, feeds_at, interleaved, sessions
 
     shapes = [tuple(s) for s in shapes]
@@ -120,6 +122,13 @@ def tune(spec: ExportSpec, module, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAU
         raise UsageError(f"--tune-mask {mask!r}: choose from {list(MASK_KINDS)}")
     threads = threads or len(os.sched_getaffinity(0))
     found = candidates(spec, standard_ops, opset)
+    if target is not None:  # a candidate the compatibility table says is wrong there is not even exported
+        from attn_onnx.deploy.compatibility import check_target, target_problem
+
+        for c in found:
+            problem = c.spec is not None and target_problem(c.spec, check_target(target))
+            if problem:
+                c.spec, c.dropped = None, f"--target-onnxruntime {target}: {problem}"
     for c in found:
         if c.spec is None:
             on_line(f"auto: {c.variant}: dropped ({c.dropped})")

@@ -118,6 +118,11 @@ NAMED = " or ".join(form.flag() for form in FORMS.values() if form.named)  # the
               "protobuf's limit for one file.")
 @click.option("--force", is_flag=True, help=f"Overwrite what {', '.join(TARGETS[:-1])} or {TARGETS[-1]} would "
               "write if it exists.")
+@click.option("--target-onnxruntime", "target", default=None, metavar="X.Y.Z",
+              help="The onnxruntime release the model must run right on (a service's pinned one): a variant, "
+                   "kind, dtype and mask that docs/compatibility.md measured wrong or unloadable there is refused "
+                   "before any work (auto drops it), and where that release is installed (scripts/setup/"
+                   "onnxruntime-releases.sh X.Y.Z) the parity check runs in it too.")
 @click.option("--no-check", is_flag=True, help="Skip the parity check in onnxruntime before writing.")
 def main(**options):
     """Export attention to one self-contained ONNX file with dynamic batch and sequence axes. Before it is
@@ -156,6 +161,10 @@ def main(**options):
     if auto and options["optimize"] and options["standard_ops"]:
         raise click.UsageError("--standard-ops and --optimize exclude each other: the optimized graph holds "
                                "com.microsoft operators")
+    if options["target"] is not None:
+        from attn_onnx.deploy.compatibility import check_target
+
+        check_target(options["target"])
     if options["weights"] is None and "weights_prefix" in given(ctx):
         raise click.UsageError("--weights-prefix needs --weights")
     if options["weights"] is not None:
@@ -190,7 +199,7 @@ def main(**options):
         exported = export_model(spec, *forms, state=state, seed=options["seed"], weights_source=source,
                                 check=not options["no_check"],
                                 force=options["force"], external_data=options["external_data"], tuning=tuning,
-                                on_line=lambda text: click.echo(text, err=True))
+                                target=options["target"], on_line=lambda text: click.echo(text, err=True))
     except ParityError as exc:
         _echo_check(exc.report, None, spec)
         raise
@@ -202,6 +211,11 @@ def main(**options):
         click.echo(exported.choice.table())
     if exported.report is not None:
         _echo_check(exported.report, exported.accuracy, exported.spec)
+    if exported.target_report is not None:
+        _echo_check(exported.target_report, None, exported.spec)
+    elif options["target"] is not None and not options["no_check"]:
+        click.echo(f"parity: onnxruntime {options['target']} is not installed here, so the model was not run in it "
+                   f"(scripts/setup/onnxruntime-releases.sh {options['target']})")
     for line in exported.written.values():
         click.echo(line)
 

@@ -85,15 +85,13 @@ def rows(**fields) -> list[ExportSpec]:
 
 
 def is_row(spec: ExportSpec) -> bool:
-    """Whether `spec` is its row's model at another width: every other setting as the row was measured."""
-    from attn_onnx.errors import AttnOnnxError
-
-    try:
-        row = _row_spec(spec.variant, spec.module, spec.dtype, spec.mask, spec.opset, heads=spec.heads,
-                        embedding_dim=spec.embedding_dim)
-    except AttnOnnxError:
-        return False
-    return row.settings() == ExportSpec.settings(spec)
+    """Whether `spec` (validated) is its row's model at another width: every other setting as the rows are built
+    (no validation here: an export validates its spec once)."""
+    aligns = ("top-left", "bottom-right") if spec.mask == "causal" else ("top-left",)
+    return ExportSpec.settings(spec) in {
+        ExportSpec(module=spec.module, variant=spec.variant, dtype=spec.dtype, mask=spec.mask, opset=spec.opset,
+                   causal_align=align, heads=spec.heads, embedding_dim=spec.embedding_dim).settings()
+        for align in aligns}
 
 
 def measure(folder: str | Path, runner) -> Cell:
@@ -173,3 +171,41 @@ def min_onnxruntime(proto: onnx.ModelProto, spec: ExportSpec, table: dict | None
             or row["min"] is None:
         return spec_floor(proto), False
     return row["min"], True
+
+
+def target_problem(spec: ExportSpec, target: str, table: dict | None = None) -> str | None:
+    """Why a model of `spec` would not run right on onnxruntime `target`, from the table (before any export), or
+    None. A model that is not a measured row (another mask dtype, int8, ...) is held to its row's claim as a
+    lower bound, and to its opset's."""
+    table = load_table() if table is None else table
+    floor = ORT_FOR_OPSET.get(spec.opset, "1.22")
+    if release_key(target) < release_key(floor):
+        return f"opset {spec.opset} needs onnxruntime >= {floor}, by the ONNX tables (--opset picks another)"
+    row = table["rows"].get(row_key(spec))
+    if row is None:
+        return None  # nothing measured: the opset's floor is all that is known
+    what = f"{spec.variant} ({spec.module}, {spec.dtype}, mask {spec.mask})"
+    claim = row["min"]
+    if claim is None:
+        return f"{what} runs right on no measured onnxruntime release (docs/compatibility.md)"
+    if release_key(target) >= release_key(claim):
+        return None
+    measured = [v for v in table["releases"] if release_key(v) <= release_key(target)]
+    if measured:
+        cell = row["cells"][measured[-1]]
+        said = f"{cell['result']} on {measured[-1]}" + (f": {cell['detail']}" if cell["detail"] else "")
+    else:
+        said = f"older than every release measured, {table['releases'][0]}"
+    return (f"{what} does not run right on onnxruntime {target} ({said}); it runs right from {claim} "
+            "(docs/compatibility.md)")
+
+
+def check_target(target: str) -> str:
+    """`target` as a release number, or UsageError."""
+    import re
+
+    from attn_onnx.errors import UsageError
+
+    if not re.fullmatch(r"\d+\.\d+\.\d+", target):
+        raise UsageError(f"--target-onnxruntime {target!r}: give a release number, e.g. 1.20.1")
+    return target

@@ -41,6 +41,7 @@ class Tuning:
     mask: str = "causal+padding"  # the mask fed while timing, for a model with a mask input
     standard_ops: bool = False  # only variants of standard ONNX operators
     opset: int | None = None  # pinned; else each candidate at max(spec.opset, its minimum)
+    target: str | None = None  # an onnxruntime release the model must run right on (deploy/compatibility.py)
 
 
 @dataclass(frozen=True)
@@ -65,25 +66,36 @@ class Exported:
     report: object = None  # the parity check's Report (None with check=False)
     accuracy: object = None  # a reduced-precision model against the module as given: its worst CaseResult
     choice: object = None  # --attention-impl auto's Choice (its table), where tuned
+    target_report: object = None  # the quick sweep in the --target-onnxruntime release, where it is installed
     written: dict[str, str] = field(default_factory=dict)  # form -> the line it printed
 
 
 def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = None, seed: int = 0,
                  weights_source: str = "", check: bool = True, force: bool = False, external_data: bool = False,
-                 tuning: Tuning | None = None, on_line: Callable[[str], None] = lambda text: None) -> Exported:
+                 tuning: Tuning | None = None, target: str | None = None,
+                 on_line: Callable[[str], None] = lambda text: None) -> Exported:
     """Export `spec` and write it in each of `forms` (OnnxFile, Bundle, TritonRepo; a bare path is an
     OnnxFile); with no form, nothing is written and the model is returned.
 
     The weights: `module` (any module with MultiHeadedAttention's interface), else `state` (a state_dict),
     else random from `seed`; `weights_source` says where they came from, in the metadata. `check` runs the
     quick parity sweep in onnxruntime first. `tuning` chooses the
-    variant (--attention-impl auto), reporting progress to `on_line`.
+    variant (--attention-impl auto), reporting progress to `on_line`. `target` (an onnxruntime release, e.g.
+    "1.20.1"): a spec the compatibility table says does not run right there is refused before any work (auto
+    drops such candidates), and where that release is installed the check runs in it too.
     """
     from attn_onnx.deploy.forms import OnnxFile
 
     forms = [OnnxFile(f) if isinstance(f, (str, Path)) else f for f in forms]
     spec.validate()
     check_targets(forms, spec, force)
+    if target is not None and tuning is None:
+        from attn_onnx.deploy.compatibility import check_target, target_problem
+        from attn_onnx.errors import UsageError
+
+        problem = target_problem(spec, check_target(target))
+        if problem:
+            raise UsageError(f"--target-onnxruntime {target}: {problem}")
     kind = spec.kind
     if kind.has_weights:
         if module is None:
@@ -99,7 +111,7 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
 
         choice = tune(spec, golden, tuning.shapes, rounds=tuning.rounds, mask=tuning.mask,
                       standard_ops=tuning.standard_ops, opset=tuning.opset, on_line=on_line,
-                      weights_source=weights_source)
+                      weights_source=weights_source, target=target)
         proto, spec = choice.proto, choice.spec
     else:
         proto, spec = export_onnx(spec, golden, weights_source=weights_source)
@@ -115,6 +127,8 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
     targets = targets_of(forms, spec)
     if check or choice is not None:  # auto checked every candidate on this sweep: the winner's report stands
         exported.report, exported.accuracy = _check(model, module, forms, targets, choice and choice.report)
+    if target is not None and check:
+        exported.target_report = _check_on_release(model, target, targets)
     from attn_onnx.files import staging
 
     with staging(force) as txn:  # every form staged beside its target, then committed together, or none
@@ -122,6 +136,23 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
             exported.written[type(form).__name__] = form.write(model, force)
         txn.commit()
     return exported
+
+
+def _check_on_release(model: Model, target: str, targets: str):
+    """The quick sweep in onnxruntime `target` itself, where it is installed (ParityError unless it passes);
+    None where it is not (the CLI says so)."""
+    from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
+    from attn_onnx.runtime_check.model import LoadedModel
+    from attn_onnx.runtime_check.runners.ort_release_runner import installed
+
+    if target not in installed() or model.data is None:
+        return None
+    report = check_model(LoadedModel(model.proto, model.data, "<in memory>", model.spec),
+                         dataclasses.replace(QUICK_CONFIG, runtimes=(f"onnxruntime=={target}",)), module=model.golden)
+    if not report.ok:
+        raise ParityError(f"the exported model fails the parity check on onnxruntime {target} ({_why(report)}); "
+                          f"nothing was written to {targets} (--no-check writes it anyway)", report)
+    return report
 
 
 def check_targets(forms, spec: ExportSpec, force: bool) -> None:

@@ -200,7 +200,7 @@ def test_every_option_has_help():
     import click
 
     options = [p for p in main.params if isinstance(p, click.Option) and p.name not in ("version", "help")]
-    assert len(options) == 32
+    assert len(options) == 33
     for param in options:
         assert param.help, param.name
 

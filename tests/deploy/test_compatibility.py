@@ -8,6 +8,9 @@ scripts/setup-tests.sh runs it)."""
 
 from __future__ import annotations
 
+import re
+
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -146,3 +149,59 @@ def test_check_attn_runs_the_sweep_in_the_release_and_names_it(exported):
     old = CliRunner().invoke(check, [str(path), "--quick", "--runtimes", "onnxruntime==1.17.3"])
     assert old.exit_code != 0
     assert "onnxruntime 1.17.3 cannot load the model: Unsupported model IR version: 10" in old.output
+
+
+# --- export-attn --target-onnxruntime ---------------------------------------------------------------------------
+
+SMALL_ARGS = ["--heads", "2", "--embedding-dim", "16"]
+
+
+def test_a_target_the_table_says_is_wrong_is_refused_before_any_work(tmp_path, monkeypatch):
+    import attn_onnx.exporter.export as export_module
+    from attn_onnx.cli.export_attn import main as export
+
+    monkeypatch.setattr(export_module, "export_onnx", lambda *a, **k: pytest.fail("exported before refusing"))
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(export, [*SMALL_ARGS, "--attention-impl", "ort-mha", "--target-onnxruntime", "1.20.1",
+                                         "--out", str(out)])
+    assert result.exit_code == 2 and not out.exists()
+    assert result.output == ("Error: --target-onnxruntime 1.20.1: ort-mha (mha, float32, mask input) does not run right "
+                             "on onnxruntime 1.20.1 (wrong numbers on 1.20.1: "
+                             f"{TABLE['rows']['ort-mha/mha/float32/mask-input']['cells']['1.20.1']['detail']}); it "
+                             "runs right from 1.21.1 (docs/compatibility.md)\n")
+    for args, says in ((["--mask", "causal", "--target-onnxruntime", "1.19.2"], "cannot load on 1.19.2: Could not find "
+                                                                                  "an implementation for Equal(13)"),
+                       (["--target-onnxruntime", "1.15.1"], "older than every release measured, 1.16.3"),
+                       (["--target-onnxruntime", "1.20"], "give a release number, e.g. 1.20.1")):
+        result = CliRunner().invoke(export, [*SMALL_ARGS, *args, "--out", str(out)])
+        assert result.exit_code == 2 and says in result.output and not out.exists(), result.output
+
+
+@needs_releases
+def test_a_target_that_is_installed_is_checked_in_that_release(tmp_path):
+    from attn_onnx.cli.export_attn import main as export
+
+    result = CliRunner().invoke(export, [*SMALL_ARGS, "--attention-impl", "ort-mha", "--target-onnxruntime", "1.21.1",
+                                         "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^parity: onnxruntime==1\.21\.1/cpu vs PyTorch float64 on \d+ cases .*: PASSED$", result.output,
+                     re.M)
+    result = CliRunner().invoke(export, [*SMALL_ARGS, "--target-onnxruntime", "1.99.0", "--out",
+                                         str(tmp_path / "n.onnx")])
+    assert result.exit_code == 0 and "parity: onnxruntime 1.99.0 is not installed here, so the model was not run in " \
+                                      "it (scripts/setup/onnxruntime-releases.sh 1.99.0)" in result.output
+
+
+def test_auto_drops_the_candidates_that_are_wrong_on_the_target(tmp_path):
+    from attn_onnx.cli.export_attn import main as export
+
+    result = CliRunner().invoke(export, [*SMALL_ARGS, "--attention-impl", "auto", "--tune-shapes", "1x8",
+                                         "--tune-rounds", "1", "--target-onnxruntime", "1.20.1",
+                                         "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    for variant in ("ort-mha", "ort-gqa"):
+        assert f"auto: {variant}: dropped (--target-onnxruntime 1.20.1: {variant} (mha, float32, mask input) does " \
+               "not run right on onnxruntime 1.20.1 (wrong numbers on 1.20.1" in result.output
+    chosen = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    variant = {p.key: p.value for p in chosen.metadata_props}["attn_onnx.variant"]
+    assert variant not in ("ort-mha", "ort-gqa", "onnx-attention")
