@@ -75,7 +75,9 @@ def markdown(table: dict) -> str:
         "manifest's tolerance. **wrong numbers** is a release that runs the model without an error and answers "
         "beyond the tolerance. The claim, `min_onnxruntime` in every bundle's manifest, is the oldest release "
         "from which every later one runs right (deploy/compatibility.json holds the same table, with each "
-        "release's words).",
+        "release's words). `export-attn --target-onnxruntime X.Y.Z` refuses, before any work, a row this table "
+        "says is wrong or unloadable on X.Y.Z, and `check-attn M --runtimes onnxruntime==X.Y.Z` runs a model in "
+        "that release (`scripts/setup/onnxruntime-releases.sh X.Y.Z` installs it).",
         "",
         "| bundle (variant / kind / dtype) | opset | claim | " + " | ".join(releases) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in releases) + " |",
