@@ -76,7 +76,8 @@ def small_mha(exported):
 # largest single cost of the suite. A call is answered from the memo only when everything the export reads is
 # the same: the module tree (each module's class, its forward and its plain attributes), the weights' and the
 # example's bytes, the arguments, and every function and constant of the package's own modules (a test that
-# monkeypatches, say, models.attention.mask_fill gets a new key, so a fresh export). What it answers is a copy.
+# monkeypatches, say, models.attention.mask_fill gets a new key, so a fresh export). Objects are keyed by id, and
+# the memo keeps each one alive, so a later lambda cannot take a freed one's id. What it answers is a copy.
 
 MEMO_STATS = {"hits": 0, "misses": 0, "saved_s": 0.0, "spent_s": 0.0}
 
@@ -97,16 +98,22 @@ def _plain(value) -> bool:
     return isinstance(value, (int, float, str, bool, type(None), tuple))
 
 
-def _module_key(graph: torch.nn.Module) -> tuple:
-    return tuple((name, id(type(m)), id(getattr(type(m), "forward", None)), id(m.__dict__.get("forward")),
-                  tuple(sorted((k, repr(v)) for k, v in vars(m).items() if not k.startswith("_") and _plain(v))))
-                 for name, m in graph.named_modules())
+def _module_key(graph: torch.nn.Module, alive: list) -> tuple:
+    parts = []
+    for name, m in graph.named_modules():
+        code = (type(m), getattr(type(m), "forward", None), m.__dict__.get("forward"))
+        alive.extend(code)
+        parts.append((name, *map(id, code),
+                      tuple(sorted((k, repr(v)) for k, v in vars(m).items() if not k.startswith("_") and _plain(v)))))
+    return tuple(parts)
 
 
-def _package_key() -> tuple:
-    return tuple(sorted((name, key, id(value)) for name, module in list(sys.modules.items())
-                        if name.startswith("attn_onnx") and module is not None
-                        for key, value in list(vars(module).items()) if not key.startswith("__")))
+def _package_key(alive: list) -> tuple:
+    values = [(name, key, value) for name, module in list(sys.modules.items())
+              if name.startswith("attn_onnx") and module is not None
+              for key, value in list(vars(module).items()) if not key.startswith("__")]
+    alive.extend(value for _, _, value in values)
+    return tuple(sorted((name, key, id(value)) for name, key, value in values))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -117,14 +124,15 @@ def memoized_torch_export():
     real, memo = torch.onnx.export, {}
 
     def export(model, args=(), *rest, **kwargs):
-        key = (_module_key(model), _digest(model.state_dict().values()), _digest(args), repr(rest),
-               repr(sorted(kwargs.items())), _package_key())
+        alive = []  # every object whose id is in the key, kept by the memo: no later object can reuse its id
+        key = (_module_key(model, alive), _digest(model.state_dict().values()), _digest(args), repr(rest),
+               repr(sorted(kwargs.items())), _package_key(alive))
         if key not in memo:
             start = time.perf_counter()
             program = real(model, args, *rest, **kwargs)
             kept = onnx.ModelProto()
             kept.CopyFrom(program.model_proto)  # not serialized: tests count SerializeToString calls
-            memo[key] = (kept, time.perf_counter() - start)
+            memo[key] = (kept, time.perf_counter() - start, alive)
             MEMO_STATS["misses"] += 1
             MEMO_STATS["spent_s"] += memo[key][1]
         else:
