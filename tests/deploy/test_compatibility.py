@@ -32,12 +32,14 @@ needs_releases = pytest.mark.skipif(not set(RELEASES) <= set(installed()),
 
 
 def sample() -> list[ExportSpec]:
-    """Every variant x kind at float32 with its first mask mode, every row a release answers wrongly in, and
-    every float16 row of torch-export: the rows whose claims differ, and those a wrong claim would hurt most."""
+    """Every variant x kind at float32 with its first mask mode, every float32 row a release answers wrongly in,
+    and torch-export's float16 mha: the rows whose claims differ, and those a wrong claim would hurt most (18 of
+    75 bundles, to keep CI's time; the float16 rows that 1.29.0 answers wrongly at width 512 are right at this
+    width, so re-measuring them here would prove little)."""
     seen, chosen = set(), []
     for spec in rows(**SMALL):
         row = TABLE["rows"][row_key(spec)]
-        wrong = any(c["result"] == "wrong numbers" for c in row["cells"].values())
+        wrong = spec.dtype == "float32" and any(c["result"] == "wrong numbers" for c in row["cells"].values())
         first = (spec.variant, spec.module) not in seen and spec.dtype == "float32"
         if first or wrong or (spec.variant == "torch-export" and spec.dtype == "float16" and spec.mask == "input"):
             chosen.append(spec)
