@@ -128,6 +128,14 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
     float64 answers, and the manifest's tolerance is the profile of the model's precision. `data`: the model
     serialized already, where the caller holds it."""
     check_bundle_dtype(spec.dtype)
+    build = bundle_builder(proto, spec, module, name=name, seed=seed, external=external, data=data)
+    return write_folder_atomic(target, build, force)
+
+
+def bundle_builder(proto: onnx.ModelProto, spec: ExportSpec, module, *, name: str, seed: int = 0,
+                   external: bool = False, data: bytes | None = None):
+    """build(folder): writes the bundle's files into `folder`, which exists and is empty (write_bundle's folder,
+    or a Triton model's version folder, deploy/triton.py)."""
     import torch
 
     from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
@@ -191,7 +199,7 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
                                          "note": "the weights (ONNX external data); keep it beside the model"}
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
 
-    return write_folder_atomic(target, build, force)
+    return build
 
 
 def _describe_case(case: Case) -> str:

@@ -26,6 +26,7 @@ PYTHON_MODEL = "triton_python_model.py"  # the template, shipped in this package
 # the python backend's parameters: the dims contract its model.py checks each request against (JSON of
 # exporter/kinds/dims.py's contract, without the descriptions), and the work budget of one request in bytes
 DIMS_PARAMETER, BUDGET_PARAMETER = "attn_onnx.dims", "max_request_bytes"
+VERIFY_PARAMETER = "attn_onnx.verify"  # "false": model.py serves without running the golden vectors first
 MAX_REQUEST_BYTES = 1 << 30  # 1 GiB
 
 
@@ -106,28 +107,44 @@ def config_text(spec: ExportSpec, name: str, *, max_batch_size: int = 8, gpu: bo
                      "input and output) bytes, is past this budget")
         budget = int(max_request_bytes)
         lines.append(f'parameters {{ key: "{BUDGET_PARAMETER}" value: {{ string_value: "{budget}" }} }}')
+        lines.append("# model.py runs the golden vectors of 1/manifest.json when it starts and refuses to serve if one "
+                     'fails; "false" skips them (and says so in the log)')
+        lines.append(f'parameters {{ key: "{VERIFY_PARAMETER}" value: {{ string_value: "true" }} }}')
     return "\n".join(lines) + "\n"
 
 
 def write_repository(repo: str | Path, proto: onnx.ModelProto, spec: ExportSpec, *, name: str, force: bool = False,
                      max_batch_size: int = 8, gpu: bool = False, external: bool = False,
-                     backend: str = "onnxruntime", max_queue_delay_us: int = 0, data: bytes | None = None) -> Path:
+                     backend: str = "onnxruntime", max_queue_delay_us: int = 0, data: bytes | None = None,
+                     golden=None) -> Path:
     """Write `repo/<name>/` atomically (other models already in `repo` are left alone). With `external` (or
-    past 2 GiB) the weights go to `1/model.onnx.data`, where onnxruntime finds them. The python backend also
-    gets `1/model.py`."""
+    past 2 GiB) the weights go to `1/model.onnx.data`, where onnxruntime finds them.
+
+    The python backend's version folder is a bundle (deploy/bundle.py: model.onnx, manifest.json and the golden
+    vectors of the float64 `golden` module), with `1/model.py` beside it, which verifies it before serving."""
     from importlib.resources import files
+
+    from attn_onnx.deploy.bundle import bundle_builder, check_bundle_dtype
 
     repo = Path(repo)
     text = config_text(spec, name, max_batch_size=max_batch_size, gpu=gpu, backend=backend,
                        max_queue_delay_us=max_queue_delay_us)
     code = files(__package__).joinpath(PYTHON_MODEL).read_text() if backend == "python" else None
     external = external or needs_external(proto)
+    if code is not None:
+        if golden is None:
+            raise UsageError("the python backend's model verifies golden vectors: give the module (golden=)")
+        check_bundle_dtype(spec.dtype)
+        version = bundle_builder(proto, spec, golden, name=name, external=external, data=data)
+    else:
+        def version(folder: Path) -> None:
+            save_model(proto, folder / "model.onnx", external, data)
     created = not repo.exists()
     repo.mkdir(parents=True, exist_ok=True)
 
     def build(folder: Path) -> None:
         (folder / VERSION).mkdir()
-        save_model(proto, folder / VERSION / "model.onnx", external, data)
+        version(folder / VERSION)
         if code is not None:
             (folder / VERSION / "model.py").write_text(code)
         (folder / CONFIG_FILE).write_text(text)

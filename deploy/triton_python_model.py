@@ -9,9 +9,19 @@ Before running, each request is checked on its own: its inputs against each othe
 (config parameter "attn_onnx.dims", written by attn_onnx.deploy.triton), and its estimated peak memory against
 the budget (config parameter "max_request_bytes", 1 GiB unless set). A request that fails either gets an
 INVALID_ARGUMENT error naming the inputs and the dim, or the estimate and the budget; the others run.
+
+Before serving, `initialize` verifies the version folder, which is an attn-onnx bundle (model.onnx, manifest.json
+and golden vectors): it refuses a bundle whose manifest's min_onnxruntime is above this onnxruntime, one whose
+files differ from their sha256s, and one whose golden sets or decode steps fail here, by raising
+TritonModelException with one line naming the set, the runtime and its version (the model is not ready; with
+Triton's default --exit-on-error the server exits). Config parameter "attn_onnx.verify": "false" skips the golden
+sets (the log says so); the min_onnxruntime check stays.
 """
 
+import hashlib
 import json
+import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +195,243 @@ def run_grouped(run, inputs: list, batched: bool) -> list:
     return results
 
 
+# --- the bundle in the version folder, verified before serving (docs/bundle-format.md states the format). A
+# reader of golden vectors that attn-onnx writes: ONNX TensorProto files whose values are in raw_data (what
+# onnx.numpy_helper.from_array writes), decoded without the onnx package, which the stub's environment need not
+# have. Anything else (values in a typed field, segments, external data, another element type) is refused, so a
+# bundle this reader cannot read is never served unverified.
+
+FORMAT = "attn-onnx-bundle/1"
+RAW_TYPES = {1: np.float32, 2: np.uint8, 7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64}
+VALUE_FIELDS = {3: "segment", 4: "float_data", 5: "int32_data", 6: "string_data", 7: "int64_data",
+                10: "double_data", 11: "uint64_data", 13: "external_data"}
+
+
+class BundleRefused(Exception):
+    """Why the bundle is not served: one line."""
+
+
+def _varint(data: bytes, pos: int):
+    result, shift = 0, 0
+    while True:
+        if pos >= len(data):
+            raise BundleRefused("truncated TensorProto")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result & (2**64 - 1), pos
+        shift += 7
+        if shift > 63:
+            raise BundleRefused("malformed TensorProto: a varint longer than 10 bytes")
+
+
+def read_tensor(data: bytes) -> np.ndarray:
+    """A TensorProto's values (raw_data only), checked: BundleRefused for anything this reader does not take."""
+    dims, data_type, name, raw, pos, location = [], 0, "", None, 0, 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            if field == 1:
+                dims.append(value - 2**64 if value >= 2**63 else value)
+            elif field == 2:
+                data_type = value
+            elif field == 14:
+                location = value
+            elif field in VALUE_FIELDS:
+                raise BundleRefused(f"tensor {name}: values in {VALUE_FIELDS[field]}; this reader takes raw_data")
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            if length > len(data) - pos:
+                raise BundleRefused("truncated TensorProto")
+            payload, pos = data[pos:pos + length], pos + length
+            if field == 1:
+                at = 0
+                while at < len(payload):
+                    value, at = _varint(payload, at)
+                    dims.append(value - 2**64 if value >= 2**63 else value)
+            elif field == 8:
+                name = payload.decode("utf-8", "replace")
+            elif field == 9:
+                raw = payload
+            elif field in VALUE_FIELDS:
+                raise BundleRefused(f"tensor {name}: values in {VALUE_FIELDS[field]}; this reader takes raw_data")
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            if pos + width > len(data):
+                raise BundleRefused("truncated TensorProto")
+            if field in VALUE_FIELDS:
+                raise BundleRefused(f"tensor {name}: values in {VALUE_FIELDS[field]}; this reader takes raw_data")
+            pos += width
+        else:
+            raise BundleRefused(f"unsupported protobuf wire type {wire} in a TensorProto")
+    if location == 1:
+        raise BundleRefused(f"tensor {name}: stored in external data, which this reader does not take")
+    if data_type not in RAW_TYPES:
+        raise BundleRefused(f"tensor {name}: unsupported ONNX data type {data_type}")
+    count = 1  # dim by dim, before anything is allocated
+    for d in dims:
+        count *= d
+        if d < 0 or count > 2**63 - 1:
+            raise BundleRefused(f"tensor {name}: dims {dims} are negative or hold more than 2^63-1 elements")
+    dtype = np.dtype(RAW_TYPES[data_type]).newbyteorder("<")
+    if raw is None and count:
+        raise BundleRefused(f"tensor {name}: no raw_data")
+    raw = raw or b""
+    if len(raw) != count * dtype.itemsize:
+        raise BundleRefused(f"tensor {name}: {len(raw)} bytes of raw_data for shape {dims} of {dtype.name}")
+    if data_type == 9 and any(b > 1 for b in raw):
+        raise BundleRefused(f"tensor {name}: raw_data holds a bool byte other than 0 or 1")
+    return np.frombuffer(raw, dtype).astype(dtype.newbyteorder("="), copy=True).reshape(dims)
+
+
+def release_key(version: str) -> tuple:
+    """(1, 21, 1) for "1.21.1", "1.21.1.dev2025" and "1.21.1rc1": the leading release numbers, compared part by part."""
+    parts = []
+    for part in str(version).split("."):
+        digits = part[:len(part) - len(part.lstrip("0123456789"))]
+        if not digits:
+            break
+        parts.append(int(digits))
+        if digits != part:
+            break
+    return tuple(parts)
+
+
+def inside(folder: Path, relative) -> Path:
+    """The file a manifest path names inside `folder`: plain (relative, no empty, . or .. part, no backslash or
+    NUL) and, symlinks resolved, inside the folder; BundleRefused otherwise."""
+    parts = str(relative).split("/")
+    root = folder.resolve()
+    path = (folder / str(relative)).resolve()
+    if ("\\" in relative or "\0" in relative or any(p in ("", ".", "..") for p in parts)
+            or root not in path.parents):
+        raise BundleRefused(f"{relative} is outside the bundle")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: Path) -> dict:
+    """The bundle's manifest, after every file it names is found with its sha256: BundleRefused otherwise."""
+    try:
+        manifest = json.loads(inside(folder, "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleRefused(f"{folder}/manifest.json cannot be read: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleRefused(f"{folder}/manifest.json is not an attn-onnx bundle manifest (format is not {FORMAT})")
+    try:
+        files = [manifest["model"]] + ([manifest["model"]["data"]] if "data" in manifest["model"] else [])
+        files += [f for _, entry in vector_sets(manifest) for f in entry["inputs"] + entry["outputs"]]
+        changed = []
+        for entry in files:
+            path = inside(folder, entry["file"])
+            if not path.is_file():
+                changed.append(f"{entry['file']} (missing)")
+            elif (actual := _sha256(path)) != entry["sha256"]:
+                changed.append(f"{entry['file']} (sha256 {actual[:12]}..., the manifest says {entry['sha256'][:12]}...)")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BundleRefused(f"{folder}/manifest.json is malformed: {type(exc).__name__} {exc}") from None
+    if changed:
+        raise BundleRefused(f"the bundle was changed after it was written: {'; '.join(changed)}")
+    if not manifest["test_data_sets"]:
+        raise BundleRefused(f"{folder}/manifest.json is malformed: it has no golden set")
+    return manifest
+
+
+def load(folder: Path, entry: dict) -> np.ndarray:
+    """A golden vector the manifest names: BundleRefused naming its file for anything read_tensor refuses."""
+    try:
+        return read_tensor(inside(folder, entry["file"]).read_bytes())
+    except BundleRefused as exc:
+        raise BundleRefused(f"{entry['file']}: {exc}") from None
+
+
+def vector_sets(manifest: dict) -> list:
+    """(label, entry) for every golden set and then every decode step, in order."""
+    sets = [(f"{s['folder']} ({s['case']})", s) for s in manifest["test_data_sets"]]
+    steps = (manifest.get("decode") or {}).get("steps", [])
+    return sets + [(f"{s['folder']} ({s['new_tokens']} new, past {s['past_len']})", s) for s in steps]
+
+
+def compare(name: str, actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float):
+    """Why `actual` misses `expected` by the manifest's rule (|actual - expected| <= atol + rtol * |expected|
+    elementwise, no NaN or Inf, the same shape and dtype), or None; and the largest |actual - expected|."""
+    if actual.shape != expected.shape:
+        return f"{name}: shape {list(actual.shape)} != {list(expected.shape)}", math.inf
+    if actual.dtype != expected.dtype:
+        return f"{name}: dtype {actual.dtype} != {expected.dtype}", math.inf
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+    if bad:
+        return f"{name}: {bad} NaN/Inf values", math.inf
+    diff = np.abs(a - e)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    if diff.size and bool((diff > atol + rtol * np.abs(e)).any()):
+        return f"{name}: max_abs={max_abs:.3g} beyond atol={atol}, rtol={rtol}", max_abs
+    return None, max_abs
+
+
+def verify_bundle(folder: Path, session, runtime: str) -> str:
+    """Run every golden set and decode step of the bundle in `folder` on `session`: the summary line, or
+    BundleRefused naming the first set that fails, the runtime and its version."""
+    manifest = read_manifest(folder)
+    try:
+        atol, rtol = float(manifest["tolerance"]["atol"]), float(manifest["tolerance"]["rtol"])
+        if not (math.isfinite(atol) and math.isfinite(rtol)):
+            raise BundleRefused("the manifest's tolerance is not finite")
+        outputs = [o.name for o in session.get_outputs()]
+        decode = manifest.get("decode")
+        past = {}
+        if decode:
+            first = decode["first_past"]
+            past = {name: np.zeros(first["shape"], first["dtype"]) for name in decode["thread"].values()}
+        steps = {id(s) for s in (decode or {}).get("steps", [])}
+        worst = 0.0
+        for label, entry in vector_sets(manifest):
+            listed = [f["name"] for f in entry["outputs"]]
+            if sorted(listed) != sorted(outputs):
+                raise BundleRefused(f"golden set {label} compares outputs {listed}; the model gives {outputs}")
+            feeds = {f["name"]: load(folder, f) for f in entry["inputs"]}
+            decoding = id(entry) in steps
+            try:
+                results = dict(zip(outputs, session.run(outputs, {**feeds, **past} if decoding else feeds)))
+            except Exception as exc:  # noqa: BLE001 - the runtime's own error is the reason
+                raise BundleRefused(f"golden set {label} fails on {runtime}: {type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+            for f in entry["outputs"]:
+                why, max_abs = compare(f["name"], results[f["name"]], load(folder, f), atol, rtol)
+                if why:
+                    raise BundleRefused(f"golden set {label} fails on {runtime}: {why}")
+                worst = max(worst, max_abs)
+            if decoding:
+                past = {decode["thread"][present]: results[present] for present in decode["thread"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleRefused(f"{folder}/manifest.json is malformed: {type(exc).__name__} {exc}") from None
+    return (f"{len(manifest['test_data_sets'])} golden sets and {len(steps)} decode steps passed on {runtime} "
+            f"(max_abs {worst:.3g})")
+
+
+def refused_by_release(manifest_folder: Path, version: str):
+    """Why this onnxruntime is too old for the bundle (its manifest's min_onnxruntime), or None."""
+    try:
+        needs = json.loads((manifest_folder / "manifest.json").read_text())["model"].get("min_onnxruntime")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"{manifest_folder}/manifest.json cannot be read: {type(exc).__name__} {exc}"
+    if needs and release_key(version) < release_key(needs):
+        return (f"the bundle needs onnxruntime >= {needs} (its manifest's min_onnxruntime); this server runs "
+                f"onnxruntime {version}")
+    return None
+
+
 class TritonPythonModel:
     """Triton's Python-backend interface: initialize once per instance, execute per list of requests."""
 
@@ -200,8 +447,23 @@ class TritonPythonModel:
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.contract = json.loads(parameters["attn_onnx.dims"]) if "attn_onnx.dims" in parameters else None
         self.max_request_bytes = int(parameters.get("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
-        pb_utils.Logger.log_info(f"{args['model_name']}: onnxruntime {ort.__version__} on "
-                                 f"{self.session.get_providers()[0]}, {'batched' if self.batched else 'unbatched'}")
+        runtime = f"onnxruntime {ort.__version__} ({self.session.get_providers()[0]})"
+        name, folder = args["model_name"], path.parent
+        problem = refused_by_release(folder, ort.__version__)
+        if problem:
+            raise pb_utils.TritonModelException(f"{name}: {problem}; not serving")
+        if parameters.get("attn_onnx.verify", "true").strip().lower() in ("false", "0", "no", "off"):
+            verdict = "verification skipped (attn_onnx.verify is false): the bundle's golden sets were not run"
+        else:
+            started = time.perf_counter()
+            try:
+                verdict = verify_bundle(folder, self.session, runtime)
+            except BundleRefused as exc:
+                raise pb_utils.TritonModelException(f"{name}: {exc}; not serving (config parameter "
+                                                    'attn_onnx.verify "false" serves anyway)') from None
+            verdict += f" in {(time.perf_counter() - started) * 1000:.0f} ms"
+        pb_utils.Logger.log_info(f"{name}: {verdict}")
+        pb_utils.Logger.log_info(f"{name}: {runtime}, {'batched' if self.batched else 'unbatched'}")
 
     def _run(self, feeds: dict) -> dict:
         feeds = {name: a.reshape(()) if name in self.scalars else a for name, a in feeds.items()}

@@ -68,7 +68,8 @@ class TritonRepo(OutputForm):
         path = write_repository(self.repo, model.proto, model.spec, name=self.name or model.spec.module,
                                 force=force, max_batch_size=self.max_batch_size, gpu=self.gpu,
                                 external=model.external, backend=self.backend,
-                                max_queue_delay_us=self.max_queue_delay_us, data=model.data)
+                                max_queue_delay_us=self.max_queue_delay_us, data=model.data,
+                                golden=model.golden if self.backend == "python" else None)
         files = ", 1/model.onnx.data" if model.external else ""
-        files += ", 1/model.py" if self.backend == "python" else ""
+        files += ", 1/model.py, 1/manifest.json and golden vectors" if self.backend == "python" else ""
         return f"wrote Triton model {path}/ ({self.backend} backend: config.pbtxt, 1/model.onnx{files})"

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <memory>
@@ -581,6 +582,167 @@ std::string js_number(double x) {  // String(x): the shortest digits that round-
   if (-6 < n && n <= 0) return sign + "0." + std::string(-n, '0') + digits;
   return sign + digits.substr(0, 1) + (k > 1 ? "." + digits.substr(1) : "") + "e" + (n - 1 < 0 ? "-" : "+") +
          std::to_string(std::abs(n - 1));
+}
+
+// --- verifying a bundle: every set and decode step, on this process's onnxruntime ----------------------------------
+
+namespace {
+
+// One model, its output names, and a run over named feeds that returns every output by name.
+class VerifyModel {
+ public:
+  VerifyModel(Ort::Env& env, const fs::path& file) : session_(env, file.c_str(), Ort::SessionOptions()) {
+    Ort::AllocatorWithDefaultOptions allocator;
+    for (size_t k = 0; k < session_.GetOutputCount(); ++k) {
+      outputs_.emplace_back(session_.GetOutputNameAllocated(k, allocator).get());
+    }
+  }
+
+  std::map<std::string, Ort::Value> run(const std::vector<std::string>& names, const std::vector<Ort::Value>& values) {
+    std::vector<const char*> in, out;
+    for (const auto& n : names) in.push_back(n.c_str());
+    for (const auto& n : outputs_) out.push_back(n.c_str());
+    auto results = session_.Run(Ort::RunOptions{nullptr}, in.data(), values.data(), in.size(), out.data(), out.size());
+    std::map<std::string, Ort::Value> by_name;
+    for (size_t k = 0; k < results.size(); ++k) by_name.emplace(outputs_[k], std::move(results[k]));
+    return by_name;
+  }
+
+  const std::vector<std::string>& outputs() const { return outputs_; }
+
+ private:
+  Ort::Session session_;
+  std::vector<std::string> outputs_;
+};
+
+// Feeds read from a set's (or step's) input files; the Tensors own the bytes the values view.
+struct Feeds {
+  std::vector<Tensor> tensors;
+  std::vector<std::string> names;
+  std::vector<Ort::Value> values;
+
+  Feeds(const fs::path& dir, const json& entries, const Ort::MemoryInfo& memory) {
+    tensors.reserve(entries.size());
+    for (const json& f : entries) {
+      tensors.push_back(load_tensor(dir / f["file"].get<std::string>()));
+      names.push_back(f["name"]);
+      values.push_back(tensors.back().view(memory));
+    }
+  }
+};
+
+// One line per set or step: PASSED/FAILED | runtime | label | max_abs=... [| reasons]
+bool judge(const fs::path& dir, const std::string& label, const json& outputs,
+           const std::map<std::string, Ort::Value>& results, const Tolerance& tolerance, const std::string& runtime,
+           const std::function<void(const std::string&)>& log) {
+  bool ok = true;
+  double max_abs = -std::numeric_limits<double>::infinity();
+  std::string reasons;
+  for (const json& f : outputs) {
+    const std::string name = f["name"];
+    const Tensor expected = load_tensor(dir / f["file"].get<std::string>());
+    const auto found = results.find(name);
+    const Verdict v = found == results.end()
+        ? Verdict{false, std::numeric_limits<double>::infinity(), "the model has no such output"}
+        : compare(found->second, expected, tolerance);
+    max_abs = std::max(max_abs, v.max_abs);
+    if (!v.passed) {
+      reasons += (ok ? "" : "; ") + name + ": " + v.reason;
+      ok = false;
+    }
+  }
+  log(std::string(ok ? "PASSED" : "FAILED") + " | " + runtime + " | " + label + " | max_abs=" +
+      js_precision3(max_abs) + (ok ? "" : " | " + reasons));
+  return ok;
+}
+
+ONNXTensorElementDataType element_type(const std::string& dtype) {
+  if (dtype == "float32") return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  if (dtype == "float16") return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+  throw BundleError("decode.first_past.dtype " + dtype + " is not float32 or float16");
+}
+
+}  // namespace
+
+Summary verify(const fs::path& dir, const std::string& runtime, const std::function<void(const std::string&)>& log) {
+  if (!fs::exists(dir)) throw BundleError(dir.string() + ": no such folder");
+  if (!fs::is_directory(dir)) throw BundleError(dir.string() + " is not a bundle: it is not a folder");
+  const json manifest = read_manifest(dir);
+  const std::vector<std::string> changed = changed_files(dir, manifest);
+  if (!changed.empty()) {
+    std::string list;
+    for (const auto& c : changed) list += (list.empty() ? "" : "; ") + c;
+    throw BundleError("the bundle was changed after it was written: " + list);
+  }
+  const Tolerance tolerance{manifest["tolerance"]["atol"], manifest["tolerance"]["rtol"]};
+  Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "verify_bundle");
+  VerifyModel model(env, dir / manifest["model"]["file"].get<std::string>());
+  check_outputs(dir, manifest, model.outputs());  // every set and step compares every output of the model
+  const auto memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+  Summary summary;
+  for (const json& set : manifest["test_data_sets"]) {
+    Feeds feeds(dir, set["inputs"], memory);
+    const auto results = model.run(feeds.names, feeds.values);
+    const std::string label = set["folder"].get<std::string>() + " (" + set["case"].get<std::string>() + ")";
+    const bool ok = judge(dir, label, set["outputs"], results, tolerance, runtime, log);
+    (ok ? summary.passed : summary.failed)++;
+  }
+  if (manifest.contains("decode")) {  // a model with a KV cache: decode step by step, present_* into past_*
+    const json& decode = manifest["decode"];
+    const auto shape = decode["first_past"]["shape"].get<std::vector<int64_t>>();
+    const auto type = element_type(decode["first_past"].value("dtype", "float32"));
+    Ort::AllocatorWithDefaultOptions allocator;
+    std::map<std::string, Ort::Value> past;  // past name -> value (no elements before the first step)
+    for (const auto& [present, name] : decode["thread"].items()) {
+      past.emplace(name.get<std::string>(), Ort::Value::CreateTensor(allocator, shape.data(), shape.size(), type));
+    }
+    for (const json& step : decode["steps"]) {
+      Feeds feeds(dir, step["inputs"], memory);
+      for (auto& [name, value] : past) {
+        feeds.names.push_back(name);
+        feeds.values.push_back(std::move(value));
+      }
+      auto results = model.run(feeds.names, feeds.values);
+      const std::string label = step["folder"].get<std::string>() + " (" +
+                                std::to_string(step["new_tokens"].get<int64_t>()) + " new, past " +
+                                std::to_string(step["past_len"].get<int64_t>()) + ")";
+      const bool ok = judge(dir, label, step["outputs"], results, tolerance, runtime, log);
+      (ok ? summary.passed : summary.failed)++;
+      past.clear();
+      for (const auto& [present, name] : decode["thread"].items()) {
+        const auto found = results.find(present);
+        if (found == results.end()) throw BundleError("the model has no output " + present + " to thread");
+        past.emplace(name.get<std::string>(), std::move(found->second));
+      }
+    }
+  }
+  log(std::to_string(summary.passed) + " passed, " + std::to_string(summary.failed) + " failed");
+  return summary;
+}
+
+std::string onnxruntime_version() { return OrtGetApiBase()->GetVersionString(); }
+
+bool older_than(const std::string& a, const std::string& b) {
+  auto parts = [](const std::string& v) {
+    std::vector<long> out;
+    std::stringstream in(v);
+    for (std::string part; std::getline(in, part, '.');) out.push_back(std::strtol(part.c_str(), nullptr, 10));
+    return out;
+  };
+  const auto x = parts(a), y = parts(b);
+  for (size_t i = 0; i < std::max(x.size(), y.size()); ++i) {
+    const long p = i < x.size() ? x[i] : 0, q = i < y.size() ? y[i] : 0;
+    if (p != q) return p < q;
+  }
+  return false;
+}
+
+std::string release_problem(const json& manifest, const std::string& runtime) {
+  const json& model = manifest["model"];
+  if (!model.contains("min_onnxruntime") || !model["min_onnxruntime"].is_string()) return "";
+  const std::string needs = model["min_onnxruntime"];
+  if (!older_than(onnxruntime_version(), needs)) return "";
+  return "the bundle needs onnxruntime >= " + needs + " (its manifest's min_onnxruntime); this runs " + runtime;
 }
 
 }  // namespace bundle

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -87,5 +88,26 @@ Verdict compare(const Ort::Value& actual, const Tensor& expected, const Toleranc
 // x.toPrecision(3) and String(x).
 std::string js_precision3(double x);
 std::string js_number(double x);
+
+// --- verifying a bundle --------------------------------------------------------------------------------------
+
+struct Summary {
+  int passed = 0;
+  int failed = 0;
+};
+
+// Check the sha256s, run every golden set and decode step (threading present_* into past_*) on this process's
+// onnxruntime, and compare each within the manifest's tolerance: one line per set or step to `log`, in
+// verify.js's format with `runtime` as the runtime's name ("PASSED | onnxruntime-cpp | SET (CASE) | max_abs=..."),
+// then "N passed, M failed". BundleError or Ort::Exception for a bad bundle.
+Summary verify(const std::filesystem::path& dir, const std::string& runtime,
+               const std::function<void(const std::string&)>& log);
+
+// The onnxruntime library this process runs ("1.32.0").
+std::string onnxruntime_version();
+// a < b, release numbers compared part by part (1.9 < 1.18).
+bool older_than(const std::string& a, const std::string& b);
+// Why this onnxruntime is older than the manifest's model.min_onnxruntime (naming both), or "".
+std::string release_problem(const nlohmann::json& manifest, const std::string& runtime);
 
 }  // namespace bundle

@@ -307,3 +307,73 @@ def test_docs_reliability_has_a_row_for_every_refused_bundle_and_each_row_is_the
         named = re.findall(r"`([^`]+)`", row[2])
         assert named == [entry.expect[1] if entry.expect[1] != "/ABSOLUTE" else "ABSOLUTE"], (row, entry.expect)
         assert re.findall(r"`([^`]+)`", row[3]) == [entry.says], (row, entry.says)
+
+
+# --- the Triton Python model's verifier (deploy/triton_python_model.py): it reads only the vectors attn-onnx writes
+# (raw_data) and does not validate the manifest against the schema (the exporter that wrote it did); it must
+# never serve what the four verifiers refuse on the numbers, the files or the vectors.
+
+def triton_verifier():
+    import importlib.util
+    import sys
+    import types
+
+    stub = types.ModuleType("triton_python_backend_utils")
+    saved = sys.modules.get(stub.__name__)
+    sys.modules[stub.__name__] = stub
+    try:
+        spec = importlib.util.spec_from_file_location("triton_model", ROOT / "deploy" / "triton_python_model.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            del sys.modules[stub.__name__]
+        else:
+            sys.modules[stub.__name__] = saved
+    return module
+
+
+def triton_bundle(model, folder: Path) -> tuple[str, str]:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        return ("pass", model.verify_bundle(folder, session, "onnxruntime"))
+    except model.BundleRefused as exc:
+        return ("refused", str(exc))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime refusing the model is a refusal too (not ready)
+        return ("refused", f"{type(exc).__name__}: {exc}")
+
+
+# Entries the four verifiers refuse by the manifest's schema alone, which the Triton model does not judge: their
+# vectors and files are the valid bundle's, so serving them is serving a verified model.
+TRITON_SERVES = {"no-mask-convention", "duplicate-folder", "manifest-outputs-short"}
+
+
+def test_the_triton_model_never_serves_what_the_verifiers_fail_on_numbers_files_or_vectors(corpus):
+    model = triton_verifier()
+    outcomes = {name: triton_bundle(model, corpus / name) for name in C.BUNDLE_NAMES}
+    for entry in C.BUNDLES:
+        kind, text = outcomes[entry.name]
+        if entry.expect == C.PASS:  # or refused for a vector outside raw_data, which it does not read
+            assert kind == "pass" or "this reader takes raw_data" in text, f"{entry.name}: {text}"
+        elif entry.expect[0] == "failed":  # refused, naming the first set that fails
+            first = entry.expect[1].split(", ")[0]
+            assert kind == "refused" and f"golden set {first} (" in text, f"{entry.name}: {text}"
+    served = {e.name for e in C.BUNDLES if e.expect[0] == "error" and outcomes[e.name][0] == "pass"}
+    assert served == TRITON_SERVES, "the refused entries the Triton model serves are not the listed ones"
+    assert outcomes["valid"][0] == "pass"
+
+
+@pytest.mark.parametrize("name", C.TENSOR_NAMES)
+def test_the_triton_model_reads_raw_data_alike_and_refuses_the_rest(name):
+    model = triton_verifier()
+    entry = TENSOR_BY_NAME[name]
+    try:
+        got = C.values(model.read_tensor(entry.data))
+    except model.BundleRefused as exc:
+        got = ("refused", str(exc))
+    if got[0] == "values":
+        assert got == entry.expect, f"{name}: {got}"
+    else:  # what the others refuse, and what they read from a typed field
+        assert entry.expect[0] == "refused" or "this reader takes raw_data" in got[1], f"{name}: {got}"

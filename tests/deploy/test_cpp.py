@@ -19,6 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from attn_onnx.exporter.variants import VARIANTS
+from tests.deploy.tamper import change_a_weight, copy_of, move_a_value, rehash
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPS = ROOT / ".deps" / "cpp"
@@ -339,9 +340,10 @@ def test_embed_runs_requests_on_one_session_as_python_does(build, bundle):
     """embed's three requests (its README's lines) give the outputs onnxruntime's Python API gives."""
     import onnxruntime as ort
 
-    result = subprocess.run([str(build / "embed"), str(bundle / "model.onnx")], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([str(build / "embed"), str(bundle)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    assert re.fullmatch(rf"verified on onnxruntime-cpp {re.escape(ort.__version__)}: 5 golden sets and decode steps "
+                        r"passed in \d+ ms\n", result.stderr), result.stderr
     session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
     lines = []
     for batch, q_len, kv_len in ((1, 5, 5), (2, 4, 7), (3, 9, 4)):
@@ -354,6 +356,62 @@ def test_embed_runs_requests_on_one_session_as_python_does(build, bundle):
             for line in result.stdout.splitlines()]
     assert [tuple(map(int, s[:3])) for s in said] == [shape for shape, _ in lines]
     np.testing.assert_allclose([float(s[3]) for s in said], [total for _, total in lines], rtol=1e-5, atol=1e-4)
+
+
+def _needs(release):
+    def change(copy):
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest["model"]["min_onnxruntime"] = release
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+    return change
+
+
+def _moved_and_re_signed(relative):
+    def change(copy):
+        move_a_value(copy / relative)
+        rehash(copy)
+    return change
+
+
+@pytest.mark.parametrize("change, said", [
+    (_moved_and_re_signed("test_data_set_2/output_0.pb"),
+     "golden set test_data_set_2 (b2.q6.kv6.masked_row) fails on onnxruntime-cpp {v}: output: max_abs=0.00100 beyond "
+     "atol=0.00001, rtol=0.0001; not serving (--no-verify serves anyway)"),
+    (change_a_weight, "golden set test_data_set_0 (b1.q5.kv5.ones) fails on onnxruntime-cpp {v}: output: max_abs="),
+    (lambda copy: move_a_value(copy / "test_data_set_0" / "input_0.pb"),
+     "the bundle was changed after it was written: test_data_set_0/input_0.pb (sha256 "),
+    (_needs("99.1.0"), "the bundle needs onnxruntime >= 99.1.0 (its manifest's min_onnxruntime); this runs "
+                       "onnxruntime-cpp {v}"),
+], ids=["changed-and-re-signed-output", "changed-weights", "changed-unsigned", "newer-runtime"])
+def test_embed_refuses_a_bundle_this_runtime_does_not_answer_right(build, bundle, tmp_path, change, said):
+    """The service verifies before it serves: nothing on stdout (no request ran), one line on stderr, exit 1.
+    --no-verify serves a bundle whose sets fail (and says so), never one that needs a newer onnxruntime."""
+    import onnxruntime as ort
+
+    copy = copy_of(bundle, tmp_path)
+    change(copy)
+    result = subprocess.run([str(build / "embed"), str(copy)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == "", result.stdout
+    assert result.stderr.startswith("Error: " + said.format(v=ort.__version__)), result.stderr
+    assert result.stderr.count("\n") == 1
+    result = subprocess.run([str(build / "embed"), str(copy), "--no-verify"], capture_output=True, text=True,
+                            timeout=60)
+    if "min_onnxruntime" in said:
+        assert result.returncode == 1 and "needs onnxruntime >= 99.1.0" in result.stderr
+    elif "sha256" not in said:
+        assert result.returncode == 0 and len(result.stdout.splitlines()) == 3
+        assert result.stderr == "verification skipped (--no-verify): the bundle's golden sets were not run\n"
+
+
+def test_embed_serves_a_bundle_whose_claim_is_its_own_runtime(build, bundle, tmp_path):
+    import onnxruntime as ort
+
+    copy = copy_of(bundle, tmp_path)
+    _needs(ort.__version__)(copy)
+    result = subprocess.run([str(build / "embed"), str(copy)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    result = subprocess.run([str(build / "embed"), str(copy), "--verify"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr == "Error: usage: embed BUNDLE_DIR [--no-verify]\n"
 
 
 def test_bench_latency_answers_each_round_and_refuses_a_bad_line(build, bundle):

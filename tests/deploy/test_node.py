@@ -193,7 +193,7 @@ def test_the_service_runs_the_golden_sets_before_it_serves_and_says_so(bundle):
 
 def test_a_golden_set_that_fails_here_is_refused_with_the_set_and_the_runtime(bundle, tmp_path):
     """A vector changed and the manifest re-signed: the sha256s match, only running the sets can tell."""
-    from tests.deploy.test_web_page import copy_of, move_a_value, rehash
+    from tests.deploy.tamper import copy_of, move_a_value, rehash
 
     bad = copy_of(bundle, tmp_path)
     entry = read_manifest(bad)["test_data_sets"][1]
@@ -208,7 +208,7 @@ def test_a_golden_set_that_fails_here_is_refused_with_the_set_and_the_runtime(bu
 
 
 def test_a_bundle_that_needs_a_later_onnxruntime_is_refused_with_both_versions(bundle, tmp_path):
-    from tests.deploy.test_web_page import copy_of
+    from tests.deploy.tamper import copy_of
 
     later = copy_of(bundle, tmp_path)
     manifest = json.loads((later / "manifest.json").read_text())

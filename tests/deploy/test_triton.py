@@ -124,9 +124,16 @@ def test_the_python_backend_writes_model_py_beside_the_same_config(repo, tmp_pat
     result = CliRunner().invoke(export, [*SMALL, "--triton-repo", str(tmp_path), "--triton-backend", "python",
                                          "--triton-max-queue-delay-us", "500", "--no-check"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip().endswith("(python backend: config.pbtxt, 1/model.onnx, 1/model.py)")
-    assert sorted(str(p.relative_to(tmp_path / "mha")) for p in (tmp_path / "mha").rglob("*")) == [
-        "1", "1/model.onnx", "1/model.py", "config.pbtxt"]
+    assert result.output.strip().endswith(
+        "(python backend: config.pbtxt, 1/model.onnx, 1/model.py, 1/manifest.json and golden vectors)")
+    files = sorted(str(p.relative_to(tmp_path / "mha")) for p in (tmp_path / "mha").rglob("*")
+                   if "test_data_set_" not in str(p))
+    assert files == ["1", "1/manifest.json", "1/model.onnx", "1/model.py", "config.pbtxt"]
+    # the version folder is a bundle: model.py verifies it before serving, and so can any verifier
+    from attn_onnx.deploy.bundle import check_bundle
+
+    report = check_bundle(tmp_path / "mha" / "1")
+    assert report.ok and len(report.results) == len(list((tmp_path / "mha" / "1").glob("test_data_set_*"))) > 3
     text, model = read(tmp_path, "mha")
     check_config(text, model)  # the python backend passes the same check
     config = text_format.Parse(text, model_config_pb2.ModelConfig())
@@ -146,6 +153,7 @@ def test_the_python_backend_writes_model_py_beside_the_same_config(repo, tmp_pat
 
     assert config.parameters["attn_onnx.dims"].string_value == dims_parameter(ExportSpec(heads=2, embedding_dim=16))
     assert config.parameters["max_request_bytes"].string_value == str(1 << 30)
+    assert config.parameters["attn_onnx.verify"].string_value == "true"
     assert "parameters" not in onnxruntime_text
 
 

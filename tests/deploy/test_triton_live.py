@@ -6,7 +6,8 @@ One server for the session, on 127.0.0.1 with free ports, stopped by its PID at 
 repository: the bundle's model with --triton-backend python (`small`), a KV-cache model (`kv`), the same model
 with a long dynamic-batching delay (`batched`), a float16 one (`half`), the onnxruntime-backend form (`ortb`,
 which this server cannot load: it has no onnxruntime backend), a copy of `small` with a small work budget
-(`tight`), and a python-backend copy with a broken config (`broken`, the control).
+(`tight`), a python-backend copy with a broken config (`broken`, the control), and copies of `small` with a golden
+output changed and re-signed, verified (`tampered`, not served) and not (`unverified`, served).
 Skipped, visibly, where .deps/triton is absent (the setup script was not run).
 """
 
@@ -23,6 +24,7 @@ from onnx import numpy_helper
 
 from attn_onnx.cli.export_attn import main as export
 from tests.deploy.conftest import SMALL
+from tests.deploy.tamper import move_a_value, rehash
 
 pytest.importorskip("tritonclient.http", reason="tritonclient[http,grpc] is a test extra")
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[http,grpc] is a test extra")
@@ -72,7 +74,15 @@ def live(tmp_path_factory):
     shutil.copytree(repo / "small", repo / "broken")
     config = (repo / "broken" / "config.pbtxt").read_text().replace('name: "small"', 'name: "broken"')
     (repo / "broken" / "config.pbtxt").write_text(config.replace("dims: [ -1, 16 ]", "dims: [ ]", 1))
-    # --exit-on-error=false: up despite `ortb` and `broken`; --strict-readiness=false: ready means ready to serve
+    for copy, verify in (("tampered", "true"), ("unverified", "false")):  # `small`, a golden output changed and
+        shutil.copytree(repo / "small", repo / copy)                      # re-signed: only the numbers can tell
+        move_a_value(repo / copy / "1" / "test_data_set_2" / "output_0.pb")
+        rehash(repo / copy / "1")
+        config = (repo / copy / "config.pbtxt").read_text().replace('name: "small"', f'name: "{copy}"')
+        written = 'key: "attn_onnx.verify" value: { string_value: "true" }'
+        assert written in config
+        (repo / copy / "config.pbtxt").write_text(config.replace(written, written.replace("true", verify)))
+    # --exit-on-error=false: up despite `ortb`, `broken` and `tampered`; --strict-readiness=false: ready means ready to serve
     # the models that loaded (with the default, one model that failed keeps /v2/health/ready at 400)
     with triton_server.TritonServer(repo, "--exit-on-error=false", "--strict-readiness=false",
                                     log_path=root / "tritonserver.log", root=DEPS) as server:
@@ -252,6 +262,31 @@ def test_health_and_readiness(live, client_of):
     metadata = http.get_model_metadata("small")
     assert metadata["platform"] == "python" and [i["name"] for i in metadata["inputs"]] == [
         "query", "key", "value", "mask"]
+
+
+def test_a_model_whose_golden_set_fails_here_is_not_ready_unless_verification_is_off(live, client_of):
+    """model.py's initialize runs the version folder's golden sets on the server's own onnxruntime: `tampered`
+    (an output changed and re-signed) is not ready, and Triton gives the one line naming the set and the runtime
+    as the reason; `unverified` (attn_onnx.verify "false") is served, and the log says the sets were not run.
+    The log gives the start-up cost of the verification."""
+    import re
+
+    import onnxruntime
+
+    index = live.index()
+    runtime = f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
+    assert index["tampered"]["state"] == "UNAVAILABLE" and index["unverified"]["state"] == "READY"
+    assert (f"tampered: golden set test_data_set_2 (b2.q6.kv6.masked_row) fails on {runtime}: output: max_abs=0.001 "
+            "beyond atol=1e-05, rtol=0.0001; not serving") in index["tampered"]["reason"]
+    client = client_of("http-binary").client
+    assert not client.is_model_ready("tampered") and client.is_model_ready("unverified")
+    log = live.log_path.read_text(errors="replace")
+    assert "unverified: verification skipped (attn_onnx.verify is false): the bundle's golden sets were not run" in log
+    for name, sets, steps in (("small", 5, 0), ("kv", 4, 4)):
+        found = re.search(rf"{name}: {sets} golden sets and {steps} decode steps passed on {re.escape(runtime)} "
+                          r"\(max_abs [0-9.e-]+\) in (\d+) ms", log)
+        assert found, f"no verification line for {name} in the log"
+        print(f"{name}: verified in {found.group(1)} ms at start")
 
 
 def test_onnxruntime_backend_model_is_unavailable_for_the_missing_backend_only(live, client_of):

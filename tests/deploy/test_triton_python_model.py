@@ -4,8 +4,10 @@ them over. How it batches, answers and fails; tests/deploy/test_triton_live.py r
 
 import importlib.util
 import json
+import shutil
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -14,6 +16,7 @@ from click.testing import CliRunner
 
 from attn_onnx.cli.export_attn import main as export
 from tests.deploy.conftest import SMALL
+from tests.deploy.tamper import change_a_weight, move_a_value, rehash
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is a test extra")
 
@@ -56,14 +59,15 @@ def _pb_utils():
     pb.TritonModelException = type("TritonModelException", (Exception,), {})
     pb.TritonError, pb.InferenceResponse, pb.Tensor = TritonError, Response, Tensor
     pb.get_input_tensor_by_name = lambda request, name: request.tensors.get(name)
-    pb.Logger = types.SimpleNamespace(log_info=lambda message: None)
+    pb.lines = []  # what the model logs
+    pb.Logger = types.SimpleNamespace(log_info=pb.lines.append)
     return pb
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     folder = tmp_path_factory.mktemp("python-backend")
-    for name, args in {"mha": [], "probs": ["--attn-probs"]}.items():
+    for name, args in {"mha": [], "probs": ["--attn-probs"], "kv": ["--kv-cache"]}.items():
         result = CliRunner().invoke(export, [*SMALL, *args, "--triton-repo", str(folder), "--triton-backend",
                                              "python", "--name", name, "--no-check"])
         assert result.exit_code == 0, result.output
@@ -80,10 +84,14 @@ def model_py(repo, monkeypatch):
     return module
 
 
-def _args(repo, name, kind="CPU", parameters="", budget=None):
+def _args(repo, name, kind="CPU", parameters="", budget=None, verify=None):
     """TritonPythonModel.initialize's args, the config as Triton passes it (JSON of its ModelConfig); `budget`
-    replaces the written max_request_bytes."""
+    replaces the written max_request_bytes, and `verify` the written attn_onnx.verify."""
     text = (repo / name / "config.pbtxt").read_text() + parameters
+    if verify is not None:
+        written = 'key: "attn_onnx.verify" value: { string_value: "true" }'
+        assert written in text
+        text = text.replace(written, f'key: "attn_onnx.verify" value: {{ string_value: "{verify}" }}')
     if budget is not None:
         written = f'key: "max_request_bytes" value: {{ string_value: "{1 << 30}" }}'
         assert written in text
@@ -301,3 +309,82 @@ def test_the_estimate_reads_a_cache_step_s_keys_and_the_mask_module_s_size(model
     assert model_py.estimated_bytes(contract, {"size": np.array(20000, np.int64)}) == 4 * (1 + 20000 * 20000)
     assert "past the model's budget of 1073741824 bytes" in model_py.request_problem(
         contract, 1 << 30, {"size": np.array(20000, np.int64)})
+
+
+# --- verified before serving: the version folder is a bundle, and initialize runs its golden sets -------------------
+
+RUNTIME = f"onnxruntime {ort.__version__} (CPUExecutionProvider)"
+
+
+def _tampered(repo, name, tmp_path, change) -> Path:
+    """A copy of the repository's model `name` under tmp_path (the repository), its version folder changed."""
+    shutil.copytree(repo / name, tmp_path / name)
+    change(tmp_path / name / "1")
+    return tmp_path
+
+
+def _moved(relative):
+    def change(version):
+        move_a_value(version / relative)
+        rehash(version)
+    return change
+
+
+def _needs(release):
+    def change(version):
+        manifest = json.loads((version / "manifest.json").read_text())
+        manifest["model"]["min_onnxruntime"] = release
+        (version / "manifest.json").write_text(json.dumps(manifest))
+    return change
+
+
+@pytest.mark.parametrize("name, sets, steps", [("mha", 5, 0), ("kv", 4, 4)])
+def test_initialize_runs_every_golden_set_and_decode_step_and_logs_the_cost(model_py, repo, name, sets, steps):
+    _model(model_py, repo, name)
+    lines = sys.modules["triton_python_backend_utils"].lines
+    verdict = next(line for line in lines if "passed on" in line)
+    assert verdict.startswith(f"{name}: {sets} golden sets and {steps} decode steps passed on {RUNTIME} (max_abs ")
+    assert verdict.endswith(" ms")
+    manifest = json.loads((repo / name / "1" / "manifest.json").read_text())
+    assert len(manifest["test_data_sets"]) == sets and len(manifest.get("decode", {}).get("steps", [])) == steps
+
+
+@pytest.mark.parametrize("name, change, words", [
+    ("mha", _moved("test_data_set_2/output_0.pb"), f"golden set test_data_set_2 (b2.q6.kv6.masked_row) fails on {RUNTIME}: "
+                                                   "output: max_abs=0.001 beyond atol="),
+    ("kv", _moved("decode/step_2/output_1.pb"), f"golden set decode/step_2 (1 new, past 5) fails on {RUNTIME}: "
+                                                "present_key: max_abs=0.001 beyond"),
+    ("mha", change_a_weight,
+     f"golden set test_data_set_0 (b1.q5.kv5.ones) fails on {RUNTIME}: output: max_abs="),
+    ("mha", lambda version: move_a_value(version / "test_data_set_0" / "input_0.pb"),
+     "the bundle was changed after it was written: test_data_set_0/input_0.pb (sha256 "),
+    ("mha", _needs("99.1.0"), f"the bundle needs onnxruntime >= 99.1.0 (its manifest's min_onnxruntime); this server "
+                              f"runs onnxruntime {ort.__version__}"),
+], ids=["changed-and-re-signed-output", "changed-decode-step", "changed-weights", "changed-unsigned", "newer-runtime"])
+def test_a_bundle_that_fails_here_is_not_served(model_py, repo, tmp_path, name, change, words):
+    """A vector changed and re-signed (only the numbers can tell), the weights changed, a file changed without
+    re-signing, a min_onnxruntime above this runtime: initialize raises (Triton marks the model not ready)."""
+    copy = _tampered(repo, name, tmp_path, change)
+    with pytest.raises(model_py.pb_utils.TritonModelException) as refused:
+        _model(model_py, copy, name)
+    message = str(refused.value)
+    assert message.startswith(f"{name}: ") and words in message and "not serving" in message, message
+    assert "\n" not in message
+    if "min_onnxruntime" in words:  # no --no-verify past it: the runtime is too old whatever the sets say
+        with pytest.raises(model_py.pb_utils.TritonModelException, match="needs onnxruntime >= 99.1.0"):
+            _model(model_py, copy, name, verify="false")
+
+
+def test_verify_false_serves_a_bundle_that_fails_and_says_so(model_py, repo, tmp_path):
+    copy = _tampered(repo, "mha", tmp_path, _moved("test_data_set_2/output_0.pb"))
+    model = _model(model_py, copy, "mha", verify="false")
+    lines = sys.modules["triton_python_backend_utils"].lines
+    assert "mha: verification skipped (attn_onnx.verify is false): the bundle's golden sets were not run" in lines
+    assert model.execute([Request(_feeds(np.random.default_rng(0), 1, 3, 4))])[0].error is None
+
+
+def test_a_runtime_at_the_claim_is_served(model_py, repo, tmp_path):
+    copy = _tampered(repo, "mha", tmp_path, _needs(ort.__version__))
+    _model(model_py, copy, "mha")
+    assert model_py.release_key("1.9.0") < model_py.release_key("1.18.1") < model_py.release_key("1.18.1.dev7") + (1,)
+    assert model_py.release_key("1.23.0rc1") == (1, 23, 0)

@@ -6,7 +6,6 @@ same sets under Node. The screenshots stay under pytest's tmp path (their paths 
 Skipped, visibly, where chromium, node or onnxruntime-web (scripts/setup/web.sh) are absent."""
 
 import contextlib
-import hashlib
 import json
 import re
 import select
@@ -16,13 +15,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import numpy_helper
 
 from attn_onnx.cli.check_attn import main as check
 from attn_onnx.deploy.bundle import read_manifest
+from tests.deploy.tamper import change_a_weight, copy_of, flip_a_byte, move_a_value, rehash
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "examples" / "web"
 NODE, CHROMIUM = shutil.which("node"), shutil.which("chromium")
@@ -73,52 +71,6 @@ def has_colour(png: Path, rgb: tuple[int, int, int], at_least: int = 50) -> bool
 
     pixels = (imread(png)[..., :3] * 255).round().astype(int)
     return int((np.abs(pixels - np.array(rgb)).max(axis=-1) <= 3).sum()) >= at_least
-
-
-def copy_of(bundle: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "bundle"
-    shutil.copytree(bundle, copy)
-    return copy
-
-
-def flip_a_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[-3] ^= 0x10
-    path.write_bytes(bytes(data))
-
-
-def move_a_value(path: Path, by: float = 1e-3) -> None:
-    """The last value of a TensorProto moved by `by` (100x the float32 atol, whatever the value): a change the
-    numbers must catch, unlike a flipped bit, whose size depends on the data."""
-    import onnx
-    from onnx import numpy_helper
-
-    tensor = onnx.TensorProto()
-    tensor.ParseFromString(path.read_bytes())
-    array = numpy_helper.to_array(tensor).copy()
-    array.flat[-1] += by
-    path.write_bytes(numpy_helper.from_array(array, tensor.name).SerializeToString())
-
-
-def rehash(bundle: Path) -> None:
-    """The manifest re-signed to match its files: only the numbers can tell a change now."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    digest = lambda f: hashlib.sha256((bundle / f).read_bytes()).hexdigest()  # noqa: E731
-    manifest["model"]["sha256"] = digest(manifest["model"]["file"])
-    for entry in manifest["test_data_sets"] + manifest.get("decode", {}).get("steps", []):
-        for f in entry["inputs"] + entry["outputs"]:
-            f["sha256"] = digest(f["file"])
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
-
-
-def change_a_weight(bundle: Path) -> None:
-    model = onnx.load(bundle / "model.onnx")
-    weight = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
-    array = numpy_helper.to_array(weight).copy()
-    array.flat[: array.size // 4] += 0.01
-    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
-    onnx.save(model, bundle / "model.onnx")
-    rehash(bundle)
 
 
 def set_lines(results: dict) -> list[str]:
