@@ -121,7 +121,8 @@ NAMED = " or ".join(form.flag() for form in FORMS.values() if form.named)  # the
 @click.option("--target-onnxruntime", "target", default=None, metavar="X.Y.Z",
               help="The onnxruntime release the model must run right on (a service's pinned one): a variant, "
                    "kind, dtype and mask that docs/compatibility.md measured wrong or unloadable there is refused "
-                   "before any work (auto drops it), and where that release is installed (scripts/setup/"
+                   "before any work (auto drops it); the model is written at the IR version the release reads "
+                   "(1.16 and 1.17: 9), and where that release is installed (scripts/setup/"
                    "onnxruntime-releases.sh X.Y.Z) the parity check runs in it too.")
 @click.option("--no-check", is_flag=True, help="Skip the parity check in onnxruntime before writing.")
 def main(**options):

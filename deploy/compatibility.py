@@ -10,7 +10,9 @@ release running every golden set and decode step of that row's bundle, one of RE
 The table (compatibility.json beside this file, and docs/compatibility.md) is written by
 scripts/compat_matrix.py. `min_onnxruntime` reads it: the oldest release from which every later one runs the
 row right. A model whose row was not measured (another opset, say) gets the ONNX lookup tables' claim, marked
-unmeasured.
+unmeasured. A release that cannot read a row's IR version (1.16 and 1.17 read IR 9; the exporter writes 10) is
+measured again with the model's IR version lowered to its own (`lowered`): export-attn --target-onnxruntime
+writes such a model for such a release.
 """
 
 from __future__ import annotations
@@ -34,6 +36,25 @@ ORT_FOR_IR = {8: "1.13", 9: "1.15", 10: "1.18", 11: "1.22"}
 
 def release_key(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split("."))
+
+
+def max_ir(release: str) -> int:
+    """The newest ONNX IR version onnxruntime `release` reads (ORT_FOR_IR): 9 for 1.16 and 1.17."""
+    return max(ir for ir, floor in ORT_FOR_IR.items() if release_key(floor) <= release_key(release))
+
+
+def lowered_ir(proto: onnx.ModelProto, release: str) -> onnx.ModelProto:
+    """`proto` as onnxruntime `release` reads it: its IR version lowered to the release's newest where it is
+    above it (the same graph: attn-onnx's models use nothing IR 10 added, int4 types and function overloads,
+    which onnx.checker confirms), else `proto` itself."""
+    ir = max_ir(release)
+    if proto.ir_version <= ir:
+        return proto
+    lowered = onnx.ModelProto()
+    lowered.CopyFrom(proto)
+    lowered.ir_version = ir
+    onnx.checker.check_model(lowered)  # refuses an IR-10 feature at IR 9
+    return lowered
 
 
 @dataclass(frozen=True)
@@ -94,9 +115,10 @@ def is_row(spec: ExportSpec) -> bool:
         for align in aligns}
 
 
-def measure(folder: str | Path, runner) -> Cell:
+def measure(folder: str | Path, runner, lower_for: str | None = None) -> Cell:
     """Every set and decode step of the bundle at `folder` through `runner` (an ort_release_runner.ReleaseRunner,
-    which loads the bundle's model here), against the manifest's tolerance."""
+    which loads the bundle's model here), against the manifest's tolerance; the model at the IR version release
+    `lower_for` reads, where that is given (lowered_ir)."""
     from attn_onnx.deploy.bundle import _check_decode, _load_tensor, read_manifest
     from attn_onnx.errors import RuntimeFailure
     from attn_onnx.runtime_check.check import run_case
@@ -104,8 +126,11 @@ def measure(folder: str | Path, runner) -> Cell:
 
     folder = Path(folder)
     manifest = read_manifest(folder)
+    data = (folder / manifest["model"]["file"]).read_bytes()
+    if lower_for is not None:
+        data = lowered_ir(onnx.load_from_string(data), lower_for).SerializeToString()
     try:
-        runner.load((folder / manifest["model"]["file"]).read_bytes())
+        runner.load(data)
     except RuntimeFailure as exc:
         return Cell("cannot load", str(exc).split("cannot load the model: ", 1)[-1])
     tolerance = Tolerance(atol=float(manifest["tolerance"]["atol"]), rtol=float(manifest["tolerance"]["rtol"]))
@@ -161,16 +186,35 @@ def spec_floor(proto: onnx.ModelProto) -> str:
     return max(needs, key=release_key)
 
 
+def row_cells(row: dict, ir_version: int) -> dict[str, dict] | None:
+    """The row's cells for a model of `ir_version`: as measured where it is the row's own; where it is lower
+    (an export for an older release, lowered_ir), the cells measured at it replace those of the releases that
+    cannot read the row's; None where the row was not measured at it."""
+    if ir_version == row["ir_version"]:
+        return row["cells"]
+    lowered = row.get("lowered") or {}
+    if lowered.get("ir_version") != ir_version:
+        return None
+    return {**row["cells"], **lowered["cells"]}
+
+
+def row_claim(row: dict, ir_version: int) -> str | None:
+    cells = row_cells(row, ir_version)
+    return None if cells is None else min_release({v: Cell(**c) for v, c in cells.items()})
+
+
 def min_onnxruntime(proto: onnx.ModelProto, spec: ExportSpec, table: dict | None = None) -> tuple[str, bool]:
-    """(release, measured): the measured claim of the model's row where the table has it at the model's opset,
-    else the ONNX lookup tables' floor (measured False)."""
+    """(release, measured): the measured claim of the model's row where the table has it at the model's opset
+    and IR version, else the ONNX lookup tables' floor (measured False)."""
     table = load_table() if table is None else table
     row = table["rows"].get(row_key(spec))
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    if row is None or not is_row(spec) or row["opset"] != opset or row["ir_version"] != proto.ir_version \
-            or row["min"] is None:
+    if row is None or not is_row(spec) or row["opset"] != opset:
         return spec_floor(proto), False
-    return row["min"], True
+    claim = row_claim(row, proto.ir_version)
+    if claim is None:
+        return spec_floor(proto), False
+    return claim, True
 
 
 def target_problem(spec: ExportSpec, target: str, table: dict | None = None) -> str | None:
@@ -185,14 +229,16 @@ def target_problem(spec: ExportSpec, target: str, table: dict | None = None) -> 
     if row is None:
         return None  # nothing measured: the opset's floor is all that is known
     what = f"{spec.variant} ({spec.module}, {spec.dtype}, mask {spec.mask})"
-    claim = row["min"]
+    ir = min(row["ir_version"], max_ir(target))  # the export lowers the IR version to what the target reads
+    cells = row_cells(row, ir) or row["cells"]
+    claim = min_release({v: Cell(**c) for v, c in cells.items()})
     if claim is None:
         return f"{what} runs right on no measured onnxruntime release (docs/compatibility.md)"
     if release_key(target) >= release_key(claim):
         return None
     measured = [v for v in table["releases"] if release_key(v) <= release_key(target)]
     if measured:
-        cell = row["cells"][measured[-1]]
+        cell = cells[measured[-1]]
         said = f"{cell['result']} on {measured[-1]}" + (f": {cell['detail']}" if cell["detail"] else "")
     else:
         said = f"older than every release measured, {table['releases'][0]}"

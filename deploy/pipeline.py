@@ -115,6 +115,7 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
         proto, spec = choice.proto, choice.spec
     else:
         proto, spec = export_onnx(spec, golden, weights_source=weights_source)
+    proto = _for_runtime(proto, spec, target)
     if spec.quantize:  # int8: the golden holds the dequantized weights, read back through the weight map
         from attn_onnx.runtime_check.reference import reference_module
 
@@ -136,6 +137,24 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
             exported.written[type(form).__name__] = form.write(model, force)
         txn.commit()
     return exported
+
+
+def _for_runtime(proto, spec: ExportSpec, target: str | None):
+    """The model as it ships: at the IR version the --target-onnxruntime release reads (1.16 and 1.17 read 9,
+    the exporter writes 10), and with the oldest onnxruntime that runs it right in its metadata
+    (attn_onnx.min_onnxruntime, the bundle manifest's claim, and where it comes from)."""
+    from attn_onnx.deploy.compatibility import lowered_ir, min_onnxruntime
+    from attn_onnx.exporter.spec import METADATA_PREFIX
+
+    if target is not None:
+        proto = lowered_ir(proto, target)
+    release, measured = min_onnxruntime(proto, spec)
+    for key, value in (("min_onnxruntime", release),
+                       ("min_onnxruntime_source", "measured (docs/compatibility.md)" if measured else
+                        "not measured: the oldest release its opset and IR version allow")):
+        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                            METADATA_PREFIX + key: value})
+    return proto
 
 
 def _check_on_release(model: Model, target: str, targets: str):

@@ -49,14 +49,18 @@ def write_bundles(specs, folder: Path) -> dict[str, tuple[Path, int]]:
     return bundles
 
 
-def measure_release(version: str, bundles: dict[str, tuple[Path, int]]) -> dict[str, dict]:
-    """Every bundle through one release, in one child process."""
-    from attn_onnx.deploy.compatibility import measure
+def measure_release(version: str, bundles: dict[str, tuple[Path, int]]) -> dict[str, tuple[dict, dict | None]]:
+    """Every bundle through one release, in one child process: row key -> (its cell, and where the release
+    cannot read the bundle's IR version, the cell of the model lowered to the one it reads)."""
+    from attn_onnx.deploy.compatibility import max_ir, measure
     from attn_onnx.runtime_check.runners.ort_release_runner import ReleaseRunner
 
     runner = ReleaseRunner(version, None)
+    cells = {}
     try:
-        cells = {key: measure(folder, runner).to_json() for key, (folder, _) in bundles.items()}
+        for key, (folder, ir_version) in bundles.items():
+            lowered = measure(folder, runner, lower_for=version).to_json() if max_ir(version) < ir_version else None
+            cells[key] = (measure(folder, runner).to_json(), lowered)
     finally:
         runner.close()
     print(f"  onnxruntime {version}: measured", file=sys.stderr, flush=True)
@@ -77,7 +81,10 @@ def markdown(table: dict) -> str:
         "from which every later one runs right (deploy/compatibility.json holds the same table, with each "
         "release's words). `export-attn --target-onnxruntime X.Y.Z` refuses, before any work, a row this table "
         "says is wrong or unloadable on X.Y.Z, and `check-attn M --runtimes onnxruntime==X.Y.Z` runs a model in "
-        "that release (`scripts/setup/onnxruntime-releases.sh X.Y.Z` installs it).",
+        "that release (`scripts/setup/onnxruntime-releases.sh X.Y.Z` installs it). A release that cannot read the "
+        "model's IR version (1.16 and 1.17 read IR 9; the exporter writes 10) is measured again with the same "
+        "model at the IR version it reads (`; IR 9: right`): `--target-onnxruntime` for such a release writes "
+        "that model, and its claim is the one in brackets.",
         "",
         "| bundle (variant / kind / dtype) | opset | claim | " + " | ".join(releases) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in releases) + " |",
@@ -94,7 +101,15 @@ def markdown(table: dict) -> str:
                 cells.append(f"**wrong** ({cell['detail'].split(' (')[0]})")
             else:
                 cells.append(short[cell["result"]])
-        lines.append(f"| {key} | {row['opset']} | {row['min'] or 'none'} | " + " | ".join(cells) + " |")
+            low = (row.get("lowered") or {}).get("cells", {}).get(version)
+            if low is not None:  # the same model at the IR version this release reads
+                said = (f"**wrong** ({low['detail'].split(' (')[0]})" if low["result"] == "wrong numbers"
+                        else short[low["result"]])
+                cells[-1] += f"; IR {row['lowered']['ir_version']}: {said}"
+        claim = row["min"] or "none"
+        if row.get("lowered") and row["lowered"]["min"] != row["min"]:
+            claim += f" (IR {row['lowered']['ir_version']}: {row['lowered']['min'] or 'none'})"
+        lines.append(f"| {key} | {row['opset']} | {claim} | " + " | ".join(cells) + " |")
     from attn_onnx.deploy.compatibility import ORT_FOR_IR, ORT_FOR_OPSET, release_key
 
     lines += ["", "## Where the claims moved", "",
@@ -132,6 +147,8 @@ def main() -> int:
     parser.add_argument("--table", type=Path, default=TABLE)
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "compatibility.md")
     parser.add_argument("--doc-only", action="store_true", help="write the doc from the table, measuring nothing")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the table's cells of the releases not measured now (re-measure some releases)")
     args = parser.parse_args()
     if args.doc_only:
         args.doc.write_text(markdown(json.loads(args.table.read_text())))
@@ -149,18 +166,29 @@ def main() -> int:
         bundles = write_bundles(specs, Path(tmp))
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # the work is in the child processes
             measured = dict(zip(releases, pool.map(lambda v: measure_release(v, bundles), releases)))
-    from attn_onnx.deploy.compatibility import Cell, row_key
+    from attn_onnx.deploy.compatibility import Cell, max_ir, row_claim, row_key
 
     table = {"measured": datetime.date.today().isoformat(), "cpu": cpu_model(),
              "python": f"Python {platform.python_version()}", "heads": args.heads, "width": args.embedding_dim,
              "command": "python scripts/compat_matrix.py" + (f" --heads {args.heads}" if args.heads != 8 else "")
                         + (f" --embedding-dim {args.embedding_dim}" if args.embedding_dim != 512 else ""),
              "releases": releases, "rows": {}}
+    old = json.loads(args.table.read_text()) if args.merge and args.table.is_file() else {"releases": [], "rows": {}}
+    table["releases"] = sorted(set(releases) | set(old["releases"]), key=release_key)
     for spec in specs:
         key = row_key(spec)
-        cells = {v: measured[v][key] for v in releases}
-        table["rows"][key] = {"opset": spec.opset, "ir_version": bundles[key][1],
-                              "min": min_release({v: Cell(**c) for v, c in cells.items()}), "cells": cells}
+        kept = old["rows"].get(key, {})
+        cells = {**kept.get("cells", {}), **{v: measured[v][key][0] for v in releases}}
+        lowered = {**(kept.get("lowered") or {}).get("cells", {}),
+                   **{v: measured[v][key][1] for v in releases if measured[v][key][1] is not None}}
+        row = {"opset": spec.opset, "ir_version": bundles[key][1],
+               "min": min_release({v: Cell(**c) for v, c in cells.items()}),
+               "cells": {v: cells[v] for v in table["releases"] if v in cells}}
+        if lowered:
+            ir = min(max_ir(v) for v in lowered)
+            row["lowered"] = {"ir_version": ir, "cells": lowered}
+            row["lowered"]["min"] = row_claim(row, ir)
+        table["rows"][key] = row
     args.table.write_text(json.dumps(table, indent=1) + "\n")
     args.doc.write_text(markdown(table))
     print(f"wrote {args.table} and {args.doc}", file=sys.stderr)

@@ -207,3 +207,41 @@ def test_auto_drops_the_candidates_that_are_wrong_on_the_target(tmp_path):
     chosen = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
     variant = {p.key: p.value for p in chosen.metadata_props}["attn_onnx.variant"]
     assert variant not in ("ort-mha", "ort-gqa", "onnx-attention")
+
+
+# --- a target that reads an older IR version ----------------------------------------------------------------------
+
+def test_a_target_that_reads_only_ir_9_gets_the_same_model_at_ir_9_and_its_measured_claim(tmp_path):
+    """1.16 and 1.17 cannot read the exporter's IR 10: --target-onnxruntime 1.17.3 writes the model at IR 9 (the
+    same graph), and its claim is the table's for IR 9; where 1.17.3 is installed the parity check runs in it.
+    The model's metadata states the claim that the bundle's manifest states."""
+    from attn_onnx.cli.export_attn import main as export
+
+    row = TABLE["rows"]["torch-export/mha/float32/mask-input"]
+    assert row["cells"]["1.17.3"]["result"] == "cannot load" and "IR version: 10" in row["cells"]["1.17.3"]["detail"]
+    assert row["lowered"]["ir_version"] == 9 and row["lowered"]["cells"]["1.17.3"]["result"] == "runs right"
+    result = CliRunner().invoke(export, [*SMALL_ARGS, "--target-onnxruntime", "1.17.3", "--out", str(tmp_path / "m.onnx"),
+                                         "--bundle", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert model.ir_version == 9 and meta["attn_onnx.min_onnxruntime"] == row["lowered"]["min"] == "1.16.3"
+    assert meta["attn_onnx.min_onnxruntime_source"].startswith("measured")
+    assert read_manifest(tmp_path / "b")["model"]["min_onnxruntime"] == "1.16.3"
+    if "1.17.3" in installed():
+        assert re.search(r"^parity: onnxruntime==1\.17\.3/cpu vs PyTorch float64 on \d+ cases .*: PASSED$",
+                         result.output, re.M), result.output
+    result = CliRunner().invoke(export, [*SMALL_ARGS, "--out", str(tmp_path / "n.onnx")])
+    model = onnx.load(str(tmp_path / "n.onnx"))  # without a target: the exporter's IR, the row's own claim
+    assert model.ir_version == row["ir_version"] == 10
+    assert {p.key: p.value for p in model.metadata_props}["attn_onnx.min_onnxruntime"] == row["min"] == "1.18.1"
+
+
+@needs_releases
+def test_the_lowered_claim_holds_in_the_releases_that_read_only_ir_9(tmp_path, release_runners):
+    spec = ExportSpec(**SMALL).validate()
+    folder = tmp_path / "b"
+    export_model(spec, Bundle(folder, "compat"), seed=0, check=False)
+    for version in ("1.16.3", "1.17.3"):
+        assert measure(folder, release_runners(version)).result == "cannot load"
+        assert measure(folder, release_runners(version), lower_for=version).result == "runs right"
