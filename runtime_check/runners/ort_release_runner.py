@@ -9,18 +9,14 @@ A model the release cannot load is a failure (RuntimeFailure), not a skip: it is
 
 from __future__ import annotations
 
-import json
 import re
-import struct
-import subprocess
 import sys
-import tempfile
-import weakref
 from pathlib import Path
 
 import numpy as np
 
 from attn_onnx.errors import ProviderError, RuntimeFailure, UsageError
+from attn_onnx.runtime_check.runners.child import Child
 
 RELEASES_DIR = Path(__file__).resolve().parents[2] / ".deps" / "onnxruntime"
 CHILD = Path(__file__).with_name("ort_release_child.py")
@@ -59,11 +55,9 @@ class ReleaseRunner:
     def __init__(self, version: str, data: bytes | None, precision: str = "float32"):
         self.version, self.precision = version, precision
         self.name = f"{PREFIX}{version}/cpu"
-        self._stderr = tempfile.TemporaryFile()
-        self._process = subprocess.Popen([sys.executable, "-s", str(CHILD), str(release_dir(version))],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
-        self._finalizer = weakref.finalize(self, _stop, self._process, self._stderr)
-        hello, _ = self._receive()
+        self._child = Child([sys.executable, "-s", str(CHILD), str(release_dir(version))],
+                            f"the onnxruntime {version} process")
+        hello, _ = self._child.receive()
         if hello.get("onnxruntime") != version:  # the folder holds another release: never report under this name
             self.close()
             raise ProviderError(f"{release_dir(version)} imports onnxruntime {hello.get('onnxruntime')}, not "
@@ -104,34 +98,10 @@ class ReleaseRunner:
         return outputs
 
     def close(self) -> None:
-        self._finalizer()
+        self._child.close()
 
     def _request(self, header: dict, payloads: list[bytes]) -> tuple[dict, bytes]:
-        text = json.dumps({**header, "bytes": sum(len(p) for p in payloads)}).encode()
-        try:
-            self._process.stdin.write(struct.pack("<I", len(text)) + text)
-            for payload in payloads:
-                self._process.stdin.write(payload)
-            self._process.stdin.flush()
-        except (BrokenPipeError, ValueError):
-            raise RuntimeFailure(f"the onnxruntime {self.version} process has ended{self._last_words()}") from None
-        return self._receive()
-
-    def _receive(self) -> tuple[dict, bytes]:
-        header = json.loads(self._read(struct.unpack("<I", self._read(4))[0]))
-        return header, self._read(header["bytes"])
-
-    def _read(self, n: int) -> bytes:
-        data = self._process.stdout.read(n) if n else b""
-        if len(data) != n:
-            code = self._process.wait()
-            raise RuntimeFailure(f"the onnxruntime {self.version} process ended (exit {code}){self._last_words()}")
-        return data
-
-    def _last_words(self) -> str:
-        self._stderr.seek(0)
-        lines = [line for line in self._stderr.read().decode(errors="replace").splitlines() if line.strip()]
-        return f": {lines[-1].strip()[:300]}" if lines else ""
+        return self._child.request({**header, "bytes": sum(len(p) for p in payloads)}, payloads)
 
 
 def clean(error: str) -> str:
@@ -143,17 +113,6 @@ def clean(error: str) -> str:
     error = re.sub(r"^(?:Load model from .*? failed:|Failed to load model with error: )", "", error)
     error = re.sub(r"\S+\.(?:cc|h):\d+ (?:\w+ )?[\w:~<>]+\(.*?\) ", "", error)
     return error.splitlines()[0] if error else error
-
-
-def _stop(process: subprocess.Popen, stderr) -> None:
-    try:
-        process.stdin.close()
-        process.wait(timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        process.kill()
-        process.wait()
-    process.stdout.close()
-    stderr.close()
 
 
 class Release:

@@ -1,6 +1,6 @@
 """onnxruntime-web's WASM backend, the runtime under transformers.js, run by Node: one long-lived Node process
 per check (examples/web/runner.js) holds the session, and every case's tensors travel to it and back as raw
-bytes in length-prefixed frames (the protocol is described at the top of runner.js).
+bytes in length-prefixed frames (runners/child.py; the protocol is described at the top of runner.js).
 
 It needs `node` on PATH and `npm ci --ignore-scripts --prefix examples/web` (or scripts/setup/web.sh); where
 either is absent the runtime is missing, like any other. An operator the WASM build lacks is SKIPPED.
@@ -8,18 +8,14 @@ either is absent the runtime is missing, like any other. An operator the WASM bu
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
-import struct
-import subprocess
-import tempfile
-import weakref
 from pathlib import Path
 
 import numpy as np
 
 from attn_onnx.errors import ProviderError, RuntimeFailure, UnsupportedModelError
+from attn_onnx.runtime_check.runners.child import Child
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "examples" / "web"  # runner.js and its node_modules
 PACKAGE = "onnxruntime-web"
@@ -44,15 +40,12 @@ class WebRunner:
                  threads: int = THREADS):
         self.precision = precision  # the model's dtype; the float32 profile for a float32 model
         node, script = _find()
-        self._stderr = tempfile.TemporaryFile()
-        self._process = subprocess.Popen([node, str(script), "--threads", str(threads)], cwd=WEB_DIR,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
-        self._finalizer = weakref.finalize(self, _stop, self._process, self._stderr)
-        hello = self._receive()[0]
+        self._child = Child([node, str(script), "--threads", str(threads)], "the onnxruntime-web process", WEB_DIR)
+        hello = self._child.receive()[0]
         self.versions = {"onnxruntime_web": f"{hello['web']} ({hello['backend']} backend, {hello['threads']} "
                                             f"thread{'s' if hello['threads'] != 1 else ''}, node)"}
         external = external or {}
-        answer, _ = self._request({"op": "load", "model": len(data),
+        answer, _ = self._child.request({"op": "load", "model": len(data),
                                    "external": [{"path": k, "bytes": len(v)} for k, v in external.items()]},
                                   [data, *external.values()])
         if not answer["ok"]:
@@ -65,7 +58,7 @@ class WebRunner:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         specs, payloads = _tensors(feeds)
-        answer, payload = self._request({"op": "run", "inputs": specs}, payloads)
+        answer, payload = self._child.request({"op": "run", "inputs": specs}, payloads)
         if not answer["ok"]:
             raise RuntimeError(_clean(answer["error"]))
         outputs, at = {}, 0
@@ -80,44 +73,14 @@ class WebRunner:
         """Seconds of each of `runs` session.run calls on `feeds` after one untimed run, timed inside Node (the
         pipe is not in the figures)."""
         specs, payloads = _tensors(feeds)
-        answer, _ = self._request({"op": "time", "runs": runs, "inputs": specs}, payloads)
+        answer, _ = self._child.request({"op": "time", "runs": runs, "inputs": specs}, payloads)
         if not answer["ok"]:
             raise RuntimeError(_clean(answer["error"]))
         return answer["seconds"]
 
     def close(self) -> None:
         """End the Node process (it also ends when this runner is collected, or Python exits)."""
-        self._finalizer()
-
-    # --- the frames: u32 little-endian header length, the JSON header, then the payload it declares
-
-    def _request(self, header: dict, payloads: list[bytes]) -> tuple[dict, bytes]:
-        text = json.dumps(header).encode()
-        try:
-            self._process.stdin.write(struct.pack("<I", len(text)) + text)
-            for payload in payloads:
-                self._process.stdin.write(payload)
-            self._process.stdin.flush()
-        except (BrokenPipeError, ValueError):  # ValueError: written after close()
-            raise RuntimeFailure(f"the onnxruntime-web process has ended{self._last_words()}") from None
-        return self._receive()
-
-    def _receive(self) -> tuple[dict, bytes]:
-        head = self._read(4)
-        header = json.loads(self._read(struct.unpack("<I", head)[0]))
-        return header, self._read(header["bytes"])
-
-    def _read(self, n: int) -> bytes:
-        data = self._process.stdout.read(n) if n else b""
-        if len(data) != n:
-            code = self._process.wait()
-            raise RuntimeFailure(f"the onnxruntime-web process ended (exit {code}){self._last_words()}")
-        return data
-
-    def _last_words(self) -> str:
-        self._stderr.seek(0)
-        lines = [line for line in self._stderr.read().decode(errors="replace").splitlines() if line.strip()]
-        return f": {lines[-1].strip()[:300]}" if lines else ""
+        self._child.close()
 
 
 def _tensors(feeds: dict[str, np.ndarray]) -> tuple[list[dict], list[bytes]]:
@@ -140,18 +103,6 @@ def _clean(error: str) -> str:
     error = re.sub(r"^.*?ERROR_CODE: \d+, ERROR_MESSAGE: ", "", error)
     error = re.sub(r"^\S+\.(?:cc|h):\d+ (?:\w+ )?[\w:~<>]+\(.*?\) ", "", error)
     return error
-
-
-def _stop(process: subprocess.Popen, stderr) -> None:
-    """Close the child's stdin (it exits when its queue is done), then make sure it is gone."""
-    try:
-        process.stdin.close()
-        process.wait(timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        process.kill()
-        process.wait()
-    process.stdout.close()
-    stderr.close()
 
 
 def _find() -> tuple[str, Path]:

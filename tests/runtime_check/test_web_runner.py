@@ -21,7 +21,7 @@ from attn_onnx.exporter.variants import VARIANTS
 from attn_onnx.runtime_check import FLOAT32, CheckConfig, check_model
 from attn_onnx.runtime_check.cases import QUICK, generate_cases
 from attn_onnx.runtime_check.compare import PROFILES
-from attn_onnx.runtime_check.runners import web_runner
+from attn_onnx.runtime_check.runners import child, web_runner
 from attn_onnx.runtime_check.runners.web_runner import PACKAGE, WEB_DIR, WebRunner
 from tests.exporter.test_variants import variant_fields
 from tests.runtime_check import broken
@@ -44,7 +44,7 @@ def test_every_variant_passes_the_quick_sweep_in_one_node_process(exported, monk
     path, spec, module = exported(**variant_fields(variant))
     started = []
     popen = subprocess.Popen
-    monkeypatch.setattr(web_runner.subprocess, "Popen", lambda *a, **k: started.append(a) or popen(*a, **k))
+    monkeypatch.setattr(child.subprocess, "Popen", lambda *a, **k: started.append(a) or popen(*a, **k))
     report = check_model(path, CheckConfig(runtimes=("web",), sweep=QUICK), module=module)
     assert report.passed, "\n".join(report.lines())
     assert [r.case for r in report.results] == [c.name for c in generate_cases(spec, QUICK)]
