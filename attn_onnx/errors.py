@@ -66,3 +66,12 @@ def first_line(exc: BaseException) -> str:
     if "## Exception summary" in text:  # torch.export's long reports: the cause is under this heading
         text = text.split("## Exception summary", 1)[1].strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def short_error(exc: BaseException) -> str:
+    """A runtime's error without its source locations and C++ signatures (the status message remains)."""
+    import re
+
+    text = first_line(exc)
+    text = re.sub(r"/onnxruntime_src/\S+ (?:\w+ )?onnxruntime::\S+\(.*?\) ", "", text)
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -41,6 +41,7 @@ MASK_DTYPES = {"bool": np.bool_, "uint8": np.uint8, "int64": np.int64, "float32"
 QUANTIZE_MODES = ("int8",)  # --quantize (exporter/quantize.py)
 OPTIMIZE_LEVELS = ("extended",)  # --optimize (exporter/optimize.py)
 TRITON_BACKENDS = ("onnxruntime", "python")  # --triton-backend (deploy/triton.py)
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # --providers: onnxruntime's
 
 
 @dataclass(frozen=True)

@@ -447,7 +447,7 @@ def _write_decode(folder: Path, spec: ExportSpec, golden, seed: int) -> dict:
 
 def _check_decode(folder: Path, manifest: dict, runners, tolerance: Tolerance) -> list[CaseResult]:
     """Each runner decodes the steps in order, threading its own cache; each step against the golden's."""
-    from attn_onnx.runtime_check.check import short_error
+    from attn_onnx.errors import short_error
 
     decode = manifest["decode"]
     results = []

@@ -115,42 +115,6 @@ def is_row(spec: ExportSpec) -> bool:
         for align in aligns}
 
 
-def measure(folder: str | Path, runner, lower_for: str | None = None) -> Cell:
-    """Every set and decode step of the bundle at `folder` through `runner` (an ort_release_runner.ReleaseRunner,
-    which loads the bundle's model here), against the manifest's tolerance; the model at the IR version release
-    `lower_for` reads, where that is given (lowered_ir)."""
-    from attn_onnx.deploy.bundle import _check_decode, _load_tensor, read_manifest
-    from attn_onnx.errors import RuntimeFailure
-    from attn_onnx.runtime_check.check import run_case
-    from attn_onnx.runtime_check.compare import Tolerance
-
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    data = (folder / manifest["model"]["file"]).read_bytes()
-    if lower_for is not None:
-        data = lowered_ir(onnx.load_from_string(data), lower_for).SerializeToString()
-    try:
-        runner.load(data)
-    except RuntimeFailure as exc:
-        return Cell("cannot load", str(exc).split("cannot load the model: ", 1)[-1])
-    tolerance = Tolerance(atol=float(manifest["tolerance"]["atol"]), rtol=float(manifest["tolerance"]["rtol"]))
-    results = []
-    for entry in manifest["test_data_sets"]:
-        feeds = {f["name"]: _load_tensor(folder / f["file"]) for f in entry["inputs"]}
-        expected = {f["name"]: _load_tensor(folder / f["file"]) for f in entry["outputs"]}
-        results.append(run_case(runner, entry["folder"], entry["case"], feeds, expected,
-                                {n: str(a.dtype) for n, a in expected.items()}, tolerance))
-    if "decode" in manifest:
-        results.extend(_check_decode(folder, manifest, [runner], tolerance))
-    errors = [r for r in results if r.error is not None]
-    if errors:
-        return Cell("run error", f"{errors[0].case}: {errors[0].error.split(': ', 1)[-1]}")
-    worst = max(results, key=lambda r: r.max_abs)
-    if not all(r.passed for r in results):
-        return Cell("wrong numbers", f"max_abs {worst.max_abs:.3g} ({worst.case})")
-    return Cell("runs right", f"max_abs {worst.max_abs:.2g}")
-
-
 def min_release(cells: dict[str, Cell]) -> str | None:
     """The oldest measured release from which every later one runs right; None where the newest does not."""
     claim = None

@@ -19,7 +19,7 @@ _LAZY = {
     "ModelSpec": "attn_onnx.exporter.spec",
     "KINDS": "attn_onnx.exporter.kinds",
     "VARIANTS": "attn_onnx.exporter.variants",
-    "load_state_dict": "attn_onnx.exporter.weights",
+    "load_state_dict": "attn_onnx.models.weights",
 }
 
 __all__ = [*_LAZY, "__version__"]

@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from attn_onnx.errors import ExportError, first_line
-from attn_onnx.exporter.variants import find_by_value, tensor_of
+from attn_onnx.exporter.variants.base import find_by_value, tensor_of
 
 LEVEL = "extended"
 

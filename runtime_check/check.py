@@ -18,15 +18,16 @@ import onnx
 import torch
 
 from attn_onnx import __version__
-from attn_onnx.errors import ProviderError, UnsupportedModelError, UsageError, first_line
+from attn_onnx.errors import ProviderError, UnsupportedModelError, UsageError, short_error
 from attn_onnx.runtime_check.cases import QUICK, Sweep, generate_cases
 from attn_onnx.runtime_check.compare import OutputComparison, Tolerance, tolerance_for
 from attn_onnx.runtime_check.coverage import Coverage, CoverageProbe
 from attn_onnx.runtime_check.model import LoadedModel, load_model
 from attn_onnx.runtime_check.reference import reference_module
 from attn_onnx.runtime_check.report import CaseResult, Report, Skipped
-from attn_onnx.runtime_check.runners import PROVIDERS, RUNTIMES, Runner, known, runtime, uses_providers
+from attn_onnx.runtime_check.runners import RUNTIMES, Runner, known, runtime, uses_providers
 from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
+from attn_onnx.vocab import PROVIDERS
 
 
 @dataclass(frozen=True)
@@ -181,15 +182,6 @@ def _golden_module(loaded: LoadedModel, config: CheckConfig, module):
     if module is not None:
         return module, "the module passed in"
     return reference_module(loaded.proto, loaded.spec, config.weights, config.weights_prefix, loaded.base_dir)
-
-
-def short_error(exc: BaseException) -> str:
-    """A runtime's error without its source locations and C++ signatures (the status message remains)."""
-    import re
-
-    text = first_line(exc)
-    text = re.sub(r"/onnxruntime_src/\S+ (?:\w+ )?onnxruntime::\S+\(.*?\) ", "", text)
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _versions(runners: list[Runner] = ()) -> dict[str, str]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from attn_onnx.models import subsequent_mask
-from attn_onnx.runtime_check.check import short_error
+from attn_onnx.errors import short_error
 from attn_onnx.runtime_check.compare import OutputComparison, Tolerance
 from attn_onnx.runtime_check.report import CaseResult
 

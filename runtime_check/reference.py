@@ -11,8 +11,8 @@ import torch
 from attn_onnx.dtypes import to_torch
 from attn_onnx.errors import MetadataError
 from attn_onnx.exporter.spec import ExportSpec
-from attn_onnx.exporter.variants import tensor_of
-from attn_onnx.exporter.weights import load_into, load_state_dict, weights_label
+from attn_onnx.exporter.variants.base import tensor_of
+from attn_onnx.models.weights import load_into, load_state_dict, weights_label
 
 FROM_FILE = ("the model's own initializers (a reference rebuilt from the file cannot see weights changed "
              "at or after export; pass --weights with the original checkpoint for that)")

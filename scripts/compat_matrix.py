@@ -52,7 +52,8 @@ def write_bundles(specs, folder: Path) -> dict[str, tuple[Path, int]]:
 def measure_release(version: str, bundles: dict[str, tuple[Path, int]]) -> dict[str, tuple[dict, dict | None]]:
     """Every bundle through one release, in one child process: row key -> (its cell, and where the release
     cannot read the bundle's IR version, the cell of the model lowered to the one it reads)."""
-    from attn_onnx.deploy.compatibility import max_ir, measure
+    from attn_onnx.deploy.compatibility import max_ir
+    from attn_onnx.deploy.compatibility_measure import measure
     from attn_onnx.runtime_check.runners.ort_release_runner import ReleaseRunner
 
     runner = ReleaseRunner(version, None)

@@ -91,8 +91,13 @@ def test_the_built_wheel_holds_and_imports_every_module(tmp_path):
     worked from a checkout and was silently absent from the wheel. Built here, unpacked, imported from there."""
     import zipfile
 
+    import shutil
+
+    source = tmp_path / "source"  # a copy: setuptools reuses a checkout's build/, with any module deleted since
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", ".deps", "build", "dist",
+                                                                 "node_modules", "__pycache__", "*.egg-info"))
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                             str(ROOT), "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+                             str(source), "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (wheel,) = tmp_path.glob("attn_onnx-*.whl")
     with zipfile.ZipFile(wheel) as archive:

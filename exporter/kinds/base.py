@@ -167,7 +167,7 @@ class AttentionKindBase(ModuleKind):
             raise UsageError(f"embedding_dim={spec.embedding_dim} is not divisible by heads={spec.heads}")
 
     def input_dtypes(self, spec) -> dict[str, str]:
-        from attn_onnx.exporter.spec import MASK_DTYPES
+        from attn_onnx.vocab import MASK_DTYPES
 
         dtypes = {"query": spec.dtype, "key": spec.dtype, "value": spec.dtype}
         if spec.mask == "input":
@@ -179,7 +179,7 @@ class AttentionKindBase(ModuleKind):
 
     def _qkv(self, spec, dims, rng, lead: tuple, width: int, mask, mask_lead: tuple) -> dict[str, np.ndarray]:
         from attn_onnx.dtypes import numpy_dtype
-        from attn_onnx.exporter.spec import MASK_DTYPES
+        from attn_onnx.vocab import MASK_DTYPES
 
         b, q, kv = dims["batch"], dims["q_len"], dims["kv_len"]
         dtype = numpy_dtype(spec.dtype)  # drawn in float32 and rounded, so every dtype sees the same numbers

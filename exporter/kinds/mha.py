@@ -39,7 +39,7 @@ class MhaKind(AttentionKindBase):
         """A MultiHeadedAttention in eval mode: weights from `state`, else random from `seed`."""
         import torch
 
-        from attn_onnx.exporter.weights import load_into
+        from attn_onnx.models.weights import load_into
         from attn_onnx.models import MultiHeadedAttention
 
         with torch.random.fork_rng(devices=[]):

@@ -59,7 +59,7 @@ class MhaCacheKind(MhaKind):
                 "present_value": list(present)}
 
     def input_dtypes(self, spec):
-        from attn_onnx.exporter.spec import MASK_DTYPES
+        from attn_onnx.vocab import MASK_DTYPES
 
         return {name: (np.dtype(MASK_DTYPES[spec.mask_dtype]).name if name == "mask" else spec.dtype)
                 for name in self.input_dims(spec)}
@@ -86,7 +86,7 @@ class MhaCacheKind(MhaKind):
         for name in ("past_key", "past_value"):
             feeds[name] = rng.standard_normal((b, spec.heads, past, spec.d_k), dtype=np.float32)
         if spec.mask == "input":
-            from attn_onnx.exporter.spec import MASK_DTYPES
+            from attn_onnx.vocab import MASK_DTYPES
 
             # A check case's mask covers the cache (past_len keys); the new tokens are appended visible.
             mask = np.ones((b, q, past), np.uint8) if mask is None else mask  # (B, q_len or 1, past_len)

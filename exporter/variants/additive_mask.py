@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from attn_onnx.dtypes import ONNX_TYPES, numpy_dtype
-from attn_onnx.exporter.variants import Built
+from attn_onnx.exporter.variants.base import Built
 from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, additive_bias, allowed_mask,
                                                can_mask_whole_rows, model, output_projection, projections,
                                                uniform_rows)

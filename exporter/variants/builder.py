@@ -24,7 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from attn_onnx.dtypes import ONNX_TYPES, numpy_dtype, to_numpy
-from attn_onnx.exporter.spec import MASK_DTYPES
+from attn_onnx.vocab import MASK_DTYPES
 
 
 class GraphWriter:

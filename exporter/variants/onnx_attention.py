@@ -8,7 +8,7 @@ rows are restored to the seed's uniform attention (see builder.py).
 from __future__ import annotations
 
 from attn_onnx.dtypes import ONNX_TYPES
-from attn_onnx.exporter.variants import Built
+from attn_onnx.exporter.variants.base import Built
 from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, allowed_mask, model, per_head,
                                                output_projection, projections, scale, uniform_rows)
 

@@ -22,7 +22,7 @@ import numpy as np
 from onnx import TensorProto
 
 from attn_onnx.dtypes import ONNX_TYPES
-from attn_onnx.exporter.variants import Built
+from attn_onnx.exporter.variants.base import Built
 from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, additive_bias, allowed_mask,
                                                can_mask_whole_rows, model, output_projection, projections, scale,
                                                source, uniform_rows)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from attn_onnx.dtypes import ONNX_TYPES
-from attn_onnx.exporter.variants import Built
+from attn_onnx.exporter.variants.base import Built
 from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, additive_bias, allowed_mask,
                                                can_mask_whole_rows, mean_over_keys, model, output_projection,
                                                projections, scale, uniform_rows)

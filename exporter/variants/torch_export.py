@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from attn_onnx.dtypes import to_numpy
 from attn_onnx.errors import ExportError, first_line
-from attn_onnx.exporter.variants import Built, find_by_value
+from attn_onnx.exporter.variants.base import Built, find_by_value
 
 
 def build(spec, graph: torch.nn.Module, example: tuple[torch.Tensor, ...], module: torch.nn.Module | None) -> Built:

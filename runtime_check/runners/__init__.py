@@ -18,7 +18,6 @@ from typing import Protocol
 
 import numpy as np
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # onnxruntime's
 
 
 class Runner(Protocol):

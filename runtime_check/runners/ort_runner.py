@@ -9,7 +9,7 @@ import onnx
 
 from attn_onnx.dtypes import FLOAT_DTYPES, is_bfloat16
 from attn_onnx.errors import ProviderError, RuntimeFailure, UnsupportedModelError, UsageError, first_line
-from attn_onnx.runtime_check.runners import PROVIDERS
+from attn_onnx.vocab import PROVIDERS
 
 
 def create_ort_session(model: bytes | str | Path, provider: str = "cpu", tf32: bool = False):

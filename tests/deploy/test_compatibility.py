@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from attn_onnx.cli.check_attn import main as check
 from attn_onnx.deploy import export_model
 from attn_onnx.deploy.bundle import read_manifest
-from attn_onnx.deploy.compatibility import (Cell, claim_problem, is_row, load_table, measure, min_release,
+from attn_onnx.deploy.compatibility_measure import measure
+from attn_onnx.deploy.compatibility import (Cell, claim_problem, is_row, load_table, min_release,
                                             release_key, row_key, rows)
 from attn_onnx.deploy.forms.bundle import Bundle
 from attn_onnx.exporter.spec import ExportSpec
