@@ -177,7 +177,8 @@ def _plan(ctx, model: Path, options: dict):
     from attn_onnx.runtime_check.cases import QUICK, Sweep, default_plot_case, parse_case
     from attn_onnx.runtime_check.compare import Tolerance
     from attn_onnx.runtime_check.model import load_model
-    from attn_onnx.runtime_check.runners import PROVIDERS, RUNTIMES, known, runtime
+    from attn_onnx.runtime_check.runners import RUNTIMES, known, runtime
+    from attn_onnx.vocab import PROVIDERS
 
     chosen = given(ctx)
     runtimes, providers = comma_list(options["runtimes"]), comma_list(options["providers"])

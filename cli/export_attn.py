@@ -229,7 +229,7 @@ def _spec(kind, options: dict, variant):
     state, source, weights, prefix = None, "", options["weights"], options["weights_prefix"]
     embedding_dim = options["embedding_dim"]
     if weights is not None:  # without, the pipeline draws random weights and says so ("random (seed=N)")
-        from attn_onnx.exporter.weights import embedding_dim_of, load_state_dict, weights_label
+        from attn_onnx.models.weights import embedding_dim_of, load_state_dict, weights_label
 
         state = load_state_dict(weights, prefix)
         embedding_dim = embedding_dim or embedding_dim_of(state)
