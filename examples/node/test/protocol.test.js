@@ -120,7 +120,7 @@ test('gRPC: raw and typed contents are both answered within tolerance, in raw_ou
   const { inputs, expected } = vectors(manifest.test_data_sets[2]);
   const tensors = inputs.map(({ name, tensor }) => ({ name, datatype: DATATYPE[tensor.type], shape: tensor.dims.map(String) }));
   const raw = inputs.map(({ tensor }) => Buffer.from(tensor.data.buffer, tensor.data.byteOffset, tensor.data.byteLength));
-  const typed = inputs.map(({ name, tensor }, i) => ({ ...tensors[i],
+  const typed = inputs.map(({ tensor }, i) => ({ ...tensors[i],
     contents: tensor.type === 'bool' ? { bool_contents: Array.from(tensor.data, (v) => v !== 0) } : { fp32_contents: Array.from(tensor.data) } }));
   for (const request of [{ inputs: tensors, raw_input_contents: raw }, { inputs: typed }]) {
     const answer = await call('ModelInfer', { model_name: manifest.name, id: 'x', ...request });
