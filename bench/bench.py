@@ -1,42 +1,26 @@
-"""bench-attn's measurement: every contender timed in interleaved rounds on the same inputs, beside the
-sgemm limit measured in the same run. Results are data (`Bench`); the CLI prints and plots them.
+"""bench-attn's measurement: every contender timed by the timing engine (attn_onnx.timing.engine: interleaved
+rounds on the same inputs, medians), beside the sgemm limit measured in the same run. Results are data
+(`Bench`); the CLI prints and plots them.
 
 Contenders, per shape (batch, len) at one width, heads and thread count:
 - each export variant in onnxruntime (`ort:<variant>`), mask input with a causal+padding mask; at another
   --dtype as `ort:<variant>@float16`, with --quantize int8 as `ort:<variant>@int8` (their max_abs against
   the float64 module of the float32 weights is what the precision costs);
 - PyTorch eager of the seed module (`torch-eager`), and PyTorch SDPA with the same weights (`torch-sdpa`).
-A round times every contender once (each for about `target_s`, after a pause that lets the previous
-contender's threads stop spinning); the figure is the median over rounds, so a noisy neighbour slows all
-contenders of a round alike instead of one of them. Each round starts one contender further on (round_order),
-so none is always first after the sgemm or always right after PyTorch.
-
-How sure a ratio is: on this kind of shared 2-core machine, the same model in two sessions timed side by side
-differed by up to 10-25% at one shape within one run, and a ratio moves by about as much between runs. Part
-of it stays with the session: of six sessions of one model timed in 16 rotated rounds, one took 7.62 and
-7.52 ms (median of the even rounds, of the odd rounds) and another 8.34 and 8.87. So each onnxruntime
-contender runs in SESSIONS sessions, taking turns by round. Three, not two: with 7 rounds the sessions take 3, 2
-and 2 of them, so one slow session holds at most 3 of the 7 figures and cannot move the median (with two, the
-slow one held 4 and was the median: export-attn --attention-impl auto once timed tiled at 14.1 ms at (1,1024)
-where bench-attn's runs gave 9.4 and 10.8). Beside the ratio of medians each contender
-counts the rounds it was faster than SDPA in that same round (`faster_rounds`): 7 of 7 is a clear win, 4 of
-7 a tie.
+Beside the ratio of medians each contender counts the rounds it was faster than SDPA in that same round
+(`faster_rounds`): 7 of 7 is a clear win, 4 of 7 a tie.
 """
 
 from __future__ import annotations
 
 import math
-import platform
 import statistics
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnx import TensorProto, helper
 from torch.nn import functional as F
 
 from attn_onnx import __version__
@@ -44,17 +28,10 @@ from attn_onnx.dtypes import numpy_dtype
 from attn_onnx.exporter.export import export_onnx
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.exporter.variants import VARIANTS
-from attn_onnx.runtime_check.cases import make_mask
+from attn_onnx.timing.engine import (SESSIONS, SGEMM_N, cpu_model, feeds_at, interleaved, session, sessions,
+                                     sgemm_model, timed)
 
 DEFAULT_SHAPES = ((1, 16), (8, 128), (1, 512), (4, 512), (1, 2048))
-BASELINES = ("torch-eager", "torch-sdpa")
-SGEMM_N = 2048
-# Both libraries keep their pool threads spinning after a call: onnxruntime's intra-op threads for tens of
-# milliseconds (PyTorch SDPA at (4, 512) timed right after an onnxruntime run took 2x its time alone, and
-# still 1.6x after a 30 ms pause; after 50 ms it ran as alone), PyTorch's OpenMP threads likewise. On two
-# cores the next contender would share them with that spinning. So each contender starts after a pause.
-SETTLE_S = 0.1
-SESSIONS = 3  # per onnxruntime contender, used in turn round by round: one slow session cannot be the median
 
 
 @dataclass
@@ -88,78 +65,9 @@ class Bench:
         return asdict(self)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def feeds_at(spec: ExportSpec, batch: int, length: int, mask: str = "causal+padding") -> dict[str, np.ndarray]:
-    """The inputs the benches time a model of `spec` on: self-attention lengths, and for a mask input a mask of
-    kind `mask` (bench-attn's causal+padding unless asked otherwise). Drawn from a seed of the shape alone, so
-    that every contender, and bench-attn and auto, time the same inputs at a shape: a padding mask's lengths
-    are random at batch > 1, and tiled skips the tiles they hide (auto once drew them anew for each variant,
-    and timed tiled on other masks than the rest)."""
-    rng = np.random.default_rng((batch, length))
-    mask_array = make_mask(mask, batch, length, length, rng) if spec.mask == "input" else None
-    return spec.kind.inputs(spec, {"batch": batch, "q_len": length, "kv_len": length}, rng, mask_array)
-
-
 def flops(batch: int, length: int, width: int) -> float:
     """4 projections (2·B·L·E² each) and QKᵀ, P·V (2·B·L²·E each) for self-attention."""
     return 8 * batch * length * width * width + 4 * batch * length * length * width
-
-
-def round_order(names: list[str], round_number: int) -> list[str]:
-    """The contenders in the order round `round_number` times them: rotated by one each round, so over
-    len(names) rounds each contender takes every place once."""
-    start = round_number % len(names)
-    return names[start:] + names[:start]
-
-
-def session(proto: onnx.ModelProto, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def sessions(proto: onnx.ModelProto, threads: int) -> list[ort.InferenceSession]:
-    """SESSIONS sessions of one model, taken in turn round by round (see the module's docstring)."""
-    return [session(proto, threads) for _ in range(SESSIONS)]
-
-
-def interleaved(calls: dict[str, Callable[[int], object]], rounds: int, target_s: float,
-                before_round: Callable[[int], None] = lambda number: None,
-                on_round: Callable[[int], None] = lambda number: None,
-                measure: Callable[[Callable[[], object], float], float] | None = None) -> dict[str, list[float]]:
-    """Seconds per call of each contender in each round: every round times every contender once, in
-    round_order, each after a pause (`_timed`, or `measure` for contenders that time themselves in their own
-    process). `call(number)` gets the round's number, so a contender can take its sessions in turn. The one timing
-    engine of bench-attn, its --runtimes, and export-attn --attention-impl auto."""
-    measure = measure or _timed
-    samples = {name: [] for name in calls}
-    for number in range(rounds):
-        before_round(number)
-        for name in round_order(list(calls), number):
-            samples[name].append(measure(lambda call=calls[name]: call(number), target_s))
-        on_round(number)
-    return samples
-
-
-def sgemm_model() -> onnx.ModelProto:
-    """One MatMul of two 2048x2048 float32 inputs: the ceiling any attention graph on this CPU runs under."""
-    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [SGEMM_N, SGEMM_N])
-    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [SGEMM_N, SGEMM_N])
-    c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [SGEMM_N, SGEMM_N])
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm", [a, b], [c])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
 def sdpa(module, query, key, value, mask):
@@ -169,27 +77,6 @@ def sdpa(module, query, key, value, mask):
                for lin, x in zip(module.linears, (query, key, value)))
     x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1))
     return module.linears[3](x.transpose(1, 2).reshape(b, -1, h * d_k))
-
-
-def _timed(call, target_s: float, settle_s: float = SETTLE_S) -> float:
-    """Seconds of the median call, of as many calls as fill about `target_s` (at least one), each timed alone,
-    after `settle_s` of quiet and one untimed call.
-
-    The median call, not the window's mean: on a shared machine a neighbour's burst lands on a few calls of a
-    window, and the mean carried it. At (1,16), where a call is 0.13 ms, four bench-attn runs (9 rounds each)
-    gave onnx-attention 0.136-0.205 ms with the window's mean and 0.125-0.130 ms with the median call; over the
-    six variants, the spread between runs went from 5-51% to 4-31%."""
-    time.sleep(settle_s)
-    start = time.perf_counter()
-    call()
-    once = time.perf_counter() - start
-    n = max(1, min(1000, int(target_s / max(once, 1e-6))))
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def precisions(dtypes: list[str], quantize: bool) -> list[tuple[str, str]]:
@@ -252,8 +139,8 @@ def run_bench(variants: list[str], shapes: list[tuple[int, int]], threads: list[
                       for name, (s, *_) in by_variant.items()}
 
             def limits(number, sgemm=sgemm):  # the sgemm limit and torch.matmul, timed in every round too
-                limit_rounds.append(_timed(lambda: sgemm.run(None, {"a": a, "b": b}), target_s))
-                torch_rounds.append(_timed(lambda: torch.matmul(ta, tb), target_s))
+                limit_rounds.append(timed(lambda: sgemm.run(None, {"a": a, "b": b}), target_s))
+                torch_rounds.append(timed(lambda: torch.matmul(ta, tb), target_s))
 
             with torch.no_grad():
                 samples = interleaved(calls, rounds, target_s, before_round=limits)

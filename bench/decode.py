@@ -7,7 +7,7 @@ import statistics
 
 import numpy as np
 
-from attn_onnx.bench.bench import _timed, session
+from attn_onnx.timing.engine import session, timed
 from attn_onnx.exporter.export import export_onnx
 from attn_onnx.exporter.spec import ExportSpec
 
@@ -32,8 +32,8 @@ def decode_bench(past_lens: list[int], threads: int, heads: int = 8, embedding_d
         whole_feeds = {"query": x, "key": x, "value": x}
         times = {"step": [], "recompute": []}
         for _ in range(rounds):
-            times["step"].append(_timed(lambda f=step_feeds: step.run(None, f), target_s))
-            times["recompute"].append(_timed(lambda f=whole_feeds: whole.run(None, f), target_s))
+            times["step"].append(timed(lambda f=step_feeds: step.run(None, f), target_s))
+            times["recompute"].append(timed(lambda f=whole_feeds: whole.run(None, f), target_s))
         step_ms, whole_ms = (statistics.median(times[k]) * 1e3 for k in ("step", "recompute"))
         rows.append({"past_len": past, "step_ms": step_ms, "recompute_ms": whole_ms, "speedup": whole_ms / step_ms})
     return rows

@@ -7,7 +7,7 @@ Contenders, on the same exported model (torch-export, causal+padding mask input,
 - `c++`, onnxruntime's C++ API (examples/cpp's bench_latency, built by scripts/setup/cpp.sh).
 
 Each times its own runs inside its own process (no pipe in the figure), for about TARGET_S a round, after one
-untimed run. Rounds are bench-attn's (bench.interleaved: rotated order, a pause before each contender); the figure
+untimed run. Rounds are bench-attn's (timing/engine.py interleaved: rotated order, a pause before each contender); the figure
 is the median over rounds. A contender that is not installed here is reported as not run, with the reason.
 """
 
@@ -89,7 +89,7 @@ def run_runtimes_bench(shapes=SHAPES, heads: int = 8, embedding_dim: int = 512, 
                        threads: int | None = None, on_line=lambda text: None) -> RuntimesBench:
     import onnxruntime as ort
 
-    from attn_onnx.bench.bench import _timed, cpu_model, feeds_at, interleaved, session
+    from attn_onnx.timing.engine import cpu_model, feeds_at, interleaved, session, timed
     from attn_onnx.runtime_check.model import load_model
     from attn_onnx.runtime_check.runners import web_runner
 
@@ -110,7 +110,7 @@ def run_runtimes_bench(shapes=SHAPES, heads: int = 8, embedding_dim: int = 512, 
                 (feeds_dir / f"input_{k}.pb").write_bytes(numpy_helper.from_array(array, name).SerializeToString())
             timers, closers, missing = {}, [], {}
             python = session(proto, threads)
-            timers["onnxruntime (Python)"] = lambda number, s=python, f=feeds: _timed(lambda: s.run(None, f),
+            timers["onnxruntime (Python)"] = lambda number, s=python, f=feeds: timed(lambda: s.run(None, f),
                                                                                      TARGET_S, settle_s=0)
             node = shutil.which("node")
             if node is None or not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir():
@@ -149,8 +149,8 @@ def run_runtimes_bench(shapes=SHAPES, heads: int = 8, embedding_dim: int = 512, 
 
 
 def _self_timed(call, target_s: float) -> float:
-    """bench.interleaved's measure for contenders that time themselves: the pause, then their own figure."""
-    from attn_onnx.bench.bench import SETTLE_S
+    """engine.interleaved's measure for contenders that time themselves: the pause, then their own figure."""
+    from attn_onnx.timing.engine import SETTLE_S
 
     time.sleep(SETTLE_S)
     return call()

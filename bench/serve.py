@@ -252,7 +252,7 @@ def run_serve_bench(targets: list[str], shapes=SHAPES, heads: int = 8, embedding
     """Export the model once, serve it with each server the targets need, and measure every target."""
     import onnxruntime
 
-    from attn_onnx.bench.bench import cpu_model
+    from attn_onnx.timing.engine import cpu_model
 
     tool("perf_analyzer")  # RuntimeFailure saying how to get it, before any work
     bench = ServeBench(cpu_model(), heads, embedding_dim, queue_delay_us,

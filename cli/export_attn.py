@@ -185,14 +185,14 @@ def main(**options):
         refuse(ctx, {"name"}, f"without {NAMED}")
     tuning = None
     if auto:
-        from attn_onnx.deploy.pipeline import Tuning
+        from attn_onnx.deploy.forms.pipeline import Tuning
 
         tuning = Tuning(shapes=tuple(batch_lengths(options["tune_shapes"], "--tune-shapes")),
                         rounds=options["tune_rounds"], mask=options["tune_mask"],
                         standard_ops=options["standard_ops"], opset=options["opset"])
     variant = VARIANTS[DEFAULT_VARIANT if auto else options["variant"]]  # auto: every option checked as for it
     spec, state, source = _spec(kind, options, variant)
-    from attn_onnx.deploy.pipeline import export_model, targets_of
+    from attn_onnx.deploy.forms.pipeline import export_model, targets_of
 
     targets = targets_of(forms, spec)
 

@@ -12,9 +12,9 @@ Names are imported on first use, so that `export-attn --help` answers without im
 from attn_onnx.lazy import lazy_names
 
 _LAZY = {
-    "export_model": "attn_onnx.deploy.pipeline",
-    "Exported": "attn_onnx.deploy.pipeline",
-    "Tuning": "attn_onnx.deploy.pipeline",
+    "export_model": "attn_onnx.deploy.forms.pipeline",
+    "Exported": "attn_onnx.deploy.forms.pipeline",
+    "Tuning": "attn_onnx.deploy.forms.pipeline",
     "FORMS": "attn_onnx.deploy.forms",
     "OnnxFile": "attn_onnx.deploy.forms",
     "Bundle": "attn_onnx.deploy.forms",

@@ -9,58 +9,63 @@ from pathlib import Path
 import pytest
 
 import attn_onnx
+from tests.house import TOPS, house, imports, modules, room_of
 
 ROOT = Path(__file__).resolve().parents[1]
-# folder -> (installed package, layer): a module may import its own layer and the ones beneath
-LAYERS = {"attn_onnx": ("attn_onnx", 0), "models": ("attn_onnx.models", 1), "exporter": ("attn_onnx.exporter", 2),
-          "runtime_check": ("attn_onnx.runtime_check", 3), "deploy": ("attn_onnx.deploy", 4),
-          "bench": ("attn_onnx.bench", 4),
-          "cli": ("attn_onnx.cli", 5)}
-
-
-def _layer_of(module: str) -> int | None:
-    best = None
-    for package, layer in LAYERS.values():
-        if module == package or module.startswith(package + "."):
-            if best is None or layer > best:  # attn_onnx.models is layer 1, not the base's 0
-                best = layer
-    return best
+# every folder of the house (a room) and its floor: a module imports its own room and the rooms beneath it
+LAYERS = {"attn_onnx": 0, "models": 1, "exporter/kinds": 2, "exporter/variants": 3, "exporter": 4,
+          "runtime_check/runners": 5, "runtime_check": 6, "timing": 7, "deploy": 8, "deploy/forms": 9,
+          "bench": 10, "cli": 11}
+SHORT = tuple(f for f in TOPS if f != "attn_onnx")  # names that do not install: attn_onnx.<name> does
 
 
 def _imports(path: Path):
+    """Every module name a file imports, as written (for the short-name check)."""
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             yield node.module
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module" and node.args \
-                and isinstance(node.args[0], ast.Constant):
-            yield node.args[0].value
-        if isinstance(node, ast.Dict):  # the lazy-import tables: {"name": "attn_onnx.x.y"}
-            yield from (v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)
-                        and v.value.startswith("attn_onnx."))
-        if isinstance(node, ast.Tuple):  # runners.RUNTIMES: ("attn_onnx.runtime_check.runners.x", True)
-            yield from (v.value for v in node.elts if isinstance(v, ast.Constant) and isinstance(v.value, str)
-                        and v.value.startswith("attn_onnx."))
 
 
-SOURCES = [(folder, path) for folder in LAYERS for path in sorted((ROOT / folder).rglob("*.py"))]
+FILES = modules()
+SOURCES = [(room_of(m, FILES), p) for m, p in sorted(FILES.items())]
+EDGES = imports(FILES)
 
 
-@pytest.mark.parametrize("folder, path", SOURCES, ids=[str(p.relative_to(ROOT)) for _, p in SOURCES])
-def test_imports_go_only_downward(folder, path):
-    own = LAYERS[folder][1]
-    for name in _imports(path):
-        top = name.split(".")[0]
-        assert top not in ("models", "exporter", "runtime_check", "deploy", "bench", "cli"), \
-            f"{name}: use attn_onnx.{name}"
-        layer = _layer_of(name)
-        assert layer is None or layer <= own, f"{path.relative_to(ROOT)} imports {name}, a higher package"
+@pytest.mark.parametrize("module", sorted(FILES))
+def test_imports_go_only_downward(module):
+    """Function-level imports and the modules a registry imports on first use count too; a package's table of
+    lazy names does not (it forwards, it does not depend)."""
+    own = room_of(module, FILES)
+    for name in _imports(FILES[module]):
+        assert name.split(".")[0] not in SHORT, f"{name}: use attn_onnx.{name}"
+    for target in sorted(EDGES[module]):
+        room = room_of(target, FILES)
+        assert room == own or LAYERS[room] < LAYERS[own], f"{module} imports {target}, in {room}: a higher room"
 
 
-def test_the_layout_test_sees_every_package():
-    assert {f for f, _ in SOURCES} == set(LAYERS)
+def test_the_house_has_no_circles_and_no_arrow_that_climbs():
+    h = house()
+    assert (h.file_circles, h.room_circles, h.climbing) == ([], [], [])
+
+
+def test_the_layout_test_sees_every_room():
+    assert {room for room, _ in SOURCES} == set(LAYERS)
     assert len(SOURCES) > 30
+
+
+def test_the_house_counter_finds_circles_and_climbing_arrows(tmp_path):
+    """A house with a circle of files (a <-> b, one import inside a function) and one of rooms: both found."""
+    for folder, text in {"attn_onnx/__init__.py": "", "attn_onnx/a.py": "from attn_onnx import b\n",
+                         "attn_onnx/b.py": "def f():\n    from attn_onnx.a import x\n",
+                         "models/__init__.py": "from attn_onnx.exporter import y\n",
+                         "exporter/__init__.py": "import attn_onnx.models\n"}.items():
+        (tmp_path / folder).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder).write_text(text)
+    h = house(tmp_path)
+    assert h.file_circles == [["attn_onnx.a", "attn_onnx.b"], ["attn_onnx.exporter", "attn_onnx.models"]]
+    assert h.room_circles == [["exporter", "models"]] and len(h.climbing) == 2
 
 
 def test_everything_installs_under_one_namespace(tmp_path):
@@ -103,11 +108,7 @@ def test_the_built_wheel_holds_and_imports_every_module(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(tmp_path / "site")
         inside = {n[:-3].replace("/", ".").removesuffix(".__init__") for n in archive.namelist() if n.endswith(".py")}
-    expected = set()
-    for folder, (package, _) in LAYERS.items():
-        for path in (ROOT / folder).rglob("*.py"):
-            parts = path.relative_to(ROOT / folder).with_suffix("").parts
-            expected.add(".".join((package, *parts)).removesuffix(".__init__"))
+    expected = set(FILES)
     assert inside == expected, (sorted(expected - inside), sorted(inside - expected))
     code = ("import importlib, sys\n"
             f"names = {sorted(inside)!r}\n"

@@ -1,4 +1,5 @@
-"""The output forms an export is written in: an .onnx file, a verifiable bundle, a Triton model repository.
+"""The output forms an export is written in: an .onnx file, a verifiable bundle, a Triton model repository; and
+the one export pipeline that writes them (pipeline.py: export_model), on the floor above the writers in deploy/.
 
 A form is one file here plus one line in FORMS: a subclass of OutputForm (base.py) holding everything about it:
 

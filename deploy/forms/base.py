@@ -3,12 +3,25 @@ subclasses OutputForm."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import onnx
+
 if TYPE_CHECKING:
-    from attn_onnx.deploy.pipeline import Model
-    from attn_onnx.exporter.spec import ExportSpec
+    from attn_onnx.exporter.spec import ExportSpec, ModelSpec
+
+
+@dataclass(frozen=True)
+class Model:
+    """The model as the forms write it: built once, serialized once (`data`; None where `external`)."""
+
+    proto: onnx.ModelProto
+    spec: ModelSpec  # the settings with the weight map
+    data: bytes | None
+    external: bool  # its weights go beside it (asked for, or past protobuf's 2 GiB)
+    golden: object  # the module holding the weights as the model does: a bundle's vectors are its answers
 
 
 class OutputForm:

@@ -25,7 +25,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from attn_onnx.bench.bench import SETTLE_S, cpu_model, round_order, session
+from attn_onnx.timing.engine import cpu_model, round_order, session, SETTLE_S
 from attn_onnx.exporter.export import export_onnx
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.runtime_check.cases import make_mask

@@ -8,7 +8,7 @@ import torch
 from onnx.reference import ReferenceEvaluator
 
 import attn_onnx.exporter.quantize as quantize_module
-from attn_onnx.bench.bench import cpu_model, feeds_at
+from attn_onnx.timing.engine import cpu_model, feeds_at
 from attn_onnx.exporter.export import export_onnx
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.runtime_check.cases import QUICK, generate_cases

@@ -20,8 +20,8 @@ import onnxruntime.quantization as q
 import torch
 from onnx.reference import ReferenceEvaluator
 
-from attn_onnx.bench.bench import (SGEMM_N, SESSIONS, _timed, cpu_model, feeds_at, interleaved, session, sessions,
-                                   sgemm_model)
+from attn_onnx.timing.engine import (SESSIONS, SGEMM_N, cpu_model, feeds_at, interleaved, session, sessions,
+                                     sgemm_model, timed)
 from attn_onnx.exporter.export import export_onnx
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.runtime_check.reference import reference_module
@@ -100,7 +100,7 @@ for batch, length in SHAPES:
                        np.abs(got - exact).max())
     calls = {key: (lambda n, s=s: s[n % SESSIONS].run(None, feeds)) for key, s in runs.items()}
     samples = interleaved(calls, args.rounds, args.target_s,
-                          before_round=lambda n: limit_rounds.append(_timed(lambda: sgemm.run(None, {"a": a, "b": b}),
+                          before_round=lambda n: limit_rounds.append(timed(lambda: sgemm.run(None, {"a": a, "b": b}),
                                                                             args.target_s)))
     for key in runs:
         table[(batch, length, key)] = (statistics.median(samples[key]) * 1e3, *errors[key])
@@ -132,7 +132,7 @@ proj_err = {fmt: float(np.abs(proj_runs[fmt][0].run(None, {"x": x})[0].astype(np
                               - ReferenceEvaluator(m).run(None, {"x": x})[0]).max()) for fmt, m in proj.items()}
 proj_samples = interleaved({fmt: (lambda n, s=s: s[n % SESSIONS].run(None, {"x": x})) for fmt, s in proj_runs.items()},
                            args.rounds, args.target_s,
-                           before_round=lambda n: limit_rounds.append(_timed(lambda: sgemm.run(None, {"a": a, "b": b}),
+                           before_round=lambda n: limit_rounds.append(timed(lambda: sgemm.run(None, {"a": a, "b": b}),
                                                                              args.target_s)))
 limit = 2 * SGEMM_N ** 3 / statistics.median(limit_rounds) / 1e9
 print(f"\nsgemm limit (onnxruntime MatMul 2048^3, median over every round): {limit:.0f} GFLOP/s\n")

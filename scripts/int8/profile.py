@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from attn_onnx.bench.bench import cpu_model
+from attn_onnx.timing.engine import cpu_model
 from attn_onnx.deploy import export_model
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.exporter.variants import VARIANTS

@@ -5,7 +5,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from attn_onnx.bench.bench import flops, round_order
+from attn_onnx.bench.bench import flops
+from attn_onnx.timing.engine import round_order
 from attn_onnx.cli.bench_attn import main as bench
 from attn_onnx.exporter.variants import VARIANTS
 from tests.cli.fresh import run_fresh
@@ -72,7 +73,7 @@ def test_without_the_straight_export_no_ratio_to_it_is_printed():
 def test_each_variant_is_timed_in_three_sessions_taking_turns(monkeypatch):
     """Part of a timing's spread stays with its session: every round uses the next one, so that over 7 rounds
     one slow session holds at most 3 figures and is never the median."""
-    import attn_onnx.bench.bench as bench_module
+    import attn_onnx.timing.engine as engine
 
     runs: dict[int, int] = {}
 
@@ -85,17 +86,17 @@ def test_each_variant_is_timed_in_three_sessions_taking_turns(monkeypatch):
             return self.inner.run(*args)
 
     made = []
-    real = bench_module.session
+    real = engine.session
 
     def counted(proto, threads):
         made.append(Counted(real(proto, threads)))
         return made[-1]
 
-    monkeypatch.setattr(bench_module, "session", counted)
+    monkeypatch.setattr(engine, "session", counted)
     result = CliRunner().invoke(bench, [*SMALL, "--rounds", "3", "--attention-impl", "tiled", "--shapes", "1x8"])
     assert result.exit_code == 0, result.output
-    tiled = made[:bench_module.SESSIONS]  # then the sgemm's
-    assert len(tiled) == bench_module.SESSIONS == 3
+    tiled = made[:engine.SESSIONS]  # then the sgemm's
+    assert len(tiled) == engine.SESSIONS == 3
     assert all(runs.get(id(s), 0) >= 2 for s in tiled)  # each timed (its warm-up call and at least one timed)
 
 

@@ -1,4 +1,4 @@
-"""The one export pipeline (deploy/pipeline.py) and the output forms' registry (deploy/forms/): each step once,
+"""The one export pipeline (deploy/forms/pipeline.py) and the output forms' registry (deploy/forms/): each step once,
 a failing model written nowhere, and a form that is one file plus one registration line."""
 
 import dataclasses

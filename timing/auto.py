@@ -5,7 +5,7 @@ time the ones that pass side by side at the user's shapes on this machine, and k
     choice.proto, choice.spec           # the chosen model, its metadata recording the choice (attn_onnx.tuning)
     print(choice.table())
 
-The timing is bench-attn's (bench.interleaved: rotated rounds, three sessions per variant, a pause before each
+The timing is bench-attn's (timing/engine.py interleaved: rotated rounds, three sessions per variant, a pause before each
 contender); the figure per variant is the geometric mean over the shapes of its median latency, so a long shape
 does not drown the short ones. A variant that fails the check is dropped with the reason and never timed: a fast
 wrong answer is never chosen.
@@ -106,13 +106,14 @@ def candidates(spec: ExportSpec, standard_ops: bool = False, opset: int | None =
 def tune(spec: ExportSpec, module, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAULT_ROUNDS, mask: str = DEFAULT_MASK,
          standard_ops: bool = False, opset: int | None = None, threads: int | None = None,
          on_line: Callable[[str], None] = lambda text: None, weights_source: str = "",
-         target: str | None = None) -> Choice:
+         refused: Callable[[ExportSpec], str | None] = lambda spec: None) -> Choice:
     """Export, check and time every candidate; the fastest correct one, its metadata recording why.
 
     `module` holds the weights as the model will (rounded to its dtype); `opset` pins the opset (else each
-    variant gets max(spec.opset, its minimum)); `target`, an onnxruntime release, drops the candidates the
-    compatibility table says do not run right there. UsageError when no candidate survives."""
-    from attn_onnx.bench.bench import cpu_model, feeds_at, interleaved, sessions
+    variant gets max(spec.opset, its minimum)); `refused(spec)` says why a candidate may not ship, or None (the
+    pipeline's --target-onnxruntime: the compatibility table's verdict there), and drops it before it is even
+    exported. UsageError when no candidate survives."""
+    from attn_onnx.timing.engine import cpu_model, feeds_at, interleaved, sessions
 
     shapes = [tuple(s) for s in shapes]
     if spec.dtype == "bfloat16":
@@ -122,13 +123,10 @@ def tune(spec: ExportSpec, module, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAU
         raise UsageError(f"--tune-mask {mask!r}: choose from {list(MASK_KINDS)}")
     threads = threads or len(os.sched_getaffinity(0))
     found = candidates(spec, standard_ops, opset)
-    if target is not None:  # a candidate the compatibility table says is wrong there is not even exported
-        from attn_onnx.deploy.compatibility import check_target, target_problem
-
-        for c in found:
-            problem = c.spec is not None and target_problem(c.spec, check_target(target))
-            if problem:
-                c.spec, c.dropped = None, f"--target-onnxruntime {target}: {problem}"
+    for c in found:
+        problem = c.spec is not None and refused(c.spec)
+        if problem:
+            c.spec, c.dropped = None, problem
     for c in found:
         if c.spec is None:
             on_line(f"auto: {c.variant}: dropped ({c.dropped})")
@@ -193,7 +191,7 @@ def _export_and_check(candidate: Candidate, module, weights_source: str = "") ->
 
 
 def _call(runs, feeds) -> Callable[[int], object]:
-    from attn_onnx.bench.bench import SESSIONS
+    from attn_onnx.timing.engine import SESSIONS
 
     return lambda number: runs[number % SESSIONS].run(None, feeds)
 

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from attn_onnx.bench import auto, bench
+from attn_onnx.timing import auto, engine
 from attn_onnx.cli.check_attn import main as check
 from attn_onnx.cli.export_attn import main as export
 from attn_onnx.exporter.variants import VARIANTS
@@ -25,10 +25,10 @@ def chosen(tmp_path_factory):
     """One auto export with the broken variant registered, the engine's calls counted."""
     path = tmp_path_factory.mktemp("auto") / "m.onnx"
     engine_calls = []
-    real = bench.interleaved
+    real = engine.interleaved
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(VARIANTS, "fast-but-wrong", bias_moved("fast-but-wrong"))
-        patch.setattr(bench, "interleaved",
+        patch.setattr(engine, "interleaved",
                       lambda calls, *a, **k: engine_calls.append(set(calls)) or real(calls, *a, **k))
         result = CliRunner().invoke(export, [*SMALL, "--attention-impl", "auto", "--out", str(path)])
     assert result.exit_code == 0, result.output
@@ -56,7 +56,7 @@ def test_the_fastest_checked_variant_is_written_and_the_metadata_says_why(chosen
         geomean = np.sqrt(per_shape["1x8"] * per_shape["2x5"])
         assert record["geomean_ms"][variant] == pytest.approx(geomean, rel=1e-5)
     assert record["shapes"] == ["1x8", "2x5"] and record["rounds"] == 2 and record["mask"] == "causal+padding"
-    assert record["cpu"] == bench.cpu_model() and record["runs_in"] == VARIANTS[record["chosen"]].runtimes
+    assert record["cpu"] == engine.cpu_model() and record["runs_in"] == VARIANTS[record["chosen"]].runtimes
     assert record["chosen"] in output and "<- chosen" in output
     assert output.index("<- chosen") < output.index("wrote")
 
@@ -160,7 +160,7 @@ def test_every_candidate_is_timed_on_the_same_inputs_as_bench_attn_s(tmp_path, m
     assert result.exit_code == 0, result.output
     assert len(handed) == len(VARIANTS) and all(feeds is handed[0] for feeds in handed)
     spec = load_model(tmp_path / "m.onnx").spec
-    again = bench.feeds_at(spec, 4, 12)  # what bench-attn feeds at (4,12): the same arrays
+    again = engine.feeds_at(spec, 4, 12)  # what bench-attn feeds at (4,12): the same arrays
     assert set(again) == set(handed[0]) and all(np.array_equal(again[k], handed[0][k]) for k in again)
     lengths = handed[0]["mask"][:, -1, :].sum(axis=-1)
     assert lengths[0] == 12 and len(set(lengths.tolist())) == 4  # causal+padding: the first full, all differ

@@ -29,6 +29,7 @@ from pathlib import Path
 import onnx
 
 from attn_onnx.errors import ParityError
+from attn_onnx.deploy.forms.base import Model
 from attn_onnx.exporter.spec import ExportSpec, ModelSpec
 
 
@@ -41,18 +42,6 @@ class Tuning:
     mask: str = "causal+padding"  # the mask fed while timing, for a model with a mask input
     standard_ops: bool = False  # only variants of standard ONNX operators
     opset: int | None = None  # pinned; else each candidate at max(spec.opset, its minimum)
-    target: str | None = None  # an onnxruntime release the model must run right on (deploy/compatibility.py)
-
-
-@dataclass(frozen=True)
-class Model:
-    """The model as the forms write it: built once, serialized once (`data`; None where `external`)."""
-
-    proto: onnx.ModelProto
-    spec: ModelSpec  # the settings with the weight map
-    data: bytes | None
-    external: bool  # its weights go beside it (asked for, or past protobuf's 2 GiB)
-    golden: object  # the module holding the weights as the model does: a bundle's vectors are its answers
 
 
 @dataclass
@@ -84,18 +73,17 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
     "1.20.1"): a spec the compatibility table says does not run right there is refused before any work (auto
     drops such candidates), and where that release is installed the check runs in it too.
     """
-    from attn_onnx.deploy.forms import OnnxFile
+    from attn_onnx.deploy.forms.onnx_file import OnnxFile
 
     forms = [OnnxFile(f) if isinstance(f, (str, Path)) else f for f in forms]
     spec.validate()
     check_targets(forms, spec, force)
     if target is not None and tuning is None:
-        from attn_onnx.deploy.compatibility import check_target, target_problem
         from attn_onnx.errors import UsageError
 
-        problem = target_problem(spec, check_target(target))
+        problem = _refused_on(target)(spec)
         if problem:
-            raise UsageError(f"--target-onnxruntime {target}: {problem}")
+            raise UsageError(problem)
     kind = spec.kind
     if kind.has_weights:
         if module is None:
@@ -107,11 +95,11 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
     golden = in_dtype(module, spec.dtype)  # the weights as the model holds them: rounded to its dtype
     choice = None
     if tuning is not None:
-        from attn_onnx.bench.auto import tune
+        from attn_onnx.timing.auto import tune
 
         choice = tune(spec, golden, tuning.shapes, rounds=tuning.rounds, mask=tuning.mask,
                       standard_ops=tuning.standard_ops, opset=tuning.opset, on_line=on_line,
-                      weights_source=weights_source, target=target)
+                      weights_source=weights_source, refused=_refused_on(target))
         proto, spec = choice.proto, choice.spec
     else:
         proto, spec = export_onnx(spec, golden, weights_source=weights_source)
@@ -137,6 +125,21 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
             exported.written[type(form).__name__] = form.write(model, force)
         txn.commit()
     return exported
+
+
+def _refused_on(target: str | None):
+    """Why a spec may not ship for onnxruntime `target` (the compatibility table's cell there), or None."""
+    if target is None:
+        return lambda spec: None
+    from attn_onnx.deploy.compatibility import check_target, target_problem
+
+    release = check_target(target)
+
+    def refused(spec: ExportSpec) -> str | None:
+        problem = target_problem(spec, release)
+        return f"--target-onnxruntime {target}: {problem}" if problem else None
+
+    return refused
 
 
 def _for_runtime(proto, spec: ExportSpec, target: str | None):
