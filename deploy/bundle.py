@@ -43,7 +43,6 @@ BUNDLE_DTYPES = ("float32", "float16")
 # tokens, each step's present_key/present_value threaded into the next step's past_key/past_value.
 DECODE_CHUNKS = (4, 1, 1, 1)
 DECODE_FOLDER = "decode"
-THREAD = {"present_key": "past_key", "present_value": "past_value"}
 
 
 def bundle_cases(spec: ExportSpec) -> list[Case]:
@@ -414,28 +413,21 @@ def _write_tensors(folder: Path, sub: Path, side: str, arrays: dict[str, np.ndar
 
 def _write_decode(folder: Path, spec: ExportSpec, golden, seed: int) -> dict:
     """The decode set: the float64 golden decodes a sequence step by step, threading its own cache."""
-    from attn_onnx.runtime_check.decode import SEQUENCE, sequence_mask
+    from attn_onnx.runtime_check.decode import SEQUENCE, THREAD, decode_steps, empty_cache, sequence_mask
 
     batch, length = SEQUENCE[0], sum(DECODE_CHUNKS)
     rng = np.random.default_rng([seed, 2002])
     x = rng.standard_normal((batch, length, spec.embedding_dim), dtype=np.float32)
     mask = sequence_mask(batch, length).astype(spec.input_dtypes()["mask"]) if spec.mask == "input" else None
-    past = {name: np.zeros((batch, spec.heads, 0, spec.d_k), np.float64) for name in THREAD.values()}
-    steps, start = [], 0
-    for k, size in enumerate(DECODE_CHUNKS):
+    past = empty_cache(batch, spec.heads, spec.d_k, np.float64)  # the golden keeps its float64 cache
+    steps = []
+    for k, (start, inputs, outputs) in enumerate(decode_steps(golden.run, x, DECODE_CHUNKS, mask, past)):
         sub = folder / DECODE_FOLDER / f"step_{k}"
         sub.mkdir(parents=True)
-        piece = x[:, start:start + size]
-        inputs = {"query": piece, "key": piece, "value": piece}
-        if mask is not None:
-            inputs["mask"] = mask[:, start:start + size, :start + size]  # this step's rows, keys so far
-        outputs = golden.run({**inputs, **past})
-        past = {THREAD[name]: outputs[name] for name in THREAD}  # the golden keeps its float64 cache
-        steps.append({"folder": str(sub.relative_to(folder)), "new_tokens": size, "past_len": start,
+        steps.append({"folder": str(sub.relative_to(folder)), "new_tokens": DECODE_CHUNKS[k], "past_len": start,
                       "inputs": _write_tensors(folder, sub, "input", inputs),
                       "outputs": _write_tensors(folder, sub, "output", {n: v.astype(np.float32)
                                                                         for n, v in outputs.items()})})
-        start += size
     return {"description": f"decode {batch} sequences of {length} tokens: a prefill of {DECODE_CHUNKS[0]} from "
                            "an empty cache, then one token at a time",
             "thread": THREAD, "first_past": {"shape": [batch, spec.heads, 0, spec.d_k], "dtype": "float32"},
@@ -448,6 +440,7 @@ def _write_decode(folder: Path, spec: ExportSpec, golden, seed: int) -> dict:
 def _check_decode(folder: Path, manifest: dict, runners, tolerance: Tolerance) -> list[CaseResult]:
     """Each runner decodes the steps in order, threading its own cache; each step against the golden's."""
     from attn_onnx.errors import short_error
+    from attn_onnx.runtime_check.decode import next_past
 
     decode = manifest["decode"]
     results = []
@@ -465,7 +458,7 @@ def _check_decode(folder: Path, manifest: dict, runners, tolerance: Tolerance) -
                 break
             results.append(CaseResult(runner.name, label, shape, tuple(
                 OutputComparison.measure(n, outputs[n], e, str(e.dtype), tolerance) for n, e in expected.items())))
-            past = {decode["thread"][name]: outputs[name] for name in decode["thread"]}
+            past = next_past(outputs, decode["thread"])  # the manifest's threading: the bundle is the contract
     return results
 
 

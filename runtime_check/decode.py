@@ -25,6 +25,33 @@ from attn_onnx.runtime_check.report import CaseResult
 
 SEQUENCE = (2, 11)  # batch, length
 PAD = (0, 3)  # left padding of each example, with a mask input
+THREAD = {"present_key": "past_key", "present_value": "past_value"}  # a step's output -> the next step's input
+
+
+def empty_cache(batch: int, heads: int, d_k: int, dtype=np.float32) -> dict[str, np.ndarray]:
+    """past_key and past_value of a sequence with no tokens yet: (batch, heads, 0, d_k)."""
+    return {name: np.zeros((batch, heads, 0, d_k), dtype) for name in THREAD.values()}
+
+
+def next_past(outputs: dict[str, np.ndarray], thread: dict[str, str] = THREAD) -> dict[str, np.ndarray]:
+    """The cache the next step takes: this step's present_key and present_value, as past_key and past_value."""
+    return {thread[name]: outputs[name] for name in thread}
+
+
+def decode_steps(run, x: np.ndarray, chunks, mask: np.ndarray | None, past: dict[str, np.ndarray]):
+    """Feed the sequence `x` (B, n, E) through `run` (feeds -> outputs) a chunk at a time, as self-attention,
+    threading each step's cache into the next. With `mask` (B, n, n), each step gets its rows over the keys
+    present so far. Yields (start, inputs, outputs) per step: `inputs` without the cache."""
+    start = 0
+    for size in chunks:
+        piece = x[:, start:start + size]
+        inputs = {"query": piece, "key": piece, "value": piece}
+        if mask is not None:  # this chunk's rows, over the keys present so far
+            inputs["mask"] = mask[:, start:start + size, :start + size]
+        outputs = run({**inputs, **past})
+        yield start, inputs, outputs
+        past = next_past(outputs)
+        start += size
 
 
 def chunkings(length: int) -> dict[str, list[int]]:
@@ -84,25 +111,19 @@ def decode_results(runners, module, spec, tolerances: dict[str, Tolerance], seed
         for name, chunks in chunkings(length).items():
             name += left_out
             shape = f"b{batch}.len{length}"
-            past_key = past_value = np.zeros((batch, spec.heads, 0, spec.d_k), np.float32)  # an empty cache
-            outputs, start = [], 0
+            outputs, done = [], 0
             try:
-                for size in chunks:
-                    piece = x[:, start:start + size]
-                    feeds = {"query": piece, "key": piece, "value": piece, "past_key": past_key,
-                             "past_value": past_value}
-                    if mask is not None:  # this chunk's rows, over the keys present so far
-                        feeds["mask"] = mask[:, start:start + size, :start + size]
-                    got = runner.run(feeds)
+                for start, inputs, got in decode_steps(runner.run, x, chunks, mask,
+                                                       empty_cache(batch, spec.heads, spec.d_k)):
                     outputs.append(got["output"])
-                    past_key, past_value = got["present_key"], got["present_value"]
-                    start += size
+                    done = start + inputs["query"].shape[1]
             except Exception as exc:  # the runtime's own error is the finding
                 results.append(CaseResult(runner.name, name, shape,
-                                          error=f"{runner.name} raised {type(exc).__name__} at position {start}: "
+                                          error=f"{runner.name} raised {type(exc).__name__} at position {done}: "
                                                 f"{short_error(exc)}"))
                 continue
-            actual = {"output": np.concatenate(outputs, axis=1), "present_key": past_key, "present_value": past_value}
+            actual = {"output": np.concatenate(outputs, axis=1), "present_key": got["present_key"],
+                      "present_value": got["present_value"]}
             actual["output"][no_key] = output[no_key]  # rows with no allowed key: see the module docstring
             golden = {"output": output, "present_key": keys, "present_value": values}
             comparisons = tuple(OutputComparison.measure(n, actual[n], golden[n], expected[n], tolerances[runner.name])
