@@ -8,15 +8,15 @@ The pipeline that validates, checks and writes is attn_onnx.deploy.export_model 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
 
 from attn_onnx import __version__
-from attn_onnx.dtypes import to_torch, torch_dtype
+from attn_onnx.dtypes import torch_dtype
 from attn_onnx.errors import ExportError, UsageError, first_line
 from attn_onnx.exporter.spec import METADATA_PREFIX, ExportSpec, ModelSpec
 from attn_onnx.exporter.variants import VARIANTS
@@ -33,8 +33,7 @@ def build_module(spec: ExportSpec, state: dict[str, torch.Tensor] | None = None,
 
 def example_inputs(spec: ExportSpec) -> tuple[torch.Tensor, ...]:
     """The example handed to torch.export: dims unlike 1 and unlike each other, so none is baked or tied."""
-    feeds = spec.kind.inputs(spec, spec.kind.example_dims, np.random.default_rng(0))
-    return tuple(to_torch(feeds[name]) for name in spec.input_names)
+    return spec.kind.example(spec)
 
 
 def in_dtype(module: nn.Module | None, dtype: str) -> nn.Module | None:
@@ -43,6 +42,31 @@ def in_dtype(module: nn.Module | None, dtype: str) -> nn.Module | None:
     if module is None or all(p.dtype == torch_dtype(dtype) for p in module.parameters()):
         return module
     return copy.deepcopy(module).to(torch_dtype(dtype))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The weights of one export, prepared once: the module as given or built (checked against the spec, in eval
+    mode), the golden (its weights rounded to the spec's dtype: what the model holds), and where they came from.
+    All None / "" for a kind without weights."""
+
+    module: nn.Module | None
+    golden: nn.Module | None
+    source: str
+
+
+def prepare(spec: ExportSpec, module: nn.Module | None = None, state: dict[str, torch.Tensor] | None = None,
+            seed: int = 0, weights_source: str = "") -> Prepared:
+    """The weights of an export of `spec`: `module` (any module with MultiHeadedAttention's interface), else
+    `state` (a state_dict), else random from `seed`; `weights_source` says where they came from, for people."""
+    kind = spec.kind
+    if not kind.has_weights:
+        return Prepared(None, None, "")
+    if module is None:
+        module = kind.build_module(spec, state, seed)
+        weights_source = weights_source or ("a state_dict" if state is not None else f"random (seed={seed})")
+    module = kind.checked_module(spec, module)
+    return Prepared(module, in_dtype(module, spec.dtype), weights_source or "a module passed to the Python API")
 
 
 def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0,
@@ -54,18 +78,15 @@ def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0
     Returns the model, passed through onnx.checker, and what the export produced: the ModelSpec (the settings
     with the weight map) that its metadata states.
     """
-    kind = spec.kind
-    if kind.has_weights:
-        if module is None:
-            module = kind.build_module(spec, seed=seed)
-            weights_source = weights_source or f"random (seed={seed})"
-        module = kind.checked_module(spec, module)
-    module = in_dtype(module, spec.dtype)
-    graph = kind.graph(spec, module).eval()
-    built = VARIANTS[spec.variant].build(spec, graph, example_inputs(spec), module)
+    return export_prepared(spec, prepare(spec, module, seed=seed, weights_source=weights_source))
+
+
+def export_prepared(spec: ExportSpec, weights: Prepared) -> tuple[onnx.ModelProto, ModelSpec]:
+    """export_onnx with the weights prepared already (the pipeline and auto prepare them once per export)."""
+    built = VARIANTS[spec.variant].build(spec, weights.golden)
     proto = built.proto
-    products = {"weights": built.weights, "weights_source": weights_source or "a module passed to the Python API"}
-    spec = ModelSpec.of(spec, **(products if kind.has_weights else {}))
+    products = {"weights": built.weights, "weights_source": weights.source}
+    spec = ModelSpec.of(spec, **(products if spec.kind.has_weights else {}))
     _name_dims(proto, spec)
     describe(proto, spec)
     check_onnx(proto)

@@ -34,6 +34,16 @@ def reference_module(proto: onnx.ModelProto, spec: ExportSpec, weights: str | Pa
     return module, FROM_FILE
 
 
+def model_golden(proto: onnx.ModelProto, spec: ExportSpec, golden):
+    """The module holding the weights the model holds, to check it against: `golden` (the module with its
+    weights rounded to the model's dtype), or for an int8 model the dequantized weights read back through its
+    weight map. The pipeline and auto both hold a model to it."""
+    if not spec.quantize:
+        return golden
+    module, _ = reference_module(proto, spec)
+    return module
+
+
 def _state_from_initializers(proto: onnx.ModelProto, spec: ExportSpec, base_dir: str = "") -> dict[str, torch.Tensor]:
     inits = {init.name: init for init in proto.graph.initializer}
     missing = sorted(entry["initializer"] for entry in spec.weights.values() if entry["initializer"] not in inits)

@@ -1,7 +1,7 @@
 """export-attn --attention-impl auto: export every variant that accepts the spec, check each on the quick sweep,
 time the ones that pass side by side at the user's shapes on this machine, and keep the fastest.
 
-    choice = tune(spec, module, shapes=[(1, 128), (4, 512)])
+    choice = tune(spec, prepare(spec, module), shapes=[(1, 128), (4, 512)])
     choice.proto, choice.spec           # the chosen model, its metadata recording the choice (attn_onnx.tuning)
     print(choice.table())
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from attn_onnx.errors import UsageError
-from attn_onnx.exporter.export import describe, export_onnx
+from attn_onnx.exporter.export import Prepared, describe, export_prepared
 from attn_onnx.exporter.spec import ExportSpec, ModelSpec
 from attn_onnx.exporter.variants import VARIANTS
 from attn_onnx.vocab import MASK_KINDS
@@ -47,6 +47,7 @@ class Candidate:
     median_ms: dict[str, float] = field(default_factory=dict)  # "1x128" -> median over rounds
     geomean_ms: float | None = None
     report: object = None  # its check's Report
+    golden: object = None  # the module it was checked against: the weights it holds (int8: dequantized)
 
 
 @dataclass
@@ -60,9 +61,18 @@ class Choice:
     rounds: int
 
     @property
+    def chosen(self) -> Candidate:
+        return next(c for c in self.candidates if c.variant == self.spec.variant)
+
+    @property
     def report(self):
         """The chosen variant's check (export-attn's quick sweep): the pipeline does not check it again."""
-        return next(c.report for c in self.candidates if c.variant == self.spec.variant)
+        return self.chosen.report
+
+    @property
+    def golden(self):
+        """The module the chosen model was checked against (int8: its dequantized weights)."""
+        return self.chosen.golden
 
     def table(self) -> str:
         shapes = [_shape_name(s) for s in self.shapes]
@@ -103,13 +113,13 @@ def candidates(spec: ExportSpec, standard_ops: bool = False, opset: int | None =
     return found
 
 
-def tune(spec: ExportSpec, module, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAULT_ROUNDS, mask: str = DEFAULT_MASK,
+def tune(spec: ExportSpec, weights: Prepared, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAULT_ROUNDS, mask: str = DEFAULT_MASK,
          standard_ops: bool = False, opset: int | None = None, threads: int | None = None,
-         on_line: Callable[[str], None] = lambda text: None, weights_source: str = "",
+         on_line: Callable[[str], None] = lambda text: None,
          refused: Callable[[ExportSpec], str | None] = lambda spec: None) -> Choice:
     """Export, check and time every candidate; the fastest correct one, its metadata recording why.
 
-    `module` holds the weights as the model will (rounded to its dtype); `opset` pins the opset (else each
+    `weights` are the export's, prepared once (exporter.export.prepare); `opset` pins the opset (else each
     variant gets max(spec.opset, its minimum)); `refused(spec)` says why a candidate may not ship, or None (the
     pipeline's --target-onnxruntime: the compatibility table's verdict there), and drops it before it is even
     exported. UsageError when no candidate survives."""
@@ -132,7 +142,7 @@ def tune(spec: ExportSpec, module, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAU
             on_line(f"auto: {c.variant}: dropped ({c.dropped})")
             continue
         on_line(f"auto: {c.variant}: exporting and checking")
-        _export_and_check(c, module, weights_source)
+        _export_and_check(c, weights)
     alive = [c for c in found if not c.dropped]
     if not alive:
         reasons = "; ".join(f"{c.variant}: {c.dropped}" for c in found)
@@ -164,20 +174,18 @@ def tune(spec: ExportSpec, module, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAU
     return Choice(best.proto, chosen, found, shapes, cpu, threads, rounds)
 
 
-def _export_and_check(candidate: Candidate, module, weights_source: str = "") -> None:
+def _export_and_check(candidate: Candidate, weights: Prepared) -> None:
     """The candidate's model, checked on the quick sweep; `dropped` says why where it fails."""
     from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
-    from attn_onnx.runtime_check.reference import reference_module
+    from attn_onnx.runtime_check.reference import model_golden
 
     try:
-        candidate.proto, candidate.spec = export_onnx(candidate.spec, module, weights_source=weights_source)
+        candidate.proto, candidate.spec = export_prepared(candidate.spec, weights)
     except Exception as exc:  # a variant that cannot export this spec is out, with the exporter's word
         candidate.dropped = f"the export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         return
-    golden = module
-    if candidate.spec.quantize:  # held to the dequantized weights the file holds, as export-attn does
-        golden, _ = reference_module(candidate.proto, candidate.spec)
-    report = candidate.report = check_model(candidate.proto, QUICK_CONFIG, module=golden)
+    candidate.golden = model_golden(candidate.proto, candidate.spec, weights.golden)  # int8: dequantized
+    report = candidate.report = check_model(candidate.proto, QUICK_CONFIG, module=candidate.golden)
     if report.nothing_checked:
         candidate.dropped = "onnxruntime cannot run it here: " + "; ".join(s.reason for s in report.skipped)
     elif report.failed:

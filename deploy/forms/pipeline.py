@@ -84,30 +84,23 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
         problem = _refused_on(target)(spec)
         if problem:
             raise UsageError(problem)
-    kind = spec.kind
-    if kind.has_weights:
-        if module is None:
-            module = kind.build_module(spec, state, seed)
-            weights_source = weights_source or ("a state_dict" if state is not None else f"random (seed={seed})")
-        module = kind.checked_module(spec, module)
-    from attn_onnx.exporter.export import export_onnx, in_dtype
+    from attn_onnx.exporter.export import export_prepared, prepare
+    from attn_onnx.runtime_check.reference import model_golden
 
-    golden = in_dtype(module, spec.dtype)  # the weights as the model holds them: rounded to its dtype
+    weights = prepare(spec, module, state, seed, weights_source)  # once: auto's candidates share it
+    module = weights.module
     choice = None
     if tuning is not None:
         from attn_onnx.timing.auto import tune
 
-        choice = tune(spec, golden, tuning.shapes, rounds=tuning.rounds, mask=tuning.mask,
+        choice = tune(spec, weights, tuning.shapes, rounds=tuning.rounds, mask=tuning.mask,
                       standard_ops=tuning.standard_ops, opset=tuning.opset, on_line=on_line,
-                      weights_source=weights_source, refused=_refused_on(target))
-        proto, spec = choice.proto, choice.spec
+                      refused=_refused_on(target))
+        proto, spec, golden = choice.proto, choice.spec, choice.golden
     else:
-        proto, spec = export_onnx(spec, golden, weights_source=weights_source)
+        proto, spec = export_prepared(spec, weights)
+        golden = model_golden(proto, spec, weights.golden)  # int8: the dequantized weights the model holds
     proto = _for_runtime(proto, spec, target)
-    if spec.quantize:  # int8: the golden holds the dequantized weights, read back through the weight map
-        from attn_onnx.runtime_check.reference import reference_module
-
-        golden, _ = reference_module(proto, spec)
     from attn_onnx.model_files import needs_external
 
     external = external_data or needs_external(proto)

@@ -107,6 +107,14 @@ class ModuleKind:
         """The torch.nn.Module that is exported, and run in float64 as the golden."""
         raise NotImplementedError
 
+    def example(self, spec) -> tuple:
+        """The example handed to torch.export, as torch tensors in input order: dims unlike 1 and unlike each
+        other (example_dims), so none is baked or tied."""
+        from attn_onnx.dtypes import to_torch
+
+        feeds = self.inputs(spec, self.example_dims, np.random.default_rng(0))
+        return tuple(to_torch(feeds[name]) for name in spec.input_names)
+
     def inputs(self, spec, dims: dict[str, int], rng: np.random.Generator,
                mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Inputs of the given dims. `mask` is a 0/1 (batch, q_len or 1, kv_len) array; all ones if None."""

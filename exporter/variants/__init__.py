@@ -1,6 +1,6 @@
 """Graph variants: each builds the ONNX graph of a spec *and* says where every state_dict tensor went.
 
-A variant is one file here with a `build(spec, graph, example, module) -> Built` function, listed in
+A variant is one file here with a `build(spec, module) -> Built` function, listed in
 VARIANTS with what it can build (checked before any work, without torch).
 """
 
@@ -53,8 +53,9 @@ class Variant:
         if spec.opset < self.min_opset:
             raise UsageError(f"{flag} needs --opset {self.min_opset} or later; got {spec.opset}")
 
-    def build(self, spec, graph, example, module) -> Built:
-        return importlib.import_module(f"attn_onnx.exporter.variants.{self.file}").build(spec, graph, example, module)
+    def build(self, spec, module) -> Built:
+        """The model of `spec` with the weights of `module` (None for a kind without weights)."""
+        return importlib.import_module(f"attn_onnx.exporter.variants.{self.file}").build(spec, module)
 
     def coverage_shapes(self, spec) -> tuple[tuple[int, int, int], ...]:
         """(batch, q_len, kv_len) shapes that run the paths of this variant's graph that small shapes do not

@@ -18,7 +18,7 @@ from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, additive_
                                                uniform_rows)
 
 
-def build(spec, graph, example, module) -> Built:
+def build(spec, module) -> Built:
     w, weights = GraphWriter(), Weights(module)
     p = projections(w, weights, packed_bias=False, spec=spec)  # query, key, value (B, len, E) with their biases
     heads = w.constant("heads_shape", np.array([0, 0, spec.heads, spec.d_k], np.int64))

@@ -13,7 +13,7 @@ from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, allowed_m
                                                output_projection, projections, scale, uniform_rows)
 
 
-def build(spec, graph, example, module) -> Built:
+def build(spec, module) -> Built:
     w, weights = GraphWriter(), Weights(module)
     p = projections(w, weights, packed_bias=False, spec=spec)  # query, key, value (B, len, E) with their biases
     attrs = {"q_num_heads": spec.heads, "kv_num_heads": spec.heads, "scale": scale(spec)}

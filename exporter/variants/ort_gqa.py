@@ -30,7 +30,7 @@ from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, additive_
 INT32 = TensorProto.INT32
 
 
-def build(spec, graph, example, module) -> Built:
+def build(spec, module) -> Built:
     w, weights = GraphWriter(), Weights(module)
     p = projections(w, weights, packed_bias=False, spec=spec)  # query, key, value (B, len, E), biases added
     allowed = allowed_mask(w, spec)  # (B, mask_q_len, kv_len) or causal (q_len, kv_len) bool

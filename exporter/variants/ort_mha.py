@@ -16,7 +16,7 @@ from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, additive_
                                                projections, scale, uniform_rows)
 
 
-def build(spec, graph, example, module) -> Built:
+def build(spec, module) -> Built:
     w, weights = GraphWriter(), Weights(module)
     p = projections(w, weights, packed_bias=True, spec=spec)  # query, key, value (B, len, E) unbiased; bias (3E,)
     allowed = allowed_mask(w, spec)

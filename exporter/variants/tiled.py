@@ -56,7 +56,7 @@ MAX_TILE = 64  # rows of a tile under a mask (see above)
 GROUP_SCORES = 1 << 17
 
 
-def build(spec, graph, example, module) -> Built:
+def build(spec, module) -> Built:
     w, weights = GraphWriter(), Weights(module)
     allowed = allowed_mask(w, spec)  # (B, mask_q_len, kv_len), causal (q_len, kv_len) bool, or None
     # with a mask input: the reach, each example's key limit, the rows that allow a key (one ArgMax)

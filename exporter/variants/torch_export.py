@@ -16,8 +16,10 @@ from attn_onnx.errors import ExportError, first_line
 from attn_onnx.exporter.variants.base import Built, find_by_value
 
 
-def build(spec, graph: torch.nn.Module, example: tuple[torch.Tensor, ...], module: torch.nn.Module | None) -> Built:
-    """Trace `graph` on `example` with every named dim of the spec dynamic."""
+def build(spec, module: torch.nn.Module | None) -> Built:
+    """Trace the kind's PyTorch graph of `module` on its example inputs, with every named dim of the spec dynamic
+    (the one variant that reads a torch graph)."""
+    graph, example = spec.kind.graph(spec, module).eval(), spec.kind.example(spec)
     dynamic = {name: {i: _dim(d) for i, d in enumerate(dims) if isinstance(d, str)}
                for name, dims in spec.input_dims().items() if dims}
     try:

@@ -21,8 +21,8 @@ class BiasMoved(Variant):
     """torch-export's graph with the output projection's bias moved by 0.5: as fast as the straight export, builds
     and runs, and is wrong."""
 
-    def build(self, spec, graph, example, module):
-        built = VARIANTS["torch-export"].build(spec.replace(variant="torch-export"), graph, example, module)
+    def build(self, spec, module):
+        built = VARIANTS["torch-export"].build(spec.replace(variant="torch-export"), module)
         entry = built.weights["linears.3.bias"]
         init = next(i for i in built.proto.graph.initializer if i.name == entry["initializer"])
         init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(0.5), init.name))

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from attn_onnx.timing import auto, engine
 from attn_onnx.cli.check_attn import main as check
 from attn_onnx.cli.export_attn import main as export
+from attn_onnx.exporter.export import export_onnx
 from attn_onnx.exporter.variants import VARIANTS
 from attn_onnx.runtime_check.model import load_model
 from tests.runtime_check.broken import bias_moved
@@ -121,7 +122,7 @@ def test_every_variant_says_whether_it_is_standard_operators_only(tmp_path):
     """The flag --standard-ops reads must match the graphs: no com.microsoft node in a standard variant."""
     for name, variant in VARIANTS.items():
         spec = auto.candidates(auto.ExportSpec(heads=2, embedding_dim=16))[list(VARIANTS).index(name)].spec
-        proto, _ = auto.export_onnx(spec)
+        proto, _ = export_onnx(spec)
         domains = {n.domain for n in proto.graph.node} | {n.domain for n in _subgraph_nodes(proto.graph)}
         assert variant.standard_ops == domains.issubset({"", "ai.onnx"}), (name, domains)
 
