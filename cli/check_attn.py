@@ -176,18 +176,12 @@ def _plan(ctx, model: Path, options: dict):
     from attn_onnx.files import check_output_file, check_output_folder
     from attn_onnx.runtime_check.cases import QUICK, Sweep, default_plot_case, parse_case
     from attn_onnx.runtime_check.compare import Tolerance
+    from attn_onnx.runtime_check.check import check_runtimes
     from attn_onnx.runtime_check.model import load_model
-    from attn_onnx.runtime_check.runners import RUNTIMES, known, runtime
-    from attn_onnx.vocab import PROVIDERS
 
     chosen = given(ctx)
     runtimes, providers = comma_list(options["runtimes"]), comma_list(options["providers"])
-    unknown = [r for r in runtimes if not known(r)] + [p for p in providers if p not in PROVIDERS]
-    if unknown:
-        raise UsageError(f"unknown runtime(s) or provider(s) {unknown}; runtimes: {list(RUNTIMES)} or "
-                         f"onnxruntime==X.Y.Z, providers: {list(PROVIDERS)}")
-    for name in runtimes:
-        runtime(name)  # a release's number is checked here, before any work
+    check_runtimes(runtimes, providers)  # the run guard, the one CheckConfig runs
     if "onnxruntime" not in runtimes:
         refuse(ctx, {"providers"}, "without onnxruntime in --runtimes")
     if "cuda" not in providers:
@@ -239,7 +233,7 @@ def _plan(ctx, model: Path, options: dict):
         plots = {"out_dir": options["plots_dir"], "case_name": case.name, "example": example,
                  "head": options["plot_head"], "provider": providers[0] if providers else "cpu"}
 
-    from attn_onnx.runtime_check.check import CheckConfig  # torch: only once every option is known good
+    from attn_onnx.runtime_check.check import CheckConfig
 
     config = CheckConfig(runtimes=runtimes, providers=providers, sweep=sweep, tolerance=tolerance,
                          seed=options["seed"], weights=options["weights"], weights_prefix=options["weights_prefix"],

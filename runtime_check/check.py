@@ -12,10 +12,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import torch
 
 from attn_onnx import __version__
 from attn_onnx.errors import ProviderError, UnsupportedModelError, UsageError, short_error
@@ -23,11 +23,15 @@ from attn_onnx.runtime_check.cases import QUICK, Sweep, generate_cases
 from attn_onnx.runtime_check.compare import OutputComparison, Tolerance, tolerance_for
 from attn_onnx.runtime_check.coverage import Coverage, CoverageProbe
 from attn_onnx.runtime_check.model import LoadedModel, load_model
-from attn_onnx.runtime_check.reference import reference_module
 from attn_onnx.runtime_check.report import CaseResult, Report, Skipped
 from attn_onnx.runtime_check.runners import RUNTIMES, Runner, known, runtime, uses_providers
-from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
 from attn_onnx.vocab import PROVIDERS
+
+if TYPE_CHECKING:
+    import torch
+
+# torch (the golden's) is imported where a check runs, not here: check-attn calls check_runtimes before it
+# reads the model, and a refusal there costs well under a second
 
 
 @dataclass(frozen=True)
@@ -45,19 +49,26 @@ class CheckConfig:
     skip_missing: bool = False  # a missing runtime or provider is SKIPPED, and "nothing checked" is allowed
 
     def validate(self) -> "CheckConfig":
-        unknown = [r for r in self.runtimes if not known(r)] + [p for p in self.providers if p not in PROVIDERS]
-        if unknown:
-            raise UsageError(f"unknown runtime(s) or provider(s) {unknown}; runtimes: {list(RUNTIMES)} or "
-                             f"onnxruntime==X.Y.Z, providers: {list(PROVIDERS)}")
-        for name in self.runtimes:
-            runtime(name)  # a release's number is checked here, before any work
-        if not self.runtimes:
-            raise UsageError("no runtime to check with")
+        check_runtimes(self.runtimes, self.providers)
         given = [v for v in (self.tolerance.atol, self.tolerance.rtol) if v is not None] if self.tolerance else []
         if not all(math.isfinite(v) and v >= 0 for v in given):  # NaN passes any comparison, inf any finite one
             raise UsageError(f"a tolerance is a finite number >= 0, not {self.tolerance}")
         self.sweep.validate()
         return self
+
+
+def check_runtimes(runtimes: tuple[str, ...], providers: tuple[str, ...]) -> None:
+    """The run guard: UsageError, before any work, for a runtime or provider that is not known, a release
+    (onnxruntime==X.Y.Z) whose number is not one, or no runtime at all. CheckConfig.validate runs it, and
+    check-attn before it reads the model."""
+    unknown = [r for r in runtimes if not known(r)] + [p for p in providers if p not in PROVIDERS]
+    if unknown:
+        raise UsageError(f"unknown runtime(s) or provider(s) {unknown}; runtimes: {list(RUNTIMES)} or "
+                         f"onnxruntime==X.Y.Z, providers: {list(PROVIDERS)}")
+    for name in runtimes:
+        runtime(name)  # a release's number is checked here
+    if not runtimes:
+        raise UsageError("no runtime to check with")
 
 
 QUICK_CONFIG = CheckConfig(runtimes=("onnxruntime",), sweep=QUICK)  # the gate: export-attn, auto, check-attn --quick
@@ -76,6 +87,10 @@ def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: Check
     report once the runners are ready. Returns the report;
     `report.raise_for_failures()` raises.
     """
+    import torch
+
+    from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
+
     config.validate()
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
@@ -160,7 +175,10 @@ def plot_case(model: str | Path | onnx.ModelProto | LoadedModel, out_dir: Path, 
     """Write the PNGs of `runtime_check.plots` for one case, run by onnxruntime on `provider`."""
     from attn_onnx.runtime_check.cases import default_plot_case, parse_case
     from attn_onnx.runtime_check.plots import write_plots
+    import torch
+
     from attn_onnx.runtime_check.runners.ort_runner import OrtRunner
+    from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     spec = loaded.spec
@@ -179,6 +197,8 @@ def plot_case(model: str | Path | onnx.ModelProto | LoadedModel, out_dir: Path, 
 
 
 def _golden_module(loaded: LoadedModel, config: CheckConfig, module):
+    from attn_onnx.runtime_check.reference import reference_module
+
     if module is not None:
         return module, "the module passed in"
     return reference_module(loaded.proto, loaded.spec, config.weights, config.weights_prefix, loaded.base_dir)
@@ -187,6 +207,8 @@ def _golden_module(loaded: LoadedModel, config: CheckConfig, module):
 def _versions(runners: list[Runner] = ()) -> dict[str, str]:
     """The libraries' versions: ours, the golden's, and each registered runtime's that is installed here (its
     file's versions()), with what a runner reports of its own runtime (onnxruntime-web's, say)."""
+    import torch
+
     versions = {"attn_onnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                 "numpy": np.__version__}
     for name in RUNTIMES:
