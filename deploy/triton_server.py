@@ -17,6 +17,7 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
+from attn_onnx import checkout
 from attn_onnx.errors import RuntimeFailure
 
 SETUP = "bash scripts/setup/triton.sh"
@@ -26,7 +27,7 @@ def deps_root() -> Path:
     """.deps/triton of this source tree, or $ATTN_ONNX_TRITON_DEPS."""
     if os.environ.get("ATTN_ONNX_TRITON_DEPS"):
         return Path(os.environ["ATTN_ONNX_TRITON_DEPS"])
-    return Path(__file__).resolve().parents[1] / ".deps" / "triton"
+    return checkout.path(".deps", "triton")
 
 
 def tool(name: str, root: Path | None = None) -> Path:
@@ -34,7 +35,8 @@ def tool(name: str, root: Path | None = None) -> Path:
     it where it is absent."""
     path = (root or deps_root()) / "bin" / name
     if not os.access(path, os.X_OK):
-        raise RuntimeFailure(f"{path} is absent: run `{SETUP}` first (it unpacks Triton's wheels there)")
+        raise RuntimeFailure(f"{path} is absent: run `{SETUP}` first (it unpacks Triton's wheels there)"
+                             f"{checkout.note()}")
     return path
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from attn_onnx import checkout
 from attn_onnx.errors import ProviderError, RuntimeFailure, UsageError
 from attn_onnx.runtime_check.runners.child import Child
 
-RELEASES_DIR = Path(__file__).resolve().parents[2] / ".deps" / "onnxruntime"
+RELEASES_DIR = checkout.path(".deps", "onnxruntime")
 CHILD = Path(__file__).with_name("ort_release_child.py")
 PREFIX = "onnxruntime=="
 INSTALL = "scripts/setup/onnxruntime-releases.sh"
@@ -125,7 +126,7 @@ class Release:
         if (release_dir(self.version) / "onnxruntime" / "__init__.py").is_file():
             return ""
         return (f"onnxruntime {self.version} is not installed in {release_dir(self.version)}: run "
-                f"{INSTALL} {self.version}")
+                f"{INSTALL} {self.version}{checkout.note()}")
 
     def versions(self) -> dict[str, str]:
         return {}  # the runner's own, as its child process reports them (ReleaseRunner.versions)

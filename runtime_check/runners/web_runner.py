@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from attn_onnx import checkout
 from attn_onnx.errors import ProviderError, RuntimeFailure, UnsupportedModelError
 from attn_onnx.runtime_check.runners.child import Child
 
-WEB_DIR = Path(__file__).resolve().parents[2] / "examples" / "web"  # runner.js and its node_modules
+WEB_DIR = checkout.path("examples", "web")  # runner.js and its node_modules
 PACKAGE = "onnxruntime-web"
 THREADS = 1  # WASM threads: one gives the same answers on every run and machine
 
@@ -112,7 +113,7 @@ def _find() -> tuple[str, Path]:
         raise ProviderError("node is not installed (onnxruntime-web runs under Node.js >= 20)")
     if not (WEB_DIR / "node_modules" / PACKAGE / "package.json").is_file():
         raise ProviderError(f"{PACKAGE} is not installed in {WEB_DIR} (run `npm ci --ignore-scripts --prefix "
-                            "examples/web`, or scripts/setup/web.sh)")
+                            f"examples/web`, or scripts/setup/web.sh){checkout.note()}")
     return node, WEB_DIR / "runner.js"
 
 
