@@ -24,13 +24,13 @@ from pathlib import Path
 
 from onnx import numpy_helper
 
+from attn_onnx import checkout
 from attn_onnx.errors import RuntimeFailure
 from attn_onnx.exporter.export import export_onnx
 from attn_onnx.exporter.spec import ExportSpec
 
-ROOT = Path(__file__).resolve().parents[1]
-NODE_DIR = ROOT / "examples" / "node"
-CPP_BENCH = ROOT / ".deps" / "cpp" / "build" / "bench_latency"
+NODE_DIR = checkout.path("examples", "node")
+CPP_BENCH = checkout.path(".deps", "cpp", "build", "bench_latency")
 SHAPES = ((1, 16), (1, 128), (1, 512))
 TARGET_S = 0.05
 

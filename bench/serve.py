@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from attn_onnx.deploy.triton_server import TritonServer, free_ports, http_json, tool
+from attn_onnx import checkout
 from attn_onnx.errors import RuntimeFailure
 
 MODEL = "attn"
@@ -41,7 +42,7 @@ CONCURRENCY = (1, 4)
 # tighter than that. A row that does not settle is tried once more with windows twice as long.
 WINDOW_MS, STABILITY, TRIALS = 2000, 100, 8
 WARMUP_REQUESTS = 20  # per target and shape, before its rows: sessions warm, pages touched; not reported
-NODE_DIR = Path(__file__).resolve().parents[1] / "examples" / "node"
+NODE_DIR = checkout.path("examples", "node")
 
 
 @dataclass(frozen=True)
