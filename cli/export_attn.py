@@ -8,8 +8,8 @@ import click
 
 from attn_onnx import __version__
 from attn_onnx.cli.common import OneLineErrorCommand, batch_lengths, given, refuse
+from attn_onnx.cli.forms import FORM_OPTIONS, written_line
 from attn_onnx.exporter.kinds import KINDS, MODULES
-from attn_onnx.deploy.forms import FORMS
 from attn_onnx.exporter.kinds.base import KIND_SETTINGS
 from attn_onnx.exporter.spec import OPSETS
 from attn_onnx.exporter.variants import DEFAULT as DEFAULT_VARIANT
@@ -40,8 +40,8 @@ def _applies(option: str) -> str:
                            or any(name in (s.form_of, s.name) for s in selects)) + "]"
 
 
-TARGETS = [form.flag() for form in FORMS.values()]  # --out, --bundle, --triton-repo
-NAMED = " or ".join(form.flag() for form in FORMS.values() if form.named)  # the forms --name applies to
+TARGETS = [form.flag for form in FORM_OPTIONS.values()]  # --out, --bundle, --triton-repo
+NAMED = " or ".join(form.flag for form in FORM_OPTIONS.values() if form.named)  # the forms --name applies to
 
 
 @click.command("export-attn", cls=OneLineErrorCommand)
@@ -170,18 +170,16 @@ def main(**options):
         raise click.UsageError("--weights-prefix needs --weights")
     if options["weights"] is not None:
         refuse(ctx, {"seed"}, "with --weights (it seeds random weights)")
-    name = options["name"] or kind.name
-    forms = []
-    for form in FORMS.values():
-        asked = form.from_options(options, name)
-        if asked is None:
-            refuse(ctx, {o.name for o in form.OPTIONS[1:]}, f"without {form.flag()}")
-        else:
-            forms.append(asked)
+    values = {**options, "name": options["name"] or kind.name}
+    asked = [(form, form.asked(values)) for form in FORM_OPTIONS.values()]
+    for form, settings in asked:
+        if settings is None:
+            refuse(ctx, set(form.own), f"without {form.flag}")
+    forms = [settings for _, settings in asked if settings is not None]
     if not forms:
-        asks = [f"{form.flag()} {form.OPTIONS[0].metavar}" for form in FORMS.values()]
+        asks = [f"{form.flag} {form.options[0].metavar}" for form in FORM_OPTIONS.values()]
         raise click.UsageError(f"say where to write: {', '.join(asks[:-1])} or {asks[-1]}")
-    if not any(form.named for form in forms):
+    if not any(form.named for form, settings in asked if settings is not None):
         refuse(ctx, {"name"}, f"without {NAMED}")
     tuning = None
     if auto:
@@ -217,8 +215,8 @@ def main(**options):
     elif options["target"] is not None and not options["no_check"]:
         click.echo(f"parity: onnxruntime {options['target']} is not installed here, so the model was not run in it "
                    f"(scripts/setup/onnxruntime-releases.sh {options['target']})")
-    for line in exported.written.values():
-        click.echo(line)
+    for written in exported.written.values():
+        click.echo(written_line(written, exported))
 
 
 def _spec(kind, options: dict, variant):
@@ -261,6 +259,6 @@ def _echo_check(report, accuracy, spec) -> None:
                    f"{spec.precision} included (a figure, not a pass/fail)")
 
 
-# every output form's options (deploy/forms/), where --out, --bundle and --triton-repo stood
+# every output form's options (cli/forms.py), where --out, --bundle and --triton-repo stood
 _at = next(i for i, p in enumerate(main.params) if p.name == "name")
-main.params[_at:_at] = [option for form in FORMS.values() for option in form.OPTIONS]
+main.params[_at:_at] = [option for form in FORM_OPTIONS.values() for option in form.options]

@@ -1,5 +1,6 @@
 """The one export pipeline (deploy/forms/pipeline.py) and the output forms' registry (deploy/forms/): each step once,
-a failing model written nowhere, and a form that is one file plus one registration line."""
+a failing model written nowhere, a form that is one class writing a Written record, and export-attn's options for
+each form (cli/forms.py)."""
 
 import dataclasses
 import json
@@ -10,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from attn_onnx.cli.export_attn import main as export
+from attn_onnx.cli.forms import FORM_OPTIONS
 from attn_onnx.deploy import FORMS, Bundle, OnnxFile, TritonRepo, export_model
-from attn_onnx.deploy.forms import OutputForm
+from attn_onnx.deploy.forms import OutputForm, Written
 from attn_onnx.errors import ParityError
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.exporter.variants import VARIANTS
@@ -71,6 +73,15 @@ def test_the_python_api_is_the_pipeline_and_returns_what_it_built(tmp_path, coun
     assert exported.spec.weights and exported.spec.weights_source == "random (seed=3)"
     assert exported.golden is exported.module  # float32: the module's own weights are the model's
     assert list(exported.written) == ["OnnxFile", "Bundle", "TritonRepo"]
+    bundle, triton = exported.written["Bundle"], exported.written["TritonRepo"]
+    sets = len(list((tmp_path / "b").glob("test_data_set_*")))
+    assert (bundle.path, bundle.files, bundle.detail) == (tmp_path / "b", ("model.onnx", "manifest.json"),
+                                                          {"name": "attn", "golden_sets": sets})
+    assert triton.path == tmp_path / "r" / "attn" and triton.detail == {"name": "attn", "backend": "python",
+                                                                         "golden_sets": sets}
+    assert triton.files == ("config.pbtxt", "1/model.onnx", "1/model.py", "1/manifest.json")
+    for written in (bundle, triton):  # what it says it wrote is there
+        assert all((written.path / name).is_file() for name in written.files), written
     assert load_model(tmp_path / "m.onnx").spec == exported.spec
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["name"] == "attn"
     assert (tmp_path / "r" / "attn" / "1" / "model.py").is_file()
@@ -87,17 +98,38 @@ def test_a_model_that_fails_the_check_is_written_in_no_form(tmp_path, monkeypatc
 
 
 def test_every_form_s_options_are_export_attn_s_and_refused_without_its_target():
+    assert [f.form for f in FORM_OPTIONS.values()] == list(FORMS.values())  # every form has its options
     params = {p.name: p for p in export.params}
-    for form in FORMS.values():
-        for option in form.OPTIONS:
-            assert params[option.name] is option  # taken from the form's file, not written again in the CLI
-        for option in form.OPTIONS[1:]:
+    for form in FORM_OPTIONS.values():
+        for option in form.options:
+            assert params[option.name] is option  # taken from cli/forms.py, not written again in the command
+        for option in form.options[1:]:
             flag = option.opts[0]
             result = CliRunner().invoke(export, [*SMALL, "--out", "x.onnx", flag,
                                                  *([] if option.is_flag else [str(option.default or 1)])])
-            if form is not OnnxFile:
+            if form.form is not OnnxFile:
                 assert result.exit_code == 2
-                assert result.output.strip() == f"Error: {flag} does not apply without {form.flag()}"
+                assert result.output.strip() == f"Error: {flag} does not apply without {form.flag}"
+
+
+def test_no_form_knows_click():
+    """The forms are settings, checks and writers; their options and printed lines are the CLI's."""
+    import sys
+
+    for form in FORMS.values():
+        source = Path(sys.modules[form.__module__].__file__).read_text()
+        assert "click" not in source and not hasattr(form, "OPTIONS"), form
+
+
+def test_the_python_api_names_a_form_by_its_class_and_export_attn_by_its_option(tmp_path):
+    from attn_onnx.errors import UsageError
+
+    (tmp_path / "b").write_text("a file")
+    with pytest.raises(UsageError, match=r"^Bundle '.*b' is a file; give a folder$"):
+        Bundle(tmp_path / "b").check(ExportSpec(), force=False)
+    with pytest.raises(UsageError, match=r"^--bundle '.*b' is a file; give a folder$"):
+        Bundle(tmp_path / "b", label="--bundle").check(ExportSpec(), force=False)
+    assert Bundle("b", label="--bundle") == Bundle("b")  # the label is how messages name it, not a setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,14 +146,16 @@ class Summary(OutputForm):
 
     def write(self, model, force):
         Path(self.path).write_text(", ".join(model.spec.input_names))
-        return f"wrote {self.path}"
+        return Written("Summary", Path(self.path), (Path(self.path).name,))
 
 
 def test_a_new_form_is_one_class_the_pipeline_writes_from_the_same_model(tmp_path, counted):
     exported = export_model(ExportSpec(heads=2, embedding_dim=16, mask="none"), Summary(tmp_path / "io.txt"),
                             OnnxFile(tmp_path / "m.onnx"))
     assert (tmp_path / "io.txt").read_text() == "query, key, value"
-    assert exported.written == {"Summary": f"wrote {tmp_path / 'io.txt'}", "OnnxFile": exported.written["OnnxFile"]}
+    assert exported.written == {"Summary": Written("Summary", tmp_path / "io.txt", ("io.txt",)),
+                                "OnnxFile": Written("OnnxFile", tmp_path / "m.onnx", ("m.onnx",),
+                                                    {"bytes": (tmp_path / "m.onnx").stat().st_size})}
     assert counted["serialize"] == 1
 
 
@@ -159,6 +193,6 @@ def test_a_failure_committing_the_second_form_leaves_every_target_as_it_was(tmp_
 def test_the_python_api_refuses_colliding_forms_before_any_work(tmp_path, counted):
     from attn_onnx.errors import UsageError
 
-    with pytest.raises(UsageError, match="lies inside --bundle"):
+    with pytest.raises(UsageError, match="OnnxFile '.*' lies inside Bundle '.*'; give each form"):
         export_model(ExportSpec(heads=2, embedding_dim=16), Bundle(tmp_path / "b"), OnnxFile(tmp_path / "b" / "m.onnx"))
     assert counted["serialize"] == 0 and list(tmp_path.iterdir()) == []
