@@ -3,8 +3,8 @@ onnxruntime backend (NVIDIA's containers), or by its Python backend with `1/mode
 template `triton_python_model.py`: onnxruntime in the backend's own Python, the requests batched). Clients
 speak the same Open Inference Protocol to it as to the Node service.
 
-The config is written as protobuf text; `check_config` reads it back with Triton's own model-config
-protobuf (tritonclient) and compares it with the model.
+The config is written as protobuf text (the tests read it back with Triton's own model-config protobuf,
+tritonclient's, and compare it with the model: tests/deploy/triton_config.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 
-from attn_onnx.errors import InterfaceError, UsageError
+from attn_onnx.errors import UsageError
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.files import write_folder_atomic
 from attn_onnx.model_files import needs_external, save_model
@@ -155,46 +155,3 @@ def write_repository(repo: str | Path, proto: onnx.ModelProto, spec: ExportSpec,
         if created and not any(repo.iterdir()):
             repo.rmdir()  # a repository made for this model goes with it
         raise
-
-
-def check_config(text: str, proto: onnx.ModelProto) -> None:
-    """InterfaceError naming every way `text` (a config.pbtxt) disagrees with the model, read with Triton's
-    own ModelConfig protobuf."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    try:
-        config = text_format.Parse(text, model_config_pb2.ModelConfig())
-    except text_format.ParseError as exc:
-        raise InterfaceError(f"config.pbtxt does not parse as Triton's ModelConfig: {exc}") from None
-    problems = []
-    if config.backend not in TRITON_BACKENDS and config.platform != "onnxruntime_onnx":
-        problems.append(f"backend is {config.backend!r}, not 'onnxruntime' or 'python'")
-    batch = config.max_batch_size > 0
-    initializers = {i.name for i in proto.graph.initializer}
-    model_io = {"input": [v for v in proto.graph.input if v.name not in initializers],
-                "output": list(proto.graph.output)}
-    for kind, declared in (("input", config.input), ("output", config.output)):
-        values = {v.name: v for v in model_io[kind]}
-        names = [t.name for t in declared]
-        if sorted(names) != sorted(values):
-            problems.append(f"{kind}s {sorted(names)} != the model's {sorted(values)}")
-            continue
-        for tensor in declared:
-            value = values[tensor.name].type.tensor_type
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(value.elem_type).name
-            wanted = TRITON_TYPES.get(dtype)
-            actual = model_config_pb2.DataType.Name(tensor.data_type)
-            if actual != wanted:
-                problems.append(f"{kind} {tensor.name!r} is {actual}, the model's is {wanted}")
-            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in value.shape.dim]
-            if batch:
-                if not dims or dims[0] != -1:
-                    problems.append(f"max_batch_size > 0 but {kind} {tensor.name!r} has no dynamic batch dim")
-                    continue
-                dims = dims[1:]
-            stated = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
-            if stated != dims:
-                problems.append(f"{kind} {tensor.name!r} has dims {stated}, the model's are {dims}")
-    if problems:
-        raise InterfaceError("the Triton config does not match the model: " + "; ".join(problems))

@@ -137,13 +137,6 @@ class TritonServer:
         errors = [line for line in text.splitlines() if re.match(r"E\d{4} ", line)]  # Triton's error lines
         return " | ".join(line.strip() for line in (errors or text.splitlines())[-lines:])
 
-    def stats(self, model: str) -> dict:
-        """The model's entry of GET /v2/models/MODEL/stats (Triton's statistics extension)."""
-        status, body = http_json(f"http://{self.http}/v2/models/{model}/stats")
-        if status != 200:
-            raise RuntimeFailure(f"GET /v2/models/{model}/stats answered {status}: {body}")
-        return body["model_stats"][0]
-
     def index(self) -> dict:
         """{model name: its entry} of POST /v2/repository/index (state, and reason where it is not READY)."""
         status, body = http_json(f"http://{self.http}/v2/repository/index", body=b"{}")

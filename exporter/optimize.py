@@ -19,9 +19,6 @@ from onnx import numpy_helper
 from attn_onnx.errors import ExportError, first_line
 from attn_onnx.exporter.variants.base import find_by_value, tensor_of
 
-LEVEL = "extended"
-
-
 def optimize(proto: onnx.ModelProto, weights: dict[str, dict]) -> tuple[onnx.ModelProto, dict[str, dict]]:
     """The optimized model, and the weight map re-found in it (the optimizer may rename or fold)."""
     import onnxruntime as ort

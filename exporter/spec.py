@@ -29,7 +29,8 @@ class ExportSpec:
     """Settings of one export; everything runtime_check needs to know about the graph's interface. Two specs
     are equal when their settings are (a ModelSpec's products aside)."""
 
-    module: str = "mha"  # which module kind: mha (MultiHeadedAttention), attention (bare), mask (subsequent_mask)
+    module: str = "mha"  # which module kind (exporter/kinds/): mha (MultiHeadedAttention), attention (bare),
+    # mask (subsequent_mask), and the forms of mha: mha-cache (--kv-cache), mha-self (--self-attention)
     heads: int = 8  # attention heads
     embedding_dim: int = 512  # model width; d_k = embedding_dim // heads
     mask: str = "input"  # input: a `mask` input; causal: built in the graph from the lengths; none

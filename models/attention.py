@@ -1,6 +1,7 @@
 """The seed's attention modules: masked scaled dot-product attention and multi-headed attention.
 
-Semantics follow "The Annotated Transformer" exactly as the seed writes them (see shared/SEED.md):
+Semantics follow "The Annotated Transformer" exactly as the seed writes them (its attention() and
+MultiHeadedAttention; tests/seed_class.py holds the seed's own class, and tests/models compare the two):
 a mask value of 0 means "masked", anything else means "may attend", and masked scores are filled with a
 finite -1e9, so that a row whose keys are all masked attends uniformly instead of producing NaN.
 """

@@ -39,7 +39,7 @@ TARGET_S = 0.05  # each contender's share of a round (bench.py's _timed), bench-
 @dataclass
 class Candidate:
     variant: str
-    runtimes: str  # where it runs (the variant's own word)
+    runs_in: str  # where it runs (the variant's own word)
     proto: onnx.ModelProto | None = None
     spec: ExportSpec | None = None
     dropped: str = ""  # why it is out: it cannot build the spec, or it failed the check
@@ -89,10 +89,10 @@ class Choice:
                 continue
             if c.geomean_ms is None:
                 lines.append(f"  {c.variant:<{width}}the only candidate, not timed; max_abs {c.max_abs:.1e}  "
-                             f"{c.runtimes}{mark}")
+                             f"{c.runs_in}{mark}")
                 continue
             lines.append(f"  {c.variant:<{width}}" + "".join(f"{c.median_ms[s]:>10.3f}" for s in shapes)
-                         + f"{c.geomean_ms:>10.3f}{c.max_abs:>10.1e}  {c.runtimes}{mark}")
+                         + f"{c.geomean_ms:>10.3f}{c.max_abs:>10.1e}  {c.runs_in}{mark}")
         return "\n".join(lines)
 
 
@@ -100,9 +100,9 @@ def candidates(spec: ExportSpec, standard_ops: bool = False, opset: int | None =
     """Every variant, each either with the spec it would build or dropped with the reason it cannot."""
     found = []
     for variant in VARIANTS.values():
-        candidate = Candidate(variant.name, variant.runtimes)
+        candidate = Candidate(variant.name, variant.runs_in)
         if standard_ops and not variant.standard_ops:
-            candidate.dropped = f"not standard ONNX operators ({variant.runtimes})"
+            candidate.dropped = f"not standard ONNX operators ({variant.runs_in})"
         else:
             try:
                 candidate.spec = spec.replace(variant=variant.name,
@@ -163,7 +163,7 @@ def tune(spec: ExportSpec, weights: Prepared, shapes=DEFAULT_SHAPES, *, rounds: 
     else:
         best = alive[0]
     cpu = cpu_model()
-    record = {"chosen": best.variant, "runs_in": best.runtimes, "shapes": [_shape_name(s) for s in shapes],
+    record = {"chosen": best.variant, "runs_in": best.runs_in, "shapes": [_shape_name(s) for s in shapes],
               "mask": mask if spec.mask == "input" else spec.mask, "cpu": cpu, "threads": threads, "rounds": rounds,
               "standard_ops": standard_ops, "precision": spec.precision,
               "median_ms": {c.variant: {s: _figure(v) for s, v in c.median_ms.items()} for c in alive if c.median_ms},

@@ -23,12 +23,16 @@ class Variant:
     modules: tuple[str, ...] = ("mha", "attention", "mask", "mha-cache", "mha-self")  # module kinds it builds
     attn_probs: bool = True  # can output the attention probabilities
     min_opset: int = 17
-    runtimes: str = "any ONNX runtime"
+    runs_in: str = "any ONNX runtime"  # where its graph runs, in words
     dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
     masks: tuple[str, ...] = ("input", "causal", "none")  # the mask modes it builds
     d_k_multiple: int = 1  # d_k must be a multiple of this (a kernel's constraint)
     no_dtype: str = ""  # why the other dtypes are refused
     standard_ops: bool = True  # only standard ONNX operators (no com.microsoft): runs beyond onnxruntime
+
+    @property
+    def runtimes(self) -> str:  # TEMPORARY: the old name, until cli/export_attn.py reads runs_in
+        return self.runs_in
 
     def check(self, spec) -> None:
         """UsageError where this variant cannot build `spec`."""
@@ -71,7 +75,7 @@ VARIANTS = {v.name: v for v in (
     Variant("additive-mask", "additive_mask", "attention()'s MatMul/Softmax graph built by hand, the mask added as "
             "a bias shared by the heads", modules=("mha", "mha-self"), attn_probs=False, min_opset=18),
     Variant("onnx-attention", "onnx_attention", "the standard ONNX Attention op", modules=("mha", "mha-self"),
-            attn_probs=False, min_opset=23, runtimes="runtimes with opset 23 (onnxruntime >= 1.23)"),
+            attn_probs=False, min_opset=23, runs_in="runtimes with opset 23 (onnxruntime >= 1.23)"),
     Variant("tiled", "tiled", "attention()'s MatMul/Softmax one tile of query rows at a time, each over only the "
             "keys the mask can allow (a causal mask's upper triangle skipped, no (len, len) tensor, the padding's "
             "keys not even projected); a Loop of standard operators", modules=("mha", "mha-self"), attn_probs=False,
@@ -79,11 +83,11 @@ VARIANTS = {v.name: v for v in (
     Variant("ort-gqa", "ort_gqa", "onnxruntime's com.microsoft.GroupQueryAttention (no scores tensor, the upper "
             "triangle skipped) where the mask is causal plus key padding, decided at run time; ort-mha's graph "
             "for any other mask", modules=("mha", "mha-self"), attn_probs=False, min_opset=18,
-            runtimes="onnxruntime only", standard_ops=False, dtypes=("float32",),
+            runs_in="onnxruntime only", standard_ops=False, dtypes=("float32",),
             no_dtype="not measured at other dtypes yet",
             masks=("input", "causal"), d_k_multiple=8),
     Variant("ort-mha", "ort_mha", "onnxruntime's fused com.microsoft.MultiHeadAttention", modules=("mha", "mha-self"),
-            attn_probs=False, min_opset=18, runtimes="onnxruntime only", standard_ops=False,
+            attn_probs=False, min_opset=18, runs_in="onnxruntime only", standard_ops=False,
             dtypes=("float32", "float16"),
             no_dtype="onnxruntime's CPU has no bfloat16 kernel for it and onnx.reference does not run com.microsoft "
                      "operators, so nothing here could check it"),

@@ -1,7 +1,8 @@
 """`ort-mha`: onnxruntime's fused `com.microsoft.MultiHeadAttention` (runs in onnxruntime only).
 
-The Q/K/V biases go into the kernel's packed `bias` input; a mask becomes an additive -1e9
-`attention_bias`; fully-masked rows are restored to the seed's uniform attention (see builder.py). Without a
+The Q/K/V biases go into the kernel's packed `bias` input; a mask becomes an additive `attention_bias` of 0
+or the dtype's lowest finite value (builder.additive_bias: not the seed's -1e9, which is slower there and
+gives the same answers); fully-masked rows are restored to the seed's uniform attention (see builder.py). Without a
 mask the kernel may take its flash-attention path.
 """
 

@@ -69,7 +69,7 @@ def _float32_inside(op_type: str, opset: int):
 def _onnxruntime_only(variant: str | None) -> bool:
     from attn_onnx.exporter.variants import VARIANTS
 
-    return variant in VARIANTS and VARIANTS[variant].runtimes == "onnxruntime only"
+    return variant in VARIANTS and VARIANTS[variant].runs_in == "onnxruntime only"
 
 
 def _nodes(graph: onnx.GraphProto):

@@ -25,7 +25,7 @@ THREADS = 1  # WASM threads: one gives the same answers on every run and machine
 # numpy dtype -> onnxruntime-web's tensor type (float16 travels as its bits; bool as one byte per element)
 TYPES = {"float32": "float32", "float64": "float64", "float16": "float16", "int8": "int8", "uint8": "uint8",
          "int32": "int32", "int64": "int64", "bool": "bool"}
-DTYPES = {v: np.dtype(k) for k, v in TYPES.items()}
+NUMPY_OF = {v: np.dtype(k) for k, v in TYPES.items()}  # onnxruntime-web's type name -> numpy's
 
 # How onnxruntime's session creation says that it has no kernel for an operator (or operator domain)
 _UNSUPPORTED = ("Could not find an implementation", "NOT_IMPLEMENTED", "is not a registered function/op",
@@ -64,9 +64,9 @@ class WebRunner:
             raise RuntimeError(_clean(answer["error"]))
         outputs, at = {}, 0
         for spec in answer["outputs"]:
-            dtype = DTYPES[spec["type"]].newbyteorder("<")
+            dtype = NUMPY_OF[spec["type"]].newbyteorder("<")
             outputs[spec["name"]] = np.frombuffer(payload, dtype, offset=at, count=spec["bytes"] // dtype.itemsize) \
-                .reshape(spec["dims"]).astype(DTYPES[spec["type"]])
+                .reshape(spec["dims"]).astype(NUMPY_OF[spec["type"]])
             at += spec["bytes"]
         return outputs
 

@@ -13,7 +13,7 @@ from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
 import onnx  # noqa: E402
-from attn_onnx.deploy.triton import check_config  # noqa: E402
+from tests.deploy.triton_config import check_config  # noqa: E402
 from attn_onnx.errors import InterfaceError  # noqa: E402
 
 KINDS = {"mha": [*SMALL], "mha-uint8-probs": [*SMALL, "--mask-dtype", "uint8", "--attn-probs"],

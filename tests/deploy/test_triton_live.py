@@ -47,6 +47,13 @@ MISSING_BACKEND = ("Invalid argument: unable to find backend library for backend
                    "runtime on the model configuration.")
 
 
+def model_stats(server, model: str) -> dict:
+    """The model's entry of GET /v2/models/MODEL/stats (Triton's statistics extension)."""
+    status, body = triton_server.http_json(f"http://{server.http}/v2/models/{model}/stats")
+    assert status == 200, body
+    return body["model_stats"][0]
+
+
 def _export(*args):
     result = CliRunner().invoke(export, [*SMALL, *args, "--no-check"])  # the golden sets check what Triton serves
     assert result.exit_code == 0, result.output
@@ -214,7 +221,7 @@ def test_dynamic_batching_runs_concurrent_requests_together(live, client_of):
     bad["mask"] = bad["mask"][:, :, :4]  # 4 keys' worth of mask for 6 keys
     client = client_of("http-binary", concurrency=9)  # tritonclient's own concurrency: 9 connections
     alone = [client.infer("small", feeds, ["output"])["output"] for feeds in good]
-    before = live.stats("batched")
+    before = model_stats(live, "batched")
     handles = [client.client.async_infer("batched", **client.request(feeds, ["output"])) for feeds in [*good, bad]]
     answers, errors = [None] * 9, [None] * 9
     for i, handle in enumerate(handles):
@@ -224,7 +231,7 @@ def test_dynamic_batching_runs_concurrent_requests_together(live, client_of):
             errors[i] = str(exc)
     deadline = time.monotonic() + 10  # Triton counts a request once its response is sent: read until all 9 are
     while True:
-        executions, success, fail = np.subtract(_requests(live.stats("batched")), _requests(before))
+        executions, success, fail = np.subtract(_requests(model_stats(live, "batched")), _requests(before))
         if success + fail >= 9 or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -319,13 +326,13 @@ def test_perf_analyzer_drives_the_server(live, tmp_path):
 
     data = tmp_path / "data.json"
     serve.input_data(data, 2, 8, 16, batched=True)
-    before = _requests(live.stats("small"))
+    before = _requests(model_stats(live, "small"))
     for target in ("triton-http", "triton-grpc"):
         url = live.grpc if target == "triton-grpc" else live.http
         row = serve.perf_analyzer(url, serve.TARGETS[target], data, 2, 1, tmp_path / "row.csv", request_count=20,
                                   model="small")
         assert float(row["Inferences/Second"]) > 0 and float(row["p50 latency"]) > 0
-    executions, success, fail = np.subtract(_requests(live.stats("small")), before)
+    executions, success, fail = np.subtract(_requests(model_stats(live, "small")), before)
     assert (success, fail) == (40, 0)
 
 

@@ -42,7 +42,7 @@ def test_runtime_check_passes_on_every_variant_and_mask_mode(exported, variant, 
     assert report.ok and not report.nothing_checked, [r.line() for r in report.failed]
     checked = {r.runner for r in report.results}
     assert any(r.startswith("onnxruntime") for r in checked)
-    if VARIANTS[variant].runtimes != "onnxruntime only":
+    if VARIANTS[variant].runs_in != "onnxruntime only":
         assert "onnx-reference" in checked
     else:  # com.microsoft ops run in onnxruntime only; onnx.reference skips them
         ops = {"ort-mha": "com.microsoft.MultiHeadAttention",
