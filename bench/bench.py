@@ -1,10 +1,10 @@
-"""bench-attn's measurement: every contender timed by the timing engine (attn_onnx.timing.engine: interleaved
+"""bench-attn variants: every contender timed by the timing engine (attn_onnx.timing.engine: interleaved
 rounds on the same inputs, medians), beside the sgemm limit measured in the same run. Results are data
 (`Bench`); the CLI prints and plots them.
 
 Contenders, per shape (batch, len) at one width, heads and thread count:
 - each export variant in onnxruntime (`ort:<variant>`), mask input with a causal+padding mask; at another
-  --dtype as `ort:<variant>@float16`, with --quantize int8 as `ort:<variant>@int8` (their max_abs against
+  dtype as `ort:<variant>@float16`, with int8 projections as `ort:<variant>@int8` (their max_abs against
   the float64 module of the float32 weights is what the precision costs);
 - PyTorch eager of the seed module (`torch-eager`), and PyTorch SDPA with the same weights (`torch-sdpa`).
 Beside the ratio of medians each contender counts the rounds it was faster than SDPA in that same round
@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import numpy as np
 import onnx
@@ -79,94 +80,162 @@ def sdpa(module, query, key, value, mask):
     return module.linears[3](x.transpose(1, 2).reshape(b, -1, h * d_k))
 
 
-def precisions(dtypes: list[str], quantize: bool) -> list[tuple[str, str]]:
+def precisions(dtypes: tuple[str, ...], quantize: bool) -> list[tuple[str, str]]:
     """The (dtype, quantize) forms each variant is timed in: float32 first."""
     return [("float32", "")] + [(d, "") for d in dtypes if d != "float32"] + ([("float32", "int8")] if quantize else [])
 
 
-def run_bench(variants: list[str], shapes: list[tuple[int, int]], threads: list[int], heads: int = 8,
-              embedding_dim: int = 512, rounds: int = 7, target_s: float = 0.05,
-              on_line=lambda text: None, self_attention: bool = False, dtypes: list[str] = ("float32",),
-              quantize: bool = False) -> Bench:
-    """Time every contender at every (shape, threads); `on_line` gets a progress line per shape.
+@dataclass(frozen=True)
+class BenchSettings:
+    """What `bench-attn variants` times."""
 
-    With `self_attention`, query, key and value are one tensor x, and each variant is also timed as a
-    --self-attention export fed x alone (`ort:<variant>/self`). `dtypes` and `quantize` add each variant at
-    that precision (`ort:<variant>@float16`, `ort:<variant>@int8`)."""
-    spec0 = ExportSpec(heads=heads, embedding_dim=embedding_dim).validate()
-    module = spec0.kind.build_module(spec0, seed=0)
-    protos, feed_dtypes = {}, {}
-    for name in variants:
+    variants: tuple[str, ...] = tuple(VARIANTS)  # export variants, each timed in onnxruntime as ort:<variant>
+    shapes: tuple[tuple[int, int], ...] = DEFAULT_SHAPES  # (batch, length) of self-attention
+    threads: tuple[int, ...] = (1,)  # onnxruntime's and torch's intra-op threads, one pass each
+    heads: int = 8
+    embedding_dim: int = 512
+    rounds: int = 7  # interleaved rounds; each figure is a median over them
+    self_attention: bool = False  # query = key = value; each variant also as a --self-attention export, fed x
+    dtypes: tuple[str, ...] = ("float32",)  # each variant also exported at these (ort:<variant>@float16)
+    quantize: bool = False  # each variant also with int8 projections (ort:<variant>@int8)
+    target_s: float = 0.05  # each timed figure: the median call of about this many seconds of calls
+
+
+@dataclass(frozen=True)
+class _Contender:
+    """One onnxruntime contender: its model and the dtype its float inputs are fed at."""
+
+    proto: onnx.ModelProto
+    dtype: np.dtype
+    self_attention: bool  # a --self-attention export, fed x (and the mask) alone
+
+
+def run_bench(settings: BenchSettings, on_line=lambda text: None) -> Bench:
+    """Time every contender at every (shape, threads); `on_line` gets a progress line per shape."""
+    spec = ExportSpec(heads=settings.heads, embedding_dim=settings.embedding_dim).validate()
+    module = spec.kind.build_module(spec, seed=0)
+    contenders = _export_contenders(settings, module)
+    golden = _float64_copy(module)
+    bench = Bench(cpu=cpu_model(), heads=settings.heads, embedding_dim=settings.embedding_dim,
+                  threads=list(settings.threads), sgemm_gflops={},
+                  versions={"attn_onnx": __version__, "onnxruntime": ort.__version__, "torch": torch.__version__,
+                            "onnx": onnx.__version__})
+    for threads in settings.threads:
+        torch.set_num_threads(threads)
+        by_name = {name: sessions(c.proto, threads) for name, c in contenders.items()}
+        limits = _MatmulLimits(threads, settings.target_s)
+        for batch, length in settings.shapes:
+            feeds = feeds_at(spec, batch, length)
+            if settings.self_attention:
+                feeds["key"] = feeds["value"] = feeds["query"]
+            bench.timings += _time_shape(settings, module, golden, contenders, by_name, feeds, limits,
+                                         batch, length, threads)
+            on_line(f"({batch},{length}) at {threads} thread(s): timed")
+        bench.sgemm_gflops[threads], bench.torch_sgemm_gflops[threads] = limits.gflops(), limits.torch_gflops()
+        for row in bench.timings:
+            if row.threads == threads:
+                row.limit_fraction = row.gflops / bench.sgemm_gflops[threads]
+    return bench
+
+
+def _export_contenders(settings: BenchSettings, module) -> dict[str, _Contender]:
+    """Each variant at each precision it takes (`torch-export`, `tiled@float16`, `ort-mha@int8`), and with
+    `self_attention` its --self-attention export beside it (`torch-export/self`), all with `module`'s weights."""
+    contenders = {}
+    for name in settings.variants:
         variant = VARIANTS[name]
-        for dtype, quantized in precisions(list(dtypes), quantize):
+        for dtype, quantized in precisions(settings.dtypes, settings.quantize):
             if dtype not in variant.dtypes:
                 continue
-            spec = ExportSpec(heads=heads, embedding_dim=embedding_dim, variant=name, dtype=dtype, quantize=quantized,
-                              opset=max(18, variant.min_opset)).validate()
+            spec = ExportSpec(heads=settings.heads, embedding_dim=settings.embedding_dim, variant=name, dtype=dtype,
+                              quantize=quantized, opset=max(18, variant.min_opset)).validate()
             key = name + ("" if spec.precision == "float32" else f"@{spec.precision}")
-            protos[key], _ = export_onnx(spec, module)
-            if self_attention:
-                protos[key + "/self"], _ = export_onnx(spec.replace(module="mha-self"), module)
-            feed_dtypes[key] = feed_dtypes[key + "/self"] = numpy_dtype(dtype)
-    double = type(module)(heads, embedding_dim, dropout=0.0).double().eval()
+            contenders[key] = _Contender(export_onnx(spec, module)[0], numpy_dtype(dtype), False)
+            if settings.self_attention:
+                contenders[key + "/self"] = _Contender(export_onnx(spec.replace(module="mha-self"), module)[0],
+                                                       numpy_dtype(dtype), True)
+    return contenders
+
+
+def _float64_copy(module):
+    """The seed module in float64, with its weights: every contender's max_abs is against it."""
+    double = type(module)(module.head, module.head * module.d_k, dropout=0.0).double().eval()
     double.load_state_dict({k: v.double() for k, v in module.state_dict().items()})
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((SGEMM_N, SGEMM_N), dtype=np.float32) for _ in range(2))
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    bench = Bench(cpu=cpu_model(), heads=heads, embedding_dim=embedding_dim, threads=list(threads),
-                  sgemm_gflops={}, versions={"attn_onnx": __version__, "onnxruntime": ort.__version__,
-                                             "torch": torch.__version__, "onnx": onnx.__version__})
-    for n_threads in threads:
-        torch.set_num_threads(n_threads)
-        by_variant = {name: sessions(p, n_threads) for name, p in protos.items()}
-        sgemm = session(sgemm_model(), n_threads)
-        limit_rounds, torch_rounds = [], []
-        for batch, length in shapes:
-            feeds = feeds_at(spec0, batch, length)
-            if self_attention:
-                feeds["key"] = feeds["value"] = feeds["query"]
-            tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
-            given = {name: _cast({"x": feeds["query"], "mask": feeds["mask"]} if name.endswith("/self") else feeds,
-                                 feed_dtypes[name]) for name in by_variant}
-            with torch.no_grad():
-                golden = double(*(tensors[n].double() for n in ("query", "key", "value")), tensors["mask"]).numpy()
-            calls = {f"ort:{name}": (lambda number, s=s, f=given[name]: s[number % SESSIONS].run(None, f))
-                     for name, s in by_variant.items()}
-            q, k, v, m = (tensors[n] for n in ("query", "key", "value", "mask"))
-            calls["torch-eager"] = lambda number, q=q, k=k, v=v, m=m: module(q, k, v, m)
-            calls["torch-sdpa"] = lambda number, q=q, k=k, v=v, m=m: sdpa(module, q, k, v, m)
-            errors = {f"ort:{name}": float(np.abs(s.run(None, given[name])[0].astype(np.float64) - golden).max())
-                      for name, (s, *_) in by_variant.items()}
+    return double
 
-            def limits(number, sgemm=sgemm):  # the sgemm limit and torch.matmul, timed in every round too
-                limit_rounds.append(timed(lambda: sgemm.run(None, {"a": a, "b": b}), target_s))
-                torch_rounds.append(timed(lambda: torch.matmul(ta, tb), target_s))
 
-            with torch.no_grad():
-                samples = interleaved(calls, rounds, target_s, before_round=limits)
-            work = flops(batch, length, embedding_dim)
-            rows = []
-            for name, times in samples.items():
-                median = statistics.median(times)
-                rows.append(Timing(name, batch, length, n_threads, median * 1e3, [t * 1e3 for t in times],
-                                   work / median / 1e9, 0.0, errors.get(name)))
-            by_name = {r.contender: r for r in rows}
-            sdpa_rounds = by_name["torch-sdpa"].rounds_ms
-            for row in rows:
-                row.vs_sdpa = by_name["torch-sdpa"].median_ms / row.median_ms
-                if row.contender != "torch-sdpa":
-                    row.faster_rounds = sum(t < s for t, s in zip(row.rounds_ms, sdpa_rounds))
-                if "ort:torch-export" in by_name:
-                    row.vs_export = by_name["ort:torch-export"].median_ms / row.median_ms
-            bench.timings.extend(rows)
-            on_line(f"({batch},{length}) at {n_threads} thread(s): timed")
-        limit = 2 * SGEMM_N ** 3 / statistics.median(limit_rounds) / 1e9  # over every round of every shape
-        bench.sgemm_gflops[n_threads] = limit
-        bench.torch_sgemm_gflops[n_threads] = 2 * SGEMM_N ** 3 / statistics.median(torch_rounds) / 1e9
-        for row in bench.timings:
-            if row.threads == n_threads:
-                row.limit_fraction = row.gflops / limit
-    return bench
+class _MatmulLimits:
+    """The sgemm limit (onnxruntime MatMul at SGEMM_N^3) and torch.matmul at the same size, timed before every
+    round of every shape at one thread count: the limit is a median over the whole run, beside the contenders."""
+
+    def __init__(self, threads: int, target_s: float):
+        rng = np.random.default_rng(0)
+        self.a, self.b = (rng.standard_normal((SGEMM_N, SGEMM_N), dtype=np.float32) for _ in range(2))
+        self.ta, self.tb = torch.from_numpy(self.a), torch.from_numpy(self.b)
+        self.session, self.target_s = session(sgemm_model(), threads), target_s
+        self.ort_s: list[float] = []
+        self.torch_s: list[float] = []
+
+    def time_round(self, number: int) -> None:
+        self.ort_s.append(timed(self._ort_matmul, self.target_s))
+        self.torch_s.append(timed(self._torch_matmul, self.target_s))
+
+    def _ort_matmul(self):
+        return self.session.run(None, {"a": self.a, "b": self.b})
+
+    def _torch_matmul(self):
+        return torch.matmul(self.ta, self.tb)
+
+    def gflops(self) -> float:
+        return 2 * SGEMM_N ** 3 / statistics.median(self.ort_s) / 1e9
+
+    def torch_gflops(self) -> float:
+        return 2 * SGEMM_N ** 3 / statistics.median(self.torch_s) / 1e9
+
+
+def _run_session(sessions_: list, feeds: dict, number: int):
+    """An onnxruntime contender's call in round `number`: its sessions take turns (timing/engine.py)."""
+    return sessions_[number % SESSIONS].run(None, feeds)
+
+
+def _run_torch(function, args: tuple, number: int):
+    """A PyTorch contender's call: the same in every round."""
+    return function(*args)
+
+
+def _time_shape(settings: BenchSettings, module, golden, contenders: dict[str, _Contender], by_name: dict,
+                feeds: dict, limits: _MatmulLimits, batch: int, length: int, threads: int) -> list[Timing]:
+    """Every contender at one shape and thread count, in interleaved rounds (the matmul limits timed before
+    each); each onnxruntime contender's max_abs against the float64 golden on the same inputs."""
+    tensors = tuple(torch.from_numpy(feeds[n]) for n in ("query", "key", "value", "mask"))
+    fed = {name: _cast({"x": feeds["query"], "mask": feeds["mask"]} if c.self_attention else feeds, c.dtype)
+           for name, c in contenders.items()}
+    calls = {f"ort:{name}": partial(_run_session, by_name[name], fed[name]) for name in contenders}
+    calls["torch-eager"] = partial(_run_torch, module, tensors)
+    calls["torch-sdpa"] = partial(_run_torch, partial(sdpa, module), tensors)
+    with torch.no_grad():
+        expected = golden(*(t.double() for t in tensors[:3]), tensors[3]).numpy()
+        errors = {f"ort:{name}": float(np.abs(by_name[name][0].run(None, fed[name])[0].astype(np.float64)
+                                              - expected).max()) for name in contenders}
+        samples = interleaved(calls, settings.rounds, settings.target_s, before_round=limits.time_round)
+    work = flops(batch, length, settings.embedding_dim)
+    rows = [Timing(name, batch, length, threads, statistics.median(times) * 1e3, [t * 1e3 for t in times],
+                   work / statistics.median(times) / 1e9, 0.0, errors.get(name)) for name, times in samples.items()]
+    _compare(rows)
+    return rows
+
+
+def _compare(rows: list[Timing]) -> None:
+    """Each row's ratios to torch-sdpa and ort:torch-export (where it was timed), and the rounds it beat SDPA
+    timed in the same round."""
+    by_name = {r.contender: r for r in rows}
+    sdpa_row, export_row = by_name["torch-sdpa"], by_name.get("ort:torch-export")
+    for row in rows:
+        row.vs_sdpa = sdpa_row.median_ms / row.median_ms
+        if row is not sdpa_row:
+            row.faster_rounds = sum(t < s for t, s in zip(row.rounds_ms, sdpa_row.rounds_ms))
+        if export_row is not None:
+            row.vs_export = export_row.median_ms / row.median_ms
 
 
 def _cast(feeds: dict[str, np.ndarray], dtype: np.dtype) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""bench-attn --runtimes: one model's latency in each place it runs, timed side by side in one run.
+"""bench-attn runtimes: one model's latency in each place it runs, timed side by side in one run.
 
 Contenders, on the same exported model (torch-export, causal+padding mask input, float32) and the same inputs:
 - `onnxruntime` (Python), in this process;
@@ -163,7 +163,7 @@ def _web_seconds(web, feeds) -> float:
 
 
 def table(bench: RuntimesBench) -> str:
-    lines = [f"bench-attn --runtimes: {bench.cpu}; width {bench.embedding_dim}, {bench.heads} heads, torch-export, "
+    lines = [f"bench-attn runtimes: {bench.cpu}; width {bench.embedding_dim}, {bench.heads} heads, torch-export, "
              f"causal+padding mask input, float32; {bench.threads} thread(s) (onnxruntime-web: 1); {bench.rounds} "
              "interleaved rounds, medians; " + ", ".join(f"{k} {v}" for k, v in bench.versions.items()),
              f"  {'runtime':<28}{'shape':>10}{'median ms':>11}{'vs Python':>11}"]

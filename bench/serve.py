@@ -1,4 +1,4 @@
-"""bench-attn --serve: load figures from perf_analyzer, Triton's own load generator (from .deps/triton, made by
+"""bench-attn serve: load figures from perf_analyzer, Triton's own load generator (from .deps/triton, made by
 scripts/setup/triton.sh), against the model served over the Open Inference Protocol.
 
 Targets: Triton's Python backend (`export-attn --triton-backend python`) over HTTP with binary tensors and over
@@ -190,6 +190,37 @@ class NodeService:
                 process.wait(timeout=10)
 
 
+def tool_version(path: Path) -> str | None:
+    """What `path --version` says its version is (perf_analyzer prints "Perf Analyzer Version X.Y.Z (commit
+    ...)": X.Y.Z); None where it does not say."""
+    import re
+
+    try:
+        result = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"[Vv]ersion\s+(\d+(?:\.\d+)+)", result.stdout + result.stderr)
+    return found[1] if result.returncode == 0 and found else None
+
+
+def served_versions(server: str, address: str) -> dict[str, str]:
+    """The versions a running server states: its own, from the Open Inference Protocol's server metadata
+    (GET /v2: {"name": "triton", "version": "X.Y.Z"}, keyed by that name), and for the Node service `node
+    --version`. A server that does not say is left out."""
+    versions = {}
+    try:
+        status, body = http_json(f"http://{address}/v2")
+    except OSError:
+        status, body = None, None
+    if status == 200 and isinstance(body, dict) and body.get("version"):
+        versions[str(body.get("name") or server)] = str(body["version"])
+    if server == "node":
+        node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+        if node:
+            versions["node"] = node
+    return versions
+
+
 def _export(folder: Path, heads: int, embedding_dim: int, queue_delay_us: int) -> tuple[Path, Path]:
     """The model (mask input, float32, random weights seed 0) as a bundle and a Python-backend Triton repository."""
     from attn_onnx.deploy.bundle import write_bundle
@@ -255,9 +286,11 @@ def run_serve_bench(targets: list[str], shapes=SHAPES, heads: int = 8, embedding
 
     from attn_onnx.timing.engine import cpu_model
 
-    tool("perf_analyzer")  # RuntimeFailure saying how to get it, before any work
+    # every version is asked of the tool or server itself; one that does not say is left out
+    versions = {"perf_analyzer": tool_version(tool("perf_analyzer")),  # RuntimeFailure saying how to get it
+                "onnxruntime": onnxruntime.__version__}  # this process's: the export's (Triton's venv is pinned to it)
     bench = ServeBench(cpu_model(), heads, embedding_dim, queue_delay_us,
-                       versions={"perf_analyzer": "2.51.0", "onnxruntime": onnxruntime.__version__})
+                       versions={k: v for k, v in versions.items() if v})
     bench.load.append(os.getloadavg()[0])
     with tempfile.TemporaryDirectory(prefix="attn-serve-") as tmp:
         folder = Path(tmp)
@@ -271,11 +304,7 @@ def run_serve_bench(targets: list[str], shapes=SHAPES, heads: int = 8, embedding
                 with (TritonServer(repo, log_path=folder / "triton.log") if server == "triton"
                       else NodeService(bundle, folder / "node.log")) as running:
                     on_line(f"{server}: serving on {running.http} (HTTP), {running.grpc} (gRPC)")
-                    if server == "node":
-                        bench.versions["node"] = subprocess.run(["node", "--version"], capture_output=True,
-                                                                text=True).stdout.strip()
-                    else:
-                        bench.versions["tritonserver"] = "2.51.0 (nvidia-pytriton 0.7.0, Python backend)"
+                    bench.versions.update(served_versions(server, running.http))
                     for name in names:
                         url = running.grpc if TARGETS[name].protocol == "grpc" else running.http
                         _measure(bench, name, running.http, url, shapes, folder, on_line)
@@ -300,7 +329,7 @@ def line(row: Row) -> str:
 
 
 def table(bench: ServeBench) -> str:
-    lines = [f"bench-attn --serve: {bench.cpu} ({os.cpu_count()} CPUs); width {bench.embedding_dim}, {bench.heads} "
+    lines = [f"bench-attn serve: {bench.cpu} ({os.cpu_count()} CPUs); width {bench.embedding_dim}, {bench.heads} "
              f"heads, self-attention with a padding mask, float32; Triton's max_queue_delay_microseconds "
              f"{bench.queue_delay_us}; perf_analyzer windows of {bench.window_ms} ms; load average "
              f"{' -> '.join(f'{x:.1f}' for x in bench.load) or '-'}; "

@@ -1,4 +1,4 @@
-"""What both CLIs share: one-line `Error: ...` messages with documented exit codes, never a traceback;
+"""What the CLIs share: one-line `Error: ...` messages with documented exit codes, never a traceback;
 list parsing; refusing options that do not apply.
 
 Exit codes: 0 success; 1 a failed check, a runtime error or an unreadable input file; 2 a usage error
@@ -59,8 +59,8 @@ class Tolerance(click.ParamType):
         return number
 
 
-class OneLineErrorCommand(click.Command):
-    """A click command whose every error, click's usage errors included, is one `Error: ...` line."""
+class _OneLineErrors:
+    """Every error of a click command or group, click's usage errors included, as one `Error: ...` line."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         # the command line as given, for reports that record how they were made
@@ -88,6 +88,45 @@ class OneLineErrorCommand(click.Command):
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+class OneLineErrorCommand(_OneLineErrors, click.Command):
+    """A click command whose every error, click's usage errors included, is one `Error: ...` line."""
+
+
+class OneLineErrorGroup(_OneLineErrors, click.Group):
+    """A click group whose every error, its subcommands' included, is one `Error: ...` line. Its help lists
+    the subcommands in the order they were written (the main one first), not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+class CommaChoice(click.ParamType):
+    """A comma-separated list drawn from a closed set, each item checked: `--dtypes float32,float16`. A bad
+    item is one line naming it and the choices (`--dtypes 'bfloat16': choose from float32, float16`), with
+    `note` after them where the set needs a reason. `every` (e.g. "all") stands for the whole set."""
+
+    name = "list"
+
+    def __init__(self, choices, note: str = "", every: str | None = None):
+        self.choices, self.note, self.every = tuple(choices), note, every
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "[" + "|".join(([self.every] if self.every else []) + list(self.choices)) + "],..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):  # a default given as the list itself
+            return value
+        items = [item.strip() for item in str(value).split(",") if item.strip()]
+        if self.every is not None and items == [self.every]:
+            return self.choices
+        bad = next((item for item in items if item not in self.choices), None if items else str(value))
+        if bad is not None:
+            flag = max(param.opts, key=len) if param is not None else "value"
+            listed = ", ".join(([self.every] if self.every else []) + list(self.choices))
+            raise click.UsageError(f"{flag} {bad!r}: choose from {listed}{self.note}", ctx)
+        return tuple(dict.fromkeys(items))
 
 
 def signal_name() -> str:

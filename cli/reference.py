@@ -1,4 +1,5 @@
-"""docs/cli.md, the CLI reference, made from the commands' own --help so that it cannot drift from them:
+"""docs/cli.md, the CLI reference, made from the commands' own --help (a group's subcommands each under its own
+heading) so that it cannot drift from them:
 
     python -m attn_onnx.cli.reference > docs/cli.md
 
@@ -27,7 +28,20 @@ def reference() -> str:
     for name, command in commands().items():
         context = click.Context(command, info_name=name, terminal_width=WIDTH, max_content_width=WIDTH)
         parts += [f"## {name}", "", "```text", command.get_help(context), "```", ""]
+        for sub_name, sub in getattr(command, "commands", {}).items():  # a group's subcommands, in its order
+            sub_context = click.Context(sub, info_name=sub_name, parent=context, terminal_width=WIDTH,
+                                        max_content_width=WIDTH)
+            parts += [f"### {name} {sub_name}", "", "```text", sub.get_help(sub_context), "```", ""]
     return "\n".join(parts)
+
+
+def every_command() -> dict[str, click.Command]:
+    """Every command and subcommand by its full name: `bench-attn`, `bench-attn variants`, ..."""
+    found = {}
+    for name, command in commands().items():
+        found[name] = command
+        found.update({f"{name} {sub_name}": sub for sub_name, sub in getattr(command, "commands", {}).items()})
+    return found
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""bench-attn: its figures are consistent data (no timing is asserted), its refusals come before any work."""
+"""bench-attn, a group of subcommands: variants' and decode's figures are consistent data (no timing is asserted),
+their refusals come before any work, and each subcommand takes only its own options."""
 
 import json
 
@@ -12,12 +13,13 @@ from attn_onnx.exporter.variants import VARIANTS
 from tests.cli.fresh import run_fresh
 
 SMALL = ["--heads", "2", "--embedding-dim", "16", "--rounds", "2", "--threads", "1"]
+VARIANTS_SMALL = ["variants", *SMALL]
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
-    result = CliRunner().invoke(bench, [*SMALL, "--shapes", "1x8,3x5", "--json", str(folder / "b.json"),
+    result = CliRunner().invoke(bench, [*VARIANTS_SMALL, "--shapes", "1x8,3x5", "--json", str(folder / "b.json"),
                                        "--plot", str(folder / "b.png")])
     assert result.exit_code == 0, result.output
     return result.output, json.loads((folder / "b.json").read_text()), (folder / "b.png").read_bytes()
@@ -64,7 +66,7 @@ def test_each_round_starts_one_contender_further_on():
 
 
 def test_without_the_straight_export_no_ratio_to_it_is_printed():
-    result = CliRunner().invoke(bench, [*SMALL, "--attention-impl", "additive-mask", "--shapes", "1x8"])
+    result = CliRunner().invoke(bench, [*VARIANTS_SMALL, "--attention-impl", "additive-mask", "--shapes", "1x8"])
     assert result.exit_code == 0, result.output
     line = next(x for x in result.output.splitlines() if x.startswith("fastest correct at (1,8)"))
     assert "torch-export" not in line and "x SDPA (faster in" in line
@@ -93,7 +95,7 @@ def test_each_variant_is_timed_in_three_sessions_taking_turns(monkeypatch):
         return made[-1]
 
     monkeypatch.setattr(engine, "session", counted)
-    result = CliRunner().invoke(bench, [*SMALL, "--rounds", "3", "--attention-impl", "tiled", "--shapes", "1x8"])
+    result = CliRunner().invoke(bench, [*VARIANTS_SMALL, "--rounds", "3", "--attention-impl", "tiled", "--shapes", "1x8"])
     assert result.exit_code == 0, result.output
     tiled = made[:engine.SESSIONS]  # then the sgemm's
     assert len(tiled) == engine.SESSIONS == 3
@@ -119,7 +121,7 @@ def test_the_table_names_the_cpu_and_the_limit(results):
 def test_memory_is_measured_per_variant_in_a_fresh_process(tmp_path):
     """torch-export materializes the (1, 8, 1024, 1024) float32 scores (32 MiB) several times over."""
     out = tmp_path / "m.json"
-    result = CliRunner().invoke(bench, ["--heads", "8", "--embedding-dim", "64", "--rounds", "1", "--threads", "1",
+    result = CliRunner().invoke(bench, ["variants", "--heads", "8", "--embedding-dim", "64", "--rounds", "1", "--threads", "1",
                                        "--shapes", "1x4", "--memory", "1x1024", "--json", str(out)])
     assert result.exit_code == 0, result.output
     memory = json.loads(out.read_text())["memory"]
@@ -132,7 +134,7 @@ def test_memory_is_measured_per_variant_in_a_fresh_process(tmp_path):
 
 def test_self_attention_times_each_variant_in_both_forms(tmp_path):
     out = tmp_path / "s.json"
-    result = CliRunner().invoke(bench, [*SMALL, "--attention-impl", "torch-export,ort-mha", "--shapes", "1x6",
+    result = CliRunner().invoke(bench, [*VARIANTS_SMALL, "--attention-impl", "torch-export,ort-mha", "--shapes", "1x6",
                                        "--self-attention", "--json", str(out)])
     assert result.exit_code == 0, result.output
     rows = {t["contender"]: t for t in json.loads(out.read_text())["timings"]}
@@ -144,7 +146,7 @@ def test_reduced_precision_and_int8_are_timed_beside_float32(tmp_path):
     """Each at its own precision; its max_abs against the float64 module of the float32 weights is what
     the precision costs: float16 within a few u (2^-11), int8 within its profile, never as good as float32."""
     out = tmp_path / "p.json"
-    result = CliRunner().invoke(bench, [*SMALL, "--attention-impl", "torch-export,ort-mha", "--shapes", "2x6",
+    result = CliRunner().invoke(bench, [*VARIANTS_SMALL, "--attention-impl", "torch-export,ort-mha", "--shapes", "2x6",
                                        "--dtypes", "float32,float16", "--quantize", "--json", str(out)])
     assert result.exit_code == 0, result.output
     rows = {t["contender"]: t for t in json.loads(out.read_text())["timings"]}
@@ -160,32 +162,71 @@ def test_reduced_precision_and_int8_are_timed_beside_float32(tmp_path):
 
 def test_decode_times_a_cached_step_against_recomputing(tmp_path):
     out = tmp_path / "d.json"
-    result = CliRunner().invoke(bench, [*SMALL, "--attention-impl", "torch-export", "--shapes", "1x4",
-                                       "--decode", "0,16", "--json", str(out)])
+    result = CliRunner().invoke(bench, ["decode", *SMALL, "--past-lens", "0,16", "--json", str(out)])
     assert result.exit_code == 0, result.output
-    steps = json.loads(out.read_text())["decode"]["steps"]
-    assert [s["past_len"] for s in steps] == [0, 16]
-    for s in steps:
+    data = json.loads(out.read_text())
+    assert (data["heads"], data["embedding_dim"], data["threads"], data["rounds"]) == (2, 16, 1, 2) and data["cpu"]
+    assert [s["past_len"] for s in data["steps"]] == [0, 16]
+    for s in data["steps"]:
         assert s["step_ms"] > 0 and s["speedup"] == pytest.approx(s["recompute_ms"] / s["step_ms"])
     assert "one new token through the KV cache" in result.output
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--decode", "x"], "Error: cannot parse 'x' as a comma-separated list of int"),
-    (["--decode", "-1"], "Error: --decode '-1': give cache lengths >= 0"),
-    (["--memory", "1x"], "Error: --memory item '1x' is not BATCHxLEN"),
-    (["--memory", "1x8,2x8"], "Error: --memory '1x8,2x8': give one BATCHxLEN"),
-    (["--shapes", "4x"], "Error: --shapes item '4x' is not BATCHxLEN"),
-    (["--shapes", "0x8"], "Error: --shapes item '0x8' is not BATCHxLEN"),
-    (["--attention-impl", "flash"], "Error: --attention-impl 'flash': choose from"),
-    (["--plot", "b.jpg"], "Error: --plot 'b.jpg' must end in .png"),
-    (["--threads", "0"], "Error: --threads must be >= 1"),
-    (["--heads", "3"], "Error: --embedding-dim 512 is not divisible by --heads 3"),
-    (["--dtypes", "bfloat16"], "Error: --dtypes 'bfloat16': choose from float32, float16 (bfloat16 has no MatMul"),
-])
+    (["decode", "--past-lens", "x"], "Error: cannot parse 'x' as a comma-separated list of int"),
+    (["decode", "--past-lens", "-1"], "Error: --past-lens '-1': give cache lengths >= 0"),
+    (["decode", "--threads", "0"], "Error: Invalid value for '--threads': 0 is not in the range x>=1."),
+    (["variants", "--memory", "1x"], "Error: --memory item '1x' is not BATCHxLEN"),
+    (["variants", "--memory", "1x8,2x8"], "Error: --memory '1x8,2x8': give one BATCHxLEN"),
+    (["variants", "--shapes", "4x"], "Error: --shapes item '4x' is not BATCHxLEN"),
+    (["variants", "--shapes", "0x8"], "Error: --shapes item '0x8' is not BATCHxLEN"),
+    (["variants", "--attention-impl", "torch-export,flash"], "Error: --attention-impl 'flash': choose from "
+                                                             f"{', '.join(VARIANTS)}"),
+    (["variants", "--attention-impl", ","], "Error: --attention-impl ',': choose from torch-export"),
+    (["variants", "--plot", "b.jpg"], "Error: --plot 'b.jpg' must end in .png"),
+    (["variants", "--threads", "0"], "Error: --threads must be >= 1"),
+    (["variants", "--heads", "3"], "Error: --embedding-dim 512 is not divisible by --heads 3"),
+    (["variants", "--dtypes", "float32,bfloat16"], "Error: --dtypes 'bfloat16': choose from float32, float16 "
+                                                   "(bfloat16 has no MatMul kernel in onnxruntime's CPU)"),
+    (["runtimes", "--heads", "3"], "Error: --embedding-dim 512 is not divisible by --heads 3"),
+    (["nope"], "Error: No such command 'nope'."),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_options_are_refused_before_any_work(args, message):
     """Refused in a fresh process before torch or onnxruntime is even imported: nothing was exported or timed."""
     result = run_fresh("bench_attn", args)
     assert (result.code, result.torch, result.onnxruntime) == (2, False, False), result.stderr
     assert result.stderr.startswith(message), result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command, option", [
+    ("runtimes", ["--quantize"]), ("runtimes", ["--attention-impl", "tiled"]), ("decode", ["--shapes", "1x8"]),
+    ("serve", ["--rounds", "3"]), ("variants", ["--triton-max-queue-delay-us", "100"]),
+    ("variants", ["--past-lens", "1"]), ("decode", ["--targets", "all"]),
+])
+def test_an_option_of_another_subcommand_is_not_taken(command, option):
+    result = CliRunner().invoke(bench, [command, *option])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: No such option '{option[0]}'")
+
+
+def test_bare_bench_attn_prints_its_help_and_names_every_subcommand():
+    result = CliRunner().invoke(bench, [])
+    assert result.exit_code == 0 and result.output.startswith("Usage: bench-attn [OPTIONS] COMMAND [ARGS]...")
+    assert list(bench.commands) == ["variants", "runtimes", "serve", "decode"]
+    commands = result.output.split("Commands:\n", 1)[1]
+    assert [line.split()[0] for line in commands.splitlines() if line.startswith("  ") and line[2] != " "] \
+        == list(bench.commands)
+    version = CliRunner().invoke(bench, ["--version"])
+    assert version.exit_code == 0 and version.output.startswith("bench-attn, version ")
+
+
+def test_each_subcommand_s_default_shapes_are_its_module_s():
+    from attn_onnx.bench import bench as variants, decode, runtimes, serve
+    from attn_onnx.cli import bench_attn
+    from attn_onnx.cli.common import batch_lengths, comma_list
+
+    assert tuple(batch_lengths(bench_attn.VARIANT_SHAPES, "")) == variants.DEFAULT_SHAPES == variants.BenchSettings().shapes
+    assert tuple(batch_lengths(bench_attn.RUNTIME_SHAPES, "")) == runtimes.SHAPES
+    assert tuple(batch_lengths(bench_attn.SERVE_SHAPES, "")) == serve.SHAPES
+    assert comma_list(bench_attn.PAST_LENS, int) == decode.PAST_LENS

@@ -1,4 +1,4 @@
-"""bench-attn --runtimes: the same model timed in every place it runs, side by side; a runtime that is not
+"""bench-attn runtimes: the same model timed in every place it runs, side by side; a runtime that is not
 installed is reported as not run, with the reason (no timing is asserted)."""
 
 import json
@@ -10,7 +10,7 @@ from attn_onnx.bench import runtimes
 from attn_onnx.cli.bench_attn import main as bench
 from attn_onnx.runtime_check.runners import web_runner
 
-SMALL = ["--runtimes", "--heads", "2", "--embedding-dim", "16", "--shapes", "1x8", "--rounds", "2", "--threads", "1"]
+SMALL = ["runtimes", "--heads", "2", "--embedding-dim", "16", "--shapes", "1x8", "--rounds", "2", "--threads", "1"]
 NAMES = ["onnxruntime (Python)", "onnxruntime-node", "onnxruntime-web (WASM)", "c++ (onnxruntime C++ API)"]
 
 
@@ -40,8 +40,3 @@ def test_a_runtime_that_is_not_installed_is_reported_not_run(monkeypatch, tmp_pa
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if line.strip().startswith("c++"))
     assert "not run: run scripts/setup/cpp.sh to build examples/cpp" in line
-
-
-def test_runtimes_refuses_the_other_modes_options():
-    result = CliRunner().invoke(bench, [*SMALL, "--quantize"])
-    assert result.exit_code == 2 and result.output.strip() == "Error: --quantize does not apply with --runtimes"

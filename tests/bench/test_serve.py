@@ -1,4 +1,4 @@
-"""bench-attn --serve: the data it feeds perf_analyzer (a real padding mask), its table, its refusals. The run
+"""bench-attn serve: the data it feeds perf_analyzer (a real padding mask), its table, its refusals. The run
 itself against a live Triton is tests/deploy/test_triton_live.py::test_perf_analyzer_drives_the_server."""
 
 import base64
@@ -55,17 +55,47 @@ def test_the_table_has_every_figure_and_says_what_failed():
     assert "triton-http (1,16)      c4    1500.0     2.10     9.00       850     1800/3000" in text
     assert "node-grpc   (1,16)      c1  failed: perf_analyzer exited with 99: failed to get model config" in text
     assert "node-json   not run: the Node service exited before it served" in text
-    assert text.startswith("bench-attn --serve: CPU X")
+    assert text.startswith("bench-attn serve: CPU X")
 
 
 @pytest.mark.parametrize("args, text", [
-    (["--serve", "triton"], "--serve 'triton': choose from all, triton-http, triton-grpc, node-http, node-json, "
-                            "node-grpc"),
-    (["--serve", "all", "--rounds", "3"], "--rounds does not apply with --serve"),
-    (["--serve", "all", "--shapes", "4"], "--shapes item '4' is not BATCHxLEN with both >= 1 (e.g. 4x512)"),
-    (["--triton-max-queue-delay-us", "100"], "--triton-max-queue-delay-us does not apply without --serve"),
+    (["--targets", "triton-http,triton"], "--targets 'triton': choose from all, triton-http, triton-grpc, node-http, "
+                                          "node-json, node-grpc"),
+    (["--shapes", "4"], "--shapes item '4' is not BATCHxLEN with both >= 1 (e.g. 4x512)"),
+    (["--heads", "3"], "--embedding-dim 512 is not divisible by --heads 3"),
 ])
 def test_serve_refusals_come_first(args, text):
-    result = CliRunner().invoke(bench, args)
+    result = CliRunner().invoke(bench, ["serve", *args])
     assert result.exit_code == 2
     assert result.output.strip() == f"Error: {text}"
+
+
+def test_all_is_every_target_and_a_list_is_taken_in_order_once():
+    from attn_onnx.bench.serve import TARGETS
+
+    serve = bench.commands["serve"]
+    targets = next(p for p in serve.params if p.name == "targets")
+    assert targets.type.convert("all", targets, None) == tuple(TARGETS)
+    assert targets.type.convert("node-grpc,triton-http,node-grpc", targets, None) == ("node-grpc", "triton-http")
+
+
+def test_the_versions_are_asked_of_the_tools(tmp_path):
+    """Nothing is recorded that was not measured: a tool that does not state its version is left out."""
+    from attn_onnx.bench.serve import tool_version
+
+    says = tmp_path / "says"
+    says.write_text("#!/bin/sh\necho 'Perf Analyzer Version 2.51.0 (commit unknown)'\n")
+    silent = tmp_path / "silent"
+    silent.write_text("#!/bin/sh\necho 'unrecognized option --version'; exit 1\n")
+    for path in (says, silent):
+        path.chmod(0o755)
+    assert tool_version(says) == "2.51.0"
+    assert tool_version(silent) is None and tool_version(tmp_path / "absent") is None
+    import inspect
+    import re
+
+    from attn_onnx.bench import serve
+
+    hand_written = re.compile(r"[\"']\d+\.\d+\.\d+[\"' ]")  # "2.51.0": a version, not 127.0.0.1
+    assert hand_written.search('{"perf_analyzer": "2.51.0"}') and not hand_written.search('"127.0.0.1"')
+    assert not hand_written.search(inspect.getsource(serve))
