@@ -8,8 +8,10 @@ from pathlib import Path
 import click
 
 from attn_onnx import __version__
-from attn_onnx.cli.common import EXIT_FAILURE, EXIT_OK, OneLineErrorCommand, Tolerance, comma_list, given, refuse
+from attn_onnx.cli.common import (EXIT_FAILURE, EXIT_OK, CommaChoice, OneLineErrorCommand, Tolerance, comma_list,
+                                  given, refuse)
 from attn_onnx.runtime_check.runners import RELEASE_HELP, RUNTIMES
+from attn_onnx.vocab import MASK_KINDS, PROVIDERS
 
 GRID = ("batches", "lengths", "shapes", "masks")  # the sweep options of attention models
 SWEEP = (*GRID, "sizes")
@@ -31,20 +33,20 @@ def _profiles(field: str) -> str:
 @click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Check a bundle (export-attn --bundle) instead of MODEL: every sha256 in its manifest, then "
                    "every golden vector set in onnxruntime (and --runtimes) within the manifest's tolerance.")
-@click.option("--runtimes", default="onnxruntime,reference", show_default=True,
+@click.option("--runtimes", default="onnxruntime,reference", show_default=True, metavar="RUNTIME,...",
               help="Comma-separated: " + "; ".join(f"{name}: {rt.help}" for name, rt in RUNTIMES.items()) + "; "
                    + RELEASE_HELP + ".")
-@click.option("--providers", default="cpu", show_default=True,
-              help="[onnxruntime] Execution providers, comma-separated: cpu, cuda.")
-@click.option("--batches", default="1,2,5", show_default=True, help="[mha, attention] Batch sizes of the sweep.")
-@click.option("--lengths", default="1,7,64,257", show_default=True,
+@click.option("--providers", type=CommaChoice(PROVIDERS), default="cpu", show_default=True,
+              help="[onnxruntime] Execution providers, comma-separated.")
+@click.option("--batches", default="1,2,5", show_default=True, metavar="N,...", help="[mha, attention] Batch sizes of the sweep.")
+@click.option("--lengths", default="1,7,64,257", show_default=True, metavar="N,...",
               help="[mha, attention] Sequence lengths; each as q_len = kv_len, and paired with the next for "
                    "cross-attention.")
-@click.option("--shapes", default=None, help="[mha, attention] Explicit BxQxKV shapes instead of the grid, "
+@click.option("--shapes", default=None, metavar="BxQxKV,...", help="[mha, attention] Explicit BxQxKV shapes instead of the grid, "
                                              "e.g. '3x11x5,1x7x7'.")
-@click.option("--masks", default=None, help="[models with a mask input] Mask kinds, comma-separated: ones, "
-                                            "zeros, causal, padding, causal+padding, masked_row. [default: all]")
-@click.option("--sizes", default="1,5,20,64", show_default=True, help="[mask] subsequent_mask sizes.")
+@click.option("--masks", type=CommaChoice(MASK_KINDS), default=None,
+              help="[models with a mask input] Mask kinds, comma-separated. [default: all]")
+@click.option("--sizes", default="1,5,20,64", show_default=True, metavar="N,...", help="[mask] subsequent_mask sizes.")
 @click.option("--quick", is_flag=True, help="The gate: the sweep export-attn runs before it writes and auto runs on "
                                             "each candidate (three shapes, every mask, the variant's shapes that "
                                             "reach its every control-flow path); instead of the sweep options.")
@@ -140,7 +142,7 @@ def _check_bundle(ctx, options: dict) -> int:
     refuse(ctx, set(ctx.params) - BUNDLE_OPTIONS, "with --bundle (the bundle fixes its cases and tolerance)")
     runtimes = comma_list(options["runtimes"]) if "runtimes" in given(ctx) else ()
     runtimes = ("onnxruntime", *[r for r in runtimes if r != "onnxruntime"])
-    providers = comma_list(options["providers"])
+    providers = options["providers"]
     if "cuda" not in providers:
         refuse(ctx, {"tf32"}, "without cuda in --providers")
     if options["json_path"] is not None:
@@ -180,7 +182,7 @@ def _plan(ctx, model: Path, options: dict):
     from attn_onnx.runtime_check.model import load_model
 
     chosen = given(ctx)
-    runtimes, providers = comma_list(options["runtimes"]), comma_list(options["providers"])
+    runtimes, providers = comma_list(options["runtimes"]), options["providers"]
     check_runtimes(runtimes, providers)  # the run guard, the one CheckConfig runs
     if "onnxruntime" not in runtimes:
         refuse(ctx, {"providers"}, "without onnxruntime in --runtimes")
@@ -203,7 +205,7 @@ def _plan(ctx, model: Path, options: dict):
 
     sweep = QUICK if options["quick"] else Sweep(
         batches=comma_list(options["batches"], int), lengths=comma_list(options["lengths"], int),
-        masks=comma_list(options["masks"]) or None, shapes=_shapes(options["shapes"]),
+        masks=options["masks"] or None, shapes=_shapes(options["shapes"]),
         sizes=comma_list(options["sizes"], int),
         # a sweep the user narrowed runs the shapes asked for alone; a path it leaves unrun is named, not failed
         cover=not chosen & {"batches", "lengths", "shapes"}).validate()
