@@ -7,8 +7,9 @@ Contenders, on the same exported model (torch-export, causal+padding mask input,
 - `c++`, onnxruntime's C++ API (examples/cpp's bench_latency, built by scripts/setup/cpp.sh).
 
 Each times its own runs inside its own process (no pipe in the figure), for about TARGET_S a round, after one
-untimed run. Rounds are bench-attn's (timing/engine.py interleaved: rotated order, a pause before each contender); the figure
-is the median over rounds. A contender that is not installed here is reported as not run, with the reason.
+untimed run. Rounds are bench-attn's (timing/engine.py interleaved: rotated order, a pause before each
+contender); the figure is the median over rounds. A contender that is not installed here is reported as not run,
+with the reason.
 """
 
 from __future__ import annotations

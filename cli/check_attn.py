@@ -36,16 +36,17 @@ def _profiles(field: str) -> str:
 @click.option("--runtimes", default="onnxruntime,reference", show_default=True, metavar="RUNTIME,...",
               help="Comma-separated: " + "; ".join(f"{name}: {rt.help}" for name, rt in RUNTIMES.items()) + "; "
                    + RELEASE_HELP + ".")
-@click.option("--providers", type=CommaChoice(PROVIDERS), default="cpu", show_default=True,
-              help="[onnxruntime] Execution providers, comma-separated.")
-@click.option("--batches", default="1,2,5", show_default=True, metavar="N,...", help="[mha, attention] Batch sizes of the sweep.")
+@click.option("--providers", type=CommaChoice(PROVIDERS, metavar="PROVIDER,..."), default="cpu", show_default=True,
+              help=f"[onnxruntime] Execution providers, comma-separated: {', '.join(PROVIDERS)}.")
+@click.option("--batches", default="1,2,5", show_default=True, metavar="N,...",
+              help="[mha, attention] Batch sizes of the sweep.")
 @click.option("--lengths", default="1,7,64,257", show_default=True, metavar="N,...",
               help="[mha, attention] Sequence lengths; each as q_len = kv_len, and paired with the next for "
                    "cross-attention.")
-@click.option("--shapes", default=None, metavar="BxQxKV,...", help="[mha, attention] Explicit BxQxKV shapes instead of the grid, "
-                                             "e.g. '3x11x5,1x7x7'.")
-@click.option("--masks", type=CommaChoice(MASK_KINDS), default=None,
-              help="[models with a mask input] Mask kinds, comma-separated. [default: all]")
+@click.option("--shapes", default=None, metavar="BxQxKV,...",
+              help="[mha, attention] Explicit BxQxKV shapes instead of the grid, e.g. '3x11x5,1x7x7'.")
+@click.option("--masks", type=CommaChoice(MASK_KINDS, metavar="KIND,..."), default=None,
+              help=f"[models with a mask input] Mask kinds, comma-separated: {', '.join(MASK_KINDS)}. [default: all]")
 @click.option("--sizes", default="1,5,20,64", show_default=True, metavar="N,...", help="[mask] subsequent_mask sizes.")
 @click.option("--quick", is_flag=True, help="The gate: the sweep export-attn runs before it writes and auto runs on "
                                             "each candidate (three shapes, every mask, the variant's shapes that "

@@ -105,15 +105,16 @@ class OneLineErrorGroup(_OneLineErrors, click.Group):
 class CommaChoice(click.ParamType):
     """A comma-separated list drawn from a closed set, each item checked: `--dtypes float32,float16`. A bad
     item is one line naming it and the choices (`--dtypes 'bfloat16': choose from float32, float16`), with
-    `note` after them where the set needs a reason. `every` (e.g. "all") stands for the whole set."""
+    `note` after them where the set needs a reason. `every` (e.g. "all") stands for the whole set. The metavar
+    lists the choices, `[cpu|cuda],...`, unless `metavar` names them (then the option's help lists them)."""
 
     name = "list"
 
-    def __init__(self, choices, note: str = "", every: str | None = None):
-        self.choices, self.note, self.every = tuple(choices), note, every
+    def __init__(self, choices, note: str = "", every: str | None = None, metavar: str | None = None):
+        self.choices, self.note, self.every, self.metavar = tuple(choices), note, every, metavar
 
     def get_metavar(self, param, ctx=None) -> str:
-        return "[" + "|".join(([self.every] if self.every else []) + list(self.choices)) + "],..."
+        return self.metavar or "[" + "|".join(([self.every] if self.every else []) + list(self.choices)) + "],..."
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):  # a default given as the list itself

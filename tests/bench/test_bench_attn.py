@@ -95,7 +95,8 @@ def test_each_variant_is_timed_in_three_sessions_taking_turns(monkeypatch):
         return made[-1]
 
     monkeypatch.setattr(engine, "session", counted)
-    result = CliRunner().invoke(bench, [*VARIANTS_SMALL, "--rounds", "3", "--attention-impl", "tiled", "--shapes", "1x8"])
+    result = CliRunner().invoke(bench, [*VARIANTS_SMALL, "--rounds", "3", "--attention-impl", "tiled",
+                                        "--shapes", "1x8"])
     assert result.exit_code == 0, result.output
     tiled = made[:engine.SESSIONS]  # then the sgemm's
     assert len(tiled) == engine.SESSIONS == 3
@@ -121,8 +122,8 @@ def test_the_table_names_the_cpu_and_the_limit(results):
 def test_memory_is_measured_per_variant_in_a_fresh_process(tmp_path):
     """torch-export materializes the (1, 8, 1024, 1024) float32 scores (32 MiB) several times over."""
     out = tmp_path / "m.json"
-    result = CliRunner().invoke(bench, ["variants", "--heads", "8", "--embedding-dim", "64", "--rounds", "1", "--threads", "1",
-                                       "--shapes", "1x4", "--memory", "1x1024", "--json", str(out)])
+    result = CliRunner().invoke(bench, ["variants", "--heads", "8", "--embedding-dim", "64", "--rounds", "1",
+                                        "--threads", "1", "--shapes", "1x4", "--memory", "1x1024", "--json", str(out)])
     assert result.exit_code == 0, result.output
     memory = json.loads(out.read_text())["memory"]
     assert (memory["batch"], memory["length"]) == (1, 1024) and set(memory["variants"]) == set(VARIANTS)
@@ -226,7 +227,7 @@ def test_each_subcommand_s_default_shapes_are_its_module_s():
     from attn_onnx.cli import bench_attn
     from attn_onnx.cli.common import batch_lengths, comma_list
 
-    assert tuple(batch_lengths(bench_attn.VARIANT_SHAPES, "")) == variants.DEFAULT_SHAPES == variants.BenchSettings().shapes
+    assert tuple(batch_lengths(bench_attn.VARIANT_SHAPES, "")) == variants.BenchSettings().shapes
     assert tuple(batch_lengths(bench_attn.RUNTIME_SHAPES, "")) == runtimes.SHAPES
     assert tuple(batch_lengths(bench_attn.SERVE_SHAPES, "")) == serve.SHAPES
     assert comma_list(bench_attn.PAST_LENS, int) == decode.PAST_LENS

@@ -33,7 +33,8 @@ def test_default_export_writes_checks_and_summarises(tmp_path):
     assert out.is_file()
     lines = result.output.splitlines()
     parity = lines[0]  # checked in memory first; written only once it passed
-    assert parity.startswith("parity: onnxruntime/cpu vs PyTorch float64 on 18 cases (b1.q17.kv6, b3.q11.kv5, b3.q9.kv9)")
+    assert parity.startswith("parity: onnxruntime/cpu vs PyTorch float64 on 18 cases "
+                             "(b1.q17.kv6, b3.q11.kv5, b3.q9.kv9)")
     assert parity.endswith("PASSED")
     assert lines[1].startswith(f"wrote {out} (4.0 MiB, opset 18, mha, heads 8, mask input)")
     assert "  input  mask       bool     [batch, mask_q_len, kv_len]" in lines
