@@ -222,18 +222,15 @@ def served_versions(server: str, address: str) -> dict[str, str]:
 
 
 def _export(folder: Path, heads: int, embedding_dim: int, queue_delay_us: int) -> tuple[Path, Path]:
-    """The model (mask input, float32, random weights seed 0) as a bundle and a Python-backend Triton repository."""
-    from attn_onnx.deploy.bundle import write_bundle
-    from attn_onnx.deploy.triton import write_repository
-    from attn_onnx.exporter.export import export_onnx
+    """The model (mask input, float32, random weights seed 0) as a bundle and a Python-backend Triton repository,
+    written by export-attn's pipeline (export-attn --bundle B --triton-repo R --triton-backend python)."""
+    from attn_onnx.deploy.forms import Bundle, TritonRepo
+    from attn_onnx.deploy.forms.pipeline import export_model
     from attn_onnx.exporter.spec import ExportSpec
 
-    spec = ExportSpec(heads=heads, embedding_dim=embedding_dim).validate()
-    module = spec.kind.build_module(spec, None, 0)
-    proto, spec = export_onnx(spec, module)
-    bundle = write_bundle(folder / "bundle", proto, spec, module, name=MODEL)
-    repo = folder / "repo"
-    write_repository(repo, proto, spec, name=MODEL, backend="python", max_queue_delay_us=queue_delay_us)
+    bundle, repo = folder / "bundle", folder / "repo"
+    export_model(ExportSpec(heads=heads, embedding_dim=embedding_dim), Bundle(bundle, MODEL),
+                 TritonRepo(repo, MODEL, backend="python", max_queue_delay_us=queue_delay_us), seed=0, check=False)
     return bundle, repo
 
 

@@ -99,3 +99,14 @@ def test_the_versions_are_asked_of_the_tools(tmp_path):
     hand_written = re.compile(r"[\"']\d+\.\d+\.\d+[\"' ]")  # "2.51.0": a version, not 127.0.0.1
     assert hand_written.search('{"perf_analyzer": "2.51.0"}') and not hand_written.search('"127.0.0.1"')
     assert not hand_written.search(inspect.getsource(serve))
+
+
+def test_the_served_model_is_exported_as_export_attn_writes_it(tmp_path):
+    """The bundle for the Node service and the Python-backend repository for Triton, whose model.py verifies
+    golden vectors (the export failed without them, so serve measured nothing)."""
+    from attn_onnx.bench.serve import MODEL, _export
+
+    bundle, repo = _export(tmp_path, 2, 16, 100)
+    assert json.loads((bundle / "manifest.json").read_text())["name"] == MODEL
+    assert (repo / MODEL / "1" / "model.py").is_file() and (repo / MODEL / "1" / "manifest.json").is_file()
+    assert "max_queue_delay_microseconds: 100" in (repo / MODEL / "config.pbtxt").read_text()
