@@ -79,7 +79,7 @@ NAMED = " or ".join(form.flag for form in FORM_OPTIONS.values() if form.named)  
                                                  "probabilities `attn_probs` (attention always does).")
 @click.option("--attention-impl", "variant", type=click.Choice([*VARIANTS, "auto"]), default=DEFAULT_VARIANT,
               show_default=True, help="How attention is built: " + "; ".join(
-                  f"{v.name}: {v.help} ({v.runtimes})" for v in VARIANTS.values()) + ". Each keeps the Annotated "
+                  f"{v.name}: {v.help} ({v.runs_in})" for v in VARIANTS.values()) + ". Each keeps the Annotated "
               "Transformer's semantics, a fully-masked row attending uniformly included. auto: export every "
               "variant that accepts the spec, check each, time those that pass at --tune-shapes on this machine, "
               "and write the fastest (the table it decided from is printed and kept in the metadata).")
