@@ -22,8 +22,8 @@ MASK_FILL = -1e9
 # The mask convention, as stated in every exported model's metadata.
 MASK_CONVENTION = "nonzero = attend; 0 = masked, filled with -1e9"
 
-# Mask kinds a check case feeds to a model with a `mask` input (mask == 0 is masked):
-MASK_KINDS = {
+# Mask patterns a check case feeds to a model with a `mask` input (mask == 0 is masked):
+MASK_PATTERNS = {
     "ones": "all ones: nothing masked",
     "zeros": "all zeros: everything masked, every row attends uniformly (the seed's own demo)",
     "causal": "subsequent_mask: query i attends keys 0..i",

@@ -11,7 +11,7 @@ from attn_onnx import __version__
 from attn_onnx.cli.common import (EXIT_FAILURE, EXIT_OK, CommaChoice, OneLineErrorCommand, Tolerance, comma_list,
                                   given, refuse)
 from attn_onnx.runtime_check.runners import RELEASE_HELP, RUNTIMES
-from attn_onnx.vocab import MASK_KINDS, PROVIDERS
+from attn_onnx.vocab import MASK_PATTERNS, PROVIDERS
 
 GRID = ("batches", "lengths", "shapes", "masks")  # the sweep options of attention models
 SWEEP = (*GRID, "sizes")
@@ -45,8 +45,8 @@ def _profiles(field: str) -> str:
                    "cross-attention.")
 @click.option("--shapes", default=None, metavar="BxQxKV,...",
               help="[mha, attention] Explicit BxQxKV shapes instead of the grid, e.g. '3x11x5,1x7x7'.")
-@click.option("--masks", type=CommaChoice(MASK_KINDS, metavar="KIND,..."), default=None,
-              help=f"[models with a mask input] Mask kinds, comma-separated: {', '.join(MASK_KINDS)}. [default: all]")
+@click.option("--masks", type=CommaChoice(MASK_PATTERNS, metavar="PATTERN,..."), default=None,
+              help=f"[models with a mask input] Mask patterns, comma-separated: {', '.join(MASK_PATTERNS)}. [default: all]")
 @click.option("--sizes", default="1,5,20,64", show_default=True, metavar="N,...", help="[mask] subsequent_mask sizes.")
 @click.option("--quick", is_flag=True, help="The gate: the sweep export-attn runs before it writes and auto runs on "
                                             "each candidate (three shapes, every mask, the variant's shapes that "

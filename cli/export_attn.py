@@ -14,7 +14,7 @@ from attn_onnx.exporter.kinds.base import KIND_SETTINGS
 from attn_onnx.exporter.spec import OPSETS
 from attn_onnx.exporter.variants import DEFAULT as DEFAULT_VARIANT
 from attn_onnx.exporter.variants import VARIANTS
-from attn_onnx.vocab import CAUSAL_ALIGNS, DTYPES, MASK_DTYPES, MASK_KINDS, MASK_MODES, QUANTIZE_MODES
+from attn_onnx.vocab import CAUSAL_ALIGNS, DTYPES, MASK_DTYPES, MASK_PATTERNS, MASK_MODES, QUANTIZE_MODES
 
 
 # export-attn options that name a setting some kinds take and others do not (exporter/kinds/: KIND_SETTINGS);
@@ -34,10 +34,10 @@ def _param(kind) -> str:
 
 def _applies(option: str) -> str:
     """`[mha, attention]`: the module kinds an option applies to, for its help."""
-    selects = [k for k in KINDS.values() if k.form_of and _param(k) == option]  # --kv-cache: mha, --kv-cache
+    selects = [k for k in KINDS.values() if k.extends and _param(k) == option]  # --kv-cache: mha, --kv-cache
     return "[" + ", ".join(name if name in MODULES else kind.flag  # forms of mha go by their flags
                            for name, kind in KINDS.items() if _setting(option) in kind.settings
-                           or any(name in (s.form_of, s.name) for s in selects)) + "]"
+                           or any(name in (s.extends, s.name) for s in selects)) + "]"
 
 
 TARGETS = [form.flag for form in FORM_OPTIONS.values()]  # --out, --bundle, --triton-repo
@@ -88,7 +88,7 @@ NAMED = " or ".join(form.flag for form in FORM_OPTIONS.values() if form.named)  
                    "the fastest by geometric mean over them wins.")
 @click.option("--tune-rounds", type=click.IntRange(min=1), default=7, show_default=True,
               help="[with --attention-impl auto] Interleaved timing rounds (bench-attn's); each figure is a median.")
-@click.option("--tune-mask", type=click.Choice(list(MASK_KINDS)), default="causal+padding", show_default=True,
+@click.option("--tune-mask", type=click.Choice(list(MASK_PATTERNS)), default="causal+padding", show_default=True,
               help="[with --attention-impl auto and --mask input] The mask fed while timing: the kind your "
                    "service feeds (tiled skips what a causal mask hides).")
 @click.option("--standard-ops", is_flag=True, help="[with --attention-impl auto] Only variants of standard ONNX "
@@ -141,12 +141,12 @@ def main(**options):
 
     ctx = click.get_current_context()
     kind = KINDS[options["module"]]
-    chosen = [form for form in KINDS.values() if form.form_of and options[_param(form)]]  # --kv-cache, ...
+    chosen = [form for form in KINDS.values() if form.extends and options[_param(form)]]  # --kv-cache, ...
     if len(chosen) > 1:
         raise click.UsageError(f"{chosen[0].flag} and {chosen[1].flag} exclude each other")
     if chosen:
-        if options["module"] != chosen[0].form_of:
-            raise click.UsageError(f"{chosen[0].flag} applies to --module {chosen[0].form_of}, not {options['module']}")
+        if options["module"] != chosen[0].extends:
+            raise click.UsageError(f"{chosen[0].flag} applies to --module {chosen[0].extends}, not {options['module']}")
         kind = chosen[0]
         options.update(kind.implied(options, given(ctx)))
     refuse(ctx, {o for o in given(ctx) if _setting(o) and _setting(o) not in kind.settings}, f"to --module {kind.name}")
@@ -186,7 +186,7 @@ def main(**options):
         from attn_onnx.deploy.forms.pipeline import Tuning
 
         tuning = Tuning(shapes=tuple(batch_lengths(options["tune_shapes"], "--tune-shapes")),
-                        rounds=options["tune_rounds"], mask=options["tune_mask"],
+                        rounds=options["tune_rounds"], mask_pattern=options["tune_mask"],
                         standard_ops=options["standard_ops"], opset=options["opset"])
     variant = VARIANTS[DEFAULT_VARIANT if auto else options["variant"]]  # auto: every option checked as for it
     spec, state, source = _spec(kind, options, variant)

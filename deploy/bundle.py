@@ -139,7 +139,7 @@ def bundle_builder(proto: onnx.ModelProto, spec: ExportSpec, module, *, name: st
 
     from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
 
-    golden = TorchRunner(spec, module, torch.float64)
+    oracle = TorchRunner(spec, module, torch.float64)  # the float64 PyTorch module: what is right
     external = external or needs_external(proto)
     initializers = {i.name for i in proto.graph.initializer}
     inputs = [v for v in proto.graph.input if v.name not in initializers]
@@ -150,7 +150,7 @@ def bundle_builder(proto: onnx.ModelProto, spec: ExportSpec, module, *, name: st
         for i, case in enumerate(bundle_cases(spec)):
             feeds = case.feeds(seed)
             fed.append((f"test_data_set_{i}", {v.name: feeds[v.name] for v in inputs}))
-            outputs = {k: v.astype(spec.output_dtypes()[k]) for k, v in golden.run(feeds).items()}
+            outputs = {k: v.astype(spec.output_dtypes()[k]) for k, v in oracle.run(feeds).items()}
             sub = folder / f"test_data_set_{i}"
             sub.mkdir()
             sets.append({"folder": sub.name, "case": case.name, "description": _describe_case(case),
@@ -191,7 +191,7 @@ def bundle_builder(proto: onnx.ModelProto, spec: ExportSpec, module, *, name: st
         if spec.quantize and quantization:
             manifest["model"]["quantization"] = quantization
         if spec.kind.decodes:
-            manifest["decode"] = _write_decode(folder, spec, golden, seed)
+            manifest["decode"] = _write_decode(folder, spec, oracle, seed)
         if external:
             manifest["model"]["data"] = {"file": files[1].name, "sha256": file_sha256(files[1]),
                                          "bytes": files[1].stat().st_size,
@@ -202,7 +202,7 @@ def bundle_builder(proto: onnx.ModelProto, spec: ExportSpec, module, *, name: st
 
 
 def _describe_case(case: Case) -> str:
-    return case.spec.kind.describe_case(case.spec, case.dims, case.mask)
+    return case.spec.kind.describe_case(case.spec, case.dims, case.pattern)
 
 
 # --- reading and checking ----------------------------------------------------------------------------------
@@ -411,8 +411,8 @@ def _write_tensors(folder: Path, sub: Path, side: str, arrays: dict[str, np.ndar
     return entries
 
 
-def _write_decode(folder: Path, spec: ExportSpec, golden, seed: int) -> dict:
-    """The decode set: the float64 golden decodes a sequence step by step, threading its own cache."""
+def _write_decode(folder: Path, spec: ExportSpec, oracle, seed: int) -> dict:
+    """The decode set: the float64 oracle decodes a sequence step by step, threading its own cache."""
     from attn_onnx.runtime_check.decode import SEQUENCE, THREAD, decode_steps, empty_cache, sequence_mask
 
     batch, length = SEQUENCE[0], sum(DECODE_CHUNKS)
@@ -421,7 +421,7 @@ def _write_decode(folder: Path, spec: ExportSpec, golden, seed: int) -> dict:
     mask = sequence_mask(batch, length).astype(spec.input_dtypes()["mask"]) if spec.mask == "input" else None
     past = empty_cache(batch, spec.heads, spec.d_k, np.float64)  # the golden keeps its float64 cache
     steps = []
-    for k, (start, inputs, outputs) in enumerate(decode_steps(golden.run, x, DECODE_CHUNKS, mask, past)):
+    for k, (start, inputs, outputs) in enumerate(decode_steps(oracle.run, x, DECODE_CHUNKS, mask, past)):
         sub = folder / DECODE_FOLDER / f"step_{k}"
         sub.mkdir(parents=True)
         steps.append({"folder": str(sub.relative_to(folder)), "new_tokens": DECODE_CHUNKS[k], "past_len": start,

@@ -116,12 +116,12 @@ def config_text(spec: ExportSpec, name: str, *, max_batch_size: int = 8, gpu: bo
 def write_repository(repo: str | Path, proto: onnx.ModelProto, spec: ExportSpec, *, name: str, force: bool = False,
                      max_batch_size: int = 8, gpu: bool = False, external: bool = False,
                      backend: str = "onnxruntime", max_queue_delay_us: int = 0, data: bytes | None = None,
-                     golden=None) -> Path:
+                     twin=None) -> Path:
     """Write `repo/<name>/` atomically (other models already in `repo` are left alone). With `external` (or
     past 2 GiB) the weights go to `1/model.onnx.data`, where onnxruntime finds them.
 
     The python backend's version folder is a bundle (deploy/bundle.py: model.onnx, manifest.json and the golden
-    vectors of the float64 `golden` module), with `1/model.py` beside it, which verifies it before serving."""
+    vectors of the float64 `twin` module), with `1/model.py` beside it, which verifies it before serving."""
     from importlib.resources import files
 
     from attn_onnx.deploy.bundle import bundle_builder, check_bundle_dtype
@@ -132,10 +132,10 @@ def write_repository(repo: str | Path, proto: onnx.ModelProto, spec: ExportSpec,
     code = files(__package__).joinpath(PYTHON_MODEL).read_text() if backend == "python" else None
     external = external or needs_external(proto)
     if code is not None:
-        if golden is None:
-            raise UsageError("the python backend's model verifies golden vectors: give the module (golden=)")
+        if twin is None:
+            raise UsageError("the python backend's model verifies golden vectors: give its PyTorch twin (twin=)")
         check_bundle_dtype(spec.dtype)
-        version = bundle_builder(proto, spec, golden, name=name, external=external, data=data)
+        version = bundle_builder(proto, spec, twin, name=name, external=external, data=data)
     else:
         def version(folder: Path) -> None:
             save_model(proto, folder / "model.onnx", external, data)

@@ -51,7 +51,7 @@ class Prepared:
     All None / "" for a kind without weights."""
 
     module: nn.Module | None
-    golden: nn.Module | None
+    twin: nn.Module | None
     source: str
 
 
@@ -83,7 +83,7 @@ def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0
 
 def export_prepared(spec: ExportSpec, weights: Prepared) -> tuple[onnx.ModelProto, ModelSpec]:
     """export_onnx with the weights prepared already (the pipeline and auto prepare them once per export)."""
-    built = VARIANTS[spec.variant].build(spec, weights.golden)
+    built = VARIANTS[spec.variant].build(spec, weights.twin)
     proto = built.proto
     products = {"weights": built.weights, "weights_source": weights.source}
     spec = ModelSpec.of(spec, **(products if spec.kind.has_weights else {}))

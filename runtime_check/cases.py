@@ -15,7 +15,7 @@ import numpy as np
 from attn_onnx.errors import UsageError
 from attn_onnx.exporter.spec import ExportSpec
 
-from attn_onnx.vocab import GRAPH_MASK, MASK_KINDS  # noqa: F401  (re-exported: the sweep's vocabulary)
+from attn_onnx.vocab import GRAPH_MASK, MASK_PATTERNS  # noqa: F401  (re-exported: the sweep's vocabulary)
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Sweep:
 
     batches: tuple[int, ...] = (1, 2, 5)  # batch sizes
     lengths: tuple[int, ...] = (1, 7, 64, 257)  # query and key lengths; pairs q != kv are added for cross
-    masks: tuple[str, ...] | None = None  # mask kinds (MASK_KINDS); None: every kind
+    masks: tuple[str, ...] | None = None  # mask patterns (MASK_PATTERNS); None: every pattern
     shapes: tuple[tuple[int, int, int], ...] | None = None  # explicit (batch, q_len, kv_len) list
     sizes: tuple[int, ...] = (1, 5, 20, 64)  # for the `mask` module: subsequent_mask(size)
     # also the shapes the model's variant names to run its every control-flow path (tiled: 2 tiles, 3 or more
@@ -37,9 +37,9 @@ class Sweep:
         return self.cover if self.cover is not None else self.shapes is None
 
     def validate(self) -> "Sweep":
-        unknown = sorted(set(self.masks or ()) - MASK_KINDS.keys())
+        unknown = sorted(set(self.masks or ()) - MASK_PATTERNS.keys())
         if unknown:
-            raise UsageError(f"unknown mask kind(s) {unknown}; choose from {list(MASK_KINDS)}")
+            raise UsageError(f"unknown mask pattern(s) {unknown}; choose from {list(MASK_PATTERNS)}")
         dims = [*self.batches, *self.lengths, *(d for s in self.shapes or () for d in s)]
         if any(d < 1 for d in dims) or any(s < 0 for s in self.sizes):
             raise UsageError("batch sizes and lengths must be >= 1, sizes >= 0")
@@ -57,7 +57,7 @@ class Sweep:
 # The gate: the one sweep export-attn runs before it writes a model, --attention-impl auto runs on each
 # candidate, and check-attn --quick runs. Shapes unlike the export's example (2, 3, 4); cross-attention
 # lengths; a square batch of 3 with distinct padding lengths (causal+padding there is ort-gqa's
-# GroupQueryAttention branch); every mask kind, causal and causal+padding (the ones auto times) included; and,
+# GroupQueryAttention branch); every mask pattern, causal and causal+padding (the ones auto times) included; and,
 # through `cover`, the shapes that run the variant's every control-flow path, proven by the coverage probe.
 QUICK = Sweep(shapes=((3, 11, 5), (1, 17, 6), (3, 9, 9)), sizes=(1, 5, 20), cover=True)
 # The masks a variant's coverage shapes run with (their paths are the shapes'; the masks' own paths, a fully-
@@ -67,19 +67,19 @@ COVER_MASKS = ("causal+padding", "padding", "masked_row")
 
 @dataclass(frozen=True)
 class Case:
-    """One input set: its name says shape and mask kind, e.g. `b3.q11.kv5.padding`, or `size20`."""
+    """One input set: its name says shape and mask pattern, e.g. `b3.q11.kv5.padding`, or `size20`."""
 
     name: str
     spec: ExportSpec = field(repr=False)
     batch: int = 0
     q_len: int = 0
     kv_len: int = 0
-    mask: str = GRAPH_MASK
+    pattern: str = GRAPH_MASK  # the mask pattern (MASK_PATTERNS) fed, or the graph's own mask
     size: int = 0  # the `mask` module's input
 
     @property
     def shape(self) -> str:
-        """The name without the mask kind: `b3.q11.kv5`, or `size20`."""
+        """The name without the mask pattern: `b3.q11.kv5`, or `size20`."""
         return self.spec.kind.case_shape(self.name)
 
     @property
@@ -90,8 +90,8 @@ class Case:
         """The inputs, generated from (seed, name) alone."""
         rng = np.random.default_rng([seed, zlib.crc32(self.name.encode())])
         mask = None
-        if self.spec.mask == "input" and self.mask != GRAPH_MASK:
-            mask = make_mask(self.mask, self.batch, self.q_len, self.kv_len, rng)  # (B, q_len or 1, kv_len)
+        if self.spec.mask == "input" and self.pattern != GRAPH_MASK:
+            mask = make_mask(self.pattern, self.batch, self.q_len, self.kv_len, rng)  # (B, q_len or 1, kv_len)
         feeds = self.spec.kind.inputs(self.spec, self.dims, rng, mask)
         from attn_onnx.exporter.kinds.base import dims_problem
 
@@ -121,7 +121,7 @@ def make_mask(kind: str, batch: int, q_len: int, kv_len: int, rng: np.random.Gen
         mask = (rng.random((batch, q_len, kv_len)) < 0.7).astype(np.uint8)
         mask[-1, q_len // 2, :] = 0  # this query's keys are all masked
         return mask
-    raise UsageError(f"unknown mask kind {kind!r}; choose from {list(MASK_KINDS)}")
+    raise UsageError(f"unknown mask pattern {kind!r}; choose from {list(MASK_PATTERNS)}")
 
 
 def valid_lengths(batch: int, kv_len: int, rng: np.random.Generator) -> np.ndarray:
@@ -147,13 +147,13 @@ def generate_cases(spec: ExportSpec, sweep: Sweep = Sweep()) -> list[Case]:
         masks = tuple(m for m in COVER_MASKS if sweep.masks is None or m in sweep.masks) or sweep.masks
         cases += spec.kind.coverage_cases(spec, VARIANTS[spec.variant].coverage_shapes(spec), masks)
     unique = {name: (dims, mask) for name, dims, mask in reversed(cases)}  # each name once, the first kept
-    return [Case(name, spec, mask=mask, **dims) for name, (dims, mask) in reversed(unique.items())]
+    return [Case(name, spec, pattern=pattern, **dims) for name, (dims, pattern) in reversed(unique.items())]
 
 
 def parse_case(name: str, spec: ExportSpec) -> Case:
     """The case a name like `b2.q20.kv20.causal+padding` (or `size20`) stands for."""
-    dims, mask = spec.kind.parse_case(spec, name)
-    return Case(name, spec, mask=mask, **dims)
+    dims, pattern = spec.kind.parse_case(spec, name)
+    return Case(name, spec, pattern=pattern, **dims)
 
 
 def default_plot_case(spec: ExportSpec) -> str:

@@ -96,7 +96,7 @@ def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: Check
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     spec = loaded.spec  # its interface compared with it by load_model, or by the export that built it
     module, reference_weights = _golden_module(loaded, config, module)
-    golden = TorchRunner(spec, module, torch.float64)
+    oracle = TorchRunner(spec, module, torch.float64)  # the float64 PyTorch module: what is right
     runners, skipped = make_runners(loaded, module, config)
     integer = spec.kind.integer_outputs(spec)
     tolerances = {r.name: tolerance_for(r.precision, integer, config.tolerance) for r in runners}
@@ -117,7 +117,7 @@ def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: Check
     for case in cases:
         feeds = case.feeds(config.seed)
         report.coverage.record(case.name, probe.run(feeds))
-        golden_outputs = golden.run(feeds)
+        golden_outputs = oracle.run(feeds)
         for runner in runners:
             result = run_case(runner, case.name, case.shape, feeds, golden_outputs, expected,
                               tolerances[runner.name][1])

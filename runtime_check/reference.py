@@ -34,12 +34,12 @@ def reference_module(proto: onnx.ModelProto, spec: ExportSpec, weights: str | Pa
     return module, FROM_FILE
 
 
-def model_golden(proto: onnx.ModelProto, spec: ExportSpec, golden):
-    """The module holding the weights the model holds, to check it against: `golden` (the module with its
+def model_twin(proto: onnx.ModelProto, spec: ExportSpec, twin):
+    """The module holding the weights the model holds, to check it against: `twin` (the module with its
     weights rounded to the model's dtype), or for an int8 model the dequantized weights read back through its
     weight map. The pipeline and auto both hold a model to it."""
     if not spec.quantize:
-        return golden
+        return twin
     module, _ = reference_module(proto, spec)
     return module
 

@@ -23,7 +23,7 @@ class CaseResult:
 
     runner: str
     case: str  # e.g. b3.q11.kv5.padding
-    shape: str = ""  # the case without its mask kind, e.g. b3.q11.kv5
+    shape: str = ""  # the case without its mask pattern, e.g. b3.q11.kv5
     comparisons: tuple[OutputComparison, ...] = ()
     error: str | None = None
 

@@ -25,14 +25,14 @@ from attn_onnx.errors import UsageError
 from attn_onnx.exporter.export import Prepared, describe, export_prepared
 from attn_onnx.exporter.spec import ExportSpec, ModelSpec
 from attn_onnx.exporter.variants import VARIANTS
-from attn_onnx.vocab import MASK_KINDS
+from attn_onnx.vocab import MASK_PATTERNS
 
 DEFAULT_SHAPES = ((1, 16), (1, 128), (1, 512))  # batch x length, self-attention lengths
 # bench-attn's own rounds and share of a round, so that auto decides on the figures bench-attn would give (with 5
 # rounds of 30 ms, auto's pick at (1,16) was 68% slower than the fastest in a bench-attn run); about a minute at the
 # default shapes and width 512 on 2 cores, exports and checks included
 DEFAULT_ROUNDS = 7
-DEFAULT_MASK = "causal+padding"  # bench-attn's; the mask fed to a model with a mask input while timing
+DEFAULT_MASK_PATTERN = "causal+padding"  # bench-attn's; the mask pattern fed to a model with a mask input while timing
 TARGET_S = 0.05  # each contender's share of a round (bench.py's _timed), bench-attn's
 
 
@@ -47,7 +47,7 @@ class Candidate:
     median_ms: dict[str, float] = field(default_factory=dict)  # "1x128" -> median over rounds
     geomean_ms: float | None = None
     report: object = None  # its check's Report
-    golden: object = None  # the module it was checked against: the weights it holds (int8: dequantized)
+    twin: object = None  # the module it was checked against: the weights it holds (int8: dequantized)
 
 
 @dataclass
@@ -70,9 +70,9 @@ class Choice:
         return self.chosen.report
 
     @property
-    def golden(self):
+    def twin(self):
         """The module the chosen model was checked against (int8: its dequantized weights)."""
-        return self.chosen.golden
+        return self.chosen.twin
 
     def table(self) -> str:
         shapes = [_shape_name(s) for s in self.shapes]
@@ -113,7 +113,7 @@ def candidates(spec: ExportSpec, standard_ops: bool = False, opset: int | None =
     return found
 
 
-def tune(spec: ExportSpec, weights: Prepared, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAULT_ROUNDS, mask: str = DEFAULT_MASK,
+def tune(spec: ExportSpec, weights: Prepared, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAULT_ROUNDS, mask_pattern: str = DEFAULT_MASK_PATTERN,
          standard_ops: bool = False, opset: int | None = None, threads: int | None = None,
          on_line: Callable[[str], None] = lambda text: None,
          refused: Callable[[ExportSpec], str | None] = lambda spec: None) -> Choice:
@@ -129,8 +129,8 @@ def tune(spec: ExportSpec, weights: Prepared, shapes=DEFAULT_SHAPES, *, rounds: 
     if spec.dtype == "bfloat16":
         raise UsageError("--attention-impl auto times candidates in onnxruntime, which has no bfloat16 MatMul on a "
                          "CPU; choose a variant by name for --dtype bfloat16")
-    if mask not in MASK_KINDS:
-        raise UsageError(f"--tune-mask {mask!r}: choose from {list(MASK_KINDS)}")
+    if mask_pattern not in MASK_PATTERNS:
+        raise UsageError(f"--tune-mask {mask_pattern!r}: choose from {list(MASK_PATTERNS)}")
     threads = threads or len(os.sched_getaffinity(0))
     found = candidates(spec, standard_ops, opset)
     for c in found:
@@ -153,7 +153,7 @@ def tune(spec: ExportSpec, weights: Prepared, shapes=DEFAULT_SHAPES, *, rounds: 
         for batch, length in shapes:
             name = _shape_name((batch, length))
             on_line(f"auto: timing {len(alive)} variants at {name} ({rounds} rounds)")
-            feeds = feeds_at(alive[0].spec, batch, length, mask)  # one draw: every candidate on the same inputs
+            feeds = feeds_at(alive[0].spec, batch, length, mask_pattern)  # one draw: every candidate on the same inputs
             calls = {c.variant: _call(runs[c.variant], feeds) for c in alive}
             by_shape[name] = interleaved(calls, rounds, TARGET_S)
         for c in alive:
@@ -164,7 +164,7 @@ def tune(spec: ExportSpec, weights: Prepared, shapes=DEFAULT_SHAPES, *, rounds: 
         best = alive[0]
     cpu = cpu_model()
     record = {"chosen": best.variant, "runs_in": best.runs_in, "shapes": [_shape_name(s) for s in shapes],
-              "mask": mask if spec.mask == "input" else spec.mask, "cpu": cpu, "threads": threads, "rounds": rounds,
+              "mask": mask_pattern if spec.mask == "input" else spec.mask, "cpu": cpu, "threads": threads, "rounds": rounds,
               "standard_ops": standard_ops, "precision": spec.precision,
               "median_ms": {c.variant: {s: _figure(v) for s, v in c.median_ms.items()} for c in alive if c.median_ms},
               "geomean_ms": {c.variant: _figure(c.geomean_ms) for c in alive if c.geomean_ms is not None},
@@ -177,15 +177,15 @@ def tune(spec: ExportSpec, weights: Prepared, shapes=DEFAULT_SHAPES, *, rounds: 
 def _export_and_check(candidate: Candidate, weights: Prepared) -> None:
     """The candidate's model, checked on the quick sweep; `dropped` says why where it fails."""
     from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
-    from attn_onnx.runtime_check.reference import model_golden
+    from attn_onnx.runtime_check.reference import model_twin
 
     try:
         candidate.proto, candidate.spec = export_prepared(candidate.spec, weights)
     except Exception as exc:  # a variant that cannot export this spec is out, with the exporter's word
         candidate.dropped = f"the export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         return
-    candidate.golden = model_golden(candidate.proto, candidate.spec, weights.golden)  # int8: dequantized
-    report = candidate.report = check_model(candidate.proto, QUICK_CONFIG, module=candidate.golden)
+    candidate.twin = model_twin(candidate.proto, candidate.spec, weights.twin)  # int8: dequantized
+    report = candidate.report = check_model(candidate.proto, QUICK_CONFIG, module=candidate.twin)
     if report.nothing_checked:
         candidate.dropped = "onnxruntime cannot run it here: " + "; ".join(s.reason for s in report.skipped)
     elif report.failed:

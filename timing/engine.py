@@ -52,14 +52,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def feeds_at(spec: ExportSpec, batch: int, length: int, mask: str = "causal+padding") -> dict[str, np.ndarray]:
+def feeds_at(spec: ExportSpec, batch: int, length: int, pattern: str = "causal+padding") -> dict[str, np.ndarray]:
     """The inputs the benches time a model of `spec` on: self-attention lengths, and for a mask input a mask of
-    kind `mask` (bench-attn's causal+padding unless asked otherwise). Drawn from a seed of the shape alone, so
+    pattern `pattern` (bench-attn's causal+padding unless asked otherwise). Drawn from a seed of the shape alone, so
     that every contender, and bench-attn and auto, time the same inputs at a shape: a padding mask's lengths
     are random at batch > 1, and tiled skips the tiles they hide (auto once drew them anew for each variant,
     and timed tiled on other masks than the rest)."""
     rng = np.random.default_rng((batch, length))
-    mask_array = make_mask(mask, batch, length, length, rng) if spec.mask == "input" else None
+    mask_array = make_mask(pattern, batch, length, length, rng) if spec.mask == "input" else None
     return spec.kind.inputs(spec, {"batch": batch, "q_len": length, "kv_len": length}, rng, mask_array)
 
 

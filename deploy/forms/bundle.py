@@ -29,7 +29,7 @@ class Bundle(OutputForm):
     def write(self, model, force: bool) -> Written:
         """detail: {"name": the model's name in the manifest, "golden_sets": how many test_data_set_N}."""
         name = self.name or model.spec.module
-        path = write_bundle(self.folder, model.proto, model.spec, model.golden, name=name, force=force,
+        path = write_bundle(self.folder, model.proto, model.spec, model.twin, name=name, force=force,
                             external=model.external, data=model.data)
         data = (data_file(Path(MODEL_FILE)).name,) if model.external else ()
         return Written(type(self).__name__, Path(path), (MODEL_FILE, *data, MANIFEST_FILE),

@@ -5,7 +5,7 @@ and write it in each output form asked for. export-attn only wires its options t
     from attn_onnx.exporter import ExportSpec
 
     exported = export_model(ExportSpec(heads=8), OnnxFile("mha.onnx"), Bundle("mha-bundle"), module=module)
-    exported.proto, exported.spec, exported.golden, exported.report   # what was built, and its check
+    exported.proto, exported.spec, exported.twin, exported.report   # what was built, and its check
 
 Each step is done once: the spec is validated once (here, before any work), the forms' targets are checked
 before the export (existing ones, data files beside them, two forms at one path or one inside another),
@@ -29,7 +29,7 @@ from pathlib import Path
 import onnx
 
 from attn_onnx.errors import ParityError
-from attn_onnx.deploy.forms.base import Model
+from attn_onnx.deploy.forms.base import Model, Written
 from attn_onnx.exporter.spec import ExportSpec, ModelSpec
 
 
@@ -39,7 +39,7 @@ class Tuning:
 
     shapes: tuple = ((1, 16), (1, 128), (1, 512))  # (batch, length), self-attention
     rounds: int = 7  # bench-attn's interleaved rounds
-    mask: str = "causal+padding"  # the mask fed while timing, for a model with a mask input
+    mask_pattern: str = "causal+padding"  # the mask pattern fed while timing, for a model with a mask input
     standard_ops: bool = False  # only variants of standard ONNX operators
     opset: int | None = None  # pinned; else each candidate at max(spec.opset, its minimum)
 
@@ -50,13 +50,13 @@ class Exported:
 
     proto: onnx.ModelProto
     spec: ModelSpec  # what the model's metadata states: the settings, the weight map, auto's record
-    module: object  # the PyTorch module as given or built (None for the mask kind)
-    golden: object  # `module` with the model's weights: rounded to its dtype, or dequantized (int8)
+    module: object  # the PyTorch module as given or built (None for the mask module kind, which has no weights)
+    twin: object  # `module` with the model's weights: rounded to its dtype, or dequantized (int8)
     report: object = None  # the parity check's Report (None with check=False)
     accuracy: object = None  # a reduced-precision model against the module as given: its worst CaseResult
     choice: object = None  # --attention-impl auto's Choice (its table), where tuned
     target_report: object = None  # the quick sweep in the --target-onnxruntime release, where it is installed
-    written: dict[str, str] = field(default_factory=dict)  # form -> the line it printed
+    written: dict[str, Written] = field(default_factory=dict)  # form -> what it wrote (forms/base.py)
 
 
 def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = None, seed: int = 0,
@@ -85,7 +85,7 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
         if problem:
             raise UsageError(problem)
     from attn_onnx.exporter.export import export_prepared, prepare
-    from attn_onnx.runtime_check.reference import model_golden
+    from attn_onnx.runtime_check.reference import model_twin
 
     weights = prepare(spec, module, state, seed, weights_source)  # once: auto's candidates share it
     module = weights.module
@@ -93,19 +93,19 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
     if tuning is not None:
         from attn_onnx.timing.auto import tune
 
-        choice = tune(spec, weights, tuning.shapes, rounds=tuning.rounds, mask=tuning.mask,
+        choice = tune(spec, weights, tuning.shapes, rounds=tuning.rounds, mask_pattern=tuning.mask_pattern,
                       standard_ops=tuning.standard_ops, opset=tuning.opset, on_line=on_line,
                       refused=_refused_on(target))
-        proto, spec, golden = choice.proto, choice.spec, choice.golden
+        proto, spec, twin = choice.proto, choice.spec, choice.twin
     else:
         proto, spec = export_prepared(spec, weights)
-        golden = model_golden(proto, spec, weights.golden)  # int8: the dequantized weights the model holds
+        twin = model_twin(proto, spec, weights.twin)  # int8: the dequantized weights the model holds
     proto = _for_runtime(proto, spec, target)
     from attn_onnx.model_files import needs_external
 
     external = external_data or needs_external(proto)
-    model = Model(proto, spec, None if external else proto.SerializeToString(), external, golden)
-    exported = Exported(proto, spec, module, golden, choice=choice)
+    model = Model(proto, spec, None if external else proto.SerializeToString(), external, twin)
+    exported = Exported(proto, spec, module, twin, choice=choice)
     targets = targets_of(forms, spec)
     if check or choice is not None:  # auto checked every candidate on this sweep: the winner's report stands
         exported.report, exported.accuracy = _check(model, module, forms, targets, choice and choice.report)
@@ -163,7 +163,7 @@ def _check_on_release(model: Model, target: str, targets: str):
     if target not in installed() or model.data is None:
         return None
     report = check_model(LoadedModel(model.proto, model.data, "<in memory>", model.spec),
-                         dataclasses.replace(QUICK_CONFIG, runtimes=(f"onnxruntime=={target}",)), module=model.golden)
+                         dataclasses.replace(QUICK_CONFIG, runtimes=(f"onnxruntime=={target}",)), module=model.twin)
     if not report.ok:
         raise ParityError(f"the exported model fails the parity check on onnxruntime {target} ({_why(report)}); "
                           f"nothing was written to {targets} (--no-check writes it anyway)", report)
@@ -209,7 +209,7 @@ def targets_of(forms, spec: ExportSpec) -> str:
 
 def _check(model: Model, module, forms, targets: str, report=None):
     """The quick parity sweep in onnxruntime (onnx.reference where onnxruntime cannot run the model here),
-    unless `report` holds it already; ParityError, with the report, unless it passes. Where the golden's
+    unless `report` holds it already; ParityError, with the report, unless it passes. Where the twin's
     weights differ from the module's (reduced precision, int8), also the worst case against the module as
     given: what rounding cost."""
     from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
@@ -218,15 +218,15 @@ def _check(model: Model, module, forms, targets: str, report=None):
     def run(loaded, report=report):
         config = QUICK_CONFIG
         if report is None:
-            report = check_model(loaded, config, module=model.golden)
+            report = check_model(loaded, config, module=model.twin)
         if report.nothing_checked:  # no bfloat16 MatMul in onnxruntime's CPU: onnx.reference checks it
             config = dataclasses.replace(config, runtimes=("onnxruntime", "reference"))
-            report = check_model(loaded, config, module=model.golden)
+            report = check_model(loaded, config, module=model.twin)
         if not report.ok:
             raise ParityError(f"the exported model fails the parity check ({_why(report)}); nothing was written "
                               f"to {targets} (--no-check writes it anyway, for inspection)", report)
         accuracy = None
-        if model.golden is not module:
+        if model.twin is not module:
             accuracy = check_model(loaded, dataclasses.replace(config, tolerance=MEASURE_ONLY),
                                    module=module).worst
         return report, accuracy

@@ -47,7 +47,7 @@ class TritonRepo(OutputForm):
         path = write_repository(self.repo, model.proto, model.spec, name=name, force=force,
                                 max_batch_size=self.max_batch_size, gpu=self.gpu, external=model.external,
                                 backend=self.backend, max_queue_delay_us=self.max_queue_delay_us, data=model.data,
-                                golden=model.golden if python else None)
+                                twin=model.twin if python else None)
         files = [CONFIG_FILE, f"{VERSION}/{MODEL_FILE}"]
         if model.external:
             files.append(f"{VERSION}/{data_file(Path(MODEL_FILE)).name}")

@@ -3,7 +3,7 @@
 // node bench.js MODEL.onnx FEEDS_DIR [--threads N]
 //
 // Times a model in onnxruntime-node on the feeds in FEEDS_DIR (input_K.pb TensorProto files named as the model's
-// inputs, the layout of a bundle's test_data_set_N), so that a harness (bench-attn --runtimes) can time the same
+// inputs, the layout of a bundle's test_data_set_N), so that a harness (bench-attn runtimes) can time the same
 // model on the same inputs in other runtimes beside it. The session is made once; then each line on stdin holding
 // TARGET_MS makes one untimed run and as many timed runs as fill about TARGET_MS (1 to 1000), and prints their
 // mean in milliseconds on a line of its own (the protocol of examples/cpp/bench_latency). Exit 0 at the end of

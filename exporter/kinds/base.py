@@ -8,7 +8,7 @@ import numpy as np
 
 from attn_onnx.errors import UsageError
 from attn_onnx.exporter.kinds.dims import contract_problem
-from attn_onnx.vocab import GRAPH_MASK, MASK_FILL, MASK_KINDS
+from attn_onnx.vocab import GRAPH_MASK, MASK_FILL, MASK_PATTERNS
 
 # the settings a kind may take beyond those every kind takes (module, variant, opset, optimize): ExportSpec's
 # fields, and "weights" (where the weights come from: a checkpoint, or random from a seed)
@@ -30,7 +30,7 @@ class ModuleKind:
     self_attention: bool = False  # one input x for query, key and value: check cases have q_len == kv_len
     dtypes: tuple[str, ...] = ("float32",)  # the --dtype values it exports
     flag: str = ""  # how the user asks for it, for messages: "--module mha", "--kv-cache"
-    form_of: str = ""  # a form of another kind, selected by its own flag (mha-cache: --kv-cache on mha)
+    extends: str = ""  # a form of another kind, selected by its own flag (mha-cache: --kv-cache on mha)
 
     def implied(self, settings: dict, given: set[str]) -> dict:
         """What choosing this kind implies for the settings the user did not give: {setting: value}."""
@@ -79,7 +79,7 @@ class ModuleKind:
         return None
 
     def value_dims(self, spec) -> dict[str, str]:
-        """{dim name: scalar input}: dims set by an input's value, not by a shape (the mask kind's size)."""
+        """{dim name: scalar input}: dims set by an input's value, not by a shape (the mask module's size)."""
         return {}
 
     def dims_contract(self, spec) -> dict:
@@ -126,15 +126,15 @@ class ModuleKind:
     # --- check cases, bundle vectors and the contract: what a case of this kind is, said by the kind ------------
 
     def cases(self, spec, sweep) -> list[tuple[str, dict[str, int], str]]:
-        """(name, dims, mask kind) of every case of `sweep` (runtime_check.cases.Sweep) for a model of `spec`."""
+        """(name, dims, mask pattern) of every case of `sweep` (runtime_check.cases.Sweep) for a model of `spec`."""
         raise NotImplementedError
 
     def parse_case(self, spec, name: str) -> tuple[dict[str, int], str]:
-        """The dims and mask kind a case name stands for; UsageError naming the form it should have."""
+        """The dims and mask pattern a case name stands for; UsageError naming the form it should have."""
         raise NotImplementedError
 
     def case_shape(self, name: str) -> str:
-        """The case's name without its mask kind: `b3.q11.kv5`."""
+        """The case's name without its mask pattern: `b3.q11.kv5`."""
         return name.rsplit(".", 1)[0]
 
     def vector_cases(self, spec) -> tuple[str, ...]:
@@ -142,7 +142,7 @@ class ModuleKind:
         raise NotImplementedError
 
     def coverage_cases(self, spec, shapes: tuple, masks: tuple[str, ...]) -> list[tuple[str, dict[str, int], str]]:
-        """(name, dims, mask kind) of the cases at a variant's coverage shapes ((batch, q_len, kv_len): those that
+        """(name, dims, mask pattern) of the cases at a variant's coverage shapes ((batch, q_len, kv_len): those that
         reach every control-flow path of its graph), with `masks` where the model has a mask input; none for a
         kind whose cases are not of that form."""
         return []
@@ -203,7 +203,7 @@ class AttentionKindBase(ModuleKind):
         return feeds
 
     def mask_kinds(self, spec) -> list[str]:
-        return list(MASK_KINDS) if spec.mask == "input" else [GRAPH_MASK]
+        return list(MASK_PATTERNS) if spec.mask == "input" else [GRAPH_MASK]
 
     def cases(self, spec, sweep):
         return self._grid(spec, sweep.shape_list(), sweep.masks)
@@ -212,7 +212,7 @@ class AttentionKindBase(ModuleKind):
         return self._grid(spec, shapes, masks)
 
     def _grid(self, spec, shapes, masks) -> list[tuple[str, dict[str, int], str]]:
-        """Every (batch, q_len, kv_len) shape with every mask kind (`masks`, where the model has a mask input)."""
+        """Every (batch, q_len, kv_len) shape with every mask pattern (`masks`, where the model has a mask input)."""
         kinds = list(masks) if masks and spec.mask == "input" else self.mask_kinds(spec)
         if self.self_attention:  # one input: every shape square (b, q, q), each once
             shapes = list(dict.fromkeys((b, q, q) for b, q, _ in shapes))
@@ -239,7 +239,7 @@ class AttentionKindBase(ModuleKind):
         return ["batch", spec.heads, "q_len", keys]
 
     def describe_case(self, spec, dims, mask):
-        what = MASK_KINDS.get(mask, f"the graph's own mask ({spec.mask})")
+        what = MASK_PATTERNS.get(mask, f"the graph's own mask ({spec.mask})")
         return f"batch {dims['batch']}, q_len {dims['q_len']}, kv_len {dims['kv_len']}; mask: {what}"
 
     def mask_contract(self, spec):

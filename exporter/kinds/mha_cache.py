@@ -20,7 +20,7 @@ from attn_onnx.exporter.kinds.mha import MhaKind
 class MhaCacheKind(MhaKind):
     name = "mha-cache"
     flag = "--kv-cache"
-    form_of = "mha"
+    extends = "mha"
     dtypes = ("float32",)  # the decode check and the bundle's decode steps are float32 so far
     help = "one decoding step of MultiHeadedAttention with a KV cache (export-attn --kv-cache)"
     settings = MhaKind.settings - {"attn_probs", "quantize"}

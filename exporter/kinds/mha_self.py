@@ -14,7 +14,7 @@ from attn_onnx.exporter.kinds.mha import MhaKind
 class MhaSelfKind(MhaKind):
     name = "mha-self"
     flag = "--self-attention"
-    form_of = "mha"
+    extends = "mha"
     help = "MultiHeadedAttention on one input x (export-attn --self-attention)"
     self_attention = True
     example_dims = {"batch": 2, "q_len": 3, "kv_len": 3}  # one length; batch and length still differ

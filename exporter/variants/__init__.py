@@ -30,18 +30,14 @@ class Variant:
     no_dtype: str = ""  # why the other dtypes are refused
     standard_ops: bool = True  # only standard ONNX operators (no com.microsoft): runs beyond onnxruntime
 
-    @property
-    def runtimes(self) -> str:  # TEMPORARY: the old name, until cli/export_attn.py reads runs_in
-        return self.runs_in
-
     def check(self, spec) -> None:
         """UsageError where this variant cannot build `spec`."""
         flag = f"--attention-impl {self.name}"
         if spec.module not in self.modules:
             from attn_onnx.exporter.kinds import KINDS
 
-            modules = [m for m in self.modules if not KINDS[m].form_of]  # --module values; the others are flags
-            forms = [KINDS[m].flag for m in self.modules if KINDS[m].form_of]
+            modules = [m for m in self.modules if not KINDS[m].extends]  # --module values; the others are flags
+            forms = [KINDS[m].flag for m in self.modules if KINDS[m].extends]
             also = f" (also with {', '.join(forms)})" if forms else ""
             raise UsageError(f"{flag} builds --module {'/'.join(modules)}{also}, not {spec.module}")
         if spec.attn_probs and not self.attn_probs:

@@ -12,7 +12,7 @@ from attn_onnx.bench.serve import TARGETS
 from attn_onnx.cli.reference import every_command
 from attn_onnx.exporter.kinds import MODULES
 from attn_onnx.exporter.variants import VARIANTS
-from attn_onnx.vocab import (CAUSAL_ALIGNS, DTYPES, MASK_DTYPES, MASK_KINDS, MASK_MODES, PROVIDERS,
+from attn_onnx.vocab import (CAUSAL_ALIGNS, DTYPES, MASK_DTYPES, MASK_PATTERNS, MASK_MODES, PROVIDERS,
                              QUANTIZE_MODES, TRITON_BACKENDS)
 
 # the options whose values are open, and why; any other free-text option fails
@@ -27,7 +27,7 @@ FREE_TEXT = {
     "check-attn --shapes": "BxQxKV items, any sizes",
     "check-attn --sizes": "numbers",
     "check-attn --weights-prefix": "a key prefix in the user's own checkpoint",
-    "check-attn --plot-case": "a case name, b2.q20.kv20.causal+padding: sizes and a mask kind",
+    "check-attn --plot-case": "a case name, b2.q20.kv20.causal+padding: sizes and a mask pattern",
     "bench-attn variants --shapes": "BATCHxLEN items, any sizes",
     "bench-attn variants --threads": "thread counts",
     "bench-attn variants --memory": "one BATCHxLEN",
@@ -38,7 +38,7 @@ FREE_TEXT = {
 OPEN_LISTS = {"check-attn --runtimes"}  # names a closed set's members in its help, and is still open (releases)
 
 # the house's closed sets: free text that names two members of one of them should have been a Choice
-CLOSED_SETS = {"variants": VARIANTS, "dtypes": DTYPES, "mask kinds": MASK_KINDS, "mask modes": MASK_MODES,
+CLOSED_SETS = {"variants": VARIANTS, "dtypes": DTYPES, "mask patterns": MASK_PATTERNS, "mask modes": MASK_MODES,
                "mask dtypes": MASK_DTYPES, "providers": PROVIDERS, "causal aligns": CAUSAL_ALIGNS,
                "Triton backends": TRITON_BACKENDS, "quantize modes": QUANTIZE_MODES, "modules": MODULES,
                "serve targets": TARGETS}

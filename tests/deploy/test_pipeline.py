@@ -71,7 +71,7 @@ def test_the_python_api_is_the_pipeline_and_returns_what_it_built(tmp_path, coun
     assert counted == {"validate": 1, "serialize": 1}
     assert exported.report.ok and len(exported.report.results) == 18  # the quick sweep, passed
     assert exported.spec.weights and exported.spec.weights_source == "random (seed=3)"
-    assert exported.golden is exported.module  # float32: the module's own weights are the model's
+    assert exported.twin is exported.module  # float32: the module's own weights are the model's
     assert list(exported.written) == ["OnnxFile", "Bundle", "TritonRepo"]
     bundle, triton = exported.written["Bundle"], exported.written["TritonRepo"]
     sets = len(list((tmp_path / "b").glob("test_data_set_*")))

@@ -320,7 +320,7 @@ def test_onnxruntime_backend_model_is_unavailable_for_the_missing_backend_only(l
 
 
 def test_perf_analyzer_drives_the_server(live, tmp_path):
-    """bench-attn --serve's perf_analyzer (tritonclient 2.51's build) and its input file, against `small`: the
+    """bench-attn serve's perf_analyzer (tritonclient 2.51's build) and its input file, against `small`: the
     server counts the requests it sent, and every one succeeded."""
     from attn_onnx.bench import serve
 

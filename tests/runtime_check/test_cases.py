@@ -1,11 +1,11 @@
-"""The case generator: names, shapes, mask kinds, and data that depends only on (seed, name)."""
+"""The case generator: names, shapes, mask patterns, and data that depends only on (seed, name)."""
 
 import numpy as np
 import pytest
 
 from attn_onnx.errors import UsageError
 from attn_onnx.exporter.spec import ExportSpec
-from attn_onnx.runtime_check.cases import (MASK_KINDS, QUICK, Sweep, generate_cases, make_mask, parse_case,
+from attn_onnx.runtime_check.cases import (MASK_PATTERNS, QUICK, Sweep, generate_cases, make_mask, parse_case,
                                           valid_lengths)
 
 MHA = ExportSpec(heads=2, embedding_dim=16)
@@ -18,12 +18,12 @@ def test_default_sweep_covers_batches_lengths_cross_pairs_and_every_mask():
     assert {q for _, q, _ in shapes} == {1, 7, 64, 257}
     assert (5, 257, 1) in shapes and (2, 7, 64) in shapes and (1, 64, 64) in shapes
     assert any(q != kv for _, q, kv in shapes)
-    assert {c.mask for c in cases} == set(MASK_KINDS)
-    assert len(cases) == 3 * 8 * len(MASK_KINDS)
+    assert {c.pattern for c in cases} == set(MASK_PATTERNS)
+    assert len(cases) == 3 * 8 * len(MASK_PATTERNS)
 
 
 def test_models_without_mask_input_get_graph_cases_only():
-    assert {c.mask for c in generate_cases(MHA.replace(mask="causal"))} == {"graph"}
+    assert {c.pattern for c in generate_cases(MHA.replace(mask="causal"))} == {"graph"}
     assert [c.name for c in generate_cases(ExportSpec(module="mask"), Sweep(sizes=(1, 5)))] == ["size1", "size5"]
 
 
@@ -67,7 +67,7 @@ def test_mask_kinds_mean_what_they_say():
 def test_every_padding_case_pads_and_its_lengths_differ(spec, sweep):
     """A padding case pads at least one example at any batch (batch 1 used to pad nothing: its one length was
     overwritten with kv_len), and no two examples share a length while kv_len leaves room."""
-    cases = [c for c in generate_cases(spec, sweep) if c.mask == "padding"]
+    cases = [c for c in generate_cases(spec, sweep) if c.pattern == "padding"]
     assert len(cases) >= 2 and 1 in {c.batch for c in cases}
     for case in cases:
         mask = case.feeds(0)["mask"]
@@ -106,7 +106,7 @@ def test_bad_case_names_are_usage_errors(name):
 
 
 def test_bad_sweeps_are_usage_errors():
-    with pytest.raises(UsageError, match=r"unknown mask kind\(s\) \['diagonal'\]"):
+    with pytest.raises(UsageError, match=r"unknown mask pattern\(s\) \['diagonal'\]"):
         Sweep(masks=("diagonal",)).validate()
     with pytest.raises(UsageError, match="must be >= 1"):
         Sweep(batches=(0,)).validate()
