@@ -21,17 +21,14 @@ import base64
 import csv
 import json
 import os
-import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from attn_onnx.deploy.triton_server import TritonServer, free_ports, http_json, tool
-from attn_onnx import checkout
+from attn_onnx.bench.servers import NodeService, TritonServer, http_json, tool
 from attn_onnx.errors import RuntimeFailure
 
 MODEL = "attn"
@@ -42,7 +39,6 @@ CONCURRENCY = (1, 4)
 # tighter than that. A row that does not settle is tried once more with windows twice as long.
 WINDOW_MS, STABILITY, TRIALS = 2000, 100, 8
 WARMUP_REQUESTS = 20  # per target and shape, before its rows: sessions warm, pages touched; not reported
-NODE_DIR = checkout.path("examples", "node")
 
 
 @dataclass(frozen=True)
@@ -147,47 +143,6 @@ def perf_analyzer(url: str, target: Target, data: Path, batch: int, concurrency:
     with open(csv_path) as f:
         return next(csv.DictReader(f))
 
-
-class NodeService:
-    """examples/node/server.js on the bundle, HTTP and gRPC on free ports of 127.0.0.1; stopped by its PID."""
-
-    def __init__(self, bundle: Path, log_path: Path, ready_s: float = 30.0):
-        self.bundle, self.log_path, self.ready_s, self.process = bundle, log_path, ready_s, None
-
-    def __enter__(self) -> NodeService:
-        if not (NODE_DIR / "node_modules").is_dir():
-            raise RuntimeFailure(f"{NODE_DIR}/node_modules is absent: run `npm ci --ignore-scripts --prefix "
-                                 "examples/node`")
-        http, grpc = free_ports(2)
-        self.http, self.grpc = f"127.0.0.1:{http}", f"127.0.0.1:{grpc}"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(["node", "server.js", "--bundle", str(self.bundle), "--port", str(http),
-                                             "--grpc-port", str(grpc)], cwd=NODE_DIR, stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + self.ready_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                text = self.log_path.read_text(errors="replace").strip().splitlines()
-                self.process = None
-                raise RuntimeFailure(f"the Node service exited before it served: {text[-1] if text else ''}")
-            try:
-                if http_json(f"http://{self.http}/v2/health/ready", timeout=1.0)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.__exit__()
-        raise RuntimeFailure(f"the Node service was not ready in {self.ready_s:.0f} s")
-
-    def __exit__(self, *exc) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
 
 
 def tool_version(path: Path) -> str | None:
@@ -299,7 +254,7 @@ def run_serve_bench(targets: list[str], shapes=SHAPES, heads: int = 8, embedding
                 continue
             try:
                 with (TritonServer(repo, log_path=folder / "triton.log") if server == "triton"
-                      else NodeService(bundle, folder / "node.log")) as running:
+                      else NodeService(bundle, log_path=folder / "node.log")) as running:
                     on_line(f"{server}: serving on {running.http} (HTTP), {running.grpc} (gRPC)")
                     bench.versions.update(served_versions(server, running.http))
                     for name in names:

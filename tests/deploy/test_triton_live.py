@@ -33,7 +33,7 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from attn_onnx.deploy import triton_server  # noqa: E402
+from attn_onnx.bench import servers  # noqa: E402
 from attn_onnx.runtime_check.compare import OutputComparison, Tolerance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ MISSING_BACKEND = ("Invalid argument: unable to find backend library for backend
 
 def model_stats(server, model: str) -> dict:
     """The model's entry of GET /v2/models/MODEL/stats (Triton's statistics extension)."""
-    status, body = triton_server.http_json(f"http://{server.http}/v2/models/{model}/stats")
+    status, body = servers.http_json(f"http://{server.http}/v2/models/{model}/stats")
     assert status == 200, body
     return body["model_stats"][0]
 
@@ -91,7 +91,7 @@ def live(tmp_path_factory):
         (repo / copy / "config.pbtxt").write_text(config.replace(written, written.replace("true", verify)))
     # --exit-on-error=false: up despite `ortb`, `broken` and `tampered`; --strict-readiness=false: ready means ready to serve
     # the models that loaded (with the default, one model that failed keeps /v2/health/ready at 400)
-    with triton_server.TritonServer(repo, "--exit-on-error=false", "--strict-readiness=false",
+    with servers.TritonServer(repo, "--exit-on-error=false", "--strict-readiness=false",
                                     log_path=root / "tritonserver.log", root=DEPS) as server:
         server.repo, server.bundles = repo, bundles
         yield server
@@ -346,7 +346,7 @@ def test_a_port_taken_before_the_server_binds_it_is_chosen_again(tmp_path, monke
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        real, chosen = triton_server.free_ports, []
+        real, chosen = servers.free_ports, []
 
         def ports(count):
             chosen.append(real(count))
@@ -354,8 +354,8 @@ def test_a_port_taken_before_the_server_binds_it_is_chosen_again(tmp_path, monke
                 chosen[0][0] = taken.getsockname()[1]  # the HTTP port, taken
             return chosen[-1]
 
-        monkeypatch.setattr(triton_server, "free_ports", ports)
-        with triton_server.TritonServer(tmp_path / "repo", log_path=tmp_path / "log", root=DEPS) as server:
+        monkeypatch.setattr(servers, "free_ports", ports)
+        with servers.TritonServer(tmp_path / "repo", log_path=tmp_path / "log", root=DEPS) as server:
             assert server.http == f"127.0.0.1:{chosen[1][0]}" and len(chosen) == 2
             pid = server.process.pid
     with pytest.raises(ProcessLookupError):

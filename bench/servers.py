@@ -1,6 +1,9 @@
-"""A real Triton server: the `tritonserver` of the nvidia-pytriton wheel that scripts/setup/triton.sh unpacks
-under .deps/triton/, started on 127.0.0.1 with free ports and stopped by its PID. For the live tests and the
-serving benchmark; in production, NVIDIA's container runs tritonserver itself.
+"""Servers run for a measurement or a test, on one harness (ServedProcess): started on 127.0.0.1 with free ports,
+ready when GET /v2/health/ready answers 200, stopped by PID (SIGTERM, then SIGKILL to its process group).
+- TritonServer: the `tritonserver` of the nvidia-pytriton wheel that scripts/setup/triton.sh unpacks under
+  .deps/triton/ (in production, NVIDIA's container runs tritonserver itself);
+- NodeService: examples/node/server.js on a bundle, HTTP and gRPC.
+bench-attn serve and the live tests use them; nothing beneath bench/ does.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from attn_onnx import checkout
 from attn_onnx.errors import RuntimeFailure
 
 SETUP = "bash scripts/setup/triton.sh"
+NODE_DIR = checkout.path("examples", "node")
 
 
 def deps_root() -> Path:
@@ -63,19 +67,24 @@ def http_json(url: str, body: bytes | None = None, timeout: float = 10.0):
         return status, None
 
 
-class TritonServer:
-    """`with TritonServer(repo) as server:` tritonserver on `repo`, serving once every model it can load is
-    loaded; `server.http`, `server.grpc` are host:port. Stopped on exit (SIGTERM, then SIGKILL to its process
-    group after `stop_s`), also when the block raises. Its log is `server.log_path`."""
+class ServedProcess:
+    """`with Server(...) as server:` the process of `command()`, serving once GET /v2/health/ready on
+    `server.http` answers 200; stopped on exit (SIGTERM, then SIGKILL to its process group after `stop_s`),
+    also when the block raises. Its output goes to `log_path`. A subclass says what to run (`command`, given
+    its free ports) and how its log names an error (`log_tail`)."""
 
-    def __init__(self, repository: str | Path, *options: str, log_path: str | Path, ready_s: float = 90.0,
-                 stop_s: float = 15.0, root: Path | None = None):
-        self.repository, self.options, self.log_path = Path(repository), options, Path(log_path)
-        self.ready_s, self.stop_s, self.binary = ready_s, stop_s, tool("tritonserver", root)
+    name = "the server"
+    ports = 1  # free ports command() takes; the first is HTTP's
+
+    def __init__(self, *, log_path: str | Path, ready_s: float = 90.0, stop_s: float = 15.0, cwd: Path | None = None):
+        self.log_path, self.ready_s, self.stop_s, self.cwd = Path(log_path), ready_s, stop_s, cwd
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> TritonServer:
-        for attempt in range(3):  # a port chosen free may be taken before tritonserver binds it
+    def command(self, ports: list[int]) -> list[str]:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for attempt in range(3):  # a port chosen free may be taken before the server binds it
             try:
                 self.start()
                 return self
@@ -91,19 +100,16 @@ class TritonServer:
         self.stop()
 
     def start(self) -> None:
-        http, grpc, metrics = free_ports(3)
-        self.http, self.grpc, self.metrics = (f"127.0.0.1:{p}" for p in (http, grpc, metrics))
-        command = [str(self.binary), "--model-repository", str(self.repository),
-                   "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1",
-                   f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}",
-                   "--exit-timeout-secs=5", *self.options]
+        ports = free_ports(self.ports)
+        self.http = f"127.0.0.1:{ports[0]}"
+        command = self.command(ports)
         with open(self.log_path, "wb") as log:  # the child keeps its own handle
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)  # its own group: the stubs go with it
+            self.process = subprocess.Popen(command, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)  # its own group
         deadline = time.monotonic() + self.ready_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeFailure(f"tritonserver exited with {self.process.returncode} before it served: "
+                raise RuntimeFailure(f"{self.name} exited with {self.process.returncode} before it served: "
                                      f"{self.log_tail()}")
             try:
                 if http_json(f"http://{self.http}/v2/health/ready", timeout=1.0)[0] == 200:
@@ -111,7 +117,7 @@ class TritonServer:
             except OSError:
                 pass  # not listening yet
             time.sleep(0.1)
-        raise RuntimeFailure(f"tritonserver was not ready in {self.ready_s:.0f} s: {self.log_tail()}")
+        raise RuntimeFailure(f"{self.name} was not ready in {self.ready_s:.0f} s: {self.log_tail()}")
 
     def stop(self) -> int | None:
         """SIGTERM and wait; SIGKILL its process group if it has not exited in `stop_s`. Its exit code."""
@@ -125,11 +131,35 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
-        try:  # a Python-backend stub left behind by a server that died: its group is ours alone
+        try:  # a child left behind by a server that died (a Python-backend stub): its group is ours alone
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         return process.returncode
+
+    def log_tail(self, lines: int = 4) -> str:
+        """The log's last lines."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return " | ".join(line.strip() for line in text.splitlines()[-lines:])
+
+
+class TritonServer(ServedProcess):
+    """tritonserver on `repository`; `server.http`, `server.grpc` are host:port."""
+
+    name, ports = "tritonserver", 3
+
+    def __init__(self, repository: str | Path, *options: str, log_path: str | Path, ready_s: float = 90.0,
+                 stop_s: float = 15.0, root: Path | None = None):
+        super().__init__(log_path=log_path, ready_s=ready_s, stop_s=stop_s)
+        self.repository, self.options, self.binary = Path(repository), options, tool("tritonserver", root)
+
+    def command(self, ports: list[int]) -> list[str]:
+        http, grpc, metrics = ports
+        self.grpc, self.metrics = f"127.0.0.1:{grpc}", f"127.0.0.1:{metrics}"
+        return [str(self.binary), "--model-repository", str(self.repository),
+                "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1",
+                f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}",
+                "--exit-timeout-secs=5", *self.options]
 
     def log_tail(self, lines: int = 4) -> str:
         """The log's error lines (E...), or its last lines where it has none."""
@@ -143,3 +173,21 @@ class TritonServer:
         if status != 200:
             raise RuntimeFailure(f"POST /v2/repository/index answered {status}: {body}")
         return {entry["name"]: entry for entry in body}
+
+
+class NodeService(ServedProcess):
+    """examples/node/server.js on `bundle`; `server.http`, `server.grpc` are host:port."""
+
+    name, ports = "the Node service", 2
+
+    def __init__(self, bundle: Path, *, log_path: str | Path, ready_s: float = 30.0):
+        super().__init__(log_path=log_path, ready_s=ready_s, cwd=NODE_DIR)
+        self.bundle = bundle
+
+    def command(self, ports: list[int]) -> list[str]:
+        if not (NODE_DIR / "node_modules").is_dir():
+            raise RuntimeFailure(f"{NODE_DIR}/node_modules is absent: run `npm ci --ignore-scripts --prefix "
+                                 f"examples/node`{checkout.note()}")
+        http, grpc = ports
+        self.grpc = f"127.0.0.1:{grpc}"
+        return ["node", "server.js", "--bundle", str(self.bundle), "--port", str(http), "--grpc-port", str(grpc)]
