@@ -7,10 +7,18 @@ wheel and imports every module from it."""
 from setuptools import find_packages, setup
 
 # installed name -> the folder it lives in (the short names never install: no clash with a user's `models`)
-FOLDERS = {"attn_onnx": "attn_onnx", "attn_onnx.models": "models", "attn_onnx.exporter": "exporter",
-           "attn_onnx.runtime_check": "runtime_check", "attn_onnx.timing": "timing", "attn_onnx.deploy": "deploy",
-           "attn_onnx.bench": "bench", "attn_onnx.cli": "cli"}
+FOLDERS = {
+    "attn_onnx": "attn_onnx",
+    "attn_onnx.models": "models",
+    "attn_onnx.exporter": "exporter",
+    "attn_onnx.runtime_check": "runtime_check",
+    "attn_onnx.timing": "timing",
+    "attn_onnx.deploy": "deploy",
+    "attn_onnx.bench": "bench",
+    "attn_onnx.cli": "cli",
+}
 
-packages = [name for name in FOLDERS] + [f"{name}.{sub}" for name, folder in FOLDERS.items()
-                                         for sub in find_packages(folder)]
+packages = [name for name in FOLDERS] + [
+    f"{name}.{sub}" for name, folder in FOLDERS.items() for sub in find_packages(folder)
+]
 setup(packages=packages, package_dir=FOLDERS, package_data={"attn_onnx.deploy": ["*.json"]})

@@ -24,8 +24,11 @@ def _source_checkout() -> None:
     import os
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isfile(os.path.join(root, "pyproject.toml")) and os.path.isfile(
-            os.path.join(root, "models", "attention.py")) and root not in __path__:
+    if (
+        os.path.isfile(os.path.join(root, "pyproject.toml"))
+        and os.path.isfile(os.path.join(root, "models", "attention.py"))
+        and root not in __path__
+    ):
         __path__.append(root)
 
 

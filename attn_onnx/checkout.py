@@ -32,5 +32,7 @@ def note() -> str:
     """'' in a checkout; else why its examples and .deps are absent, for the end of an error."""
     if root() is not None:
         return ""
-    return (f" (attn-onnx is installed without its source checkout, which holds examples/ and .deps/: set {ENV} "
-            "to a checkout's folder)")
+    return (
+        f" (attn-onnx is installed without its source checkout, which holds examples/ and .deps/: set {ENV} "
+        "to a checkout's folder)"
+    )

@@ -22,8 +22,9 @@ def numpy_dtype(name: str) -> np.dtype:
 def torch_dtype(name: str):
     import torch
 
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-            "float64": torch.float64}[name]
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}[
+        name
+    ]
 
 
 def is_bfloat16(array: np.ndarray) -> bool:

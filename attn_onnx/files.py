@@ -285,6 +285,7 @@ class Transaction:
                 os.rename(target, staged)  # the new folder back to its temp name, removed with it
                 if old is not None:
                     os.rename(old, target)
+
             undo.append(back)
             return
         if _lexists(target) and self.force and not target.is_dir():

@@ -141,8 +141,13 @@ def staged_model(proto: onnx.ModelProto, out: Path, external: bool, data: bytes 
 
 def external_locations(proto: onnx.ModelProto) -> set[str]:
     """The external-data locations the model's initializers name."""
-    return {e.value for init in proto.graph.initializer if init.data_location == onnx.TensorProto.EXTERNAL
-            for e in init.external_data if e.key == "location"}
+    return {
+        e.value
+        for init in proto.graph.initializer
+        if init.data_location == onnx.TensorProto.EXTERNAL
+        for e in init.external_data
+        if e.key == "location"
+    }
 
 
 def check_external_data(proto: onnx.ModelProto, folder: Path, name: str) -> None:
@@ -164,8 +169,7 @@ def check_external_data(proto: onnx.ModelProto, folder: Path, name: str) -> None
         if path.is_symlink():
             raise MetadataError(f"{where}, a symlink; external data must be a plain file beside the model")
         if not path.is_file():
-            raise MetadataError(f"{where}, which is missing beside the model (move the model with its "
-                                f"{location} file)")
+            raise MetadataError(f"{where}, which is missing beside the model (move the model with its {location} file)")
         if path.stat().st_nlink > 1:
             raise MetadataError(f"{where}, a file with other hard links; external data must be a plain file")
         try:
@@ -173,5 +177,6 @@ def check_external_data(proto: onnx.ModelProto, folder: Path, name: str) -> None
         except (KeyError, ValueError):
             raise MetadataError(f"{where} without a valid offset and length") from None
         if offset < 0 or length < 0 or offset + length > path.stat().st_size:
-            raise MetadataError(f"{where}, bytes {offset}..{offset + length}, past the file's "
-                                f"{path.stat().st_size} bytes")
+            raise MetadataError(
+                f"{where}, bytes {offset}..{offset + length}, past the file's {path.stat().st_size} bytes"
+            )

@@ -28,7 +28,7 @@ MASK_PATTERNS = {
     "zeros": "all zeros: everything masked, every row attends uniformly (the seed's own demo)",
     "causal": "subsequent_mask: query i attends keys 0..i",
     "padding": "per-example key padding, a different valid length in each example, as a padding mask "
-               "(batch, 1, kv_len)",
+    "(batch, 1, kv_len)",
     "causal+padding": "causal and key padding together, as a full mask",
     "masked_row": "random holes, plus one query row whose keys are all masked (uniform, never NaN)",
 }
@@ -55,12 +55,15 @@ class ElementType:
     triton: str  # Triton's model configuration
 
 
-ELEMENT_TYPES = {t.name: t for t in (
-    ElementType("float32", np.dtype(np.float32), TensorProto.FLOAT, "FP32", "TYPE_FP32"),
-    ElementType("float16", np.dtype(np.float16), TensorProto.FLOAT16, "FP16", "TYPE_FP16"),
-    ElementType("bfloat16", np.dtype(ml_dtypes.bfloat16), TensorProto.BFLOAT16, "BF16", "TYPE_BF16"),
-    ElementType("float64", np.dtype(np.float64), TensorProto.DOUBLE, "FP64", "TYPE_FP64"),
-    ElementType("bool", np.dtype(np.bool_), TensorProto.BOOL, "BOOL", "TYPE_BOOL"),
-    ElementType("uint8", np.dtype(np.uint8), TensorProto.UINT8, "UINT8", "TYPE_UINT8"),
-    ElementType("int64", np.dtype(np.int64), TensorProto.INT64, "INT64", "TYPE_INT64"),
-)}
+ELEMENT_TYPES = {
+    t.name: t
+    for t in (
+        ElementType("float32", np.dtype(np.float32), TensorProto.FLOAT, "FP32", "TYPE_FP32"),
+        ElementType("float16", np.dtype(np.float16), TensorProto.FLOAT16, "FP16", "TYPE_FP16"),
+        ElementType("bfloat16", np.dtype(ml_dtypes.bfloat16), TensorProto.BFLOAT16, "BF16", "TYPE_BF16"),
+        ElementType("float64", np.dtype(np.float64), TensorProto.DOUBLE, "FP64", "TYPE_FP64"),
+        ElementType("bool", np.dtype(np.bool_), TensorProto.BOOL, "BOOL", "TYPE_BOOL"),
+        ElementType("uint8", np.dtype(np.uint8), TensorProto.UINT8, "UINT8", "TYPE_UINT8"),
+        ElementType("int64", np.dtype(np.int64), TensorProto.INT64, "INT64", "TYPE_INT64"),
+    )
+}

@@ -29,8 +29,17 @@ from attn_onnx.dtypes import numpy_dtype
 from attn_onnx.exporter.export import export_onnx
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.exporter.variants import VARIANTS
-from attn_onnx.timing.engine import (SESSIONS, SGEMM_N, cpu_model, feeds_at, interleaved, session, sessions,
-                                     sgemm_model, timed)
+from attn_onnx.timing.engine import (
+    SESSIONS,
+    SGEMM_N,
+    cpu_model,
+    feeds_at,
+    interleaved,
+    session,
+    sessions,
+    sgemm_model,
+    timed,
+)
 
 DEFAULT_SHAPES = ((1, 16), (8, 128), (1, 512), (4, 512), (1, 2048))
 
@@ -74,8 +83,10 @@ def flops(batch: int, length: int, width: int) -> float:
 def sdpa(module, query, key, value, mask):
     """The same block through F.scaled_dot_product_attention (boolean mask: True = attend)."""
     b, h, d_k = query.size(0), module.head, module.d_k
-    q, k, v = (F.linear(x, lin.weight, lin.bias).view(b, -1, h, d_k).transpose(1, 2)
-               for lin, x in zip(module.linears, (query, key, value)))
+    q, k, v = (
+        F.linear(x, lin.weight, lin.bias).view(b, -1, h, d_k).transpose(1, 2)
+        for lin, x in zip(module.linears, (query, key, value))
+    )
     x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1))
     return module.linears[3](x.transpose(1, 2).reshape(b, -1, h * d_k))
 
@@ -116,10 +127,19 @@ def run_bench(settings: BenchSettings, on_line=lambda text: None) -> Bench:
     module = spec.kind.build_module(spec, seed=0)
     contenders = _export_contenders(settings, module)
     golden = _float64_copy(module)
-    bench = Bench(cpu=cpu_model(), heads=settings.heads, embedding_dim=settings.embedding_dim,
-                  threads=list(settings.threads), sgemm_gflops={},
-                  versions={"attn_onnx": __version__, "onnxruntime": ort.__version__, "torch": torch.__version__,
-                            "onnx": onnx.__version__})
+    bench = Bench(
+        cpu=cpu_model(),
+        heads=settings.heads,
+        embedding_dim=settings.embedding_dim,
+        threads=list(settings.threads),
+        sgemm_gflops={},
+        versions={
+            "attn_onnx": __version__,
+            "onnxruntime": ort.__version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+        },
+    )
     for threads in settings.threads:
         torch.set_num_threads(threads)
         by_name = {name: sessions(c.proto, threads) for name, c in contenders.items()}
@@ -128,8 +148,9 @@ def run_bench(settings: BenchSettings, on_line=lambda text: None) -> Bench:
             feeds = feeds_at(spec, batch, length)
             if settings.self_attention:
                 feeds["key"] = feeds["value"] = feeds["query"]
-            bench.timings += _time_shape(settings, module, golden, contenders, by_name, feeds, limits,
-                                         batch, length, threads)
+            bench.timings += _time_shape(
+                settings, module, golden, contenders, by_name, feeds, limits, batch, length, threads
+            )
             on_line(f"({batch},{length}) at {threads} thread(s): timed")
         bench.sgemm_gflops[threads], bench.torch_sgemm_gflops[threads] = limits.gflops(), limits.torch_gflops()
         for row in bench.timings:
@@ -147,13 +168,20 @@ def _export_contenders(settings: BenchSettings, module) -> dict[str, _Contender]
         for dtype, quantized in precisions(settings.dtypes, settings.quantize):
             if dtype not in variant.dtypes:
                 continue
-            spec = ExportSpec(heads=settings.heads, embedding_dim=settings.embedding_dim, variant=name, dtype=dtype,
-                              quantize=quantized, opset=max(18, variant.min_opset)).validate()
+            spec = ExportSpec(
+                heads=settings.heads,
+                embedding_dim=settings.embedding_dim,
+                variant=name,
+                dtype=dtype,
+                quantize=quantized,
+                opset=max(18, variant.min_opset),
+            ).validate()
             key = name + ("" if spec.precision == "float32" else f"@{spec.precision}")
             contenders[key] = _Contender(export_onnx(spec, module)[0], numpy_dtype(dtype), False)
             if settings.self_attention:
-                contenders[key + "/self"] = _Contender(export_onnx(spec.replace(module="mha-self"), module)[0],
-                                                       numpy_dtype(dtype), True)
+                contenders[key + "/self"] = _Contender(
+                    export_onnx(spec.replace(module="mha-self"), module)[0], numpy_dtype(dtype), True
+                )
     return contenders
 
 
@@ -187,10 +215,10 @@ class _MatmulLimits:
         return torch.matmul(self.ta, self.tb)
 
     def gflops(self) -> float:
-        return 2 * SGEMM_N ** 3 / statistics.median(self.ort_s) / 1e9
+        return 2 * SGEMM_N**3 / statistics.median(self.ort_s) / 1e9
 
     def torch_gflops(self) -> float:
-        return 2 * SGEMM_N ** 3 / statistics.median(self.torch_s) / 1e9
+        return 2 * SGEMM_N**3 / statistics.median(self.torch_s) / 1e9
 
 
 def _run_session(sessions_: list, feeds: dict, number: int):
@@ -203,24 +231,50 @@ def _run_torch(function, args: tuple, number: int):
     return function(*args)
 
 
-def _time_shape(settings: BenchSettings, module, golden, contenders: dict[str, _Contender], by_name: dict,
-                feeds: dict, limits: _MatmulLimits, batch: int, length: int, threads: int) -> list[Timing]:
+def _time_shape(
+    settings: BenchSettings,
+    module,
+    golden,
+    contenders: dict[str, _Contender],
+    by_name: dict,
+    feeds: dict,
+    limits: _MatmulLimits,
+    batch: int,
+    length: int,
+    threads: int,
+) -> list[Timing]:
     """Every contender at one shape and thread count, in interleaved rounds (the matmul limits timed before
     each); each onnxruntime contender's max_abs against the float64 golden on the same inputs."""
     tensors = tuple(torch.from_numpy(feeds[n]) for n in ("query", "key", "value", "mask"))
-    fed = {name: _cast({"x": feeds["query"], "mask": feeds["mask"]} if c.self_attention else feeds, c.dtype)
-           for name, c in contenders.items()}
+    fed = {
+        name: _cast({"x": feeds["query"], "mask": feeds["mask"]} if c.self_attention else feeds, c.dtype)
+        for name, c in contenders.items()
+    }
     calls = {f"ort:{name}": partial(_run_session, by_name[name], fed[name]) for name in contenders}
     calls["torch-eager"] = partial(_run_torch, module, tensors)
     calls["torch-sdpa"] = partial(_run_torch, partial(sdpa, module), tensors)
     with torch.no_grad():
         expected = golden(*(t.double() for t in tensors[:3]), tensors[3]).numpy()
-        errors = {f"ort:{name}": float(np.abs(by_name[name][0].run(None, fed[name])[0].astype(np.float64)
-                                              - expected).max()) for name in contenders}
+        errors = {
+            f"ort:{name}": float(np.abs(by_name[name][0].run(None, fed[name])[0].astype(np.float64) - expected).max())
+            for name in contenders
+        }
         samples = interleaved(calls, settings.rounds, settings.target_s, before_round=limits.time_round)
     work = flops(batch, length, settings.embedding_dim)
-    rows = [Timing(name, batch, length, threads, statistics.median(times) * 1e3, [t * 1e3 for t in times],
-                   work / statistics.median(times) / 1e9, 0.0, errors.get(name)) for name, times in samples.items()]
+    rows = [
+        Timing(
+            name,
+            batch,
+            length,
+            threads,
+            statistics.median(times) * 1e3,
+            [t * 1e3 for t in times],
+            work / statistics.median(times) / 1e9,
+            0.0,
+            errors.get(name),
+        )
+        for name, times in samples.items()
+    ]
     _compare(rows)
     return rows
 
@@ -245,6 +299,12 @@ def _cast(feeds: dict[str, np.ndarray], dtype: np.dtype) -> dict[str, np.ndarray
 
 def fastest(bench: Bench, batch: int, length: int, threads: int, tolerance: float = 1e-4) -> Timing | None:
     """The fastest onnxruntime contender whose answer is within `tolerance` of the float64 seed."""
-    rows = [t for t in bench.timings if (t.batch, t.length, t.threads) == (batch, length, threads)
-            and t.max_abs is not None and math.isfinite(t.max_abs) and t.max_abs <= tolerance]
+    rows = [
+        t
+        for t in bench.timings
+        if (t.batch, t.length, t.threads) == (batch, length, threads)
+        and t.max_abs is not None
+        and math.isfinite(t.max_abs)
+        and t.max_abs <= tolerance
+    ]
     return min(rows, key=lambda t: t.median_ms, default=None)

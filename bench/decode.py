@@ -36,12 +36,19 @@ class DecodeBench:
         return asdict(self)
 
 
-def decode_bench(past_lens: tuple[int, ...], threads: int, heads: int = 8, embedding_dim: int = 512,
-                 rounds: int = 7, target_s: float = 0.05) -> DecodeBench:
+def decode_bench(
+    past_lens: tuple[int, ...],
+    threads: int,
+    heads: int = 8,
+    embedding_dim: int = 512,
+    rounds: int = 7,
+    target_s: float = 0.05,
+) -> DecodeBench:
     """Per cache length, batch 1: the step's median ms (1 new token, past_len cached), the recompute's, and
     their ratio."""
-    cached = ExportSpec(module="mha-cache", mask="causal", causal_align="bottom-right", heads=heads,
-                        embedding_dim=embedding_dim).validate()
+    cached = ExportSpec(
+        module="mha-cache", mask="causal", causal_align="bottom-right", heads=heads, embedding_dim=embedding_dim
+    ).validate()
     module = cached.kind.build_module(cached, seed=0)
     plain = ExportSpec(mask="causal", heads=heads, embedding_dim=embedding_dim).validate()
     step = session(export_onnx(cached, module)[0], threads)

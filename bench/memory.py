@@ -46,8 +46,9 @@ print(json.dumps({"loaded_kib": loaded, "peak_kib": peak}))
 """
 
 
-def peak_rss(variants: list[str], batch: int, length: int, threads: int, heads: int = 8,
-             embedding_dim: int = 512) -> dict[str, dict]:
+def peak_rss(
+    variants: list[str], batch: int, length: int, threads: int, heads: int = 8, embedding_dim: int = 512
+) -> dict[str, dict]:
     """variant -> {"peak_mib", "run_mib" (above the loaded session), "inputs_mib"}; "error" if the run failed."""
     spec0 = ExportSpec(heads=heads, embedding_dim=embedding_dim).validate()
     module = spec0.kind.build_module(spec0, seed=0)
@@ -55,18 +56,24 @@ def peak_rss(variants: list[str], batch: int, length: int, threads: int, heads: 
     out = {}
     with tempfile.TemporaryDirectory() as folder:
         for name in variants:
-            spec = ExportSpec(heads=heads, embedding_dim=embedding_dim, variant=name,
-                              opset=max(18, VARIANTS[name].min_opset)).validate()
+            spec = ExportSpec(
+                heads=heads, embedding_dim=embedding_dim, variant=name, opset=max(18, VARIANTS[name].min_opset)
+            ).validate()
             proto, _ = export_onnx(spec, module)
             path = Path(folder) / f"{name}.onnx"
             path.write_bytes(proto.SerializeToString())
-            child = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(batch), str(length), str(threads)],
-                                   capture_output=True, text=True)
+            child = subprocess.run(
+                [sys.executable, "-c", _CHILD, str(path), str(batch), str(length), str(threads)],
+                capture_output=True,
+                text=True,
+            )
             if child.returncode != 0:
                 out[name] = {"error": (child.stderr.strip().splitlines() or ["killed"])[-1][:200]}
                 continue
             figures = json.loads(child.stdout.strip().splitlines()[-1])
-            out[name] = {"peak_mib": figures["peak_kib"] / 1024,
-                         "run_mib": (figures["peak_kib"] - figures["loaded_kib"]) / 1024,
-                         "inputs_mib": inputs_mib}
+            out[name] = {
+                "peak_mib": figures["peak_kib"] / 1024,
+                "run_mib": (figures["peak_kib"] - figures["loaded_kib"]) / 1024,
+                "inputs_mib": inputs_mib,
+            }
     return out

@@ -37,8 +37,9 @@ def draw(bench) -> bytes:
         ax.set_ylabel("median latency, ms (log)")
         ax.set_title(f"{bench.cpu}, {n} thread(s); sgemm limit {bench.sgemm_gflops[n]:.0f} GFLOP/s", fontsize=9)
         ax.legend(fontsize=8)
-    fig.suptitle(f"attention, width {bench.embedding_dim}, {bench.heads} heads, causal+padding mask, "
-                 "float32 unless marked @")
+    fig.suptitle(
+        f"attention, width {bench.embedding_dim}, {bench.heads} heads, causal+padding mask, float32 unless marked @"
+    )
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

@@ -66,8 +66,9 @@ class _Lines:
     """A process answering one line per line written (bench_latency's protocol): TARGET_MS in, mean ms out."""
 
     def __init__(self, command: list[str], cwd: Path | None = None):
-        self.process = subprocess.Popen(command, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            command, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     def seconds(self, target_s: float) -> float:
         self.process.stdin.write(f"{target_s * 1e3:.3f}\n")
@@ -86,19 +87,24 @@ class _Lines:
                 self.process.kill()
 
 
-def run_runtimes_bench(shapes=SHAPES, heads: int = 8, embedding_dim: int = 512, rounds: int = 7,
-                       threads: int | None = None, on_line=lambda text: None) -> RuntimesBench:
+def run_runtimes_bench(
+    shapes=SHAPES,
+    heads: int = 8,
+    embedding_dim: int = 512,
+    rounds: int = 7,
+    threads: int | None = None,
+    on_line=lambda text: None,
+) -> RuntimesBench:
     import onnxruntime as ort
 
-    from attn_onnx.timing.engine import cpu_model, feeds_at, interleaved, session, timed
     from attn_onnx.runtime_check.model import load_model
     from attn_onnx.runtime_check.runners import web_runner
+    from attn_onnx.timing.engine import cpu_model, feeds_at, interleaved, session, timed
 
     threads = threads or len(os.sched_getaffinity(0))
     spec = ExportSpec(heads=heads, embedding_dim=embedding_dim).validate()
     proto, spec = export_onnx(spec)
-    bench = RuntimesBench(cpu_model(), heads, embedding_dim, threads, rounds,
-                          versions={"onnxruntime": ort.__version__})
+    bench = RuntimesBench(cpu_model(), heads, embedding_dim, threads, rounds, versions={"onnxruntime": ort.__version__})
     with tempfile.TemporaryDirectory(prefix="attn-runtimes-") as tmp:
         folder = Path(tmp)
         model_path = folder / "model.onnx"
@@ -111,14 +117,14 @@ def run_runtimes_bench(shapes=SHAPES, heads: int = 8, embedding_dim: int = 512, 
                 (feeds_dir / f"input_{k}.pb").write_bytes(numpy_helper.from_array(array, name).SerializeToString())
             timers, closers, missing = {}, [], {}
             python = session(proto, threads)
-            timers["onnxruntime (Python)"] = lambda number, s=python, f=feeds: timed(lambda: s.run(None, f),
-                                                                                     TARGET_S, settle_s=0)
+            timers["onnxruntime (Python)"] = lambda number, s=python, f=feeds: timed(
+                lambda: s.run(None, f), TARGET_S, settle_s=0
+            )
             node = shutil.which("node")
             if node is None or not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir():
                 missing["onnxruntime-node"] = "node or examples/node/node_modules is absent"
             else:
-                lines = _Lines([node, "bench.js", str(model_path), str(feeds_dir), "--threads", str(threads)],
-                               NODE_DIR)
+                lines = _Lines([node, "bench.js", str(model_path), str(feeds_dir), "--threads", str(threads)], NODE_DIR)
                 closers.append(lines.close)
                 timers["onnxruntime-node"] = lambda number, p=lines: p.seconds(TARGET_S)
             if web_runner.missing():
@@ -143,8 +149,17 @@ def run_runtimes_bench(shapes=SHAPES, heads: int = 8, embedding_dim: int = 512, 
             python_ms = statistics.median(samples["onnxruntime (Python)"]) * 1e3
             for name, times in samples.items():
                 median = statistics.median(times) * 1e3
-                bench.timings.append(RuntimeTiming(name, batch, length, median, [t * 1e3 for t in times],
-                                                   median / python_ms, 1 if "web" in name else threads))
+                bench.timings.append(
+                    RuntimeTiming(
+                        name,
+                        batch,
+                        length,
+                        median,
+                        [t * 1e3 for t in times],
+                        median / python_ms,
+                        1 if "web" in name else threads,
+                    )
+                )
             bench.timings.extend(RuntimeTiming(name, batch, length, None, error=why) for name, why in missing.items())
     return bench
 
@@ -164,10 +179,12 @@ def _web_seconds(web, feeds) -> float:
 
 
 def table(bench: RuntimesBench) -> str:
-    lines = [f"bench-attn runtimes: {bench.cpu}; width {bench.embedding_dim}, {bench.heads} heads, torch-export, "
-             f"causal+padding mask input, float32; {bench.threads} thread(s) (onnxruntime-web: 1); {bench.rounds} "
-             "interleaved rounds, medians; " + ", ".join(f"{k} {v}" for k, v in bench.versions.items()),
-             f"  {'runtime':<28}{'shape':>10}{'median ms':>11}{'vs Python':>11}"]
+    lines = [
+        f"bench-attn runtimes: {bench.cpu}; width {bench.embedding_dim}, {bench.heads} heads, torch-export, "
+        f"causal+padding mask input, float32; {bench.threads} thread(s) (onnxruntime-web: 1); {bench.rounds} "
+        "interleaved rounds, medians; " + ", ".join(f"{k} {v}" for k, v in bench.versions.items()),
+        f"  {'runtime':<28}{'shape':>10}{'median ms':>11}{'vs Python':>11}",
+    ]
     for t in bench.timings:
         shape = f"({t.batch},{t.length})"
         if t.median_ms is None:

@@ -48,9 +48,13 @@ class Target:
     tensors: str  # "binary" or "json"
 
 
-TARGETS = {"triton-http": Target("triton", "http", "binary"), "triton-grpc": Target("triton", "grpc", "binary"),
-           "node-http": Target("node", "http", "binary"), "node-json": Target("node", "http", "json"),
-           "node-grpc": Target("node", "grpc", "binary")}
+TARGETS = {
+    "triton-http": Target("triton", "http", "binary"),
+    "triton-grpc": Target("triton", "grpc", "binary"),
+    "node-http": Target("node", "http", "binary"),
+    "node-json": Target("node", "http", "json"),
+    "node-grpc": Target("node", "grpc", "binary"),
+}
 
 
 @dataclass
@@ -100,9 +104,10 @@ def input_data(path: Path, batch: int, length: int, width: int, batched: bool, s
     x = rng.standard_normal((batch, length, width), dtype=np.float32)
     mask = padding_mask(batch, length)
 
+    def tensor(a):
+        return {"b64": base64.b64encode(np.ascontiguousarray(a).tobytes()).decode(), "shape": list(a.shape)}
+
     def entry(x, mask):
-        tensor = lambda a: {"b64": base64.b64encode(np.ascontiguousarray(a).tobytes()).decode(),  # noqa: E731
-                            "shape": list(a.shape)}
         return {"query": tensor(x), "key": tensor(x), "value": tensor(x), "mask": tensor(mask)}
 
     data = [entry(x[i], mask[i]) for i in range(batch)] if batched else [entry(x, mask)]
@@ -114,20 +119,50 @@ def model_stats(address: str) -> dict | None:
     try:
         status, body = http_json(f"http://{address}/v2/models/{MODEL}/stats")
         stats = body["model_stats"][0]
-        return {"ns": int(stats["inference_stats"]["compute_infer"]["ns"]),
+        return (
+            {
+                "ns": int(stats["inference_stats"]["compute_infer"]["ns"]),
                 "count": int(stats["inference_stats"]["compute_infer"]["count"]),
                 "executions": int(stats["execution_count"]),
-                "requests": int(stats["inference_stats"]["success"]["count"])} if status == 200 else None
+                "requests": int(stats["inference_stats"]["success"]["count"]),
+            }
+            if status == 200
+            else None
+        )
     except (OSError, KeyError, IndexError, TypeError, ValueError):
         return None
 
 
-def perf_analyzer(url: str, target: Target, data: Path, batch: int, concurrency: int, csv_path: Path,
-                  request_count: int | None = None, model: str = MODEL, window_ms: int = WINDOW_MS) -> dict:
+def perf_analyzer(
+    url: str,
+    target: Target,
+    data: Path,
+    batch: int,
+    concurrency: int,
+    csv_path: Path,
+    request_count: int | None = None,
+    model: str = MODEL,
+    window_ms: int = WINDOW_MS,
+) -> dict:
     """One perf_analyzer run (a fixed `request_count`, or windows until stable); its CSV row, or RuntimeFailure
     with its first error line."""
-    command = [str(tool("perf_analyzer")), "-m", model, "-u", url, "-i", target.protocol, "-b", str(batch),
-               "--input-data", str(data), "--concurrency-range", str(concurrency), "-f", str(csv_path)]
+    command = [
+        str(tool("perf_analyzer")),
+        "-m",
+        model,
+        "-u",
+        url,
+        "-i",
+        target.protocol,
+        "-b",
+        str(batch),
+        "--input-data",
+        str(data),
+        "--concurrency-range",
+        str(concurrency),
+        "-f",
+        str(csv_path),
+    ]
     if request_count:
         command += ["--request-count", str(request_count)]
     else:
@@ -142,7 +177,6 @@ def perf_analyzer(url: str, target: Target, data: Path, batch: int, concurrency:
         raise RuntimeFailure(f"perf_analyzer exited with {result.returncode}: {errors[0]}")
     with open(csv_path) as f:
         return next(csv.DictReader(f))
-
 
 
 def tool_version(path: Path) -> str | None:
@@ -184,8 +218,13 @@ def _export(folder: Path, heads: int, embedding_dim: int, queue_delay_us: int) -
     from attn_onnx.exporter.spec import ExportSpec
 
     bundle, repo = folder / "bundle", folder / "repo"
-    export_model(ExportSpec(heads=heads, embedding_dim=embedding_dim), Bundle(bundle, MODEL),
-                 TritonRepo(repo, MODEL, backend="python", max_queue_delay_us=queue_delay_us), seed=0, check=False)
+    export_model(
+        ExportSpec(heads=heads, embedding_dim=embedding_dim),
+        Bundle(bundle, MODEL),
+        TritonRepo(repo, MODEL, backend="python", max_queue_delay_us=queue_delay_us),
+        seed=0,
+        check=False,
+    )
     return bundle, repo
 
 
@@ -213,10 +252,13 @@ def _measure(bench: ServeBench, name: str, address: str, url: str, shapes, folde
                 except RuntimeFailure as exc:
                     if "stable measurement" not in str(exc):
                         raise
-                    on_line(f"  {name} ({batch},{length}) c{concurrency}: unsettled; again with windows of "
-                            f"{2 * WINDOW_MS} ms")
-                    result = perf_analyzer(url, target, data, per_request, concurrency, folder / "row.csv",
-                                           window_ms=2 * WINDOW_MS)
+                    on_line(
+                        f"  {name} ({batch},{length}) c{concurrency}: unsettled; again with windows of "
+                        f"{2 * WINDOW_MS} ms"
+                    )
+                    result = perf_analyzer(
+                        url, target, data, per_request, concurrency, folder / "row.csv", window_ms=2 * WINDOW_MS
+                    )
             except RuntimeFailure as exc:
                 row.error = str(exc)
             else:
@@ -231,18 +273,22 @@ def _measure(bench: ServeBench, name: str, address: str, url: str, shapes, folde
             on_line(f"  {line(row)}")
 
 
-def run_serve_bench(targets: list[str], shapes=SHAPES, heads: int = 8, embedding_dim: int = 512,
-                    queue_delay_us: int = 0, on_line=print) -> ServeBench:
+def run_serve_bench(
+    targets: list[str], shapes=SHAPES, heads: int = 8, embedding_dim: int = 512, queue_delay_us: int = 0, on_line=print
+) -> ServeBench:
     """Export the model once, serve it with each server the targets need, and measure every target."""
     import onnxruntime
 
     from attn_onnx.timing.engine import cpu_model
 
     # every version is asked of the tool or server itself; one that does not say is left out
-    versions = {"perf_analyzer": tool_version(tool("perf_analyzer")),  # RuntimeFailure saying how to get it
-                "onnxruntime": onnxruntime.__version__}  # this process's: the export's (Triton's venv is pinned to it)
-    bench = ServeBench(cpu_model(), heads, embedding_dim, queue_delay_us,
-                       versions={k: v for k, v in versions.items() if v})
+    versions = {
+        "perf_analyzer": tool_version(tool("perf_analyzer")),  # RuntimeFailure saying how to get it
+        "onnxruntime": onnxruntime.__version__,
+    }  # this process's: the export's (Triton's venv is pinned to it)
+    bench = ServeBench(
+        cpu_model(), heads, embedding_dim, queue_delay_us, versions={k: v for k, v in versions.items() if v}
+    )
     bench.load.append(os.getloadavg()[0])
     with tempfile.TemporaryDirectory(prefix="attn-serve-") as tmp:
         folder = Path(tmp)
@@ -253,8 +299,11 @@ def run_serve_bench(targets: list[str], shapes=SHAPES, heads: int = 8, embedding
             if not names:
                 continue
             try:
-                with (TritonServer(repo, log_path=folder / "triton.log") if server == "triton"
-                      else NodeService(bundle, log_path=folder / "node.log")) as running:
+                with (
+                    TritonServer(repo, log_path=folder / "triton.log")
+                    if server == "triton"
+                    else NodeService(bundle, log_path=folder / "node.log")
+                ) as running:
                     on_line(f"{server}: serving on {running.http} (HTTP), {running.grpc} (gRPC)")
                     bench.versions.update(served_versions(server, running.http))
                     for name in names:
@@ -276,21 +325,23 @@ def line(row: Row) -> str:
         return f"{head}  failed: {row.error}"
     infer = f"{row.compute_infer_us:10.0f}" if row.compute_infer_us is not None else f"{'-':>10}"
     batching = f"{row.executions}/{row.requests}" if row.requests is not None else "-"
-    return (f"{head}{row.throughput:10.1f}{row.p50_us / 1e3:9.2f}{row.p99_us / 1e3:9.2f}{infer}"
-            f"{batching:>14}")
+    return f"{head}{row.throughput:10.1f}{row.p50_us / 1e3:9.2f}{row.p99_us / 1e3:9.2f}{infer}{batching:>14}"
 
 
 def table(bench: ServeBench) -> str:
-    lines = [f"bench-attn serve: {bench.cpu} ({os.cpu_count()} CPUs); width {bench.embedding_dim}, {bench.heads} "
-             f"heads, self-attention with a padding mask, float32; Triton's max_queue_delay_microseconds "
-             f"{bench.queue_delay_us}; perf_analyzer windows of {bench.window_ms} ms; load average "
-             f"{' -> '.join(f'{x:.1f}' for x in bench.load) or '-'}; "
-             + ", ".join(f"{k} {v}" for k, v in bench.versions.items()),
-             f"{'target':<12}{'shape':<12}conc{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'infer us':>10}"
-             f"{'execs/reqs':>14}"]
+    lines = [
+        f"bench-attn serve: {bench.cpu} ({os.cpu_count()} CPUs); width {bench.embedding_dim}, {bench.heads} "
+        f"heads, self-attention with a padding mask, float32; Triton's max_queue_delay_microseconds "
+        f"{bench.queue_delay_us}; perf_analyzer windows of {bench.window_ms} ms; load average "
+        f"{' -> '.join(f'{x:.1f}' for x in bench.load) or '-'}; "
+        + ", ".join(f"{k} {v}" for k, v in bench.versions.items()),
+        f"{'target':<12}{'shape':<12}conc{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'infer us':>10}{'execs/reqs':>14}",
+    ]
     lines += [line(row) for row in bench.rows]
     lines += [f"{name:<12}not run: {why}" for name, why in bench.not_run.items()]
-    lines.append("infer us: the server's compute-infer time per request, from its statistics (a batched "
-                 "execution counts its whole time for each of its requests); execs/reqs: executions and "
-                 "requests the server counted during the row")
+    lines.append(
+        "infer us: the server's compute-infer time per request, from its statistics (a batched "
+        "execution counts its whole time for each of its requests); execs/reqs: executions and "
+        "requests the server counted during the row"
+    )
     return "\n".join(lines)

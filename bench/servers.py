@@ -39,8 +39,9 @@ def tool(name: str, root: Path | None = None) -> Path:
     it where it is absent."""
     path = (root or deps_root()) / "bin" / name
     if not os.access(path, os.X_OK):
-        raise RuntimeFailure(f"{path} is absent: run `{SETUP}` first (it unpacks Triton's wheels there)"
-                             f"{checkout.note()}")
+        raise RuntimeFailure(
+            f"{path} is absent: run `{SETUP}` first (it unpacks Triton's wheels there){checkout.note()}"
+        )
     return path
 
 
@@ -104,13 +105,20 @@ class ServedProcess:
         self.http = f"127.0.0.1:{ports[0]}"
         command = self.command(ports)
         with open(self.log_path, "wb") as log:  # the child keeps its own handle
-            self.process = subprocess.Popen(command, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)  # its own group
+            self.process = subprocess.Popen(
+                command,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # its own group
         deadline = time.monotonic() + self.ready_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeFailure(f"{self.name} exited with {self.process.returncode} before it served: "
-                                     f"{self.log_tail()}")
+                raise RuntimeFailure(
+                    f"{self.name} exited with {self.process.returncode} before it served: {self.log_tail()}"
+                )
             try:
                 if http_json(f"http://{self.http}/v2/health/ready", timeout=1.0)[0] == 200:
                     return
@@ -148,18 +156,37 @@ class TritonServer(ServedProcess):
 
     name, ports = "tritonserver", 3
 
-    def __init__(self, repository: str | Path, *options: str, log_path: str | Path, ready_s: float = 90.0,
-                 stop_s: float = 15.0, root: Path | None = None):
+    def __init__(
+        self,
+        repository: str | Path,
+        *options: str,
+        log_path: str | Path,
+        ready_s: float = 90.0,
+        stop_s: float = 15.0,
+        root: Path | None = None,
+    ):
         super().__init__(log_path=log_path, ready_s=ready_s, stop_s=stop_s)
         self.repository, self.options, self.binary = Path(repository), options, tool("tritonserver", root)
 
     def command(self, ports: list[int]) -> list[str]:
         http, grpc, metrics = ports
         self.grpc, self.metrics = f"127.0.0.1:{grpc}", f"127.0.0.1:{metrics}"
-        return [str(self.binary), "--model-repository", str(self.repository),
-                "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--metrics-address", "127.0.0.1",
-                f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}",
-                "--exit-timeout-secs=5", *self.options]
+        return [
+            str(self.binary),
+            "--model-repository",
+            str(self.repository),
+            "--http-address",
+            "127.0.0.1",
+            "--grpc-address",
+            "127.0.0.1",
+            "--metrics-address",
+            "127.0.0.1",
+            f"--http-port={http}",
+            f"--grpc-port={grpc}",
+            f"--metrics-port={metrics}",
+            "--exit-timeout-secs=5",
+            *self.options,
+        ]
 
     def log_tail(self, lines: int = 4) -> str:
         """The log's error lines (E...), or its last lines where it has none."""
@@ -186,8 +213,10 @@ class NodeService(ServedProcess):
 
     def command(self, ports: list[int]) -> list[str]:
         if not (NODE_DIR / "node_modules").is_dir():
-            raise RuntimeFailure(f"{NODE_DIR}/node_modules is absent: run `npm ci --ignore-scripts --prefix "
-                                 f"examples/node`{checkout.note()}")
+            raise RuntimeFailure(
+                f"{NODE_DIR}/node_modules is absent: run `npm ci --ignore-scripts --prefix "
+                f"examples/node`{checkout.note()}"
+            )
         http, grpc = ports
         self.grpc = f"127.0.0.1:{grpc}"
         return ["node", "server.js", "--bundle", str(self.bundle), "--port", str(http), "--grpc-port", str(grpc)]

@@ -27,32 +27,58 @@ BENCH_DTYPES = ("float32", "float16")  # bfloat16 has no MatMul kernel in onnxru
 
 def _options(*options):
     """Apply click options in the order written (shared ones included)."""
+
     def apply(command):
         for option in reversed(options):
             command = option(command)
         return command
+
     return apply
 
 
 def _shapes(default: str):
-    return click.option("--shapes", default=default, show_default=True, metavar="BATCHxLEN,...",
-                        help="Self-attention shapes (query, key and value of one length) to time, comma-separated.")
+    return click.option(
+        "--shapes",
+        default=default,
+        show_default=True,
+        metavar="BATCHxLEN,...",
+        help="Self-attention shapes (query, key and value of one length) to time, comma-separated.",
+    )
 
 
-HEADS = click.option("--heads", type=click.IntRange(min=1), default=8, show_default=True,
-                     help="Attention heads of the timed model.")
-WIDTH = click.option("--embedding-dim", type=click.IntRange(min=1), default=512, show_default=True,
-                     help="Model width of the timed model; d_k = embedding-dim / heads.")
-ROUNDS = click.option("--rounds", type=click.IntRange(min=1), default=7, show_default=True,
-                      help="Interleaved rounds; each contender's figure is its median over them.")
-ONE_THREAD_COUNT = click.option("--threads", type=click.IntRange(min=1), default=None,
-                                help="Intra-op threads. [default: the CPUs this process may use]")
-JSON = click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                    help="Also write the results to this JSON file.")
+HEADS = click.option(
+    "--heads", type=click.IntRange(min=1), default=8, show_default=True, help="Attention heads of the timed model."
+)
+WIDTH = click.option(
+    "--embedding-dim",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Model width of the timed model; d_k = embedding-dim / heads.",
+)
+ROUNDS = click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=7,
+    show_default=True,
+    help="Interleaved rounds; each contender's figure is its median over them.",
+)
+ONE_THREAD_COUNT = click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Intra-op threads. [default: the CPUs this process may use]",
+)
+JSON = click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the results to this JSON file.",
+)
 
 
-@click.group("bench-attn", cls=OneLineErrorGroup, invoke_without_command=True,
-             subcommand_metavar="COMMAND [ARGS]...")
+@click.group("bench-attn", cls=OneLineErrorGroup, invoke_without_command=True, subcommand_metavar="COMMAND [ARGS]...")
 @click.version_option(__version__, prog_name="bench-attn")
 @click.pass_context
 def main(ctx):
@@ -74,27 +100,57 @@ def main(ctx):
 
 @main.command("variants", short_help="The export variants in onnxruntime against PyTorch eager and SDPA.")
 @_options(
-    click.option("--attention-impl", "variants", type=CommaChoice(VARIANTS), default=",".join(VARIANTS),
-                 show_default=True, help="Export variants to time in onnxruntime, comma-separated."),
+    click.option(
+        "--attention-impl",
+        "variants",
+        type=CommaChoice(VARIANTS),
+        default=",".join(VARIANTS),
+        show_default=True,
+        help="Export variants to time in onnxruntime, comma-separated.",
+    ),
     _shapes(VARIANT_SHAPES),
-    click.option("--threads", default=None, metavar="N,...", help="Thread counts, comma-separated: the whole run "
-                 "at each. [default: the CPUs this process may use]"),
-    HEADS, WIDTH, ROUNDS,
-    click.option("--self-attention", is_flag=True, help="Feed one tensor as query, key and value, and also time "
-                 "each variant exported with --self-attention (one packed QKV MatMul) as ort:<variant>/self."),
-    click.option("--dtypes", type=CommaChoice(BENCH_DTYPES, note=" (bfloat16 has no MatMul kernel in onnxruntime's "
-                                                                  "CPU)"),
-                 default="float32", show_default=True, help="Also time each variant exported at these --dtype "
-                 "values, as ort:<variant>@float16, comma-separated. Its max_abs is against the float64 module of "
-                 "the float32 weights."),
-    click.option("--quantize", is_flag=True, help="Also time each variant exported with --quantize int8, as "
-                 "ort:<variant>@int8."),
-    click.option("--memory", "memory_shape", default=None, metavar="BATCHxLEN",
-                 help="Also run each variant once at this shape (e.g. 1x8192) in a fresh process and report its "
-                      "peak RSS."),
+    click.option(
+        "--threads",
+        default=None,
+        metavar="N,...",
+        help="Thread counts, comma-separated: the whole run at each. [default: the CPUs this process may use]",
+    ),
+    HEADS,
+    WIDTH,
+    ROUNDS,
+    click.option(
+        "--self-attention",
+        is_flag=True,
+        help="Feed one tensor as query, key and value, and also time "
+        "each variant exported with --self-attention (one packed QKV MatMul) as ort:<variant>/self.",
+    ),
+    click.option(
+        "--dtypes",
+        type=CommaChoice(BENCH_DTYPES, note=" (bfloat16 has no MatMul kernel in onnxruntime's CPU)"),
+        default="float32",
+        show_default=True,
+        help="Also time each variant exported at these --dtype "
+        "values, as ort:<variant>@float16, comma-separated. Its max_abs is against the float64 module of "
+        "the float32 weights.",
+    ),
+    click.option(
+        "--quantize", is_flag=True, help="Also time each variant exported with --quantize int8, as ort:<variant>@int8."
+    ),
+    click.option(
+        "--memory",
+        "memory_shape",
+        default=None,
+        metavar="BATCHxLEN",
+        help="Also run each variant once at this shape (e.g. 1x8192) in a fresh process and report its peak RSS.",
+    ),
     JSON,
-    click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                 help="Also draw a PNG here: median latency per shape, each contender."),
+    click.option(
+        "--plot",
+        "plot_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Also draw a PNG here: median latency per shape, each contender.",
+    ),
 )
 def variants(**options):
     """Time the attention block, causal+padding mask input, float32: each export variant in onnxruntime
@@ -124,9 +180,12 @@ def variants(**options):
         from attn_onnx.bench.memory import peak_rss
 
         threads = settings.threads[0]
-        data["memory"] = {"batch": memory[0], "length": memory[1], "threads": threads,
-                          "variants": peak_rss(list(settings.variants), *memory, threads, settings.heads,
-                                               settings.embedding_dim)}
+        data["memory"] = {
+            "batch": memory[0],
+            "length": memory[1],
+            "threads": threads,
+            "variants": peak_rss(list(settings.variants), *memory, threads, settings.heads, settings.embedding_dim),
+        }
         click.echo(memory_table(data["memory"]))
     _write_json(options["json_path"], data)
     if options["plot_path"] is not None:
@@ -162,10 +221,17 @@ def _variants_plan(options: dict):
         require_matplotlib()
     from attn_onnx.bench.bench import BenchSettings  # torch: only once every option is known good
 
-    settings = BenchSettings(variants=options["variants"], shapes=tuple(shapes), threads=tuple(threads),
-                             heads=options["heads"], embedding_dim=options["embedding_dim"], rounds=options["rounds"],
-                             self_attention=options["self_attention"], dtypes=options["dtypes"],
-                             quantize=options["quantize"])
+    settings = BenchSettings(
+        variants=options["variants"],
+        shapes=tuple(shapes),
+        threads=tuple(threads),
+        heads=options["heads"],
+        embedding_dim=options["embedding_dim"],
+        rounds=options["rounds"],
+        self_attention=options["self_attention"],
+        dtypes=options["dtypes"],
+        quantize=options["quantize"],
+    )
     return settings, memory
 
 
@@ -194,14 +260,27 @@ def runtimes(shapes: str, threads: int | None, heads: int, embedding_dim: int, r
 
 @main.command("serve", short_help="Load figures from perf_analyzer against Triton and the Node service.")
 @_options(
-    click.option("--targets", type=CommaChoice(SERVE_TARGETS, every="all"), default="all", show_default=True,
-                 help="What to load, comma-separated: Triton's Python backend over HTTP with binary tensors "
-                      "(triton-http) and over gRPC (triton-grpc); the Node service over HTTP binary (node-http), "
-                      "HTTP JSON (node-json) and gRPC (node-grpc); all: every one."),
-    _shapes(SERVE_SHAPES), HEADS, WIDTH,
-    click.option("--triton-max-queue-delay-us", "queue_delay_us", type=click.IntRange(min=0), default=0,
-                 show_default=True, help="Triton's dynamic batcher's max_queue_delay_microseconds: how long it may "
-                                         "hold a request for others to join its batch."),
+    click.option(
+        "--targets",
+        type=CommaChoice(SERVE_TARGETS, every="all"),
+        default="all",
+        show_default=True,
+        help="What to load, comma-separated: Triton's Python backend over HTTP with binary tensors "
+        "(triton-http) and over gRPC (triton-grpc); the Node service over HTTP binary (node-http), "
+        "HTTP JSON (node-json) and gRPC (node-grpc); all: every one.",
+    ),
+    _shapes(SERVE_SHAPES),
+    HEADS,
+    WIDTH,
+    click.option(
+        "--triton-max-queue-delay-us",
+        "queue_delay_us",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Triton's dynamic batcher's max_queue_delay_microseconds: how long it may "
+        "hold a request for others to join its batch.",
+    ),
     JSON,
 )
 def serve(targets: tuple[str, ...], shapes: str, heads: int, embedding_dim: int, queue_delay_us: int, json_path):
@@ -229,9 +308,18 @@ def serve(targets: tuple[str, ...], shapes: str, heads: int, embedding_dim: int,
 
 @main.command("decode", short_help="A KV-cache decoding step against recomputing the sequence.")
 @_options(
-    click.option("--past-lens", default=PAST_LENS, show_default=True, metavar="PAST,...",
-                 help="Cache lengths to time one decoding step at, comma-separated (0: the first token)."),
-    ONE_THREAD_COUNT, HEADS, WIDTH, ROUNDS, JSON,
+    click.option(
+        "--past-lens",
+        default=PAST_LENS,
+        show_default=True,
+        metavar="PAST,...",
+        help="Cache lengths to time one decoding step at, comma-separated (0: the first token).",
+    ),
+    ONE_THREAD_COUNT,
+    HEADS,
+    WIDTH,
+    ROUNDS,
+    JSON,
 )
 def decode(past_lens: str, threads: int | None, heads: int, embedding_dim: int, rounds: int, json_path):
     """One decoding step, batch 1: one new token through the KV cache (an export-attn --kv-cache model, the

@@ -8,15 +8,21 @@ from attn_onnx import __version__
 
 def variants_table(bench) -> str:
     """The results as text, one block per (threads, shape)."""
-    lines = [f"bench-attn {__version__}: {bench.cpu}; width {bench.embedding_dim}, {bench.heads} heads, "
-             "causal+padding mask input, float32 unless marked @; "
-             + ", ".join(f"{k} {v}" for k, v in bench.versions.items() if k != "attn_onnx")]
+    lines = [
+        f"bench-attn {__version__}: {bench.cpu}; width {bench.embedding_dim}, {bench.heads} heads, "
+        "causal+padding mask input, float32 unless marked @; "
+        + ", ".join(f"{k} {v}" for k, v in bench.versions.items() if k != "attn_onnx")
+    ]
     width = max([22, *(len(t.contender) + 2 for t in bench.timings)])
     for n in bench.threads:
-        lines.append(f"threads {n}: sgemm limit (onnxruntime MatMul 2048^3) {bench.sgemm_gflops[n]:.0f} GFLOP/s; "
-                     f"torch.matmul {bench.torch_sgemm_gflops[n]:.0f} GFLOP/s")
-        head = f"  {'contender':<{width}}{'median ms':>10}{'vs sdpa':>9}{'beat sdpa':>10}{'vs export':>10}" \
-               f"{'GFLOP/s':>9}{'% limit':>9}{'max_abs':>10}"
+        lines.append(
+            f"threads {n}: sgemm limit (onnxruntime MatMul 2048^3) {bench.sgemm_gflops[n]:.0f} GFLOP/s; "
+            f"torch.matmul {bench.torch_sgemm_gflops[n]:.0f} GFLOP/s"
+        )
+        head = (
+            f"  {'contender':<{width}}{'median ms':>10}{'vs sdpa':>9}{'beat sdpa':>10}{'vs export':>10}"
+            f"{'GFLOP/s':>9}{'% limit':>9}{'max_abs':>10}"
+        )
         for shape in dict.fromkeys((t.batch, t.length) for t in bench.timings if t.threads == n):
             lines += [f" ({shape[0]},{shape[1]})", head]
             for t in bench.timings:
@@ -24,8 +30,10 @@ def variants_table(bench) -> str:
                     err = f"{t.max_abs:.1e}" if t.max_abs is not None else "-"
                     export = f"{t.vs_export:.2f}x" if t.vs_export else "-"
                     beat = f"{t.faster_rounds}/{len(t.rounds_ms)}" if t.faster_rounds is not None else "-"
-                    lines.append(f"  {t.contender:<{width}}{t.median_ms:>10.3f}{t.vs_sdpa:>8.2f}x{beat:>10}"
-                                 f"{export:>10}{t.gflops:>9.1f}{t.limit_fraction:>9.0%}{err:>10}")
+                    lines.append(
+                        f"  {t.contender:<{width}}{t.median_ms:>10.3f}{t.vs_sdpa:>8.2f}x{beat:>10}"
+                        f"{export:>10}{t.gflops:>9.1f}{t.limit_fraction:>9.0%}{err:>10}"
+                    )
     return "\n".join(lines)
 
 
@@ -39,17 +47,21 @@ def fastest_lines(bench, rounds: int) -> list[str]:
             best = fastest(bench, batch, length, n)
             if best is not None:
                 export = f"{best.vs_export:.2f}x torch-export, " if best.vs_export else ""  # when it was timed
-                lines.append(f"fastest correct at ({batch},{length}), {n} thread(s): {best.contender}, "
-                             f"{best.vs_sdpa:.2f}x SDPA (faster in {best.faster_rounds} of {rounds} rounds), "
-                             f"{export}{best.limit_fraction:.0%} of the sgemm limit")
+                lines.append(
+                    f"fastest correct at ({batch},{length}), {n} thread(s): {best.contender}, "
+                    f"{best.vs_sdpa:.2f}x SDPA (faster in {best.faster_rounds} of {rounds} rounds), "
+                    f"{export}{best.limit_fraction:.0%} of the sgemm limit"
+                )
     return lines
 
 
 def memory_table(memory: dict) -> str:
-    lines = [f"peak RSS of one run at ({memory['batch']},{memory['length']}), {memory['threads']} thread(s), "
-             "in a fresh onnxruntime process:",
-             f"  {'variant':<22}{'peak MiB':>10}{'run MiB':>10}  (run: above the loaded session; inputs "
-             f"{next(iter(memory['variants'].values())).get('inputs_mib', 0):.0f} MiB)"]
+    lines = [
+        f"peak RSS of one run at ({memory['batch']},{memory['length']}), {memory['threads']} thread(s), "
+        "in a fresh onnxruntime process:",
+        f"  {'variant':<22}{'peak MiB':>10}{'run MiB':>10}  (run: above the loaded session; inputs "
+        f"{next(iter(memory['variants'].values())).get('inputs_mib', 0):.0f} MiB)",
+    ]
     for name, m in memory["variants"].items():
         if "error" in m:
             lines.append(f"  {name:<22}failed: {m['error']}")
@@ -59,10 +71,12 @@ def memory_table(memory: dict) -> str:
 
 
 def decode_table(bench) -> str:
-    lines = [f"bench-attn decode: {bench.cpu}; width {bench.embedding_dim}, {bench.heads} heads, batch 1, "
-             f"{bench.threads} thread(s), {bench.rounds} rounds, medians: one new token through the KV cache "
-             "(--kv-cache) vs recomputing past+1 tokens with the plain causal export",
-             f"  {'past_len':>8}{'step ms':>10}{'recompute ms':>14}{'speedup':>9}"]
+    lines = [
+        f"bench-attn decode: {bench.cpu}; width {bench.embedding_dim}, {bench.heads} heads, batch 1, "
+        f"{bench.threads} thread(s), {bench.rounds} rounds, medians: one new token through the KV cache "
+        "(--kv-cache) vs recomputing past+1 tokens with the plain causal export",
+        f"  {'past_len':>8}{'step ms':>10}{'recompute ms':>14}{'speedup':>9}",
+    ]
     for row in bench.steps:
         lines.append(f"  {row.past_len:>8}{row.step_ms:>10.3f}{row.recompute_ms:>14.3f}{row.speedup:>8.1f}x")
     return "\n".join(lines)

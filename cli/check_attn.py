@@ -8,8 +8,16 @@ from pathlib import Path
 import click
 
 from attn_onnx import __version__
-from attn_onnx.cli.common import (EXIT_FAILURE, EXIT_OK, CommaChoice, OneLineErrorCommand, Tolerance, comma_list,
-                                  given, refuse)
+from attn_onnx.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    CommaChoice,
+    OneLineErrorCommand,
+    Tolerance,
+    comma_list,
+    given,
+    refuse,
+)
 from attn_onnx.runtime_check.runners import RELEASE_HELP, RUNTIMES
 from attn_onnx.vocab import MASK_PATTERNS, PROVIDERS
 
@@ -23,58 +31,124 @@ def _profiles(field: str) -> str:
     from attn_onnx.runtime_check.compare import PROFILES
 
     shown = ("float32", "float16", "bfloat16", "int8")
-    return ", ".join(f"{getattr(PROFILES[p], field):g} {p}" for p in shown) + \
-        f"; {getattr(PROFILES['tf32'], field):g} with --tf32"
+    return (
+        ", ".join(f"{getattr(PROFILES[p], field):g} {p}" for p in shown)
+        + f"; {getattr(PROFILES['tf32'], field):g} with --tf32"
+    )
 
 
 @click.command("check-attn", cls=OneLineErrorCommand)
 @click.version_option(__version__, prog_name="check-attn")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
-@click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Check a bundle (export-attn --bundle) instead of MODEL: every sha256 in its manifest, then "
-                   "every golden vector set in onnxruntime (and --runtimes) within the manifest's tolerance.")
-@click.option("--runtimes", default="onnxruntime,reference", show_default=True, metavar="RUNTIME,...",
-              help="Comma-separated: " + "; ".join(f"{name}: {rt.help}" for name, rt in RUNTIMES.items()) + "; "
-                   + RELEASE_HELP + ".")
-@click.option("--providers", type=CommaChoice(PROVIDERS, metavar="PROVIDER,..."), default="cpu", show_default=True,
-              help=f"[onnxruntime] Execution providers, comma-separated: {', '.join(PROVIDERS)}.")
-@click.option("--batches", default="1,2,5", show_default=True, metavar="N,...",
-              help="[mha, attention] Batch sizes of the sweep.")
-@click.option("--lengths", default="1,7,64,257", show_default=True, metavar="N,...",
-              help="[mha, attention] Sequence lengths; each as q_len = kv_len, and paired with the next for "
-                   "cross-attention.")
-@click.option("--shapes", default=None, metavar="BxQxKV,...",
-              help="[mha, attention] Explicit BxQxKV shapes instead of the grid, e.g. '3x11x5,1x7x7'.")
-@click.option("--masks", type=CommaChoice(MASK_PATTERNS, metavar="PATTERN,..."), default=None,
-              help=f"[models with a mask input] Mask patterns, comma-separated: {', '.join(MASK_PATTERNS)}. [default: all]")
+@click.option(
+    "--bundle",
+    "bundle_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Check a bundle (export-attn --bundle) instead of MODEL: every sha256 in its manifest, then "
+    "every golden vector set in onnxruntime (and --runtimes) within the manifest's tolerance.",
+)
+@click.option(
+    "--runtimes",
+    default="onnxruntime,reference",
+    show_default=True,
+    metavar="RUNTIME,...",
+    help="Comma-separated: "
+    + "; ".join(f"{name}: {rt.help}" for name, rt in RUNTIMES.items())
+    + "; "
+    + RELEASE_HELP
+    + ".",
+)
+@click.option(
+    "--providers",
+    type=CommaChoice(PROVIDERS, metavar="PROVIDER,..."),
+    default="cpu",
+    show_default=True,
+    help=f"[onnxruntime] Execution providers, comma-separated: {', '.join(PROVIDERS)}.",
+)
+@click.option(
+    "--batches", default="1,2,5", show_default=True, metavar="N,...", help="[mha, attention] Batch sizes of the sweep."
+)
+@click.option(
+    "--lengths",
+    default="1,7,64,257",
+    show_default=True,
+    metavar="N,...",
+    help="[mha, attention] Sequence lengths; each as q_len = kv_len, and paired with the next for cross-attention.",
+)
+@click.option(
+    "--shapes",
+    default=None,
+    metavar="BxQxKV,...",
+    help="[mha, attention] Explicit BxQxKV shapes instead of the grid, e.g. '3x11x5,1x7x7'.",
+)
+@click.option(
+    "--masks",
+    type=CommaChoice(MASK_PATTERNS, metavar="PATTERN,..."),
+    default=None,
+    help=f"[models with a mask input] Mask patterns, comma-separated: {', '.join(MASK_PATTERNS)}. [default: all]",
+)
 @click.option("--sizes", default="1,5,20,64", show_default=True, metavar="N,...", help="[mask] subsequent_mask sizes.")
-@click.option("--quick", is_flag=True, help="The gate: the sweep export-attn runs before it writes and auto runs on "
-                                            "each candidate (three shapes, every mask, the variant's shapes that "
-                                            "reach its every control-flow path); instead of the sweep options.")
-@click.option("--atol", type=Tolerance(), default=None,
-              help="Absolute tolerance; given alone, rtol stays the profile's. [default: the profile of the model's "
-                   f"precision: {_profiles('atol')}; exact for integer outputs]")
-@click.option("--rtol", type=Tolerance(), default=None,
-              help="Relative tolerance; given alone, atol stays the profile's. [default: the profile of the "
-                   f"model's precision: {_profiles('rtol')}]")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="The gate: the sweep export-attn runs before it writes and auto runs on "
+    "each candidate (three shapes, every mask, the variant's shapes that "
+    "reach its every control-flow path); instead of the sweep options.",
+)
+@click.option(
+    "--atol",
+    type=Tolerance(),
+    default=None,
+    help="Absolute tolerance; given alone, rtol stays the profile's. [default: the profile of the model's "
+    f"precision: {_profiles('atol')}; exact for integer outputs]",
+)
+@click.option(
+    "--rtol",
+    type=Tolerance(),
+    default=None,
+    help="Relative tolerance; given alone, atol stays the profile's. [default: the profile of the "
+    f"model's precision: {_profiles('rtol')}]",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
-@click.option("--tf32", is_flag=True, help="[cuda] Allow TF32 matmuls (onnxruntime's default), with the "
-                                           "looser TF32 tolerances.")
-@click.option("--skip-missing", is_flag=True, help="Report a missing runtime or provider as SKIPPED instead of "
-                                                   "failing; a run that checked nothing then exits 0.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="[mha] Compare against this checkpoint (.safetensors or state_dict .pt) instead of the "
-                   "weights in the model.")
+@click.option(
+    "--tf32", is_flag=True, help="[cuda] Allow TF32 matmuls (onnxruntime's default), with the looser TF32 tolerances."
+)
+@click.option(
+    "--skip-missing",
+    is_flag=True,
+    help="Report a missing runtime or provider as SKIPPED instead of failing; a run that checked nothing then exits 0.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="[mha] Compare against this checkpoint (.safetensors or state_dict .pt) instead of the weights in the model.",
+)
 @click.option("--weights-prefix", default="", help="[mha] with --weights: where the block sits in it.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Write the full report as JSON here.")
-@click.option("--plots", "plots_dir", type=click.Path(path_type=Path), default=None,
-              help="[models with attn_probs] Write PNGs of the mask, the attention probabilities and their "
-                   "difference into this folder.")
-@click.option("--plot-case", "plot_case_name", default=None,
-              help="[with --plots] The case to draw. [default: b2.q20.kv20.causal+padding]")
-@click.option("--plot-example", type=int, default=None,
-              help="[with --plots] The example (batch index) to draw. [default: the last, the padded one]")
+@click.option(
+    "--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the full report as JSON here."
+)
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="[models with attn_probs] Write PNGs of the mask, the attention probabilities and their "
+    "difference into this folder.",
+)
+@click.option(
+    "--plot-case",
+    "plot_case_name",
+    default=None,
+    help="[with --plots] The case to draw. [default: b2.q20.kv20.causal+padding]",
+)
+@click.option(
+    "--plot-example",
+    type=int,
+    default=None,
+    help="[with --plots] The example (batch index) to draw. [default: the last, the padded one]",
+)
 @click.option("--plot-head", type=int, default=0, show_default=True, help="[with --plots] The head to draw.")
 @click.option("--quiet", is_flag=True, help="Print only failed and skipped lines and the summary.")
 def main(model, **options):
@@ -102,8 +176,10 @@ def main(model, **options):
     stream = not sys.stdout.isatty()  # a log or a pipe gets each line as its case finishes
 
     def start(report):
-        click.echo(f"model {report.model} (sha256 {report.sha256[:16]}), module {report.spec.module}; "
-                   f"reference weights: {report.reference_weights}")
+        click.echo(
+            f"model {report.model} (sha256 {report.sha256[:16]}), module {report.spec.module}; "
+            f"reference weights: {report.reference_weights}"
+        )
         if report.spec.tuning:
             click.echo(_tuning_line(report.spec.tuning))
 
@@ -112,14 +188,16 @@ def main(model, **options):
             click.echo(result.line())
 
     with _progress_bar(enabled=not stream) as progress:
+
         def on_result(result, done, total):
             if stream:
                 show(result, done, total)
             elif progress:
                 progress(done, total)
 
-        report = check_model(loaded, config, on_start=start, on_result=on_result,
-                             command=getattr(ctx.command, "command_line", None))
+        report = check_model(
+            loaded, config, on_start=start, on_result=on_result, command=getattr(ctx.command, "command_line", None)
+        )
     for line in report.lines() if not stream else [s.line() for s in report.skipped] + report.coverage_lines():
         if not (quiet and line.startswith("PASSED")):
             click.echo(line)
@@ -152,12 +230,15 @@ def _check_bundle(ctx, options: dict) -> int:
     from attn_onnx.files import write_atomic
     from attn_onnx.runtime_check.check import CheckConfig
 
-    config = CheckConfig(runtimes=runtimes, providers=providers, tf32=options["tf32"],
-                         skip_missing=options["skip_missing"]).validate()
+    config = CheckConfig(
+        runtimes=runtimes, providers=providers, tf32=options["tf32"], skip_missing=options["skip_missing"]
+    ).validate()
     report = check_bundle(options["bundle_dir"], config)
     report.command = getattr(ctx.command, "command_line", None)
-    click.echo(f"bundle {options['bundle_dir']} (model sha256 {report.sha256[:16]}, every file's sha256 as in its "
-               f"manifest), module {report.spec.module}")
+    click.echo(
+        f"bundle {options['bundle_dir']} (model sha256 {report.sha256[:16]}, every file's sha256 as in its "
+        f"manifest), module {report.spec.module}"
+    )
     for line in report.lines():
         if not (options["quiet"] and line.startswith("PASSED")):
             click.echo(line)
@@ -178,8 +259,8 @@ def _plan(ctx, model: Path, options: dict):
     from attn_onnx.errors import UsageError
     from attn_onnx.files import check_output_file, check_output_folder
     from attn_onnx.runtime_check.cases import QUICK, Sweep, default_plot_case, parse_case
-    from attn_onnx.runtime_check.compare import Tolerance
     from attn_onnx.runtime_check.check import check_runtimes
+    from attn_onnx.runtime_check.compare import Tolerance
     from attn_onnx.runtime_check.model import load_model
 
     chosen = given(ctx)
@@ -204,20 +285,28 @@ def _plan(ctx, model: Path, options: dict):
         if importlib.util.find_spec("matplotlib") is None:
             raise UsageError("--plots needs matplotlib (pip install '.[plots]')")
 
-    sweep = QUICK if options["quick"] else Sweep(
-        batches=comma_list(options["batches"], int), lengths=comma_list(options["lengths"], int),
-        masks=options["masks"] or None, shapes=_shapes(options["shapes"]),
-        sizes=comma_list(options["sizes"], int),
-        # a sweep the user narrowed runs the shapes asked for alone; a path it leaves unrun is named, not failed
-        cover=not chosen & {"batches", "lengths", "shapes"}).validate()
+    sweep = (
+        QUICK
+        if options["quick"]
+        else Sweep(
+            batches=comma_list(options["batches"], int),
+            lengths=comma_list(options["lengths"], int),
+            masks=options["masks"] or None,
+            shapes=_shapes(options["shapes"]),
+            sizes=comma_list(options["sizes"], int),
+            # a sweep the user narrowed runs the shapes asked for alone; a path it leaves unrun is named, not failed
+            cover=not chosen & {"batches", "lengths", "shapes"},
+        ).validate()
+    )
     tolerance = None  # the one the user left out comes from each runner's profile (the model's precision)
     if options["atol"] is not None or options["rtol"] is not None:
         tolerance = Tolerance(atol=options["atol"], rtol=options["rtol"])
 
     loaded = load_model(model)
     spec = loaded.spec
-    refuse(ctx, {o for o in chosen & set(SWEEP) if SWEEP_DIM[o] not in spec.kind.case_dims},
-           f"to a {spec.module} model")
+    refuse(
+        ctx, {o for o in chosen & set(SWEEP) if SWEEP_DIM[o] not in spec.kind.case_dims}, f"to a {spec.module} model"
+    )
     if not spec.kind.has_weights:
         refuse(ctx, chosen & {"weights", "weights_prefix"}, f"to a {spec.module} model (it has no weights)")
     if spec.mask != "input":
@@ -225,22 +314,36 @@ def _plan(ctx, model: Path, options: dict):
     plots = None
     if options["plots_dir"] is not None:
         if "attn_probs" not in spec.output_names:
-            raise UsageError("--plots needs a model with an attn_probs output (export-attn --attn-probs, or "
-                             "--module attention)")
+            raise UsageError(
+                "--plots needs a model with an attn_probs output (export-attn --attn-probs, or --module attention)"
+            )
         case = parse_case(options["plot_case_name"] or default_plot_case(spec), spec)
         example = case.batch - 1 if options["plot_example"] is None else options["plot_example"]
         if not 0 <= example < case.batch:
             raise UsageError(f"--plot-example {example} is out of range: case {case.name} has batch {case.batch}")
         if not 0 <= options["plot_head"] < spec.heads:
             raise UsageError(f"--plot-head {options['plot_head']} is out of range: the model has {spec.heads} heads")
-        plots = {"out_dir": options["plots_dir"], "case_name": case.name, "example": example,
-                 "head": options["plot_head"], "provider": providers[0] if providers else "cpu"}
+        plots = {
+            "out_dir": options["plots_dir"],
+            "case_name": case.name,
+            "example": example,
+            "head": options["plot_head"],
+            "provider": providers[0] if providers else "cpu",
+        }
 
     from attn_onnx.runtime_check.check import CheckConfig
 
-    config = CheckConfig(runtimes=runtimes, providers=providers, sweep=sweep, tolerance=tolerance,
-                         seed=options["seed"], weights=options["weights"], weights_prefix=options["weights_prefix"],
-                         tf32=options["tf32"], skip_missing=options["skip_missing"]).validate()
+    config = CheckConfig(
+        runtimes=runtimes,
+        providers=providers,
+        sweep=sweep,
+        tolerance=tolerance,
+        seed=options["seed"],
+        weights=options["weights"],
+        weights_prefix=options["weights_prefix"],
+        tf32=options["tf32"],
+        skip_missing=options["skip_missing"],
+    ).validate()
     return loaded, config, plots
 
 
@@ -248,10 +351,12 @@ def _tuning_line(record: dict) -> str:
     """What export-attn --attention-impl auto decided from, in one line (the metadata's attn_onnx.tuning)."""
     figures = ", ".join(f"{v} {ms:.3g}" for v, ms in sorted(record.get("geomean_ms", {}).items(), key=lambda i: i[1]))
     dropped = "; dropped: " + ", ".join(sorted(record["dropped"])) if record.get("dropped") else ""
-    return (f"variant {record.get('chosen')} chosen by --attention-impl auto on {record.get('cpu')}, "
-            f"{record.get('threads')} thread(s), at {','.join(record.get('shapes', []))} "
-            f"(mask {record.get('mask')}): geomean ms {figures or 'not timed (the only candidate)'}{dropped}; "
-            f"runs in {record.get('runs_in')}")
+    return (
+        f"variant {record.get('chosen')} chosen by --attention-impl auto on {record.get('cpu')}, "
+        f"{record.get('threads')} thread(s), at {','.join(record.get('shapes', []))} "
+        f"(mask {record.get('mask')}): geomean ms {figures or 'not timed (the only candidate)'}{dropped}; "
+        f"runs in {record.get('runs_in')}"
+    )
 
 
 def _shapes(text: str | None):

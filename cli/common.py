@@ -54,8 +54,9 @@ class Tolerance(click.ParamType):
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a number", param, ctx)
         if not math.isfinite(number) or number < 0:
-            self.fail(f"{value!r} is not a finite number >= 0 (a NaN or infinite tolerance passes anything)",
-                      param, ctx)
+            self.fail(
+                f"{value!r} is not a finite number >= 0 (a NaN or infinite tolerance passes anything)", param, ctx
+            )
         return number
 
 
@@ -79,11 +80,13 @@ class _OneLineErrors:
             _fail(str(exc), 128 + _signal_received[0])
         except AttnOnnxError as exc:
             _fail(str(exc), EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILURE)
-        except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        except Exception as exc:
             if os.environ.get("ATTN_ONNX_DEBUG"):
                 raise
-            _fail(f"unexpected {type(exc).__name__}: {first_line(exc)} (set ATTN_ONNX_DEBUG=1 for a traceback)",
-                  EXIT_FAILURE)
+            _fail(
+                f"unexpected {type(exc).__name__}: {first_line(exc)} (set ATTN_ONNX_DEBUG=1 for a traceback)",
+                EXIT_FAILURE,
+            )
         code = rv if isinstance(rv, int) else EXIT_OK
         if standalone_mode:
             sys.exit(code)
@@ -166,8 +169,11 @@ def comma_list(value: str | None, cast=str) -> tuple:
 
 def given(ctx: click.Context) -> set[str]:
     """The options the user gave (on the command line or through the environment), not defaults."""
-    return {name for name in ctx.params
-            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    return {
+        name
+        for name in ctx.params
+        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    }
 
 
 def flag(ctx: click.Context, name: str) -> str:

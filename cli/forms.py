@@ -71,14 +71,17 @@ def _onnx_file_line(written: Written, exported) -> str:
 
 
 def _bundle_line(written: Written, exported) -> str:
-    return (f"wrote bundle {written.path}/ ({written.detail['name']!r}: {', '.join(written.files)}, "
-            f"{written.detail['golden_sets']} golden vector sets)")
+    return (
+        f"wrote bundle {written.path}/ ({written.detail['name']!r}: {', '.join(written.files)}, "
+        f"{written.detail['golden_sets']} golden vector sets)"
+    )
 
 
 def _triton_repo_line(written: Written, exported) -> str:
     vectors = " and golden vectors" if written.detail["golden_sets"] else ""
-    return (f"wrote Triton model {written.path}/ ({written.detail['backend']} backend: "
-            f"{', '.join(written.files)}{vectors})")
+    return (
+        f"wrote Triton model {written.path}/ ({written.detail['backend']} backend: {', '.join(written.files)}{vectors})"
+    )
 
 
 def _bundle_settings(values: dict) -> dict:
@@ -86,8 +89,13 @@ def _bundle_settings(values: dict) -> dict:
 
 
 def _triton_repo_settings(values: dict) -> dict:
-    return {"name": values["name"], "max_batch_size": values["triton_max_batch"], "gpu": values["triton_gpu"],
-            "backend": values["triton_backend"], "max_queue_delay_us": values["triton_max_queue_delay_us"]}
+    return {
+        "name": values["name"],
+        "max_batch_size": values["triton_max_batch"],
+        "gpu": values["triton_gpu"],
+        "backend": values["triton_backend"],
+        "max_queue_delay_us": values["triton_max_queue_delay_us"],
+    }
 
 
 def _target(flag: str, metavar: str, help: str) -> click.Option:
@@ -98,23 +106,57 @@ FORM_OPTIONS = {
     "onnx": FormOptions(OnnxFile, (_target("--out", "FILE", "The .onnx file to write."),), _onnx_file_line),
     "bundle": FormOptions(
         Bundle,
-        (_target("--bundle", "DIR", "Write a verifiable bundle folder: model.onnx, manifest.json and golden vectors "
-                                    "(test_data_set_N/) from the float64 PyTorch module."),),
-        _bundle_line, settings=_bundle_settings, named=True),
+        (
+            _target(
+                "--bundle",
+                "DIR",
+                "Write a verifiable bundle folder: model.onnx, manifest.json and golden vectors "
+                "(test_data_set_N/) from the float64 PyTorch module.",
+            ),
+        ),
+        _bundle_line,
+        settings=_bundle_settings,
+        named=True,
+    ),
     "triton": FormOptions(
         TritonRepo,
-        (_target("--triton-repo", "DIR", "Write the model into this Triton model repository: REPO/NAME/config.pbtxt "
-                                         "and REPO/NAME/1/model.onnx (onnxruntime backend)."),
-         click.Option(["--triton-max-batch"], type=click.IntRange(min=0), default=8, show_default=True,
-                      help="[with --triton-repo] max_batch_size for Triton's dynamic batching (0: off)."),
-         click.Option(["--triton-gpu"], is_flag=True, help="[with --triton-repo] A GPU instance group instead of "
-                                                           "CPU."),
-         click.Option(["--triton-backend"], type=click.Choice(TRITON_BACKENDS), default="onnxruntime",
-                      show_default=True, help="[with --triton-repo] onnxruntime: Triton's onnxruntime backend "
-                      "(NVIDIA's containers); python: its Python backend, with 1/model.py running the model in "
-                      "onnxruntime and batching the requests (the tested path here; docs/serving-triton.md)."),
-         click.Option(["--triton-max-queue-delay-us"], type=click.IntRange(min=0), default=0, show_default=True,
-                      help="[with --triton-repo] How long Triton's dynamic batcher may hold a request for others "
-                           "to join its batch, in microseconds (0, Triton's default: only those already queued).")),
-        _triton_repo_line, settings=_triton_repo_settings, named=True),
+        (
+            _target(
+                "--triton-repo",
+                "DIR",
+                "Write the model into this Triton model repository: REPO/NAME/config.pbtxt "
+                "and REPO/NAME/1/model.onnx (onnxruntime backend).",
+            ),
+            click.Option(
+                ["--triton-max-batch"],
+                type=click.IntRange(min=0),
+                default=8,
+                show_default=True,
+                help="[with --triton-repo] max_batch_size for Triton's dynamic batching (0: off).",
+            ),
+            click.Option(
+                ["--triton-gpu"], is_flag=True, help="[with --triton-repo] A GPU instance group instead of CPU."
+            ),
+            click.Option(
+                ["--triton-backend"],
+                type=click.Choice(TRITON_BACKENDS),
+                default="onnxruntime",
+                show_default=True,
+                help="[with --triton-repo] onnxruntime: Triton's onnxruntime backend "
+                "(NVIDIA's containers); python: its Python backend, with 1/model.py running the model in "
+                "onnxruntime and batching the requests (the tested path here; docs/serving-triton.md).",
+            ),
+            click.Option(
+                ["--triton-max-queue-delay-us"],
+                type=click.IntRange(min=0),
+                default=0,
+                show_default=True,
+                help="[with --triton-repo] How long Triton's dynamic batcher may hold a request for others "
+                "to join its batch, in microseconds (0, Triton's default: only those already queued).",
+            ),
+        ),
+        _triton_repo_line,
+        settings=_triton_repo_settings,
+        named=True,
+    ),
 }

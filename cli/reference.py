@@ -21,16 +21,20 @@ def commands() -> dict[str, click.Command]:
 
 
 def reference() -> str:
-    parts = ["# CLI reference", "",
-             "Each command's `--help`, as it prints it. Made by `python -m attn_onnx.cli.reference > docs/cli.md`; "
-             "a test keeps the two equal. Exit codes and what each bad input gets: [reliability.md](reliability.md).",
-             ""]
+    parts = [
+        "# CLI reference",
+        "",
+        "Each command's `--help`, as it prints it. Made by `python -m attn_onnx.cli.reference > docs/cli.md`; "
+        "a test keeps the two equal. Exit codes and what each bad input gets: [reliability.md](reliability.md).",
+        "",
+    ]
     for name, command in commands().items():
         context = click.Context(command, info_name=name, terminal_width=WIDTH, max_content_width=WIDTH)
         parts += [f"## {name}", "", "```text", command.get_help(context), "```", ""]
         for sub_name, sub in getattr(command, "commands", {}).items():  # a group's subcommands, in its order
-            sub_context = click.Context(sub, info_name=sub_name, parent=context, terminal_width=WIDTH,
-                                        max_content_width=WIDTH)
+            sub_context = click.Context(
+                sub, info_name=sub_name, parent=context, terminal_width=WIDTH, max_content_width=WIDTH
+            )
             parts += [f"### {name} {sub_name}", "", "```text", sub.get_help(sub_context), "```", ""]
     return "\n".join(parts)
 

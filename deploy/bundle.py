@@ -52,8 +52,12 @@ def bundle_cases(spec: ExportSpec) -> list[Case]:
     from attn_onnx.exporter.variants import VARIANTS
 
     names = list(spec.kind.vector_cases(spec))
-    names += [name for name, _, _ in spec.kind.coverage_cases(spec, VARIANTS[spec.variant].coverage_shapes(spec),
-                                                              ("causal+padding",))]
+    names += [
+        name
+        for name, _, _ in spec.kind.coverage_cases(
+            spec, VARIANTS[spec.variant].coverage_shapes(spec), ("causal+padding",)
+        )
+    ]
     return [parse_case(name, spec) for name in dict.fromkeys(names)]
 
 
@@ -72,10 +76,18 @@ def min_onnxruntime(proto: onnx.ModelProto, spec: ExportSpec) -> dict[str, str]:
     from attn_onnx.deploy.compatibility import min_onnxruntime as claim
 
     release, measured = claim(proto, spec)
-    source = ("measured: the oldest release from which every later one runs this variant, kind and dtype right "
-              "(docs/compatibility.md)") if measured else ("not measured for this model (its opset, IR version, "
-                                                          "quantization or optimization): the oldest release its "
-                                                          "opset and IR version allow")
+    source = (
+        (
+            "measured: the oldest release from which every later one runs this variant, kind and dtype right "
+            "(docs/compatibility.md)"
+        )
+        if measured
+        else (
+            "not measured for this model (its opset, IR version, "
+            "quantization or optimization): the oldest release its "
+            "opset and IR version allow"
+        )
+    )
     return {"min_onnxruntime": release, "min_onnxruntime_source": source}
 
 
@@ -87,16 +99,19 @@ def check_bundle_name(name: str) -> None:
 
     pattern = json.loads(SCHEMA_FILE.read_text())["properties"]["name"]["pattern"]
     if not re.fullmatch(pattern, name, flags=re.ASCII):
-        raise UsageError(f"--name {name!r}: a model's name matches {pattern} (ASCII letters, digits, '.', '_' "
-                         "and '-', not first)")
+        raise UsageError(
+            f"--name {name!r}: a model's name matches {pattern} (ASCII letters, digits, '.', '_' and '-', not first)"
+        )
 
 
 def check_bundle_dtype(dtype: str) -> None:
     """UsageError for a --dtype a bundle cannot carry (before any export work)."""
     if dtype not in BUNDLE_DTYPES:
-        raise UsageError(f"a bundle takes --dtype {' or '.join(BUNDLE_DTYPES)}, not {dtype}: onnxruntime has no "
-                         f"{dtype} MatMul on a CPU, so its golden vectors could not be checked here; write the "
-                         f"{dtype} model with --out or --triton-repo")
+        raise UsageError(
+            f"a bundle takes --dtype {' or '.join(BUNDLE_DTYPES)}, not {dtype}: onnxruntime has no "
+            f"{dtype} MatMul on a CPU, so its golden vectors could not be checked here; write the "
+            f"{dtype} model with --out or --triton-repo"
+        )
 
 
 def mask_contract(spec: ExportSpec) -> str:
@@ -105,9 +120,16 @@ def mask_contract(spec: ExportSpec) -> str:
 
 
 def _io(values, dims: dict, dtypes: dict) -> list[dict]:
-    return [{"name": v.name, "dtype": dtypes[v.name], "datatype": ELEMENT_TYPES[dtypes[v.name]].datatype,
-             "dims": dims[v.name], "shape": [d if isinstance(d, int) else -1 for d in dims[v.name]]}
-            for v in values]
+    return [
+        {
+            "name": v.name,
+            "dtype": dtypes[v.name],
+            "datatype": ELEMENT_TYPES[dtypes[v.name]].datatype,
+            "dims": dims[v.name],
+            "shape": [d if isinstance(d, int) else -1 for d in dims[v.name]],
+        }
+        for v in values
+    ]
 
 
 def manifest_dims(spec: ExportSpec) -> dict[str, dict]:
@@ -118,8 +140,18 @@ def manifest_dims(spec: ExportSpec) -> dict[str, dict]:
     return {name: rule for name, rule in spec.kind.dim_rules(spec).items() if name in used}
 
 
-def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, module, *, name: str,
-                 force: bool = False, seed: int = 0, external: bool = False, data: bytes | None = None) -> Path:
+def write_bundle(
+    target: str | Path,
+    proto: onnx.ModelProto,
+    spec: ExportSpec,
+    module,
+    *,
+    name: str,
+    force: bool = False,
+    seed: int = 0,
+    external: bool = False,
+    data: bytes | None = None,
+) -> Path:
     """Write the bundle folder atomically (a temp folder beside `target`, then a rename). With `external`
     (or past 2 GiB), the weights go to `model.onnx.data` beside the model, hashed in the manifest too.
 
@@ -131,8 +163,16 @@ def write_bundle(target: str | Path, proto: onnx.ModelProto, spec: ExportSpec, m
     return write_folder_atomic(target, build, force)
 
 
-def bundle_builder(proto: onnx.ModelProto, spec: ExportSpec, module, *, name: str, seed: int = 0,
-                   external: bool = False, data: bytes | None = None):
+def bundle_builder(
+    proto: onnx.ModelProto,
+    spec: ExportSpec,
+    module,
+    *,
+    name: str,
+    seed: int = 0,
+    external: bool = False,
+    data: bytes | None = None,
+):
     """build(folder): writes the bundle's files into `folder`, which exists and is empty (write_bundle's folder,
     or a Triton model's version folder, deploy/triton.py)."""
     import torch
@@ -153,14 +193,21 @@ def bundle_builder(proto: onnx.ModelProto, spec: ExportSpec, module, *, name: st
             outputs = {k: v.astype(spec.output_dtypes()[k]) for k, v in oracle.run(feeds).items()}
             sub = folder / f"test_data_set_{i}"
             sub.mkdir()
-            sets.append({"folder": sub.name, "case": case.name, "description": _describe_case(case),
-                         "inputs": _write_tensors(folder, sub, "input", {v.name: feeds[v.name] for v in inputs}),
-                         "outputs": _write_tensors(folder, sub, "output", {n: outputs[n] for n in spec.output_names})})
+            sets.append(
+                {
+                    "folder": sub.name,
+                    "case": case.name,
+                    "description": _describe_case(case),
+                    "inputs": _write_tensors(folder, sub, "input", {v.name: feeds[v.name] for v in inputs}),
+                    "outputs": _write_tensors(folder, sub, "output", {n: outputs[n] for n in spec.output_names}),
+                }
+            )
         _, tolerance = tolerance_for(spec.precision, spec.kind.integer_outputs(spec))
         coverage = set_coverage(proto, fed, str(folder) if external else "")
         if not coverage.complete:  # a variant's coverage_shapes that no longer run what they should
-            raise BundleError(f"the bundle's golden sets leave control-flow paths of its model unrun: "
-                              f"{'; '.join(coverage.missing)}")
+            raise BundleError(
+                f"the bundle's golden sets leave control-flow paths of its model unrun: {'; '.join(coverage.missing)}"
+            )
         import onnxruntime
         import onnxscript
 
@@ -168,23 +215,38 @@ def bundle_builder(proto: onnx.ModelProto, spec: ExportSpec, module, *, name: st
             "format": FORMAT,
             "name": name,
             "description": spec.kind.describe(spec),
-            "model": {"file": MODEL_FILE, "sha256": file_sha256(files[0]),
-                      "bytes": files[0].stat().st_size, "opset": spec.opset, "ir_version": proto.ir_version,
-                      **min_onnxruntime(proto, spec)},
+            "model": {
+                "file": MODEL_FILE,
+                "sha256": file_sha256(files[0]),
+                "bytes": files[0].stat().st_size,
+                "opset": spec.opset,
+                "ir_version": proto.ir_version,
+                **min_onnxruntime(proto, spec),
+            },
             "inputs": _io(inputs, spec.input_dims(), spec.input_dtypes()),
             "outputs": _io(proto.graph.output, spec.output_dims(), spec.output_dtypes()),
             "dims": manifest_dims(spec),
             "mask_convention": mask_contract(spec),
-            "tolerance": {"atol": tolerance.atol, "rtol": tolerance.rtol,
-                          "rule": "|actual - expected| <= atol + rtol * |expected|, elementwise; no NaN or Inf",
-                          "expected": "the PyTorch module's answers in float64, cast to the output dtype"},
+            "tolerance": {
+                "atol": tolerance.atol,
+                "rtol": tolerance.rtol,
+                "rule": "|actual - expected| <= atol + rtol * |expected|, elementwise; no NaN or Inf",
+                "expected": "the PyTorch module's answers in float64, cast to the output dtype",
+            },
             "test_data_sets": sets,
-            "coverage": {"description": "the model's control-flow paths (every If branch, every Loop at 1, 2 and "
-                                        "3+ iterations and with a last partial iteration) and the sets that run "
-                                        "each; check-attn --bundle fails a bundle whose sets leave one unrun",
-                         "paths": {path: coverage.ran[path] for path in coverage.paths}},
-            "producer": {"attn_onnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                         "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__},
+            "coverage": {
+                "description": "the model's control-flow paths (every If branch, every Loop at 1, 2 and "
+                "3+ iterations and with a last partial iteration) and the sets that run "
+                "each; check-attn --bundle fails a bundle whose sets leave one unrun",
+                "paths": {path: coverage.ran[path] for path in coverage.paths},
+            },
+            "producer": {
+                "attn_onnx": __version__,
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxscript": onnxscript.__version__,
+                "onnxruntime": onnxruntime.__version__,
+            },
             "metadata": {p.key: p.value for p in proto.metadata_props},
         }
         quantization = manifest["metadata"].get("attn_onnx.quantize_format")  # exporter/quantize.py FORMAT
@@ -193,9 +255,12 @@ def bundle_builder(proto: onnx.ModelProto, spec: ExportSpec, module, *, name: st
         if spec.kind.decodes:
             manifest["decode"] = _write_decode(folder, spec, oracle, seed)
         if external:
-            manifest["model"]["data"] = {"file": files[1].name, "sha256": file_sha256(files[1]),
-                                         "bytes": files[1].stat().st_size,
-                                         "note": "the weights (ONNX external data); keep it beside the model"}
+            manifest["model"]["data"] = {
+                "file": files[1].name,
+                "sha256": file_sha256(files[1]),
+                "bytes": files[1].stat().st_size,
+                "note": "the weights (ONNX external data); keep it beside the model",
+            }
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
 
     return build
@@ -206,6 +271,7 @@ def _describe_case(case: Case) -> str:
 
 
 # --- reading and checking ----------------------------------------------------------------------------------
+
 
 def read_manifest(folder: str | Path) -> dict:
     folder = Path(folder)
@@ -246,8 +312,9 @@ def manifest_problem(manifest) -> str | None:
     """The first way `manifest` breaks the bundle format's JSON Schema, in words (`decode.steps[1] lacks
     'inputs'`), or None. The first by position in the document, so the answer does not depend on the validator's
     order. Then what the schema cannot say (docs/bundle-format.md, "The rules every verifier applies")."""
-    errors = sorted(_validator().iter_errors(manifest), key=lambda e: (len(e.absolute_path), [str(p) for p in
-                                                                                        e.absolute_path]))
+    errors = sorted(
+        _validator().iter_errors(manifest), key=lambda e: (len(e.absolute_path), [str(p) for p in e.absolute_path])
+    )
     if not errors:
         return _beyond_schema(manifest)
     error = errors[0]
@@ -259,8 +326,13 @@ def manifest_problem(manifest) -> str | None:
         missing = [key for key in error.validator_value if key not in error.instance]
         return f"{where} lacks {', '.join(repr(key) for key in missing)}"
     if error.validator == "type":
-        kinds = {"array": "a list", "object": "an object", "number": "a number", "integer": "an integer",
-                 "string": "a string"}
+        kinds = {
+            "array": "a list",
+            "object": "an object",
+            "number": "a number",
+            "integer": "an integer",
+            "string": "a string",
+        }
         wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         return f"{where} is not {' or '.join(kinds.get(k, k) for k in wanted)}"
     return f"{where}: {error.message[:200]}"
@@ -284,8 +356,9 @@ def _beyond_schema(manifest: dict) -> str | None:
 
 def _vector_sets(manifest: dict) -> list[tuple[str, dict]]:
     """Every test set and decode step, with where it is in the manifest (`test_data_sets[2]`)."""
-    return ([(f"test_data_sets[{k}]", s) for k, s in enumerate(manifest["test_data_sets"])] +
-            [(f"decode.steps[{k}]", s) for k, s in enumerate(manifest.get("decode", {}).get("steps", []))])
+    return [(f"test_data_sets[{k}]", s) for k, s in enumerate(manifest["test_data_sets"])] + [
+        (f"decode.steps[{k}]", s) for k, s in enumerate(manifest.get("decode", {}).get("steps", []))
+    ]
 
 
 def outputs_problem(manifest: dict, outputs: list[str]) -> str | None:
@@ -294,8 +367,9 @@ def outputs_problem(manifest: dict, outputs: list[str]) -> str | None:
     the decode thread takes its present_* from them."""
     listed = [o["name"] for o in manifest["outputs"]]
     if listed != outputs:
-        return (f"outputs names {', '.join(repr(n) for n in listed)}; the model gives "
-                f"{', '.join(repr(n) for n in outputs)}")
+        return (
+            f"outputs names {', '.join(repr(n) for n in listed)}; the model gives {', '.join(repr(n) for n in outputs)}"
+        )
     for where, entry in _vector_sets(manifest):
         names = [f["name"] for f in entry["outputs"]]
         for name in outputs:
@@ -337,8 +411,11 @@ def verify_hashes(folder: str | Path, manifest: dict) -> None:
     if "data" in manifest["model"]:  # the weights, as external data beside the model
         files.append((manifest["model"]["data"]["file"], manifest["model"]["data"]["sha256"]))
     files += [(f["file"], f["sha256"]) for s in manifest["test_data_sets"] for f in s["inputs"] + s["outputs"]]
-    files += [(f["file"], f["sha256"]) for s in manifest.get("decode", {}).get("steps", [])
-              for f in s["inputs"] + s["outputs"]]
+    files += [
+        (f["file"], f["sha256"])
+        for s in manifest.get("decode", {}).get("steps", [])
+        for f in s["inputs"] + s["outputs"]
+    ]
     changed = []
     for relative, expected in files:
         path = _inside(folder, relative)
@@ -373,30 +450,47 @@ def check_bundle(folder: str | Path, config=None) -> Report:
     module, reference_weights = reference_module(loaded.proto, spec, base_dir=loaded.base_dir)
     runners, skipped = make_runners(loaded, module, config)
     tolerance = Tolerance(atol=float(manifest["tolerance"]["atol"]), rtol=float(manifest["tolerance"]["rtol"]))
-    report = Report(model=str(folder), sha256=manifest["model"]["sha256"], spec=spec,
-                    reference_weights=f"the bundle's golden vectors (from {reference_weights.split(' (')[0]})",
-                    seed=0, tolerances={r.name: ("bundle", tolerance) for r in runners}, versions={},
-                    skip_missing=config.skip_missing, skipped=skipped)
+    report = Report(
+        model=str(folder),
+        sha256=manifest["model"]["sha256"],
+        spec=spec,
+        reference_weights=f"the bundle's golden vectors (from {reference_weights.split(' (')[0]})",
+        seed=0,
+        tolerances={r.name: ("bundle", tolerance) for r in runners},
+        versions={},
+        skip_missing=config.skip_missing,
+        skipped=skipped,
+    )
     for entry in manifest["test_data_sets"]:
         feeds = {f["name"]: _load_tensor(folder / f["file"]) for f in entry["inputs"]}
         expected = {f["name"]: _load_tensor(folder / f["file"]) for f in entry["outputs"]}
         dtypes = {name: str(array.dtype) for name, array in expected.items()}
         label = f"{entry['folder']} ({entry['case']})"
-        bad = [f"input {name!r} holds {int(np.size(a) - np.count_nonzero(np.isfinite(a)))} NaN/Inf values"
-               for name, a in feeds.items() if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all()]
+        bad = [
+            f"input {name!r} holds {int(np.size(a) - np.count_nonzero(np.isfinite(a)))} NaN/Inf values"
+            for name, a in feeds.items()
+            if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all()
+        ]
         if bad:  # a finding about the bundle, not a crash: attention of NaN is NaN, whoever computes it
             report.results.extend(CaseResult(r.name, label, entry["case"], error="; ".join(bad)) for r in runners)
             continue
         for runner in runners:
-            report.results.append(run_case(runner, f"{entry['folder']} ({entry['case']})", entry["case"], feeds,
-                                           expected, dtypes,
-                                           tolerance))
+            report.results.append(
+                run_case(
+                    runner, f"{entry['folder']} ({entry['case']})", entry["case"], feeds, expected, dtypes, tolerance
+                )
+            )
     if "decode" in manifest:
         report.results.extend(_check_decode(folder, manifest, runners, tolerance))
     # the sets must run every control-flow path of the model: measured here, whatever the manifest claims
-    report.coverage = set_coverage(loaded.proto, [(f"{e['folder']} ({e['case']})", {
-        f["name"]: _load_tensor(folder / f["file"]) for f in e["inputs"]}) for e in manifest["test_data_sets"]],
-        loaded.base_dir if loaded.external else "")
+    report.coverage = set_coverage(
+        loaded.proto,
+        [
+            (f"{e['folder']} ({e['case']})", {f["name"]: _load_tensor(folder / f["file"]) for f in e["inputs"]})
+            for e in manifest["test_data_sets"]
+        ],
+        loaded.base_dir if loaded.external else "",
+    )
     return report
 
 
@@ -406,8 +500,15 @@ def _write_tensors(folder: Path, sub: Path, side: str, arrays: dict[str, np.ndar
     for k, (name, array) in enumerate(arrays.items()):
         path = sub / f"{side}_{k}.pb"
         path.write_bytes(numpy_helper.from_array(np.ascontiguousarray(array), name).SerializeToString())
-        entries.append({"file": str(path.relative_to(folder)), "name": name, "dtype": str(array.dtype),
-                        "shape": list(array.shape), "sha256": file_sha256(path)})
+        entries.append(
+            {
+                "file": str(path.relative_to(folder)),
+                "name": name,
+                "dtype": str(array.dtype),
+                "shape": list(array.shape),
+                "sha256": file_sha256(path),
+            }
+        )
     return entries
 
 
@@ -424,17 +525,25 @@ def _write_decode(folder: Path, spec: ExportSpec, oracle, seed: int) -> dict:
     for k, (start, inputs, outputs) in enumerate(decode_steps(oracle.run, x, DECODE_CHUNKS, mask, past)):
         sub = folder / DECODE_FOLDER / f"step_{k}"
         sub.mkdir(parents=True)
-        steps.append({"folder": str(sub.relative_to(folder)), "new_tokens": DECODE_CHUNKS[k], "past_len": start,
-                      "inputs": _write_tensors(folder, sub, "input", inputs),
-                      "outputs": _write_tensors(folder, sub, "output", {n: v.astype(np.float32)
-                                                                        for n, v in outputs.items()})})
-    return {"description": f"decode {batch} sequences of {length} tokens: a prefill of {DECODE_CHUNKS[0]} from "
-                           "an empty cache, then one token at a time",
-            "thread": THREAD, "first_past": {"shape": [batch, spec.heads, 0, spec.d_k], "dtype": "float32"},
-            "how": "run the steps in order; step 0 takes past_key and past_value of first_past's shape (no "
-                   "elements); every later step takes the previous step's present_key and present_value as its "
-                   "past_key and past_value. Each step's inputs and expected outputs are in its folder.",
-            "steps": steps}
+        steps.append(
+            {
+                "folder": str(sub.relative_to(folder)),
+                "new_tokens": DECODE_CHUNKS[k],
+                "past_len": start,
+                "inputs": _write_tensors(folder, sub, "input", inputs),
+                "outputs": _write_tensors(folder, sub, "output", {n: v.astype(np.float32) for n, v in outputs.items()}),
+            }
+        )
+    return {
+        "description": f"decode {batch} sequences of {length} tokens: a prefill of {DECODE_CHUNKS[0]} from "
+        "an empty cache, then one token at a time",
+        "thread": THREAD,
+        "first_past": {"shape": [batch, spec.heads, 0, spec.d_k], "dtype": "float32"},
+        "how": "run the steps in order; step 0 takes past_key and past_value of first_past's shape (no "
+        "elements); every later step takes the previous step's present_key and present_value as its "
+        "past_key and past_value. Each step's inputs and expected outputs are in its folder.",
+        "steps": steps,
+    }
 
 
 def _check_decode(folder: Path, manifest: dict, runners, tolerance: Tolerance) -> list[CaseResult]:
@@ -453,24 +562,60 @@ def _check_decode(folder: Path, manifest: dict, runners, tolerance: Tolerance) -
             try:
                 outputs = runner.run({**feeds, **past})
             except Exception as exc:  # the runtime's own error is the finding; later steps need this one
-                results.append(CaseResult(runner.name, label, shape,
-                                          error=f"{runner.name} raised {type(exc).__name__}: {short_error(exc)}"))
+                results.append(
+                    CaseResult(
+                        runner.name,
+                        label,
+                        shape,
+                        error=f"{runner.name} raised {type(exc).__name__}: {short_error(exc)}",
+                    )
+                )
                 break
-            results.append(CaseResult(runner.name, label, shape, tuple(
-                OutputComparison.measure(n, outputs[n], e, str(e.dtype), tolerance) for n, e in expected.items())))
+            results.append(
+                CaseResult(
+                    runner.name,
+                    label,
+                    shape,
+                    tuple(
+                        OutputComparison.measure(n, outputs[n], e, str(e.dtype), tolerance) for n, e in expected.items()
+                    ),
+                )
+            )
             past = next_past(outputs, decode["thread"])  # the manifest's threading: the bundle is the contract
     return results
 
 
 # The element types a golden vector may hold, and the TensorProto field that holds each one's values when
 # raw_data does not (docs/bundle-format.md: the same rules in lib/bundle.js, bundle.cc and lib/bundle.mjs).
-_ELEMENTS = {1: ("float32", 4, "float_data"), 2: ("uint8", 1, "int32_data"), 7: ("int64", 8, "int64_data"),
-             9: ("bool", 1, "int32_data"), 10: ("float16", 2, "int32_data"), 11: ("float64", 8, "double_data")}
+_ELEMENTS = {
+    1: ("float32", 4, "float_data"),
+    2: ("uint8", 1, "int32_data"),
+    7: ("int64", 8, "int64_data"),
+    9: ("bool", 1, "int32_data"),
+    10: ("float16", 2, "int32_data"),
+    11: ("float64", 8, "double_data"),
+}
 _INT32_RANGE = {"bool": (0, 1), "uint8": (0, 255), "float16": (0, 0xFFFF)}
 _VALUE_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
-_REFUSED_TYPES = {3: "int8", 4: "uint16", 5: "int16", 6: "int32", 8: "string", 12: "uint32", 13: "uint64",
-                  14: "complex64", 15: "complex128", 16: "bfloat16", 17: "float8e4m3fn", 18: "float8e4m3fnuz",
-                  19: "float8e5m2", 20: "float8e5m2fnuz", 21: "uint4", 22: "int4", 23: "float4e2m1"}
+_REFUSED_TYPES = {
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    8: "string",
+    12: "uint32",
+    13: "uint64",
+    14: "complex64",
+    15: "complex128",
+    16: "bfloat16",
+    17: "float8e4m3fn",
+    18: "float8e4m3fnuz",
+    19: "float8e5m2",
+    20: "float8e5m2fnuz",
+    21: "uint4",
+    22: "int4",
+    23: "float4e2m1",
+}
 _MAX_ELEMENTS = 2**63 - 1
 
 
@@ -482,8 +627,10 @@ def tensor_problem(tensor: onnx.TensorProto) -> str | None:
         return "stored in external data, which this reader does not take"
     if tensor.data_type not in _ELEMENTS:
         known = f" ({_REFUSED_TYPES[tensor.data_type]})" if tensor.data_type in _REFUSED_TYPES else ""
-        return (f"unsupported ONNX data type {tensor.data_type}{known}; this reader takes "
-                f"{', '.join(kind for kind, _, _ in _ELEMENTS.values())}")
+        return (
+            f"unsupported ONNX data type {tensor.data_type}{known}; this reader takes "
+            f"{', '.join(kind for kind, _, _ in _ELEMENTS.values())}"
+        )
     kind, size, typed = _ELEMENTS[tensor.data_type]
     count = 1
     for k, dim in enumerate(tensor.dims):  # each dim, and the product in order, before anything is allocated

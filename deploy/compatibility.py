@@ -78,8 +78,9 @@ def _row_spec(variant: str, kind: str, dtype: str, mask: str, opset: int, **fiel
     aligns = ("top-left", "bottom-right") if mask == "causal" else ("top-left",)
     for align in aligns:
         try:
-            return ExportSpec(module=kind, variant=variant, dtype=dtype, mask=mask, opset=opset, causal_align=align,
-                              **fields).validate()
+            return ExportSpec(
+                module=kind, variant=variant, dtype=dtype, mask=mask, opset=opset, causal_align=align, **fields
+            ).validate()
         except AttnOnnxError:
             if align == aligns[-1]:
                 raise
@@ -110,9 +111,18 @@ def is_row(spec: ExportSpec) -> bool:
     (no validation here: an export validates its spec once)."""
     aligns = ("top-left", "bottom-right") if spec.mask == "causal" else ("top-left",)
     return ExportSpec.settings(spec) in {
-        ExportSpec(module=spec.module, variant=spec.variant, dtype=spec.dtype, mask=spec.mask, opset=spec.opset,
-                   causal_align=align, heads=spec.heads, embedding_dim=spec.embedding_dim).settings()
-        for align in aligns}
+        ExportSpec(
+            module=spec.module,
+            variant=spec.variant,
+            dtype=spec.dtype,
+            mask=spec.mask,
+            opset=spec.opset,
+            causal_align=align,
+            heads=spec.heads,
+            embedding_dim=spec.embedding_dim,
+        ).settings()
+        for align in aligns
+    }
 
 
 def min_release(cells: dict[str, Cell]) -> str | None:
@@ -206,8 +216,10 @@ def target_problem(spec: ExportSpec, target: str, table: dict | None = None) -> 
         said = f"{cell['result']} on {measured[-1]}" + (f": {cell['detail']}" if cell["detail"] else "")
     else:
         said = f"older than every release measured, {table['releases'][0]}"
-    return (f"{what} does not run right on onnxruntime {target} ({said}); it runs right from {claim} "
-            "(docs/compatibility.md)")
+    return (
+        f"{what} does not run right on onnxruntime {target} ({said}); it runs right from {claim} "
+        "(docs/compatibility.md)"
+    )
 
 
 def check_target(target: str) -> str:

@@ -35,8 +35,17 @@ def measure(folder: str | Path, runner, lower_for: str | None = None) -> Cell:
     for entry in manifest["test_data_sets"]:
         feeds = {f["name"]: _load_tensor(folder / f["file"]) for f in entry["inputs"]}
         expected = {f["name"]: _load_tensor(folder / f["file"]) for f in entry["outputs"]}
-        results.append(run_case(runner, entry["folder"], entry["case"], feeds, expected,
-                                {n: str(a.dtype) for n, a in expected.items()}, tolerance))
+        results.append(
+            run_case(
+                runner,
+                entry["folder"],
+                entry["case"],
+                feeds,
+                expected,
+                {n: str(a.dtype) for n, a in expected.items()},
+                tolerance,
+            )
+        )
     if "decode" in manifest:
         results.extend(_check_decode(folder, manifest, [runner], tolerance))
     errors = [r for r in results if r.error is not None]

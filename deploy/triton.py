@@ -33,8 +33,9 @@ MAX_REQUEST_BYTES = 1 << 30  # 1 GiB
 def dims_parameter(spec: ExportSpec) -> str:
     """The dims contract of a model of `spec` as the python backend reads it: compact JSON."""
     contract = spec.kind.dims_contract(spec)
-    contract["dims"] = {name: {k: v for k, v in rule.items() if k != "description"}
-                        for name, rule in contract["dims"].items()}
+    contract["dims"] = {
+        name: {k: v for k, v in rule.items() if k != "description"} for name, rule in contract["dims"].items()
+    }
     return json.dumps(contract, separators=(",", ":"))
 
 
@@ -61,13 +62,22 @@ def check_backend(backend: str, dtype: str) -> None:
     if backend not in TRITON_BACKENDS:
         raise UsageError(f"--triton-backend {backend!r}: choose from {list(TRITON_BACKENDS)}")
     if backend == "python" and dtype == "bfloat16":
-        raise UsageError("--triton-backend python cannot serve --dtype bfloat16: the Python backend hands tensors "
-                         "over as numpy arrays, and numpy has no bfloat16; use the onnxruntime backend")
+        raise UsageError(
+            "--triton-backend python cannot serve --dtype bfloat16: the Python backend hands tensors "
+            "over as numpy arrays, and numpy has no bfloat16; use the onnxruntime backend"
+        )
 
 
-def config_text(spec: ExportSpec, name: str, *, max_batch_size: int = 8, gpu: bool = False,
-                backend: str = "onnxruntime", max_queue_delay_us: int = 0,
-                max_request_bytes: int = MAX_REQUEST_BYTES) -> str:
+def config_text(
+    spec: ExportSpec,
+    name: str,
+    *,
+    max_batch_size: int = 8,
+    gpu: bool = False,
+    backend: str = "onnxruntime",
+    max_queue_delay_us: int = 0,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+) -> str:
     """config.pbtxt for the model of `spec`, served by Triton's `backend`. With batching, dims leave out the
     batch dim (Triton adds it); dynamic dims are -1; the dynamic batcher waits up to `max_queue_delay_us`
     for more requests to join a batch. The python backend's model.py also gets the dims contract and the work
@@ -86,8 +96,9 @@ def config_text(spec: ExportSpec, name: str, *, max_batch_size: int = 8, gpu: bo
             reshape = ""
             if not shown:  # a scalar: Triton wants dims [ 1 ] reshaped to [ ]
                 shape, reshape = "1", " reshape: { shape: [ ] }"
-            entries.append(f'  {{ name: "{tensor}" data_type: {TRITON_TYPES[dtypes[tensor]]} dims: [ {shape} ]'
-                           f"{reshape} }}")
+            entries.append(
+                f'  {{ name: "{tensor}" data_type: {TRITON_TYPES[dtypes[tensor]]} dims: [ {shape} ]{reshape} }}'
+            )
         lines.append(",\n".join(entries))
         lines.append("]")
 
@@ -99,24 +110,42 @@ def config_text(spec: ExportSpec, name: str, *, max_batch_size: int = 8, gpu: bo
     lines.append(f"instance_group [ {{ kind: {'KIND_GPU' if gpu else 'KIND_CPU'} count: 1 }} ]")
     if backend == "python":  # idle onnxruntime threads that spin hold the cores Triton's own threads need
         lines.append('parameters { key: "session.intra_op.allow_spinning" value: { string_value: "0" } }')
-        lines.append("# model.py refuses (INVALID_ARGUMENT) a request whose inputs disagree with each other by this "
-                     "contract (docs/serving-triton.md)")
-        lines.append(f'parameters {{ key: "{DIMS_PARAMETER}" value: {{ string_value: '
-                     f"{_pbtxt_string(dims_parameter(spec))} }} }}")
-        lines.append("# and one whose estimated peak, 4 x (2 x batch x heads x q_len x kv_len + the elements of every "
-                     "input and output) bytes, is past this budget")
+        lines.append(
+            "# model.py refuses (INVALID_ARGUMENT) a request whose inputs disagree with each other by this "
+            "contract (docs/serving-triton.md)"
+        )
+        lines.append(
+            f'parameters {{ key: "{DIMS_PARAMETER}" value: {{ string_value: {_pbtxt_string(dims_parameter(spec))} }} }}'
+        )
+        lines.append(
+            "# and one whose estimated peak, 4 x (2 x batch x heads x q_len x kv_len + the elements of every "
+            "input and output) bytes, is past this budget"
+        )
         budget = int(max_request_bytes)
         lines.append(f'parameters {{ key: "{BUDGET_PARAMETER}" value: {{ string_value: "{budget}" }} }}')
-        lines.append("# model.py runs the golden vectors of 1/manifest.json when it starts and refuses to serve if one "
-                     'fails; "false" skips them (and says so in the log)')
+        lines.append(
+            "# model.py runs the golden vectors of 1/manifest.json when it starts and refuses to serve if one "
+            'fails; "false" skips them (and says so in the log)'
+        )
         lines.append(f'parameters {{ key: "{VERIFY_PARAMETER}" value: {{ string_value: "true" }} }}')
     return "\n".join(lines) + "\n"
 
 
-def write_repository(repo: str | Path, proto: onnx.ModelProto, spec: ExportSpec, *, name: str, force: bool = False,
-                     max_batch_size: int = 8, gpu: bool = False, external: bool = False,
-                     backend: str = "onnxruntime", max_queue_delay_us: int = 0, data: bytes | None = None,
-                     twin=None) -> Path:
+def write_repository(
+    repo: str | Path,
+    proto: onnx.ModelProto,
+    spec: ExportSpec,
+    *,
+    name: str,
+    force: bool = False,
+    max_batch_size: int = 8,
+    gpu: bool = False,
+    external: bool = False,
+    backend: str = "onnxruntime",
+    max_queue_delay_us: int = 0,
+    data: bytes | None = None,
+    twin=None,
+) -> Path:
     """Write `repo/<name>/` atomically (other models already in `repo` are left alone). With `external` (or
     past 2 GiB) the weights go to `1/model.onnx.data`, where onnxruntime finds them.
 
@@ -127,8 +156,9 @@ def write_repository(repo: str | Path, proto: onnx.ModelProto, spec: ExportSpec,
     from attn_onnx.deploy.bundle import bundle_builder, check_bundle_dtype
 
     repo = Path(repo)
-    text = config_text(spec, name, max_batch_size=max_batch_size, gpu=gpu, backend=backend,
-                       max_queue_delay_us=max_queue_delay_us)
+    text = config_text(
+        spec, name, max_batch_size=max_batch_size, gpu=gpu, backend=backend, max_queue_delay_us=max_queue_delay_us
+    )
     code = files(__package__).joinpath(PYTHON_MODEL).read_text() if backend == "python" else None
     external = external or needs_external(proto)
     if code is not None:
@@ -137,8 +167,10 @@ def write_repository(repo: str | Path, proto: onnx.ModelProto, spec: ExportSpec,
         check_bundle_dtype(spec.dtype)
         version = bundle_builder(proto, spec, twin, name=name, external=external, data=data)
     else:
+
         def version(folder: Path) -> None:
             save_model(proto, folder / "model.onnx", external, data)
+
     created = not repo.exists()
     repo.mkdir(parents=True, exist_ok=True)
 

@@ -70,16 +70,20 @@ def contract_problem(contract: dict, shapes: dict):
             continue
         shape = [int(n) for n in shapes[name]]
         if len(shape) != len(dims):
-            return (f"input {name!r} has {len(shape)} dims {shape}, but the model takes {len(dims)}: "
-                    f"({', '.join(str(d) for d in dims)})")
+            return (
+                f"input {name!r} has {len(shape)} dims {shape}, but the model takes {len(dims)}: "
+                f"({', '.join(str(d) for d in dims)})"
+            )
         for axis, (dim, size) in enumerate(zip(dims, shape)):
             if isinstance(dim, int):
                 if size != dim:
                     return f"input {name!r} dim {axis} is {size}, but the model takes {dim} there"
             elif dim in seen and seen[dim][0] != size:
                 first, other, other_axis = seen[dim]
-                return (f"input {name!r} dim {axis} ({dim}) is {size}, but input {other!r} dim {other_axis} "
-                        f"({dim}) is {first}")
+                return (
+                    f"input {name!r} dim {axis} ({dim}) is {size}, but input {other!r} dim {other_axis} "
+                    f"({dim}) is {first}"
+                )
             else:
                 seen.setdefault(dim, (size, name, axis))
 
@@ -98,8 +102,9 @@ def contract_problem(contract: dict, shapes: dict):
         if parts and all(p in seen for p in parts):
             total = sum(seen[p][0] for p in parts)
             if size != total:
-                return (f"{where(dim)}, but {' and '.join(where(p) for p in parts)}: {dim} is "
-                        f"{' + '.join(parts)} = {total}")
+                return (
+                    f"{where(dim)}, but {' and '.join(where(p) for p in parts)}: {dim} is {' + '.join(parts)} = {total}"
+                )
     return None
 
 
@@ -143,9 +148,11 @@ def request_problem(contract, budget: int, feeds: dict):
         return problem
     estimate = estimated_bytes(contract, feeds)
     if estimate > budget:
-        return (f"the request's estimated peak memory, {estimate} bytes (4 x (2 x batch x heads x q_len x kv_len "
-                f"+ the elements of every input and output)), is past the model's budget of {budget} bytes "
-                "(config.pbtxt parameter max_request_bytes)")
+        return (
+            f"the request's estimated peak memory, {estimate} bytes (4 x (2 x batch x heads x q_len x kv_len "
+            f"+ the elements of every input and output)), is past the model's budget of {budget} bytes "
+            "(config.pbtxt parameter max_request_bytes)"
+        )
     return None
 
 
@@ -185,12 +192,12 @@ def run_grouped(run, inputs: list, batched: bool) -> list:
                 for k, i in enumerate(group):
                     results[i] = {name: piece[k] for name, piece in pieces.items()}
                 continue
-            except Exception:  # noqa: BLE001 - find the request that failed: each runs alone below
+            except Exception:
                 pass
         for i in group:
             try:
                 results[i] = run(inputs[i])
-            except Exception as exc:  # noqa: BLE001 - this request's error, sent back as its response
+            except Exception as exc:
                 results[i] = exc
     return results
 
@@ -203,8 +210,16 @@ def run_grouped(run, inputs: list, batched: bool) -> list:
 
 FORMAT = "attn-onnx-bundle/1"
 RAW_TYPES = {1: np.float32, 2: np.uint8, 7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64}
-VALUE_FIELDS = {3: "segment", 4: "float_data", 5: "int32_data", 6: "string_data", 7: "int64_data",
-                10: "double_data", 11: "uint64_data", 13: "external_data"}
+VALUE_FIELDS = {
+    3: "segment",
+    4: "float_data",
+    5: "int32_data",
+    6: "string_data",
+    7: "int64_data",
+    10: "double_data",
+    11: "uint64_data",
+    13: "external_data",
+}
 
 
 class BundleRefused(Exception):
@@ -246,7 +261,7 @@ def read_tensor(data: bytes) -> np.ndarray:
             length, pos = _varint(data, pos)
             if length > len(data) - pos:
                 raise BundleRefused("truncated TensorProto")
-            payload, pos = data[pos:pos + length], pos + length
+            payload, pos = data[pos : pos + length], pos + length
             if field == 1:
                 at = 0
                 while at < len(payload):
@@ -291,7 +306,7 @@ def release_key(version: str) -> tuple:
     """(1, 21, 1) for "1.21.1", "1.21.1.dev2025" and "1.21.1rc1": the leading release numbers, compared part by part."""
     parts = []
     for part in str(version).split("."):
-        digits = part[:len(part) - len(part.lstrip("0123456789"))]
+        digits = part[: len(part) - len(part.lstrip("0123456789"))]
         if not digits:
             break
         parts.append(int(digits))
@@ -306,8 +321,7 @@ def inside(folder: Path, relative) -> Path:
     parts = str(relative).split("/")
     root = folder.resolve()
     path = (folder / str(relative)).resolve()
-    if ("\\" in relative or "\0" in relative or any(p in ("", ".", "..") for p in parts)
-            or root not in path.parents):
+    if "\\" in relative or "\0" in relative or any(p in ("", ".", "..") for p in parts) or root not in path.parents:
         raise BundleRefused(f"{relative} is outside the bundle")
     return path
 
@@ -337,7 +351,9 @@ def read_manifest(folder: Path) -> dict:
             if not path.is_file():
                 changed.append(f"{entry['file']} (missing)")
             elif (actual := _sha256(path)) != entry["sha256"]:
-                changed.append(f"{entry['file']} (sha256 {actual[:12]}..., the manifest says {entry['sha256'][:12]}...)")
+                changed.append(
+                    f"{entry['file']} (sha256 {actual[:12]}..., the manifest says {entry['sha256'][:12]}...)"
+                )
     except (KeyError, TypeError, AttributeError) as exc:
         raise BundleRefused(f"{folder}/manifest.json is malformed: {type(exc).__name__} {exc}") from None
     if changed:
@@ -404,9 +420,11 @@ def verify_bundle(folder: Path, session, runtime: str) -> str:
             decoding = id(entry) in steps
             try:
                 results = dict(zip(outputs, session.run(outputs, {**feeds, **past} if decoding else feeds)))
-            except Exception as exc:  # noqa: BLE001 - the runtime's own error is the reason
-                raise BundleRefused(f"golden set {label} fails on {runtime}: {type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+            except Exception as exc:
+                raise BundleRefused(
+                    f"golden set {label} fails on {runtime}: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                ) from None
             for f in entry["outputs"]:
                 why, max_abs = compare(f["name"], results[f["name"]], load(folder, f), atol, rtol)
                 if why:
@@ -416,8 +434,10 @@ def verify_bundle(folder: Path, session, runtime: str) -> str:
                 past = {decode["thread"][present]: results[present] for present in decode["thread"]}
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleRefused(f"{folder}/manifest.json is malformed: {type(exc).__name__} {exc}") from None
-    return (f"{len(manifest['test_data_sets'])} golden sets and {len(steps)} decode steps passed on {runtime} "
-            f"(max_abs {worst:.3g})")
+    return (
+        f"{len(manifest['test_data_sets'])} golden sets and {len(steps)} decode steps passed on {runtime} "
+        f"(max_abs {worst:.3g})"
+    )
 
 
 def refused_by_release(manifest_folder: Path, version: str):
@@ -427,8 +447,10 @@ def refused_by_release(manifest_folder: Path, version: str):
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return f"{manifest_folder}/manifest.json cannot be read: {type(exc).__name__} {exc}"
     if needs and release_key(version) < release_key(needs):
-        return (f"the bundle needs onnxruntime >= {needs} (its manifest's min_onnxruntime); this server runs "
-                f"onnxruntime {version}")
+        return (
+            f"the bundle needs onnxruntime >= {needs} (its manifest's min_onnxruntime); this server runs "
+            f"onnxruntime {version}"
+        )
     return None
 
 
@@ -459,8 +481,9 @@ class TritonPythonModel:
             try:
                 verdict = verify_bundle(folder, self.session, runtime)
             except BundleRefused as exc:
-                raise pb_utils.TritonModelException(f"{name}: {exc}; not serving (config parameter "
-                                                    'attn_onnx.verify "false" serves anyway)') from None
+                raise pb_utils.TritonModelException(
+                    f'{name}: {exc}; not serving (config parameter attn_onnx.verify "false" serves anyway)'
+                ) from None
             verdict += f" in {(time.perf_counter() - started) * 1000:.0f} ms"
         pb_utils.Logger.log_info(f"{name}: {verdict}")
         pb_utils.Logger.log_info(f"{name}: {runtime}, {'batched' if self.batched else 'unbatched'}")
@@ -491,7 +514,13 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 continue
             wanted = set(request.requested_output_names()) or set(self.output_names)
-            responses.append(pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(name, np.ascontiguousarray(result[name]))
-                                for name in self.output_names if name in wanted]))
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor(name, np.ascontiguousarray(result[name]))
+                        for name in self.output_names
+                        if name in wanted
+                    ]
+                )
+            )
         return responses

@@ -55,8 +55,13 @@ class Prepared:
     source: str
 
 
-def prepare(spec: ExportSpec, module: nn.Module | None = None, state: dict[str, torch.Tensor] | None = None,
-            seed: int = 0, weights_source: str = "") -> Prepared:
+def prepare(
+    spec: ExportSpec,
+    module: nn.Module | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+    seed: int = 0,
+    weights_source: str = "",
+) -> Prepared:
     """The weights of an export of `spec`: `module` (any module with MultiHeadedAttention's interface), else
     `state` (a state_dict), else random from `seed`; `weights_source` says where they came from, for people."""
     kind = spec.kind
@@ -69,8 +74,9 @@ def prepare(spec: ExportSpec, module: nn.Module | None = None, state: dict[str, 
     return Prepared(module, in_dtype(module, spec.dtype), weights_source or "a module passed to the Python API")
 
 
-def export_onnx(spec: ExportSpec, module: nn.Module | None = None, seed: int = 0,
-                weights_source: str = "") -> tuple[onnx.ModelProto, ModelSpec]:
+def export_onnx(
+    spec: ExportSpec, module: nn.Module | None = None, seed: int = 0, weights_source: str = ""
+) -> tuple[onnx.ModelProto, ModelSpec]:
     """Export the settings `spec` (validated by the caller: export_model does it once) to an in-memory model.
     For mha, `module` is any module with MultiHeadedAttention's interface (`head`, `linears`, `attn`); without
     one, random weights from `seed` are used. `weights_source` says where the weights came from, for people.
@@ -123,8 +129,10 @@ def check_onnx(proto: onnx.ModelProto | str | Path) -> None:
 
 def _name_dims(proto: onnx.ModelProto, spec: ExportSpec) -> None:
     """Give every input and output the dims of the spec; fail if the exporter fixed a dim we asked free."""
-    for values, wanted, is_input in ((proto.graph.input, spec.input_dims(), True),
-                                     (proto.graph.output, spec.output_dims(), False)):
+    for values, wanted, is_input in (
+        (proto.graph.input, spec.input_dims(), True),
+        (proto.graph.output, spec.output_dims(), False),
+    ):
         for value in values:
             dims = value.type.tensor_type.shape.dim
             want = wanted[value.name]
@@ -160,5 +168,7 @@ def describe(proto: onnx.ModelProto, spec: ModelSpec) -> None:
     onnx.helper.set_model_props(proto, props)
     proto.producer_name, proto.producer_version = "attn-onnx", __version__
     mask = f" Mask: {spec.mask}; {MASK_CONVENTION}." if "mask" in spec.kind.settings else ""
-    proto.doc_string = (f"{spec.kind.describe(spec)}, exported by attn-onnx. Inputs: {spec.input_dims()}; "
-                        f"outputs: {spec.output_dims()}.{mask}")
+    proto.doc_string = (
+        f"{spec.kind.describe(spec)}, exported by attn-onnx. Inputs: {spec.input_dims()}; "
+        f"outputs: {spec.output_dims()}.{mask}"
+    )

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from attn_onnx.errors import ExportError, first_line
 from attn_onnx.exporter.variants.base import find_by_value, tensor_of
 
+
 def optimize(proto: onnx.ModelProto, weights: dict[str, dict]) -> tuple[onnx.ModelProto, dict[str, dict]]:
     """The optimized model, and the weight map re-found in it (the optimizer may rename or fold)."""
     import onnxruntime as ort
@@ -49,7 +50,9 @@ def _refind(before: onnx.ModelProto, after: onnx.ModelProto, weights: dict[str, 
             arrays = {name: numpy_helper.to_array(init) for name, init in new.items()}
         match = find_by_value(arrays, value)
         if match is None:
-            raise ExportError(f"onnxruntime's optimizer folded weight {key!r} into another tensor, so the "
-                              "reference cannot be rebuilt from the file; export without --optimize")
+            raise ExportError(
+                f"onnxruntime's optimizer folded weight {key!r} into another tensor, so the "
+                "reference cannot be rebuilt from the file; export without --optimize"
+            )
         found[key] = match
     return found

@@ -33,11 +33,15 @@ import onnx
 from attn_onnx.errors import ExportError, first_line
 
 # What an int8 export is, as its metadata (attn_onnx.quantize_format) and its bundle's manifest state it.
-FORMAT = ("MatMulInteger u8s8: uint8 activations per tensor (dynamic), int8 weights per output channel "
-          "in [-64, 64] (7-bit: no int16 saturation on AVX2)")
+FORMAT = (
+    "MatMulInteger u8s8: uint8 activations per tensor (dynamic), int8 weights per output channel "
+    "in [-64, 64] (7-bit: no int16 saturation on AVX2)"
+)
 # Files written before the format was recorded: full-range int8 weights (they saturate on AVX2).
-UNRECORDED_FORMAT = ("unrecorded; written before attn-onnx recorded it: int8 weights per output channel in "
-                     "[-127, 127] (u8s8: saturates on CPUs without VNNI)")
+UNRECORDED_FORMAT = (
+    "unrecorded; written before attn-onnx recorded it: int8 weights per output channel in "
+    "[-127, 127] (u8s8: saturates on CPUs without VNNI)"
+)
 WEIGHT_MAX = 64  # |int8 weight| <= WEIGHT_MAX: 2 * 255 * 64 = 32640 fits int16 (vpmaddubsw)
 
 
@@ -51,10 +55,18 @@ def quantize(proto: onnx.ModelProto, weights: dict[str, dict]) -> tuple[onnx.Mod
         onnx.save_model(proto, source)
         try:
             with _quiet():
-                quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                                 per_channel=True, reduce_range=True,  # 7-bit weights: FORMAT
-                                 extra_options={"MatMulConstBOnly": True,  # projections only
-                                                "DefaultTensorType": onnx.TensorProto.FLOAT})  # past com.microsoft ops
+                quantize_dynamic(
+                    source,
+                    target,
+                    weight_type=QuantType.QInt8,
+                    op_types_to_quantize=["MatMul"],
+                    per_channel=True,
+                    reduce_range=True,  # 7-bit weights: FORMAT
+                    extra_options={
+                        "MatMulConstBOnly": True,  # projections only
+                        "DefaultTensorType": onnx.TensorProto.FLOAT,
+                    },
+                )  # past com.microsoft ops
         except Exception as exc:
             raise ExportError(f"onnxruntime's quantize_dynamic failed: {first_line(exc)}") from exc
         quantized = onnx.load(target)
@@ -63,8 +75,12 @@ def quantize(proto: onnx.ModelProto, weights: dict[str, dict]) -> tuple[onnx.Mod
     for key, entry in weights.items():
         name = entry["initializer"]
         if _int8_form(name) <= names:
-            mapped[key] = {**entry, "initializer": f"{name}_quantized", "scale": f"{name}_scale",
-                           "zero_point": f"{name}_zero_point"}
+            mapped[key] = {
+                **entry,
+                "initializer": f"{name}_quantized",
+                "scale": f"{name}_scale",
+                "zero_point": f"{name}_zero_point",
+            }
         elif name in names:  # a bias, or a weight the quantizer left alone
             mapped[key] = entry
         else:
@@ -85,8 +101,10 @@ def _check_range(graph: onnx.GraphProto, mapped: dict[str, dict]) -> None:
         if "scale" in entry:
             array = onnx.numpy_helper.to_array(inits[entry["initializer"]])
             if array.dtype.kind != "i" or int(abs(array.astype("int32")).max(initial=0)) > WEIGHT_MAX:
-                raise ExportError(f"quantize_dynamic wrote weight {key!r} as {array.dtype} beyond "
-                                  f"[-{WEIGHT_MAX}, {WEIGHT_MAX}]: not {FORMAT}")
+                raise ExportError(
+                    f"quantize_dynamic wrote weight {key!r} as {array.dtype} beyond "
+                    f"[-{WEIGHT_MAX}, {WEIGHT_MAX}]: not {FORMAT}"
+                )
 
 
 def _branches_read_int8(graph: onnx.GraphProto, names: set[str]) -> None:
@@ -94,6 +112,7 @@ def _branches_read_int8(graph: onnx.GraphProto, names: set[str]) -> None:
     row: the mean of the value input times W_v^T) would keep reading the float weight, and the file would hold
     it beside its int8 copy. There it reads the int8 weight too, dequantized (per output channel), and float
     weights nothing reads any more are dropped."""
+
     def rewire(sub: onnx.GraphProto) -> None:
         nodes = []
         for node in sub.node:
@@ -107,11 +126,12 @@ def _branches_read_int8(graph: onnx.GraphProto, names: set[str]) -> None:
                 stem, make = f"{node.name}_dequantize", onnx.helper.make_node
                 int8, zero = f"{stem}_int8", f"{stem}_zero_point"
                 centred, node.input[1] = f"{stem}_centred", f"{stem}_weight"
-                nodes += [make("Cast", [f"{weight}_quantized"], [int8], name=f"{stem}_cast", to=onnx.TensorProto.FLOAT),
-                          make("Cast", [f"{weight}_zero_point"], [zero], name=f"{stem}_cast_zero",
-                               to=onnx.TensorProto.FLOAT),
-                          make("Sub", [int8, zero], [centred], name=f"{stem}_sub"),
-                          make("Mul", [centred, f"{weight}_scale"], [node.input[1]], name=f"{stem}_mul")]
+                nodes += [
+                    make("Cast", [f"{weight}_quantized"], [int8], name=f"{stem}_cast", to=onnx.TensorProto.FLOAT),
+                    make("Cast", [f"{weight}_zero_point"], [zero], name=f"{stem}_cast_zero", to=onnx.TensorProto.FLOAT),
+                    make("Sub", [int8, zero], [centred], name=f"{stem}_sub"),
+                    make("Mul", [centred, f"{weight}_scale"], [node.input[1]], name=f"{stem}_mul"),
+                ]
             nodes.append(node)
         del sub.node[:]
         sub.node.extend(nodes)

@@ -11,11 +11,16 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-
 from attn_onnx.errors import MetadataError, UsageError
-
-from attn_onnx.vocab import (CAUSAL_ALIGNS, DTYPES, MASK_CONVENTION, MASK_DTYPES, MASK_MODES, OPTIMIZE_LEVELS,
-                             QUANTIZE_MODES)
+from attn_onnx.vocab import (
+    CAUSAL_ALIGNS,
+    DTYPES,
+    MASK_CONVENTION,
+    MASK_DTYPES,
+    MASK_MODES,
+    OPTIMIZE_LEVELS,
+    QUANTIZE_MODES,
+)
 
 OPSETS = tuple(range(17, 24))  # opsets torch's exporter writes and onnxruntime runs
 
@@ -91,14 +96,21 @@ class ExportSpec:
     def output_dtypes(self) -> dict[str, str]:
         return self.kind.output_dtypes(self)
 
-    def validate(self) -> "ExportSpec":
+    def validate(self) -> ExportSpec:
         """Raise UsageError naming the offending value; return self so calls chain."""
         from attn_onnx.exporter.variants import VARIANTS
 
         kind = self.kind
-        choices = {"mask": MASK_MODES, "mask_dtype": tuple(MASK_DTYPES), "opset": OPSETS,
-                   "variant": tuple(VARIANTS), "dtype": DTYPES, "optimize": ("", *OPTIMIZE_LEVELS),
-                   "causal_align": CAUSAL_ALIGNS, "quantize": ("", *QUANTIZE_MODES)}
+        choices = {
+            "mask": MASK_MODES,
+            "mask_dtype": tuple(MASK_DTYPES),
+            "opset": OPSETS,
+            "variant": tuple(VARIANTS),
+            "dtype": DTYPES,
+            "optimize": ("", *OPTIMIZE_LEVELS),
+            "causal_align": CAUSAL_ALIGNS,
+            "quantize": ("", *QUANTIZE_MODES),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UsageError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
@@ -109,15 +121,16 @@ class ExportSpec:
         if self.quantize and self.dtype != "float32":
             raise UsageError(f"--quantize {self.quantize} quantizes float32 weights; not with --dtype {self.dtype}")
         if self.attn_probs and "attn_probs" not in kind.settings:
-            raise UsageError(f"--attn-probs does not apply to --module {self.module} "
-                             "(mha only; attention always outputs attn_probs)")
+            raise UsageError(
+                f"--attn-probs does not apply to --module {self.module} (mha only; attention always outputs attn_probs)"
+            )
         kind.validate(self)
         if self.causal_align != "top-left" and self.mask != "causal":
             raise UsageError(f"causal_align={self.causal_align!r} applies to mask 'causal' only, not {self.mask!r}")
         VARIANTS[self.variant].check(self)
         return self
 
-    def replace(self, **changes) -> "ExportSpec":
+    def replace(self, **changes) -> ExportSpec:
         return dataclasses.replace(self, **changes)
 
 
@@ -133,7 +146,7 @@ class ModelSpec(ExportSpec):
     quantize_format: str = ""
 
     @classmethod
-    def of(cls, settings: ExportSpec, **products) -> "ModelSpec":
+    def of(cls, settings: ExportSpec, **products) -> ModelSpec:
         """`settings` with what the export produced (weights, weights_source, tuning)."""
         return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(ExportSpec)}, **products)
 
@@ -158,18 +171,20 @@ class ModelSpec(ExportSpec):
         return {METADATA_PREFIX + k: v for k, v in meta.items()}
 
     @classmethod
-    def from_metadata(cls, props: dict[str, str]) -> "ModelSpec":
+    def from_metadata(cls, props: dict[str, str]) -> ModelSpec:
         """Read a spec back from `metadata_props`; MetadataError names what is missing or malformed."""
         from attn_onnx.exporter.kinds import KINDS
 
-        meta = {k[len(METADATA_PREFIX):]: v for k, v in props.items() if k.startswith(METADATA_PREFIX)}
+        meta = {k[len(METADATA_PREFIX) :]: v for k, v in props.items() if k.startswith(METADATA_PREFIX)}
         if not meta:
             raise MetadataError(
                 f"the model has no {METADATA_PREFIX}* metadata: it was not written by export-attn, so its "
-                "PyTorch reference cannot be rebuilt from the file (module, heads, mask mode are unknown)")
+                "PyTorch reference cannot be rebuilt from the file (module, heads, mask mode are unknown)"
+            )
         if meta.get("module") not in KINDS:
-            raise MetadataError(f"the model's {METADATA_PREFIX}module is {meta.get('module')!r}, not one of "
-                                f"{list(KINDS)}")
+            raise MetadataError(
+                f"the model's {METADATA_PREFIX}module is {meta.get('module')!r}, not one of {list(KINDS)}"
+            )
         kind = KINDS[meta["module"]]
         optional = {"weights_source", "mask_convention", "output", "embedding_dim", "causal_align"}
         required = {"variant", "opset"} | (set(kind.metadata_fields) - optional)
@@ -181,13 +196,22 @@ class ModelSpec(ExportSpec):
         if missing:
             raise MetadataError("the model's metadata lacks " + ", ".join(METADATA_PREFIX + m for m in missing))
         try:
-            kwargs = {"module": kind.name, "variant": meta["variant"], "opset": int(meta["opset"]),
-                      "optimize": meta.get("optimize", ""), "quantize": meta.get("quantize", "")}
+            kwargs = {
+                "module": kind.name,
+                "variant": meta["variant"],
+                "opset": int(meta["opset"]),
+                "optimize": meta.get("optimize", ""),
+                "quantize": meta.get("quantize", ""),
+            }
             if "heads" in meta:
-                kwargs.update(heads=int(meta["heads"]),
-                              embedding_dim=int(meta.get("embedding_dim", int(meta["heads"]) * int(meta["d_k"]))),
-                              mask=meta["mask"], mask_dtype=meta.get("mask_dtype", "bool"), dtype=meta["dtype"],
-                              causal_align=meta.get("causal_align", "top-left"))
+                kwargs.update(
+                    heads=int(meta["heads"]),
+                    embedding_dim=int(meta.get("embedding_dim", int(meta["heads"]) * int(meta["d_k"]))),
+                    mask=meta["mask"],
+                    mask_dtype=meta.get("mask_dtype", "bool"),
+                    dtype=meta["dtype"],
+                    causal_align=meta.get("causal_align", "top-left"),
+                )
             if "attn_probs" in meta:
                 kwargs["attn_probs"] = meta["attn_probs"] == "true"
             if "weights" in meta:
@@ -203,8 +227,9 @@ class ModelSpec(ExportSpec):
         except (ValueError, UsageError) as exc:
             raise MetadataError(f"the model's {METADATA_PREFIX}* metadata is malformed: {exc}") from None
         if "d_k" in meta and int(meta["d_k"]) != spec.d_k:
-            raise MetadataError(f"the model's metadata is inconsistent: d_k={meta['d_k']} but "
-                                f"embedding_dim/heads={spec.d_k}")
+            raise MetadataError(
+                f"the model's metadata is inconsistent: d_k={meta['d_k']} but embedding_dim/heads={spec.d_k}"
+            )
         return spec
 
 

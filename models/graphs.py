@@ -64,8 +64,10 @@ class MhaCacheGraph(nn.Module):
 
     def forward(self, query, key, value, past_key, past_value, mask=None):
         mha, b = self.mha, query.size(0)
-        q, k, v = (lin(x).view(b, -1, mha.head, mha.d_k).transpose(1, 2)  # (B, h, len, d_k)
-                   for lin, x in zip(mha.linears, (query, key, value)))
+        q, k, v = (
+            lin(x).view(b, -1, mha.head, mha.d_k).transpose(1, 2)  # (B, h, len, d_k)
+            for lin, x in zip(mha.linears, (query, key, value))
+        )
         present_key = torch.cat([past_key, k], dim=2)  # (B, h, past_len + q_len, d_k)
         present_value = torch.cat([past_value, v], dim=2)
         if self.mask == "causal":

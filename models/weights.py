@@ -37,18 +37,22 @@ def load_state_dict(path: str | Path, prefix: str = "") -> dict[str, torch.Tenso
     elif suffix in TORCH_SUFFIXES:
         state = _load_torch(path)
     else:
-        raise WeightsError(f"weights file {path.name!r}: unknown suffix {suffix!r}; expected one of "
-                           f"{list(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)}")
+        raise WeightsError(
+            f"weights file {path.name!r}: unknown suffix {suffix!r}; expected one of "
+            f"{list(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)}"
+        )
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise WeightsError(f"weights file {path.name!r} holds no tensors")
     if prefix and not prefix.endswith("."):
         prefix += "."  # a submodule's path; keys continue after a dot
     if prefix:
-        picked = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        picked = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         if not picked:
-            raise WeightsError(f"no key of {path.name!r} starts with prefix {prefix!r}; "
-                               f"prefixes that hold attention weights: {_candidate_prefixes(tensors)}")
+            raise WeightsError(
+                f"no key of {path.name!r} starts with prefix {prefix!r}; "
+                f"prefixes that hold attention weights: {_candidate_prefixes(tensors)}"
+            )
         tensors = picked
     return tensors
 
@@ -66,11 +70,15 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: s
             parts.append(f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
         hint = f"; prefixes that hold attention weights: {_candidate_prefixes(state)}" if missing else ""
         raise WeightsError(f"weights from {source} do not fit the module: " + ", ".join(parts) + hint)
-    wrong = [f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-             if tuple(state[k].shape) != tuple(v.shape)]
+    wrong = [
+        f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if tuple(state[k].shape) != tuple(v.shape)
+    ]
     if wrong:
-        raise WeightsError(f"weights from {source} have other shapes than the module (file != module): "
-                           + "; ".join(wrong))
+        raise WeightsError(
+            f"weights from {source} have other shapes than the module (file != module): " + "; ".join(wrong)
+        )
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 
@@ -97,8 +105,9 @@ def _load_torch(path: Path) -> dict:
     if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
         text = head.decode("ascii", "replace").isprintable()
         what = "an empty file" if not head else "text" if text else "other data"
-        raise WeightsError(f"{path.name!r} is not a PyTorch checkpoint (it holds {what}, not the zip archive "
-                           "torch.save writes)")
+        raise WeightsError(
+            f"{path.name!r} is not a PyTorch checkpoint (it holds {what}, not the zip archive torch.save writes)"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
@@ -108,9 +117,12 @@ def _load_torch(path: Path) -> dict:
             raise WeightsError(
                 f"{path.name!r} is a pickle that refers to {refused[1]} (not plain tensors); it was refused "
                 "because unpickling it could run code. Save a state_dict instead (torch.save(model.state_dict(), "
-                "path)), or use safetensors") from None
-        raise WeightsError(f"cannot load {path.name!r} with torch.load(weights_only=True) (only plain "
-                           f"tensors and containers are accepted, never code): {first_line(exc)}") from None
+                "path)), or use safetensors"
+            ) from None
+        raise WeightsError(
+            f"cannot load {path.name!r} with torch.load(weights_only=True) (only plain "
+            f"tensors and containers are accepted, never code): {first_line(exc)}"
+        ) from None
     if isinstance(obj, dict):
         for key in _NESTED_KEYS:
             if isinstance(obj.get(key), dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -14,8 +14,7 @@ import numpy as np
 
 from attn_onnx.errors import UsageError
 from attn_onnx.exporter.spec import ExportSpec
-
-from attn_onnx.vocab import GRAPH_MASK, MASK_PATTERNS  # noqa: F401  (re-exported: the sweep's vocabulary)
+from attn_onnx.vocab import GRAPH_MASK, MASK_PATTERNS
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class Sweep:
     def covers(self) -> bool:
         return self.cover if self.cover is not None else self.shapes is None
 
-    def validate(self) -> "Sweep":
+    def validate(self) -> Sweep:
         unknown = sorted(set(self.masks or ()) - MASK_PATTERNS.keys())
         if unknown:
             raise UsageError(f"unknown mask pattern(s) {unknown}; choose from {list(MASK_PATTERNS)}")
@@ -131,7 +130,7 @@ def valid_lengths(batch: int, kv_len: int, rng: np.random.Generator) -> np.ndarr
     if batch == 1:
         return np.array([kv_len // 2])  # 0 for kv_len 1
     shorter = np.arange(1, kv_len) if kv_len > 1 else np.array([0])  # the lengths a padded example can have
-    picked = rng.permutation(shorter)[:batch - 1]  # distinct while there are enough
+    picked = rng.permutation(shorter)[: batch - 1]  # distinct while there are enough
     if len(picked) < batch - 1:  # more padded examples than lengths: the rest repeat some
         picked = np.concatenate([picked, rng.choice(shorter, batch - 1 - len(picked))])
     return np.concatenate([[kv_len], picked])

@@ -1,7 +1,7 @@
 """Run an exported model through every runner on every case and compare with the float64 golden.
 
-    from attn_onnx.runtime_check import CheckConfig, check_model
-    report = check_model("mha.onnx", CheckConfig(runtimes=("onnxruntime", "reference")))
+from attn_onnx.runtime_check import CheckConfig, check_model
+report = check_model("mha.onnx", CheckConfig(runtimes=("onnxruntime", "reference")))
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class CheckConfig:
     tf32: bool = False  # CUDA: allow TF32, held to the tf32 profile
     skip_missing: bool = False  # a missing runtime or provider is SKIPPED, and "nothing checked" is allowed
 
-    def validate(self) -> "CheckConfig":
+    def validate(self) -> CheckConfig:
         check_runtimes(self.runtimes, self.providers)
         given = [v for v in (self.tolerance.atol, self.tolerance.rtol) if v is not None] if self.tolerance else []
         if not all(math.isfinite(v) and v >= 0 for v in given):  # NaN passes any comparison, inf any finite one
@@ -63,8 +63,10 @@ def check_runtimes(runtimes: tuple[str, ...], providers: tuple[str, ...]) -> Non
     check-attn before it reads the model."""
     unknown = [r for r in runtimes if not known(r)] + [p for p in providers if p not in PROVIDERS]
     if unknown:
-        raise UsageError(f"unknown runtime(s) or provider(s) {unknown}; runtimes: {list(RUNTIMES)} or "
-                         f"onnxruntime==X.Y.Z, providers: {list(PROVIDERS)}")
+        raise UsageError(
+            f"unknown runtime(s) or provider(s) {unknown}; runtimes: {list(RUNTIMES)} or "
+            f"onnxruntime==X.Y.Z, providers: {list(PROVIDERS)}"
+        )
     for name in runtimes:
         runtime(name)  # a release's number is checked here
     if not runtimes:
@@ -74,11 +76,15 @@ def check_runtimes(runtimes: tuple[str, ...], providers: tuple[str, ...]) -> Non
 QUICK_CONFIG = CheckConfig(runtimes=("onnxruntime",), sweep=QUICK)  # the gate: export-attn, auto, check-attn --quick
 
 
-def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: CheckConfig = CheckConfig(), *,
-                module: torch.nn.Module | None = None,
-                on_start: Callable[[Report], None] | None = None,
-                on_result: Callable[[CaseResult, int, int], None] | None = None,
-                command: list[str] | None = None) -> Report:
+def check_model(
+    model: str | Path | onnx.ModelProto | LoadedModel,
+    config: CheckConfig = CheckConfig(),
+    *,
+    module: torch.nn.Module | None = None,
+    on_start: Callable[[Report], None] | None = None,
+    on_result: Callable[[CaseResult, int, int], None] | None = None,
+    command: list[str] | None = None,
+) -> Report:
     """Check `model` on every case of the config's sweep with every runtime (and provider, for onnxruntime).
 
     The golden is the exported wrapper around the PyTorch module, in float64: `module` if given, else one
@@ -92,7 +98,7 @@ def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: Check
     from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
 
     config.validate()
-    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     spec = loaded.spec  # its interface compared with it by load_model, or by the export that built it
     module, reference_weights = _golden_module(loaded, config, module)
@@ -100,10 +106,19 @@ def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: Check
     runners, skipped = make_runners(loaded, module, config)
     integer = spec.kind.integer_outputs(spec)
     tolerances = {r.name: tolerance_for(r.precision, integer, config.tolerance) for r in runners}
-    report = Report(model=loaded.name, sha256=hashlib.sha256(loaded.data).hexdigest(), spec=spec,
-                    reference_weights=reference_weights, seed=config.seed, tolerances=tolerances,
-                    versions=_versions(runners), skip_missing=config.skip_missing, command=command, created=created,
-                    skipped=skipped)
+    report = Report(
+        model=loaded.name,
+        sha256=hashlib.sha256(loaded.data).hexdigest(),
+        spec=spec,
+        reference_weights=reference_weights,
+        seed=config.seed,
+        tolerances=tolerances,
+        versions=_versions(runners),
+        skip_missing=config.skip_missing,
+        command=command,
+        created=created,
+        skipped=skipped,
+    )
     expected = spec.output_dtypes()
     cases = generate_cases(spec, config.sweep)
     if on_start:
@@ -119,8 +134,9 @@ def check_model(model: str | Path | onnx.ModelProto | LoadedModel, config: Check
         report.coverage.record(case.name, probe.run(feeds))
         golden_outputs = oracle.run(feeds)
         for runner in runners:
-            result = run_case(runner, case.name, case.shape, feeds, golden_outputs, expected,
-                              tolerances[runner.name][1])
+            result = run_case(
+                runner, case.name, case.shape, feeds, golden_outputs, expected, tolerances[runner.name][1]
+            )
             report.results.append(result)
             if on_result:
                 on_result(result, len(report.results), total)
@@ -141,7 +157,7 @@ def make_runners(loaded: LoadedModel, module, config: CheckConfig) -> tuple[list
     """
     runners, skipped = [], []
     for name in config.runtimes:
-        for provider in (config.providers if uses_providers(name) else (None,)):
+        for provider in config.providers if uses_providers(name) else (None,):
             impl = runtime(name)
             try:
                 runners.append(impl.make(loaded, module, config, provider))
@@ -154,14 +170,16 @@ def make_runners(loaded: LoadedModel, module, config: CheckConfig) -> tuple[list
     return runners, skipped
 
 
-def run_case(runner: Runner, case: str, shape: str, feeds: dict, golden: dict, expected: dict,
-             tolerance: Tolerance) -> CaseResult:
+def run_case(
+    runner: Runner, case: str, shape: str, feeds: dict, golden: dict, expected: dict, tolerance: Tolerance
+) -> CaseResult:
     """One runner on one case's feeds, compared with the golden outputs; a raising runtime is the finding."""
     try:
         outputs = runner.run(feeds)
     except Exception as exc:  # the runtime's own error is the finding: a shape it cannot take, say
-        return CaseResult(runner.name, case, shape,
-                          error=f"{runner.name} raised {type(exc).__name__}: {short_error(exc)}")
+        return CaseResult(
+            runner.name, case, shape, error=f"{runner.name} raised {type(exc).__name__}: {short_error(exc)}"
+        )
     missing = [n for n in golden if n not in outputs]
     if missing:
         return CaseResult(runner.name, case, shape, error=f"outputs missing: {missing}")
@@ -169,31 +187,47 @@ def run_case(runner: Runner, case: str, shape: str, feeds: dict, golden: dict, e
     return CaseResult(runner.name, case, shape, comparisons)
 
 
-def plot_case(model: str | Path | onnx.ModelProto | LoadedModel, out_dir: Path, case_name: str | None = None, *,
-              example: int | None = None, head: int = 0, provider: str = "cpu",
-              config: CheckConfig = CheckConfig()) -> list[Path]:
+def plot_case(
+    model: str | Path | onnx.ModelProto | LoadedModel,
+    out_dir: Path,
+    case_name: str | None = None,
+    *,
+    example: int | None = None,
+    head: int = 0,
+    provider: str = "cpu",
+    config: CheckConfig = CheckConfig(),
+) -> list[Path]:
     """Write the PNGs of `runtime_check.plots` for one case, run by onnxruntime on `provider`."""
-    from attn_onnx.runtime_check.cases import default_plot_case, parse_case
-    from attn_onnx.runtime_check.plots import write_plots
     import torch
 
+    from attn_onnx.runtime_check.cases import default_plot_case, parse_case
+    from attn_onnx.runtime_check.plots import write_plots
     from attn_onnx.runtime_check.runners.ort_runner import OrtRunner
     from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     spec = loaded.spec
     if "attn_probs" not in spec.output_names:
-        raise UsageError("--plots needs a model with an attn_probs output (export-attn --attn-probs, or "
-                         "--module attention)")
+        raise UsageError(
+            "--plots needs a model with an attn_probs output (export-attn --attn-probs, or --module attention)"
+        )
     case = parse_case(case_name or default_plot_case(spec), spec)
     module, _ = _golden_module(loaded, config, None)
     feeds = case.feeds(config.seed)
     runner = OrtRunner(loaded.source(), provider, config.tf32 and provider == "cuda", precision=spec.precision)
     _, tolerance = tolerance_for(runner.precision, False, config.tolerance)
     golden = TorchRunner(spec, module, torch.float64).run(feeds)
-    return write_plots(out_dir, case.name, feeds.get("mask"), golden["attn_probs"], runner.run(feeds)["attn_probs"],
-                       runner.name, example=case.batch - 1 if example is None else example, head=head,
-                       tolerance=tolerance)
+    return write_plots(
+        out_dir,
+        case.name,
+        feeds.get("mask"),
+        golden["attn_probs"],
+        runner.run(feeds)["attn_probs"],
+        runner.name,
+        example=case.batch - 1 if example is None else example,
+        head=head,
+        tolerance=tolerance,
+    )
 
 
 def _golden_module(loaded: LoadedModel, config: CheckConfig, module):
@@ -209,8 +243,7 @@ def _versions(runners: list[Runner] = ()) -> dict[str, str]:
     file's versions()), with what a runner reports of its own runtime (onnxruntime-web's, say)."""
     import torch
 
-    versions = {"attn_onnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                "numpy": np.__version__}
+    versions = {"attn_onnx": __version__, "torch": torch.__version__, "onnx": onnx.__version__, "numpy": np.__version__}
     for name in RUNTIMES:
         if not runtime(name).missing():
             versions.update(runtime(name).versions())

@@ -48,8 +48,15 @@ INT8 = Tolerance(atol=0.05, rtol=0.05)
 # Not a verdict: a check run only for its figures (export-attn's `accuracy:` line, what rounding the weights
 # cost) passes every finite difference. Finite on purpose: CheckConfig refuses NaN and infinite tolerances.
 MEASURE_ONLY = Tolerance(atol=float(np.finfo(np.float64).max), rtol=0.0)
-PROFILES = {"float32": FLOAT32, "tf32": TF32, "float64": FLOAT32, "float16": FLOAT16, "bfloat16": BFLOAT16,
-            "int8": INT8, "exact": EXACT}
+PROFILES = {
+    "float32": FLOAT32,
+    "tf32": TF32,
+    "float64": FLOAT32,
+    "float16": FLOAT16,
+    "bfloat16": BFLOAT16,
+    "int8": INT8,
+    "exact": EXACT,
+}
 
 
 def tolerance_for(precision: str, integer_outputs: bool, override: Tolerance | None = None) -> tuple[str, Tolerance]:
@@ -61,8 +68,10 @@ def tolerance_for(precision: str, integer_outputs: bool, override: Tolerance | N
         raise ValueError(f"no tolerance profile for precision {precision!r}; known: {list(PROFILES)}")
     if override is not None:  # a value the user left out (None) is the runner's own profile's
         profile = PROFILES[precision]
-        return "user", Tolerance(atol=profile.atol if override.atol is None else override.atol,
-                                 rtol=profile.rtol if override.rtol is None else override.rtol)
+        return "user", Tolerance(
+            atol=profile.atol if override.atol is None else override.atol,
+            rtol=profile.rtol if override.rtol is None else override.rtol,
+        )
     return precision, PROFILES[precision]
 
 
@@ -83,13 +92,20 @@ class OutputComparison:
     rtol: float
 
     @classmethod
-    def measure(cls, output: str, actual: np.ndarray, golden: np.ndarray, expected_dtype: str,
-                tolerance: Tolerance) -> "OutputComparison":
+    def measure(
+        cls, output: str, actual: np.ndarray, golden: np.ndarray, expected_dtype: str, tolerance: Tolerance
+    ) -> OutputComparison:
         actual, golden = np.asarray(actual), np.asarray(golden)
-        base = dict(output=output, shape=tuple(actual.shape), golden_shape=tuple(golden.shape),
-                    dtype=str(actual.dtype), expected_dtype=expected_dtype,
-                    nonfinite=int(np.size(actual) - np.count_nonzero(np.isfinite(actual))),
-                    atol=tolerance.atol, rtol=tolerance.rtol)
+        base = dict(
+            output=output,
+            shape=tuple(actual.shape),
+            golden_shape=tuple(golden.shape),
+            dtype=str(actual.dtype),
+            expected_dtype=expected_dtype,
+            nonfinite=int(np.size(actual) - np.count_nonzero(np.isfinite(actual))),
+            atol=tolerance.atol,
+            rtol=tolerance.rtol,
+        )
         if actual.shape != golden.shape:  # shape is checked before values
             return cls(**base, max_abs=float("inf"), max_rel=float("inf"), needed_atol=float("inf"))
         a, g = actual.astype(np.float64), golden.astype(np.float64)

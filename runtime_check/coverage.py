@@ -98,16 +98,21 @@ def _instrument(graph: onnx.GraphProto, where: str, names) -> list[tuple[str, Pr
         label = f"{where}{node.op_type} {node.output[0]}"
         if node.op_type == "If":
             flag = next(names)
-            nodes += [_node("Cast", [node.input[0]], [f"{flag}_int"], to=TensorProto.INT64),
-                      _node("Reshape", [f"{flag}_int", _vector(nodes, f"{flag}_shape", [1])], [flag])]
+            nodes += [
+                _node("Cast", [node.input[0]], [f"{flag}_int"], to=TensorProto.INT64),
+                _node("Reshape", [f"{flag}_int", _vector(nodes, f"{flag}_shape", [1])], [flag]),
+            ]
             found.append((flag, Probe(flag, label, "If")))
             branches = {a.name: a.g for a in node.attribute if a.name in ("then_branch", "else_branch")}
             inner = {side: _instrument(branches[f"{side}_branch"], f"{label}/{side}/", names) for side in (THEN, ELSE)}
             for side, other in ((THEN, ELSE), (ELSE, THEN)):
                 for name, probe in inner[side]:  # the branch that ran says; the other outputs nothing
                     empty = next(names)
-                    branches[f"{other}_branch"].node.append(helper.make_node(
-                        "Constant", [], [empty], value=helper.make_tensor(empty, TensorProto.INT64, [0], [])))
+                    branches[f"{other}_branch"].node.append(
+                        helper.make_node(
+                            "Constant", [], [empty], value=helper.make_tensor(empty, TensorProto.INT64, [0], [])
+                        )
+                    )
                     outer = next(names)
                     for branch, value in ((branches[f"{side}_branch"], name), (branches[f"{other}_branch"], empty)):
                         branch.output.append(helper.make_tensor_value_info(value, TensorProto.INT64, [None]))
@@ -117,28 +122,47 @@ def _instrument(graph: onnx.GraphProto, where: str, names) -> list[tuple[str, Pr
             body = next(a.g for a in node.attribute if a.name == "body")
             unprobed = _has_control_flow(body)
             ones, counted = next(names), next(names)
-            body.node.append(helper.make_node("Constant", [], [ones], value=helper.make_tensor(
-                ones, TensorProto.INT64, [1], [1])))
+            body.node.append(
+                helper.make_node("Constant", [], [ones], value=helper.make_tensor(ones, TensorProto.INT64, [1], [1]))
+            )
             body.output.append(helper.make_tensor_value_info(ones, TensorProto.INT64, [1]))
             node.output.append(counted)  # (iterations, 1): one row of ones per iteration
             count = next(names)
-            nodes.append(_node("Slice", [_node_output(nodes, "Shape", [counted]), _vector(nodes, f"{count}_0", [0]),
-                                         _vector(nodes, f"{count}_1", [1])], [count]))
+            nodes.append(
+                _node(
+                    "Slice",
+                    [
+                        _node_output(nodes, "Shape", [counted]),
+                        _vector(nodes, f"{count}_0", [0]),
+                        _vector(nodes, f"{count}_1", [1]),
+                    ],
+                    [count],
+                )
+            )
             found.append((count, Probe(count, label, "Loop")))
             pairs = partial_hint(node)
             if pairs:
                 partial = next(names)
-                flags = [_node_output(nodes, "Greater", [_node_output(nodes, "Mod", [size, block]),
-                                                          _scalar(nodes, f"{partial}_zero", 0)]) for size, block in pairs]
+                flags = [
+                    _node_output(
+                        nodes,
+                        "Greater",
+                        [_node_output(nodes, "Mod", [size, block]), _scalar(nodes, f"{partial}_zero", 0)],
+                    )
+                    for size, block in pairs
+                ]
                 while len(flags) > 1:
                     flags = [_node_output(nodes, "Or", flags[:2])] + flags[2:]
-                nodes += [_node("Cast", flags, [f"{partial}_int"], to=TensorProto.INT64),
-                          _node("Reshape", [f"{partial}_int", _vector(nodes, f"{partial}_shape", [1])], [partial])]
+                nodes += [
+                    _node("Cast", flags, [f"{partial}_int"], to=TensorProto.INT64),
+                    _node("Reshape", [f"{partial}_int", _vector(nodes, f"{partial}_shape", [1])], [partial]),
+                ]
                 found.append((partial, Probe(partial, label, "partial")))
             if unprobed:
                 flag = next(names)
-                nodes.append(helper.make_node("Constant", [], [flag], value=helper.make_tensor(
-                    flag, TensorProto.INT64, [0], [])))
+                nodes.append(
+                    helper.make_node("Constant", [], [flag], value=helper.make_tensor(flag, TensorProto.INT64, [0], []))
+                )
                 found.append((flag, Probe(flag, label, "unprobed")))
     del graph.node[:]
     graph.node.extend(nodes)
@@ -146,8 +170,10 @@ def _instrument(graph: onnx.GraphProto, where: str, names) -> list[tuple[str, Pr
 
 
 def _has_control_flow(graph: onnx.GraphProto) -> bool:
-    return any(node.op_type in ("If", "Loop", "Scan") or any(_has_control_flow(g) for g in _subgraphs(node))
-               for node in graph.node)
+    return any(
+        node.op_type in ("If", "Loop", "Scan") or any(_has_control_flow(g) for g in _subgraphs(node))
+        for node in graph.node
+    )
 
 
 def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
@@ -168,13 +194,18 @@ def _node_output(nodes: list, op: str, inputs: list[str]) -> str:
 
 
 def _vector(nodes: list, name: str, values: list[int]) -> str:
-    nodes.append(helper.make_node("Constant", [], [name], value=helper.make_tensor(
-        name, TensorProto.INT64, [len(values)], values)))
+    nodes.append(
+        helper.make_node(
+            "Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+        )
+    )
     return name
 
 
 def _scalar(nodes: list, name: str, value: int) -> str:
-    nodes.append(helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [], [value])))
+    nodes.append(
+        helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [], [value]))
+    )
     return name
 
 
@@ -201,7 +232,7 @@ class CoverageProbe:
             return set()
         try:
             values = self.session([p.output for p in self.probes], feeds)
-        except Exception:  # noqa: BLE001 - the runners report the runtime's error on this case; it took no path
+        except Exception:
             return set()
         return set().union(*(probe.taken(v) for probe, v in zip(self.probes, values)))
 
@@ -257,12 +288,18 @@ class Coverage:
         if not self.paths:
             return "PASSED | coverage | no control flow: one path, run by every case"
         status = "FAILED" if self.failures else "PASSED"
-        text = f"{status} | coverage | {len(self.paths) - len(self.missing)} of {len(self.paths)} control-flow paths ran"
+        text = (
+            f"{status} | coverage | {len(self.paths) - len(self.missing)} of {len(self.paths)} control-flow paths ran"
+        )
         if self.missing:
             text += f" | never ran: {'; '.join(self.missing)}"
             text += "" if self.required else " (a narrowed sweep: named, not failed)"
         return text
 
     def to_dict(self) -> dict:
-        return {"paths": {path: self.ran.get(path, []) for path in self.paths}, "missing": self.missing,
-                "complete": self.complete, "required": self.required}
+        return {
+            "paths": {path: self.ran.get(path, []) for path in self.paths},
+            "missing": self.missing,
+            "complete": self.complete,
+            "required": self.required,
+        }

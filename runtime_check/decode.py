@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from attn_onnx.models import subsequent_mask
 from attn_onnx.errors import short_error
+from attn_onnx.models import subsequent_mask
 from attn_onnx.runtime_check.compare import OutputComparison, Tolerance
 from attn_onnx.runtime_check.report import CaseResult
 
@@ -44,10 +44,10 @@ def decode_steps(run, x: np.ndarray, chunks, mask: np.ndarray | None, past: dict
     present so far. Yields (start, inputs, outputs) per step: `inputs` without the cache."""
     start = 0
     for size in chunks:
-        piece = x[:, start:start + size]
+        piece = x[:, start : start + size]
         inputs = {"query": piece, "key": piece, "value": piece}
         if mask is not None:  # this chunk's rows, over the keys present so far
-            inputs["mask"] = mask[:, start:start + size, :start + size]
+            inputs["mask"] = mask[:, start : start + size, : start + size]
         outputs = run({**inputs, **past})
         yield start, inputs, outputs
         past = next_past(outputs)
@@ -90,8 +90,9 @@ def whole_sequence_golden(module, x: np.ndarray, mask: np.ndarray | None = None)
     with torch.no_grad():
         whole = subsequent_mask(n) if mask is None else torch.from_numpy(mask)
         output = double(t, t, t, whole).numpy()  # (B, n, E)
-        keys, values = (lin(t).view(b, n, double.head, double.d_k).transpose(1, 2).numpy()
-                        for lin in double.linears[1:3])  # (B, h, n, d_k)
+        keys, values = (
+            lin(t).view(b, n, double.head, double.d_k).transpose(1, 2).numpy() for lin in double.linears[1:3]
+        )  # (B, h, n, d_k)
     return output, keys, values
 
 
@@ -113,20 +114,30 @@ def decode_results(runners, module, spec, tolerances: dict[str, Tolerance], seed
             shape = f"b{batch}.len{length}"
             outputs, done = [], 0
             try:
-                for start, inputs, got in decode_steps(runner.run, x, chunks, mask,
-                                                       empty_cache(batch, spec.heads, spec.d_k)):
+                for start, inputs, got in decode_steps(
+                    runner.run, x, chunks, mask, empty_cache(batch, spec.heads, spec.d_k)
+                ):
                     outputs.append(got["output"])
                     done = start + inputs["query"].shape[1]
             except Exception as exc:  # the runtime's own error is the finding
-                results.append(CaseResult(runner.name, name, shape,
-                                          error=f"{runner.name} raised {type(exc).__name__} at position {done}: "
-                                                f"{short_error(exc)}"))
+                results.append(
+                    CaseResult(
+                        runner.name,
+                        name,
+                        shape,
+                        error=f"{runner.name} raised {type(exc).__name__} at position {done}: {short_error(exc)}",
+                    )
+                )
                 continue
-            actual = {"output": np.concatenate(outputs, axis=1), "present_key": got["present_key"],
-                      "present_value": got["present_value"]}
+            actual = {
+                "output": np.concatenate(outputs, axis=1),
+                "present_key": got["present_key"],
+                "present_value": got["present_value"],
+            }
             actual["output"][no_key] = output[no_key]  # rows with no allowed key: see the module docstring
             golden = {"output": output, "present_key": keys, "present_value": values}
-            comparisons = tuple(OutputComparison.measure(n, actual[n], golden[n], expected[n], tolerances[runner.name])
-                                for n in golden)
+            comparisons = tuple(
+                OutputComparison.measure(n, actual[n], golden[n], expected[n], tolerances[runner.name]) for n in golden
+            )
             results.append(CaseResult(runner.name, name, shape, comparisons))
     return results

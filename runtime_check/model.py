@@ -9,8 +9,8 @@ from pathlib import Path
 import onnx
 
 from attn_onnx.errors import InterfaceError, MetadataError, first_line
-from attn_onnx.model_files import check_external_data, external_locations
 from attn_onnx.exporter.spec import ModelSpec
+from attn_onnx.model_files import check_external_data, external_locations
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,10 @@ def check_interface(proto: onnx.ModelProto, spec: ModelSpec) -> None:
     dtypes and ranks its metadata states."""
     problems = []
     initializers = {init.name for init in proto.graph.initializer}
-    sides = (("input", [v for v in proto.graph.input if v.name not in initializers], spec.input_dims(),
-              spec.input_dtypes()),
-             ("output", list(proto.graph.output), spec.output_dims(), spec.output_dtypes()))
+    sides = (
+        ("input", [v for v in proto.graph.input if v.name not in initializers], spec.input_dims(), spec.input_dtypes()),
+        ("output", list(proto.graph.output), spec.output_dims(), spec.output_dtypes()),
+    )
     for side, values, dims, dtypes in sides:
         actual = {v.name: v for v in values}
         for name in dims:

@@ -21,12 +21,24 @@ def plot_names(case_name: str) -> list[str]:
     return [f"{case_name}.{suffix}.png" for suffix in PLOT_FILES]
 
 
-def write_plots(out_dir: Path, case_name: str, mask: np.ndarray | None, golden_probs: np.ndarray,
-                runtime_probs: np.ndarray, runtime_name: str, *, example: int, head: int, tolerance) -> list[Path]:
+def write_plots(
+    out_dir: Path,
+    case_name: str,
+    mask: np.ndarray | None,
+    golden_probs: np.ndarray,
+    runtime_probs: np.ndarray,
+    runtime_name: str,
+    *,
+    example: int,
+    head: int,
+    tolerance,
+) -> list[Path]:
     """Write the PNGs of PLOT_FILES for `example` and `head` of one case; return their paths."""
-    figures = draw(case_name, mask, golden_probs, runtime_probs, runtime_name, example=example, head=head,
-                   tolerance=tolerance)
+    figures = draw(
+        case_name, mask, golden_probs, runtime_probs, runtime_name, example=example, head=head, tolerance=tolerance
+    )
     from matplotlib import pyplot as plt
+
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix, fig in figures.items():
@@ -39,8 +51,17 @@ def write_plots(out_dir: Path, case_name: str, mask: np.ndarray | None, golden_p
     return written
 
 
-def draw(case_name: str, mask: np.ndarray | None, golden_probs: np.ndarray, runtime_probs: np.ndarray,
-         runtime_name: str, *, example: int, head: int, tolerance) -> dict:
+def draw(
+    case_name: str,
+    mask: np.ndarray | None,
+    golden_probs: np.ndarray,
+    runtime_probs: np.ndarray,
+    runtime_name: str,
+    *,
+    example: int,
+    head: int,
+    tolerance,
+) -> dict:
     """The figures of PLOT_FILES (suffix -> matplotlib Figure), unsaved."""
     try:
         import matplotlib
@@ -97,8 +118,11 @@ def draw(case_name: str, mask: np.ndarray | None, golden_probs: np.ndarray, runt
     image = ax.imshow(diff, vmin=0, vmax=max(float(diff.max()), tolerance.atol))
     rows, cols = np.nonzero(diff > allowed)
     ax.scatter(cols, rows, marker="x", color="red", s=12, label="beyond tolerance")  # none when it passes
-    ax.set_title(f"|{runtime_name} - PyTorch|, {where}\nmax {diff.max():.2g}; atol={tolerance.atol:g} "
-                 f"rtol={tolerance.rtol:g}: {beyond} beyond", fontsize=9)
+    ax.set_title(
+        f"|{runtime_name} - PyTorch|, {where}\nmax {diff.max():.2g}; atol={tolerance.atol:g} "
+        f"rtol={tolerance.rtol:g}: {beyond} beyond",
+        fontsize=9,
+    )
     axes_in_positions(ax)
     fig.colorbar(image, ax=ax, shrink=0.8)
     keep(fig, "attn_diff")

@@ -14,12 +14,15 @@ from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.exporter.variants.base import tensor_of
 from attn_onnx.models.weights import load_into, load_state_dict, weights_label
 
-FROM_FILE = ("the model's own initializers (a reference rebuilt from the file cannot see weights changed "
-             "at or after export; pass --weights with the original checkpoint for that)")
+FROM_FILE = (
+    "the model's own initializers (a reference rebuilt from the file cannot see weights changed "
+    "at or after export; pass --weights with the original checkpoint for that)"
+)
 
 
-def reference_module(proto: onnx.ModelProto, spec: ExportSpec, weights: str | Path | None = None,
-                     prefix: str = "", base_dir: str = "") -> tuple[torch.nn.Module | None, str]:
+def reference_module(
+    proto: onnx.ModelProto, spec: ExportSpec, weights: str | Path | None = None, prefix: str = "", base_dir: str = ""
+) -> tuple[torch.nn.Module | None, str]:
     """The module a model was exported from (a MultiHeadedAttention for `mha`), and a sentence on whose
     weights it holds. Kinds without weights (`attention`, `mask`) give (None, ...).
     """
@@ -48,6 +51,8 @@ def _state_from_initializers(proto: onnx.ModelProto, spec: ExportSpec, base_dir:
     inits = {init.name: init for init in proto.graph.initializer}
     missing = sorted(entry["initializer"] for entry in spec.weights.values() if entry["initializer"] not in inits)
     if not spec.weights or missing:
-        raise MetadataError("the model's weight map names initializers it does not hold "
-                            f"({missing[:4] or 'map is empty'}); pass --weights to supply the weights")
+        raise MetadataError(
+            "the model's weight map names initializers it does not hold "
+            f"({missing[:4] or 'map is empty'}); pass --weights to supply the weights"
+        )
     return {key: to_torch(tensor_of(inits, entry, base_dir).copy()) for key, entry in spec.weights.items()}

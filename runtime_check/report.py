@@ -55,15 +55,23 @@ class CaseResult:
 
     def line(self) -> str:
         status = PASSED if self.passed else FAILED
-        text = (f"{status} | {self.runner} | {self.case} | max_abs={self.max_abs:.3g} max_rel={self.max_rel:.3g}"
-                f" | needs atol>={self.needed_atol:.3g}")
+        text = (
+            f"{status} | {self.runner} | {self.case} | max_abs={self.max_abs:.3g} max_rel={self.max_rel:.3g}"
+            f" | needs atol>={self.needed_atol:.3g}"
+        )
         return text if self.passed else f"{text} | {'; '.join(self.failures)}"
 
     def to_dict(self) -> dict:
-        return {"runner": self.runner, "case": self.case, "status": PASSED if self.passed else FAILED,
-                "max_abs": _number(self.max_abs), "max_rel": _number(self.max_rel),
-                "needed_atol": _number(self.needed_atol), "failures": self.failures,
-                "outputs": [{k: _number(v) for k, v in c.to_dict().items()} for c in self.comparisons]}
+        return {
+            "runner": self.runner,
+            "case": self.case,
+            "status": PASSED if self.passed else FAILED,
+            "max_abs": _number(self.max_abs),
+            "max_rel": _number(self.max_rel),
+            "needed_atol": _number(self.needed_atol),
+            "failures": self.failures,
+            "outputs": [{k: _number(v) for k, v in c.to_dict().items()} for c in self.comparisons],
+        }
 
 
 @dataclass(frozen=True)
@@ -152,8 +160,10 @@ class Report:
         else:
             worst = self.worst
             needed = max(r.needed_atol for r in self.results)
-            text += (f" | worst: {worst.runner} {worst.case} max_abs={worst.max_abs:.3g}"
-                     f" | min atol that passes all: {needed:.3g}")
+            text += (
+                f" | worst: {worst.runner} {worst.case} max_abs={worst.max_abs:.3g}"
+                f" | min atol that passes all: {needed:.3g}"
+            )
             if self.coverage is not None and self.coverage.paths:
                 covered = len(self.coverage.paths) - len(self.coverage.missing)
                 text += f" | paths: {covered} of {len(self.coverage.paths)} ran"
@@ -166,31 +176,43 @@ class Report:
         if self.failed:
             names = ", ".join(f"{r.runner} {r.case}" for r in self.failed[:10])
             more = f" and {len(self.failed) - 10} more" if len(self.failed) > 10 else ""
-            raise ParityError(f"{len(self.failed)} of {len(self.results)} cases failed: {names}{more}",
-                              report=self)
+            raise ParityError(f"{len(self.failed)} of {len(self.results)} cases failed: {names}{more}", report=self)
         if self.uncovered:
-            raise ParityError(f"the cases left control-flow paths unrun: {'; '.join(self.coverage.missing)}",
-                              report=self)
+            raise ParityError(
+                f"the cases left control-flow paths unrun: {'; '.join(self.coverage.missing)}", report=self
+            )
 
     def to_dict(self) -> dict:
         spec = dataclasses.asdict(self.spec)
         spec.pop("weights", None)
         worst = self.worst
-        return {"model": self.model, "sha256": self.sha256, "spec": spec,
-                "reference_weights": self.reference_weights, "seed": self.seed,
-                "command": self.command, "created": self.created,
-                "runners": list(self.tolerances),
-                "tolerances": {r: {"profile": p, "atol": t.atol, "rtol": t.rtol}
-                               for r, (p, t) in self.tolerances.items()},
-                "versions": self.versions, "passed": self.passed, "status": self.status,
-                "summary": {"passed": len(self.results) - len(self.failed), "failed": len(self.failed),
-                            "skipped": len(self.skipped), "nothing_checked": self.nothing_checked,
-                            "worst": None if worst is None else {"runner": worst.runner, "case": worst.case,
-                                                                  "max_abs": _number(worst.max_abs)},
-                            "line": self.summary()},
-                "skipped": [dataclasses.asdict(s) for s in self.skipped],
-                "coverage": None if self.coverage is None else self.coverage.to_dict(),
-                "cases": [r.to_dict() for r in self.results]}
+        return {
+            "model": self.model,
+            "sha256": self.sha256,
+            "spec": spec,
+            "reference_weights": self.reference_weights,
+            "seed": self.seed,
+            "command": self.command,
+            "created": self.created,
+            "runners": list(self.tolerances),
+            "tolerances": {r: {"profile": p, "atol": t.atol, "rtol": t.rtol} for r, (p, t) in self.tolerances.items()},
+            "versions": self.versions,
+            "passed": self.passed,
+            "status": self.status,
+            "summary": {
+                "passed": len(self.results) - len(self.failed),
+                "failed": len(self.failed),
+                "skipped": len(self.skipped),
+                "nothing_checked": self.nothing_checked,
+                "worst": None
+                if worst is None
+                else {"runner": worst.runner, "case": worst.case, "max_abs": _number(worst.max_abs)},
+                "line": self.summary(),
+            },
+            "skipped": [dataclasses.asdict(s) for s in self.skipped],
+            "coverage": None if self.coverage is None else self.coverage.to_dict(),
+            "cases": [r.to_dict() for r in self.results],
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"

@@ -90,8 +90,12 @@ def markdown(table: dict) -> str:
         "| bundle (variant / kind / dtype) | opset | claim | " + " | ".join(releases) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in releases) + " |",
     ]
-    short = {"runs right": "right", "cannot load": "cannot load", "run error": "run error",
-             "wrong numbers": "**wrong numbers**"}
+    short = {
+        "runs right": "right",
+        "cannot load": "cannot load",
+        "run error": "run error",
+        "wrong numbers": "**wrong numbers**",
+    }
     for key, row in table["rows"].items():
         cells = []
         for version in releases:
@@ -104,8 +108,11 @@ def markdown(table: dict) -> str:
                 cells.append(short[cell["result"]])
             low = (row.get("lowered") or {}).get("cells", {}).get(version)
             if low is not None:  # the same model at the IR version this release reads
-                said = (f"**wrong** ({low['detail'].split(' (')[0]})" if low["result"] == "wrong numbers"
-                        else short[low["result"]])
+                said = (
+                    f"**wrong** ({low['detail'].split(' (')[0]})"
+                    if low["result"] == "wrong numbers"
+                    else short[low["result"]]
+                )
                 cells[-1] += f"; IR {row['lowered']['ir_version']}: {said}"
         claim = row["min"] or "none"
         if row.get("lowered") and row["lowered"]["min"] != row["min"]:
@@ -113,15 +120,24 @@ def markdown(table: dict) -> str:
         lines.append(f"| {key} | {row['opset']} | {claim} | " + " | ".join(cells) + " |")
     from attn_onnx.deploy.compatibility import ORT_FOR_IR, ORT_FOR_OPSET, release_key
 
-    lines += ["", "## Where the claims moved", "",
-              "Before this table, `min_onnxruntime` came from the ONNX lookup tables (opset and IR version: 1.18 for "
-              "every opset-18 bundle, 1.22 for opset 23). The rows whose measured claim differs:", "",
-              "| bundle | the ONNX tables said | measured | why |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Where the claims moved",
+        "",
+        "Before this table, `min_onnxruntime` came from the ONNX lookup tables (opset and IR version: 1.18 for "
+        "every opset-18 bundle, 1.22 for opset 23). The rows whose measured claim differs:",
+        "",
+        "| bundle | the ONNX tables said | measured | why |",
+        "| --- | --- | --- | --- |",
+    ]
     for key, row in table["rows"].items():
         floor = max(ORT_FOR_OPSET.get(row["opset"], "1.22"), ORT_FOR_IR.get(row["ir_version"], "1.22"), key=release_key)
         if row["min"] is None or release_key(row["min"])[:2] != release_key(floor)[:2]:
-            bad = [f"{v}: {c['result']}" for v, c in row["cells"].items()
-                   if c["result"] != "runs right" and release_key(v) >= release_key(floor)]
+            bad = [
+                f"{v}: {c['result']}"
+                for v, c in row["cells"].items()
+                if c["result"] != "runs right" and release_key(v) >= release_key(floor)
+            ]
             lines.append(f"| {key} | {floor} | {row['min'] or 'none'} | {'; '.join(bad[-3:])} |")
     reasons = {}
     for key, row in table["rows"].items():
@@ -148,8 +164,11 @@ def main() -> int:
     parser.add_argument("--table", type=Path, default=TABLE)
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "compatibility.md")
     parser.add_argument("--doc-only", action="store_true", help="write the doc from the table, measuring nothing")
-    parser.add_argument("--merge", action="store_true",
-                        help="keep the table's cells of the releases not measured now (re-measure some releases)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the table's cells of the releases not measured now (re-measure some releases)",
+    )
     args = parser.parse_args()
     if args.doc_only:
         args.doc.write_text(markdown(json.loads(args.table.read_text())))
@@ -157,8 +176,10 @@ def main() -> int:
     releases = args.releases.split(",") if args.releases else installed()
     missing = [v for v in releases if v not in installed()]
     if missing or not releases:
-        print(f"Error: not installed: {missing or 'any release'}: run scripts/setup/onnxruntime-releases.sh",
-              file=sys.stderr)
+        print(
+            f"Error: not installed: {missing or 'any release'}: run scripts/setup/onnxruntime-releases.sh",
+            file=sys.stderr,
+        )
         return 1
     releases = sorted(releases, key=release_key)
     print(f"CPU: {cpu_model()}; releases: {', '.join(releases)}", file=sys.stderr)
@@ -169,22 +190,34 @@ def main() -> int:
             measured = dict(zip(releases, pool.map(lambda v: measure_release(v, bundles), releases)))
     from attn_onnx.deploy.compatibility import Cell, max_ir, row_claim, row_key
 
-    table = {"measured": datetime.date.today().isoformat(), "cpu": cpu_model(),
-             "python": f"Python {platform.python_version()}", "heads": args.heads, "width": args.embedding_dim,
-             "command": "python scripts/compat_matrix.py" + (f" --heads {args.heads}" if args.heads != 8 else "")
-                        + (f" --embedding-dim {args.embedding_dim}" if args.embedding_dim != 512 else ""),
-             "releases": releases, "rows": {}}
+    table = {
+        "measured": datetime.date.today().isoformat(),
+        "cpu": cpu_model(),
+        "python": f"Python {platform.python_version()}",
+        "heads": args.heads,
+        "width": args.embedding_dim,
+        "command": "python scripts/compat_matrix.py"
+        + (f" --heads {args.heads}" if args.heads != 8 else "")
+        + (f" --embedding-dim {args.embedding_dim}" if args.embedding_dim != 512 else ""),
+        "releases": releases,
+        "rows": {},
+    }
     old = json.loads(args.table.read_text()) if args.merge and args.table.is_file() else {"releases": [], "rows": {}}
     table["releases"] = sorted(set(releases) | set(old["releases"]), key=release_key)
     for spec in specs:
         key = row_key(spec)
         kept = old["rows"].get(key, {})
         cells = {**kept.get("cells", {}), **{v: measured[v][key][0] for v in releases}}
-        lowered = {**(kept.get("lowered") or {}).get("cells", {}),
-                   **{v: measured[v][key][1] for v in releases if measured[v][key][1] is not None}}
-        row = {"opset": spec.opset, "ir_version": bundles[key][1],
-               "min": min_release({v: Cell(**c) for v, c in cells.items()}),
-               "cells": {v: cells[v] for v in table["releases"] if v in cells}}
+        lowered = {
+            **(kept.get("lowered") or {}).get("cells", {}),
+            **{v: measured[v][key][1] for v in releases if measured[v][key][1] is not None},
+        }
+        row = {
+            "opset": spec.opset,
+            "ir_version": bundles[key][1],
+            "min": min_release({v: Cell(**c) for v, c in cells.items()}),
+            "cells": {v: cells[v] for v in table["releases"] if v in cells},
+        }
         if lowered:
             ir = min(max_ir(v) for v in lowered)
             row["lowered"] = {"ir_version": ir, "cells": lowered}

@@ -17,23 +17,33 @@ import click
 
 
 def specs():
+    from attn_onnx.errors import UsageError
     from attn_onnx.exporter import ExportSpec
     from attn_onnx.exporter.kinds import KINDS
     from attn_onnx.exporter.variants import VARIANTS
-    from attn_onnx.errors import UsageError
 
-    for kind, variant, mask, dtype in itertools.product(KINDS, VARIANTS, ("input", "causal", "none"),
-                                                        ("float32", "float16")):
-        fields = {"module": kind, "variant": variant, "dtype": dtype, "heads": 2, "embedding_dim": 16,
-                  "opset": max(18, VARIANTS[variant].min_opset)}
+    for kind, variant, mask, dtype in itertools.product(
+        KINDS, VARIANTS, ("input", "causal", "none"), ("float32", "float16")
+    ):
+        fields = {
+            "module": kind,
+            "variant": variant,
+            "dtype": dtype,
+            "heads": 2,
+            "embedding_dim": 16,
+            "opset": max(18, VARIANTS[variant].min_opset),
+        }
         if "mask" in KINDS[kind].settings:
             fields["mask"] = mask
         elif mask != "input":
             continue
         if kind == "mha-cache" and mask == "causal":
             fields["causal_align"] = "bottom-right"
-        for extra in ({},) if variant != "torch-export" or dtype != "float32" or mask != "input" else \
-                ({}, {"optimize": "extended"}, {"quantize": "int8"}):
+        for extra in (
+            ({},)
+            if variant != "torch-export" or dtype != "float32" or mask != "input"
+            else ({}, {"optimize": "extended"}, {"quantize": "int8"})
+        ):
             spec = ExportSpec(**fields, **extra)
             try:
                 spec.validate()
@@ -71,8 +81,10 @@ def main(against):
         print(f"gone: {k}")
     for k in new:
         print(f"new: {k}")
-    print(f"{len(found)} graphs: {len(found) - len(changed) - len(new)} byte-identical, {len(changed)} changed, "
-          f"{len(gone)} gone, {len(new)} new")
+    print(
+        f"{len(found)} graphs: {len(found) - len(changed) - len(new)} byte-identical, {len(changed)} changed, "
+        f"{len(gone)} gone, {len(new)} new"
+    )
     sys.exit(1 if changed or gone else 0)
 
 

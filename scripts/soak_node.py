@@ -47,8 +47,13 @@ class Soak:
         manifest = json.loads((bundle / "manifest.json").read_text())
         self.name = manifest["name"]
         self.tol = manifest["tolerance"]
-        self.sets = [({f["name"]: load(bundle / f["file"]) for f in s["inputs"]},
-                      {f["name"]: load(bundle / f["file"]) for f in s["outputs"]}) for s in manifest["test_data_sets"]]
+        self.sets = [
+            (
+                {f["name"]: load(bundle / f["file"]) for f in s["inputs"]},
+                {f["name"]: load(bundle / f["file"]) for f in s["outputs"]},
+            )
+            for s in manifest["test_data_sets"]
+        ]
         self.http = http_url
         self.grpc = grpc_url
         self.counts = collections.Counter()  # (kind, status) -> n
@@ -60,8 +65,12 @@ class Soak:
 
     # --- transports ---
     def post(self, body: bytes, headers: dict):
-        request = urllib.request.Request(f"http://{self.http}/v2/models/{self.name}/infer", data=body, method="POST",
-                                         headers={"content-type": "application/json", **headers})
+        request = urllib.request.Request(
+            f"http://{self.http}/v2/models/{self.name}/infer",
+            data=body,
+            method="POST",
+            headers={"content-type": "application/json", **headers},
+        )
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
                 return response.status, response.headers, response.read()
@@ -83,8 +92,9 @@ class Soak:
 
         request = service_pb2.ModelInferRequest(model_name=self.name)
         for name, array in arrays.items():
-            request.inputs.add(name=name, datatype=DATATYPES[array.dtype],
-                               shape=list((shapes or {}).get(name, array.shape)))
+            request.inputs.add(
+                name=name, datatype=DATATYPES[array.dtype], shape=list((shapes or {}).get(name, array.shape))
+            )
             request.raw_input_contents.append(array.tobytes())
         try:
             return "OK", self.stub().ModelInfer(request, timeout=120)
@@ -94,23 +104,44 @@ class Soak:
     # --- requests ---
     @staticmethod
     def json_body(arrays, shapes=None) -> bytes:
-        return json.dumps({"inputs": [{"name": n, "shape": list((shapes or {}).get(n, a.shape)),
-                                       "datatype": DATATYPES[a.dtype], "data": a.ravel().tolist()}
-                                      for n, a in arrays.items()]}).encode()
+        return json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": n,
+                        "shape": list((shapes or {}).get(n, a.shape)),
+                        "datatype": DATATYPES[a.dtype],
+                        "data": a.ravel().tolist(),
+                    }
+                    for n, a in arrays.items()
+                ]
+            }
+        ).encode()
 
     @staticmethod
     def binary_body(arrays, sizes=None):
-        head = json.dumps({"inputs": [{"name": n, "shape": list(a.shape), "datatype": DATATYPES[a.dtype],
-                                       "parameters": {"binary_data_size": (sizes or {}).get(n, a.nbytes)}}
-                                      for n, a in arrays.items()],
-                           "parameters": {"binary_data_output": True}}).encode()
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": n,
+                        "shape": list(a.shape),
+                        "datatype": DATATYPES[a.dtype],
+                        "parameters": {"binary_data_size": (sizes or {}).get(n, a.nbytes)},
+                    }
+                    for n, a in arrays.items()
+                ],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode()
         body = head + b"".join(a.tobytes() for a in arrays.values())
         return body, {"Inference-Header-Content-Length": str(len(head))}
 
     def close(self, actual: np.ndarray, expected: np.ndarray) -> bool:
         allowed = self.tol["atol"] + self.tol["rtol"] * np.abs(expected.astype(np.float64))
         return actual.shape == expected.shape and bool(
-            np.all(np.abs(actual.astype(np.float64) - expected.astype(np.float64)) <= allowed))
+            np.all(np.abs(actual.astype(np.float64) - expected.astype(np.float64)) <= allowed)
+        )
 
     def mismatched(self, arrays):
         """The same inputs with the first named dim of the last input off by one in its declared shape."""
@@ -122,17 +153,35 @@ class Soak:
     def oversized_shapes(self, arrays):
         """Declared shapes with every named length 16384 (mask_q_len 1, batch as it was): past a 1 GiB budget
         for any heads, while each input alone stays under the service's 2^27 elements."""
+
         def dim(name, d):
             if not isinstance(name, str) or name == "batch":
                 return d
             return 1 if name == "mask_q_len" else 16384
+
         return {n: [dim(name, d) for name, d in zip(self.dims[n], a.shape)] for n, a in arrays.items()}
 
     def one(self, rng: random.Random):
         arrays, expected = rng.choice(self.sets)
-        kind = rng.choice(["good-json", "good-binary", "good-grpc", "good-json", "good-binary", "good-grpc",
-                           "bad-json", "dims-http", "dims-grpc", "binary-size", "encoding", "not-gzip",
-                           "budget-http", "budget-grpc", "inflate-bomb"])
+        kind = rng.choice(
+            [
+                "good-json",
+                "good-binary",
+                "good-grpc",
+                "good-json",
+                "good-binary",
+                "good-grpc",
+                "bad-json",
+                "dims-http",
+                "dims-grpc",
+                "binary-size",
+                "encoding",
+                "not-gzip",
+                "budget-http",
+                "budget-grpc",
+                "inflate-bomb",
+            ]
+        )
         self.local.kind = kind
         wrong = False
         if kind == "good-json":
@@ -152,7 +201,7 @@ class Soak:
                 for out in json.loads(data[:length])["outputs"]:
                     size = out["parameters"]["binary_data_size"]
                     dtype = {"FP32": np.float32, "FP16": np.float16}[out["datatype"]]
-                    actual = np.frombuffer(data[at:at + size], dtype).reshape(out["shape"])
+                    actual = np.frombuffer(data[at : at + size], dtype).reshape(out["shape"])
                     at += size
                     wrong |= not self.close(actual, expected[out["name"]])
             expect = 200
@@ -179,9 +228,20 @@ class Soak:
         elif kind == "not-gzip":
             status, expect = self.post(self.json_body(arrays), {"Content-Encoding": "gzip"})[0], 400
         elif kind == "budget-http":
-            status, expect = self.post(json.dumps({"inputs": [
-                {"name": n, "shape": s, "datatype": DATATYPES[arrays[n].dtype], "data": [0]}
-                for n, s in self.oversized_shapes(arrays).items()]}).encode(), {})[0], 413
+            status, expect = (
+                self.post(
+                    json.dumps(
+                        {
+                            "inputs": [
+                                {"name": n, "shape": s, "datatype": DATATYPES[arrays[n].dtype], "data": [0]}
+                                for n, s in self.oversized_shapes(arrays).items()
+                            ]
+                        }
+                    ).encode(),
+                    {},
+                )[0],
+                413,
+            )
         elif kind == "budget-grpc":
             status, expect = self.grpc_infer(arrays, self.oversized_shapes(arrays))[0], "RESOURCE_EXHAUSTED"
         else:  # inflate-bomb: 80 MB of zeros in about 80 KB, past the default 64 MiB body limit
@@ -222,9 +282,24 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
-    process = subprocess.Popen(["node", "server.js", "--bundle", str(args.bundle.resolve()), "--port", "0",
-                                "--grpc-port", "0", "--host", "127.0.0.1"], cwd=NODE_DIR, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            "node",
+            "server.js",
+            "--bundle",
+            str(args.bundle.resolve()),
+            "--port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--host",
+            "127.0.0.1",
+        ],
+        cwd=NODE_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = process.stdout.readline()
     if not line.startswith("serving"):
         process.kill()

@@ -15,8 +15,8 @@ from attn_onnx.deploy import export_model
 from attn_onnx.exporter.export import build_module
 from attn_onnx.exporter.spec import ExportSpec
 
-
 # --- the suite runs in a few processes side by side (pytest-xdist: -n auto in pyproject.toml) -------------------
+
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config):
@@ -70,7 +70,6 @@ def small_mha(exported):
     return exported(heads=2, embedding_dim=16)
 
 
-
 # --- torch.onnx.export, once per distinct input ---------------------------------------------------------------
 # The dynamo exporter takes seconds per call and most CLI tests export the same small spec again; it is the
 # largest single cost of the suite. A call is answered from the memo only when everything the export reads is
@@ -103,15 +102,24 @@ def _module_key(graph: torch.nn.Module, alive: list) -> tuple:
     for name, m in graph.named_modules():
         code = (type(m), getattr(type(m), "forward", None), m.__dict__.get("forward"))
         alive.extend(code)
-        parts.append((name, *map(id, code),
-                      tuple(sorted((k, repr(v)) for k, v in vars(m).items() if not k.startswith("_") and _plain(v)))))
+        parts.append(
+            (
+                name,
+                *map(id, code),
+                tuple(sorted((k, repr(v)) for k, v in vars(m).items() if not k.startswith("_") and _plain(v))),
+            )
+        )
     return tuple(parts)
 
 
 def _package_key(alive: list) -> tuple:
-    values = [(name, key, value) for name, module in list(sys.modules.items())
-              if name.startswith("attn_onnx") and module is not None
-              for key, value in list(vars(module).items()) if not key.startswith("__")]
+    values = [
+        (name, key, value)
+        for name, module in list(sys.modules.items())
+        if name.startswith("attn_onnx") and module is not None
+        for key, value in list(vars(module).items())
+        if not key.startswith("__")
+    ]
     alive.extend(value for _, _, value in values)
     return tuple(sorted((name, key, id(value)) for name, key, value in values))
 
@@ -125,8 +133,14 @@ def memoized_torch_export():
 
     def export(model, args=(), *rest, **kwargs):
         alive = []  # every object whose id is in the key, kept by the memo: no later object can reuse its id
-        key = (_module_key(model, alive), _digest(model.state_dict().values()), _digest(args), repr(rest),
-               repr(sorted(kwargs.items())), _package_key(alive))
+        key = (
+            _module_key(model, alive),
+            _digest(model.state_dict().values()),
+            _digest(args),
+            repr(rest),
+            repr(sorted(kwargs.items())),
+            _package_key(alive),
+        )
         if key not in memo:
             start = time.perf_counter()
             program = real(model, args, *rest, **kwargs)
@@ -162,6 +176,8 @@ def pytest_testnodedown(node, error):
 
 def pytest_terminal_summary(terminalreporter):
     if MEMO_STATS["hits"] or MEMO_STATS["misses"]:
-        terminalreporter.write_line(f"torch.onnx.export: {MEMO_STATS['misses']} exports ({MEMO_STATS['spent_s']:.0f} s), "
-                                    f"{MEMO_STATS['hits']} answered "
-                                    f"from the session's memo (about {MEMO_STATS['saved_s']:.0f} s saved)")
+        terminalreporter.write_line(
+            f"torch.onnx.export: {MEMO_STATS['misses']} exports ({MEMO_STATS['spent_s']:.0f} s), "
+            f"{MEMO_STATS['hits']} answered "
+            f"from the session's memo (about {MEMO_STATS['saved_s']:.0f} s saved)"
+        )

@@ -15,9 +15,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # the folders that install under attn_onnx (setup.py): folder -> its package
-TOPS = {"attn_onnx": "attn_onnx", "models": "attn_onnx.models", "exporter": "attn_onnx.exporter",
-        "runtime_check": "attn_onnx.runtime_check", "timing": "attn_onnx.timing", "deploy": "attn_onnx.deploy",
-        "bench": "attn_onnx.bench", "cli": "attn_onnx.cli"}
+TOPS = {
+    "attn_onnx": "attn_onnx",
+    "models": "attn_onnx.models",
+    "exporter": "attn_onnx.exporter",
+    "runtime_check": "attn_onnx.runtime_check",
+    "timing": "attn_onnx.timing",
+    "deploy": "attn_onnx.deploy",
+    "bench": "attn_onnx.bench",
+    "cli": "attn_onnx.cli",
+}
 
 
 def modules(root: Path = ROOT) -> dict[str, Path]:
@@ -41,8 +48,12 @@ def _lazy_table(tree: ast.Module) -> dict[str, str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Dict):
             for key, value in zip(node.keys, node.values):
-                if isinstance(key, ast.Constant) and isinstance(value, ast.Constant) \
-                        and isinstance(value.value, str) and value.value.startswith("attn_onnx."):
+                if (
+                    isinstance(key, ast.Constant)
+                    and isinstance(value, ast.Constant)
+                    and isinstance(value.value, str)
+                    and value.value.startswith("attn_onnx.")
+                ):
                     table[key.value] = value.value
     return table
 
@@ -60,7 +71,8 @@ def imports(files: dict[str, Path]) -> dict[str, set[str]]:
 
     edges: dict[str, set[str]] = {m: set() for m in files}
     for module, tree in trees.items():
-        def add(name: str | None):
+
+        def add(name: str | None, module: str = module):
             target = resolve(name) if name else None
             if target and target != module:
                 edges[module].add(target)
@@ -70,10 +82,16 @@ def imports(files: dict[str, Path]) -> dict[str, set[str]]:
                 for alias in node.names:
                     add(alias.name)
             elif isinstance(node, ast.ImportFrom) and node.module:
-                base = node.module if node.level == 0 else ".".join(
-                    (module if files[module].name == "__init__.py" else module.rpartition(".")[0])
-                    .split(".")[: len(module.split(".")) - node.level + (files[module].name == "__init__.py")]
-                    + [node.module])
+                base = (
+                    node.module
+                    if node.level == 0
+                    else ".".join(
+                        (module if files[module].name == "__init__.py" else module.rpartition(".")[0]).split(".")[
+                            : len(module.split(".")) - node.level + (files[module].name == "__init__.py")
+                        ]
+                        + [node.module]
+                    )
+                )
                 for alias in node.names:
                     if f"{base}.{alias.name}" in files:
                         add(f"{base}.{alias.name}")
@@ -81,12 +99,20 @@ def imports(files: dict[str, Path]) -> dict[str, set[str]]:
                         add(tables[base][alias.name])
                     else:
                         add(base)
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                    and node.value.startswith("attn_onnx.") and node.value in files:
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value.startswith("attn_onnx.")
+                and node.value in files
+            ):
                 add(node.value)  # a lazy table's or a registry's module name, imported on first use
-            elif isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant) \
-                    and str(node.values[0].value).startswith("attn_onnx.") \
-                    and str(node.values[0].value).endswith("."):  # import_module(f"attn_onnx.x.{file}")
+            elif (
+                isinstance(node, ast.JoinedStr)
+                and node.values
+                and isinstance(node.values[0], ast.Constant)
+                and str(node.values[0].value).startswith("attn_onnx.")
+                and str(node.values[0].value).endswith(".")
+            ):  # import_module(f"attn_onnx.x.{file}")
                 package = node.values[0].value[:-1]
                 for other in files:
                     if other.startswith(package + ".") and other.count(".") == package.count(".") + 1:
@@ -138,9 +164,14 @@ class House:
     file_circles: list[list[str]]  # of modules, function-level imports included
 
     def counts(self) -> dict[str, int]:
-        return {"rooms": len(self.rooms), "floors": len(set(self.floors.values())), "arrows": len(self.arrows),
-                "arrows that climb": len(self.climbing), "circles of rooms": len(self.room_circles),
-                "circles of files": len(self.file_circles)}
+        return {
+            "rooms": len(self.rooms),
+            "floors": len(set(self.floors.values())),
+            "arrows": len(self.arrows),
+            "arrows that climb": len(self.climbing),
+            "circles of rooms": len(self.room_circles),
+            "circles of files": len(self.file_circles),
+        }
 
 
 def house(root: Path = ROOT) -> House:

@@ -33,7 +33,7 @@ def clones(module, N):
 
 class MutiHeadedAttention(nn.Module):
     def __init__(self, head, embedding_dim, dropout=0.1):
-        super(MutiHeadedAttention, self).__init__()
+        super().__init__()
         assert embedding_dim % head == 0
         self.d_k = embedding_dim // head
         self.head = head
@@ -46,8 +46,10 @@ class MutiHeadedAttention(nn.Module):
         if mask is not None:
             mask = mask.unsqueeze(1)
         batch_size = query.size(0)
-        query, key, value = [model(x).view(batch_size, -1, self.head, self.d_k).transpose(1, 2)
-                             for model, x in zip(self.linears, (query, key, value))]
+        query, key, value = [
+            model(x).view(batch_size, -1, self.head, self.d_k).transpose(1, 2)
+            for model, x in zip(self.linears, (query, key, value))
+        ]
         x, self.attn = attention(query, key, value, mask=mask, dropout=self.dropout)
         x = x.transpose(1, 2).contiguous().view(batch_size, -1, self.head * self.d_k)
         return self.linears[-1](x)

@@ -72,6 +72,7 @@ def _model_with(default, change) -> callable:
         model = onnx.load(str(default))
         change(model)
         onnx.save(model, str(tmp / name))
+
     return make
 
 
@@ -104,20 +105,26 @@ def _setups(default: Path, bundle: Path) -> dict:
         def make(tmp):
             shutil.copytree(bundle, tmp / name)
             _flip(tmp / name / relative, where)
+
         return make
 
     def bad_decode(tmp):
-        result = CliRunner().invoke(export_attn, ["--kv-cache", "--heads", "2", "--embedding-dim", "16", "--no-check",
-                                                  "--bundle", str(tmp / "bad-decode")])
+        result = CliRunner().invoke(
+            export_attn,
+            ["--kv-cache", "--heads", "2", "--embedding-dim", "16", "--no-check", "--bundle", str(tmp / "bad-decode")],
+        )
         assert result.exit_code == 0, result.output
         manifest = json.loads((tmp / "bad-decode" / "manifest.json").read_text())
         del manifest["decode"]["steps"][1]["inputs"]
         (tmp / "bad-decode" / "manifest.json").write_text(json.dumps(manifest))
 
     def other(tmp):
-        graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
-                                       [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                                       [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+        graph = onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        )
         onnx.save(onnx.helper.make_model(graph), str(tmp / "other.onnx"))
 
     return {
@@ -128,8 +135,9 @@ def _setups(default: Path, bundle: Path) -> dict:
         "a model from another tool": other,
         "an input renamed after export": lambda tmp: _model_with(default, _renamed)(tmp, "renamed.onnx"),
         "an input's dtype changed": lambda tmp: _model_with(default, _retyped)(tmp, "retyped.onnx"),
-        "a reshape that baked in the batch":
-            lambda tmp: broken.baked_reshape_model(default, tmp / "baked.onnx", "batch"),
+        "a reshape that baked in the batch": lambda tmp: broken.baked_reshape_model(
+            default, tmp / "baked.onnx", "batch"
+        ),
         "NaN in a bundle's input vector": nan_bundle,
         "heads that do not divide the width": lambda tmp: None,
         "zero heads": lambda tmp: None,
@@ -186,9 +194,12 @@ REQUEST_ROWS = table("| request to `POST /v2/models/mha/infer` |")  # the headin
 def _good(width=512):
     rng = np.random.default_rng(0)
     data = rng.standard_normal(width).round(3).tolist()
-    return {"inputs": [{"name": n, "shape": [1, 1, width], "datatype": "FP32", "data": data}
-                       for n in ("query", "key", "value")] + [
-        {"name": "mask", "shape": [1, 1, 1], "datatype": "BOOL", "data": [True]}]}
+    return {
+        "inputs": [
+            {"name": n, "shape": [1, 1, width], "datatype": "FP32", "data": data} for n in ("query", "key", "value")
+        ]
+        + [{"name": "mask", "shape": [1, 1, 1], "datatype": "BOOL", "data": [True]}]
+    }
 
 
 def _with(change) -> bytes:
@@ -204,28 +215,43 @@ def _input(body, name):
 def _shaped(batch_q, q_len, batch_kv, kv_len, mask, data=True) -> bytes:
     """A JSON request of zeros: query (batch_q, q_len, 512), key and value (batch_kv, kv_len, 512), mask `mask`;
     without `data`, the shapes alone (one value each: refused before the values are read)."""
+
     def tensor(name, shape, datatype):
         count = int(np.prod(shape)) if data else 1
-        return {"name": name, "shape": list(shape), "datatype": datatype,
-                "data": [True] * count if datatype == "BOOL" else [0.0] * count}
-    return json.dumps({"inputs": [tensor("query", (batch_q, q_len, 512), "FP32"),
-                                  tensor("key", (batch_kv, kv_len, 512), "FP32"),
-                                  tensor("value", (batch_kv, kv_len, 512), "FP32"),
-                                  tensor("mask", mask, "BOOL")]}).encode()
+        return {
+            "name": name,
+            "shape": list(shape),
+            "datatype": datatype,
+            "data": [True] * count if datatype == "BOOL" else [0.0] * count,
+        }
+
+    return json.dumps(
+        {
+            "inputs": [
+                tensor("query", (batch_q, q_len, 512), "FP32"),
+                tensor("key", (batch_kv, kv_len, 512), "FP32"),
+                tensor("value", (batch_kv, kv_len, 512), "FP32"),
+                tensor("mask", mask, "BOOL"),
+            ]
+        }
+    ).encode()
 
 
 BODIES = {
     "a body that is not JSON": b'{"inputs": [',
-    "data nested 200,000 lists deep": (b'{"inputs": [{"name": "query", "shape": [1, 1, 512], "datatype": "FP32", '
-                                       b'"data": ' + b"[" * 200_000 + b"1" + b"]" * 200_000 + b"}]}"),
-    "`{\"inputs\": 5}`": b'{"inputs": 5}',
+    "data nested 200,000 lists deep": (
+        b'{"inputs": [{"name": "query", "shape": [1, 1, 512], "datatype": "FP32", '
+        b'"data": ' + b"[" * 200_000 + b"1" + b"]" * 200_000 + b"}]}"
+    ),
+    '`{"inputs": 5}`': b'{"inputs": 5}',
     "no `mask` input": _with(lambda b: b["inputs"].pop()),
     "`query` 511 wide": _with(lambda b: _input(b, "query").update(shape=[1, 1, 511], data=[0.0] * 511)),
     "`mask` as UINT8": _with(lambda b: _input(b, "mask").update(datatype="UINT8", data=[1])),
     "3 values for a (1, 1, 512) `query`": _with(lambda b: _input(b, "query").update(data=[0.0, 1.0, 2.0])),
     "a declared shape of 2^31 x 1 x 512": _with(lambda b: _input(b, "query").update(shape=[2**31, 1, 512])),
     "a mask (1, 2, 3) for one query and one key": _with(
-        lambda b: _input(b, "mask").update(shape=[1, 2, 3], data=[True] * 6)),
+        lambda b: _input(b, "mask").update(shape=[1, 2, 3], data=[True] * 6)
+    ),
     "a mask (2, 3, 1) for 4 keys": _shaped(2, 3, 2, 4, (2, 3, 1)),
     "`query` batch 2, `key` and `value` batch 1, a mask (2, 1, 2)": _shaped(2, 3, 1, 4, (2, 1, 2)),
     "a mask of 2 query rows for 3 queries": _shaped(1, 3, 1, 4, (1, 2, 4)),
@@ -239,8 +265,9 @@ def _binary(sizes=None, shapes=None, header=None, cut=0, extra=b"", data=False) 
     """(headers, body) of _good()'s request with every input as binary tensor data; `sizes` and `shapes` override
     inputs' binary_data_size and shape, `header` the Inference-Header-Content-Length (None: left out)."""
     body = _good()
-    arrays = {i["name"]: np.asarray(i["data"], np.float32 if i["datatype"] == "FP32" else np.bool_)
-              for i in body["inputs"]}
+    arrays = {
+        i["name"]: np.asarray(i["data"], np.float32 if i["datatype"] == "FP32" else np.bool_) for i in body["inputs"]
+    }
     for i in body["inputs"]:
         i["parameters"] = {"binary_data_size": (sizes or {}).get(i["name"], arrays[i["name"]].nbytes)}
         i["shape"] = (shapes or {}).get(i["name"], i["shape"])
@@ -249,17 +276,18 @@ def _binary(sizes=None, shapes=None, header=None, cut=0, extra=b"", data=False) 
     head = json.dumps(body).encode()
     whole = head + b"".join(a.tobytes() for a in arrays.values()) + extra
     headers = {"Inference-Header-Content-Length": str(len(head)) if header == "right" else header}
-    return {k: v for k, v in headers.items() if v is not None}, whole[:len(whole) - cut]
+    return {k: v for k, v in headers.items() if v is not None}, whole[: len(whole) - cut]
 
 
 RAW = {  # (headers, body): binary tensor data, compressed bodies
     "binary, `query`'s `binary_data_size` -4": _binary({"query": -4}, header="right"),
     "binary, `query`'s `binary_data_size` 2048.5": _binary({"query": 2048.5}, header="right"),
-    "binary, `query`'s `binary_data_size` the string \"2048\"": _binary({"query": "2048"}, header="right"),
+    'binary, `query`\'s `binary_data_size` the string "2048"': _binary({"query": "2048"}, header="right"),
     "binary, `query`'s `binary_data_size` 2044 for (1, 1, 512)": _binary({"query": 2044}, header="right"),
     "binary, `query`'s `binary_data_size` a terabyte (2^40)": _binary({"query": 2**40}, header="right"),
     "binary, `query` declared 2^31 x 1 x 512 with a terabyte to match": _binary(
-        {"query": 2**42}, {"query": [2**31, 1, 512]}, header="right"),
+        {"query": 2**42}, {"query": [2**31, 1, 512]}, header="right"
+    ),
     "binary, the body cut 5 bytes short": _binary(header="right", cut=5),
     "binary, 8 bytes after the last input": _binary(header="right", extra=bytes(8)),
     "binary, `Inference-Header-Content-Length: 99999999`": _binary(header="99999999"),
@@ -269,7 +297,9 @@ RAW = {  # (headers, body): binary tensor data, compressed bodies
     "binary, a mask (1, 1, 2) for one key": _binary({"mask": 2}, {"mask": [1, 1, 2]}, header="right", extra=bytes(1)),
     "`Content-Encoding: gzip` on bytes that are not gzip": ({"Content-Encoding": "gzip"}, json.dumps(_good()).encode()),
     "a gzip body that inflates past `--max-body-bytes`": (
-        {"Content-Encoding": "gzip"}, gzip.compress(bytes(3_000_000))),
+        {"Content-Encoding": "gzip"},
+        gzip.compress(bytes(3_000_000)),
+    ),
     "`Content-Encoding: br`": ({"Content-Encoding": "br"}, json.dumps(_good()).encode()),
 }
 
@@ -281,8 +311,9 @@ def _grpc_request(change=None):
     request = service_pb2.ModelInferRequest(model_name="mha")
     for i in _good()["inputs"]:
         request.inputs.add(name=i["name"], datatype=i["datatype"], shape=i["shape"])
-        request.raw_input_contents.append(np.asarray(i["data"], np.float32 if i["datatype"] == "FP32" else np.bool_)
-                                          .tobytes())
+        request.raw_input_contents.append(
+            np.asarray(i["data"], np.float32 if i["datatype"] == "FP32" else np.bool_).tobytes()
+        )
     if change:
         change(request)
     return request
@@ -304,27 +335,44 @@ GRPC_ROWS = table("| gRPC `ModelInfer` request (`--grpc-port`) |")
 GRPC_REQUESTS = {
     "`raw_input_contents` for 3 of the 4 inputs": lambda: _grpc_request(lambda r: r.raw_input_contents.pop()),
     "`query`'s raw contents 4 bytes short": lambda: _grpc_request(
-        lambda r: r.raw_input_contents.__setitem__(0, r.raw_input_contents[0][:-4])),
+        lambda r: r.raw_input_contents.__setitem__(0, r.raw_input_contents[0][:-4])
+    ),
     "raw contents, and typed contents for `query`": lambda: _grpc_request(
-        lambda r: r.inputs[0].contents.fp32_contents.extend([0.0] * 512)),
-    "3 `fp32_contents` for a (1, 1, 512) `query`": lambda: _grpc_request(lambda r: (
-        _typed(r), r.inputs[0].contents.ClearField("fp32_contents"),
-        r.inputs[0].contents.fp32_contents.extend([1, 2, 3]))),
-    "`mask` in `fp32_contents`": lambda: _grpc_request(lambda r: (
-        _typed(r), r.inputs[3].contents.ClearField("bool_contents"), r.inputs[3].contents.fp32_contents.append(1.0))),
+        lambda r: r.inputs[0].contents.fp32_contents.extend([0.0] * 512)
+    ),
+    "3 `fp32_contents` for a (1, 1, 512) `query`": lambda: _grpc_request(
+        lambda r: (
+            _typed(r),
+            r.inputs[0].contents.ClearField("fp32_contents"),
+            r.inputs[0].contents.fp32_contents.extend([1, 2, 3]),
+        )
+    ),
+    "`mask` in `fp32_contents`": lambda: _grpc_request(
+        lambda r: (
+            _typed(r),
+            r.inputs[3].contents.ClearField("bool_contents"),
+            r.inputs[3].contents.fp32_contents.append(1.0),
+        )
+    ),
     "`query` with a dim of -1": lambda: _grpc_request(lambda r: r.inputs[0].shape.__setitem__(0, -1)),
     "`query` declared 2^31 x 1 x 512": lambda: _grpc_request(lambda r: r.inputs[0].shape.__setitem__(0, 2**31)),
     "an output that does not exist": lambda: _grpc_request(lambda r: r.outputs.add(name="nope")),
     "model `other`": lambda: _grpc_request(lambda r: setattr(r, "model_name", "other")),
-    "`query` batch 1, `key` and `value` batch 2": lambda: _grpc_request(lambda r: [
-        (r.inputs[k].shape.__setitem__(0, 2), r.raw_input_contents.__setitem__(k, r.raw_input_contents[k] * 2))
-        for k in (1, 2)]),
-    "a mask (1, 1, 2) for one key": lambda: _grpc_request(lambda r: (
-        r.inputs[3].shape.__setitem__(2, 2), r.raw_input_contents.__setitem__(3, b"\x01\x01"))),
-    "a (1, 16384, 512) `query` over 16384 keys": lambda: _grpc_request(lambda r: [
-        r.inputs[k].shape.__setitem__(1 if k < 3 else 2, 16384) for k in range(4)]),
-    "a message over `--max-body-bytes`": lambda: _grpc_request(lambda r: (
-        r.inputs[0].shape.__setitem__(1, 1000), r.raw_input_contents.__setitem__(0, bytes(1000 * 512 * 4)))),
+    "`query` batch 1, `key` and `value` batch 2": lambda: _grpc_request(
+        lambda r: [
+            (r.inputs[k].shape.__setitem__(0, 2), r.raw_input_contents.__setitem__(k, r.raw_input_contents[k] * 2))
+            for k in (1, 2)
+        ]
+    ),
+    "a mask (1, 1, 2) for one key": lambda: _grpc_request(
+        lambda r: (r.inputs[3].shape.__setitem__(2, 2), r.raw_input_contents.__setitem__(3, b"\x01\x01"))
+    ),
+    "a (1, 16384, 512) `query` over 16384 keys": lambda: _grpc_request(
+        lambda r: [r.inputs[k].shape.__setitem__(1 if k < 3 else 2, 16384) for k in range(4)]
+    ),
+    "a message over `--max-body-bytes`": lambda: _grpc_request(
+        lambda r: (r.inputs[0].shape.__setitem__(1, 1000), r.raw_input_contents.__setitem__(0, bytes(1000 * 512 * 4)))
+    ),
 }
 
 
@@ -393,15 +441,17 @@ def _declare_only(url, length):
 
     host, port = url.split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(f"POST /v2/models/mha/infer HTTP/1.1\r\nHost: {url}\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {length}\r\n\r\n".encode())
+        sock.sendall(
+            f"POST /v2/models/mha/infer HTTP/1.1\r\nHost: {url}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n".encode()
+        )
         data = b""
         while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < int(
-                re.search(rb"content-length: (\d+)", data, re.I)[1]):
+            re.search(rb"content-length: (\d+)", data, re.I)[1]
+        ):
             chunk = sock.recv(65536)
             if not chunk:
                 break
             data += chunk
     head, body = data.split(b"\r\n\r\n", 1)
     return int(head.split()[1]), json.loads(body)
-

@@ -26,12 +26,20 @@ def test_an_installed_copy_without_a_checkout_says_so_and_the_variable_names_one
     (site / "attn_onnx").mkdir(parents=True)
     shutil.copy(ROOT / "attn_onnx" / "checkout.py", site / "attn_onnx" / "checkout.py")
     (site / "attn_onnx" / "__init__.py").write_text("")
-    code = ("from attn_onnx import checkout\n"
-            "print(checkout.root()); print(checkout.path('examples', 'web')); print(checkout.note())")
+    code = (
+        "from attn_onnx import checkout\n"
+        "print(checkout.root()); print(checkout.path('examples', 'web')); print(checkout.note())"
+    )
 
     def run(env):
-        return subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                              env={"PYTHONPATH": str(site), **env}, check=True).stdout.splitlines()
+        return subprocess.run(
+            [sys.executable, "-S", "-c", code],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": str(site), **env},
+            check=True,
+        ).stdout.splitlines()
 
     root, web, note = run({})
     assert root == "None" and web == "$ATTN_ONNX_CHECKOUT/examples/web"

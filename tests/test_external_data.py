@@ -23,8 +23,19 @@ SMALL = ["--heads", "2", "--embedding-dim", "64"]
 def external(tmp_path_factory):
     folder = tmp_path_factory.mktemp("external") / "first"
     folder.mkdir()
-    result = CliRunner().invoke(export, [*SMALL, "--external-data", "--out", str(folder / "m.onnx"),
-                                         "--bundle", str(folder / "bundle"), "--triton-repo", str(folder / "repo")])
+    result = CliRunner().invoke(
+        export,
+        [
+            *SMALL,
+            "--external-data",
+            "--out",
+            str(folder / "m.onnx"),
+            "--bundle",
+            str(folder / "bundle"),
+            "--triton-repo",
+            str(folder / "repo"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     return folder
 
@@ -54,8 +65,9 @@ def test_a_model_whose_data_file_is_missing_is_refused_in_one_line(external, tmp
     shutil.copy(external / "m.onnx", tmp_path / "m.onnx")
     result = CliRunner().invoke(check, [str(tmp_path / "m.onnx")])
     assert result.exit_code == 1
-    assert result.output.strip().endswith("which is missing beside the model (move the model with its "
-                                          "m.onnx.data file)")
+    assert result.output.strip().endswith(
+        "which is missing beside the model (move the model with its m.onnx.data file)"
+    )
 
 
 def test_the_bundle_and_the_triton_model_carry_the_data(external):
@@ -102,13 +114,16 @@ def hostile(folder, location, offset=0, length=None):
     return proto
 
 
-@pytest.mark.parametrize("location, expected", [
-    ("/etc/passwd", "external data must be a file name beside the model"),
-    ("../secret.bin", "external data must be a file name beside the model"),
-    ("sub/m.onnx.data", "external data must be a file name beside the model"),
-    ("link.data", "a symlink"),
-    ("hard.data", "a file with other hard links"),
-])
+@pytest.mark.parametrize(
+    "location, expected",
+    [
+        ("/etc/passwd", "external data must be a file name beside the model"),
+        ("../secret.bin", "external data must be a file name beside the model"),
+        ("sub/m.onnx.data", "external data must be a file name beside the model"),
+        ("link.data", "a symlink"),
+        ("hard.data", "a file with other hard links"),
+    ],
+)
 def test_data_that_points_elsewhere_is_refused_before_any_runtime_reads_it(external, tmp_path, location, expected):
     shutil.copy(external / "m.onnx.data", tmp_path / "m.onnx.data")
     (tmp_path / "outside.bin").write_bytes(os.urandom(1 << 16))
@@ -138,8 +153,9 @@ def test_the_node_verifier_runs_a_bundle_with_external_data(external):
 
     if NODE is None or not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir():
         pytest.skip("node or onnxruntime-node is not installed (npm ci --ignore-scripts --prefix examples/node)")
-    result = subprocess.run([NODE, "verify.js", str(external / "bundle")], cwd=NODE_DIR, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [NODE, "verify.js", str(external / "bundle")], cwd=NODE_DIR, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("5 passed, 0 failed")
 
@@ -179,8 +195,9 @@ def test_force_replaces_the_model_and_its_data_as_a_pair(tmp_path, monkeypatch, 
     folder.mkdir()
     out = folder / "m.onnx"
     for where, seed in ((folder, "1"), (new_folder, "2")):
-        result = CliRunner().invoke(export, [*SMALL, "--external-data", "--no-check", "--seed", seed,
-                                             "--out", str(where / "m.onnx")])
+        result = CliRunner().invoke(
+            export, [*SMALL, "--external-data", "--no-check", "--seed", seed, "--out", str(where / "m.onnx")]
+        )
         assert result.exit_code == 0, result.output
 
     def pair(where):
@@ -206,12 +223,14 @@ def test_force_replaces_the_model_and_its_data_as_a_pair(tmp_path, monkeypatch, 
             result = real(src, dst, *args, **kwargs)
             seen.append(state())
             return result
+
         return call
 
     for name in ("rename", "replace", "link"):
         monkeypatch.setattr(os, name, watched(name))
-    result = CliRunner().invoke(export, [*SMALL, "--external-data", "--no-check", "--seed", "2", "--force",
-                                         "--out", str(out)])
+    result = CliRunner().invoke(
+        export, [*SMALL, "--external-data", "--no-check", "--seed", "2", "--force", "--out", str(out)]
+    )
     monkeypatch.undo()
     assert "MISMATCHED" not in seen, seen
     assert "new" in seen if not inject else seen[-1] == "old"

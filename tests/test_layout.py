@@ -13,9 +13,20 @@ from tests.house import TOPS, house, imports, modules, room_of
 
 ROOT = Path(__file__).resolve().parents[1]
 # every folder of the house (a room) and its floor: a module imports its own room and the rooms beneath it
-LAYERS = {"attn_onnx": 0, "models": 1, "exporter/kinds": 2, "exporter/variants": 3, "exporter": 4,
-          "runtime_check/runners": 5, "runtime_check": 6, "timing": 7, "deploy": 8, "deploy/forms": 9,
-          "bench": 10, "cli": 11}
+LAYERS = {
+    "attn_onnx": 0,
+    "models": 1,
+    "exporter/kinds": 2,
+    "exporter/variants": 3,
+    "exporter": 4,
+    "runtime_check/runners": 5,
+    "runtime_check": 6,
+    "timing": 7,
+    "deploy": 8,
+    "deploy/forms": 9,
+    "bench": 10,
+    "cli": 11,
+}
 SHORT = tuple(f for f in TOPS if f != "attn_onnx")  # names that do not install: attn_onnx.<name> does
 
 
@@ -57,10 +68,13 @@ def test_the_layout_test_sees_every_room():
 
 def test_the_house_counter_finds_circles_and_climbing_arrows(tmp_path):
     """A house with a circle of files (a <-> b, one import inside a function) and one of rooms: both found."""
-    for folder, text in {"attn_onnx/__init__.py": "", "attn_onnx/a.py": "from attn_onnx import b\n",
-                         "attn_onnx/b.py": "def f():\n    from attn_onnx.a import x\n",
-                         "models/__init__.py": "from attn_onnx.exporter import y\n",
-                         "exporter/__init__.py": "import attn_onnx.models\n"}.items():
+    for folder, text in {
+        "attn_onnx/__init__.py": "",
+        "attn_onnx/a.py": "from attn_onnx import b\n",
+        "attn_onnx/b.py": "def f():\n    from attn_onnx.a import x\n",
+        "models/__init__.py": "from attn_onnx.exporter import y\n",
+        "exporter/__init__.py": "import attn_onnx.models\n",
+    }.items():
         (tmp_path / folder).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / folder).write_text(text)
     h = house(tmp_path)
@@ -70,10 +84,12 @@ def test_the_house_counter_finds_circles_and_climbing_arrows(tmp_path):
 
 def test_everything_installs_under_one_namespace(tmp_path):
     """From a folder that is not the repository: the short names are not installed, the namespaced are."""
-    code = ("import importlib.util as u\n"
-            "print([u.find_spec(n) is not None for n in ('attn_onnx.models', 'attn_onnx.exporter', "
-            "'attn_onnx.runtime_check', 'attn_onnx.cli')], "
-            "[u.find_spec(n) is not None for n in ('models', 'exporter', 'runtime_check', 'cli')])")
+    code = (
+        "import importlib.util as u\n"
+        "print([u.find_spec(n) is not None for n in ('attn_onnx.models', 'attn_onnx.exporter', "
+        "'attn_onnx.runtime_check', 'attn_onnx.cli')], "
+        "[u.find_spec(n) is not None for n in ('models', 'exporter', 'runtime_check', 'cli')])"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[True, True, True, True] [False, False, False, False]"
 
@@ -94,15 +110,34 @@ def test_one_version_everywhere():
 def test_the_built_wheel_holds_and_imports_every_module(tmp_path):
     """The package list is found (setup.py), not written by hand: a subfolder missing from a hand-written list
     worked from a checkout and was silently absent from the wheel. Built here, unpacked, imported from there."""
+    import shutil
     import zipfile
 
-    import shutil
-
     source = tmp_path / "source"  # a copy: setuptools reuses a checkout's build/, with any module deleted since
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", ".deps", "build", "dist",
-                                                                 "node_modules", "__pycache__", "*.egg-info"))
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                             str(source), "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".deps", "build", "dist", "node_modules", "__pycache__", "*.egg-info"
+        ),
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(source),
+            "-w",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (wheel,) = tmp_path.glob("attn_onnx-*.whl")
     with zipfile.ZipFile(wheel) as archive:
@@ -110,15 +145,23 @@ def test_the_built_wheel_holds_and_imports_every_module(tmp_path):
         inside = {n[:-3].replace("/", ".").removesuffix(".__init__") for n in archive.namelist() if n.endswith(".py")}
     expected = set(FILES)
     assert inside == expected, (sorted(expected - inside), sorted(inside - expected))
-    code = ("import importlib, sys\n"
-            f"names = {sorted(inside)!r}\n"
-            "for n in names:\n"
-            "    try:\n        importlib.import_module(n)\n"
-            "    except ModuleNotFoundError as e:  # the Triton model template runs inside Triton's stub only\n"
-            "        if e.name != 'triton_python_backend_utils':\n            raise\n"
-            "import attn_onnx\nprint(attn_onnx.__file__)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    code = (
+        "import importlib, sys\n"
+        f"names = {sorted(inside)!r}\n"
+        "for n in names:\n"
+        "    try:\n        importlib.import_module(n)\n"
+        "    except ModuleNotFoundError as e:  # the Triton model template runs inside Triton's stub only\n"
+        "        if e.name != 'triton_python_backend_utils':\n            raise\n"
+        "import attn_onnx\nprint(attn_onnx.__file__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().startswith(str(tmp_path / "site"))  # the wheel's copy, not the checkout
 
@@ -137,13 +180,16 @@ def _kind_switches(path: Path) -> list[str]:
         sides = (node.left, *node.comparators)
 
         def literal(side):  # "mha", ("size",): a value written in the code
-            return isinstance(side, ast.Constant) or (isinstance(side, (ast.Tuple, ast.List, ast.Set))
-                                                      and all(isinstance(e, ast.Constant) for e in side.elts))
+            return isinstance(side, ast.Constant) or (
+                isinstance(side, (ast.Tuple, ast.List, ast.Set)) and all(isinstance(e, ast.Constant) for e in side.elts)
+            )
 
         def kind_attribute(side):  # spec.module, kind.case_dims, options["module_kind"]
             return (isinstance(side, ast.Attribute) and side.attr in KIND_ATTRIBUTES) or (
-                isinstance(side, ast.Subscript) and isinstance(side.slice, ast.Constant)
-                and side.slice.value in KIND_ATTRIBUTES)
+                isinstance(side, ast.Subscript)
+                and isinstance(side.slice, ast.Constant)
+                and side.slice.value in KIND_ATTRIBUTES
+            )
 
         def kind_name(side):
             values = [side] + (list(side.elts) if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [])
@@ -157,16 +203,19 @@ def _kind_switches(path: Path) -> list[str]:
 def test_no_switch_on_the_module_kind_outside_the_kinds():
     """A kind describes itself (exporter/kinds/): what its cases, vectors, mask contract and CLI flag are. Code
     elsewhere asks the kind instead of testing which kind it is, so a new kind is one new file there."""
-    switches = [s for folder, path in SOURCES if "kinds" not in path.relative_to(ROOT).parts[:2]
-                for s in _kind_switches(path)]
+    switches = [
+        s for folder, path in SOURCES if "kinds" not in path.relative_to(ROOT).parts[:2] for s in _kind_switches(path)
+    ]
     assert switches == []
 
 
 def test_the_kind_switch_finder_finds_switches(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text('if spec.module == "mha": pass\nif kind.case_dims == ("size",): pass\n'
-                      'if options["module_kind"] != "x": pass\nif name in ("mha", "mha-self"): pass\n'
-                      'if name != "mask": pass\n')
+    sample.write_text(
+        'if spec.module == "mha": pass\nif kind.case_dims == ("size",): pass\n'
+        'if options["module_kind"] != "x": pass\nif name in ("mha", "mha-self"): pass\n'
+        'if name != "mask": pass\n'
+    )
     global ROOT
     saved, ROOT = ROOT, tmp_path
     try:

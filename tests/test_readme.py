@@ -57,9 +57,15 @@ def test_every_option_is_in_its_page(command, page):
             assert f"`{max(param.opts, key=len)}" in DOCS[page], param.opts
 
 
-EXPORTS = {"bool": dict(), "uint8": dict(mask_dtype="uint8"), "int64": dict(mask_dtype="int64"),
-           "float32": dict(mask_dtype="float32"), "attn-probs": dict(attn_probs=True),
-           "causal": dict(mask="causal"), "uint8-attn-probs": dict(mask_dtype="uint8", attn_probs=True)}
+EXPORTS = {
+    "bool": dict(),
+    "uint8": dict(mask_dtype="uint8"),
+    "int64": dict(mask_dtype="int64"),
+    "float32": dict(mask_dtype="float32"),
+    "attn-probs": dict(attn_probs=True),
+    "causal": dict(mask="causal"),
+    "uint8-attn-probs": dict(mask_dtype="uint8", attn_probs=True),
+}
 
 
 @pytest.mark.parametrize("fields", EXPORTS.values(), ids=EXPORTS)

@@ -5,10 +5,10 @@ time the ones that pass side by side at the user's shapes on this machine, and k
     choice.proto, choice.spec           # the chosen model, its metadata recording the choice (attn_onnx.tuning)
     print(choice.table())
 
-The timing is bench-attn's (timing/engine.py interleaved: rotated rounds, three sessions per variant, a pause before each
-contender); the figure per variant is the geometric mean over the shapes of its median latency, so a long shape
-does not drown the short ones. A variant that fails the check is dropped with the reason and never timed: a fast
-wrong answer is never chosen.
+The timing is bench-attn's (timing/engine.py interleaved: rotated rounds, three sessions per variant, a pause
+before each contender); the figure per variant is the geometric mean over the shapes of its median latency, so a
+long shape does not drown the short ones. A variant that fails the check is dropped with the reason and never
+timed: a fast wrong answer is never chosen.
 """
 
 from __future__ import annotations
@@ -77,10 +77,12 @@ class Choice:
     def table(self) -> str:
         shapes = [_shape_name(s) for s in self.shapes]
         width = max(14, *(len(c.variant) + 2 for c in self.candidates))
-        lines = [f"--attention-impl auto on {self.cpu}, {self.threads} thread(s), {self.rounds} interleaved rounds; "
-                 f"median ms per shape (batch x length), {self.spec.precision}",
-                 f"  {'variant':<{width}}" + "".join(f"{s:>10}" for s in shapes) + f"{'geomean':>10}{'max_abs':>10}"
-                 "  runs in"]
+        lines = [
+            f"--attention-impl auto on {self.cpu}, {self.threads} thread(s), {self.rounds} interleaved rounds; "
+            f"median ms per shape (batch x length), {self.spec.precision}",
+            f"  {'variant':<{width}}" + "".join(f"{s:>10}" for s in shapes) + f"{'geomean':>10}{'max_abs':>10}"
+            "  runs in",
+        ]
         ranked = sorted(self.candidates, key=lambda c: (bool(c.dropped), c.geomean_ms or 0.0, c.variant))
         for c in ranked:
             mark = "  <- chosen" if c.variant == self.spec.variant else ""
@@ -88,11 +90,15 @@ class Choice:
                 lines.append(f"  {c.variant:<{width}}dropped: {c.dropped}")
                 continue
             if c.geomean_ms is None:
-                lines.append(f"  {c.variant:<{width}}the only candidate, not timed; max_abs {c.max_abs:.1e}  "
-                             f"{c.runs_in}{mark}")
+                lines.append(
+                    f"  {c.variant:<{width}}the only candidate, not timed; max_abs {c.max_abs:.1e}  {c.runs_in}{mark}"
+                )
                 continue
-            lines.append(f"  {c.variant:<{width}}" + "".join(f"{c.median_ms[s]:>10.3f}" for s in shapes)
-                         + f"{c.geomean_ms:>10.3f}{c.max_abs:>10.1e}  {c.runs_in}{mark}")
+            lines.append(
+                f"  {c.variant:<{width}}"
+                + "".join(f"{c.median_ms[s]:>10.3f}" for s in shapes)
+                + f"{c.geomean_ms:>10.3f}{c.max_abs:>10.1e}  {c.runs_in}{mark}"
+            )
         return "\n".join(lines)
 
 
@@ -105,18 +111,28 @@ def candidates(spec: ExportSpec, standard_ops: bool = False, opset: int | None =
             candidate.dropped = f"not standard ONNX operators ({variant.runs_in})"
         else:
             try:
-                candidate.spec = spec.replace(variant=variant.name,
-                                              opset=opset or max(spec.opset, variant.min_opset)).validate()
+                candidate.spec = spec.replace(
+                    variant=variant.name, opset=opset or max(spec.opset, variant.min_opset)
+                ).validate()
             except UsageError as exc:
                 candidate.dropped = str(exc)
         found.append(candidate)
     return found
 
 
-def tune(spec: ExportSpec, weights: Prepared, shapes=DEFAULT_SHAPES, *, rounds: int = DEFAULT_ROUNDS, mask_pattern: str = DEFAULT_MASK_PATTERN,
-         standard_ops: bool = False, opset: int | None = None, threads: int | None = None,
-         on_line: Callable[[str], None] = lambda text: None,
-         refused: Callable[[ExportSpec], str | None] = lambda spec: None) -> Choice:
+def tune(
+    spec: ExportSpec,
+    weights: Prepared,
+    shapes=DEFAULT_SHAPES,
+    *,
+    rounds: int = DEFAULT_ROUNDS,
+    mask_pattern: str = DEFAULT_MASK_PATTERN,
+    standard_ops: bool = False,
+    opset: int | None = None,
+    threads: int | None = None,
+    on_line: Callable[[str], None] = lambda text: None,
+    refused: Callable[[ExportSpec], str | None] = lambda spec: None,
+) -> Choice:
     """Export, check and time every candidate; the fastest correct one, its metadata recording why.
 
     `weights` are the export's, prepared once (exporter.export.prepare); `opset` pins the opset (else each
@@ -127,8 +143,10 @@ def tune(spec: ExportSpec, weights: Prepared, shapes=DEFAULT_SHAPES, *, rounds: 
 
     shapes = [tuple(s) for s in shapes]
     if spec.dtype == "bfloat16":
-        raise UsageError("--attention-impl auto times candidates in onnxruntime, which has no bfloat16 MatMul on a "
-                         "CPU; choose a variant by name for --dtype bfloat16")
+        raise UsageError(
+            "--attention-impl auto times candidates in onnxruntime, which has no bfloat16 MatMul on a "
+            "CPU; choose a variant by name for --dtype bfloat16"
+        )
     if mask_pattern not in MASK_PATTERNS:
         raise UsageError(f"--tune-mask {mask_pattern!r}: choose from {list(MASK_PATTERNS)}")
     threads = threads or len(os.sched_getaffinity(0))
@@ -163,12 +181,20 @@ def tune(spec: ExportSpec, weights: Prepared, shapes=DEFAULT_SHAPES, *, rounds: 
     else:
         best = alive[0]
     cpu = cpu_model()
-    record = {"chosen": best.variant, "runs_in": best.runs_in, "shapes": [_shape_name(s) for s in shapes],
-              "mask": mask_pattern if spec.mask == "input" else spec.mask, "cpu": cpu, "threads": threads, "rounds": rounds,
-              "standard_ops": standard_ops, "precision": spec.precision,
-              "median_ms": {c.variant: {s: _figure(v) for s, v in c.median_ms.items()} for c in alive if c.median_ms},
-              "geomean_ms": {c.variant: _figure(c.geomean_ms) for c in alive if c.geomean_ms is not None},
-              "dropped": {c.variant: c.dropped for c in found if c.dropped}}
+    record = {
+        "chosen": best.variant,
+        "runs_in": best.runs_in,
+        "shapes": [_shape_name(s) for s in shapes],
+        "mask": mask_pattern if spec.mask == "input" else spec.mask,
+        "cpu": cpu,
+        "threads": threads,
+        "rounds": rounds,
+        "standard_ops": standard_ops,
+        "precision": spec.precision,
+        "median_ms": {c.variant: {s: _figure(v) for s, v in c.median_ms.items()} for c in alive if c.median_ms},
+        "geomean_ms": {c.variant: _figure(c.geomean_ms) for c in alive if c.geomean_ms is not None},
+        "dropped": {c.variant: c.dropped for c in found if c.dropped},
+    }
     chosen = best.spec.replace(tuning=record)
     describe(best.proto, chosen)  # the metadata now records the choice
     return Choice(best.proto, chosen, found, shapes, cpu, threads, rounds)
@@ -190,8 +216,9 @@ def _export_and_check(candidate: Candidate, weights: Prepared) -> None:
         candidate.dropped = "onnxruntime cannot run it here: " + "; ".join(s.reason for s in report.skipped)
     elif report.failed:
         worst = report.failed[0]
-        candidate.dropped = (f"failed the check ({len(report.failed)} of {len(report.results)} cases; "
-                             f"{worst.line()[:160]})")
+        candidate.dropped = (
+            f"failed the check ({len(report.failed)} of {len(report.results)} cases; {worst.line()[:160]})"
+        )
     elif not report.ok:  # right on every case, but a path of its graph no case ran: not proven
         candidate.dropped = f"the check never ran {'; '.join(report.coverage.missing)}"
     else:

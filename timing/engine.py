@@ -83,10 +83,14 @@ def sessions(proto: onnx.ModelProto, threads: int) -> list[ort.InferenceSession]
     return [session(proto, threads) for _ in range(SESSIONS)]
 
 
-def interleaved(calls: dict[str, Callable[[int], object]], rounds: int, target_s: float,
-                before_round: Callable[[int], None] = lambda number: None,
-                on_round: Callable[[int], None] = lambda number: None,
-                measure: Callable[[Callable[[], object], float], float] | None = None) -> dict[str, list[float]]:
+def interleaved(
+    calls: dict[str, Callable[[int], object]],
+    rounds: int,
+    target_s: float,
+    before_round: Callable[[int], None] = lambda number: None,
+    on_round: Callable[[int], None] = lambda number: None,
+    measure: Callable[[Callable[[], object], float], float] | None = None,
+) -> dict[str, list[float]]:
     """Seconds per call of each contender in each round: every round times every contender once, in
     round_order, each after a pause (`timed`, or `measure` for contenders that time themselves in their own
     process). `call(number)` gets the round's number, so a contender can take its sessions in turn. The one timing
@@ -96,7 +100,7 @@ def interleaved(calls: dict[str, Callable[[int], object]], rounds: int, target_s
     for number in range(rounds):
         before_round(number)
         for name in round_order(list(calls), number):
-            samples[name].append(measure(lambda call=calls[name]: call(number), target_s))
+            samples[name].append(measure(lambda call=calls[name], number=number: call(number), target_s))
         on_round(number)
     return samples
 

@@ -22,7 +22,9 @@ class Model:
     spec: ModelSpec  # the settings with the weight map
     data: bytes | None
     external: bool  # its weights go beside it (asked for, or past protobuf's 2 GiB)
-    twin: object  # the PyTorch twin: the module holding the weights as the model does: a bundle's vectors are its answers
+    twin: (
+        object  # the PyTorch twin: the module holding the weights as the model does: a bundle's vectors are its answers
+    )
 
 
 @dataclass(frozen=True)

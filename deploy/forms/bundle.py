@@ -6,8 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from attn_onnx.deploy.bundle import (MANIFEST_FILE, MODEL_FILE, bundle_cases, check_bundle_dtype, check_bundle_name,
-                                     write_bundle)
+from attn_onnx.deploy.bundle import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    bundle_cases,
+    check_bundle_dtype,
+    check_bundle_name,
+    write_bundle,
+)
 from attn_onnx.deploy.forms.base import OutputForm, Written
 from attn_onnx.files import check_output_dir
 from attn_onnx.model_files import data_file
@@ -29,8 +35,20 @@ class Bundle(OutputForm):
     def write(self, model, force: bool) -> Written:
         """detail: {"name": the model's name in the manifest, "golden_sets": how many test_data_set_N}."""
         name = self.name or model.spec.module
-        path = write_bundle(self.folder, model.proto, model.spec, model.twin, name=name, force=force,
-                            external=model.external, data=model.data)
+        path = write_bundle(
+            self.folder,
+            model.proto,
+            model.spec,
+            model.twin,
+            name=name,
+            force=force,
+            external=model.external,
+            data=model.data,
+        )
         data = (data_file(Path(MODEL_FILE)).name,) if model.external else ()
-        return Written(type(self).__name__, Path(path), (MODEL_FILE, *data, MANIFEST_FILE),
-                       {"name": name, "golden_sets": len(bundle_cases(model.spec))})
+        return Written(
+            type(self).__name__,
+            Path(path),
+            (MODEL_FILE, *data, MANIFEST_FILE),
+            {"name": name, "golden_sets": len(bundle_cases(model.spec))},
+        )

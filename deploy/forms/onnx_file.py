@@ -20,8 +20,10 @@ class OnnxFile(OutputForm):
 
     def claims(self, spec) -> list[tuple[Path, str]]:
         out = Path(self.path)
-        return [(out, f"{self.what()} {str(out)!r}"),
-                (data_file(out), f"the data file of {self.what()}, {str(data_file(out))!r}")]
+        return [
+            (out, f"{self.what()} {str(out)!r}"),
+            (data_file(out), f"the data file of {self.what()}, {str(data_file(out))!r}"),
+        ]
 
     def check(self, spec, force: bool) -> None:
         out = Path(self.path)
@@ -30,8 +32,9 @@ class OnnxFile(OutputForm):
         if data.is_dir():
             raise UsageError(f"{str(data)!r}, where {self.what()} {str(out)!r} keeps its weights, is a folder")
         if data.exists() and not force:
-            raise OutputExistsError(f"{str(data)!r} exists (the data file of {self.what()} {str(out)!r}); pass "
-                                    "--force to overwrite it")
+            raise OutputExistsError(
+                f"{str(data)!r} exists (the data file of {self.what()} {str(out)!r}); pass --force to overwrite it"
+            )
 
     def write(self, model, force: bool) -> Written:
         """detail: {"bytes": the model's and its data file's}."""

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import onnx
 
-from attn_onnx.errors import ParityError
 from attn_onnx.deploy.forms.base import Model, Written
+from attn_onnx.errors import ParityError
 from attn_onnx.exporter.spec import ExportSpec, ModelSpec
 
 
@@ -59,10 +59,20 @@ class Exported:
     written: dict[str, Written] = field(default_factory=dict)  # form -> what it wrote (forms/base.py)
 
 
-def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = None, seed: int = 0,
-                 weights_source: str = "", check: bool = True, force: bool = False, external_data: bool = False,
-                 tuning: Tuning | None = None, target: str | None = None,
-                 on_line: Callable[[str], None] = lambda text: None) -> Exported:
+def export_model(
+    spec: ExportSpec,
+    *forms,
+    module=None,
+    state: dict | None = None,
+    seed: int = 0,
+    weights_source: str = "",
+    check: bool = True,
+    force: bool = False,
+    external_data: bool = False,
+    tuning: Tuning | None = None,
+    target: str | None = None,
+    on_line: Callable[[str], None] = lambda text: None,
+) -> Exported:
     """Export `spec` and write it in each of `forms` (OnnxFile, Bundle, TritonRepo; a bare path is an
     OnnxFile); with no form, nothing is written and the model is returned.
 
@@ -93,9 +103,17 @@ def export_model(spec: ExportSpec, *forms, module=None, state: dict | None = Non
     if tuning is not None:
         from attn_onnx.timing.auto import tune
 
-        choice = tune(spec, weights, tuning.shapes, rounds=tuning.rounds, mask_pattern=tuning.mask_pattern,
-                      standard_ops=tuning.standard_ops, opset=tuning.opset, on_line=on_line,
-                      refused=_refused_on(target))
+        choice = tune(
+            spec,
+            weights,
+            tuning.shapes,
+            rounds=tuning.rounds,
+            mask_pattern=tuning.mask_pattern,
+            standard_ops=tuning.standard_ops,
+            opset=tuning.opset,
+            on_line=on_line,
+            refused=_refused_on(target),
+        )
         proto, spec, twin = choice.proto, choice.spec, choice.twin
     else:
         proto, spec = export_prepared(spec, weights)
@@ -145,11 +163,18 @@ def _for_runtime(proto, spec: ExportSpec, target: str | None):
     if target is not None:
         proto = lowered_ir(proto, target)
     release, measured = min_onnxruntime(proto, spec)
-    for key, value in (("min_onnxruntime", release),
-                       ("min_onnxruntime_source", "measured (docs/compatibility.md)" if measured else
-                        "not measured: the oldest release its opset and IR version allow")):
-        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
-                                            METADATA_PREFIX + key: value})
+    for key, value in (
+        ("min_onnxruntime", release),
+        (
+            "min_onnxruntime_source",
+            "measured (docs/compatibility.md)"
+            if measured
+            else "not measured: the oldest release its opset and IR version allow",
+        ),
+    ):
+        onnx.helper.set_model_props(
+            proto, {**{p.key: p.value for p in proto.metadata_props}, METADATA_PREFIX + key: value}
+        )
     return proto
 
 
@@ -162,11 +187,17 @@ def _check_on_release(model: Model, target: str, targets: str):
 
     if target not in installed() or model.data is None:
         return None
-    report = check_model(LoadedModel(model.proto, model.data, "<in memory>", model.spec),
-                         dataclasses.replace(QUICK_CONFIG, runtimes=(f"onnxruntime=={target}",)), module=model.twin)
+    report = check_model(
+        LoadedModel(model.proto, model.data, "<in memory>", model.spec),
+        dataclasses.replace(QUICK_CONFIG, runtimes=(f"onnxruntime=={target}",)),
+        module=model.twin,
+    )
     if not report.ok:
-        raise ParityError(f"the exported model fails the parity check on onnxruntime {target} ({_why(report)}); "
-                          f"nothing was written to {targets} (--no-check writes it anyway)", report)
+        raise ParityError(
+            f"the exported model fails the parity check on onnxruntime {target} ({_why(report)}); "
+            f"nothing was written to {targets} (--no-check writes it anyway)",
+            report,
+        )
     return report
 
 
@@ -178,10 +209,11 @@ def check_targets(forms, spec: ExportSpec, force: bool) -> None:
 
     from attn_onnx.errors import UsageError
 
-    claims = [(i, Path(os.path.realpath(path)), what) for i, form in enumerate(forms)
-              for path, what in form.claims(spec)]
+    claims = [
+        (i, Path(os.path.realpath(path)), what) for i, form in enumerate(forms) for path, what in form.claims(spec)
+    ]
     for n, (i, a, what_a) in enumerate(claims):
-        for j, b, what_b in claims[n + 1:]:
+        for j, b, what_b in claims[n + 1 :]:
             if i == j:
                 continue
             if a == b:
@@ -223,12 +255,14 @@ def _check(model: Model, module, forms, targets: str, report=None):
             config = dataclasses.replace(config, runtimes=("onnxruntime", "reference"))
             report = check_model(loaded, config, module=model.twin)
         if not report.ok:
-            raise ParityError(f"the exported model fails the parity check ({_why(report)}); nothing was written "
-                              f"to {targets} (--no-check writes it anyway, for inspection)", report)
+            raise ParityError(
+                f"the exported model fails the parity check ({_why(report)}); nothing was written "
+                f"to {targets} (--no-check writes it anyway, for inspection)",
+                report,
+            )
         accuracy = None
         if model.twin is not module:
-            accuracy = check_model(loaded, dataclasses.replace(config, tolerance=MEASURE_ONLY),
-                                   module=module).worst
+            accuracy = check_model(loaded, dataclasses.replace(config, tolerance=MEASURE_ONLY), module=module).worst
         return report, accuracy
 
     from attn_onnx.runtime_check.model import LoadedModel, check_interface

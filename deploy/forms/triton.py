@@ -44,15 +44,28 @@ class TritonRepo(OutputForm):
             txn.on_abort.append(lambda: repo.rmdir() if repo.is_dir() and not any(repo.iterdir()) else None)
         name = self.name or model.spec.module
         python = self.backend == "python"
-        path = write_repository(self.repo, model.proto, model.spec, name=name, force=force,
-                                max_batch_size=self.max_batch_size, gpu=self.gpu, external=model.external,
-                                backend=self.backend, max_queue_delay_us=self.max_queue_delay_us, data=model.data,
-                                twin=model.twin if python else None)
+        path = write_repository(
+            self.repo,
+            model.proto,
+            model.spec,
+            name=name,
+            force=force,
+            max_batch_size=self.max_batch_size,
+            gpu=self.gpu,
+            external=model.external,
+            backend=self.backend,
+            max_queue_delay_us=self.max_queue_delay_us,
+            data=model.data,
+            twin=model.twin if python else None,
+        )
         files = [CONFIG_FILE, f"{VERSION}/{MODEL_FILE}"]
         if model.external:
             files.append(f"{VERSION}/{data_file(Path(MODEL_FILE)).name}")
         if python:
             files += [f"{VERSION}/model.py", f"{VERSION}/{MANIFEST_FILE}"]
-        return Written(type(self).__name__, Path(path), tuple(files),
-                       {"name": name, "backend": self.backend,
-                        "golden_sets": len(bundle_cases(model.spec)) if python else 0})
+        return Written(
+            type(self).__name__,
+            Path(path),
+            tuple(files),
+            {"name": name, "backend": self.backend, "golden_sets": len(bundle_cases(model.spec)) if python else 0},
+        )

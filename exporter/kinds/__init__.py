@@ -11,8 +11,9 @@ from attn_onnx.exporter.kinds.mha import MhaKind
 from attn_onnx.exporter.kinds.mha_cache import MhaCacheKind
 from attn_onnx.exporter.kinds.mha_self import MhaSelfKind
 
-KINDS: dict[str, ModuleKind] = {kind.name: kind for kind in (MhaKind(), AttentionKind(), SubsequentMaskKind(),
-                                                             MhaCacheKind(), MhaSelfKind())}
+KINDS: dict[str, ModuleKind] = {
+    kind.name: kind for kind in (MhaKind(), AttentionKind(), SubsequentMaskKind(), MhaCacheKind(), MhaSelfKind())
+}
 # --module choices; mha-cache is --kv-cache and mha-self --self-attention (forms of mha)
 MODULES = tuple(name for name in KINDS if name not in ("mha-cache", "mha-self"))
 

@@ -20,8 +20,10 @@ class AttentionKind(AttentionKindBase):
         return dims
 
     def output_dims(self, spec):
-        return {"output": ["batch", spec.heads, "q_len", spec.d_k],
-                "attn_probs": ["batch", spec.heads, "q_len", "kv_len"]}
+        return {
+            "output": ["batch", spec.heads, "q_len", spec.d_k],
+            "attn_probs": ["batch", spec.heads, "q_len", "kv_len"],
+        }
 
     def describe(self, spec):
         return f"attention(query, key, value, mask) with heads={spec.heads}, d_k={spec.d_k}"

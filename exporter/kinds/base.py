@@ -12,8 +12,9 @@ from attn_onnx.vocab import GRAPH_MASK, MASK_FILL, MASK_PATTERNS
 
 # the settings a kind may take beyond those every kind takes (module, variant, opset, optimize): ExportSpec's
 # fields, and "weights" (where the weights come from: a checkpoint, or random from a seed)
-KIND_SETTINGS = frozenset({"heads", "embedding_dim", "mask", "mask_dtype", "causal_align", "attn_probs", "dtype",
-                           "quantize", "weights"})
+KIND_SETTINGS = frozenset(
+    {"heads", "embedding_dim", "mask", "mask_dtype", "causal_align", "attn_probs", "dtype", "quantize", "weights"}
+)
 
 
 class ModuleKind:
@@ -53,24 +54,37 @@ class ModuleKind:
     # what each dim name means, and how it relates to the others: "is" (equal to that dim, or 1 where "or_one")
     # or "sum" (the sum of those dims); a name without a rule is only held equal across the axes that bear it
     DIMS: dict[str, dict] = {
-        "batch": {"description": "examples in the request: the same in every input and output (a mask of batch 1 "
-                                 "is not broadcast)"},
+        "batch": {
+            "description": "examples in the request: the same in every input and output (a mask of batch 1 "
+            "is not broadcast)"
+        },
         "q_len": {"description": "query tokens"},
-        "kv_len": {"description": "key and value tokens; the mask's last axis too (never 1 for more keys: a "
-                                  "broadcast mask would leave the padding unapplied)"},
-        "mask_q_len": {"description": "the mask's rows: q_len (a full mask) or 1 (a padding mask, the same for "
-                                      "every query)", "is": "q_len", "or_one": True},
+        "kv_len": {
+            "description": "key and value tokens; the mask's last axis too (never 1 for more keys: a "
+            "broadcast mask would leave the padding unapplied)"
+        },
+        "mask_q_len": {
+            "description": "the mask's rows: q_len (a full mask) or 1 (a padding mask, the same for every query)",
+            "is": "q_len",
+            "or_one": True,
+        },
         "past_len": {"description": "tokens already in the KV cache (0 for the prefill)"},
-        "total_len": {"description": "past_len + q_len: the keys of this step, the cache's length after it; the "
-                                     "mask's last axis", "sum": ["past_len", "q_len"]},
+        "total_len": {
+            "description": "past_len + q_len: the keys of this step, the cache's length after it; the mask's last axis",
+            "sum": ["past_len", "q_len"],
+        },
         "size": {"description": "subsequent_mask's size: the scalar input's value"},
     }
 
     def dim_rules(self, spec) -> dict[str, dict]:
         """{dim name: {"description", and "is"/"or_one" or "sum"}} for every dim name of the inputs and
         outputs, in the order they first appear."""
-        names = [d for dims in (*self.input_dims(spec).values(), *self.output_dims(spec).values()) for d in dims
-                 if isinstance(d, str)]
+        names = [
+            d
+            for dims in (*self.input_dims(spec).values(), *self.output_dims(spec).values())
+            for d in dims
+            if isinstance(d, str)
+        ]
         return {name: dict(self.DIMS[name]) for name in dict.fromkeys(names)}
 
     def score_dims(self, spec) -> list[str | int] | None:
@@ -85,8 +99,13 @@ class ModuleKind:
     def dims_contract(self, spec) -> dict:
         """The contract exporter/kinds/dims.py checks: the inputs' and outputs' dims, the dims' rules, the
         scores' dims, the dims that are an input's value. Plain JSON."""
-        return {"inputs": self.input_dims(spec), "outputs": self.output_dims(spec), "dims": self.dim_rules(spec),
-                "scores": self.score_dims(spec), "values": self.value_dims(spec)}
+        return {
+            "inputs": self.input_dims(spec),
+            "outputs": self.output_dims(spec),
+            "dims": self.dim_rules(spec),
+            "scores": self.score_dims(spec),
+            "values": self.value_dims(spec),
+        }
 
     def output_dtypes(self, spec) -> dict[str, str]:
         raise NotImplementedError
@@ -115,8 +134,9 @@ class ModuleKind:
         feeds = self.inputs(spec, self.example_dims, np.random.default_rng(0))
         return tuple(to_torch(feeds[name]) for name in spec.input_names)
 
-    def inputs(self, spec, dims: dict[str, int], rng: np.random.Generator,
-               mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def inputs(
+        self, spec, dims: dict[str, int], rng: np.random.Generator, mask: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """Inputs of the given dims. `mask` is a 0/1 (batch, q_len or 1, kv_len) array; all ones if None."""
         raise NotImplementedError
 
@@ -163,8 +183,13 @@ class AttentionKindBase(ModuleKind):
     case_dims = ("batch", "q_len", "kv_len")
 
     # batch 1; q_len != kv_len with a padding mask; a fully-masked row; the causal case; causal plus padding
-    VECTOR_CASES = ("b1.q5.kv5.ones", "b2.q4.kv7.padding", "b2.q6.kv6.masked_row", "b2.q6.kv6.causal",
-                    "b3.q3.kv8.causal+padding")
+    VECTOR_CASES = (
+        "b1.q5.kv5.ones",
+        "b2.q4.kv7.padding",
+        "b2.q6.kv6.masked_row",
+        "b2.q6.kv6.causal",
+        "b3.q3.kv8.causal+padding",
+    )
     # a mask built in, or none; q_len > kv_len: a bottom-right causal mask's fully-masked first rows
     GRAPH_VECTOR_CASES = ("b1.q5.kv5.graph", "b2.q4.kv7.graph", "b3.q6.kv6.graph", "b2.q7.kv3.graph")
 
@@ -199,7 +224,8 @@ class AttentionKindBase(ModuleKind):
         if spec.mask == "input":
             mask = np.ones((b, q, kv), np.uint8) if mask is None else mask  # (B, q_len or 1, kv_len)
             feeds["mask"] = mask.reshape(mask.shape[0], *mask_lead, *mask.shape[1:]).astype(
-                MASK_DTYPES[spec.mask_dtype])
+                MASK_DTYPES[spec.mask_dtype]
+            )
         return feeds
 
     def mask_kinds(self, spec) -> list[str]:
@@ -216,15 +242,19 @@ class AttentionKindBase(ModuleKind):
         kinds = list(masks) if masks and spec.mask == "input" else self.mask_kinds(spec)
         if self.self_attention:  # one input: every shape square (b, q, q), each once
             shapes = list(dict.fromkeys((b, q, q) for b, q, _ in shapes))
-        return [(f"b{b}.q{q}.kv{kv}.{kind}", {"batch": b, "q_len": q, "kv_len": kv}, kind)
-                for b, q, kv in shapes for kind in kinds]
+        return [
+            (f"b{b}.q{q}.kv{kv}.{kind}", {"batch": b, "q_len": q, "kv_len": kv}, kind)
+            for b, q, kv in shapes
+            for kind in kinds
+        ]
 
     def parse_case(self, spec, name):
         match = re.fullmatch(r"b(\d+)\.q(\d+)\.kv(\d+)\.([a-z_+]+)", name)
         kinds = self.mask_kinds(spec)
         if not match or match[4] not in kinds or min(int(match[i]) for i in (1, 2, 3)) < 1:
-            raise UsageError(f"case {name!r} is not of the form b<batch>.q<q_len>.kv<kv_len>.<kind> "
-                             f"with kind in {kinds}")
+            raise UsageError(
+                f"case {name!r} is not of the form b<batch>.q<q_len>.kv<kv_len>.<kind> with kind in {kinds}"
+            )
         return {"batch": int(match[1]), "q_len": int(match[2]), "kv_len": int(match[3])}, match[4]
 
     def vector_cases(self, spec):
@@ -234,8 +264,13 @@ class AttentionKindBase(ModuleKind):
         return names
 
     def score_dims(self, spec):
-        keys = "total_len" if "past_len" in self.dim_rules(spec) else "kv_len" if "kv_len" in self.dim_rules(
-            spec) else "q_len"  # mha-cache: the cache and the new tokens; mha-self: q_len keys
+        keys = (
+            "total_len"
+            if "past_len" in self.dim_rules(spec)
+            else "kv_len"
+            if "kv_len" in self.dim_rules(spec)
+            else "q_len"
+        )  # mha-cache: the cache and the new tokens; mha-self: q_len keys
         return ["batch", spec.heads, "q_len", keys]
 
     def describe_case(self, spec, dims, mask):
@@ -249,20 +284,28 @@ class AttentionKindBase(ModuleKind):
         fill = "-1e9" if fill == MASK_FILL else f"{fill:g}"  # float16 cannot hold -1e9: its lowest, -65504
         if spec.mask == "causal":
             if spec.causal_align == "bottom-right":
-                return ("no mask input: the graph builds the causal mask bottom-right aligned, query i attends keys "
-                        "0..kv_len-q_len+i (the newest q_len tokens after a prefix); masked scores are filled with "
-                        f"{fill}, so a row with no key (q_len > kv_len) attends uniformly")
-            return ("no mask input: the graph builds the causal mask, query i attends keys 0..i (top-left aligned); "
-                    f"masked scores are filled with {fill}")
+                return (
+                    "no mask input: the graph builds the causal mask bottom-right aligned, query i attends keys "
+                    "0..kv_len-q_len+i (the newest q_len tokens after a prefix); masked scores are filled with "
+                    f"{fill}, so a row with no key (q_len > kv_len) attends uniformly"
+                )
+            return (
+                "no mask input: the graph builds the causal mask, query i attends keys 0..i (top-left aligned); "
+                f"masked scores are filled with {fill}"
+            )
         if spec.mask == "none":
             return "no mask: every query attends every key"
         dims = self.input_dims(spec)["mask"]  # this kind's own: mha-self's keys are its q_len, mha-cache's total_len
-        shape = (f"({', '.join('q_len' if d == 'mask_q_len' else str(d) for d in dims)}) (a full mask) or "
-                 f"({', '.join('1' if d == 'mask_q_len' else str(d) for d in dims)}) (a padding mask)")
-        return (f"input 'mask' of {spec.mask_dtype} {shape}, the same for every head: a nonzero value means "
-                f"'may attend', 0 means 'masked' (its score is replaced by {fill}). A query whose keys are all "
-                "masked attends uniformly (its output is the mean of the values): never NaN, never zeros. Bool "
-                "tensors are one byte per element (0 or 1)")
+        shape = (
+            f"({', '.join('q_len' if d == 'mask_q_len' else str(d) for d in dims)}) (a full mask) or "
+            f"({', '.join('1' if d == 'mask_q_len' else str(d) for d in dims)}) (a padding mask)"
+        )
+        return (
+            f"input 'mask' of {spec.mask_dtype} {shape}, the same for every head: a nonzero value means "
+            f"'may attend', 0 means 'masked' (its score is replaced by {fill}). A query whose keys are all "
+            "masked attends uniformly (its output is the mean of the values): never NaN, never zeros. Bool "
+            "tensors are one byte per element (0 or 1)"
+        )
 
 
 def dims_problem(spec, shapes: dict) -> str | None:

@@ -32,16 +32,20 @@ def contract_problem(contract: dict, shapes: dict) -> str | None:
             continue
         shape = [int(n) for n in shapes[name]]
         if len(shape) != len(dims):
-            return (f"input {name!r} has {len(shape)} dims {shape}, but the model takes {len(dims)}: "
-                    f"({', '.join(str(d) for d in dims)})")
+            return (
+                f"input {name!r} has {len(shape)} dims {shape}, but the model takes {len(dims)}: "
+                f"({', '.join(str(d) for d in dims)})"
+            )
         for axis, (dim, size) in enumerate(zip(dims, shape)):
             if isinstance(dim, int):
                 if size != dim:
                     return f"input {name!r} dim {axis} is {size}, but the model takes {dim} there"
             elif dim in seen and seen[dim][0] != size:
                 first, other, other_axis = seen[dim]
-                return (f"input {name!r} dim {axis} ({dim}) is {size}, but input {other!r} dim {other_axis} "
-                        f"({dim}) is {first}")
+                return (
+                    f"input {name!r} dim {axis} ({dim}) is {size}, but input {other!r} dim {other_axis} "
+                    f"({dim}) is {first}"
+                )
             else:
                 seen.setdefault(dim, (size, name, axis))
 
@@ -60,8 +64,9 @@ def contract_problem(contract: dict, shapes: dict) -> str | None:
         if parts and all(p in seen for p in parts):
             total = sum(seen[p][0] for p in parts)
             if size != total:
-                return (f"{where(dim)}, but {' and '.join(where(p) for p in parts)}: {dim} is "
-                        f"{' + '.join(parts)} = {total}")
+                return (
+                    f"{where(dim)}, but {' and '.join(where(p) for p in parts)}: {dim} is {' + '.join(parts)} = {total}"
+                )
     return None
 
 

@@ -11,10 +11,22 @@ class MhaKind(AttentionKindBase):
     flag = "--module mha"
     help = "MultiHeadedAttention"
     has_weights = True
-    settings = frozenset({"heads", "embedding_dim", "mask", "mask_dtype", "causal_align", "attn_probs", "weights",
-                          "dtype", "quantize"})
-    metadata_fields = ("heads", "d_k", "embedding_dim", "dtype", "mask", "mask_dtype", "causal_align",
-                       "mask_convention", "attn_probs", "weights", "weights_source")
+    settings = frozenset(
+        {"heads", "embedding_dim", "mask", "mask_dtype", "causal_align", "attn_probs", "weights", "dtype", "quantize"}
+    )
+    metadata_fields = (
+        "heads",
+        "d_k",
+        "embedding_dim",
+        "dtype",
+        "mask",
+        "mask_dtype",
+        "causal_align",
+        "mask_convention",
+        "attn_probs",
+        "weights",
+        "weights_source",
+    )
 
     def input_dims(self, spec):
         q, kv = ["batch", "q_len", spec.embedding_dim], ["batch", "kv_len", spec.embedding_dim]
@@ -39,8 +51,8 @@ class MhaKind(AttentionKindBase):
         """A MultiHeadedAttention in eval mode: weights from `state`, else random from `seed`."""
         import torch
 
-        from attn_onnx.models.weights import load_into
         from attn_onnx.models import MultiHeadedAttention
+        from attn_onnx.models.weights import load_into
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -70,6 +82,8 @@ class MhaKind(AttentionKindBase):
             raise UsageError("the module lacks the seed's interface (attributes `head` and `linears`)")
         width = linears[0].in_features
         if (heads, width) != (spec.heads, spec.embedding_dim):
-            raise UsageError(f"the module has heads={heads}, embedding_dim={width} but the spec asks for "
-                             f"heads={spec.heads}, embedding_dim={spec.embedding_dim}")
+            raise UsageError(
+                f"the module has heads={heads}, embedding_dim={width} but the spec asks for "
+                f"heads={spec.heads}, embedding_dim={spec.embedding_dim}"
+            )
         return module.eval()  # dropout is a training-time op

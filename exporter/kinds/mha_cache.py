@@ -24,8 +24,18 @@ class MhaCacheKind(MhaKind):
     dtypes = ("float32",)  # the decode check and the bundle's decode steps are float32 so far
     help = "one decoding step of MultiHeadedAttention with a KV cache (export-attn --kv-cache)"
     settings = MhaKind.settings - {"attn_probs", "quantize"}
-    metadata_fields = ("heads", "d_k", "embedding_dim", "dtype", "mask", "mask_dtype", "causal_align",
-                       "mask_convention", "weights", "weights_source")
+    metadata_fields = (
+        "heads",
+        "d_k",
+        "embedding_dim",
+        "dtype",
+        "mask",
+        "mask_dtype",
+        "causal_align",
+        "mask_convention",
+        "weights",
+        "weights_source",
+    )
     decodes = True  # runtime_check feeds whole sequences through the cache
 
     def implied(self, settings, given):
@@ -39,9 +49,11 @@ class MhaCacheKind(MhaKind):
     def validate(self, spec) -> None:
         super().validate(spec)
         if spec.mask == "none" or (spec.mask == "causal" and spec.causal_align != "bottom-right"):
-            raise UsageError("--kv-cache takes --mask causal, built in and bottom-right aligned (new token i at "
-                             "past_len + i), or --mask input (batch, q_len or 1, past_len + q_len); got --mask "
-                             f"{spec.mask}" + (f" --causal-align {spec.causal_align}" if spec.mask == "causal" else ""))
+            raise UsageError(
+                "--kv-cache takes --mask causal, built in and bottom-right aligned (new token i at "
+                "past_len + i), or --mask input (batch, q_len or 1, past_len + q_len); got --mask "
+                f"{spec.mask}" + (f" --causal-align {spec.causal_align}" if spec.mask == "causal" else "")
+            )
         if spec.attn_probs:
             raise UsageError("--kv-cache does not output attn_probs")
 
@@ -55,22 +67,30 @@ class MhaCacheKind(MhaKind):
 
     def output_dims(self, spec):
         present = ["batch", spec.heads, "total_len", spec.d_k]
-        return {"output": ["batch", "q_len", spec.embedding_dim], "present_key": present,
-                "present_value": list(present)}
+        return {
+            "output": ["batch", "q_len", spec.embedding_dim],
+            "present_key": present,
+            "present_value": list(present),
+        }
 
     def input_dtypes(self, spec):
         from attn_onnx.vocab import MASK_DTYPES
 
-        return {name: (np.dtype(MASK_DTYPES[spec.mask_dtype]).name if name == "mask" else spec.dtype)
-                for name in self.input_dims(spec)}
+        return {
+            name: (np.dtype(MASK_DTYPES[spec.mask_dtype]).name if name == "mask" else spec.dtype)
+            for name in self.input_dims(spec)
+        }
 
     def describe(self, spec):
-        return (f"MultiHeadedAttention(heads={spec.heads}, embedding_dim={spec.embedding_dim}), one decoding step "
-                "with a KV cache")
+        return (
+            f"MultiHeadedAttention(heads={spec.heads}, embedding_dim={spec.embedding_dim}), one decoding step "
+            "with a KV cache"
+        )
 
     def summary(self, spec):
-        return f"mha with a KV cache, heads {spec.heads}, " + ("causal bottom-right" if spec.mask == "causal"
-                                                                 else "mask input")
+        return f"mha with a KV cache, heads {spec.heads}, " + (
+            "causal bottom-right" if spec.mask == "causal" else "mask input"
+        )
 
     def graph(self, spec, module):
         from attn_onnx.models import MhaCacheGraph
@@ -81,8 +101,10 @@ class MhaCacheKind(MhaKind):
 
     def inputs(self, spec, dims, rng, mask=None):
         b, q, past = dims["batch"], dims["q_len"], dims["kv_len"]
-        feeds = {name: rng.standard_normal((b, q, spec.embedding_dim), dtype=np.float32)
-                 for name in ("query", "key", "value")}
+        feeds = {
+            name: rng.standard_normal((b, q, spec.embedding_dim), dtype=np.float32)
+            for name in ("query", "key", "value")
+        }
         for name in ("past_key", "past_value"):
             feeds[name] = rng.standard_normal((b, spec.heads, past, spec.d_k), dtype=np.float32)
         if spec.mask == "input":

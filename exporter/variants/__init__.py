@@ -41,13 +41,17 @@ class Variant:
             also = f" (also with {', '.join(forms)})" if forms else ""
             raise UsageError(f"{flag} builds --module {'/'.join(modules)}{also}, not {spec.module}")
         if spec.attn_probs and not self.attn_probs:
-            raise UsageError(f"{flag} cannot output attn_probs (its fused kernel does not return the "
-                             "probabilities); use --attention-impl torch-export with --attn-probs")
+            raise UsageError(
+                f"{flag} cannot output attn_probs (its fused kernel does not return the "
+                "probabilities); use --attention-impl torch-export with --attn-probs"
+            )
         if spec.mask not in self.masks:
             raise UsageError(f"{flag} takes --mask {'/'.join(self.masks)}, not {spec.mask}")
         if spec.d_k % self.d_k_multiple:  # (the kinds it builds all have heads)
-            raise UsageError(f"{flag} needs d_k (embedding-dim / heads) a multiple of {self.d_k_multiple}, its "
-                             f"kernel's constraint; got d_k={spec.d_k}")
+            raise UsageError(
+                f"{flag} needs d_k (embedding-dim / heads) a multiple of {self.d_k_multiple}, its "
+                f"kernel's constraint; got d_k={spec.d_k}"
+            )
         if spec.dtype not in self.dtypes:
             raise UsageError(f"{flag} takes --dtype {'/'.join(self.dtypes)}, not {spec.dtype}: {self.no_dtype}")
         if spec.opset < self.min_opset:
@@ -65,27 +69,68 @@ class Variant:
         return tuple(shapes(spec)) if shapes else ()
 
 
-VARIANTS = {v.name: v for v in (
-    Variant("torch-export", "torch_export", "attention()'s MatMul/Softmax graph as torch.onnx writes it (the "
-            "reference)"),
-    Variant("additive-mask", "additive_mask", "attention()'s MatMul/Softmax graph built by hand, the mask added as "
-            "a bias shared by the heads", modules=("mha", "mha-self"), attn_probs=False, min_opset=18),
-    Variant("onnx-attention", "onnx_attention", "the standard ONNX Attention op", modules=("mha", "mha-self"),
-            attn_probs=False, min_opset=23, runs_in="runtimes with opset 23 (onnxruntime >= 1.23)"),
-    Variant("tiled", "tiled", "attention()'s MatMul/Softmax one tile of query rows at a time, each over only the "
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant(
+            "torch-export", "torch_export", "attention()'s MatMul/Softmax graph as torch.onnx writes it (the reference)"
+        ),
+        Variant(
+            "additive-mask",
+            "additive_mask",
+            "attention()'s MatMul/Softmax graph built by hand, the mask added as a bias shared by the heads",
+            modules=("mha", "mha-self"),
+            attn_probs=False,
+            min_opset=18,
+        ),
+        Variant(
+            "onnx-attention",
+            "onnx_attention",
+            "the standard ONNX Attention op",
+            modules=("mha", "mha-self"),
+            attn_probs=False,
+            min_opset=23,
+            runs_in="runtimes with opset 23 (onnxruntime >= 1.23)",
+        ),
+        Variant(
+            "tiled",
+            "tiled",
+            "attention()'s MatMul/Softmax one tile of query rows at a time, each over only the "
             "keys the mask can allow (a causal mask's upper triangle skipped, no (len, len) tensor, the padding's "
-            "keys not even projected); a Loop of standard operators", modules=("mha", "mha-self"), attn_probs=False,
-            min_opset=18),
-    Variant("ort-gqa", "ort_gqa", "onnxruntime's com.microsoft.GroupQueryAttention (no scores tensor, the upper "
+            "keys not even projected); a Loop of standard operators",
+            modules=("mha", "mha-self"),
+            attn_probs=False,
+            min_opset=18,
+        ),
+        Variant(
+            "ort-gqa",
+            "ort_gqa",
+            "onnxruntime's com.microsoft.GroupQueryAttention (no scores tensor, the upper "
             "triangle skipped) where the mask is causal plus key padding, decided at run time; ort-mha's graph "
-            "for any other mask", modules=("mha", "mha-self"), attn_probs=False, min_opset=18,
-            runs_in="onnxruntime only", standard_ops=False, dtypes=("float32",),
+            "for any other mask",
+            modules=("mha", "mha-self"),
+            attn_probs=False,
+            min_opset=18,
+            runs_in="onnxruntime only",
+            standard_ops=False,
+            dtypes=("float32",),
             no_dtype="not measured at other dtypes yet",
-            masks=("input", "causal"), d_k_multiple=8),
-    Variant("ort-mha", "ort_mha", "onnxruntime's fused com.microsoft.MultiHeadAttention", modules=("mha", "mha-self"),
-            attn_probs=False, min_opset=18, runs_in="onnxruntime only", standard_ops=False,
+            masks=("input", "causal"),
+            d_k_multiple=8,
+        ),
+        Variant(
+            "ort-mha",
+            "ort_mha",
+            "onnxruntime's fused com.microsoft.MultiHeadAttention",
+            modules=("mha", "mha-self"),
+            attn_probs=False,
+            min_opset=18,
+            runs_in="onnxruntime only",
+            standard_ops=False,
             dtypes=("float32", "float16"),
             no_dtype="onnxruntime's CPU has no bfloat16 kernel for it and onnx.reference does not run com.microsoft "
-                     "operators, so nothing here could check it"),
-)}
+            "operators, so nothing here could check it",
+        ),
+    )
+}
 DEFAULT = "torch-export"

@@ -13,9 +13,17 @@ import numpy as np
 
 from attn_onnx.dtypes import ONNX_TYPES, numpy_dtype
 from attn_onnx.exporter.variants.base import Built
-from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, additive_bias, allowed_mask,
-                                               can_mask_whole_rows, model, output_projection, projections,
-                                               uniform_rows)
+from attn_onnx.exporter.variants.builder import (
+    GraphWriter,
+    Weights,
+    additive_bias,
+    allowed_mask,
+    can_mask_whole_rows,
+    model,
+    output_projection,
+    projections,
+    uniform_rows,
+)
 
 
 def build(spec, module) -> Built:
@@ -26,8 +34,14 @@ def build(spec, module) -> Built:
     q = w.op("Transpose", [q], stem="q", perm=[0, 2, 1, 3])  # (B, h, q_len, d_k)
     k = w.op("Transpose", [k], stem="k", perm=[0, 2, 3, 1])  # (B, h, d_k, kv_len)
     v = w.op("Transpose", [v], stem="v", perm=[0, 2, 1, 3])  # (B, h, kv_len, d_k)
-    scores = w.op("Div", [w.op("MatMul", [q, k], stem="scores"),
-                          w.constant("sqrt_d_k", np.array(np.sqrt(spec.d_k), numpy_dtype(spec.dtype)))], stem="scores")
+    scores = w.op(
+        "Div",
+        [
+            w.op("MatMul", [q, k], stem="scores"),
+            w.constant("sqrt_d_k", np.array(np.sqrt(spec.d_k), numpy_dtype(spec.dtype))),
+        ],
+        stem="scores",
+    )
     allowed = allowed_mask(w, spec)
     if allowed is not None:
         scores = w.op("Add", [scores, additive_bias(w, allowed, spec, full_rows=False)], stem="scores")

@@ -33,7 +33,7 @@ class GraphWriter:
     A `branch()` writes the nodes of an `If` branch or a `Loop` body: its own nodes, the same names and
     initializers (they live in the main graph, which the branch sees)."""
 
-    def __init__(self, parent: "GraphWriter | None" = None):
+    def __init__(self, parent: GraphWriter | None = None):
         self.nodes: list[onnx.NodeProto] = []
         self.root = parent.root if parent is not None else self
         if parent is None:
@@ -45,30 +45,38 @@ class GraphWriter:
         self.root._count += 1
         return f"{stem}_{self.root._count}"
 
-    def branch(self) -> "GraphWriter":
+    def branch(self) -> GraphWriter:
         return GraphWriter(self)
 
     def subgraph(self, name: str, output: str, elem_type: int) -> onnx.GraphProto:
         """This branch's nodes as an `If` branch with one output."""
         return helper.make_graph(self.nodes, name, [], [helper.make_tensor_value_info(output, elem_type, None)])
 
-    def loop_body(self, name: str, counter: str, cond: str, scan: str, elem_type: int,
-                  shape: list) -> onnx.GraphProto:
+    def loop_body(self, name: str, counter: str, cond: str, scan: str, elem_type: int, shape: list) -> onnx.GraphProto:
         """This branch's nodes as a `Loop` body: (iteration number, condition) in, (condition, one scan
         output) out; the condition is passed through unchanged (the trip count ends the loop)."""
         cond_out = self.op("Identity", [cond], stem="cond")
-        return helper.make_graph(self.nodes, name,
-                                 [helper.make_tensor_value_info(counter, TensorProto.INT64, []),
-                                  helper.make_tensor_value_info(cond, TensorProto.BOOL, [])],
-                                 [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-                                  helper.make_tensor_value_info(scan, elem_type, shape)])
+        return helper.make_graph(
+            self.nodes,
+            name,
+            [
+                helper.make_tensor_value_info(counter, TensorProto.INT64, []),
+                helper.make_tensor_value_info(cond, TensorProto.BOOL, []),
+            ],
+            [
+                helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+                helper.make_tensor_value_info(scan, elem_type, shape),
+            ],
+        )
 
-    def op(self, op_type: str, inputs: list[str], stem: str | None = None, outputs: int = 1,
-           domain: str = "", **attrs) -> str | list[str]:
+    def op(
+        self, op_type: str, inputs: list[str], stem: str | None = None, outputs: int = 1, domain: str = "", **attrs
+    ) -> str | list[str]:
         names = [self.fresh(stem or op_type.lower()) for _ in range(outputs)]
         inputs = [str(name) for name in inputs]  # an Int is its value's name
-        self.nodes.append(helper.make_node(op_type, inputs, names, name=self.fresh("n_" + op_type), domain=domain,
-                                           **attrs))
+        self.nodes.append(
+            helper.make_node(op_type, inputs, names, name=self.fresh("n_" + op_type), domain=domain, **attrs)
+        )
         return names[0] if outputs == 1 else names
 
     def constant(self, name: str, array: np.ndarray) -> str:
@@ -80,8 +88,10 @@ class GraphWriter:
             root._constants[name] = array
             root.initializers.append(numpy_helper.from_array(array, name))
         elif held.dtype != array.dtype or held.shape != array.shape or not np.array_equal(held, array):
-            raise ValueError(f"constant {name!r} is already {held.dtype}{list(held.shape)} {held.ravel()[:4]}; "
-                             f"asked for {array.dtype}{list(array.shape)} {array.ravel()[:4]} under the same name")
+            raise ValueError(
+                f"constant {name!r} is already {held.dtype}{list(held.shape)} {held.ravel()[:4]}; "
+                f"asked for {array.dtype}{list(array.shape)} {array.ravel()[:4]} under the same name"
+            )
         return name
 
 
@@ -99,31 +109,46 @@ class Int:
     def __init__(self, w: GraphWriter, name: str):
         self.w, self.name = w, name
 
-    def _name(self, other: "Int | str | int") -> str:
+    def _name(self, other: Int | str | int) -> str:
         if isinstance(other, Int):
             return other.name
         return int64(self.w, other) if isinstance(other, int) else other
 
-    def _op(self, op_type: str, other, reverse: bool = False) -> "Int":
+    def _op(self, op_type: str, other, reverse: bool = False) -> Int:
         a, b = self.name, self._name(other)
         return Int(self.w, self.w.op(op_type, [b, a] if reverse else [a, b]))
 
-    def __add__(self, other): return self._op("Add", other)
-    def __radd__(self, other): return self._op("Add", other, reverse=True)
-    def __sub__(self, other): return self._op("Sub", other)
-    def __rsub__(self, other): return self._op("Sub", other, reverse=True)
-    def __mul__(self, other): return self._op("Mul", other)
-    def __rmul__(self, other): return self._op("Mul", other, reverse=True)
-    def __floordiv__(self, other): return self._op("Div", other)
-    def __mod__(self, other): return self._op("Mod", other)
+    def __add__(self, other):
+        return self._op("Add", other)
 
-    def min(self, other) -> "Int":
+    def __radd__(self, other):
+        return self._op("Add", other, reverse=True)
+
+    def __sub__(self, other):
+        return self._op("Sub", other)
+
+    def __rsub__(self, other):
+        return self._op("Sub", other, reverse=True)
+
+    def __mul__(self, other):
+        return self._op("Mul", other)
+
+    def __rmul__(self, other):
+        return self._op("Mul", other, reverse=True)
+
+    def __floordiv__(self, other):
+        return self._op("Div", other)
+
+    def __mod__(self, other):
+        return self._op("Mod", other)
+
+    def min(self, other) -> Int:
         return self._op("Min", other)
 
-    def max(self, other) -> "Int":
+    def max(self, other) -> Int:
         return self._op("Max", other)
 
-    def named(self, stem: str) -> "Int":
+    def named(self, stem: str) -> Int:
         """The same value under a readable name (the node that made it is renamed; nothing is added)."""
         node = self.w.nodes[-1]
         assert node.output[0] == self.name, "named() right after the value is made"
@@ -172,16 +197,20 @@ def projections(w: GraphWriter, weights: Weights, packed_bias: bool, spec) -> di
         if not packed_bias:
             qkv = w.op("Add", [qkv, bias], stem="qkv")
         width = spec.embedding_dim
-        q, k, v = w.op("Split", [qkv, w.constant("qkv_split", np.array([width] * 3, np.int64))], outputs=3,
-                       stem="qkv", axis=-1)  # each (B, len, E)
+        q, k, v = w.op(
+            "Split", [qkv, w.constant("qkv_split", np.array([width] * 3, np.int64))], outputs=3, stem="qkv", axis=-1
+        )  # each (B, len, E)
         return {"query": q, "key": k, "value": v, **({"bias": bias} if packed_bias else {})}
     out = {}
     for i, name in enumerate(("query", "key", "value")):
         weight = weights.place(w, [f"linears.{i}.weight"], f"linears.{i}.weight.T", transposed=True)
         projected = w.op("MatMul", [source(spec, name), weight], stem=name[0])  # (B, len, E)
         if not packed_bias:
-            projected = w.op("Add", [projected, weights.place(w, [f"linears.{i}.bias"], f"linears.{i}.bias",
-                                                               transposed=False)], stem=name[0])
+            projected = w.op(
+                "Add",
+                [projected, weights.place(w, [f"linears.{i}.bias"], f"linears.{i}.bias", transposed=False)],
+                stem=name[0],
+            )
         out[name] = projected
     if packed_bias:
         out["bias"] = weights.place(w, [f"linears.{i}.bias" for i in range(3)], "qkv_bias", transposed=False)
@@ -237,10 +266,19 @@ def per_head(w: GraphWriter, mask: str, spec, full_rows: bool = True) -> str:
     mask = w.op("Unsqueeze", [mask, w.constant("axes_1", np.array([1], np.int64))], stem="per_head")
     if not full_rows:
         return mask  # (B, 1, mask_q_len, kv_len)
-    q_len = w.op("Slice", [w.op("Shape", [source(spec, "query")]), w.constant("i64_1", np.array([1], np.int64)),
-                           w.constant("i64_2", np.array([2], np.int64))])
-    shape = w.op("Concat", [w.constant("ones_2", np.array([1, 1], np.int64)), q_len,
-                            w.constant("one_1", np.array([1], np.int64))], axis=0)
+    q_len = w.op(
+        "Slice",
+        [
+            w.op("Shape", [source(spec, "query")]),
+            w.constant("i64_1", np.array([1], np.int64)),
+            w.constant("i64_2", np.array([2], np.int64)),
+        ],
+    )
+    shape = w.op(
+        "Concat",
+        [w.constant("ones_2", np.array([1, 1], np.int64)), q_len, w.constant("one_1", np.array([1], np.int64))],
+        axis=0,
+    )
     return w.op("Expand", [mask, shape], stem="per_head")  # (B, 1, q_len, kv_len)
 
 
@@ -254,8 +292,15 @@ def mean_over_keys(w: GraphWriter, value: str) -> str:
     return w.op("ReduceMean", [value, w.constant("axes_len", np.array([1], np.int64))], keepdims=1)
 
 
-def uniform_rows(w: GraphWriter, attended: str, allowed: str, value: str, elem_type: int,
-                 any_allowed: str | None = None, value_mean: Callable[[GraphWriter], str] | None = None) -> str:
+def uniform_rows(
+    w: GraphWriter,
+    attended: str,
+    allowed: str,
+    value: str,
+    elem_type: int,
+    any_allowed: str | None = None,
+    value_mean: Callable[[GraphWriter], str] | None = None,
+) -> str:
     """The seed's answer on fully-masked rows: the mean of the projected values, where no key is allowed.
     `any_allowed` (uint8, (B, mask_q_len | q_len, 1): the row allows a key) is read off `allowed` unless the
     variant has it already. `value_mean` writes the mean, (B, 1, E), into the branch it is given, for a variant
@@ -263,16 +308,27 @@ def uniform_rows(w: GraphWriter, attended: str, allowed: str, value: str, elem_t
 
     Behind an `If`: a mask with a key in every row (causal, causal + padding) skips the mean and the Where."""
     if any_allowed is None:
-        any_allowed = w.op("ReduceMax", [w.op("Cast", [allowed], to=TensorProto.UINT8),  # 12x faster than int32
-                                         w.constant("axes_last", np.array([-1], np.int64))], keepdims=1)
+        any_allowed = w.op(
+            "ReduceMax",
+            [
+                w.op("Cast", [allowed], to=TensorProto.UINT8),  # 12x faster than int32
+                w.constant("axes_last", np.array([-1], np.int64)),
+            ],
+            keepdims=1,
+        )
     every_row = w.op("Cast", [w.op("ReduceMin", [any_allowed], keepdims=0)], to=TensorProto.BOOL, stem="every_row")
     keep, fix = w.branch(), w.branch()
     kept = keep.op("Identity", [attended], stem="attended")
     any_allowed = fix.op("Cast", [any_allowed], to=TensorProto.BOOL, stem="any_allowed")  # (B, mask_q_len | q_len, 1)
     mean = value_mean(fix) if value_mean is not None else mean_over_keys(fix, value)  # (B, 1, E)
     fixed = fix.op("Where", [any_allowed, attended, mean], stem="attended")  # (B, q_len, E)
-    return w.op("If", [every_row], stem="attended", then_branch=keep.subgraph("keep", kept, elem_type),
-                else_branch=fix.subgraph("uniform_rows", fixed, elem_type))
+    return w.op(
+        "If",
+        [every_row],
+        stem="attended",
+        then_branch=keep.subgraph("keep", kept, elem_type),
+        else_branch=fix.subgraph("uniform_rows", fixed, elem_type),
+    )
 
 
 def output_projection(w: GraphWriter, weights: Weights, attended: str) -> None:
@@ -294,10 +350,10 @@ def model(w: GraphWriter, spec, opsets: dict[str, int], doc: str) -> onnx.ModelP
         dtype = elem if name != "mask" else helper.np_dtype_to_tensor_dtype(np.dtype(MASK_DTYPES[spec.mask_dtype]))
         inputs.append(helper.make_tensor_value_info(name, dtype, dims))
     outputs = [helper.make_tensor_value_info(name, elem, dims) for name, dims in spec.output_dims().items()]
-    graph = helper.make_graph(w.nodes, "attn_onnx_" + spec.variant.replace("-", "_"), inputs, outputs,
-                              doc_string=doc)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
-                              producer_name="attn-onnx")
+    graph = helper.make_graph(w.nodes, "attn_onnx_" + spec.variant.replace("-", "_"), inputs, outputs, doc_string=doc)
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()], producer_name="attn-onnx"
+    )
     proto.ir_version = min(proto.ir_version, 10)  # onnxruntime 1.20 reads IR <= 10
     # The weights go in last, one at a time, each copy dropped as it is made: make_graph and make_model
     # would each copy all of them (three times 4.3 GB for a 16384-wide block).

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from attn_onnx.dtypes import ONNX_TYPES
 from attn_onnx.exporter.variants.base import Built
-from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, allowed_mask, model, per_head,
-                                               output_projection, projections, scale, uniform_rows)
+from attn_onnx.exporter.variants.builder import (
+    GraphWriter,
+    Weights,
+    allowed_mask,
+    model,
+    output_projection,
+    per_head,
+    projections,
+    scale,
+    uniform_rows,
+)
 
 
 def build(spec, module) -> Built:

@@ -23,9 +23,19 @@ from onnx import TensorProto
 
 from attn_onnx.dtypes import ONNX_TYPES
 from attn_onnx.exporter.variants.base import Built
-from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, additive_bias, allowed_mask,
-                                               can_mask_whole_rows, model, output_projection, projections, scale,
-                                               source, uniform_rows)
+from attn_onnx.exporter.variants.builder import (
+    GraphWriter,
+    Weights,
+    additive_bias,
+    allowed_mask,
+    can_mask_whole_rows,
+    model,
+    output_projection,
+    projections,
+    scale,
+    source,
+    uniform_rows,
+)
 
 INT32 = TensorProto.INT32
 
@@ -38,12 +48,21 @@ def build(spec, module) -> Built:
 
     def group_query_attention(b: GraphWriter) -> str:
         seqlens = b.op("Sub", [lengths, w.constant("i32_1", np.array(1, np.int32))], stem="seqlens_k")
-        return b.op("GroupQueryAttention", [p["query"], p["key"], p["value"], "", "", seqlens, total],
-                    stem="attended", outputs=3, domain="com.microsoft", num_heads=spec.heads,
-                    kv_num_heads=spec.heads, scale=scale(spec))[0]  # (B, q_len, E)
+        return b.op(
+            "GroupQueryAttention",
+            [p["query"], p["key"], p["value"], "", "", seqlens, total],
+            stem="attended",
+            outputs=3,
+            domain="com.microsoft",
+            num_heads=spec.heads,
+            kv_num_heads=spec.heads,
+            scale=scale(spec),
+        )[0]  # (B, q_len, E)
 
-    doc = ("MultiHeadedAttention through com.microsoft.GroupQueryAttention for causal+padding masks, "
-           "MultiHeadAttention otherwise (attn-onnx variant ort-gqa)")
+    doc = (
+        "MultiHeadedAttention through com.microsoft.GroupQueryAttention for causal+padding masks, "
+        "MultiHeadAttention otherwise (attn-onnx variant ort-gqa)"
+    )
     if spec.mask == "causal" and spec.kind.self_attention:  # q_len == kv_len always: GQA always applies, and an
         output_projection(w, weights, group_query_attention(w))  # If whose else no input reaches is not written
         return Built(model(w, spec, {"": spec.opset, "com.microsoft": 1}, doc), weights.map)
@@ -52,14 +71,25 @@ def build(spec, module) -> Built:
 
     mha = w.branch()
     bias = additive_bias(mha, allowed, spec)  # (B | 1, 1, q_len, kv_len)
-    attended = mha.op("MultiHeadAttention", [p["query"], p["key"], p["value"], "", "", bias], stem="attended",
-                      domain="com.microsoft", num_heads=spec.heads, scale=scale(spec))
+    attended = mha.op(
+        "MultiHeadAttention",
+        [p["query"], p["key"], p["value"], "", "", bias],
+        stem="attended",
+        domain="com.microsoft",
+        num_heads=spec.heads,
+        scale=scale(spec),
+    )
     if can_mask_whole_rows(spec):
         attended = uniform_rows(mha, attended, allowed, p["value"], ONNX_TYPES[spec.dtype])
 
     elem = ONNX_TYPES[spec.dtype]
-    out = w.op("If", [fast], stem="attended", then_branch=gqa.subgraph("gqa", attended_fast, elem),
-               else_branch=mha.subgraph("mha", attended, elem))
+    out = w.op(
+        "If",
+        [fast],
+        stem="attended",
+        then_branch=gqa.subgraph("gqa", attended_fast, elem),
+        else_branch=mha.subgraph("mha", attended, elem),
+    )
     output_projection(w, weights, out)  # (B, q_len, E)
     return Built(model(w, spec, {"": spec.opset, "com.microsoft": 1}, doc), weights.map)
 
@@ -78,18 +108,31 @@ def _causal_padding(w: GraphWriter, spec, allowed: str) -> tuple[str, str, str]:
         return w.op("Expand", [total, batch], stem="lengths"), total, square  # the alignments agree when square
     # the last query row of causal AND padding allows exactly the example's valid keys
     last = w.op("Gather", [allowed, w.constant("i_m1", np.array(-1, np.int64))], axis=1, stem="last_row")  # (B, kv)
-    lengths = w.op("ReduceSum", [w.op("Cast", [last], to=INT32), w.constant("axes_m1", np.array([-1], np.int64))],
-                   keepdims=0, stem="lengths")  # (B,)
+    lengths = w.op(
+        "ReduceSum",
+        [w.op("Cast", [last], to=INT32), w.constant("axes_m1", np.array([-1], np.int64))],
+        keepdims=0,
+        stem="lengths",
+    )  # (B,)
     zero = w.constant("i64_0", np.array(0, np.int64))
     cols = w.op("Range", [zero, kv_len, w.constant("i64_step", np.array(1, np.int64))])  # (kv,)
     rows = w.op("Unsqueeze", [w.op("Range", [zero, q_len, w.constant("i64_step", np.array(1, np.int64))]), one])
     causal = w.op("LessOrEqual", [cols, rows], stem="causal")  # (q, kv)
-    valid = w.op("Less", [w.op("Cast", [cols], to=INT32),
-                          w.op("Unsqueeze", [lengths, w.constant("axes_1_2", np.array([1, 2], np.int64))])],
-                 stem="valid")  # (B, 1, kv)
+    valid = w.op(
+        "Less",
+        [
+            w.op("Cast", [cols], to=INT32),
+            w.op("Unsqueeze", [lengths, w.constant("axes_1_2", np.array([1, 2], np.int64))]),
+        ],
+        stem="valid",
+    )  # (B, 1, kv)
     expected = w.op("And", [causal, valid], stem="expected")  # (B, q, kv)
-    differs = w.op("ReduceMax", [w.op("Cast", [w.op("Xor", [allowed, expected])], to=TensorProto.UINT8)],
-                   keepdims=0, stem="differs")  # 0 or 1; a (B, 1, kv) mask broadcasts and differs unless q is 1
+    differs = w.op(
+        "ReduceMax",
+        [w.op("Cast", [w.op("Xor", [allowed, expected])], to=TensorProto.UINT8)],
+        keepdims=0,
+        stem="differs",
+    )  # 0 or 1; a (B, 1, kv) mask broadcasts and differs unless q is 1
     mask_rows = w.op("Gather", [w.op("Shape", [allowed]), w.constant("i_1", np.array(1, np.int64))], axis=0)
     full_mask = w.op("Equal", [mask_rows, q_len], stem="full_mask")
     min_length = w.op("ReduceMin", [lengths], keepdims=0, stem="min_length")
@@ -97,4 +140,3 @@ def _causal_padding(w: GraphWriter, spec, allowed: str) -> tuple[str, str, str]:
     same = w.op("Not", [w.op("Cast", [differs], to=TensorProto.BOOL)], stem="same")
     fast = w.op("And", [w.op("And", [square, full_mask]), w.op("And", [same, has_keys])], stem="fast")
     return lengths, total, fast
-

@@ -12,9 +12,19 @@ import numpy as np
 
 from attn_onnx.dtypes import ONNX_TYPES
 from attn_onnx.exporter.variants.base import Built
-from attn_onnx.exporter.variants.builder import (GraphWriter, Weights, additive_bias, allowed_mask,
-                                               can_mask_whole_rows, mean_over_keys, model, output_projection,
-                                               projections, scale, uniform_rows)
+from attn_onnx.exporter.variants.builder import (
+    GraphWriter,
+    Weights,
+    additive_bias,
+    allowed_mask,
+    can_mask_whole_rows,
+    mean_over_keys,
+    model,
+    output_projection,
+    projections,
+    scale,
+    uniform_rows,
+)
 
 
 def build(spec, module) -> Built:
@@ -22,14 +32,33 @@ def build(spec, module) -> Built:
     p = projections(w, weights, packed_bias=True, spec=spec)  # query, key, value (B, len, E) unbiased; bias (3E,)
     allowed = allowed_mask(w, spec)
     bias = additive_bias(w, allowed, spec) if allowed is not None else ""
-    attended = w.op("MultiHeadAttention", [p["query"], p["key"], p["value"], p["bias"], "", bias],
-                    stem="attended", domain="com.microsoft", num_heads=spec.heads, scale=scale(spec))
+    attended = w.op(
+        "MultiHeadAttention",
+        [p["query"], p["key"], p["value"], p["bias"], "", bias],
+        stem="attended",
+        domain="com.microsoft",
+        num_heads=spec.heads,
+        scale=scale(spec),
+    )
     if can_mask_whole_rows(spec):
         width = spec.embedding_dim
-        value_bias = w.op("Slice", [p["bias"], w.constant("v_start", np.array([2 * width], np.int64)),
-                                    w.constant("v_end", np.array([3 * width], np.int64))], stem="value_bias")
-        attended = uniform_rows(w, attended, allowed, p["value"], ONNX_TYPES[spec.dtype], value_mean=lambda b: b.op(
-            "Add", [mean_over_keys(b, p["value"]), value_bias], stem="mean_v"))  # the kernel adds the bias
+        value_bias = w.op(
+            "Slice",
+            [
+                p["bias"],
+                w.constant("v_start", np.array([2 * width], np.int64)),
+                w.constant("v_end", np.array([3 * width], np.int64)),
+            ],
+            stem="value_bias",
+        )
+        attended = uniform_rows(
+            w,
+            attended,
+            allowed,
+            p["value"],
+            ONNX_TYPES[spec.dtype],
+            value_mean=lambda b: b.op("Add", [mean_over_keys(b, p["value"]), value_bias], stem="mean_v"),
+        )  # the kernel adds the bias
     output_projection(w, weights, attended)  # (B, q_len, E)
     doc = "MultiHeadedAttention through com.microsoft.MultiHeadAttention (attn-onnx variant ort-mha)"
     return Built(model(w, spec, {"": spec.opset, "com.microsoft": 1}, doc), weights.map)

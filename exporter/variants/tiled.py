@@ -41,9 +41,21 @@ from onnx import TensorProto
 
 from attn_onnx.dtypes import ONNX_TYPES, numpy_dtype
 from attn_onnx.exporter.variants.base import Built
-from attn_onnx.exporter.variants.builder import (GraphWriter, Int, Weights, additive_bias, allowed_mask,
-                                               can_mask_whole_rows, int64, mean_over_keys, model,
-                                               output_projection, projections, source, uniform_rows)
+from attn_onnx.exporter.variants.builder import (
+    GraphWriter,
+    Int,
+    Weights,
+    additive_bias,
+    allowed_mask,
+    can_mask_whole_rows,
+    int64,
+    mean_over_keys,
+    model,
+    output_projection,
+    projections,
+    source,
+    uniform_rows,
+)
 
 INT64 = TensorProto.INT64
 TILE_SCORES = 1 << 20  # scores per tile (4 MiB in float32): G * h * T * kv_len, T at least MIN_TILE rows
@@ -67,17 +79,21 @@ def build(spec, module) -> Built:
         p = _needed_projections(w, weights, spec, limits[1])
     x = _attend_in_tiles(w, spec, p, allowed, limits)  # (B, q_len, E)
     if can_mask_whole_rows(spec):
-        x = uniform_rows(w, x, allowed, p["value"], ONNX_TYPES[spec.dtype], limits[2] if limits else None,
-                         p.get("value_mean"))
+        x = uniform_rows(
+            w, x, allowed, p["value"], ONNX_TYPES[spec.dtype], limits[2] if limits else None, p.get("value_mean")
+        )
     output_projection(w, weights, x)
-    doc = ("MultiHeadedAttention, the seed's graph one tile of query rows at a time over the keys the mask can "
-           "allow (attn-onnx variant tiled)")
+    doc = (
+        "MultiHeadedAttention, the seed's graph one tile of query rows at a time over the keys the mask can "
+        "allow (attn-onnx variant tiled)"
+    )
     return Built(model(w, spec, {"": spec.opset}, doc), weights.map)
 
 
 def tiles(spec, batch: int, q_len: int, kv_len: int) -> tuple[int, int, int, int]:
     """(row tiles, example groups, rows per tile, examples per group) the graph's Loop takes at these dims: the
     same arithmetic as _tile_size, in Python, to choose shapes that run its paths (coverage_shapes)."""
+
     def clamp(value, low, high):
         return min(high, max(low, value))
 
@@ -120,22 +136,32 @@ def _needed_projections(w: GraphWriter, weights: Weights, spec, key_limit: str) 
     width = spec.embedding_dim
     kv_len = w.op("Gather", [w.op("Shape", [source(spec, "key")]), int64(w, 1)], axis=0, stem="kv_len")
     keys = w.op("Unsqueeze", [w.op("Range", [int64(w, 0), kv_len, int64(w, 1)]), _zero_1(w)])  # (1, kv_len)
-    needed = w.op("Less", [keys, w.op("Unsqueeze", [key_limit, w.constant("axes_1", np.array([1], np.int64))])],
-                  stem="needed_keys")  # (B, kv_len)
+    needed = w.op(
+        "Less",
+        [keys, w.op("Unsqueeze", [key_limit, w.constant("axes_1", np.array([1], np.int64))])],
+        stem="needed_keys",
+    )  # (B, kv_len)
     flat = w.constant("flat", np.array([-1], np.int64))
     where = w.op("Squeeze", [w.op("NonZero", [w.op("Reshape", [needed, flat])]), _zero_1(w)], stem="needed_at")  # (N,)
     tokens = w.constant("tokens_shape", np.array([-1, width], np.int64))
-    out = {"query": _linear(w, weights, w.op("Reshape", [source(spec, "query"), tokens]), [0]),  # (B * q_len, E)
-           "key_range": keys,  # (1, kv_len): 0, 1, ..., kv_len - 1
-           "key_offsets": w.op("CumSum", [key_limit, int64(w, 0)], exclusive=1, stem="key_offsets")}
+    out = {
+        "query": _linear(w, weights, w.op("Reshape", [source(spec, "query"), tokens]), [0]),  # (B * q_len, E)
+        "key_range": keys,  # (1, kv_len): 0, 1, ..., kv_len - 1
+        "key_offsets": w.op("CumSum", [key_limit, int64(w, 0)], exclusive=1, stem="key_offsets"),
+    }
     if spec.kind.self_attention:
         kv = _linear(w, weights, _needed_rows(w, "x", tokens, where), [1, 2])  # (N, 2E)
-        out["key"], out["value"] = w.op("Split", [kv, w.constant("kv_split", np.array([width] * 2, np.int64))],
-                                        outputs=2, stem="kv", axis=-1)  # each (N, E)
+        out["key"], out["value"] = w.op(
+            "Split", [kv, w.constant("kv_split", np.array([width] * 2, np.int64))], outputs=2, stem="kv", axis=-1
+        )  # each (N, E)
         v_part = [w.constant(n, np.array([v], np.int64)) for n, v in (("v_start", width), ("v_end", 2 * width))]
-        out["value_mean"] = lambda b: b.op("Slice", [_linear(b, weights, mean_over_keys(b, "x"), [1, 2])] + v_part
-                                           + [w.constant("axes_last", np.array([-1], np.int64))],
-                                           stem="mean_v")  # (B, 1, 2E) -> its value half
+        out["value_mean"] = lambda b: b.op(
+            "Slice",
+            [_linear(b, weights, mean_over_keys(b, "x"), [1, 2])]
+            + v_part
+            + [w.constant("axes_last", np.array([-1], np.int64))],
+            stem="mean_v",
+        )  # (B, 1, 2E) -> its value half
     else:
         for i, role in ((1, "key"), (2, "value")):
             out[role] = _linear(w, weights, _needed_rows(w, role, tokens, where), [i])  # (N, E)
@@ -160,6 +186,7 @@ class _Tiling(NamedTuple):
     """How the rows and examples are cut into tiles: the dims (Int scalars) and, for every tile at once (count,),
     its examples [first, last), rows [start, end) and keys [0, keys). A turn of the loop only looks its own up
     (_this_tile), which keeps the nodes a turn few."""
+
     batch: Int  # B
     q_len: Int
     tile: Int  # T, rows per tile
@@ -177,8 +204,9 @@ class _Tiling(NamedTuple):
     example_limits: str | None  # (count, G): their key limits
 
 
-def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | None,
-                     limits: tuple[str, str, str] | None) -> str:
+def _attend_in_tiles(
+    w: GraphWriter, spec, p: dict[str, str], allowed: str | None, limits: tuple[str, str, str] | None
+) -> str:
     """softmax(q k^T / sqrt(d_k) + mask) v, T query rows at a time: (B, q_len, E), heads concatenated.
     `limits`: a mask input's reach and key limits (_mask_reach); its keys and values come packed
     (_needed_projections).
@@ -213,10 +241,12 @@ def _attend_in_tiles(w: GraphWriter, spec, p: dict[str, str], allowed: str | Non
 def _query_heads(w: GraphWriter, spec, query: str) -> str:
     """The projected query, heads first: (B, q_len, E) -> (h, B, q_len, d_k). It may come as (B * q_len, E) rows
     (_needed_projections), so its shape is spelled out from the query input's."""
-    batch_len = w.op("Slice", [w.op("Shape", [source(spec, "query")]), _zero_1(w), w.constant(
-        "i64_1d_2", np.array([2], np.int64))])  # (B, q_len)
-    q_shape = w.op("Concat", [batch_len, w.constant("heads_d_k", np.array([spec.heads, spec.d_k], np.int64))],
-                   axis=0)  # (B, q_len, h, d_k)
+    batch_len = w.op(
+        "Slice", [w.op("Shape", [source(spec, "query")]), _zero_1(w), w.constant("i64_1d_2", np.array([2], np.int64))]
+    )  # (B, q_len)
+    q_shape = w.op(
+        "Concat", [batch_len, w.constant("heads_d_k", np.array([spec.heads, spec.d_k], np.int64))], axis=0
+    )  # (B, q_len, h, d_k)
     return w.op("Transpose", [w.op("Reshape", [query, q_shape])], perm=[2, 0, 1, 3], stem="q")
 
 
@@ -229,8 +259,9 @@ def _lengths(w: GraphWriter, spec, q: str) -> tuple[str, str, str]:
     return batch, q_len, kv_len
 
 
-def _tile_size(w: GraphWriter, spec, batch: str, q_len: str, kv_len: str, allowed: str | None,
-               limits: tuple[str, str, str] | None) -> tuple[str, str, str]:
+def _tile_size(
+    w: GraphWriter, spec, batch: str, q_len: str, kv_len: str, allowed: str | None, limits: tuple[str, str, str] | None
+) -> tuple[str, str, str]:
     """(reach, T, G): how far past a row its keys reach, and a tile's rows and examples, sized so that its
     scores, G * h * T * kv_len, are about TILE_SCORES (tiles() does the same arithmetic in Python).
 
@@ -238,15 +269,14 @@ def _tile_size(w: GraphWriter, spec, batch: str, q_len: str, kv_len: str, allowe
     its reach was read off the mask; otherwise every example is in each tile (their keys end alike)."""
     per_row = w.op("Mul", [int64(w, spec.heads), kv_len])  # scores per query row of one example
     if limits is not None:
-        tile = _clamp(w, w.op("Div", [int64(w, TILE_SCORES), per_row]), MIN_TILE, _at_most(w, q_len, MAX_TILE),
-                      stem="tile")
-        group = _clamp(w, w.op("Div", [int64(w, GROUP_SCORES), w.op("Mul", [per_row, q_len])]), 1, batch,
-                       stem="group")
+        tile = _clamp(
+            w, w.op("Div", [int64(w, TILE_SCORES), per_row]), MIN_TILE, _at_most(w, q_len, MAX_TILE), stem="tile"
+        )
+        group = _clamp(w, w.op("Div", [int64(w, GROUP_SCORES), w.op("Mul", [per_row, q_len])]), 1, batch, stem="group")
         return limits[0], tile, group
     reach = _reach(w, spec, q_len, kv_len)
     most = q_len if allowed is None else _at_most(w, q_len, MAX_TILE)
-    tile = _clamp(w, w.op("Div", [int64(w, TILE_SCORES), w.op("Mul", [per_row, batch])]), MIN_TILE, most,
-                  stem="tile")
+    tile = _clamp(w, w.op("Div", [int64(w, TILE_SCORES), w.op("Mul", [per_row, batch])]), MIN_TILE, most, stem="tile")
     return reach, tile, batch
 
 
@@ -255,14 +285,23 @@ def _key_value_heads(w: GraphWriter, spec, p: dict[str, str], packed: bool) -> t
     (h, B, kv_len, d_k)."""
     if packed:
         rows_shape = w.constant("rows_heads", np.array([-1, spec.heads, spec.d_k], np.int64))
-        return tuple(w.op("Transpose", [w.op("Reshape", [p[n], rows_shape])], perm=[1, 0, 2], stem=n[0])
-                     for n in ("key", "value"))
-    return tuple(w.op("Transpose", [w.op("Reshape", [p[n], w.constant("heads_shape", np.array(
-        [0, 0, spec.heads, spec.d_k], np.int64))])], perm=[2, 0, 1, 3]) for n in ("key", "value"))
+        return tuple(
+            w.op("Transpose", [w.op("Reshape", [p[n], rows_shape])], perm=[1, 0, 2], stem=n[0])
+            for n in ("key", "value")
+        )
+    return tuple(
+        w.op(
+            "Transpose",
+            [w.op("Reshape", [p[n], w.constant("heads_shape", np.array([0, 0, spec.heads, spec.d_k], np.int64))])],
+            perm=[2, 0, 1, 3],
+        )
+        for n in ("key", "value")
+    )
 
 
-def _tiling(w: GraphWriter, batch: str, q_len: str, kv_len: str, tile: str, group: str, reach: str,
-            key_limit: str | None) -> _Tiling:
+def _tiling(
+    w: GraphWriter, batch: str, q_len: str, kv_len: str, tile: str, group: str, reach: str, key_limit: str | None
+) -> _Tiling:
     """Every tile's examples, rows and keys: tiles of G examples and T rows, g-major over the example groups,
     then the row tiles; the last ones start G examples and T rows before the end (they overlap their
     neighbours), so that every tile has one shape."""
@@ -277,12 +316,28 @@ def _tiling(w: GraphWriter, batch: str, q_len: str, kv_len: str, tile: str, grou
     start = (number % row_tiles * tile).min(last_start).named("start")
     last, end = first + group, (start + tile).named("end")
     keys, examples, example_limits = _tile_keys(w, first, group, end, kv_len, reach, key_limit)
-    return _Tiling(batch, q_len, tile, group, row_tiles, groups, count, first, last, start, end, zeros, keys,
-                   examples, example_limits)
+    return _Tiling(
+        batch,
+        q_len,
+        tile,
+        group,
+        row_tiles,
+        groups,
+        count,
+        first,
+        last,
+        start,
+        end,
+        zeros,
+        keys,
+        examples,
+        example_limits,
+    )
 
 
-def _tile_keys(w: GraphWriter, first: Int, group: Int, end: Int, kv_len: str, reach: str,
-               key_limit: str | None) -> tuple[str, str | None, str | None]:
+def _tile_keys(
+    w: GraphWriter, first: Int, group: Int, end: Int, kv_len: str, reach: str, key_limit: str | None
+) -> tuple[str, str | None, str | None]:
     """How many keys each tile takes (count,): up to its last row plus the reach, no further than the last key
     any of its examples may attend (key_limit, with a mask input), at least 1; and with a mask input its
     examples and their key limits, (count, G) each."""
@@ -290,8 +345,9 @@ def _tile_keys(w: GraphWriter, first: Int, group: Int, end: Int, kv_len: str, re
     if key_limit is not None:
         examples = w.op("Add", [_unsqueeze(w, first, 1), w.op("Range", [int64(w, 0), group, int64(w, 1)])])
         example_limits = w.op("Gather", [key_limit, examples], axis=0)  # (count, G)
-        limit = w.op("ReduceMax", [example_limits, w.constant("axes_1", np.array([1], np.int64))], keepdims=0,
-                     stem="limit")
+        limit = w.op(
+            "ReduceMax", [example_limits, w.constant("axes_1", np.array([1], np.int64))], keepdims=0, stem="limit"
+        )
     keys = w.op("Max", [int64(w, 1), w.op("Min", [limit, end + reach])], stem="keys")  # (count,)
     return keys, examples, example_limits
 
@@ -315,8 +371,9 @@ def _query_tile(w: GraphWriter, body: GraphWriter, counter: str, q: str, tiling:
     return body.op("Slice", [q, starts, ends, axes], stem="q_tile")
 
 
-def _sliced_keys_values(w: GraphWriter, body: GraphWriter, counter: str, k: str, v: str,
-                        tiling: _Tiling) -> tuple[str, str]:
+def _sliced_keys_values(
+    w: GraphWriter, body: GraphWriter, counter: str, k: str, v: str, tiling: _Tiling
+) -> tuple[str, str]:
     """Without a mask input, the tile's keys and values are a slice of every example's: (h, B, kv_len, d_k) ->
     (h, G, n, d_k), examples [first, last), keys [0, n)."""
     starts = _this_tile(body, counter, _table(w, tiling.first, tiling.zeros))
@@ -325,18 +382,29 @@ def _sliced_keys_values(w: GraphWriter, body: GraphWriter, counter: str, k: str,
     return tuple(body.op("Slice", [x, starts, ends, axes], stem="kv_tile") for x in (k, v))
 
 
-def _gathered_keys_values(w: GraphWriter, body: GraphWriter, counter: str, k: str, v: str, p: dict[str, str],
-                          tiling: _Tiling) -> tuple[str, str]:
+def _gathered_keys_values(
+    w: GraphWriter, body: GraphWriter, counter: str, k: str, v: str, p: dict[str, str], tiling: _Tiling
+) -> tuple[str, str]:
     """With a mask input, the tile's keys and values are gathered from the packed rows of the needed keys:
     (h, N, d_k) -> (h, G, n, d_k). An example's keys past its own limit (a tile of several examples goes to the
     last of theirs) are masked in every row of it; they take the row of its last needed key, a finite value
     weighed 0."""
-    key = body.op("Slice", [p["key_range"], _zero_1(w), _this_tile(body, counter, _unsqueeze(w, tiling.keys, 1)),
-                            w.constant("axes_1", np.array([1], np.int64))])  # (1, n)
+    key = body.op(
+        "Slice",
+        [
+            p["key_range"],
+            _zero_1(w),
+            _this_tile(body, counter, _unsqueeze(w, tiling.keys, 1)),
+            w.constant("axes_1", np.array([1], np.int64)),
+        ],
+    )  # (1, n)
     offsets = _unsqueeze(w, w.op("Gather", [p["key_offsets"], tiling.examples], axis=0), 2)  # (count, G, 1)
     last_keys = _unsqueeze(w, w.op("Sub", [tiling.example_limits, int64(w, 1)]), 2)  # (count, G, 1)
-    at = body.op("Add", [_this_tile(body, counter, offsets), body.op("Min", [key, _this_tile(
-        body, counter, last_keys)])], stem="kv_rows")  # (G, n)
+    at = body.op(
+        "Add",
+        [_this_tile(body, counter, offsets), body.op("Min", [key, _this_tile(body, counter, last_keys)])],
+        stem="kv_rows",
+    )  # (G, n)
     return tuple(body.op("Gather", [x, at], axis=1, stem="kv_tile") for x in (k, v))
 
 
@@ -345,8 +413,9 @@ def _scores(w: GraphWriter, body: GraphWriter, spec, q_tile: str, k_tile: str) -
     (h, G, T, d_k) x (h, G, n, d_k) -> (h, G, T, n)."""
     k_t = body.op("Transpose", [k_tile], perm=[0, 1, 3, 2])  # (h, G, d_k, n)
     q_k = body.op("MatMul", [q_tile, k_t])
-    return body.op("Div", [q_k, w.constant("sqrt_d_k", np.array(np.sqrt(spec.d_k), numpy_dtype(spec.dtype)))],
-                   stem="scores")
+    return body.op(
+        "Div", [q_k, w.constant("sqrt_d_k", np.array(np.sqrt(spec.d_k), numpy_dtype(spec.dtype)))], stem="scores"
+    )
 
 
 def _mask_bias(w: GraphWriter, body: GraphWriter, counter: str, spec, allowed: str, tiling: _Tiling) -> str:
@@ -361,8 +430,9 @@ def _mask_bias(w: GraphWriter, body: GraphWriter, counter: str, spec, allowed: s
         starts = _table(w, tiling.first, tiling.start * full, tiling.zeros)
         ends, axes = _table(w, tiling.last, rows_end, tiling.keys), [0, 1, 2]
     axes = w.constant("axes_" + "_".join(map(str, axes)), np.array(axes, np.int64))
-    mask_tile = body.op("Slice", [allowed, _this_tile(body, counter, starts), _this_tile(body, counter, ends), axes],
-                        stem="mask_tile")
+    mask_tile = body.op(
+        "Slice", [allowed, _this_tile(body, counter, starts), _this_tile(body, counter, ends), axes], stem="mask_tile"
+    )
     return additive_bias(body, mask_tile, spec, per_head_dims=False)
 
 
@@ -375,12 +445,15 @@ def _attend(w: GraphWriter, body: GraphWriter, scores: str, v_tile: str) -> str:
     return body.op("Reshape", [x_tile, w.constant("flat", np.array([-1], np.int64))], stem="x_tile")
 
 
-def _tile_loop(w: GraphWriter, body: GraphWriter, counter: str, cond: str, x_tile: str, spec,
-               tiling: _Tiling) -> str:
+def _tile_loop(w: GraphWriter, body: GraphWriter, counter: str, cond: str, x_tile: str, spec, tiling: _Tiling) -> str:
     """The Loop that runs `body` once per tile, its scan output every tile's x_tile: (count, G * T * E)."""
     # an explicit true condition: onnx.reference's Loop runs no iteration when the condition is omitted
-    x_tiles = w.op("Loop", [tiling.count, w.constant("true", np.array(True))], stem="tiles", body=body.loop_body(
-        "tile", counter, cond, x_tile, ONNX_TYPES[spec.dtype], ["tile_values"]))
+    x_tiles = w.op(
+        "Loop",
+        [tiling.count, w.constant("true", np.array(True))],
+        stem="tiles",
+        body=body.loop_body("tile", counter, cond, x_tile, ONNX_TYPES[spec.dtype], ["tile_values"]),
+    )
     # for runtime_check.coverage: the last tile is partial (it overlaps the one before) where the rows or the
     # examples do not divide into whole tiles
     t = tiling
@@ -434,8 +507,14 @@ def _mask_reach(w: GraphWriter, allowed: str) -> tuple[str, str, str]:
 
     Both from each row's last allowed key: one ArgMax over the mask (its last maximum)."""
     mask = w.op("Cast", [allowed], to=TensorProto.UINT8)  # (B, mask_q_len, kv_len)
-    first_col = w.op("Concat", [w.op("Slice", [w.op("Shape", [mask]), _zero_1(w), w.constant(
-        "i64_1d_2", np.array([2], np.int64))]), w.constant("i64_1d_1", np.array([1], np.int64))], axis=0)
+    first_col = w.op(
+        "Concat",
+        [
+            w.op("Slice", [w.op("Shape", [mask]), _zero_1(w), w.constant("i64_1d_2", np.array([2], np.int64))]),
+            w.constant("i64_1d_1", np.array([1], np.int64)),
+        ],
+        axis=0,
+    )
     ones = w.op("Expand", [w.constant("u8_1", np.array(1, np.uint8)), first_col])  # (B, mask_q_len, 1)
     # a 1 before key 0: the last 1 of each row is its last allowed key + 1, or 0 where it allows none
     last = w.op("ArgMax", [w.op("Concat", [ones, mask], axis=-1)], axis=-1, keepdims=0, select_last_index=1)
@@ -444,8 +523,12 @@ def _mask_reach(w: GraphWriter, allowed: str) -> tuple[str, str, str]:
     reach = w.op("ReduceMax", [w.op("Sub", [last, rows])], keepdims=0)  # a one-row mask: row 0 binds every query
     reach = w.op("Max", [reach, int64(w, 0)], stem="reach")
     limit = w.op("ReduceMax", [last, _vector(w, int64(w, 1))], keepdims=0)  # (B,)
-    any_allowed = w.op("Cast", [w.op("Unsqueeze", [w.op("GreaterOrEqual", [last, int64(w, 0)]), _vector(
-        w, int64(w, -1))])], to=TensorProto.UINT8, stem="any_allowed_rows")  # (B, mask_q_len, 1)
+    any_allowed = w.op(
+        "Cast",
+        [w.op("Unsqueeze", [w.op("GreaterOrEqual", [last, int64(w, 0)]), _vector(w, int64(w, -1))])],
+        to=TensorProto.UINT8,
+        stem="any_allowed_rows",
+    )  # (B, mask_q_len, 1)
     return reach, w.op("Max", [w.op("Add", [limit, int64(w, 1)]), int64(w, 1)], stem="key_limit"), any_allowed
 
 

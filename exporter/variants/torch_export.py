@@ -20,14 +20,25 @@ def build(spec, module: torch.nn.Module | None) -> Built:
     """Trace the kind's PyTorch graph of `module` on its example inputs, with every named dim of the spec dynamic
     (the one variant that reads a torch graph)."""
     graph, example = spec.kind.graph(spec, module).eval(), spec.kind.example(spec)
-    dynamic = {name: {i: _dim(d) for i, d in enumerate(dims) if isinstance(d, str)}
-               for name, dims in spec.input_dims().items() if dims}
+    dynamic = {
+        name: {i: _dim(d) for i, d in enumerate(dims) if isinstance(d, str)}
+        for name, dims in spec.input_dims().items()
+        if dims
+    }
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
-                graph, example, input_names=spec.input_names, output_names=spec.output_names,
-                opset_version=spec.opset, dynamo=True, external_data=False, verbose=False,
-                dynamic_shapes=dynamic or None, optimize=True)
+                graph,
+                example,
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                opset_version=spec.opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                dynamic_shapes=dynamic or None,
+                optimize=True,
+            )
     except Exception as exc:
         raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {first_line(exc)}") from exc
     proto = program.model_proto
@@ -50,8 +61,9 @@ def _weight_map(proto: onnx.ModelProto, module: torch.nn.Module) -> dict[str, di
     for key, tensor in module.state_dict().items():
         match = find_by_value(inits, to_numpy(tensor))
         if match is None:
-            raise ExportError(f"weight {key!r} is not among the exported initializers; "
-                              "the reference cannot be rebuilt from this file")
+            raise ExportError(
+                f"weight {key!r} is not among the exported initializers; the reference cannot be rebuilt from this file"
+            )
         found[key] = match
     return found
 

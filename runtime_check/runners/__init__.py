@@ -19,7 +19,6 @@ from typing import Protocol
 import numpy as np
 
 
-
 class Runner(Protocol):
     name: str  # e.g. "onnxruntime/cpu": what the report lines say
     precision: str  # the tolerance profile its float outputs are held to: float32, tf32, float64
@@ -35,20 +34,27 @@ class Runtime:
 
 
 RUNTIMES = {
-    "onnxruntime": Runtime("attn_onnx.runtime_check.runners.ort_runner", "onnxruntime, on each of --providers",
-                           per_provider=True),
+    "onnxruntime": Runtime(
+        "attn_onnx.runtime_check.runners.ort_runner", "onnxruntime, on each of --providers", per_provider=True
+    ),
     "reference": Runtime("attn_onnx.runtime_check.runners.reference_runner", "onnx.reference.ReferenceEvaluator"),
-    "openvino": Runtime("attn_onnx.runtime_check.runners.openvino_runner", "OpenVINO on the CPU (pip install "
-                        "'.[openvino]')"),
-    "torch": Runtime("attn_onnx.runtime_check.runners.torch_runner", "PyTorch float32, to see PyTorch's own "
-                     "float32 error"),
-    "web": Runtime("attn_onnx.runtime_check.runners.web_runner", "onnxruntime-web's WASM backend under Node "
-                   "(npm ci --ignore-scripts --prefix examples/web)"),
+    "openvino": Runtime(
+        "attn_onnx.runtime_check.runners.openvino_runner", "OpenVINO on the CPU (pip install '.[openvino]')"
+    ),
+    "torch": Runtime(
+        "attn_onnx.runtime_check.runners.torch_runner", "PyTorch float32, to see PyTorch's own float32 error"
+    ),
+    "web": Runtime(
+        "attn_onnx.runtime_check.runners.web_runner",
+        "onnxruntime-web's WASM backend under Node (npm ci --ignore-scripts --prefix examples/web)",
+    ),
 }
 
 
-RELEASE_HELP = ("onnxruntime==X.Y.Z: that onnxruntime release, in a process of its own (CPU; install it with "
-                "scripts/setup/onnxruntime-releases.sh X.Y.Z)")
+RELEASE_HELP = (
+    "onnxruntime==X.Y.Z: that onnxruntime release, in a process of its own (CPU; install it with "
+    "scripts/setup/onnxruntime-releases.sh X.Y.Z)"
+)
 
 
 def known(name: str) -> bool:

@@ -21,8 +21,9 @@ class Child:
     def __init__(self, command: list[str], what: str, cwd=None):
         self.what = what
         self._stderr = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(command, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self._stderr)
+        self.process = subprocess.Popen(
+            command, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr
+        )
         self._finalizer = weakref.finalize(self, _stop, self.process, self._stderr)
 
     def request(self, header: dict, payloads: list[bytes]) -> tuple[dict, bytes]:

@@ -61,6 +61,7 @@ def label(provider, config) -> str:
 
 def make(model, module, config, provider=None) -> OpenVinoRunner:
     if model.spec.dtype == "bfloat16":
-        raise UnsupportedModelError("this runner does not feed bfloat16 arrays to OpenVINO (numpy has no "
-                                    "bfloat16 of its own)")
+        raise UnsupportedModelError(
+            "this runner does not feed bfloat16 arrays to OpenVINO (numpy has no bfloat16 of its own)"
+        )
     return OpenVinoRunner(model.source(), model.spec.precision)

@@ -31,10 +31,11 @@ def is_release(name: str) -> bool:
 
 def version_of(name: str) -> str:
     """'onnxruntime==1.20.1' -> '1.20.1' (UsageError for anything but a release number)."""
-    version = name[len(PREFIX):]
+    version = name[len(PREFIX) :]
     if not re.fullmatch(r"\d+\.\d+\.\d+", version):
-        raise UsageError(f"--runtimes {name!r}: name a release as onnxruntime==MAJOR.MINOR.PATCH, e.g. "
-                         "onnxruntime==1.20.1")
+        raise UsageError(
+            f"--runtimes {name!r}: name a release as onnxruntime==MAJOR.MINOR.PATCH, e.g. onnxruntime==1.20.1"
+        )
     return version
 
 
@@ -56,13 +57,16 @@ class ReleaseRunner:
     def __init__(self, version: str, data: bytes | None, precision: str = "float32"):
         self.version, self.precision = version, precision
         self.name = f"{PREFIX}{version}/cpu"
-        self._child = Child([sys.executable, "-s", str(CHILD), str(release_dir(version))],
-                            f"the onnxruntime {version} process")
+        self._child = Child(
+            [sys.executable, "-s", str(CHILD), str(release_dir(version))], f"the onnxruntime {version} process"
+        )
         hello, _ = self._child.receive()
         if hello.get("onnxruntime") != version:  # the folder holds another release: never report under this name
             self.close()
-            raise ProviderError(f"{release_dir(version)} imports onnxruntime {hello.get('onnxruntime')}, not "
-                                f"{version}: run {INSTALL} {version}")
+            raise ProviderError(
+                f"{release_dir(version)} imports onnxruntime {hello.get('onnxruntime')}, not "
+                f"{version}: run {INSTALL} {version}"
+            )
         self.versions = {self.name: f"onnxruntime {version} with numpy {hello['numpy']}, in a process of its own"}
         self.output_names = []
         if data is None:  # a process with no model yet: `load` gives it one
@@ -93,8 +97,11 @@ class ReleaseRunner:
         outputs, at = {}, 0
         for spec in answer["outputs"]:
             dtype = np.dtype(spec["dtype"])
-            outputs[spec["name"]] = np.frombuffer(payload, dtype, offset=at, count=spec["bytes"] // dtype.itemsize) \
-                .reshape(spec["shape"]).copy()
+            outputs[spec["name"]] = (
+                np.frombuffer(payload, dtype, offset=at, count=spec["bytes"] // dtype.itemsize)
+                .reshape(spec["shape"])
+                .copy()
+            )
             at += spec["bytes"]
         return outputs
 
@@ -125,8 +132,10 @@ class Release:
     def missing(self) -> str:
         if (release_dir(self.version) / "onnxruntime" / "__init__.py").is_file():
             return ""
-        return (f"onnxruntime {self.version} is not installed in {release_dir(self.version)}: run "
-                f"{INSTALL} {self.version}{checkout.note()}")
+        return (
+            f"onnxruntime {self.version} is not installed in {release_dir(self.version)}: run "
+            f"{INSTALL} {self.version}{checkout.note()}"
+        )
 
     def versions(self) -> dict[str, str]:
         return {}  # the runner's own, as its child process reports them (ReleaseRunner.versions)
@@ -139,6 +148,8 @@ class Release:
         if problem:
             raise ProviderError(problem)
         if model.external:
-            raise RuntimeFailure("a model with external data is not sent to another release's process; check it "
-                                 "with the package's own onnxruntime")
+            raise RuntimeFailure(
+                "a model with external data is not sent to another release's process; check it "
+                "with the package's own onnxruntime"
+            )
         return ReleaseRunner(self.version, model.data, model.spec.precision)

@@ -22,7 +22,7 @@ def create_ort_session(model: bytes | str | Path, provider: str = "cpu", tf32: b
     if provider == "cuda" and hasattr(ort, "preload_dlls"):
         try:
             ort.preload_dlls()  # the CUDA and cuDNN libraries that torch's wheels ship, where present
-        except Exception:  # noqa: BLE001 - the availability check below says what is missing
+        except Exception:
             pass
     available = ort.get_available_providers()
     if wanted not in available:
@@ -35,8 +35,9 @@ def create_ort_session(model: bytes | str | Path, provider: str = "cpu", tf32: b
         session = ort.InferenceSession(model, session_options, providers=[(wanted, options)])
     except Exception as exc:
         if "NOT_IMPLEMENTED" in str(exc):  # no kernel for an operator at this dtype: bfloat16 MatMul on CPU, say
-            raise UnsupportedModelError(f"onnxruntime's {wanted} cannot run this model: {_kernel_missing(exc)}") \
-                from None
+            raise UnsupportedModelError(
+                f"onnxruntime's {wanted} cannot run this model: {_kernel_missing(exc)}"
+            ) from None
         raise RuntimeFailure(f"onnxruntime could not load the model on {wanted}: {first_line(exc)}") from None
     if session.get_providers()[0] != wanted:
         raise ProviderError(f"requested {wanted}, but onnxruntime fell back to {session.get_providers()}")
@@ -58,8 +59,9 @@ class OrtRunner:
     `precision` is the model's float dtype (float32, float16, bfloat16), or tf32 where CUDA may use it.
     """
 
-    def __init__(self, model: bytes | str | Path, provider: str = "cpu", tf32: bool = False,
-                 precision: str = "float32"):
+    def __init__(
+        self, model: bytes | str | Path, provider: str = "cpu", tf32: bool = False, precision: str = "float32"
+    ):
         self.provider, self.tf32 = provider, tf32
         self.name = label(provider, tf32=tf32)
         self.precision = "tf32" if tf32 and precision == "float32" else precision

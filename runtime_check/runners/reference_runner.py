@@ -21,15 +21,25 @@ class OnnxReferenceRunner:
         from onnx.reference import ReferenceEvaluator
 
         functions = {(f.domain, f.name) for f in model.functions}
-        foreign = sorted({f"{n.domain}.{n.op_type}" for n in _nodes(model.graph)
-                          if n.domain not in STANDARD_DOMAINS and (n.domain, n.op_type) not in functions})
+        foreign = sorted(
+            {
+                f"{n.domain}.{n.op_type}"
+                for n in _nodes(model.graph)
+                if n.domain not in STANDARD_DOMAINS and (n.domain, n.op_type) not in functions
+            }
+        )
         if foreign:
             meta = {p.key: p.value for p in model.metadata_props}
-            why = (f"export-attn --attention-impl {meta['attn_onnx.variant']}, an onnxruntime-only variant"
-                   if _onnxruntime_only(meta.get("attn_onnx.variant")) else
-                   "export-attn --optimize" if meta.get("attn_onnx.optimize") else "an onnxruntime-optimized model?")
-            raise UnsupportedModelError(f"onnx.reference runs standard ONNX operators only; this model uses "
-                                        f"{', '.join(foreign)} ({why})")
+            why = (
+                f"export-attn --attention-impl {meta['attn_onnx.variant']}, an onnxruntime-only variant"
+                if _onnxruntime_only(meta.get("attn_onnx.variant"))
+                else "export-attn --optimize"
+                if meta.get("attn_onnx.optimize")
+                else "an onnxruntime-optimized model?"
+            )
+            raise UnsupportedModelError(
+                f"onnx.reference runs standard ONNX operators only; this model uses {', '.join(foreign)} ({why})"
+            )
         opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 18)
         new_ops = [_float32_inside(op, opset) for op in ACCUMULATING] if precision == "bfloat16" else None
         try:
@@ -60,8 +70,10 @@ def _float32_inside(op_type: str, opset: int):
         if not any(isinstance(a, np.ndarray) and a.dtype == bf16 for a in args):
             return base._run(self, *args, **kwargs)
         wide = [a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype == bf16 else a for a in args]
-        return tuple(o.astype(bf16) if isinstance(o, np.ndarray) and o.dtype == np.float32 else o
-                     for o in base._run(self, *wide, **kwargs))
+        return tuple(
+            o.astype(bf16) if isinstance(o, np.ndarray) and o.dtype == np.float32 else o
+            for o in base._run(self, *wide, **kwargs)
+        )
 
     return type(op_type, (base,), {"op_domain": "", "_run": _run})
 

@@ -23,13 +23,26 @@ PACKAGE = "onnxruntime-web"
 THREADS = 1  # WASM threads: one gives the same answers on every run and machine
 
 # numpy dtype -> onnxruntime-web's tensor type (float16 travels as its bits; bool as one byte per element)
-TYPES = {"float32": "float32", "float64": "float64", "float16": "float16", "int8": "int8", "uint8": "uint8",
-         "int32": "int32", "int64": "int64", "bool": "bool"}
+TYPES = {
+    "float32": "float32",
+    "float64": "float64",
+    "float16": "float16",
+    "int8": "int8",
+    "uint8": "uint8",
+    "int32": "int32",
+    "int64": "int64",
+    "bool": "bool",
+}
 NUMPY_OF = {v: np.dtype(k) for k, v in TYPES.items()}  # onnxruntime-web's type name -> numpy's
 
 # How onnxruntime's session creation says that it has no kernel for an operator (or operator domain)
-_UNSUPPORTED = ("Could not find an implementation", "NOT_IMPLEMENTED", "is not a registered function/op",
-                "No Op registered for", "No opset import for domain")
+_UNSUPPORTED = (
+    "Could not find an implementation",
+    "NOT_IMPLEMENTED",
+    "is not a registered function/op",
+    "No Op registered for",
+    "No opset import for domain",
+)
 
 
 class WebRunner:
@@ -37,18 +50,22 @@ class WebRunner:
 
     name = "onnxruntime-web/wasm"
 
-    def __init__(self, data: bytes, precision: str = "float32", external: dict[str, bytes] | None = None,
-                 threads: int = THREADS):
+    def __init__(
+        self, data: bytes, precision: str = "float32", external: dict[str, bytes] | None = None, threads: int = THREADS
+    ):
         self.precision = precision  # the model's dtype; the float32 profile for a float32 model
         node, script = _find()
         self._child = Child([node, str(script), "--threads", str(threads)], "the onnxruntime-web process", WEB_DIR)
         hello = self._child.receive()[0]
-        self.versions = {"onnxruntime_web": f"{hello['web']} ({hello['backend']} backend, {hello['threads']} "
-                                            f"thread{'s' if hello['threads'] != 1 else ''}, node)"}
+        self.versions = {
+            "onnxruntime_web": f"{hello['web']} ({hello['backend']} backend, {hello['threads']} "
+            f"thread{'s' if hello['threads'] != 1 else ''}, node)"
+        }
         external = external or {}
-        answer, _ = self._child.request({"op": "load", "model": len(data),
-                                   "external": [{"path": k, "bytes": len(v)} for k, v in external.items()]},
-                                  [data, *external.values()])
+        answer, _ = self._child.request(
+            {"op": "load", "model": len(data), "external": [{"path": k, "bytes": len(v)} for k, v in external.items()]},
+            [data, *external.values()],
+        )
         if not answer["ok"]:
             self.close()
             error = _clean(answer["error"])
@@ -65,8 +82,11 @@ class WebRunner:
         outputs, at = {}, 0
         for spec in answer["outputs"]:
             dtype = NUMPY_OF[spec["type"]].newbyteorder("<")
-            outputs[spec["name"]] = np.frombuffer(payload, dtype, offset=at, count=spec["bytes"] // dtype.itemsize) \
-                .reshape(spec["dims"]).astype(NUMPY_OF[spec["type"]])
+            outputs[spec["name"]] = (
+                np.frombuffer(payload, dtype, offset=at, count=spec["bytes"] // dtype.itemsize)
+                .reshape(spec["dims"])
+                .astype(NUMPY_OF[spec["type"]])
+            )
             at += spec["bytes"]
         return outputs
 
@@ -91,8 +111,7 @@ def _tensors(feeds: dict[str, np.ndarray]) -> tuple[list[dict], list[bytes]]:
         array = np.ascontiguousarray(array)
         if array.dtype.name not in TYPES:
             raise TypeError(f"onnxruntime-web has no tensor type for {array.dtype.name} (input {name!r})")
-        specs.append({"name": name, "type": TYPES[array.dtype.name], "dims": list(array.shape),
-                      "bytes": array.nbytes})
+        specs.append({"name": name, "type": TYPES[array.dtype.name], "dims": list(array.shape), "bytes": array.nbytes})
         payloads.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
     return specs, payloads
 
@@ -112,8 +131,10 @@ def _find() -> tuple[str, Path]:
     if node is None:
         raise ProviderError("node is not installed (onnxruntime-web runs under Node.js >= 20)")
     if not (WEB_DIR / "node_modules" / PACKAGE / "package.json").is_file():
-        raise ProviderError(f"{PACKAGE} is not installed in {WEB_DIR} (run `npm ci --ignore-scripts --prefix "
-                            f"examples/web`, or scripts/setup/web.sh){checkout.note()}")
+        raise ProviderError(
+            f"{PACKAGE} is not installed in {WEB_DIR} (run `npm ci --ignore-scripts --prefix "
+            f"examples/web`, or scripts/setup/web.sh){checkout.note()}"
+        )
     return node, WEB_DIR / "runner.js"
 
 
@@ -135,8 +156,9 @@ def label(provider, config) -> str:
 
 def make(model, module, config, provider=None) -> WebRunner:
     if model.spec.dtype == "bfloat16":
-        raise UnsupportedModelError("onnxruntime-web has no bfloat16 tensor type (its Tensor takes float32, "
-                                    "float16 and integer types)")
+        raise UnsupportedModelError(
+            "onnxruntime-web has no bfloat16 tensor type (its Tensor takes float32, float16 and integer types)"
+        )
     external = {}
     if model.external:  # its weights, read from beside it (load_model checked where they lie)
         from attn_onnx.model_files import external_locations

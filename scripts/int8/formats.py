@@ -9,22 +9,33 @@ attn_onnx's own quantize() with quantize_dynamic's weight options overridden. Pe
   beside the onnxruntime sgemm limit timed in every round.
 Run: .venv/bin/python scripts/int8/formats.py [--rounds 7]
 """
+
 import argparse
 import statistics
-import sys
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import onnxruntime.quantization as q
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from attn_onnx.timing.engine import (SESSIONS, SGEMM_N, cpu_model, feeds_at, interleaved, session, sessions,
-                                     sgemm_model, timed)
+import attn_onnx.exporter.quantize as quantize_module
 from attn_onnx.exporter.export import export_onnx
+from attn_onnx.exporter.quantize import quantize
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.runtime_check.reference import reference_module
+from attn_onnx.timing.engine import (
+    SESSIONS,
+    SGEMM_N,
+    cpu_model,
+    feeds_at,
+    interleaved,
+    session,
+    sessions,
+    sgemm_model,
+    timed,
+)
 
 FORMATS = {  # name -> quantize_dynamic overrides (None: float32)
     "float32": None,
@@ -42,7 +53,6 @@ parser.add_argument("--threads", type=int, default=2)
 args = parser.parse_args()
 
 original = q.quantize_dynamic
-import attn_onnx.exporter.quantize as quantize_module
 
 quantize_module._check_range = lambda *args: None  # the guard refuses every format but the chosen one
 
@@ -51,6 +61,7 @@ def export(spec, module, overrides):
     def patched(*a, **kw):
         kw.update(overrides)
         return original(*a, **kw)
+
     q.quantize_dynamic = patched
     try:
         return export_onnx(spec, module)
@@ -70,8 +81,11 @@ def run_double(module, feeds):
         return module(*qkv, torch.from_numpy(feeds["mask"].astype(np.float64))).numpy()
 
 
-print(f"CPU: {cpu_model()}; onnxruntime {ort.__version__}, torch {torch.__version__}; {args.threads} threads, "
-      f"{args.rounds} rounds", flush=True)
+print(
+    f"CPU: {cpu_model()}; onnxruntime {ort.__version__}, torch {torch.__version__}; {args.threads} threads, "
+    f"{args.rounds} rounds",
+    flush=True,
+)
 spec0 = ExportSpec().validate()
 module = spec0.kind.build_module(spec0, seed=0)
 golden_float = double_of(module)
@@ -96,48 +110,69 @@ for batch, length in SHAPES:
     for key, (proto, deq) in models.items():
         got = runs[key][0].run(None, feeds)[0].astype(np.float64)
         exact = ReferenceEvaluator(proto).run(None, feeds)[0].astype(np.float64)
-        errors[key] = (np.abs(got - want_float).max(), np.abs(got - run_double(deq, feeds)).max(),
-                       np.abs(got - exact).max())
-    calls = {key: (lambda n, s=s: s[n % SESSIONS].run(None, feeds)) for key, s in runs.items()}
-    samples = interleaved(calls, args.rounds, args.target_s,
-                          before_round=lambda n: limit_rounds.append(timed(lambda: sgemm.run(None, {"a": a, "b": b}),
-                                                                            args.target_s)))
+        errors[key] = (
+            np.abs(got - want_float).max(),
+            np.abs(got - run_double(deq, feeds)).max(),
+            np.abs(got - exact).max(),
+        )
+    calls = {key: (lambda n, s=s, feeds=feeds: s[n % SESSIONS].run(None, feeds)) for key, s in runs.items()}
+    samples = interleaved(
+        calls,
+        args.rounds,
+        args.target_s,
+        before_round=lambda n: limit_rounds.append(timed(lambda: sgemm.run(None, {"a": a, "b": b}), args.target_s)),
+    )
     for key in runs:
         table[(batch, length, key)] = (statistics.median(samples[key]) * 1e3, *errors[key])
     print(f"({batch},{length}) timed", flush=True)
 # one projection alone, x (2048, 512) times W (512, 512): the integer kernel without the attention around it
-from onnx import TensorProto, helper, numpy_helper
-from attn_onnx.exporter.quantize import quantize
 
 w = module.linears[0].weight.detach().numpy().T.copy()
-proj_float = helper.make_model(helper.make_graph(
-    [helper.make_node("MatMul", ["x", "w"], ["y"])], "projection",
-    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 512])],
-    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 512])], [numpy_helper.from_array(w, "w")]),
-    opset_imports=[helper.make_opsetid("", 18)])
+proj_float = helper.make_model(
+    helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "projection",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 512])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 512])],
+        [numpy_helper.from_array(w, "w")],
+    ),
+    opset_imports=[helper.make_opsetid("", 18)],
+)
 x = np.random.default_rng(1).standard_normal((2048, 512), dtype=np.float32)
 proj = {}
 for fmt, overrides in FORMATS.items():
     if overrides is None:
         proj[fmt] = proj_float
     else:
+
         def patched(*a, overrides=overrides, **kw):
             kw.update(overrides)
             return original(*a, **kw)
+
         q.quantize_dynamic = patched
         proj[fmt], _ = quantize(proj_float, {"w": {"initializer": "w", "transposed": False}})
         q.quantize_dynamic = original
 proj_runs = {fmt: sessions(m, args.threads) for fmt, m in proj.items()}
-proj_err = {fmt: float(np.abs(proj_runs[fmt][0].run(None, {"x": x})[0].astype(np.float64)
-                              - ReferenceEvaluator(m).run(None, {"x": x})[0]).max()) for fmt, m in proj.items()}
-proj_samples = interleaved({fmt: (lambda n, s=s: s[n % SESSIONS].run(None, {"x": x})) for fmt, s in proj_runs.items()},
-                           args.rounds, args.target_s,
-                           before_round=lambda n: limit_rounds.append(timed(lambda: sgemm.run(None, {"a": a, "b": b}),
-                                                                             args.target_s)))
-limit = 2 * SGEMM_N ** 3 / statistics.median(limit_rounds) / 1e9
+proj_err = {
+    fmt: float(
+        np.abs(
+            proj_runs[fmt][0].run(None, {"x": x})[0].astype(np.float64) - ReferenceEvaluator(m).run(None, {"x": x})[0]
+        ).max()
+    )
+    for fmt, m in proj.items()
+}
+proj_samples = interleaved(
+    {fmt: (lambda n, s=s: s[n % SESSIONS].run(None, {"x": x})) for fmt, s in proj_runs.items()},
+    args.rounds,
+    args.target_s,
+    before_round=lambda n: limit_rounds.append(timed(lambda: sgemm.run(None, {"a": a, "b": b}), args.target_s)),
+)
+limit = 2 * SGEMM_N**3 / statistics.median(limit_rounds) / 1e9
 print(f"\nsgemm limit (onnxruntime MatMul 2048^3, median over every round): {limit:.0f} GFLOP/s\n")
-print("median ms (speed vs float32 of the same variant, vs the old format; max_abs vs float64 of the float "
-      "weights / of the dequantized weights / vs onnx.reference)\n")
+print(
+    "median ms (speed vs float32 of the same variant, vs the old format; max_abs vs float64 of the float "
+    "weights / of the dequantized weights / vs onnx.reference)\n"
+)
 header = "| shape | variant | " + " | ".join(FORMATS) + " |"
 print(header)
 print("|" + " --- |" * (len(FORMATS) + 2))
@@ -154,7 +189,9 @@ for batch, length in SHAPES:
                 cells.append(f"{ms:.3g} ({base / ms:.2f}x, {old / ms:.2f}x; {e_float:.1e} / {e_deq:.1e} / {e_ref:.1e})")
         print(f"| ({batch},{length}) | {variant} | " + " | ".join(cells) + " |")
 
-print("\none projection, (2048, 512) x (512, 512): median ms (vs float32, vs the old format; max_abs vs onnx.reference)")
+print(
+    "\none projection, (2048, 512) x (512, 512): median ms (vs float32, vs the old format; max_abs vs onnx.reference)"
+)
 base, old = (statistics.median(proj_samples[f]) * 1e3 for f in ("float32", "old s8 (u8s8)"))
 for fmt in FORMATS:
     ms = statistics.median(proj_samples[fmt]) * 1e3

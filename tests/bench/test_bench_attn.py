@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 from attn_onnx.bench.bench import flops
-from attn_onnx.timing.engine import round_order
 from attn_onnx.cli.bench_attn import main as bench
 from attn_onnx.exporter.variants import VARIANTS
+from attn_onnx.timing.engine import round_order
 from tests.cli.fresh import run_fresh
 
 SMALL = ["--heads", "2", "--embedding-dim", "16", "--rounds", "2", "--threads", "1"]
@@ -19,8 +19,10 @@ VARIANTS_SMALL = ["variants", *SMALL]
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
-    result = CliRunner().invoke(bench, [*VARIANTS_SMALL, "--shapes", "1x8,3x5", "--json", str(folder / "b.json"),
-                                       "--plot", str(folder / "b.png")])
+    result = CliRunner().invoke(
+        bench,
+        [*VARIANTS_SMALL, "--shapes", "1x8,3x5", "--json", str(folder / "b.json"), "--plot", str(folder / "b.png")],
+    )
     assert result.exit_code == 0, result.output
     return result.output, json.loads((folder / "b.json").read_text()), (folder / "b.png").read_bytes()
 
@@ -95,10 +97,11 @@ def test_each_variant_is_timed_in_three_sessions_taking_turns(monkeypatch):
         return made[-1]
 
     monkeypatch.setattr(engine, "session", counted)
-    result = CliRunner().invoke(bench, [*VARIANTS_SMALL, "--rounds", "3", "--attention-impl", "tiled",
-                                        "--shapes", "1x8"])
+    result = CliRunner().invoke(
+        bench, [*VARIANTS_SMALL, "--rounds", "3", "--attention-impl", "tiled", "--shapes", "1x8"]
+    )
     assert result.exit_code == 0, result.output
-    tiled = made[:engine.SESSIONS]  # then the sgemm's
+    tiled = made[: engine.SESSIONS]  # then the sgemm's
     assert len(tiled) == engine.SESSIONS == 3
     assert all(runs.get(id(s), 0) >= 2 for s in tiled)  # each timed (its warm-up call and at least one timed)
 
@@ -122,8 +125,26 @@ def test_the_table_names_the_cpu_and_the_limit(results):
 def test_memory_is_measured_per_variant_in_a_fresh_process(tmp_path):
     """torch-export materializes the (1, 8, 1024, 1024) float32 scores (32 MiB) several times over."""
     out = tmp_path / "m.json"
-    result = CliRunner().invoke(bench, ["variants", "--heads", "8", "--embedding-dim", "64", "--rounds", "1",
-                                        "--threads", "1", "--shapes", "1x4", "--memory", "1x1024", "--json", str(out)])
+    result = CliRunner().invoke(
+        bench,
+        [
+            "variants",
+            "--heads",
+            "8",
+            "--embedding-dim",
+            "64",
+            "--rounds",
+            "1",
+            "--threads",
+            "1",
+            "--shapes",
+            "1x4",
+            "--memory",
+            "1x1024",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     memory = json.loads(out.read_text())["memory"]
     assert (memory["batch"], memory["length"]) == (1, 1024) and set(memory["variants"]) == set(VARIANTS)
@@ -135,8 +156,19 @@ def test_memory_is_measured_per_variant_in_a_fresh_process(tmp_path):
 
 def test_self_attention_times_each_variant_in_both_forms(tmp_path):
     out = tmp_path / "s.json"
-    result = CliRunner().invoke(bench, [*VARIANTS_SMALL, "--attention-impl", "torch-export,ort-mha", "--shapes", "1x6",
-                                       "--self-attention", "--json", str(out)])
+    result = CliRunner().invoke(
+        bench,
+        [
+            *VARIANTS_SMALL,
+            "--attention-impl",
+            "torch-export,ort-mha",
+            "--shapes",
+            "1x6",
+            "--self-attention",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = {t["contender"]: t for t in json.loads(out.read_text())["timings"]}
     assert {"ort:torch-export/self", "ort:ort-mha/self", "ort:torch-export"} <= set(rows)
@@ -147,8 +179,21 @@ def test_reduced_precision_and_int8_are_timed_beside_float32(tmp_path):
     """Each at its own precision; its max_abs against the float64 module of the float32 weights is what
     the precision costs: float16 within a few u (2^-11), int8 within its profile, never as good as float32."""
     out = tmp_path / "p.json"
-    result = CliRunner().invoke(bench, [*VARIANTS_SMALL, "--attention-impl", "torch-export,ort-mha", "--shapes", "2x6",
-                                       "--dtypes", "float32,float16", "--quantize", "--json", str(out)])
+    result = CliRunner().invoke(
+        bench,
+        [
+            *VARIANTS_SMALL,
+            "--attention-impl",
+            "torch-export,ort-mha",
+            "--shapes",
+            "2x6",
+            "--dtypes",
+            "float32,float16",
+            "--quantize",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = {t["contender"]: t for t in json.loads(out.read_text())["timings"]}
     for variant in ("torch-export", "ort-mha"):
@@ -173,25 +218,34 @@ def test_decode_times_a_cached_step_against_recomputing(tmp_path):
     assert "one new token through the KV cache" in result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["decode", "--past-lens", "x"], "Error: cannot parse 'x' as a comma-separated list of int"),
-    (["decode", "--past-lens", "-1"], "Error: --past-lens '-1': give cache lengths >= 0"),
-    (["decode", "--threads", "0"], "Error: Invalid value for '--threads': 0 is not in the range x>=1."),
-    (["variants", "--memory", "1x"], "Error: --memory item '1x' is not BATCHxLEN"),
-    (["variants", "--memory", "1x8,2x8"], "Error: --memory '1x8,2x8': give one BATCHxLEN"),
-    (["variants", "--shapes", "4x"], "Error: --shapes item '4x' is not BATCHxLEN"),
-    (["variants", "--shapes", "0x8"], "Error: --shapes item '0x8' is not BATCHxLEN"),
-    (["variants", "--attention-impl", "torch-export,flash"], "Error: --attention-impl 'flash': choose from "
-                                                             f"{', '.join(VARIANTS)}"),
-    (["variants", "--attention-impl", ","], "Error: --attention-impl ',': choose from torch-export"),
-    (["variants", "--plot", "b.jpg"], "Error: --plot 'b.jpg' must end in .png"),
-    (["variants", "--threads", "0"], "Error: --threads must be >= 1"),
-    (["variants", "--heads", "3"], "Error: --embedding-dim 512 is not divisible by --heads 3"),
-    (["variants", "--dtypes", "float32,bfloat16"], "Error: --dtypes 'bfloat16': choose from float32, float16 "
-                                                   "(bfloat16 has no MatMul kernel in onnxruntime's CPU)"),
-    (["runtimes", "--heads", "3"], "Error: --embedding-dim 512 is not divisible by --heads 3"),
-    (["nope"], "Error: No such command 'nope'."),
-], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["decode", "--past-lens", "x"], "Error: cannot parse 'x' as a comma-separated list of int"),
+        (["decode", "--past-lens", "-1"], "Error: --past-lens '-1': give cache lengths >= 0"),
+        (["decode", "--threads", "0"], "Error: Invalid value for '--threads': 0 is not in the range x>=1."),
+        (["variants", "--memory", "1x"], "Error: --memory item '1x' is not BATCHxLEN"),
+        (["variants", "--memory", "1x8,2x8"], "Error: --memory '1x8,2x8': give one BATCHxLEN"),
+        (["variants", "--shapes", "4x"], "Error: --shapes item '4x' is not BATCHxLEN"),
+        (["variants", "--shapes", "0x8"], "Error: --shapes item '0x8' is not BATCHxLEN"),
+        (
+            ["variants", "--attention-impl", "torch-export,flash"],
+            f"Error: --attention-impl 'flash': choose from {', '.join(VARIANTS)}",
+        ),
+        (["variants", "--attention-impl", ","], "Error: --attention-impl ',': choose from torch-export"),
+        (["variants", "--plot", "b.jpg"], "Error: --plot 'b.jpg' must end in .png"),
+        (["variants", "--threads", "0"], "Error: --threads must be >= 1"),
+        (["variants", "--heads", "3"], "Error: --embedding-dim 512 is not divisible by --heads 3"),
+        (
+            ["variants", "--dtypes", "float32,bfloat16"],
+            "Error: --dtypes 'bfloat16': choose from float32, float16 "
+            "(bfloat16 has no MatMul kernel in onnxruntime's CPU)",
+        ),
+        (["runtimes", "--heads", "3"], "Error: --embedding-dim 512 is not divisible by --heads 3"),
+        (["nope"], "Error: No such command 'nope'."),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
 def test_bad_options_are_refused_before_any_work(args, message):
     """Refused in a fresh process before torch or onnxruntime is even imported: nothing was exported or timed."""
     result = run_fresh("bench_attn", args)
@@ -200,11 +254,18 @@ def test_bad_options_are_refused_before_any_work(args, message):
     assert len(result.stderr.splitlines()) == 1
 
 
-@pytest.mark.parametrize("command, option", [
-    ("runtimes", ["--quantize"]), ("runtimes", ["--attention-impl", "tiled"]), ("decode", ["--shapes", "1x8"]),
-    ("serve", ["--rounds", "3"]), ("variants", ["--triton-max-queue-delay-us", "100"]),
-    ("variants", ["--past-lens", "1"]), ("decode", ["--targets", "all"]),
-])
+@pytest.mark.parametrize(
+    "command, option",
+    [
+        ("runtimes", ["--quantize"]),
+        ("runtimes", ["--attention-impl", "tiled"]),
+        ("decode", ["--shapes", "1x8"]),
+        ("serve", ["--rounds", "3"]),
+        ("variants", ["--triton-max-queue-delay-us", "100"]),
+        ("variants", ["--past-lens", "1"]),
+        ("decode", ["--targets", "all"]),
+    ],
+)
 def test_an_option_of_another_subcommand_is_not_taken(command, option):
     result = CliRunner().invoke(bench, [command, *option])
     assert result.exit_code == 2
@@ -216,14 +277,16 @@ def test_bare_bench_attn_prints_its_help_and_names_every_subcommand():
     assert result.exit_code == 0 and result.output.startswith("Usage: bench-attn [OPTIONS] COMMAND [ARGS]...")
     assert list(bench.commands) == ["variants", "runtimes", "serve", "decode"]
     commands = result.output.split("Commands:\n", 1)[1]
-    assert [line.split()[0] for line in commands.splitlines() if line.startswith("  ") and line[2] != " "] \
-        == list(bench.commands)
+    assert [line.split()[0] for line in commands.splitlines() if line.startswith("  ") and line[2] != " "] == list(
+        bench.commands
+    )
     version = CliRunner().invoke(bench, ["--version"])
     assert version.exit_code == 0 and version.output.startswith("bench-attn, version ")
 
 
 def test_each_subcommand_s_default_shapes_are_its_module_s():
-    from attn_onnx.bench import bench as variants, decode, runtimes, serve
+    from attn_onnx.bench import bench as variants
+    from attn_onnx.bench import decode, runtimes, serve
     from attn_onnx.cli import bench_attn
     from attn_onnx.cli.common import batch_lengths, comma_list
 

@@ -20,11 +20,13 @@ def test_every_runtime_is_timed_or_says_why_not(tmp_path):
     data = json.loads((tmp_path / "r.json").read_text())
     rows = {t["runtime"]: t for t in data["timings"]}
     assert sorted(rows) == sorted(NAMES)
-    installed = {"onnxruntime (Python)": True,
-                 "onnxruntime-node": shutil.which("node") is not None
-                 and (runtimes.NODE_DIR / "node_modules" / "onnxruntime-node").is_dir(),
-                 "onnxruntime-web (WASM)": not web_runner.missing(),
-                 "c++ (onnxruntime C++ API)": runtimes.CPP_BENCH.is_file()}
+    installed = {
+        "onnxruntime (Python)": True,
+        "onnxruntime-node": shutil.which("node") is not None
+        and (runtimes.NODE_DIR / "node_modules" / "onnxruntime-node").is_dir(),
+        "onnxruntime-web (WASM)": not web_runner.missing(),
+        "c++ (onnxruntime C++ API)": runtimes.CPP_BENCH.is_file(),
+    }
     for name, row in rows.items():
         if installed[name]:
             assert row["median_ms"] > 0 and len(row["rounds_ms"]) == 2 and row["error"] == "", row

@@ -25,8 +25,10 @@ def test_the_padding_mask_pads_and_never_masks_a_whole_row(batch, length):
 
 
 def _decode(entry):
-    return {name: np.frombuffer(base64.b64decode(t["b64"]), bool if name == "mask" else np.float32).reshape(
-        t["shape"]) for name, t in entry.items()}
+    return {
+        name: np.frombuffer(base64.b64decode(t["b64"]), bool if name == "mask" else np.float32).reshape(t["shape"])
+        for name, t in entry.items()
+    }
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "whole"])
@@ -47,10 +49,17 @@ def test_input_data_is_self_attention_with_the_padding_mask(tmp_path, batched):
 
 
 def test_the_table_has_every_figure_and_says_what_failed():
-    result = ServeBench("CPU X", 8, 512, 0, rows=[
-        Row("triton-http", 1, 16, 4, 1500.0, 2100.0, 9000.0, 850.0, 3000, 1800),
-        Row("node-grpc", 1, 16, 1, error="perf_analyzer exited with 99: failed to get model config")],
-        not_run={"node-json": "the Node service exited before it served: Error: unknown option --grpc-port"})
+    result = ServeBench(
+        "CPU X",
+        8,
+        512,
+        0,
+        rows=[
+            Row("triton-http", 1, 16, 4, 1500.0, 2100.0, 9000.0, 850.0, 3000, 1800),
+            Row("node-grpc", 1, 16, 1, error="perf_analyzer exited with 99: failed to get model config"),
+        ],
+        not_run={"node-json": "the Node service exited before it served: Error: unknown option --grpc-port"},
+    )
     text = table(result)
     assert "triton-http (1,16)      c4    1500.0     2.10     9.00       850     1800/3000" in text
     assert "node-grpc   (1,16)      c1  failed: perf_analyzer exited with 99: failed to get model config" in text
@@ -58,12 +67,17 @@ def test_the_table_has_every_figure_and_says_what_failed():
     assert text.startswith("bench-attn serve: CPU X")
 
 
-@pytest.mark.parametrize("args, text", [
-    (["--targets", "triton-http,triton"], "--targets 'triton': choose from all, triton-http, triton-grpc, node-http, "
-                                          "node-json, node-grpc"),
-    (["--shapes", "4"], "--shapes item '4' is not BATCHxLEN with both >= 1 (e.g. 4x512)"),
-    (["--heads", "3"], "--embedding-dim 512 is not divisible by --heads 3"),
-])
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (
+            ["--targets", "triton-http,triton"],
+            "--targets 'triton': choose from all, triton-http, triton-grpc, node-http, node-json, node-grpc",
+        ),
+        (["--shapes", "4"], "--shapes item '4' is not BATCHxLEN with both >= 1 (e.g. 4x512)"),
+        (["--heads", "3"], "--embedding-dim 512 is not divisible by --heads 3"),
+    ],
+)
 def test_serve_refusals_come_first(args, text):
     result = CliRunner().invoke(bench, ["serve", *args])
     assert result.exit_code == 2

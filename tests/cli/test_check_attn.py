@@ -48,8 +48,7 @@ def test_default_export_passes_the_full_sweep_with_a_json_report(exported, tmp_p
     assert report["runners"] == ["onnxruntime/cpu", "onnx-reference"]
     assert report["tolerances"]["onnx-reference"] == {"profile": "float32", "atol": 1e-5, "rtol": 1e-4}
     worst = max(report["cases"], key=lambda c: c["max_abs"])  # the summary's worst is the largest max_abs
-    assert report["summary"]["worst"] == {"runner": worst["runner"], "case": worst["case"],
-                                          "max_abs": worst["max_abs"]}
+    assert report["summary"]["worst"] == {"runner": worst["runner"], "case": worst["case"], "max_abs": worst["max_abs"]}
     assert f"worst: {worst['runner']} {worst['case']} max_abs={worst['max_abs']:.3g}" in summary
     assert report["reference_weights"].startswith("the model's own initializers")
     case = next(c for c in report["cases"] if c["case"] == "b5.q257.kv257.causal+padding")
@@ -57,9 +56,16 @@ def test_default_export_passes_the_full_sweep_with_a_json_report(exported, tmp_p
     assert 0 < case["max_abs"] < 1e-5
 
 
-@pytest.mark.parametrize("fields", [dict(module="attention", mask="input"), dict(mask="causal", attn_probs=True),
-                                    dict(module="mask"), dict(mask_dtype="float32", mask="input")],
-                         ids=["attention", "mha-causal-probs", "mask", "mha-float32-mask"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(module="attention", mask="input"),
+        dict(mask="causal", attn_probs=True),
+        dict(module="mask"),
+        dict(mask_dtype="float32", mask="input"),
+    ],
+    ids=["attention", "mha-causal-probs", "mask", "mha-float32-mask"],
+)
 def test_other_exports_pass(exported, fields):
     path, spec, _ = exported(**fields)
     result = run(path, "--quiet", *(SMALL_SWEEP if spec.module != "mask" else ["--sizes", "0,1,5,64"]))
@@ -80,8 +86,7 @@ def test_neg_inf_mask_fill_is_caught_on_fully_masked_rows(small_mha, tmp_path):
     assert nan_case["outputs"][0]["nonfinite"] == 2 * 7 * 16 and nan_case["failures"]
     assert all(isinstance(c["max_abs"], float | int) or c["max_abs"] is None for c in report["cases"])
     failed = lines_of(result, "FAILED")
-    assert any(" | b2.q7.kv7.zeros | " in line and "output: " in line and "NaN/Inf values" in line
-               for line in failed)
+    assert any(" | b2.q7.kv7.zeros | " in line and "output: " in line and "NaN/Inf values" in line for line in failed)
     assert any(" | b5.q64.kv64.masked_row | " in line for line in failed)
     assert not any(".ones |" in line or ".causal |" in line for line in failed)  # rows with a key pass
     assert lines_of(result, "FAILED")[-1].startswith("FAILED | summary |")
@@ -99,8 +104,9 @@ def test_baked_reshapes_are_caught_at_other_shapes(small_mha, tmp_path, bake):
     if bake == "batch":
         assert not [name for name in failed if name.startswith("b2.")]
         assert [name for name in failed if name.startswith("b5.")], result.output[-2000:]
-        assert any("| b1.q7.kv7.ones |" in line and "requested shape:{2,-1,2,8}" in line
-                   for line in lines_of(result, "FAILED"))
+        assert any(
+            "| b1.q7.kv7.ones |" in line and "requested shape:{2,-1,2,8}" in line for line in lines_of(result, "FAILED")
+        )
     else:
         assert any(name.startswith("b1.q7.kv7") for name in failed)
 
@@ -130,8 +136,9 @@ def test_cuda_where_absent_is_an_error_or_skipped(exported):
     path, _, _ = exported()
     result = run(path, "--providers", "cuda", "--quick")
     assert result.exit_code == 1
-    assert result.output.strip() == (f"Error: requested CUDAExecutionProvider; available: "
-                                     f"{ort.get_available_providers()}")
+    assert result.output.strip() == (
+        f"Error: requested CUDAExecutionProvider; available: {ort.get_available_providers()}"
+    )
     skipped = run(path, "--providers", "cuda", "--runtimes", "onnxruntime", "--quick", "--skip-missing")
     assert skipped.exit_code == 0
     assert lines_of(skipped, "SKIPPED")[0].startswith("SKIPPED | onnxruntime/cuda | - | requested CUDA")
@@ -154,8 +161,11 @@ def test_a_silent_fallback_to_another_provider_fails(monkeypatch, small_mha):
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", FellBack)
-    with pytest.raises(ProviderError, match=r"requested CUDAExecutionProvider, but onnxruntime fell back to "
-                                            r"\['CPUExecutionProvider'\]"):
+    with pytest.raises(
+        ProviderError,
+        match=r"requested CUDAExecutionProvider, but onnxruntime fell back to "
+        r"\['CPUExecutionProvider'\]",
+    ):
         create_ort_session(small_mha[0], "cuda")
 
 
@@ -168,8 +178,9 @@ def test_an_absent_openvino_fails_unless_skip_missing(small_mha, monkeypatch):
     assert result.output.strip() == "Error: openvino is not installed (pip install '.[openvino]')"
     skipped = run(small_mha[0], "--runtimes", "onnxruntime,openvino", "--quick", "--skip-missing")
     assert skipped.exit_code == 0, skipped.output
-    assert lines_of(skipped, "SKIPPED") == ["SKIPPED | openvino/cpu | - | openvino is not installed "
-                                            "(pip install '.[openvino]')"]
+    assert lines_of(skipped, "SKIPPED") == [
+        "SKIPPED | openvino/cpu | - | openvino is not installed (pip install '.[openvino]')"
+    ]
     alone = run(small_mha[0], "--runtimes", "openvino", "--quick")  # nothing checked is never green ...
     assert alone.exit_code == 1
     allowed = run(small_mha[0], "--runtimes", "openvino", "--quick", "--skip-missing")  # ... unless asked for
@@ -185,38 +196,45 @@ def test_openvino_where_installed_passes(small_mha):
 
 
 def test_a_model_without_metadata_is_a_clear_error(tmp_path):
-    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
-                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     path = tmp_path / "plain.onnx"
     onnx.save(onnx.helper.make_model(graph), str(path))
     result = run(path)
     assert result.exit_code == 1
-    assert result.output.startswith("Error: the model has no attn_onnx.* metadata: it was not written by "
-                                    "export-attn")
+    assert result.output.startswith("Error: the model has no attn_onnx.* metadata: it was not written by export-attn")
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\xff" * 64)
     result = run(garbage)
     assert result.exit_code == 1 and result.output.startswith("Error: 'garbage.onnx' is not an ONNX model")
 
 
-@pytest.mark.parametrize("args, text", [
-    (["--providers", "cpu,tpu"], "--providers 'tpu': choose from cpu, cuda"),
-    (["--runtimes", "onnxruntime,tensorrt"], "unknown runtime(s) or provider(s) ['tensorrt']; runtimes: "),
-    (["--masks", "causal,diagonal"], "--masks 'diagonal': choose from ones, zeros, causal, padding, causal+padding, "
-                                     "masked_row"),
-    (["--shapes", "3x11"], "--shapes '3x11': expected BxQxKV items such as 3x11x5"),
-    (["--lengths", "1,x"], "cannot parse '1,x' as a comma-separated list of int"),
-    (["--plot-case", "b1.q1.kv1.ones"], "--plot-case does not apply without --plots DIR"),
-    (["--plot-head", "1"], "--plot-head does not apply without --plots DIR"),
-    # options that do not apply to the model or the other options are refused, naming them
-    (["--sizes", "1,5"], "--sizes does not apply to a mha model"),
-    (["--quick", "--lengths", "3"], "--lengths does not apply with --quick (it is a fixed sweep)"),
-    (["--shapes", "1x2x3", "--batches", "4"], "--batches does not apply with --shapes"),
-    (["--tf32"], "--tf32 does not apply without cuda in --providers"),
-    (["--runtimes", "reference", "--providers", "cpu"], "--providers does not apply without onnxruntime"),
-    (["--weights-prefix", "x."], "--weights-prefix needs --weights"),
-])
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (["--providers", "cpu,tpu"], "--providers 'tpu': choose from cpu, cuda"),
+        (["--runtimes", "onnxruntime,tensorrt"], "unknown runtime(s) or provider(s) ['tensorrt']; runtimes: "),
+        (
+            ["--masks", "causal,diagonal"],
+            "--masks 'diagonal': choose from ones, zeros, causal, padding, causal+padding, masked_row",
+        ),
+        (["--shapes", "3x11"], "--shapes '3x11': expected BxQxKV items such as 3x11x5"),
+        (["--lengths", "1,x"], "cannot parse '1,x' as a comma-separated list of int"),
+        (["--plot-case", "b1.q1.kv1.ones"], "--plot-case does not apply without --plots DIR"),
+        (["--plot-head", "1"], "--plot-head does not apply without --plots DIR"),
+        # options that do not apply to the model or the other options are refused, naming them
+        (["--sizes", "1,5"], "--sizes does not apply to a mha model"),
+        (["--quick", "--lengths", "3"], "--lengths does not apply with --quick (it is a fixed sweep)"),
+        (["--shapes", "1x2x3", "--batches", "4"], "--batches does not apply with --shapes"),
+        (["--tf32"], "--tf32 does not apply without cuda in --providers"),
+        (["--runtimes", "reference", "--providers", "cpu"], "--providers does not apply without onnxruntime"),
+        (["--weights-prefix", "x."], "--weights-prefix needs --weights"),
+    ],
+)
 def test_usage_errors_exit_2(small_mha, args, text):
     result = run(small_mha[0], *args)
     assert result.exit_code == 2
@@ -262,14 +280,19 @@ def test_spec_round_trip_fails_loudly_on_missing_keys():
 
 # --- every bad option before any work -------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, text", [
-    (["--json", "{tmp}/missing/dir/r.json"], "--json: the folder '{tmp}/missing/dir' does not exist"),
-    (["--json", "{tmp}"], "--json '{tmp}' is a folder; give a file name"),
-    (["--plots", "{tmp}/plots"], "--plots needs a model with an attn_probs output"),
-    (["--plots", "{model}"], "--plots: '{model}' is a file, not a folder"),
-    (["--masks", "diagonal"], "--masks 'diagonal': choose from ones, zeros"),
-    (["--runtimes", "onnxruntime==1.2"], "--runtimes 'onnxruntime==1.2': name a release as onnxruntime==MAJOR"),
-], ids=["json-missing-dir", "json-folder", "plots-without-attn-probs", "plots-a-file", "bad-mask", "bad-release"])
+
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (["--json", "{tmp}/missing/dir/r.json"], "--json: the folder '{tmp}/missing/dir' does not exist"),
+        (["--json", "{tmp}"], "--json '{tmp}' is a folder; give a file name"),
+        (["--plots", "{tmp}/plots"], "--plots needs a model with an attn_probs output"),
+        (["--plots", "{model}"], "--plots: '{model}' is a file, not a folder"),
+        (["--masks", "diagonal"], "--masks 'diagonal': choose from ones, zeros"),
+        (["--runtimes", "onnxruntime==1.2"], "--runtimes 'onnxruntime==1.2': name a release as onnxruntime==MAJOR"),
+    ],
+    ids=["json-missing-dir", "json-folder", "plots-without-attn-probs", "plots-a-file", "bad-mask", "bad-release"],
+)
 def test_refusals_come_before_any_work(small_mha, tmp_path, args, text):
     """Refused in a fresh process before torch or onnxruntime is even imported: no sweep ran."""
     from tests.cli.fresh import run_fresh
@@ -288,11 +311,14 @@ def test_masks_on_a_model_without_a_mask_input_are_refused(exported):
     assert result.output.strip() == "Error: --masks does not apply to a model without a mask input (its mask is causal)"
 
 
-@pytest.mark.parametrize("args, text", [
-    (["--plot-head", "8"], "--plot-head 8 is out of range: the model has 8 heads"),
-    (["--plot-example", "2"], "--plot-example 2 is out of range: case b2.q20.kv20.causal+padding has batch 2"),
-    (["--plot-case", "b2.q20"], "case 'b2.q20' is not of the form"),
-])
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (["--plot-head", "8"], "--plot-head 8 is out of range: the model has 8 heads"),
+        (["--plot-example", "2"], "--plot-example 2 is out of range: case b2.q20.kv20.causal+padding has batch 2"),
+        (["--plot-case", "b2.q20"], "case 'b2.q20' is not of the form"),
+    ],
+)
 def test_plot_choices_are_checked_up_front(exported, tmp_path, args, text):
     path, _, _ = exported(attn_probs=True)
     result = run(path, "--plots", tmp_path / "plots", *args)
@@ -302,6 +328,7 @@ def test_plot_choices_are_checked_up_front(exported, tmp_path, args, text):
 
 
 # --- one interface check up front; runtimes that cannot run a model ---------------------------------------
+
 
 def test_a_renamed_input_is_one_interface_error(small_mha, tmp_path):
     model = onnx.load(str(small_mha[0]))
@@ -314,7 +341,8 @@ def test_a_renamed_input_is_one_interface_error(small_mha, tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         "Error: the model's interface does not match its attn_onnx metadata: missing input 'mask' (bool, rank 3); "
-        "unexpected input 'attention_mask'"]
+        "unexpected input 'attention_mask'"
+    ]
 
 
 def test_a_changed_dtype_or_rank_is_named(small_mha, tmp_path):
@@ -325,8 +353,10 @@ def test_a_changed_dtype_or_rank_is_named(small_mha, tmp_path):
     onnx.save(model, str(path))
     result = run(path, "--quick")
     assert result.exit_code == 1
-    assert result.output.strip() == ("Error: the model's interface does not match its attn_onnx metadata: input "
-                                     "'query' has rank 4, expected 3; output 'output' is float64, expected float32")
+    assert result.output.strip() == (
+        "Error: the model's interface does not match its attn_onnx metadata: input "
+        "'query' has rank 4, expected 3; output 'output' is float64, expected float32"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -348,16 +378,19 @@ def test_an_ort_optimized_model_passes_on_onnxruntime_with_the_reference_skipped
     assert result.exit_code == 0, result.output
     assert lines_of(result, "SKIPPED") == [
         "SKIPPED | onnx-reference | - | onnx.reference runs standard ONNX operators only; this model uses "
-        "com.microsoft.FusedMatMul (an onnxruntime-optimized model?)"]
+        "com.microsoft.FusedMatMul (an onnxruntime-optimized model?)"
+    ]
     assert len([line for line in lines_of(result, "PASSED") if "| onnxruntime/cpu |" in line]) == 18
     assert lines_of(result, "PASSED")[-1].startswith("PASSED | summary | 18 passed, 0 failed, 1 skipped | worst: ")
     only_reference = run(ort_optimized, "--quick", "--runtimes", "reference")  # nothing checked: not green
     assert only_reference.exit_code == 1
     assert only_reference.output.strip().splitlines()[-1] == (
-        "FAILED | summary | 0 passed, 0 failed, 1 skipped | nothing checked (pass --skip-missing to allow that)")
+        "FAILED | summary | 0 passed, 0 failed, 1 skipped | nothing checked (pass --skip-missing to allow that)"
+    )
 
 
 # --- truthful, streaming reports ----------------------------------------------------------------------------
+
 
 def test_result_lines_stream_as_cases_finish(small_mha, monkeypatch):
     import sys
@@ -389,16 +422,25 @@ def test_json_of_a_failing_run_has_numbers_or_null(small_mha, tmp_path):
     assert report["tolerances"]["onnxruntime/cpu"] == {"profile": "user", "atol": 0.0, "rtol": 0.0}
     figures = [c[k] for c in report["cases"] for k in ("max_abs", "max_rel", "needed_atol")]
     assert all(isinstance(f, float | int) for f in figures)
-    assert report["command"][1:] == [str(small_mha[0]), "--quick", "--atol", "0", "--rtol", "0", "--json",
-                                     str(report_path)]
+    assert report["command"][1:] == [
+        str(small_mha[0]),
+        "--quick",
+        "--atol",
+        "0",
+        "--rtol",
+        "0",
+        "--json",
+        str(report_path),
+    ]
 
 
-@pytest.mark.parametrize("fields, profile", [(dict(dtype="float16"), (4e-3, 4e-3)),
-                                             (dict(quantize="int8"), (0.05, 0.05)), ({}, (1e-5, 1e-4))],
-                         ids=["float16", "int8", "float32"])
+@pytest.mark.parametrize(
+    "fields, profile",
+    [(dict(dtype="float16"), (4e-3, 4e-3)), (dict(quantize="int8"), (0.05, 0.05)), ({}, (1e-5, 1e-4))],
+    ids=["float16", "int8", "float32"],
+)
 @pytest.mark.parametrize("given", ["atol", "rtol"])
-def test_one_tolerance_given_alone_keeps_the_other_from_the_models_profile(exported, tmp_path, fields, profile,
-                                                                            given):
+def test_one_tolerance_given_alone_keeps_the_other_from_the_models_profile(exported, tmp_path, fields, profile, given):
     """`--atol X` alone on a float16 or int8 model used to take rtol from the float32 profile (1e-4)."""
     path, _, _ = exported(heads=2, embedding_dim=16, **fields)
     report_path = tmp_path / "r.json"

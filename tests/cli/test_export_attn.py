@@ -33,8 +33,9 @@ def test_default_export_writes_checks_and_summarises(tmp_path):
     assert out.is_file()
     lines = result.output.splitlines()
     parity = lines[0]  # checked in memory first; written only once it passed
-    assert parity.startswith("parity: onnxruntime/cpu vs PyTorch float64 on 18 cases "
-                             "(b1.q17.kv6, b3.q11.kv5, b3.q9.kv9)")
+    assert parity.startswith(
+        "parity: onnxruntime/cpu vs PyTorch float64 on 18 cases (b1.q17.kv6, b3.q11.kv5, b3.q9.kv9)"
+    )
     assert parity.endswith("PASSED")
     assert lines[1].startswith(f"wrote {out} (4.0 MiB, opset 18, mha, heads 8, mask input)")
     assert "  input  mask       bool     [batch, mask_q_len, kv_len]" in lines
@@ -42,21 +43,28 @@ def test_default_export_writes_checks_and_summarises(tmp_path):
     assert float(parity.split("max_abs=")[1].split()[0]) < 1e-5
 
 
-@pytest.mark.parametrize("args, text", [
-    (["--heads", "7", "--embedding-dim", "512"], "embedding_dim=512 is not divisible by heads=7"),
-    (["--module", "foo"], "Invalid value for '--module': 'foo' is not one of 'mha', 'attention', 'mask'."),
-    (["--opset", "12"], "Invalid value for '--opset': 12 is not in the range 17<=x<=23."),
-    (["--module", "mask", "--attn-probs"], "--attn-probs does not apply to --module mask"),
-    (["--module", "attention", "--attn-probs"], "--attn-probs does not apply to --module attention"),
-    # options that do not apply are refused, naming them, not silently ignored
-    (["--module", "mask", "--heads", "7"], "--heads does not apply to --module mask"),
-    (["--module", "mask", "--embedding-dim", "64", "--seed", "3"],
-     "--embedding-dim and --seed do not apply to --module mask"),
-    (["--module", "attention", "--seed", "3"], "--seed does not apply to --module attention"),
-    (["--mask", "causal", "--mask-dtype", "uint8"],
-     "--mask-dtype does not apply to --mask causal (the model has no mask input)"),
-    (["--weights-prefix", "x."], "--weights-prefix needs --weights"),
-])
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (["--heads", "7", "--embedding-dim", "512"], "embedding_dim=512 is not divisible by heads=7"),
+        (["--module", "foo"], "Invalid value for '--module': 'foo' is not one of 'mha', 'attention', 'mask'."),
+        (["--opset", "12"], "Invalid value for '--opset': 12 is not in the range 17<=x<=23."),
+        (["--module", "mask", "--attn-probs"], "--attn-probs does not apply to --module mask"),
+        (["--module", "attention", "--attn-probs"], "--attn-probs does not apply to --module attention"),
+        # options that do not apply are refused, naming them, not silently ignored
+        (["--module", "mask", "--heads", "7"], "--heads does not apply to --module mask"),
+        (
+            ["--module", "mask", "--embedding-dim", "64", "--seed", "3"],
+            "--embedding-dim and --seed do not apply to --module mask",
+        ),
+        (["--module", "attention", "--seed", "3"], "--seed does not apply to --module attention"),
+        (
+            ["--mask", "causal", "--mask-dtype", "uint8"],
+            "--mask-dtype does not apply to --mask causal (the model has no mask input)",
+        ),
+        (["--weights-prefix", "x."], "--weights-prefix needs --weights"),
+    ],
+)
 def test_usage_errors_exit_2_with_one_line(tmp_path, args, text):
     out = tmp_path / "m.onnx"
     one_line_error(run(*args, "--out", out), 2, text)
@@ -123,25 +131,35 @@ def test_weights_prefix_takes_the_block_out_of_a_larger_checkpoint(tmp_path):
     assert result.exit_code == 0, result.output
     _assert_reproduces(out, module)
     wrong = run("--weights", weights, "--weights-prefix", "decoder.", *SMALL, "--out", tmp_path / "w.onnx")
-    one_line_error(wrong, 1, "no key of 'transformer.pt' starts with prefix 'decoder.'; prefixes that hold "
-                             "attention weights: 'encoder.layers.0.self_attn.', 'encoder.layers.1.self_attn.'")
+    one_line_error(
+        wrong,
+        1,
+        "no key of 'transformer.pt' starts with prefix 'decoder.'; prefixes that hold "
+        "attention weights: 'encoder.layers.0.self_attn.', 'encoder.layers.1.self_attn.'",
+    )
     # a submodule's path without its trailing dot means the same block
-    undotted = run("--weights", weights, "--weights-prefix", "encoder.layers.0.self_attn", *SMALL[:2],
-                   "--out", tmp_path / "u.onnx")
+    undotted = run(
+        "--weights", weights, "--weights-prefix", "encoder.layers.0.self_attn", *SMALL[:2], "--out", tmp_path / "u.onnx"
+    )
     assert undotted.exit_code == 0, undotted.output
     _assert_reproduces(tmp_path / "u.onnx", module)
 
 
 def test_every_candidate_prefix_is_named_or_counted(tmp_path):
-    state = {f"decoder.layers.{i}.self_attn.{k}": v for i in range(11)
-             for k, v in seed_class.MutiHeadedAttention(2, 16).state_dict().items()}
+    state = {
+        f"decoder.layers.{i}.self_attn.{k}": v
+        for i in range(11)
+        for k, v in seed_class.MutiHeadedAttention(2, 16).state_dict().items()
+    }
     weights = tmp_path / "decoder.safetensors"
     save_file(state, str(weights))
     result = run("--weights", weights, "--weights-prefix", "encoder", *SMALL[:2], "--out", tmp_path / "m.onnx")
     assert result.exit_code == 1
     named = sorted(f"'decoder.layers.{i}.self_attn.'" for i in range(11))[:8]
-    assert result.output.strip() == ("Error: no key of 'decoder.safetensors' starts with prefix 'encoder.'; "
-                                     f"prefixes that hold attention weights: {', '.join(named)} and 3 more")
+    assert result.output.strip() == (
+        "Error: no key of 'decoder.safetensors' starts with prefix 'encoder.'; "
+        f"prefixes that hold attention weights: {', '.join(named)} and 3 more"
+    )
 
 
 class Exploit:
@@ -154,8 +172,10 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path, capsys):
     torch.save({"linears.0.weight": Exploit()}, weights)
     result = run("--weights", weights, *SMALL, "--out", tmp_path / "m.onnx")
     assert result.exit_code == 1
-    assert result.output.startswith("Error: 'evil.pt' is a pickle that refers to print (not plain tensors); it "
-                                    "was refused because unpickling it could run code. Save a state_dict instead")
+    assert result.output.startswith(
+        "Error: 'evil.pt' is a pickle that refers to print (not plain tensors); it "
+        "was refused because unpickling it could run code. Save a state_dict instead"
+    )
     assert "this ran at load time" not in result.output + capsys.readouterr().out
     assert not (tmp_path / "m.onnx").exists()
 
@@ -165,19 +185,27 @@ def test_a_pickled_whole_module_says_what_to_save_instead(tmp_path):
 
     weights = tmp_path / "whole.pt"
     torch.save(MultiHeadedAttention(2, 16), weights)
-    one_line_error(run("--weights", weights, *SMALL, "--out", tmp_path / "m.onnx"), 1,
-                   "'whole.pt' is a pickle that refers to attn_onnx.models.attention.MultiHeadedAttention (not "
-                   "plain tensors); it was refused because unpickling it could run code. Save a state_dict instead "
-                   "(torch.save(model.state_dict(), path)), or use safetensors")
+    one_line_error(
+        run("--weights", weights, *SMALL, "--out", tmp_path / "m.onnx"),
+        1,
+        "'whole.pt' is a pickle that refers to attn_onnx.models.attention.MultiHeadedAttention (not "
+        "plain tensors); it was refused because unpickling it could run code. Save a state_dict instead "
+        "(torch.save(model.state_dict(), path)), or use safetensors",
+    )
 
 
-@pytest.mark.parametrize("content, what", [(b"hello, this is text\n", "text"), (b"", "an empty file"),
-                                           (b"\x00\x01\x02\x03binary", "other data")])
+@pytest.mark.parametrize(
+    "content, what",
+    [(b"hello, this is text\n", "text"), (b"", "an empty file"), (b"\x00\x01\x02\x03binary", "other data")],
+)
 def test_a_file_posing_as_pt_is_named_for_what_it_is(tmp_path, content, what):
     weights = tmp_path / "t.pt"
     weights.write_bytes(content)
-    one_line_error(run("--weights", weights, *SMALL, "--out", tmp_path / "m.onnx"), 1,
-                   f"'t.pt' is not a PyTorch checkpoint (it holds {what}, not the zip archive torch.save writes)")
+    one_line_error(
+        run("--weights", weights, *SMALL, "--out", tmp_path / "m.onnx"),
+        1,
+        f"'t.pt' is not a PyTorch checkpoint (it holds {what}, not the zip archive torch.save writes)",
+    )
 
 
 def test_weights_of_another_width_name_the_shapes(tmp_path):
@@ -185,8 +213,10 @@ def test_weights_of_another_width_name_the_shapes(tmp_path):
     save_file(seed_class.MutiHeadedAttention(2, 16).state_dict(), str(weights))
     result = run("--weights", weights, "--heads", "2", "--embedding-dim", "32", "--out", tmp_path / "m.onnx")
     assert result.exit_code == 1
-    assert result.output.startswith("Error: weights from the given state_dict have other shapes than the "
-                                    "module (file != module): linears.0.weight: (16, 16) != (32, 32)")
+    assert result.output.startswith(
+        "Error: weights from the given state_dict have other shapes than the "
+        "module (file != module): linears.0.weight: (16, 16) != (32, 32)"
+    )
 
 
 def test_a_corrupt_weights_file_is_one_line(tmp_path):
@@ -218,23 +248,26 @@ def test_help_names_only_module_choices_and_says_how_to_reach_the_other_kinds():
     assert "--self-attention (mha-self in the metadata)" in module.help
     for param in main.params:  # [mha, attention, --kv-cache]: each a --module value or a flag that exists
         if isinstance(param, click.Option) and param.help and param.help.startswith("[mha"):
-            marks = param.help[1:param.help.index("]")].split(", ")
+            marks = param.help[1 : param.help.index("]")].split(", ")
             flags = {opt for p in main.params for opt in getattr(p, "opts", ())}
             assert all(m in module.type.choices or m in flags for m in marks), (param.name, marks)
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys\nfrom attn_onnx.cli.export_attn import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys\nfrom attn_onnx.cli.export_attn import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "False"
     assert "--embedding-dim, --d-model" in result.stdout
 
 
 def test_out_in_a_missing_folder_is_a_usage_error(tmp_path):
-    one_line_error(run(*SMALL, "--out", tmp_path / "nope" / "m.onnx"), 2,
-                   f"--out: the folder '{tmp_path / 'nope'}' does not exist")
+    one_line_error(
+        run(*SMALL, "--out", tmp_path / "nope" / "m.onnx"), 2, f"--out: the folder '{tmp_path / 'nope'}' does not exist"
+    )
 
 
 def _no_export(monkeypatch):
@@ -250,10 +283,14 @@ def _no_export(monkeypatch):
 def test_out_under_a_file_is_refused_before_exporting(tmp_path, monkeypatch):
     _no_export(monkeypatch)
     (tmp_path / "afile").write_text("")
-    one_line_error(run(*SMALL, "--out", tmp_path / "afile" / "m.onnx"), 2,
-                   f"--out: '{tmp_path / 'afile'}' is a file, not a folder")
-    one_line_error(run(*SMALL, "--out", tmp_path / "afile" / "deeper" / "m.onnx"), 2,
-                   f"--out: '{tmp_path / 'afile'}' is a file, not a folder")
+    one_line_error(
+        run(*SMALL, "--out", tmp_path / "afile" / "m.onnx"), 2, f"--out: '{tmp_path / 'afile'}' is a file, not a folder"
+    )
+    one_line_error(
+        run(*SMALL, "--out", tmp_path / "afile" / "deeper" / "m.onnx"),
+        2,
+        f"--out: '{tmp_path / 'afile'}' is a file, not a folder",
+    )
     one_line_error(run(*SMALL, "--out", tmp_path), 2, f"--out '{tmp_path}' is a folder; give a file name")
 
 
@@ -368,16 +405,24 @@ def no_export(monkeypatch):
 
 
 @pytest.mark.parametrize("force", [[], ["--force"]], ids=["", "force"])
-@pytest.mark.parametrize("forms, text", [
-    (["--out", "P", "--bundle", "P"], "--out 'P' and --bundle 'P' are the same path"),
-    (["--out", "b/model.onnx", "--bundle", "b"], "--out 'b/model.onnx' lies inside --bundle 'b'"),
-    (["--bundle", "b", "--out", "b/sub/model.onnx"], "--out 'b/sub/model.onnx' lies inside --bundle 'b'"),
-    (["--out", "x.onnx", "--bundle", "x.onnx.data"],
-     "the data file of --out, 'x.onnx.data' and --bundle 'x.onnx.data' are the same path"),
-    (["--bundle", "r/mha", "--triton-repo", "r"], "--bundle 'r/mha' and --triton-repo 'r/mha' are the same path"),
-    (["--out", "r/mha/1/model.onnx", "--triton-repo", "r"],
-     "--out 'r/mha/1/model.onnx' lies inside --triton-repo 'r/mha'"),
-], ids=["same", "inside", "deeper", "data-file", "bundle-in-repo", "out-in-repo"])
+@pytest.mark.parametrize(
+    "forms, text",
+    [
+        (["--out", "P", "--bundle", "P"], "--out 'P' and --bundle 'P' are the same path"),
+        (["--out", "b/model.onnx", "--bundle", "b"], "--out 'b/model.onnx' lies inside --bundle 'b'"),
+        (["--bundle", "b", "--out", "b/sub/model.onnx"], "--out 'b/sub/model.onnx' lies inside --bundle 'b'"),
+        (
+            ["--out", "x.onnx", "--bundle", "x.onnx.data"],
+            "the data file of --out, 'x.onnx.data' and --bundle 'x.onnx.data' are the same path",
+        ),
+        (["--bundle", "r/mha", "--triton-repo", "r"], "--bundle 'r/mha' and --triton-repo 'r/mha' are the same path"),
+        (
+            ["--out", "r/mha/1/model.onnx", "--triton-repo", "r"],
+            "--out 'r/mha/1/model.onnx' lies inside --triton-repo 'r/mha'",
+        ),
+    ],
+    ids=["same", "inside", "deeper", "data-file", "bundle-in-repo", "out-in-repo"],
+)
 def test_forms_that_collide_are_refused_before_any_work(tmp_path, monkeypatch, no_export, forms, text, force):
     """Two forms at one path (or one inside another, or at another's data file) were written one after the
     other: the first stayed when the second was refused, and with --force the second replaced the first."""
@@ -401,8 +446,11 @@ def test_a_stray_data_file_is_refused_before_the_export(tmp_path, no_export, ext
     out = tmp_path / "m.onnx"
     (tmp_path / "m.onnx.data").write_bytes(b"someone's weights")
     started = time.monotonic()
-    one_line_error(run(*SMALL, *external, "--out", out), 2,
-                   f"'{out}.data' exists (the data file of --out '{out}'); pass --force to overwrite it")
+    one_line_error(
+        run(*SMALL, *external, "--out", out),
+        2,
+        f"'{out}.data' exists (the data file of --out '{out}'); pass --force to overwrite it",
+    )
     assert time.monotonic() - started < 5  # refused at once, not after an export and its check
     assert no_export == []
     assert tree(tmp_path) == {"m.onnx.data": b"someone's weights"}

@@ -12,8 +12,16 @@ from attn_onnx.bench.serve import TARGETS
 from attn_onnx.cli.reference import every_command
 from attn_onnx.exporter.kinds import MODULES
 from attn_onnx.exporter.variants import VARIANTS
-from attn_onnx.vocab import (CAUSAL_ALIGNS, DTYPES, MASK_DTYPES, MASK_PATTERNS, MASK_MODES, PROVIDERS,
-                             QUANTIZE_MODES, TRITON_BACKENDS)
+from attn_onnx.vocab import (
+    CAUSAL_ALIGNS,
+    DTYPES,
+    MASK_DTYPES,
+    MASK_MODES,
+    MASK_PATTERNS,
+    PROVIDERS,
+    QUANTIZE_MODES,
+    TRITON_BACKENDS,
+)
 
 # the options whose values are open, and why; any other free-text option fails
 FREE_TEXT = {
@@ -38,10 +46,19 @@ FREE_TEXT = {
 OPEN_LISTS = {"check-attn --runtimes"}  # names a closed set's members in its help, and is still open (releases)
 
 # the house's closed sets: free text that names two members of one of them should have been a Choice
-CLOSED_SETS = {"variants": VARIANTS, "dtypes": DTYPES, "mask patterns": MASK_PATTERNS, "mask modes": MASK_MODES,
-               "mask dtypes": MASK_DTYPES, "providers": PROVIDERS, "causal aligns": CAUSAL_ALIGNS,
-               "Triton backends": TRITON_BACKENDS, "quantize modes": QUANTIZE_MODES, "modules": MODULES,
-               "serve targets": TARGETS}
+CLOSED_SETS = {
+    "variants": VARIANTS,
+    "dtypes": DTYPES,
+    "mask patterns": MASK_PATTERNS,
+    "mask modes": MASK_MODES,
+    "mask dtypes": MASK_DTYPES,
+    "providers": PROVIDERS,
+    "causal aligns": CAUSAL_ALIGNS,
+    "Triton backends": TRITON_BACKENDS,
+    "quantize modes": QUANTIZE_MODES,
+    "modules": MODULES,
+    "serve targets": TARGETS,
+}
 
 
 def problems(name: str, command: click.Command, free_text: dict = FREE_TEXT) -> list[str]:
@@ -56,8 +73,9 @@ def problems(name: str, command: click.Command, free_text: dict = FREE_TEXT) -> 
         if param.is_flag or not isinstance(param.type, click.types.StringParamType):
             continue  # a Choice, CommaChoice, number, path or tolerance
         if flag not in free_text:
-            found.append(f"{flag}: free text; a Choice if its values are a closed set, else say in FREE_TEXT why "
-                         "they are open")
+            found.append(
+                f"{flag}: free text; a Choice if its values are a closed set, else say in FREE_TEXT why they are open"
+            )
         if flag in OPEN_LISTS:
             continue
         text = re.sub(r"\[[^\]]*\]", " ", param.help or "") + " " + str(param.default or "")  # not [mha, attention]
@@ -73,10 +91,21 @@ COMMANDS = every_command()
 
 
 def test_every_command_and_subcommand_is_walked():
-    assert {"export-attn", "check-attn", "bench-attn", "bench-attn variants", "bench-attn runtimes",
-            "bench-attn serve", "bench-attn decode"} == set(COMMANDS)
-    assert set(FREE_TEXT) <= {f"{name} {max(p.opts, key=len)}" for name, c in COMMANDS.items() for p in c.params
-                              if isinstance(p, click.Option)}  # no stale entry
+    assert {
+        "export-attn",
+        "check-attn",
+        "bench-attn",
+        "bench-attn variants",
+        "bench-attn runtimes",
+        "bench-attn serve",
+        "bench-attn decode",
+    } == set(COMMANDS)
+    assert set(FREE_TEXT) <= {
+        f"{name} {max(p.opts, key=len)}"
+        for name, c in COMMANDS.items()
+        for p in c.params
+        if isinstance(p, click.Option)
+    }  # no stale entry
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -97,9 +126,10 @@ def test_the_check_finds_an_option_without_help_and_a_closed_set_written_as_free
 
     assert problems("planted", planted) == [
         "planted --heads: no help",
-        "planted --dtypes: free text; a Choice if its values are a closed set, else say in FREE_TEXT why they are "
-        "open",
-        "planted --dtypes: free text naming dtypes (float16, float32); make it a Choice"]
+        "planted --dtypes: free text; a Choice if its values are a closed set, else say in FREE_TEXT why they are open",
+        "planted --dtypes: free text naming dtypes (float16, float32); make it a Choice",
+    ]
     # said to be open, it still may not list a closed set's members
     assert problems("planted", planted, {"planted --dtypes": "open"})[1:] == [
-        "planted --dtypes: free text naming dtypes (float16, float32); make it a Choice"]
+        "planted --dtypes: free text naming dtypes (float16, float32); make it a Choice"
+    ]

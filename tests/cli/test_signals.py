@@ -38,10 +38,12 @@ def ctrl_c_raises():
     signal.signal(signal.SIGINT, before)
 
 
-@pytest.mark.parametrize("signum, code, word",
-                         [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
-def test_a_signal_while_writing_a_bundle_leaves_the_earlier_one(earlier, monkeypatch, ctrl_c_raises, signum, code,
-                                                               word):
+@pytest.mark.parametrize(
+    "signum, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+)
+def test_a_signal_while_writing_a_bundle_leaves_the_earlier_one(
+    earlier, monkeypatch, ctrl_c_raises, signum, code, word
+):
     import attn_onnx.deploy.bundle as bundle
 
     before = snapshot(earlier)
@@ -100,10 +102,10 @@ def test_cleanup_does_not_need_the_cli(tmp_path):
 
 
 @pytest.mark.parametrize("earlier", [False, True], ids=["fresh", "force-over-earlier"])
-@pytest.mark.parametrize("signum, code, word",
-                         [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
-def test_a_signal_between_forms_leaves_none_of_them(tmp_path, monkeypatch, ctrl_c_raises, signum, code, word,
-                                                    earlier):
+@pytest.mark.parametrize(
+    "signum, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+)
+def test_a_signal_between_forms_leaves_none_of_them(tmp_path, monkeypatch, ctrl_c_raises, signum, code, word, earlier):
     """The .onnx file is written first, the bundle after: a signal while the bundle is built used to leave the
     file behind, under a message saying nothing was written to it."""
     import attn_onnx.deploy.bundle as bundle
@@ -142,8 +144,7 @@ def other_thread():
 
 
 @pytest.mark.parametrize("lands_on", ["process", "other thread"])
-def test_a_signal_during_the_commit_is_held_until_it_is_done_or_undone(tmp_path, ctrl_c_raises, other_thread,
-                                                                      lands_on):
+def test_a_signal_during_the_commit_is_held_until_it_is_done_or_undone(tmp_path, ctrl_c_raises, other_thread, lands_on):
     """The renames of a commit are not cut in the middle: a signal arriving during them is delivered once
     they are done, and then undoes them (nothing of the export stays, as its message says). CI caught 'b'
     left behind when the signal, blocked in the main thread only, landed on another thread."""

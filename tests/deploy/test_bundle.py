@@ -32,9 +32,11 @@ def test_the_manifest_states_the_contract(bundle):
     assert m["model"]["opset"] == 18 and m["model"]["min_onnxruntime"] == "1.18.1"  # measured: docs/compatibility.md
     assert m["model"]["min_onnxruntime_source"].startswith("measured: ")
     assert [(i["name"], i["datatype"], i["dims"], i["shape"]) for i in m["inputs"]] == [
-        ("query", "FP32", ["batch", "q_len", 16], [-1, -1, 16]), ("key", "FP32", ["batch", "kv_len", 16], [-1, -1, 16]),
+        ("query", "FP32", ["batch", "q_len", 16], [-1, -1, 16]),
+        ("key", "FP32", ["batch", "kv_len", 16], [-1, -1, 16]),
         ("value", "FP32", ["batch", "kv_len", 16], [-1, -1, 16]),
-        ("mask", "BOOL", ["batch", "mask_q_len", "kv_len"], [-1, -1, -1])]
+        ("mask", "BOOL", ["batch", "mask_q_len", "kv_len"], [-1, -1, -1]),
+    ]
     assert [(o["name"], o["dtype"]) for o in m["outputs"]] == [("output", "float32")]
     assert "0 means 'masked'" in m["mask_convention"] and "never NaN" in m["mask_convention"]
     assert m["tolerance"]["atol"] == 1e-5 and m["tolerance"]["rtol"] == 1e-4
@@ -67,8 +69,10 @@ def test_outputs_are_the_float64_modules_answers(bundle):
         inputs = dict(tensor(bundle / f["file"]) for f in s["inputs"])
         _, output = tensor(bundle / s["outputs"][0]["file"])
         with torch.no_grad():
-            golden = module(*(torch.from_numpy(inputs[n].copy()).double() for n in ("query", "key", "value")),
-                            torch.from_numpy(inputs["mask"].copy()))
+            golden = module(
+                *(torch.from_numpy(inputs[n].copy()).double() for n in ("query", "key", "value")),
+                torch.from_numpy(inputs["mask"].copy()),
+            )
         assert output.dtype == np.float32
         np.testing.assert_array_equal(output, golden.numpy().astype(np.float32))  # the golden's bits, cast
 
@@ -77,8 +81,16 @@ def run_check(*args):
     return CliRunner().invoke(check, list(map(str, args)))
 
 
-@pytest.mark.parametrize("args", [(), ("--module", "attention", "--mask-dtype", "uint8"), ("--mask", "causal",
-                                  "--attn-probs"), ("--module", "mask")], ids=["mha", "attention", "causal", "mask"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("--module", "attention", "--mask-dtype", "uint8"),
+        ("--mask", "causal", "--attn-probs"),
+        ("--module", "mask"),
+    ],
+    ids=["mha", "attention", "causal", "mask"],
+)
 def test_check_attn_bundle_passes_every_vector(bundle_of, args):
     folder = bundle_of(*args)
     result = run_check("--bundle", folder, "--runtimes", "onnxruntime,reference,torch")
@@ -123,13 +135,17 @@ def test_a_changed_vector_with_a_matching_hash_fails_on_the_numbers(bundle, tmp_
     (copy / "manifest.json").write_text(json.dumps(manifest))
     result = run_check("--bundle", copy)
     assert result.exit_code == 1
-    assert any(line.startswith("FAILED | onnxruntime/cpu | test_data_set_2 (b2.q6.kv6.masked_row)")
-               for line in result.output.splitlines())
+    assert any(
+        line.startswith("FAILED | onnxruntime/cpu | test_data_set_2 (b2.q6.kv6.masked_row)")
+        for line in result.output.splitlines()
+    )
 
 
 def test_bundle_options_that_do_not_apply_are_refused(bundle):
-    for args, text in ((["--quick"], "--quick does not apply with --bundle"),
-                       ([bundle / "model.onnx"], "give MODEL or --bundle DIR (one of them)")):
+    for args, text in (
+        (["--quick"], "--quick does not apply with --bundle"),
+        ([bundle / "model.onnx"], "give MODEL or --bundle DIR (one of them)"),
+    ):
         result = run_check("--bundle", bundle, *args)
         assert result.exit_code == 2 and result.output.strip().startswith(f"Error: {text}")
 
@@ -174,8 +190,9 @@ def test_a_folder_that_is_not_a_bundle_is_one_error(bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     result = run_check("--bundle", copy)
     assert result.exit_code == 1
-    assert result.output.strip() == (f"Error: {copy / 'manifest.json'} is malformed: "
-                                     "test_data_sets[0].outputs[0] lacks 'sha256'")
+    assert result.output.strip() == (
+        f"Error: {copy / 'manifest.json'} is malformed: test_data_sets[0].outputs[0] lacks 'sha256'"
+    )
 
 
 @pytest.fixture(scope="module", params=["causal", "input"])
@@ -185,8 +202,10 @@ def cache_bundle(request, tmp_path_factory):
     from attn_onnx.cli.export_attn import main as export
 
     folder = tmp_path_factory.mktemp("cache") / "b"
-    result = CliRunner().invoke(export, ["--kv-cache", "--mask", request.param, "--heads", "2", "--embedding-dim",
-                                         "16", "--bundle", str(folder)])
+    result = CliRunner().invoke(
+        export,
+        ["--kv-cache", "--mask", request.param, "--heads", "2", "--embedding-dim", "16", "--bundle", str(folder)],
+    )
     assert result.exit_code == 0, result.output
     return folder
 
@@ -212,13 +231,17 @@ def test_check_bundle_decodes_the_steps_through_the_cache(cache_bundle):
     assert [r.shape for r in report.results if r.shape.startswith("decode")] == [f"decode.step{k}" for k in range(4)]
 
 
-@pytest.mark.parametrize("change, says", [
-    (lambda d: d["steps"][1].pop("inputs"), "decode.steps[1] lacks 'inputs'"),
-    (lambda d: d["steps"][2]["outputs"][0].pop("file"), "decode.steps[2].outputs[0] lacks 'file'"),
-    (lambda d: d.pop("first_past"), "decode lacks 'first_past'"),
-    (lambda d: d.__setitem__("steps", {}), "decode.steps is not a list"),
-    (lambda d: d["steps"].__setitem__(0, 3), "decode.steps[0] is not an object"),
-], ids=["no-inputs", "no-file", "no-first-past", "steps-not-a-list", "step-not-an-object"])
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda d: d["steps"][1].pop("inputs"), "decode.steps[1] lacks 'inputs'"),
+        (lambda d: d["steps"][2]["outputs"][0].pop("file"), "decode.steps[2].outputs[0] lacks 'file'"),
+        (lambda d: d.pop("first_past"), "decode lacks 'first_past'"),
+        (lambda d: d.__setitem__("steps", {}), "decode.steps is not a list"),
+        (lambda d: d["steps"].__setitem__(0, 3), "decode.steps[0] is not an object"),
+    ],
+    ids=["no-inputs", "no-file", "no-first-past", "steps-not-a-list", "step-not-an-object"],
+)
 def test_a_malformed_decode_entry_is_one_error_naming_it(cache_bundle, tmp_path, change, says):
     """It used to be `Error: unexpected KeyError: 'inputs'`."""
     copy = tmp_path / "b"
@@ -249,18 +272,23 @@ def test_the_node_verifier_decodes_the_steps(cache_bundle):
 
     if NODE is None or not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir():
         pytest.skip("node or onnxruntime-node is not installed (npm ci --ignore-scripts --prefix examples/node)")
-    result = subprocess.run([NODE, "verify.js", str(cache_bundle)], cwd=NODE_DIR, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [NODE, "verify.js", str(cache_bundle)], cwd=NODE_DIR, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASSED | onnxruntime-node | decode/step_3 (1 new, past 6)" in result.stdout
 
 
-@pytest.mark.parametrize("args, full, padding", [
-    ((), "(batch, q_len, kv_len)", "(batch, 1, kv_len)"),
-    (("--self-attention",), "(batch, q_len, q_len)", "(batch, 1, q_len)"),
-    (("--kv-cache", "--mask", "input"), "(batch, q_len, total_len)", "(batch, 1, total_len)"),
-    (("--module", "attention"), "(batch, 1, q_len, kv_len)", "(batch, 1, 1, kv_len)"),
-], ids=["mha", "mha-self", "mha-cache", "attention"])
+@pytest.mark.parametrize(
+    "args, full, padding",
+    [
+        ((), "(batch, q_len, kv_len)", "(batch, 1, kv_len)"),
+        (("--self-attention",), "(batch, q_len, q_len)", "(batch, 1, q_len)"),
+        (("--kv-cache", "--mask", "input"), "(batch, q_len, total_len)", "(batch, 1, total_len)"),
+        (("--module", "attention"), "(batch, 1, q_len, kv_len)", "(batch, 1, 1, kv_len)"),
+    ],
+    ids=["mha", "mha-self", "mha-cache", "attention"],
+)
 def test_the_mask_contract_states_each_kinds_own_mask_dims(bundle_of, args, full, padding):
     """mha-self and mha-cache bundles used to say the mask was 4-D (batch, 1, q_len, kv_len): the contract
     tested `spec.module == "mha"`. It now renders the kind's own dims, the same ones the inputs list."""
@@ -278,8 +306,11 @@ def test_a_float16_bundle_carries_float16_vectors_at_the_float16_profile(bundle_
     folder = bundle_of("--dtype", "float16")
     manifest = read_manifest(folder)
     assert [(i["name"], i["dtype"], i["datatype"]) for i in manifest["inputs"]] == [
-        ("query", "float16", "FP16"), ("key", "float16", "FP16"), ("value", "float16", "FP16"),
-        ("mask", "bool", "BOOL")]
+        ("query", "float16", "FP16"),
+        ("key", "float16", "FP16"),
+        ("value", "float16", "FP16"),
+        ("mask", "bool", "BOOL"),
+    ]
     assert [(o["dtype"], o["datatype"]) for o in manifest["outputs"]] == [("float16", "FP16")]
     assert (manifest["tolerance"]["atol"], manifest["tolerance"]["rtol"]) == (4e-3, 4e-3)
     assert "replaced by -65504" in manifest["mask_convention"]  # float16's lowest, not -1e9 (-inf in float16)
@@ -314,23 +345,34 @@ def test_a_bfloat16_bundle_is_refused_before_any_work(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip() == (
         "Error: a bundle takes --dtype float32 or float16, not bfloat16: onnxruntime has no bfloat16 MatMul on a "
-        "CPU, so its golden vectors could not be checked here; write the bfloat16 model with --out or --triton-repo")
+        "CPU, so its golden vectors could not be checked here; write the bfloat16 model with --out or --triton-repo"
+    )
     assert list(tmp_path.iterdir()) == []
     from attn_onnx.deploy.bundle import write_bundle
     from attn_onnx.errors import UsageError
     from attn_onnx.exporter.spec import ExportSpec
 
     with pytest.raises(UsageError, match="not bfloat16"):  # the library refuses too, before touching the target
-        write_bundle(tmp_path / "b", onnx.ModelProto(), ExportSpec(heads=2, embedding_dim=16, dtype="bfloat16"), None,
-                     name="m")
+        write_bundle(
+            tmp_path / "b", onnx.ModelProto(), ExportSpec(heads=2, embedding_dim=16, dtype="bfloat16"), None, name="m"
+        )
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args", [(), ("--self-attention",), ("--kv-cache",), ("--kv-cache", "--mask", "input"),
-                                  ("--module", "attention"), ("--module", "mask"), ("--dtype", "float16"),
-                                  ("--external-data",)],
-                         ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "attention", "mask", "float16",
-                              "external"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("--self-attention",),
+        ("--kv-cache",),
+        ("--kv-cache", "--mask", "input"),
+        ("--module", "attention"),
+        ("--module", "mask"),
+        ("--dtype", "float16"),
+        ("--external-data",),
+    ],
+    ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "attention", "mask", "float16", "external"],
+)
 def test_every_kinds_manifest_validates_against_the_schema(bundle_of, args):
     """deploy/manifest.schema.json is the bundle format; read_manifest (and Node's reader) hold manifests to it."""
     import jsonschema
@@ -345,19 +387,32 @@ def test_every_kinds_manifest_validates_against_the_schema(bundle_of, args):
 
 # --- the manifest names every dim (issue 27): a service checks a request's inputs against each other by it -----
 
-@pytest.mark.parametrize("args, dims", [
-    ((), {"batch": {}, "q_len": {}, "kv_len": {}, "mask_q_len": {"is": "q_len", "or_one": True}}),
-    (("--self-attention",), {"batch": {}, "q_len": {}, "mask_q_len": {"is": "q_len", "or_one": True}}),
-    (("--kv-cache",), {"batch": {}, "q_len": {}, "past_len": {}}),
-    (("--kv-cache", "--mask", "input"), {"batch": {}, "q_len": {}, "past_len": {},
-                                         "mask_q_len": {"is": "q_len", "or_one": True},
-                                         "total_len": {"sum": ["past_len", "q_len"]}}),
-    (("--module", "mask"), {}),
-], ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "mask"])
+
+@pytest.mark.parametrize(
+    "args, dims",
+    [
+        ((), {"batch": {}, "q_len": {}, "kv_len": {}, "mask_q_len": {"is": "q_len", "or_one": True}}),
+        (("--self-attention",), {"batch": {}, "q_len": {}, "mask_q_len": {"is": "q_len", "or_one": True}}),
+        (("--kv-cache",), {"batch": {}, "q_len": {}, "past_len": {}}),
+        (
+            ("--kv-cache", "--mask", "input"),
+            {
+                "batch": {},
+                "q_len": {},
+                "past_len": {},
+                "mask_q_len": {"is": "q_len", "or_one": True},
+                "total_len": {"sum": ["past_len", "q_len"]},
+            },
+        ),
+        (("--module", "mask"), {}),
+    ],
+    ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "mask"],
+)
 def test_the_manifest_names_every_dim_its_inputs_use(bundle_of, args, dims):
     manifest = read_manifest(bundle_of(*args))
-    assert {name: {k: v for k, v in rule.items() if k != "description"} for name, rule in manifest["dims"].items()} \
-        == dims
+    assert {
+        name: {k: v for k, v in rule.items() if k != "description"} for name, rule in manifest["dims"].items()
+    } == dims
     assert all(rule["description"] for rule in manifest["dims"].values())
     used = {d for i in manifest["inputs"] for d in i["dims"] if isinstance(d, str)}
     assert set(manifest["dims"]) == used
@@ -375,9 +430,11 @@ def test_the_manifest_alone_refuses_the_inputs_that_answered_wrong(bundle):
 
     assert contract_problem(contract, shapes((2, 3), (2, 4), (2, 1, 4))) is None
     assert contract_problem(contract, shapes((2, 3), (2, 4), (2, 3, 1))) == (
-        "input 'mask' dim 2 (kv_len) is 1, but input 'key' dim 1 (kv_len) is 4")
+        "input 'mask' dim 2 (kv_len) is 1, but input 'key' dim 1 (kv_len) is 4"
+    )
     assert contract_problem(contract, shapes((2, 3), (1, 4), (2, 1, 2))) == (
-        "input 'key' dim 0 (batch) is 1, but input 'query' dim 0 (batch) is 2")
+        "input 'key' dim 0 (batch) is 1, but input 'query' dim 0 (batch) is 2"
+    )
 
 
 def test_the_schema_holds_the_dims_entries(bundle):
@@ -388,6 +445,10 @@ def test_the_schema_holds_the_dims_entries(bundle):
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert validator.is_valid(manifest)
-    for broken in ({"batch": {}}, {"batch": {"description": 1}}, {"mask_q_len": {"description": "x", "or_one": 1}},
-                   {"total_len": {"description": "x", "sum": ["past_len"]}}):
+    for broken in (
+        {"batch": {}},
+        {"batch": {"description": 1}},
+        {"mask_q_len": {"description": "x", "or_one": 1}},
+        {"total_len": {"description": "x", "sum": ["past_len"]}},
+    ):
         assert not validator.is_valid(dict(manifest, dims=broken)), broken

@@ -17,9 +17,17 @@ from click.testing import CliRunner
 from attn_onnx.cli.check_attn import main as check
 from attn_onnx.deploy import export_model
 from attn_onnx.deploy.bundle import read_manifest
+from attn_onnx.deploy.compatibility import (
+    Cell,
+    claim_problem,
+    is_row,
+    load_table,
+    min_release,
+    release_key,
+    row_key,
+    rows,
+)
 from attn_onnx.deploy.compatibility_measure import measure
-from attn_onnx.deploy.compatibility import (Cell, claim_problem, is_row, load_table, min_release,
-                                            release_key, row_key, rows)
 from attn_onnx.deploy.forms.bundle import Bundle
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.runtime_check.runners.ort_release_runner import ReleaseRunner, installed
@@ -27,9 +35,11 @@ from attn_onnx.runtime_check.runners.ort_release_runner import ReleaseRunner, in
 SMALL = {"heads": 2, "embedding_dim": 16}
 TABLE = load_table()
 RELEASES = TABLE["releases"]
-needs_releases = pytest.mark.skipif(not set(RELEASES) <= set(installed()),
-                                    reason="the table's onnxruntime releases are not all in .deps/onnxruntime: "
-                                           "run scripts/setup/onnxruntime-releases.sh")
+needs_releases = pytest.mark.skipif(
+    not set(RELEASES) <= set(installed()),
+    reason="the table's onnxruntime releases are not all in .deps/onnxruntime: "
+    "run scripts/setup/onnxruntime-releases.sh",
+)
 
 
 def sample() -> list[ExportSpec]:
@@ -111,8 +121,10 @@ def test_the_claim_is_the_oldest_release_after_which_all_run_right():
     right, wrong = Cell("runs right"), Cell("wrong numbers", "max_abs 1")
     assert min_release({"1.18.1": right, "1.20.1": wrong, "1.21.1": right, "1.22.1": right}) == "1.21.1"
     assert min_release({"1.18.1": right, "1.21.1": wrong}) is None
-    assert claim_problem("1.22.1", {"1.21.1": right, "1.22.1": right}) == \
-        "claims onnxruntime >= 1.22.1, but the measured claim is 1.21.1"
+    assert (
+        claim_problem("1.22.1", {"1.21.1": right, "1.22.1": right})
+        == "claims onnxruntime >= 1.22.1, but the measured claim is 1.21.1"
+    )
 
 
 def test_a_model_not_measured_gets_the_onnx_tables_floor_and_says_so(tmp_path):
@@ -126,13 +138,16 @@ def test_a_model_not_measured_gets_the_onnx_tables_floor_and_says_so(tmp_path):
 
 # --- check-attn on a chosen release -----------------------------------------------------------------------------
 
+
 def test_a_release_not_installed_is_missing_with_the_command_that_installs_it(exported):
     path, _, _ = exported(**SMALL)
     result = CliRunner().invoke(check, [str(path), "--quick", "--runtimes", "onnxruntime==1.15.0"])
     assert result.exit_code == 1
-    assert result.output.strip().endswith("is not installed in "
-                                          f"{installed.__globals__['RELEASES_DIR'] / '1.15.0'}: run "
-                                          "scripts/setup/onnxruntime-releases.sh 1.15.0")
+    assert result.output.strip().endswith(
+        "is not installed in "
+        f"{installed.__globals__['RELEASES_DIR'] / '1.15.0'}: run "
+        "scripts/setup/onnxruntime-releases.sh 1.15.0"
+    )
 
 
 @pytest.mark.parametrize("name", ["onnxruntime==1.20", "onnxruntime==latest", "onnxruntime==1.20.1.post1"])
@@ -165,17 +180,24 @@ def test_a_target_the_table_says_is_wrong_is_refused_before_any_work(tmp_path, m
 
     monkeypatch.setattr(export_module, "export_onnx", lambda *a, **k: pytest.fail("exported before refusing"))
     out = tmp_path / "m.onnx"
-    result = CliRunner().invoke(export, [*SMALL_ARGS, "--attention-impl", "ort-mha", "--target-onnxruntime", "1.20.1",
-                                         "--out", str(out)])
+    result = CliRunner().invoke(
+        export, [*SMALL_ARGS, "--attention-impl", "ort-mha", "--target-onnxruntime", "1.20.1", "--out", str(out)]
+    )
     assert result.exit_code == 2 and not out.exists()
-    assert result.output == ("Error: --target-onnxruntime 1.20.1: ort-mha (mha, float32, mask input) does not run right "
-                             "on onnxruntime 1.20.1 (wrong numbers on 1.20.1: "
-                             f"{TABLE['rows']['ort-mha/mha/float32/mask-input']['cells']['1.20.1']['detail']}); it "
-                             "runs right from 1.21.1 (docs/compatibility.md)\n")
-    for args, says in ((["--mask", "causal", "--target-onnxruntime", "1.19.2"], "cannot load on 1.19.2: Could not find "
-                                                                                  "an implementation for Equal(13)"),
-                       (["--target-onnxruntime", "1.15.1"], "older than every release measured, 1.16.3"),
-                       (["--target-onnxruntime", "1.20"], "give a release number, e.g. 1.20.1")):
+    assert result.output == (
+        "Error: --target-onnxruntime 1.20.1: ort-mha (mha, float32, mask input) does not run right "
+        "on onnxruntime 1.20.1 (wrong numbers on 1.20.1: "
+        f"{TABLE['rows']['ort-mha/mha/float32/mask-input']['cells']['1.20.1']['detail']}); it "
+        "runs right from 1.21.1 (docs/compatibility.md)\n"
+    )
+    for args, says in (
+        (
+            ["--mask", "causal", "--target-onnxruntime", "1.19.2"],
+            "cannot load on 1.19.2: Could not find an implementation for Equal(13)",
+        ),
+        (["--target-onnxruntime", "1.15.1"], "older than every release measured, 1.16.3"),
+        (["--target-onnxruntime", "1.20"], "give a release number, e.g. 1.20.1"),
+    ):
         result = CliRunner().invoke(export, [*SMALL_ARGS, *args, "--out", str(out)])
         assert result.exit_code == 2 and says in result.output and not out.exists(), result.output
 
@@ -184,33 +206,65 @@ def test_a_target_the_table_says_is_wrong_is_refused_before_any_work(tmp_path, m
 def test_a_target_that_is_installed_is_checked_in_that_release(tmp_path):
     from attn_onnx.cli.export_attn import main as export
 
-    result = CliRunner().invoke(export, [*SMALL_ARGS, "--attention-impl", "ort-mha", "--target-onnxruntime", "1.21.1",
-                                         "--out", str(tmp_path / "m.onnx")])
+    result = CliRunner().invoke(
+        export,
+        [
+            *SMALL_ARGS,
+            "--attention-impl",
+            "ort-mha",
+            "--target-onnxruntime",
+            "1.21.1",
+            "--out",
+            str(tmp_path / "m.onnx"),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert re.search(r"^parity: onnxruntime==1\.21\.1/cpu vs PyTorch float64 on \d+ cases .*: PASSED$", result.output,
-                     re.M)
-    result = CliRunner().invoke(export, [*SMALL_ARGS, "--target-onnxruntime", "1.99.0", "--out",
-                                         str(tmp_path / "n.onnx")])
-    assert result.exit_code == 0 and "parity: onnxruntime 1.99.0 is not installed here, so the model was not run in " \
-                                      "it (scripts/setup/onnxruntime-releases.sh 1.99.0)" in result.output
+    assert re.search(
+        r"^parity: onnxruntime==1\.21\.1/cpu vs PyTorch float64 on \d+ cases .*: PASSED$", result.output, re.M
+    )
+    result = CliRunner().invoke(
+        export, [*SMALL_ARGS, "--target-onnxruntime", "1.99.0", "--out", str(tmp_path / "n.onnx")]
+    )
+    assert (
+        result.exit_code == 0
+        and "parity: onnxruntime 1.99.0 is not installed here, so the model was not run in "
+        "it (scripts/setup/onnxruntime-releases.sh 1.99.0)"
+        in result.output
+    )
 
 
 def test_auto_drops_the_candidates_that_are_wrong_on_the_target(tmp_path):
     from attn_onnx.cli.export_attn import main as export
 
-    result = CliRunner().invoke(export, [*SMALL_ARGS, "--attention-impl", "auto", "--tune-shapes", "1x8",
-                                         "--tune-rounds", "1", "--target-onnxruntime", "1.20.1",
-                                         "--out", str(tmp_path / "m.onnx")])
+    result = CliRunner().invoke(
+        export,
+        [
+            *SMALL_ARGS,
+            "--attention-impl",
+            "auto",
+            "--tune-shapes",
+            "1x8",
+            "--tune-rounds",
+            "1",
+            "--target-onnxruntime",
+            "1.20.1",
+            "--out",
+            str(tmp_path / "m.onnx"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     for variant in ("ort-mha", "ort-gqa"):
-        assert f"auto: {variant}: dropped (--target-onnxruntime 1.20.1: {variant} (mha, float32, mask input) does " \
-               "not run right on onnxruntime 1.20.1 (wrong numbers on 1.20.1" in result.output
+        assert (
+            f"auto: {variant}: dropped (--target-onnxruntime 1.20.1: {variant} (mha, float32, mask input) does "
+            "not run right on onnxruntime 1.20.1 (wrong numbers on 1.20.1" in result.output
+        )
     chosen = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
     variant = {p.key: p.value for p in chosen.metadata_props}["attn_onnx.variant"]
     assert variant not in ("ort-mha", "ort-gqa", "onnx-attention")
 
 
 # --- a target that reads an older IR version ----------------------------------------------------------------------
+
 
 def test_a_target_that_reads_only_ir_9_gets_the_same_model_at_ir_9_and_its_measured_claim(tmp_path):
     """1.16 and 1.17 cannot read the exporter's IR 10: --target-onnxruntime 1.17.3 writes the model at IR 9 (the
@@ -221,8 +275,18 @@ def test_a_target_that_reads_only_ir_9_gets_the_same_model_at_ir_9_and_its_measu
     row = TABLE["rows"]["torch-export/mha/float32/mask-input"]
     assert row["cells"]["1.17.3"]["result"] == "cannot load" and "IR version: 10" in row["cells"]["1.17.3"]["detail"]
     assert row["lowered"]["ir_version"] == 9 and row["lowered"]["cells"]["1.17.3"]["result"] == "runs right"
-    result = CliRunner().invoke(export, [*SMALL_ARGS, "--target-onnxruntime", "1.17.3", "--out", str(tmp_path / "m.onnx"),
-                                         "--bundle", str(tmp_path / "b")])
+    result = CliRunner().invoke(
+        export,
+        [
+            *SMALL_ARGS,
+            "--target-onnxruntime",
+            "1.17.3",
+            "--out",
+            str(tmp_path / "m.onnx"),
+            "--bundle",
+            str(tmp_path / "b"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     model = onnx.load(str(tmp_path / "m.onnx"))
     meta = {p.key: p.value for p in model.metadata_props}
@@ -230,8 +294,9 @@ def test_a_target_that_reads_only_ir_9_gets_the_same_model_at_ir_9_and_its_measu
     assert meta["attn_onnx.min_onnxruntime_source"].startswith("measured")
     assert read_manifest(tmp_path / "b")["model"]["min_onnxruntime"] == "1.16.3"
     if "1.17.3" in installed():
-        assert re.search(r"^parity: onnxruntime==1\.17\.3/cpu vs PyTorch float64 on \d+ cases .*: PASSED$",
-                         result.output, re.M), result.output
+        assert re.search(
+            r"^parity: onnxruntime==1\.17\.3/cpu vs PyTorch float64 on \d+ cases .*: PASSED$", result.output, re.M
+        ), result.output
     result = CliRunner().invoke(export, [*SMALL_ARGS, "--out", str(tmp_path / "n.onnx")])
     model = onnx.load(str(tmp_path / "n.onnx"))  # without a target: the exporter's IR, the row's own claim
     assert model.ir_version == row["ir_version"] == 10

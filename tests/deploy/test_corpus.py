@@ -24,9 +24,12 @@ from tests.deploy.test_node import pytestmark as NODE_MARKS
 from tests.deploy.test_web_page import needs_browser, needs_node, open_page
 
 ROOT = Path(__file__).resolve().parents[2]
-VERIFIERS = [pytest.param("python", id="python"), pytest.param("node", marks=NODE_MARKS, id="node"),
-             pytest.param("cpp", marks=CPP_MARKS, id="cpp"),
-             pytest.param("browser", marks=[needs_node, needs_browser], id="browser")]
+VERIFIERS = [
+    pytest.param("python", id="python"),
+    pytest.param("node", marks=NODE_MARKS, id="node"),
+    pytest.param("cpp", marks=CPP_MARKS, id="cpp"),
+    pytest.param("browser", marks=[needs_node, needs_browser], id="browser"),
+]
 BY_NAME = {b.name: b for b in C.BUNDLES}
 TENSOR_BY_NAME = {t.name: t for t in C.TENSORS}
 
@@ -34,6 +37,7 @@ TENSOR_BY_NAME = {t.name: t for t in C.TENSORS}
 # --- each verifier, over the whole corpus: {bundle: (kind, text)} and {tensor: (kind, ...)} ----------------------
 # A bundle's outcome: ("pass", ""), ("error", message) for a refusal, ("failed", "FOLDER, ...") for the sets and
 # steps that fail on the numbers, or ("crash", what) for anything else (an exception that is not a refusal).
+
 
 def _failed(lines) -> tuple[str, str]:
     folders = sorted({line.split(" | ")[2].split(" (")[0] for line in lines if line.startswith("FAILED |")})
@@ -48,7 +52,7 @@ def python_bundle(folder: Path) -> tuple[str, str]:
         report = check_bundle(folder)
     except AttnOnnxError as exc:
         return ("error", str(exc))
-    except Exception as exc:  # noqa: BLE001 (a crash is an outcome of its own, never a refusal)
+    except Exception as exc:
         return ("crash", f"{type(exc).__name__}: {exc}")
     if report.ok:
         return C.PASS
@@ -63,7 +67,7 @@ def python_tensor(path: Path) -> tuple:
         return C.values(_load_tensor(path))
     except BundleError as exc:
         return ("refused", str(exc))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return ("crash", f"{type(exc).__name__}: {exc}")
 
 
@@ -104,8 +108,13 @@ def _tensor_outcome(said: dict) -> tuple:
 def node_corpus(corpus: Path, node_dir: Path = NODE_DIR) -> tuple[dict, dict]:
     bundles = [str(corpus / name) for name in C.BUNDLE_NAMES]
     tensors = [str(corpus / "tensors" / f"{name}.pb") for name in C.TENSOR_NAMES]
-    result = subprocess.run([NODE, "-e", NODE_RUN, json.dumps([bundles, tensors])], cwd=node_dir,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [NODE, "-e", NODE_RUN, json.dumps([bundles, tensors])],
+        cwd=node_dir,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     said = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(said) == len(bundles) + len(tensors), result.stdout[-2000:] + result.stderr[-2000:]
     out = {}
@@ -114,7 +123,7 @@ def node_corpus(corpus: Path, node_dir: Path = NODE_DIR) -> tuple[dict, dict]:
             out[name] = ("error" if s["refusal"] else "crash", s["error"])
         else:
             out[name] = C.PASS if s["ok"] else _failed(s["lines"])
-    return out, {name: _tensor_outcome(s) for name, s in zip(C.TENSOR_NAMES, said[len(bundles):])}
+    return out, {name: _tensor_outcome(s) for name, s in zip(C.TENSOR_NAMES, said[len(bundles) :])}
 
 
 def cpp_bundle(binary: Path, folder: Path) -> tuple[str, str]:
@@ -122,7 +131,7 @@ def cpp_bundle(binary: Path, folder: Path) -> tuple[str, str]:
     if result.returncode == 0:
         return C.PASS
     if result.returncode == 1 and result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1:
-        return ("error", result.stderr[len("Error: "):].strip())
+        return ("error", result.stderr[len("Error: ") :].strip())
     if result.returncode == 1 and not result.stderr:
         return _failed(result.stdout.splitlines())
     return ("crash", f"exit {result.returncode}: {result.stderr[-1000:]}")
@@ -130,17 +139,19 @@ def cpp_bundle(binary: Path, folder: Path) -> tuple[str, str]:
 
 def cpp_corpus(corpus: Path, build_dir: Path) -> tuple[dict, dict]:
     bundles = {name: cpp_bundle(build_dir / "verify_bundle", corpus / name) for name in C.BUNDLE_NAMES}
-    result = subprocess.run([str(build_dir / "read_tensor"), *(str(corpus / "tensors" / f"{n}.pb")
-                                                               for n in C.TENSOR_NAMES)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(build_dir / "read_tensor"), *(str(corpus / "tensors" / f"{n}.pb") for n in C.TENSOR_NAMES)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     said = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.returncode == 0 and len(said) == len(C.TENSOR_NAMES), result.stdout + result.stderr
     return bundles, {name: _tensor_outcome(s) for name, s in zip(C.TENSOR_NAMES, said)}
 
 
 def browser_corpus(corpus: Path, folder: Path) -> tuple[dict, dict]:
-    results, _ = open_page(corpus, folder, option="--corpus", query="?corpus=/corpus/", timeout=600,
-                           budget_ms=600000)
+    results, _ = open_page(corpus, folder, option="--corpus", query="?corpus=/corpus/", timeout=600, budget_ms=600000)
     assert results.get("corpus") is True, results
     bundles = {}
     for said in results["bundles"]:
@@ -171,8 +182,10 @@ def outcomes(corpus, request, tmp_path_factory):
     def get(verifier: str):
         if verifier not in cache:
             if verifier == "python":
-                cache[verifier] = ({name: python_bundle(corpus / name) for name in C.BUNDLE_NAMES},
-                                   {name: python_tensor(corpus / "tensors" / f"{name}.pb") for name in C.TENSOR_NAMES})
+                cache[verifier] = (
+                    {name: python_bundle(corpus / name) for name in C.BUNDLE_NAMES},
+                    {name: python_tensor(corpus / "tensors" / f"{name}.pb") for name in C.TENSOR_NAMES},
+                )
             elif verifier == "node":
                 cache[verifier] = node_corpus(corpus)
             elif verifier == "cpp":
@@ -215,10 +228,11 @@ def test_every_decoder_reads_or_refuses_each_vector_alike(outcomes, verifier, na
 
 # --- the rules are one text, one schema, one table ------------------------------------------------------------
 
+
 def _shared(path: Path) -> str:
     text = path.read_text()
     start = text.index("// ---- shared: from here to the end mark")
-    return text[start:text.index("// ---- shared: end", start)]
+    return text[start : text.index("// ---- shared: end", start)]
 
 
 def test_node_and_the_browser_apply_the_same_rules_as_one_text():
@@ -227,11 +241,44 @@ def test_node_and_the_browser_apply_the_same_rules_as_one_text():
     assert _shared(ROOT / "examples/node/lib/bundle.js") == _shared(ROOT / "examples/web/lib/bundle.mjs")
 
 
-ANNOTATIONS = {"$schema", "$id", "$comment", "title", "description", "default", "examples", "format", "deprecated",
-               "readOnly", "writeOnly"}
-SUPPORTED = {"$ref", "type", "enum", "const", "required", "properties", "additionalProperties", "items", "minItems",
-             "maxItems", "uniqueItems", "minLength", "maxLength", "pattern", "minimum", "maximum", "exclusiveMinimum",
-             "exclusiveMaximum", "allOf", "anyOf", "oneOf", "not", "$defs"}
+ANNOTATIONS = {
+    "$schema",
+    "$id",
+    "$comment",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "format",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+}
+SUPPORTED = {
+    "$ref",
+    "type",
+    "enum",
+    "const",
+    "required",
+    "properties",
+    "additionalProperties",
+    "items",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "$defs",
+}
 
 
 def _keywords(schema) -> set[str]:
@@ -269,14 +316,28 @@ def test_the_python_reader_refuses_nan_and_infinity_and_an_infinite_tolerance(tm
     with pytest.raises(BundleError, match=r"manifest\.json is not valid JSON: NaN is not a JSON value"):
         read_manifest(tmp_path)
 
-    good = {"format": "attn-onnx-bundle/1", "name": "m", "model": {"file": "model.onnx", "sha256": "0" * 64},
-            "inputs": [], "outputs": [{"name": "o", "dtype": "float32", "datatype": "FP32", "dims": [], "shape": []}],
-            "mask_convention": "", "tolerance": {"atol": 0.0, "rtol": 0.0},
-            "test_data_sets": [{"folder": "s", "case": "c", "inputs": [{"file": "a", "sha256": "0" * 64, "name": "i"}],
-                                "outputs": [{"file": "b", "sha256": "0" * 64, "name": "o"}]}]}
+    good = {
+        "format": "attn-onnx-bundle/1",
+        "name": "m",
+        "model": {"file": "model.onnx", "sha256": "0" * 64},
+        "inputs": [],
+        "outputs": [{"name": "o", "dtype": "float32", "datatype": "FP32", "dims": [], "shape": []}],
+        "mask_convention": "",
+        "tolerance": {"atol": 0.0, "rtol": 0.0},
+        "test_data_sets": [
+            {
+                "folder": "s",
+                "case": "c",
+                "inputs": [{"file": "a", "sha256": "0" * 64, "name": "i"}],
+                "outputs": [{"file": "b", "sha256": "0" * 64, "name": "o"}],
+            }
+        ],
+    }
     assert manifest_problem(good) is None
-    assert manifest_problem(dict(good, tolerance={"atol": float("nan"), "rtol": 0})) == \
-        "tolerance.atol is not a finite number"
+    assert (
+        manifest_problem(dict(good, tolerance={"atol": float("nan"), "rtol": 0}))
+        == "tolerance.atol is not a finite number"
+    )
     assert manifest_problem(dict(good, tolerance={"atol": 0, "rtol": float("inf")})).startswith("tolerance.rtol: ")
 
 
@@ -290,7 +351,7 @@ def reliability_rows() -> list[list[str]]:
     lines = text.split(HEADING, 1)[1].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]])
@@ -312,6 +373,7 @@ def test_docs_reliability_has_a_row_for_every_refused_bundle_and_each_row_is_the
 # --- the Triton Python model's verifier (deploy/triton_python_model.py): it reads only the vectors attn-onnx writes
 # (raw_data) and does not validate the manifest against the schema (the exporter that wrote it did); it must
 # never serve what the four verifiers refuse on the numbers, the files or the vectors.
+
 
 def triton_verifier():
     import importlib.util
@@ -341,7 +403,7 @@ def triton_bundle(model, folder: Path) -> tuple[str, str]:
         return ("pass", model.verify_bundle(folder, session, "onnxruntime"))
     except model.BundleRefused as exc:
         return ("refused", str(exc))
-    except Exception as exc:  # noqa: BLE001 - onnxruntime refusing the model is a refusal too (not ready)
+    except Exception as exc:
         return ("refused", f"{type(exc).__name__}: {exc}")
 
 

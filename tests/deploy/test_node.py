@@ -24,14 +24,22 @@ NODE_DIR = Path(__file__).resolve().parents[2] / "examples" / "node"
 NODE = shutil.which("node")
 pytestmark = [
     pytest.mark.skipif(NODE is None, reason="node is not installed"),
-    pytest.mark.skipif(not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir(),
-                       reason="run `npm ci --ignore-scripts --prefix examples/node` first"),
+    pytest.mark.skipif(
+        not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir(),
+        reason="run `npm ci --ignore-scripts --prefix examples/node` first",
+    ),
 ]
 
 
 def test_node_test_runner_passes_on_the_bundle(bundle):
-    result = subprocess.run([NODE, "--test", "test/"], cwd=NODE_DIR, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "ATTN_ONNX_BUNDLE": str(bundle)})
+    result = subprocess.run(
+        [NODE, "--test", "test/"],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "ATTN_ONNX_BUNDLE": str(bundle)},
+    )
     print(result.stdout[-3000:])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "# fail 0" in result.stdout and "# skipped 0" in result.stdout
@@ -70,8 +78,13 @@ class Served(str):
 def serve(bundle, *options):
     """Start server.js on a free port; yield host:port; stop it with SIGTERM, which must exit 0. With options
     "--grpc-port", "0", gRPC too, on a free port: the yielded value's .grpc."""
-    process = subprocess.Popen([NODE, "server.js", "--bundle", str(bundle), "--port", "0", *options], cwd=NODE_DIR,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [NODE, "server.js", "--bundle", str(bundle), "--port", "0", *options],
+        cwd=NODE_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = process.stdout.readline()  # "serving 'small' on http://127.0.0.1:PORT/v2/models/small[, gRPC on H:P]"
     if not line.startswith("serving"):
         process.kill()
@@ -116,8 +129,9 @@ def golden(bundle, query, key, value, mask):
     loaded = load_model(bundle / "model.onnx")
     module, _ = reference_module(loaded.proto, loaded.spec)
     with torch.no_grad():
-        return module.double()(*(torch.from_numpy(a).double() for a in (query, key, value)),
-                               torch.from_numpy(mask)).numpy()
+        return module.double()(
+            *(torch.from_numpy(a).double() for a in (query, key, value)), torch.from_numpy(mask)
+        ).numpy()
 
 
 def test_tritonclient_gets_the_float64_answers(bundle, service):
@@ -128,8 +142,11 @@ def test_tritonclient_gets_the_float64_answers(bundle, service):
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("small")
     meta = client.get_model_metadata("small")
     assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
-        ("query", "FP32", [-1, -1, 16]), ("key", "FP32", [-1, -1, 16]), ("value", "FP32", [-1, -1, 16]),
-        ("mask", "BOOL", [-1, -1, -1])]
+        ("query", "FP32", [-1, -1, 16]),
+        ("key", "FP32", [-1, -1, 16]),
+        ("value", "FP32", [-1, -1, 16]),
+        ("mask", "BOOL", [-1, -1, -1]),
+    ]
     rng = np.random.default_rng(7)
     query = rng.standard_normal((3, 9, 16), dtype=np.float32)
     memory = rng.standard_normal((3, 4, 16), dtype=np.float32)
@@ -137,8 +154,12 @@ def test_tritonclient_gets_the_float64_answers(bundle, service):
     mask = np.broadcast_to(mask, (3, 9, 4)).copy()
     mask[1, 5] = False  # a fully-masked row: uniform attention, never NaN
     inputs = []
-    for name, array, datatype in (("query", query, "FP32"), ("key", memory, "FP32"), ("value", memory, "FP32"),
-                                  ("mask", mask, "BOOL")):
+    for name, array, datatype in (
+        ("query", query, "FP32"),
+        ("key", memory, "FP32"),
+        ("value", memory, "FP32"),
+        ("mask", mask, "BOOL"),
+    ):
         tensor = httpclient.InferInput(name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array, binary_data=False)
         inputs.append(tensor)
@@ -153,8 +174,9 @@ def test_tritonclient_gets_the_float64_answers(bundle, service):
 
 def post(url, body: bytes, model: str = "small", timeout: float = 60):
     """POST `body` to the service's infer route; (status, parsed JSON answer), 4xx included."""
-    request = urllib.request.Request(f"http://{url}/v2/models/{model}/infer", data=body, method="POST",
-                                     headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        f"http://{url}/v2/models/{model}/infer", data=body, method="POST", headers={"content-type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -165,18 +187,26 @@ def post(url, body: bytes, model: str = "small", timeout: float = 60):
 def test_a_malformed_request_gets_a_4xx_and_the_service_keeps_serving(bundle, service):
     status, body = post(service, b'{"inputs": [{"name": "query"')
     assert status == 400 and body["error"].startswith("the body is not valid JSON")
-    status, body = post(service, json.dumps({"inputs": [{"name": "mask", "shape": [1, 1, 1], "datatype": "UINT8",
-                                                "data": [1]}]}).encode())
+    status, body = post(
+        service,
+        json.dumps({"inputs": [{"name": "mask", "shape": [1, 1, 1], "datatype": "UINT8", "data": [1]}]}).encode(),
+    )
     assert status == 400 and body == {"error": "input 'mask': datatype \"UINT8\", the model takes BOOL"}
     test_tritonclient_gets_the_float64_answers(bundle, service)  # still serving, still right
 
 
 # --- it verifies before it serves (issue 30) ---------------------------------------------------------------------
 
+
 def _start(bundle, *options, timeout=60):
     """server.js until it says where it serves (then SIGTERM) or exits: (exit code or None, stdout, stderr)."""
-    process = subprocess.Popen([NODE, "server.js", "--bundle", str(bundle), "--port", "0", *options], cwd=NODE_DIR,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [NODE, "server.js", "--bundle", str(bundle), "--port", "0", *options],
+        cwd=NODE_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first = process.stdout.readline()
     if first.startswith("serving"):
         process.terminate()
@@ -187,8 +217,11 @@ def _start(bundle, *options, timeout=60):
 def test_the_service_runs_the_golden_sets_before_it_serves_and_says_so(bundle):
     code, out, err = _start(bundle)
     assert code is None and out.startswith("serving 'small' on http://")
-    assert re.match(r"verified on onnxruntime-node \d+\.\d+\.\d+: \d+ passed, 0 failed \(golden sets and decode steps\) "
-                    r"in \d+ ms", err), err
+    assert re.match(
+        r"verified on onnxruntime-node \d+\.\d+\.\d+: \d+ passed, 0 failed \(golden sets and decode steps\) "
+        r"in \d+ ms",
+        err,
+    ), err
 
 
 def test_a_golden_set_that_fails_here_is_refused_with_the_set_and_the_runtime(bundle, tmp_path):
@@ -201,8 +234,11 @@ def test_a_golden_set_that_fails_here_is_refused_with_the_set_and_the_runtime(bu
     rehash(bad)
     code, out, err = _start(bad)
     assert code == 1 and not out
-    assert re.fullmatch(rf"Error: golden set {entry['folder']} \({re.escape(entry['case'])}\) fails on onnxruntime-node "
-                        r"\d+\.\d+\.\d+: max_abs=\S+ \| output: .*; not serving \(--no-verify serves anyway\)\n", err), err
+    assert re.fullmatch(
+        rf"Error: golden set {entry['folder']} \({re.escape(entry['case'])}\) fails on onnxruntime-node "
+        r"\d+\.\d+\.\d+: max_abs=\S+ \| output: .*; not serving \(--no-verify serves anyway\)\n",
+        err,
+    ), err
     code, out, err = _start(bad, "--no-verify")  # its user's call: served, and the log says it was not verified
     assert code is None and out.startswith("serving") and "verification skipped (--no-verify)" in err
 
@@ -216,5 +252,8 @@ def test_a_bundle_that_needs_a_later_onnxruntime_is_refused_with_both_versions(b
     (later / "manifest.json").write_text(json.dumps(manifest))
     for options in ((), ("--no-verify",)):
         code, out, err = _start(later, *options)
-        assert code == 1 and re.fullmatch(r"Error: the bundle needs onnxruntime >= 1\.100\.0 \(its manifest's "
-                                          r"min_onnxruntime\); this service runs onnxruntime-node \d+\.\d+\.\d+\n", err)
+        assert code == 1 and re.fullmatch(
+            r"Error: the bundle needs onnxruntime >= 1\.100\.0 \(its manifest's "
+            r"min_onnxruntime\); this service runs onnxruntime-node \d+\.\d+\.\d+\n",
+            err,
+        )

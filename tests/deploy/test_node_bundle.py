@@ -32,8 +32,9 @@ for (const file of process.argv.slice(1)) {
 
 
 def node_read(*files):
-    result = subprocess.run([NODE, "-e", READ, *map(str, files)], cwd=NODE_DIR, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [NODE, "-e", READ, *map(str, files)], cwd=NODE_DIR, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -89,14 +90,17 @@ def test_node_reads_every_field_onnx_helper_writes(tmp_path, raw):
     for (dtype, array), got in zip(VALUES.items(), node_read(*files)):
         assert "error" not in got, (dtype, got)
         assert (got["name"], got["type"], got["dims"]) == (dtype, dtype, [2, 3])
-        np.testing.assert_array_equal(np.asarray(got["values"], np.float64), array.astype(np.float64).ravel(),
-                                      err_msg=dtype)
+        np.testing.assert_array_equal(
+            np.asarray(got["values"], np.float64), array.astype(np.float64).ravel(), err_msg=dtype
+        )
 
 
 def test_node_refuses_what_it_does_not_read_with_the_reason(tmp_path):
     cases = {
-        "int32": (helper.make_tensor("i", TensorProto.INT32, [2], [1, 2]),
-                  "tensor i: unsupported ONNX data type 6 (int32); this reader takes"),
+        "int32": (
+            helper.make_tensor("i", TensorProto.INT32, [2], [1, 2]),
+            "tensor i: unsupported ONNX data type 6 (int32); this reader takes",
+        ),
         "external": (numpy_helper.from_array(np.zeros(2, np.float32), "e"), "tensor e: stored in external data"),
     }
     external = cases["external"][0]
@@ -140,7 +144,12 @@ def test_a_float16_bundle_with_a_wrong_output_fails_on_the_numbers(float16_bundl
     result = verify(folder)
     assert result.returncode == 1, result.stdout
     assert [line.split(" | ")[0] for line in result.stdout.splitlines()[:5]] == [
-        "PASSED", "FAILED", "PASSED", "PASSED", "PASSED"]
+        "PASSED",
+        "FAILED",
+        "PASSED",
+        "PASSED",
+        "PASSED",
+    ]
 
 
 def test_a_malformed_decode_entry_is_one_error_line_naming_it(bundle_of, tmp_path):
@@ -157,11 +166,20 @@ def test_a_malformed_decode_entry_is_one_error_line_naming_it(bundle_of, tmp_pat
     assert result.stderr == f"Error: {folder / 'manifest.json'} is malformed: decode.steps[1] lacks 'inputs'\n"
 
 
-@pytest.mark.parametrize("args", [(), ("--self-attention",), ("--kv-cache",), ("--kv-cache", "--mask", "input"),
-                                  ("--module", "attention"), ("--module", "mask"), ("--dtype", "float16"),
-                                  ("--external-data",)],
-                         ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "attention", "mask", "float16",
-                              "external"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("--self-attention",),
+        ("--kv-cache",),
+        ("--kv-cache", "--mask", "input"),
+        ("--module", "attention"),
+        ("--module", "mask"),
+        ("--dtype", "float16"),
+        ("--external-data",),
+    ],
+    ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "attention", "mask", "float16", "external"],
+)
 def test_node_validates_every_kinds_manifest_against_the_same_schema(bundle_of, tmp_path, args):
     """lib/bundle.js reads deploy/manifest.schema.json, as Python's read_manifest does: every kind's manifest
     passes, and the same broken one gets the same words from both readers."""

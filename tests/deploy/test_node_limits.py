@@ -26,24 +26,44 @@ DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.bool_): "BOOL"}
 
 
 def json_body(arrays, **extra) -> bytes:
-    return json.dumps({"inputs": [{"name": n, "shape": list(a.shape), "datatype": DATATYPES[a.dtype],
-                                   "data": a.ravel().tolist()} for n, a in arrays.items()], **extra}).encode()
+    return json.dumps(
+        {
+            "inputs": [
+                {"name": n, "shape": list(a.shape), "datatype": DATATYPES[a.dtype], "data": a.ravel().tolist()}
+                for n, a in arrays.items()
+            ],
+            **extra,
+        }
+    ).encode()
 
 
 def binary_body(arrays, **extra) -> tuple[bytes, dict]:
     """(body, headers) of a request with every input as binary tensor data."""
-    head = json.dumps({"inputs": [{"name": n, "shape": list(a.shape), "datatype": DATATYPES[a.dtype],
-                                   "parameters": {"binary_data_size": a.nbytes}} for n, a in arrays.items()],
-                       **extra}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": n,
+                    "shape": list(a.shape),
+                    "datatype": DATATYPES[a.dtype],
+                    "parameters": {"binary_data_size": a.nbytes},
+                }
+                for n, a in arrays.items()
+            ],
+            **extra,
+        }
+    ).encode()
     return head + b"".join(a.tobytes() for a in arrays.values()), {"Inference-Header-Content-Length": str(len(head))}
 
 
 def attention(batch_q, q_len, batch_kv, kv_len, mask_shape, width=16):
     rng = np.random.default_rng(3)
-    return {"query": rng.standard_normal((batch_q, q_len, width), dtype=np.float32),
-            "key": rng.standard_normal((batch_kv, kv_len, width), dtype=np.float32),
-            "value": rng.standard_normal((batch_kv, kv_len, width), dtype=np.float32),
-            "mask": np.ones(mask_shape, np.bool_)}
+    return {
+        "query": rng.standard_normal((batch_q, q_len, width), dtype=np.float32),
+        "key": rng.standard_normal((batch_kv, kv_len, width), dtype=np.float32),
+        "value": rng.standard_normal((batch_kv, kv_len, width), dtype=np.float32),
+        "mask": np.ones(mask_shape, np.bool_),
+    }
 
 
 def grpc_infer(url, arrays, outputs=(), timeout=60):
@@ -65,6 +85,7 @@ def grpc_infer(url, arrays, outputs=(), timeout=60):
 
 
 # --- protocol promises ---------------------------------------------------------------------------------------
+
 
 def test_an_empty_outputs_list_answers_every_output_over_json_binary_and_grpc(bundle_of):
     """Triton answers `"outputs": []` with every output; onnxruntime refuses an empty fetch list ('fetches'
@@ -110,15 +131,22 @@ def test_help_prints_usage_and_exits_0_and_an_unknown_option_exits_2():
     assert result.stdout.startswith("usage: node server.js --bundle DIR --port N")
     for flag in ("--grace-seconds", "--max-request-bytes", "--max-body-bytes", "--grpc-port"):
         assert flag in result.stdout
-    result = subprocess.run([NODE, "server.js", "--nope", "1"], cwd=NODE_DIR, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [NODE, "server.js", "--nope", "1"], cwd=NODE_DIR, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and result.stderr.startswith("Error: unknown option --nope")
-    result = subprocess.run([NODE, "server.js", "--grace-seconds", "-1", "--bundle", "b", "--port", "0"], cwd=NODE_DIR,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [NODE, "server.js", "--grace-seconds", "-1", "--bundle", "b", "--port", "0"],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "--grace-seconds must be" in result.stderr
 
 
 # --- a shutdown that always ends -----------------------------------------------------------------------------
+
 
 def refused(host, port):
     try:
@@ -135,8 +163,10 @@ def test_sigterm_with_a_stalled_upload_stops_accepting_at_once_and_exits_0_after
     with serve(bundle, "--grpc-port", "0", "--grace-seconds", str(grace)) as url:
         host, port = url.split(":")
         stalled = socket.create_connection((host, int(port)), timeout=30)
-        stalled.sendall(b"POST /v2/models/small/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: 1000\r\n\r\n0123456789")
+        stalled.sendall(
+            b"POST /v2/models/small/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n0123456789"
+        )
         time.sleep(0.5)
         signalled = time.monotonic()
         url.process.terminate()
@@ -156,8 +186,11 @@ def test_a_request_finished_within_the_grace_is_answered(bundle):
     with serve(bundle, "--grace-seconds", "5") as url:
         host, port = url.split(":")
         sock = socket.create_connection((host, int(port)), timeout=30)
-        sock.sendall(b"POST /v2/models/small/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        sock.sendall(
+            b"POST /v2/models/small/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
+        )
         time.sleep(0.3)
         url.process.terminate()
         time.sleep(1)
@@ -174,15 +207,27 @@ def test_a_request_finished_within_the_grace_is_answered(bundle):
 
 # (what, arrays, the error's words): each was answered 200 before, wrongly
 MISMATCHES = [
-    ("a mask (2, 3, 1) for 4 keys: it broadcast over the keys", attention(2, 3, 2, 4, (2, 3, 1)),
-     "input 'mask' dim 2 (kv_len) is 1, but input 'key' dim 1 (kv_len) is 4: the inputs must agree on kv_len"),
-    ("query batch 2, key/value batch 1, mask (2, 1, 2): one 4-key sequence reshaped into two",
-     attention(2, 3, 1, 4, (2, 1, 2)),
-     "input 'key' dim 0 (batch) is 1, but input 'query' dim 0 (batch) is 2: the inputs must agree on batch"),
-    ("query batch 1, key/value batch 2", attention(1, 3, 2, 4, (1, 1, 4)),
-     "input 'key' dim 0 (batch) is 2, but input 'query' dim 0 (batch) is 1: the inputs must agree on batch"),
-    ("a mask of 2 query rows for 3 queries", attention(1, 3, 1, 4, (1, 2, 4)),
-     "input 'mask' dim 1 (mask_q_len) is 2, but input 'query' dim 1 (q_len) is 3: mask_q_len must equal q_len or be 1"),
+    (
+        "a mask (2, 3, 1) for 4 keys: it broadcast over the keys",
+        attention(2, 3, 2, 4, (2, 3, 1)),
+        "input 'mask' dim 2 (kv_len) is 1, but input 'key' dim 1 (kv_len) is 4: the inputs must agree on kv_len",
+    ),
+    (
+        "query batch 2, key/value batch 1, mask (2, 1, 2): one 4-key sequence reshaped into two",
+        attention(2, 3, 1, 4, (2, 1, 2)),
+        "input 'key' dim 0 (batch) is 1, but input 'query' dim 0 (batch) is 2: the inputs must agree on batch",
+    ),
+    (
+        "query batch 1, key/value batch 2",
+        attention(1, 3, 2, 4, (1, 1, 4)),
+        "input 'key' dim 0 (batch) is 2, but input 'query' dim 0 (batch) is 1: the inputs must agree on batch",
+    ),
+    (
+        "a mask of 2 query rows for 3 queries",
+        attention(1, 3, 1, 4, (1, 2, 4)),
+        "input 'mask' dim 1 (mask_q_len) is 2, but input 'query' dim 1 (q_len) is 3: mask_q_len must equal "
+        "q_len or be 1",
+    ),
 ]
 
 
@@ -193,8 +238,7 @@ def small_served(bundle):
 
 
 @pytest.mark.parametrize("what,arrays,error", MISMATCHES, ids=[m[0][:40] for m in MISMATCHES])
-def test_inputs_that_disagree_on_a_named_dim_are_refused_over_json_binary_and_grpc(small_served, what, arrays,
-                                                                                   error):
+def test_inputs_that_disagree_on_a_named_dim_are_refused_over_json_binary_and_grpc(small_served, what, arrays, error):
     import grpc
 
     url = small_served
@@ -231,12 +275,14 @@ KV_DIMS = {
 
 def kv_arrays(past_len, new, mask_keys, mask_rows=1):
     rng = np.random.default_rng(5)
-    return {"query": rng.standard_normal((1, new, 16), dtype=np.float32),
-            "key": rng.standard_normal((1, new, 16), dtype=np.float32),
-            "value": rng.standard_normal((1, new, 16), dtype=np.float32),
-            "past_key": rng.standard_normal((1, 2, past_len, 8), dtype=np.float32),
-            "past_value": rng.standard_normal((1, 2, past_len, 8), dtype=np.float32),
-            "mask": np.ones((1, mask_rows, mask_keys), np.bool_)}
+    return {
+        "query": rng.standard_normal((1, new, 16), dtype=np.float32),
+        "key": rng.standard_normal((1, new, 16), dtype=np.float32),
+        "value": rng.standard_normal((1, new, 16), dtype=np.float32),
+        "past_key": rng.standard_normal((1, 2, past_len, 8), dtype=np.float32),
+        "past_value": rng.standard_normal((1, 2, past_len, 8), dtype=np.float32),
+        "mask": np.ones((1, mask_rows, mask_keys), np.bool_),
+    }
 
 
 def test_a_manifests_dims_field_is_applied_generically(bundle_of, tmp_path):
@@ -246,8 +292,10 @@ def test_a_manifests_dims_field_is_applied_generically(bundle_of, tmp_path):
     import grpc
 
     folder = with_dims(bundle_of("--kv-cache", "--mask", "input"), tmp_path, KV_DIMS)
-    wrong = "input 'mask' dim 2 (total_len) is 4, but input 'past_key' dim 2 (past_len) 3 + input 'query' dim 1 " \
-            "(q_len) 2 is 5: total_len must be past_len + q_len"
+    wrong = (
+        "input 'mask' dim 2 (total_len) is 4, but input 'past_key' dim 2 (past_len) 3 + input 'query' dim 1 "
+        "(q_len) 2 is 5: total_len must be past_len + q_len"
+    )
     with serve(folder, "--grpc-port", "0") as url:
         assert post(url, json_body(kv_arrays(3, 2, 5)))[0] == 200
         assert post(url, json_body(kv_arrays(3, 2, 5, mask_rows=2)))[0] == 200
@@ -256,12 +304,17 @@ def test_a_manifests_dims_field_is_applied_generically(bundle_of, tmp_path):
         assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, wrong)
         status, answer = post(url, json_body(kv_arrays(3, 2, 5, mask_rows=3)))
         assert status == 400 and "mask_q_len must equal q_len or be 1" in answer["error"]
-    strict = with_dims(bundle_of("--kv-cache", "--mask", "input"), tmp_path / "strict",
-                       {**KV_DIMS, "mask_q_len": {"description": "", "is": "q_len", "or_one": False}})
+    strict = with_dims(
+        bundle_of("--kv-cache", "--mask", "input"),
+        tmp_path / "strict",
+        {**KV_DIMS, "mask_q_len": {"description": "", "is": "q_len", "or_one": False}},
+    )
     with serve(strict, "--no-verify") as url:  # its own golden sets break the strict rule: verified, it is refused
         status, answer = post(url, json_body(kv_arrays(3, 2, 5, mask_rows=1)))
-        assert (status, answer["error"]) == (400, "input 'mask' dim 1 (mask_q_len) is 1, but input 'query' dim 1 "
-                                                  "(q_len) is 2: mask_q_len must equal q_len")
+        assert (status, answer["error"]) == (
+            400,
+            "input 'mask' dim 1 (mask_q_len) is 1, but input 'query' dim 1 (q_len) is 2: mask_q_len must equal q_len",
+        )
 
 
 def test_verify_js_checks_each_sets_inputs_by_the_named_dims(bundle, bundle_of, tmp_path):
@@ -271,14 +324,17 @@ def test_verify_js_checks_each_sets_inputs_by_the_named_dims(bundle, bundle_of, 
     result = subprocess.run([NODE, "verify.js", str(broken)], cwd=NODE_DIR, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stdout
     failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
-    assert failed and all("the inputs disagree: input 'query' dim 1 (q_len) is" in line and
-                          "but input 'key' dim 1 (kv_len) is" in line for line in failed), result.stdout
+    assert failed and all(
+        "the inputs disagree: input 'query' dim 1 (q_len) is" in line and "but input 'key' dim 1 (kv_len) is" in line
+        for line in failed
+    ), result.stdout
     kv = with_dims(bundle_of("--kv-cache", "--mask", "input"), tmp_path / "kv", KV_DIMS)
     result = subprocess.run([NODE, "verify.js", str(kv)], cwd=NODE_DIR, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip().endswith(" passed, 0 failed"), result.stdout
 
 
 # --- the work budget ---------------------------------------------------------------------------------------------
+
 
 def test_a_request_past_the_work_budget_is_refused_before_it_runs_naming_estimate_and_budget(bundle):
     """heads 2, width 16: a (1, 600, 16) query over 600 keys is 4 x (2 x 2 x 600 x 600 + 4 x 9600 + 360000 + 9600)
@@ -312,8 +368,19 @@ def mha_bundle(tmp_path_factory):
 def mha_binary(length):
     arrays = {n: np.zeros((1, length, 512), np.float32) for n in ("query", "key", "value")}
     arrays["mask"] = np.ones((1, length, length), np.bool_)
-    head = json.dumps({"inputs": [{"name": n, "shape": list(a.shape), "datatype": DATATYPES[a.dtype],
-                                   "parameters": {"binary_data_size": a.nbytes}} for n, a in arrays.items()]})
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": n,
+                    "shape": list(a.shape),
+                    "datatype": DATATYPES[a.dtype],
+                    "parameters": {"binary_data_size": a.nbytes},
+                }
+                for n, a in arrays.items()
+            ]
+        }
+    )
     return head.encode(), b"".join(a.tobytes() for a in arrays.values())
 
 
@@ -334,8 +401,9 @@ def test_a_small_gzip_body_for_a_huge_attention_is_refused_and_memory_comes_back
     head_length = int(headers["Inference-Header-Content-Length"])
     with serve(mha_bundle) as url:
         before = rss_kib(url.process.pid)
-        status, _, answer = http_json(url, "/v2/models/mha/infer", gzip.compress(body, 1),
-                                      {**headers, "Content-Encoding": "gzip"})
+        status, _, answer = http_json(
+            url, "/v2/models/mha/infer", gzip.compress(body, 1), {**headers, "Content-Encoding": "gzip"}
+        )
         assert status == 413 and "past this service's budget of 1073741824 bytes" in json.loads(answer)["error"]
         assert head_length > 0
         after = rss_kib(url.process.pid)
@@ -369,15 +437,29 @@ def test_after_the_largest_request_the_budget_allows_rss_comes_back_near_its_lev
 
 # --- a soak ------------------------------------------------------------------------------------------------------
 
+
 def test_a_short_soak_of_good_hostile_and_oversized_requests_has_no_wrong_answer(bundle, tmp_path):
     """scripts/soak_node.py for 8 s with 2 clients, HTTP and gRPC: every answer the one its kind expects, every good
     answer within the golden tolerance, SIGTERM then exit 0."""
     import sys
 
     report = tmp_path / "soak.json"
-    result = subprocess.run([sys.executable, str(NODE_DIR.parents[1] / "scripts" / "soak_node.py"), str(bundle),
-                             "--seconds", "8", "--clients", "2", "--json", str(report)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(NODE_DIR.parents[1] / "scripts" / "soak_node.py"),
+            str(bundle),
+            "--seconds",
+            "8",
+            "--clients",
+            "2",
+            "--json",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     data = json.loads(report.read_text())
     assert data["wrong_answers"] == 0 and data["unexpected"] == 0 and data["exit_code_after_sigterm"] == 0

@@ -34,16 +34,23 @@ def load(path: Path) -> np.ndarray:
 def vector_sets(bundle: Path):
     """Each golden set: (folder, {input name: array}, {output name: expected array}), and the tolerance."""
     manifest = json.loads((bundle / "manifest.json").read_text())
-    sets = [(s["folder"], {f["name"]: load(bundle / f["file"]) for f in s["inputs"]},
-             {f["name"]: load(bundle / f["file"]) for f in s["outputs"]}) for s in manifest["test_data_sets"]]
+    sets = [
+        (
+            s["folder"],
+            {f["name"]: load(bundle / f["file"]) for f in s["inputs"]},
+            {f["name"]: load(bundle / f["file"]) for f in s["outputs"]},
+        )
+        for s in manifest["test_data_sets"]
+    ]
     return sets, manifest["tolerance"]
 
 
 def assert_close(actual, expected, tol, what):
     assert actual.shape == expected.shape and actual.dtype == expected.dtype, (what, actual.shape, actual.dtype)
     assert np.isfinite(actual.astype(np.float64)).all(), what
-    np.testing.assert_allclose(actual.astype(np.float64), expected.astype(np.float64), atol=tol["atol"],
-                               rtol=tol["rtol"], err_msg=what)
+    np.testing.assert_allclose(
+        actual.astype(np.float64), expected.astype(np.float64), atol=tol["atol"], rtol=tol["rtol"], err_msg=what
+    )
 
 
 def client_inputs(module, arrays, binary=True):
@@ -67,8 +74,9 @@ def served(bundle):
 
 def http_json(url, path, body=None, headers=None):
     """(status, headers, body bytes) of a GET (or a POST of `body`)."""
-    request = urllib.request.Request(f"http://{url}{path}", data=body, headers=headers or {},
-                                     method="GET" if body is None else "POST")
+    request = urllib.request.Request(
+        f"http://{url}{path}", data=body, headers=headers or {}, method="GET" if body is None else "POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, response.headers, response.read()
@@ -81,6 +89,7 @@ def stats(url):
 
 
 # --- answers ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_tritonclient_with_its_defaults_gets_every_golden_set(bundle, served, protocol):
@@ -108,8 +117,9 @@ def test_a_compressed_request_is_inflated_first(bundle, served, compression):
 
     sets, tol = vector_sets(bundle)
     folder, arrays, expected = sets[4]
-    result = httpclient.InferenceServerClient(url=served).infer("small", client_inputs(httpclient, arrays),
-                                                                request_compression_algorithm=compression)
+    result = httpclient.InferenceServerClient(url=served).infer(
+        "small", client_inputs(httpclient, arrays), request_compression_algorithm=compression
+    )
     assert_close(result.as_numpy("output"), expected["output"], tol, f"{compression} {folder}")
 
 
@@ -118,20 +128,33 @@ def test_the_binary_answer_is_laid_out_as_triton_lays_it_out(bundle, served):
     each output's parameters.binary_data_size its byte count; BOOL would be one byte per element."""
     sets, tol = vector_sets(bundle)
     _, arrays, expected = sets[1]
-    head = json.dumps({"inputs": [{"name": n, "shape": list(a.shape), "datatype": DATATYPES[a.dtype],
-                                   "parameters": {"binary_data_size": a.nbytes}} for n, a in arrays.items()],
-                       "outputs": [{"name": "output", "parameters": {"binary_data": True}}]}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": n,
+                    "shape": list(a.shape),
+                    "datatype": DATATYPES[a.dtype],
+                    "parameters": {"binary_data_size": a.nbytes},
+                }
+                for n, a in arrays.items()
+            ],
+            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
     body = head + b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
     assert arrays["mask"].nbytes == arrays["mask"].size  # BOOL: a byte each
-    status, headers, answer = http_json(served, "/v2/models/small/infer", body,
-                                        {"Inference-Header-Content-Length": str(len(head))})
+    status, headers, answer = http_json(
+        served, "/v2/models/small/infer", body, {"Inference-Header-Content-Length": str(len(head))}
+    )
     assert status == 200, answer
     length = int(headers["Inference-Header-Content-Length"])
     assert headers["Content-Type"] == "application/octet-stream"
     meta = json.loads(answer[:length])
     out = expected["output"]
-    assert meta["outputs"] == [{"name": "output", "datatype": "FP32", "shape": list(out.shape),
-                                "parameters": {"binary_data_size": out.nbytes}}]
+    assert meta["outputs"] == [
+        {"name": "output", "datatype": "FP32", "shape": list(out.shape), "parameters": {"binary_data_size": out.nbytes}}
+    ]
     assert len(answer) == length + out.nbytes
     assert_close(np.frombuffer(answer[length:], np.float32).reshape(out.shape), out, tol, "binary answer")
 
@@ -145,17 +168,22 @@ def test_json_and_binary_inputs_and_outputs_mixed(bundle_of):
     folder = bundle_of("--kv-cache")
     manifest = json.loads((folder / "manifest.json").read_text())
     tol = manifest["tolerance"]
-    past = {name: np.zeros(manifest["decode"]["first_past"]["shape"], np.float32)
-            for name in manifest["decode"]["thread"].values()}
+    past = {
+        name: np.zeros(manifest["decode"]["first_past"]["shape"], np.float32)
+        for name in manifest["decode"]["thread"].values()
+    }
     with serve(folder) as url:
         client = httpclient.InferenceServerClient(url=url)
         for step in manifest["decode"]["steps"]:
             arrays = {f["name"]: load(folder / f["file"]) for f in step["inputs"]} | past
-            outputs = [httpclient.InferRequestedOutput("output"),
-                       httpclient.InferRequestedOutput("present_key", binary_data=False),
-                       httpclient.InferRequestedOutput("present_value")]
-            result = client.infer("small", client_inputs(httpclient, arrays, binary={"query", "past_value"}),
-                                  outputs=outputs)
+            outputs = [
+                httpclient.InferRequestedOutput("output"),
+                httpclient.InferRequestedOutput("present_key", binary_data=False),
+                httpclient.InferRequestedOutput("present_value"),
+            ]
+            result = client.infer(
+                "small", client_inputs(httpclient, arrays, binary={"query", "past_value"}), outputs=outputs
+            )
             kinds = {o["name"]: "data" in o for o in result.get_response()["outputs"]}
             assert kinds == {"output": False, "present_key": True, "present_value": False}
             for f in step["outputs"]:
@@ -180,17 +208,36 @@ def test_fp16_travels_binary_and_is_answered_within_the_float16_tolerance(float1
             assert_close(result.as_numpy("output"), expected["output"], tol, f"{protocol} {folder}")
         if protocol == "http":  # JSON has no float16: refused both ways, naming the way out
             _, arrays, _ = sets[0]
-            status, _, answer = http_json(url, "/v2/models/small/infer", json.dumps(
-                {"inputs": [{"name": n, "shape": list(a.shape), "datatype": DATATYPES[a.dtype],
-                             "data": a.astype(np.float32).ravel().tolist() if a.dtype != bool else a.ravel().tolist()}
-                            for n, a in arrays.items()]}).encode())
+            status, _, answer = http_json(
+                url,
+                "/v2/models/small/infer",
+                json.dumps(
+                    {
+                        "inputs": [
+                            {
+                                "name": n,
+                                "shape": list(a.shape),
+                                "datatype": DATATYPES[a.dtype],
+                                "data": a.astype(np.float32).ravel().tolist()
+                                if a.dtype != bool
+                                else a.ravel().tolist(),
+                            }
+                            for n, a in arrays.items()
+                        ]
+                    }
+                ).encode(),
+            )
             assert status == 400 and "FP16 cannot travel as JSON" in json.loads(answer)["error"]
             with pytest.raises(Exception, match="FP16, which JSON cannot hold"):
-                client.infer("small", client_inputs(module, arrays),
-                             outputs=[httpclient.InferRequestedOutput("output", binary_data=False)])
+                client.infer(
+                    "small",
+                    client_inputs(module, arrays),
+                    outputs=[httpclient.InferRequestedOutput("output", binary_data=False)],
+                )
 
 
 # --- metadata, configuration, statistics ---------------------------------------------------------------------
+
 
 def test_server_metadata_lists_its_extensions_and_grpc_answers_health_and_metadata(bundle, served):
     import grpc
@@ -224,9 +271,11 @@ def test_the_model_configuration_is_tritons_and_matches_the_manifest(bundle, ser
     assert proto.max_batch_size == 0 and proto.name == "small" and proto.platform == "onnxruntime_onnx"
     types = {"FP32": model_config_pb2.TYPE_FP32, "BOOL": model_config_pb2.TYPE_BOOL}
     assert [(i.name, i.data_type, list(i.dims)) for i in proto.input] == [
-        (i["name"], types[i["datatype"]], i["shape"]) for i in manifest["inputs"]]
+        (i["name"], types[i["datatype"]], i["shape"]) for i in manifest["inputs"]
+    ]
     assert [(o.name, o.data_type, list(o.dims)) for o in proto.output] == [
-        (o["name"], types[o["datatype"]], o["shape"]) for o in manifest["outputs"]]
+        (o["name"], types[o["datatype"]], o["shape"]) for o in manifest["outputs"]
+    ]
     over_grpc = grpcclient.InferenceServerClient(url=served.grpc).get_model_config("small").config
     assert over_grpc.input == proto.input and over_grpc.output == proto.output
     assert over_grpc.max_batch_size == 0
@@ -245,10 +294,20 @@ def test_statistics_count_every_request_and_time_its_parts(bundle, served):
     grpcclient.InferenceServerClient(url=served.grpc).infer("small", client_inputs(grpcclient, arrays))
     assert http_json(served, "/v2/models/small/infer", b'{"inputs": 5}')[0] == 400
     after = stats(served)
-    grew = {k: after["inference_stats"][k]["count"] - before["inference_stats"][k]["count"]
-            for k in after["inference_stats"]}
-    assert grew == {"success": 4, "fail": 1, "queue": 4, "compute_input": 4, "compute_infer": 4, "compute_output": 4,
-                    "cache_hit": 0, "cache_miss": 0}
+    grew = {
+        k: after["inference_stats"][k]["count"] - before["inference_stats"][k]["count"]
+        for k in after["inference_stats"]
+    }
+    assert grew == {
+        "success": 4,
+        "fail": 1,
+        "queue": 4,
+        "compute_input": 4,
+        "compute_infer": 4,
+        "compute_output": 4,
+        "cache_hit": 0,
+        "cache_miss": 0,
+    }
     assert after["inference_count"] - before["inference_count"] == 4
     assert after["execution_count"] - before["execution_count"] == 4
     ns = {k: after["inference_stats"][k]["ns"] - before["inference_stats"][k]["ns"] for k in grew}
@@ -264,14 +323,26 @@ def test_statistics_count_every_request_and_time_its_parts(bundle, served):
 
 # --- hostile requests ----------------------------------------------------------------------------------------
 
+
 def hostile_http(arrays):
     """(description, headers, body) of binary requests that must each get a 400."""
+
     def binary(sizes=None, header=None, cut=0, extra=b""):
-        inputs = [{"name": n, "shape": list(a.shape), "datatype": DATATYPES[a.dtype],
-                   "parameters": {"binary_data_size": (sizes or {}).get(n, a.nbytes)}} for n, a in arrays.items()]
+        inputs = [
+            {
+                "name": n,
+                "shape": list(a.shape),
+                "datatype": DATATYPES[a.dtype],
+                "parameters": {"binary_data_size": (sizes or {}).get(n, a.nbytes)},
+            }
+            for n, a in arrays.items()
+        ]
         head = json.dumps({"inputs": inputs}).encode()
         body = head + b"".join(a.tobytes() for a in arrays.values()) + extra
-        return {"Inference-Header-Content-Length": str(len(head)) if header is None else header}, body[:len(body) - cut]
+        return {"Inference-Header-Content-Length": str(len(head)) if header is None else header}, body[
+            : len(body) - cut
+        ]
+
     q = arrays["query"].nbytes
     return [
         ("negative size", *binary({"query": -4})),
@@ -295,14 +366,16 @@ def hostile_grpc(arrays):
         for n, a in arrays.items():
             t = r.inputs.add(name=n, datatype=DATATYPES[a.dtype], shape=(shape or {}).get(n, a.shape))
             if typed:
-                t.contents.fp32_contents.extend(a.ravel().tolist()) if a.dtype != bool else \
-                    t.contents.bool_contents.extend(a.ravel().tolist())
+                t.contents.fp32_contents.extend(
+                    a.ravel().tolist()
+                ) if a.dtype != bool else t.contents.bool_contents.extend(a.ravel().tolist())
         if not typed:
             contents = [a.tobytes() for a in arrays.values()]
             r.raw_input_contents.extend(raw(contents) if raw else contents)
         if output:
             r.outputs.add(name=output)
         return r
+
     return [
         ("raw contents for 3 of 4 inputs", request(raw=lambda c: c[:3]), "INVALID_ARGUMENT"),
         ("raw contents 4 bytes short", request(raw=lambda c: [c[0][:-4], *c[1:]]), "INVALID_ARGUMENT"),
@@ -310,8 +383,11 @@ def hostile_grpc(arrays):
         ("a terabyte shape", request(shape={"query": [2**20, 2**20, 16]}), "INVALID_ARGUMENT"),
         ("an output that does not exist", request(output="nope"), "INVALID_ARGUMENT"),
         ("another model", request(model="other"), "NOT_FOUND"),
-        ("typed contents 1 short", request(typed=True, shape={"query": [*arrays["query"].shape[:2], 17]}),
-         "INVALID_ARGUMENT"),
+        (
+            "typed contents 1 short",
+            request(typed=True, shape={"query": [*arrays["query"].shape[:2], 17]}),
+            "INVALID_ARGUMENT",
+        ),
     ]
 
 
@@ -341,6 +417,7 @@ def test_a_thousand_hostile_requests_get_4xx_and_leave_memory_near_its_baseline(
 
         def send_all(rounds):
             import http.client
+
             connection = http.client.HTTPConnection(host, int(port), timeout=30)
             for _ in range(rounds):
                 for what, headers, body in http_cases:
@@ -364,8 +441,10 @@ def test_a_thousand_hostile_requests_get_4xx_and_leave_memory_near_its_baseline(
         result = httpclient.InferenceServerClient(url=url).infer("small", client_inputs(httpclient, good))
         assert_close(result.as_numpy("output"), expected["output"], tol, "after the hostile requests")
         channel.close()
-    print(f"RSS after warm-up {settled} KiB; {middle - settled:+d} KiB over the first half of "
-          f"{rounds * (len(http_cases) + len(grpc_cases))} hostile requests, {grown:+d} KiB over the second")
+    print(
+        f"RSS after warm-up {settled} KiB; {middle - settled:+d} KiB over the first half of "
+        f"{rounds * (len(http_cases) + len(grpc_cases))} hostile requests, {grown:+d} KiB over the second"
+    )
     # keeping 16 bytes of each ~100 KB body grew it by 43-54 MiB over all of them (20-27 MiB a half); on this
     # shared machine the heap's one-time growth reached 9 MiB over the whole run, in the first half
     assert grown < 12 * 1024
@@ -376,12 +455,15 @@ def test_a_client_gone_mid_body_leaves_the_service_serving(bundle, served):
     host, port = served.split(":")
     for _ in range(20):
         with socket.create_connection((host, int(port)), timeout=10) as sock:
-            sock.sendall(b"POST /v2/models/small/infer HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: 10\r\n"
-                         b"Content-Length: 1000000\r\n\r\n" + b"x" * 1024)
+            sock.sendall(
+                b"POST /v2/models/small/infer HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: 10\r\n"
+                b"Content-Length: 1000000\r\n\r\n" + b"x" * 1024
+            )
     test_tritonclient_with_its_defaults_gets_every_golden_set(bundle, served, "http")
 
 
 # --- perf_analyzer -------------------------------------------------------------------------------------------
+
 
 @pytest.mark.skipif(not PERF_ANALYZER.exists(), reason="perf_analyzer is not installed: run scripts/setup/triton.sh")
 @pytest.mark.parametrize("protocol", ["http", "http-json", "grpc"])
@@ -389,8 +471,19 @@ def test_perf_analyzer_drives_the_service_and_reads_its_statistics(bundle, serve
     """perf_analyzer reads the model's config and metadata, sends binary (or JSON) tensors over HTTP or gRPC, and
     reports the server's own statistics (it asks for them because the server lists the extension)."""
     shapes = ["--shape", "query:1,8,16", "--shape", "key:1,8,16", "--shape", "value:1,8,16", "--shape", "mask:1,1,8"]
-    args = ["-m", "small", "--concurrency-range", "1", "--measurement-interval", "300",
-            "--stability-percentage", "10000", "--max-trials", "3", *shapes]  # 3 windows of 0.3 s, no stability asked
+    args = [
+        "-m",
+        "small",
+        "--concurrency-range",
+        "1",
+        "--measurement-interval",
+        "300",
+        "--stability-percentage",
+        "10000",
+        "--max-trials",
+        "3",
+        *shapes,
+    ]  # 3 windows of 0.3 s, no stability asked
     if protocol == "grpc":
         args += ["-i", "grpc", "-u", served.grpc]
     else:

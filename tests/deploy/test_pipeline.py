@@ -59,15 +59,22 @@ def test_an_export_validates_the_spec_once_and_serializes_the_model_once(tmp_pat
     assert counted == {"validate": 1, "serialize": 1}
     written = [(tmp_path / "m.onnx").read_bytes()]
     if "--bundle" in forms:
-        written += [(tmp_path / "b" / "model.onnx").read_bytes(),
-                    (tmp_path / "r" / "mha" / "1" / "model.onnx").read_bytes()]
+        written += [
+            (tmp_path / "b" / "model.onnx").read_bytes(),
+            (tmp_path / "r" / "mha" / "1" / "model.onnx").read_bytes(),
+        ]
     assert len(set(written)) == 1  # one copy, byte for byte, in every form
 
 
 def test_the_python_api_is_the_pipeline_and_returns_what_it_built(tmp_path, counted):
     spec = ExportSpec(heads=2, embedding_dim=16)
-    exported = export_model(spec, OnnxFile(tmp_path / "m.onnx"), Bundle(tmp_path / "b", name="attn"),
-                            TritonRepo(tmp_path / "r", name="attn", backend="python"), seed=3)
+    exported = export_model(
+        spec,
+        OnnxFile(tmp_path / "m.onnx"),
+        Bundle(tmp_path / "b", name="attn"),
+        TritonRepo(tmp_path / "r", name="attn", backend="python"),
+        seed=3,
+    )
     assert counted == {"validate": 1, "serialize": 1}
     assert exported.report.ok and len(exported.report.results) == 18  # the quick sweep, passed
     assert exported.spec.weights and exported.spec.weights_source == "random (seed=3)"
@@ -75,10 +82,16 @@ def test_the_python_api_is_the_pipeline_and_returns_what_it_built(tmp_path, coun
     assert list(exported.written) == ["OnnxFile", "Bundle", "TritonRepo"]
     bundle, triton = exported.written["Bundle"], exported.written["TritonRepo"]
     sets = len(list((tmp_path / "b").glob("test_data_set_*")))
-    assert (bundle.path, bundle.files, bundle.detail) == (tmp_path / "b", ("model.onnx", "manifest.json"),
-                                                          {"name": "attn", "golden_sets": sets})
-    assert triton.path == tmp_path / "r" / "attn" and triton.detail == {"name": "attn", "backend": "python",
-                                                                         "golden_sets": sets}
+    assert (bundle.path, bundle.files, bundle.detail) == (
+        tmp_path / "b",
+        ("model.onnx", "manifest.json"),
+        {"name": "attn", "golden_sets": sets},
+    )
+    assert triton.path == tmp_path / "r" / "attn" and triton.detail == {
+        "name": "attn",
+        "backend": "python",
+        "golden_sets": sets,
+    }
     assert triton.files == ("config.pbtxt", "1/model.onnx", "1/model.py", "1/manifest.json")
     for written in (bundle, triton):  # what it says it wrote is there
         assert all((written.path / name).is_file() for name in written.files), written
@@ -90,8 +103,11 @@ def test_the_python_api_is_the_pipeline_and_returns_what_it_built(tmp_path, coun
 def test_a_model_that_fails_the_check_is_written_in_no_form(tmp_path, monkeypatch):
     monkeypatch.setitem(VARIANTS, "wrong-bias", bias_moved("wrong-bias"))
     spec = ExportSpec(heads=2, embedding_dim=16, variant="wrong-bias")
-    with pytest.raises(ParityError, match=r"fails the parity check \(18 of 18 cases failed\); nothing was written to "
-                                          rf"{tmp_path / 'm.onnx'} or {tmp_path / 'b'}") as caught:
+    with pytest.raises(
+        ParityError,
+        match=r"fails the parity check \(18 of 18 cases failed\); nothing was written to "
+        rf"{tmp_path / 'm.onnx'} or {tmp_path / 'b'}",
+    ) as caught:
         export_model(spec, OnnxFile(tmp_path / "m.onnx"), Bundle(tmp_path / "b"))
     assert not caught.value.report.ok and caught.value.report.worst.max_abs == pytest.approx(0.5, abs=1e-6)
     assert list(tmp_path.iterdir()) == []  # no file, no folder, no temp left behind
@@ -105,8 +121,9 @@ def test_every_form_s_options_are_export_attn_s_and_refused_without_its_target()
             assert params[option.name] is option  # taken from cli/forms.py, not written again in the command
         for option in form.options[1:]:
             flag = option.opts[0]
-            result = CliRunner().invoke(export, [*SMALL, "--out", "x.onnx", flag,
-                                                 *([] if option.is_flag else [str(option.default or 1)])])
+            result = CliRunner().invoke(
+                export, [*SMALL, "--out", "x.onnx", flag, *([] if option.is_flag else [str(option.default or 1)])]
+            )
             if form.form is not OnnxFile:
                 assert result.exit_code == 2
                 assert result.output.strip() == f"Error: {flag} does not apply without {form.flag}"
@@ -150,12 +167,16 @@ class Summary(OutputForm):
 
 
 def test_a_new_form_is_one_class_the_pipeline_writes_from_the_same_model(tmp_path, counted):
-    exported = export_model(ExportSpec(heads=2, embedding_dim=16, mask="none"), Summary(tmp_path / "io.txt"),
-                            OnnxFile(tmp_path / "m.onnx"))
+    exported = export_model(
+        ExportSpec(heads=2, embedding_dim=16, mask="none"), Summary(tmp_path / "io.txt"), OnnxFile(tmp_path / "m.onnx")
+    )
     assert (tmp_path / "io.txt").read_text() == "query, key, value"
-    assert exported.written == {"Summary": Written("Summary", tmp_path / "io.txt", ("io.txt",)),
-                                "OnnxFile": Written("OnnxFile", tmp_path / "m.onnx", ("m.onnx",),
-                                                    {"bytes": (tmp_path / "m.onnx").stat().st_size})}
+    assert exported.written == {
+        "Summary": Written("Summary", tmp_path / "io.txt", ("io.txt",)),
+        "OnnxFile": Written(
+            "OnnxFile", tmp_path / "m.onnx", ("m.onnx",), {"bytes": (tmp_path / "m.onnx").stat().st_size}
+        ),
+    }
     assert counted["serialize"] == 1
 
 

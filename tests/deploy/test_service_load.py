@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from tests.deploy.test_node import pytestmark as node_marks
 from tests.deploy.test_node import post, serve
+from tests.deploy.test_node import pytestmark as node_marks
 
 pytestmark = node_marks
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.bool_): "BOOL"}
@@ -30,8 +30,10 @@ def requests_of(bundle):
     out = []
     for s in manifest["test_data_sets"]:
         arrays = {f["name"]: load(bundle / f["file"]) for f in s["inputs"]}
-        inputs = [{"name": n, "shape": list(a.shape), "datatype": DATATYPES[a.dtype], "data": a.ravel().tolist()}
-                  for n, a in arrays.items()]
+        inputs = [
+            {"name": n, "shape": list(a.shape), "datatype": DATATYPES[a.dtype], "data": a.ravel().tolist()}
+            for n, a in arrays.items()
+        ]
         out.append((json.dumps({"inputs": inputs}).encode(), load(bundle / s["outputs"][0]["file"])))
     return out, manifest["tolerance"]
 
@@ -184,20 +186,21 @@ def test_sigterm_finishes_a_grpc_and_an_http_request_in_flight_then_exits_0(bund
     with serve(bundle, "--grpc-port", "0") as url:
         start = bytes_read(url.process)
         connection = begin_infer(url, len(data))
-        connection.send(data[:len(data) // 2])
+        connection.send(data[: len(data) // 2])
         deadline = time.monotonic() + 30  # the HTTP half read first: else its bytes count toward the gRPC request's
         while bytes_read(url.process) - start < len(data) // 2 and time.monotonic() < deadline:  # and the signal
             time.sleep(0.0005)  # comes before the gRPC call has begun (CI, on a busy machine)
         client = grpcclient.InferenceServerClient(url=url.grpc)
         before = bytes_read(url.process)
-        client.async_infer("small", inputs,
-                           callback=lambda result, error: answers.append((time.monotonic(), result, error)))
+        client.async_infer(
+            "small", inputs, callback=lambda result, error: answers.append((time.monotonic(), result, error))
+        )
         deadline = time.monotonic() + 30
         while bytes_read(url.process) - before < size and time.monotonic() < deadline:
             time.sleep(0.0005)
         signalled = time.monotonic()
         url.process.terminate()
-        connection.send(data[len(data) // 2:])
+        connection.send(data[len(data) // 2 :])
         response = connection.getresponse()
         answer = json.loads(response.read())
         connection.close()
@@ -206,7 +209,7 @@ def test_sigterm_finishes_a_grpc_and_an_http_request_in_flight_then_exits_0(bund
         assert url.process.wait(timeout=60) == 0
         client.close()
     assert response.status == 200 and correct(answer, expected, tol)
-    (arrived, result, error), = answers
+    ((arrived, result, error),) = answers
     assert error is None, error
     assert arrived > signalled  # it was in flight when the signal came
     actual = result.as_numpy("output")

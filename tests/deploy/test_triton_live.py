@@ -29,22 +29,26 @@ from tests.deploy.tamper import move_a_value, rehash
 pytest.importorskip("tritonclient.http", reason="tritonclient[http,grpc] is a test extra")
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[http,grpc] is a test extra")
 
-import tritonclient.grpc as grpcclient  # noqa: E402
-import tritonclient.http as httpclient  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
-from attn_onnx.bench import servers  # noqa: E402
-from attn_onnx.runtime_check.compare import OutputComparison, Tolerance  # noqa: E402
+from attn_onnx.bench import servers
+from attn_onnx.runtime_check.compare import OutputComparison, Tolerance
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPS = ROOT / ".deps" / "triton"
-pytestmark = pytest.mark.skipif(not (DEPS / "bin" / "tritonserver").exists(),
-                                reason="no Triton here: run `bash scripts/setup/triton.sh` (it unpacks the "
-                                       "nvidia-pytriton wheel into .deps/triton)")
+pytestmark = pytest.mark.skipif(
+    not (DEPS / "bin" / "tritonserver").exists(),
+    reason="no Triton here: run `bash scripts/setup/triton.sh` (it unpacks the "
+    "nvidia-pytriton wheel into .deps/triton)",
+)
 TIGHT_BUDGET = 100_000  # bytes: (1, 6, 6) requests fit, (4, 40, 40) ones do not
 BATCH_DELAY_US = 300_000  # `batched` holds a request this long for others to join its batch
-MISSING_BACKEND = ("Invalid argument: unable to find backend library for backend 'onnxruntime', try specifying "
-                   "runtime on the model configuration.")
+MISSING_BACKEND = (
+    "Invalid argument: unable to find backend library for backend 'onnxruntime', try specifying "
+    "runtime on the model configuration."
+)
 
 
 def model_stats(server, model: str) -> dict:
@@ -64,12 +68,30 @@ def live(tmp_path_factory):
     """The running server, with the bundles its models were exported with (the same weights: seed 0)."""
     root = tmp_path_factory.mktemp("triton-live")
     repo, bundles = root / "repo", {"small": root / "small", "kv": root / "kv"}
-    _export("--bundle", str(bundles["small"]), "--triton-repo", str(repo), "--triton-backend", "python",
-            "--name", "small")
-    _export("--kv-cache", "--bundle", str(bundles["kv"]), "--triton-repo", str(repo), "--triton-backend", "python",
-            "--name", "kv")
-    _export("--triton-repo", str(repo), "--triton-backend", "python", "--name", "batched",
-            "--triton-max-queue-delay-us", str(BATCH_DELAY_US))
+    _export(
+        "--bundle", str(bundles["small"]), "--triton-repo", str(repo), "--triton-backend", "python", "--name", "small"
+    )
+    _export(
+        "--kv-cache",
+        "--bundle",
+        str(bundles["kv"]),
+        "--triton-repo",
+        str(repo),
+        "--triton-backend",
+        "python",
+        "--name",
+        "kv",
+    )
+    _export(
+        "--triton-repo",
+        str(repo),
+        "--triton-backend",
+        "python",
+        "--name",
+        "batched",
+        "--triton-max-queue-delay-us",
+        str(BATCH_DELAY_US),
+    )
     _export("--triton-repo", str(repo), "--triton-backend", "python", "--name", "half", "--dtype", "float16")
     _export("--triton-repo", str(repo), "--name", "ortb")  # the default: onnxruntime backend
     shutil.copytree(repo / "small", repo / "tight")  # `small` with a work budget of TIGHT_BUDGET bytes
@@ -82,17 +104,19 @@ def live(tmp_path_factory):
     config = (repo / "broken" / "config.pbtxt").read_text().replace('name: "small"', 'name: "broken"')
     (repo / "broken" / "config.pbtxt").write_text(config.replace("dims: [ -1, 16 ]", "dims: [ ]", 1))
     for copy, verify in (("tampered", "true"), ("unverified", "false")):  # `small`, a golden output changed and
-        shutil.copytree(repo / "small", repo / copy)                      # re-signed: only the numbers can tell
+        shutil.copytree(repo / "small", repo / copy)  # re-signed: only the numbers can tell
         move_a_value(repo / copy / "1" / "test_data_set_2" / "output_0.pb")
         rehash(repo / copy / "1")
         config = (repo / copy / "config.pbtxt").read_text().replace('name: "small"', f'name: "{copy}"')
         written = 'key: "attn_onnx.verify" value: { string_value: "true" }'
         assert written in config
         (repo / copy / "config.pbtxt").write_text(config.replace(written, written.replace("true", verify)))
-    # --exit-on-error=false: up despite `ortb`, `broken` and `tampered`; --strict-readiness=false: ready means ready to serve
+    # --exit-on-error=false: up despite `ortb`, `broken` and `tampered`;
+    # --strict-readiness=false: ready means ready to serve
     # the models that loaded (with the default, one model that failed keeps /v2/health/ready at 400)
-    with servers.TritonServer(repo, "--exit-on-error=false", "--strict-readiness=false",
-                                    log_path=root / "tritonserver.log", root=DEPS) as server:
+    with servers.TritonServer(
+        repo, "--exit-on-error=false", "--strict-readiness=false", log_path=root / "tritonserver.log", root=DEPS
+    ) as server:
         server.repo, server.bundles = repo, bundles
         yield server
     assert server.process is None  # stopped
@@ -202,13 +226,16 @@ def _feeds(rng, batch=1, length=6, kv_len=6):
     x = rng.standard_normal((batch, length, 16), dtype=np.float32)
     kv = x if kv_len == length else rng.standard_normal((batch, kv_len, 16), dtype=np.float32)
     mask = np.ones((batch, length, kv_len), bool)
-    mask[:, :, kv_len * 2 // 3:] = False  # padding
+    mask[:, :, kv_len * 2 // 3 :] = False  # padding
     return {"query": x, "key": kv, "value": kv, "mask": mask}
 
 
 def _requests(stats: dict) -> tuple[int, int, int]:
-    return (stats["execution_count"], stats["inference_stats"]["success"]["count"],
-            stats["inference_stats"]["fail"]["count"])
+    return (
+        stats["execution_count"],
+        stats["inference_stats"]["success"]["count"],
+        stats["inference_stats"]["fail"]["count"],
+    )
 
 
 def test_dynamic_batching_runs_concurrent_requests_together(live, client_of):
@@ -264,11 +291,21 @@ def test_health_and_readiness(live, client_of):
     for client in (http, grpc):
         assert client.is_server_live() and client.is_server_ready()
         assert [client.is_model_ready(m) for m in ("small", "kv", "batched", "half", "ortb", "broken")] == [
-            True, True, True, True, False, False]
+            True,
+            True,
+            True,
+            True,
+            False,
+            False,
+        ]
     assert http.get_server_metadata()["version"] == "2.51.0"
     metadata = http.get_model_metadata("small")
     assert metadata["platform"] == "python" and [i["name"] for i in metadata["inputs"]] == [
-        "query", "key", "value", "mask"]
+        "query",
+        "key",
+        "value",
+        "mask",
+    ]
 
 
 def test_a_model_whose_golden_set_fails_here_is_not_ready_unless_verification_is_off(live, client_of):
@@ -283,15 +320,20 @@ def test_a_model_whose_golden_set_fails_here_is_not_ready_unless_verification_is
     index = live.index()
     runtime = f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
     assert index["tampered"]["state"] == "UNAVAILABLE" and index["unverified"]["state"] == "READY"
-    assert (f"tampered: golden set test_data_set_2 (b2.q6.kv6.masked_row) fails on {runtime}: output: max_abs=0.001 "
-            "beyond atol=1e-05, rtol=0.0001; not serving") in index["tampered"]["reason"]
+    assert (
+        f"tampered: golden set test_data_set_2 (b2.q6.kv6.masked_row) fails on {runtime}: output: max_abs=0.001 "
+        "beyond atol=1e-05, rtol=0.0001; not serving"
+    ) in index["tampered"]["reason"]
     client = client_of("http-binary").client
     assert not client.is_model_ready("tampered") and client.is_model_ready("unverified")
     log = live.log_path.read_text(errors="replace")
     assert "unverified: verification skipped (attn_onnx.verify is false): the bundle's golden sets were not run" in log
     for name, sets, steps in (("small", 5, 0), ("kv", 4, 4)):
-        found = re.search(rf"{name}: {sets} golden sets and {steps} decode steps passed on {re.escape(runtime)} "
-                          r"\(max_abs [0-9.e-]+\) in (\d+) ms", log)
+        found = re.search(
+            rf"{name}: {sets} golden sets and {steps} decode steps passed on {re.escape(runtime)} "
+            r"\(max_abs [0-9.e-]+\) in (\d+) ms",
+            log,
+        )
         assert found, f"no verification line for {name} in the log"
         print(f"{name}: verified in {found.group(1)} ms at start")
 
@@ -308,15 +350,19 @@ def test_onnxruntime_backend_model_is_unavailable_for_the_missing_backend_only(l
     ortb = (live.repo / "ortb" / "config.pbtxt").read_text()
     small = (live.repo / "small" / "config.pbtxt").read_text()
     spinning = 'parameters { key: "session.intra_op.allow_spinning" value: { string_value: "0" } }\n'
-    tail = small[small.index(spinning):]  # model.py's parameters (the session's, the dims contract, the budget)
+    tail = small[small.index(spinning) :]  # model.py's parameters (the session's, the dims contract, the budget)
     assert '"attn_onnx.dims"' in tail and '"max_request_bytes"' in tail  # the onnxruntime backend's config has none
-    assert ortb.replace('name: "ortb"', 'name: "small"').replace('backend: "onnxruntime"', 'backend: "python"') \
-        == small.removesuffix(tail)
+    assert ortb.replace('name: "ortb"', 'name: "small"').replace(
+        'backend: "onnxruntime"', 'backend: "python"'
+    ) == small.removesuffix(tail)
     served = client_of("http-binary").client.get_model_config("small")
     assert served["backend"] == "python" and served["max_batch_size"] == 8
     assert [(i["name"], i["data_type"], i["dims"]) for i in served["input"]] == [
-        ("query", "TYPE_FP32", [-1, 16]), ("key", "TYPE_FP32", [-1, 16]),
-        ("value", "TYPE_FP32", [-1, 16]), ("mask", "TYPE_BOOL", [-1, -1])]
+        ("query", "TYPE_FP32", [-1, 16]),
+        ("key", "TYPE_FP32", [-1, 16]),
+        ("value", "TYPE_FP32", [-1, 16]),
+        ("mask", "TYPE_BOOL", [-1, -1]),
+    ]
 
 
 def test_perf_analyzer_drives_the_server(live, tmp_path):
@@ -329,8 +375,9 @@ def test_perf_analyzer_drives_the_server(live, tmp_path):
     before = _requests(model_stats(live, "small"))
     for target in ("triton-http", "triton-grpc"):
         url = live.grpc if target == "triton-grpc" else live.http
-        row = serve.perf_analyzer(url, serve.TARGETS[target], data, 2, 1, tmp_path / "row.csv", request_count=20,
-                                  model="small")
+        row = serve.perf_analyzer(
+            url, serve.TARGETS[target], data, 2, 1, tmp_path / "row.csv", request_count=20, model="small"
+        )
         assert float(row["Inferences/Second"]) > 0 and float(row["p50 latency"]) > 0
     executions, success, fail = np.subtract(_requests(model_stats(live, "small")), before)
     assert (success, fail) == (40, 0)
@@ -363,22 +410,32 @@ def test_a_port_taken_before_the_server_binds_it_is_chosen_again(tmp_path, monke
 
 
 @pytest.mark.parametrize("kind", CLIENTS)
-@pytest.mark.parametrize("shapes, message", [
-    # issue 27: a mask of one key for 4 keys used to be broadcast over the keys and answered with a 200
-    ({"query": (2, 3), "key": (2, 4), "mask": (2, 3, 1)},
-     "input 'mask' dim 2 (kv_len) is 1, but input 'key' dim 1 (kv_len) is 4"),
-    # issue 27: keys of batch 1 under a query of batch 2 were reshaped into two 2-key sequences, a 200 too; with
-    # batching (max_batch_size > 0) the batch dim is Triton's, and Triton refuses it before model.py sees it
-    ({"query": (2, 3), "key": (1, 4), "mask": (2, 1, 2)}, "input 'value' batch size does not match other inputs"),
-    ({"query": (2, 3), "key": (2, 4), "mask": (2, 2, 4)},
-     "input 'mask' dim 1 (mask_q_len) is 2, but input 'query' dim 1 (q_len) is 3 (mask_q_len is q_len or 1)"),
-], ids=["mask-kv-1", "key-batch-1", "mask-rows-2"])
+@pytest.mark.parametrize(
+    "shapes, message",
+    [
+        # issue 27: a mask of one key for 4 keys used to be broadcast over the keys and answered with a 200
+        (
+            {"query": (2, 3), "key": (2, 4), "mask": (2, 3, 1)},
+            "input 'mask' dim 2 (kv_len) is 1, but input 'key' dim 1 (kv_len) is 4",
+        ),
+        # issue 27: keys of batch 1 under a query of batch 2 were reshaped into two 2-key sequences, a 200 too; with
+        # batching (max_batch_size > 0) the batch dim is Triton's, and Triton refuses it before model.py sees it
+        ({"query": (2, 3), "key": (1, 4), "mask": (2, 1, 2)}, "input 'value' batch size does not match other inputs"),
+        (
+            {"query": (2, 3), "key": (2, 4), "mask": (2, 2, 4)},
+            "input 'mask' dim 1 (mask_q_len) is 2, but input 'query' dim 1 (q_len) is 3 (mask_q_len is q_len or 1)",
+        ),
+    ],
+    ids=["mask-kv-1", "key-batch-1", "mask-rows-2"],
+)
 def test_inputs_that_disagree_get_400_naming_both_inputs_and_the_dim(live, client_of, kind, shapes, message):
     rng = np.random.default_rng(11)
-    feeds = {"query": rng.standard_normal((*shapes["query"], 16), dtype=np.float32),
-             "key": rng.standard_normal((*shapes["key"], 16), dtype=np.float32),
-             "value": rng.standard_normal((*shapes["key"], 16), dtype=np.float32),
-             "mask": np.zeros(shapes["mask"], bool)}
+    feeds = {
+        "query": rng.standard_normal((*shapes["query"], 16), dtype=np.float32),
+        "key": rng.standard_normal((*shapes["key"], 16), dtype=np.float32),
+        "value": rng.standard_normal((*shapes["key"], 16), dtype=np.float32),
+        "mask": np.zeros(shapes["mask"], bool),
+    }
     with pytest.raises(InferenceServerException) as caught:
         client_of(kind).infer("small", feeds, ["output"])
     assert message in caught.value.message()

@@ -20,8 +20,8 @@ from tests.deploy.tamper import change_a_weight, move_a_value, rehash
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is a test extra")
 
-from google.protobuf import json_format, text_format  # noqa: E402
-from tritonclient.grpc import model_config_pb2  # noqa: E402
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
 
 
 class TritonError:
@@ -68,8 +68,10 @@ def _pb_utils():
 def repo(tmp_path_factory):
     folder = tmp_path_factory.mktemp("python-backend")
     for name, args in {"mha": [], "probs": ["--attn-probs"], "kv": ["--kv-cache"]}.items():
-        result = CliRunner().invoke(export, [*SMALL, *args, "--triton-repo", str(folder), "--triton-backend",
-                                             "python", "--name", name, "--no-check"])
+        result = CliRunner().invoke(
+            export,
+            [*SMALL, *args, "--triton-repo", str(folder), "--triton-backend", "python", "--name", name, "--no-check"],
+        )
         assert result.exit_code == 0, result.output
     return folder
 
@@ -96,10 +98,17 @@ def _args(repo, name, kind="CPU", parameters="", budget=None, verify=None):
         written = f'key: "max_request_bytes" value: {{ string_value: "{1 << 30}" }}'
         assert written in text
         text = text.replace(written, f'key: "max_request_bytes" value: {{ string_value: "{budget}" }}')
-    config = json_format.MessageToDict(text_format.Parse(text, model_config_pb2.ModelConfig()),
-                                       preserving_proto_field_name=True)
-    return {"model_config": json.dumps(config), "model_instance_kind": kind, "model_instance_device_id": "0",
-            "model_repository": str(repo / name), "model_version": "1", "model_name": name}
+    config = json_format.MessageToDict(
+        text_format.Parse(text, model_config_pb2.ModelConfig()), preserving_proto_field_name=True
+    )
+    return {
+        "model_config": json.dumps(config),
+        "model_instance_kind": kind,
+        "model_instance_device_id": "0",
+        "model_repository": str(repo / name),
+        "model_version": "1",
+        "model_name": name,
+    }
 
 
 class Counting:
@@ -114,11 +123,13 @@ class Counting:
 
 
 def _feeds(rng, batch, q_len, kv_len, mask_batch=None, mask_rows=None):
-    feeds = {"query": rng.standard_normal((batch, q_len, 16), dtype=np.float32),
-             "key": rng.standard_normal((batch, kv_len, 16), dtype=np.float32),
-             "value": rng.standard_normal((batch, kv_len, 16), dtype=np.float32),
-             "mask": np.ones((mask_batch or batch, mask_rows or q_len, kv_len), bool)}
-    feeds["mask"][..., kv_len // 2:] = False
+    feeds = {
+        "query": rng.standard_normal((batch, q_len, 16), dtype=np.float32),
+        "key": rng.standard_normal((batch, kv_len, 16), dtype=np.float32),
+        "value": rng.standard_normal((batch, kv_len, 16), dtype=np.float32),
+        "mask": np.ones((mask_batch or batch, mask_rows or q_len, kv_len), bool),
+    }
+    feeds["mask"][..., kv_len // 2 :] = False
     return feeds
 
 
@@ -132,7 +143,8 @@ def test_the_written_model_py_is_the_template(repo):
     from importlib.resources import files
 
     assert (repo / "mha" / "1" / "model.py").read_text() == files("attn_onnx.deploy").joinpath(
-        "triton_python_model.py").read_text()
+        "triton_python_model.py"
+    ).read_text()
 
 
 def test_requests_of_one_shape_run_as_one_batch_and_get_their_own_answers(model_py, repo):
@@ -140,8 +152,14 @@ def test_requests_of_one_shape_run_as_one_batch_and_get_their_own_answers(model_
     alone = ort.InferenceSession(str(repo / "mha" / "1" / "model.onnx"))
     model.session = counting = Counting(model.session)
     rng = np.random.default_rng(0)
-    feeds = [_feeds(rng, 1, 5, 7), _feeds(rng, 2, 5, 7), _feeds(rng, 1, 3, 4), _feeds(rng, 1, 5, 7),
-             _feeds(rng, 1, 5, 7, mask_rows=1), _feeds(rng, 2, 5, 7, mask_batch=1)]
+    feeds = [
+        _feeds(rng, 1, 5, 7),
+        _feeds(rng, 2, 5, 7),
+        _feeds(rng, 1, 3, 4),
+        _feeds(rng, 1, 5, 7),
+        _feeds(rng, 1, 5, 7, mask_rows=1),
+        _feeds(rng, 2, 5, 7, mask_batch=1),
+    ]
     responses = model.execute([Request(f) for f in feeds])
     # (5,7) with a full mask: 1+2+1 in one run; (3,4) and the (batch, 1, kv_len) mask each in a run of their
     # own; the mask of batch 1 for a query of 2 is refused by the dims contract before anything runs
@@ -197,9 +215,16 @@ def test_a_gpu_instance_runs_on_cuda_or_says_what_there_is(model_py, repo):
 
 
 def test_session_options_come_from_the_config_parameters(model_py):
-    options = model_py.session_options({"parameters": {
-        "intra_op_thread_count": {"string_value": "3"}, "inter_op_thread_count": {"string_value": "2"},
-        "session.intra_op.allow_spinning": {"string_value": "0"}, "unrelated": {"string_value": "x"}}})
+    options = model_py.session_options(
+        {
+            "parameters": {
+                "intra_op_thread_count": {"string_value": "3"},
+                "inter_op_thread_count": {"string_value": "2"},
+                "session.intra_op.allow_spinning": {"string_value": "0"},
+                "unrelated": {"string_value": "x"},
+            }
+        }
+    )
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 2)  # neither is a default
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
@@ -225,23 +250,34 @@ def test_the_config_carries_the_dims_contract_and_the_budget(repo):
     assert parameters["max_request_bytes"]["string_value"] == str(1 << 30)
 
 
-@pytest.mark.parametrize("shapes, message", [
-    # a mask of one key for 4 keys: broadcast over the keys, the padding never applied (a 200 with wrong numbers)
-    ({"query": (2, 3), "key": (2, 4), "mask": (2, 3, 1)},
-     "input 'mask' dim 2 (kv_len) is 1, but input 'key' dim 1 (kv_len) is 4"),
-    # keys of batch 1 under a query of batch 2, a mask of 2 keys: the graph split one 4-key sequence in two
-    ({"query": (2, 3), "key": (1, 4), "mask": (2, 1, 2)},
-     "input 'key' dim 0 (batch) is 1, but input 'query' dim 0 (batch) is 2"),
-    ({"query": (2, 3), "key": (2, 4), "mask": (2, 2, 4)},
-     "input 'mask' dim 1 (mask_q_len) is 2, but input 'query' dim 1 (q_len) is 3 (mask_q_len is q_len or 1)"),
-])
+@pytest.mark.parametrize(
+    "shapes, message",
+    [
+        # a mask of one key for 4 keys: broadcast over the keys, the padding never applied (a 200 with wrong numbers)
+        (
+            {"query": (2, 3), "key": (2, 4), "mask": (2, 3, 1)},
+            "input 'mask' dim 2 (kv_len) is 1, but input 'key' dim 1 (kv_len) is 4",
+        ),
+        # keys of batch 1 under a query of batch 2, a mask of 2 keys: the graph split one 4-key sequence in two
+        (
+            {"query": (2, 3), "key": (1, 4), "mask": (2, 1, 2)},
+            "input 'key' dim 0 (batch) is 1, but input 'query' dim 0 (batch) is 2",
+        ),
+        (
+            {"query": (2, 3), "key": (2, 4), "mask": (2, 2, 4)},
+            "input 'mask' dim 1 (mask_q_len) is 2, but input 'query' dim 1 (q_len) is 3 (mask_q_len is q_len or 1)",
+        ),
+    ],
+)
 def test_a_request_whose_inputs_disagree_is_refused_and_the_others_answered(model_py, repo, shapes, message):
     model = _model(model_py, repo)
     rng = np.random.default_rng(3)
-    bad = {"query": rng.standard_normal((*shapes["query"], 16), dtype=np.float32),
-           "key": rng.standard_normal((*shapes["key"], 16), dtype=np.float32),
-           "value": rng.standard_normal((*shapes["key"], 16), dtype=np.float32),
-           "mask": np.zeros(shapes["mask"], bool)}
+    bad = {
+        "query": rng.standard_normal((*shapes["query"], 16), dtype=np.float32),
+        "key": rng.standard_normal((*shapes["key"], 16), dtype=np.float32),
+        "value": rng.standard_normal((*shapes["key"], 16), dtype=np.float32),
+        "mask": np.zeros(shapes["mask"], bool),
+    }
     good = _feeds(rng, 2, 3, 4)
     responses = model.execute([Request(good), Request(bad), Request(good)])
     assert responses[1].error.message == message and responses[1].error.code == "INVALID_ARG"
@@ -261,7 +297,8 @@ def test_a_request_past_the_work_budget_is_refused_naming_the_estimate_and_the_b
     assert responses[0].error is None
     assert responses[1].error.code == "INVALID_ARG"
     assert f"{estimate} bytes" in responses[1].error.message and f"budget of {estimate - 1} bytes" in (
-        responses[1].error.message)
+        responses[1].error.message
+    )
     assert _model(model_py, repo, budget=estimate).execute([Request(large)])[0].error is None
     assert _model(model_py, repo).max_request_bytes == 1 << 30  # the written default: 1 GiB
 
@@ -274,17 +311,21 @@ def test_the_template_s_checker_is_the_package_s(model_py):
     from attn_onnx.exporter.kinds.dims import contract_problem
     from attn_onnx.exporter.spec import ExportSpec
 
-    specs = [ExportSpec(heads=2, embedding_dim=16), ExportSpec(module="attention", heads=2, embedding_dim=16),
-             ExportSpec(module="mha-self", heads=2, embedding_dim=16),
-             ExportSpec(module="mha-cache", heads=2, embedding_dim=16, mask="input")]
+    specs = [
+        ExportSpec(heads=2, embedding_dim=16),
+        ExportSpec(module="attention", heads=2, embedding_dim=16),
+        ExportSpec(module="mha-self", heads=2, embedding_dim=16),
+        ExportSpec(module="mha-cache", heads=2, embedding_dim=16, mask="input"),
+    ]
     checked = 0
     for spec in specs:
         contract = json.loads(json.dumps(spec.kind.dims_contract(spec)))
         for sizes in itertools.product((1, 2, 3), repeat=3):  # every named dim of each input from a small set
             b, q, k = sizes
             value = {"batch": b, "q_len": q, "kv_len": k, "past_len": k, "mask_q_len": 1, "total_len": k + q}
-            shapes = {name: [value[d] if isinstance(d, str) else d for d in dims]
-                      for name, dims in contract["inputs"].items()}
+            shapes = {
+                name: [value[d] if isinstance(d, str) else d for d in dims] for name, dims in contract["inputs"].items()
+            }
             for name in shapes:  # each input with each axis off by one, too
                 for axis in range(len(shapes[name])):
                     wrong = {**shapes, name: [n + (i == axis) for i, n in enumerate(shapes[name])]}
@@ -299,16 +340,20 @@ def test_the_estimate_reads_a_cache_step_s_keys_and_the_mask_module_s_size(model
 
     spec = ExportSpec(module="mha-cache", heads=2, embedding_dim=16, mask="causal", causal_align="bottom-right")
     contract = json.loads(json.dumps(spec.kind.dims_contract(spec)))
-    feeds = {**{n: np.zeros((3, 2, 16), np.float32) for n in ("query", "key", "value")},
-             **{n: np.zeros((3, 2, 7, 8), np.float32) for n in ("past_key", "past_value")}}
+    feeds = {
+        **{n: np.zeros((3, 2, 16), np.float32) for n in ("query", "key", "value")},
+        **{n: np.zeros((3, 2, 7, 8), np.float32) for n in ("past_key", "past_value")},
+    }
     total = 7 + 2  # total_len = past_len + q_len: the keys, and the presents' length
     assert model_py.estimated_bytes(contract, feeds) == 4 * (
-        2 * 3 * 2 * 2 * total + 3 * 2 * 16 * 3 + 3 * 2 * 7 * 8 * 2 + 3 * 2 * 16 + 3 * 2 * total * 8 * 2)
+        2 * 3 * 2 * 2 * total + 3 * 2 * 16 * 3 + 3 * 2 * 7 * 8 * 2 + 3 * 2 * 16 + 3 * 2 * total * 8 * 2
+    )
     spec = ExportSpec(module="mask")
     contract = json.loads(json.dumps(spec.kind.dims_contract(spec)))
     assert model_py.estimated_bytes(contract, {"size": np.array(20000, np.int64)}) == 4 * (1 + 20000 * 20000)
     assert "past the model's budget of 1073741824 bytes" in model_py.request_problem(
-        contract, 1 << 30, {"size": np.array(20000, np.int64)})
+        contract, 1 << 30, {"size": np.array(20000, np.int64)}
+    )
 
 
 # --- verified before serving: the version folder is a bundle, and initialize runs its golden sets -------------------
@@ -327,6 +372,7 @@ def _moved(relative):
     def change(version):
         move_a_value(version / relative)
         rehash(version)
+
     return change
 
 
@@ -335,6 +381,7 @@ def _needs(release):
         manifest = json.loads((version / "manifest.json").read_text())
         manifest["model"]["min_onnxruntime"] = release
         (version / "manifest.json").write_text(json.dumps(manifest))
+
     return change
 
 
@@ -349,18 +396,34 @@ def test_initialize_runs_every_golden_set_and_decode_step_and_logs_the_cost(mode
     assert len(manifest["test_data_sets"]) == sets and len(manifest.get("decode", {}).get("steps", [])) == steps
 
 
-@pytest.mark.parametrize("name, change, words", [
-    ("mha", _moved("test_data_set_2/output_0.pb"), f"golden set test_data_set_2 (b2.q6.kv6.masked_row) fails on {RUNTIME}: "
-                                                   "output: max_abs=0.001 beyond atol="),
-    ("kv", _moved("decode/step_2/output_1.pb"), f"golden set decode/step_2 (1 new, past 5) fails on {RUNTIME}: "
-                                                "present_key: max_abs=0.001 beyond"),
-    ("mha", change_a_weight,
-     f"golden set test_data_set_0 (b1.q5.kv5.ones) fails on {RUNTIME}: output: max_abs="),
-    ("mha", lambda version: move_a_value(version / "test_data_set_0" / "input_0.pb"),
-     "the bundle was changed after it was written: test_data_set_0/input_0.pb (sha256 "),
-    ("mha", _needs("99.1.0"), f"the bundle needs onnxruntime >= 99.1.0 (its manifest's min_onnxruntime); this server "
-                              f"runs onnxruntime {ort.__version__}"),
-], ids=["changed-and-re-signed-output", "changed-decode-step", "changed-weights", "changed-unsigned", "newer-runtime"])
+@pytest.mark.parametrize(
+    "name, change, words",
+    [
+        (
+            "mha",
+            _moved("test_data_set_2/output_0.pb"),
+            f"golden set test_data_set_2 (b2.q6.kv6.masked_row) fails on {RUNTIME}: output: max_abs=0.001 beyond atol=",
+        ),
+        (
+            "kv",
+            _moved("decode/step_2/output_1.pb"),
+            f"golden set decode/step_2 (1 new, past 5) fails on {RUNTIME}: present_key: max_abs=0.001 beyond",
+        ),
+        ("mha", change_a_weight, f"golden set test_data_set_0 (b1.q5.kv5.ones) fails on {RUNTIME}: output: max_abs="),
+        (
+            "mha",
+            lambda version: move_a_value(version / "test_data_set_0" / "input_0.pb"),
+            "the bundle was changed after it was written: test_data_set_0/input_0.pb (sha256 ",
+        ),
+        (
+            "mha",
+            _needs("99.1.0"),
+            f"the bundle needs onnxruntime >= 99.1.0 (its manifest's min_onnxruntime); this server "
+            f"runs onnxruntime {ort.__version__}",
+        ),
+    ],
+    ids=["changed-and-re-signed-output", "changed-decode-step", "changed-weights", "changed-unsigned", "newer-runtime"],
+)
 def test_a_bundle_that_fails_here_is_not_served(model_py, repo, tmp_path, name, change, words):
     """A vector changed and re-signed (only the numbers can tell), the weights changed, a file changed without
     re-signing, a min_onnxruntime above this runtime: initialize raises (Triton marks the model not ready)."""

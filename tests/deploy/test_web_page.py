@@ -24,8 +24,10 @@ from tests.deploy.tamper import change_a_weight, copy_of, flip_a_byte, move_a_va
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "examples" / "web"
 NODE, CHROMIUM = shutil.which("node"), shutil.which("chromium")
-needs_node = pytest.mark.skipif(NODE is None or not (WEB_DIR / "node_modules" / "onnxruntime-web").is_dir(),
-                                reason="node or onnxruntime-web is absent: run scripts/setup/web.sh")
+needs_node = pytest.mark.skipif(
+    NODE is None or not (WEB_DIR / "node_modules" / "onnxruntime-web").is_dir(),
+    reason="node or onnxruntime-web is absent: run scripts/setup/web.sh",
+)
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed: run scripts/setup/web.sh")
 VIRIDIS_YELLOW, BAR_BLUE = (253, 231, 37), (31, 119, 180)  # examples/web/lib/draw.mjs: a 1 in the mask, a bar
 
@@ -34,8 +36,13 @@ VIRIDIS_YELLOW, BAR_BLUE = (253, 231, 37), (31, 119, 180)  # examples/web/lib/dr
 def served(bundle: Path, results: Path, option: str = "--bundle"):
     """serve.js on a free port for `bundle` (a corpus folder with option="--corpus"), writing what the page posts to
     `results`; stopped by its PID."""
-    process = subprocess.Popen([NODE, "serve.js", option, str(bundle), "--results", str(results)], cwd=WEB_DIR,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [NODE, "serve.js", option, str(bundle), "--results", str(results)],
+        cwd=WEB_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         ready, _, _ = select.select([process.stdout], [], [], 15)
         line = process.stdout.readline() if ready else ""
@@ -47,16 +54,29 @@ def served(bundle: Path, results: Path, option: str = "--bundle"):
         process.wait(timeout=10)
 
 
-def open_page(bundle: Path, folder: Path, option: str = "--bundle", query: str = "", timeout: int = 180,
-              budget_ms: int = 60000) -> tuple[dict, Path]:
+def open_page(
+    bundle: Path, folder: Path, option: str = "--bundle", query: str = "", timeout: int = 180, budget_ms: int = 60000
+) -> tuple[dict, Path]:
     """The results the page posts for `bundle` (served with `option`, the page opened with `query`), and its
     screenshot."""
     results, screenshot = folder / "results.json", folder / "page.png"
     with served(bundle, results, option) as url:
-        browser = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                                  f"--user-data-dir={folder / 'profile'}", "--window-size=1100,900",
-                                  f"--virtual-time-budget={budget_ms}", f"--screenshot={screenshot}",
-                                  url + query], capture_output=True, text=True, timeout=timeout)
+        browser = subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--user-data-dir={folder / 'profile'}",
+                "--window-size=1100,900",
+                f"--virtual-time-budget={budget_ms}",
+                f"--screenshot={screenshot}",
+                url + query,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         for _ in range(100):  # the post may land just after the screenshot: up to 10 s more
             if results.exists():
                 break
@@ -79,21 +99,24 @@ def set_lines(results: dict) -> list[str]:
 
 @needs_node
 @needs_browser
-@pytest.mark.parametrize("args, colour", [(("--attn-probs",), VIRIDIS_YELLOW), (("--kv-cache",), BAR_BLUE)],
-                         ids=["attn-probs", "kv-cache"])
+@pytest.mark.parametrize(
+    "args, colour", [(("--attn-probs",), VIRIDIS_YELLOW), (("--kv-cache",), BAR_BLUE)], ids=["attn-probs", "kv-cache"]
+)
 def test_the_page_passes_every_set_and_decode_step_and_draws_them(bundle_of, tmp_path, args, colour):
     bundle = bundle_of(*args)
     manifest = read_manifest(bundle)
     results, screenshot = open_page(bundle, tmp_path)
     steps = manifest.get("decode", {}).get("steps", [])
-    labels = [f"{s['folder']} ({s['case']})" for s in manifest["test_data_sets"]] + \
-             [f"{s['folder']} ({s['new_tokens']} new, past {s['past_len']})" for s in steps]
+    labels = [f"{s['folder']} ({s['case']})" for s in manifest["test_data_sets"]] + [
+        f"{s['folder']} ({s['new_tokens']} new, past {s['past_len']})" for s in steps
+    ]
     assert results["error"] is None, results
     assert (results["passed"], results["failed"]) == (len(labels), 0)
     assert [s["label"] for s in results["sets"]] == labels and all(s["passed"] for s in results["sets"])
     assert all(0 <= s["max_abs"] <= manifest["tolerance"]["atol"] for s in results["sets"])
     assert [re.sub(r"max_abs=\S+", "max_abs=X", line) for line in set_lines(results)] == [
-        f"PASSED | onnxruntime-web | {label} | max_abs=X" for label in labels]  # verify.js's line format
+        f"PASSED | onnxruntime-web | {label} | max_abs=X" for label in labels
+    ]  # verify.js's line format
     assert results["lines"][-1] == f"{len(labels)} passed, 0 failed"
     assert results["version"] == "1.30.0" and results["backend"] == "wasm"
     assert results["cross_origin_isolated"] is True  # COOP and COEP: WASM threads are possible
@@ -108,9 +131,11 @@ def test_tampered_files_are_named_and_nothing_runs(bundle, tmp_path):
     flip_a_byte(copy / "model.onnx")
     flip_a_byte(copy / "test_data_set_2" / "output_0.pb")
     results, _ = open_page(copy, tmp_path)
-    assert re.fullmatch(r"the bundle was changed after it was written: model\.onnx \(sha256 [0-9a-f]{12}\.\.\., the "
-                        r"manifest says [0-9a-f]{12}\.\.\.\); test_data_set_2/output_0\.pb \(sha256 .*\)",
-                        results["error"]), results["error"]
+    assert re.fullmatch(
+        r"the bundle was changed after it was written: model\.onnx \(sha256 [0-9a-f]{12}\.\.\., the "
+        r"manifest says [0-9a-f]{12}\.\.\.\); test_data_set_2/output_0\.pb \(sha256 .*\)",
+        results["error"],
+    ), results["error"]
     assert results["passed"] == 0 and not set_lines(results)
     assert results["lines"][-1] == f"Error: {results['error']}"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import onnx
 
+from attn_onnx.deploy.triton import TRITON_TYPES
 from attn_onnx.errors import InterfaceError
 from attn_onnx.vocab import TRITON_BACKENDS
-from attn_onnx.deploy.triton import TRITON_TYPES
 
 
 def check_config(text: str, proto: onnx.ModelProto) -> None:
@@ -25,8 +25,10 @@ def check_config(text: str, proto: onnx.ModelProto) -> None:
         problems.append(f"backend is {config.backend!r}, not 'onnxruntime' or 'python'")
     batch = config.max_batch_size > 0
     initializers = {i.name for i in proto.graph.initializer}
-    model_io = {"input": [v for v in proto.graph.input if v.name not in initializers],
-                "output": list(proto.graph.output)}
+    model_io = {
+        "input": [v for v in proto.graph.input if v.name not in initializers],
+        "output": list(proto.graph.output),
+    }
     for kind, declared in (("input", config.input), ("output", config.output)):
         values = {v.name: v for v in model_io[kind]}
         names = [t.name for t in declared]

@@ -17,7 +17,6 @@ from attn_onnx.models.attention import mask_fill
 from attn_onnx.runtime_check.cases import Sweep
 from attn_onnx.runtime_check.check import CheckConfig, check_model
 from attn_onnx.runtime_check.compare import PROFILES
-
 from tests.exporter.refusals import assert_refused
 from tests.exporter.test_variants import large_feeds, seed_output, variant_fields
 
@@ -69,7 +68,8 @@ def test_runtime_check_passes_at_each_dtype_in_every_variant(exported, dtype, va
         assert "onnx-reference" in runners
         assert [s.reason for s in report.skipped if s.runner == "onnxruntime/cpu"] == [
             "onnxruntime's CPUExecutionProvider cannot run this model: it has no kernel for MatMul(13) at this "
-            "model's dtype"]
+            "model's dtype"
+        ]
     # the profile's margin: the worst error sits well inside it (a regression that doubles it still shows)
     for result in report.results:
         profile = report.tolerances[result.runner][1]
@@ -108,13 +108,18 @@ def test_moved_weights_fail_the_dtype_profile(exported, dtype, factor):
     assert report.results and len(failed) >= 0.9 * len(report.results)  # a fully-masked case's mean may slip
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--dtype", "bfloat16", "--attention-impl", "ort-mha"], "--attention-impl ort-mha takes --dtype "
-     "float32/float16, not bfloat16"),
-    (["--dtype", "float16", "--kv-cache"], "--dtype float16 does not apply to --kv-cache: it takes float32"),
-    (["--dtype", "float16", "--module", "mask"], "--dtype does not apply to --module mask"),
-    (["--dtype", "float64"], "'float64' is not one of"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--dtype", "bfloat16", "--attention-impl", "ort-mha"],
+            "--attention-impl ort-mha takes --dtype float32/float16, not bfloat16",
+        ),
+        (["--dtype", "float16", "--kv-cache"], "--dtype float16 does not apply to --kv-cache: it takes float32"),
+        (["--dtype", "float16", "--module", "mask"], "--dtype does not apply to --module mask"),
+        (["--dtype", "float64"], "'float64' is not one of"),
+    ],
+)
 def test_refusals(tmp_path, args, message):
     assert_refused(tmp_path, args, message)
 

@@ -36,8 +36,11 @@ def make_mask(kind, dtype):
 
 def mha_inputs(width=512):
     gen = torch.Generator().manual_seed(1)
-    return torch.randn(B, Q, width, generator=gen), torch.randn(B, KV, width, generator=gen), \
-        torch.randn(B, KV, width, generator=gen)
+    return (
+        torch.randn(B, Q, width, generator=gen),
+        torch.randn(B, KV, width, generator=gen),
+        torch.randn(B, KV, width, generator=gen),
+    )
 
 
 def golden(module, q, k, v, mask):
@@ -83,8 +86,7 @@ def test_mha_attn_probs_output_with_mask_input(exported):
     path, spec, module = exported(attn_probs=True)
     q, k, v = mha_inputs()
     mask = make_mask("padding", "bool")
-    out, probs = session(path).run(None, {"query": q.numpy(), "key": k.numpy(), "value": v.numpy(),
-                                          "mask": mask})
+    out, probs = session(path).run(None, {"query": q.numpy(), "key": k.numpy(), "value": v.numpy(), "mask": mask})
     expected, expected_probs = golden(module, q, k, v, mask)
     assert probs.shape == (B, 8, Q, KV)
     np.testing.assert_allclose(probs, expected_probs, atol=ATOL, rtol=0)
@@ -104,8 +106,9 @@ def test_attention_module_both_outputs(exported, mask_mode):
     elif mask_mode == "causal":
         mask = torch.tril(torch.ones(Q, KV))[None, None]
     out, probs = session(path).run(None, feeds)
-    expected, expected_probs = attention(q.double(), k.double(), v.double(),
-                                         mask=None if mask is None else torch.as_tensor(mask))
+    expected, expected_probs = attention(
+        q.double(), k.double(), v.double(), mask=None if mask is None else torch.as_tensor(mask)
+    )
     np.testing.assert_allclose(out, expected.numpy(), atol=ATOL, rtol=0)
     np.testing.assert_allclose(probs, expected_probs.numpy(), atol=ATOL, rtol=0)
 
@@ -124,11 +127,17 @@ def test_model_is_one_self_contained_checked_file_with_named_dims(exported):
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in [*model.graph.input, *model.graph.output]}
-    assert dims == {"query": ["batch", "q_len", 512], "key": ["batch", "kv_len", 512],
-                    "value": ["batch", "kv_len", 512], "mask": ["batch", "mask_q_len", "kv_len"],
-                    "output": ["batch", "q_len", 512]}
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*model.graph.input, *model.graph.output]
+    }
+    assert dims == {
+        "query": ["batch", "q_len", 512],
+        "key": ["batch", "kv_len", 512],
+        "value": ["batch", "kv_len", 512],
+        "mask": ["batch", "mask_q_len", "kv_len"],
+        "output": ["batch", "q_len", 512],
+    }
     assert {o.domain: o.version for o in model.opset_import}[""] == 18
 
 
@@ -141,8 +150,9 @@ def test_metadata_describes_the_model_and_round_trips(exported):
     assert props[METADATA_PREFIX + "mask_convention"] == "nonzero = attend; 0 = masked, filled with -1e9"
     assert props[METADATA_PREFIX + "producer.torch"] == torch.__version__
     assert props[METADATA_PREFIX + "weights_source"] == "random (seed=0)"
-    assert set(json.loads(props[METADATA_PREFIX + "weights"])) == {f"linears.{i}.{p}" for i in range(4)
-                                                                    for p in ("weight", "bias")}
+    assert set(json.loads(props[METADATA_PREFIX + "weights"])) == {
+        f"linears.{i}.{p}" for i in range(4) for p in ("weight", "bias")
+    }
     assert ModelSpec.from_metadata(props) == spec
 
 
@@ -164,8 +174,9 @@ def test_random_weights_differ_between_projections_and_map_one_to_one(exported):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batch=st.integers(1, 4), q_len=st.integers(1, 20), kv_len=st.integers(1, 20), padding=st.booleans(),
-       data=st.data())
+@given(
+    batch=st.integers(1, 4), q_len=st.integers(1, 20), kv_len=st.integers(1, 20), padding=st.booleans(), data=st.data()
+)
 def test_any_shape_and_mask_matches_float64(small_mha, batch, q_len, kv_len, padding, data):
     path, _, module = small_mha
     rows = 1 if padding else q_len

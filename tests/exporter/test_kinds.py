@@ -9,15 +9,27 @@ from attn_onnx.exporter.export import example_inputs
 from attn_onnx.exporter.kinds import KINDS
 from attn_onnx.exporter.spec import MASK_DTYPES, MASK_MODES, ExportSpec, ModelSpec
 
-SPECS = [ExportSpec(module=m, heads=2, embedding_dim=16, mask=mask, mask_dtype=dtype, attn_probs=probs)
-         for m in ("mha", "attention") for mask in MASK_MODES for dtype in MASK_DTYPES for probs in (False, True)
-         if (mask == "input" or dtype == "bool") and (m == "mha" or not probs)] + [ExportSpec(module="mask")] + [
-    ExportSpec(module="mha-cache", heads=2, embedding_dim=16, mask="causal", causal_align="bottom-right"),
-    ExportSpec(module="mha-cache", heads=2, embedding_dim=16, mask="input", mask_dtype="int64"),
-    ExportSpec(module="mha-self", heads=2, embedding_dim=16, mask="input", mask_dtype="uint8"),
-    ExportSpec(module="mha-self", heads=2, embedding_dim=16, mask="causal", causal_align="bottom-right")] + [
-    ExportSpec(module=m, heads=2, embedding_dim=16, mask="causal", causal_align="bottom-right")
-    for m in ("mha", "attention")]
+SPECS = (
+    [
+        ExportSpec(module=m, heads=2, embedding_dim=16, mask=mask, mask_dtype=dtype, attn_probs=probs)
+        for m in ("mha", "attention")
+        for mask in MASK_MODES
+        for dtype in MASK_DTYPES
+        for probs in (False, True)
+        if (mask == "input" or dtype == "bool") and (m == "mha" or not probs)
+    ]
+    + [ExportSpec(module="mask")]
+    + [
+        ExportSpec(module="mha-cache", heads=2, embedding_dim=16, mask="causal", causal_align="bottom-right"),
+        ExportSpec(module="mha-cache", heads=2, embedding_dim=16, mask="input", mask_dtype="int64"),
+        ExportSpec(module="mha-self", heads=2, embedding_dim=16, mask="input", mask_dtype="uint8"),
+        ExportSpec(module="mha-self", heads=2, embedding_dim=16, mask="causal", causal_align="bottom-right"),
+    ]
+    + [
+        ExportSpec(module=m, heads=2, embedding_dim=16, mask="causal", causal_align="bottom-right")
+        for m in ("mha", "attention")
+    ]
+)
 IDS = [f"{s.module}-{s.mask}-{s.mask_dtype}{'-probs' if s.attn_probs else ''}-{s.causal_align}" for s in SPECS]
 
 
@@ -95,8 +107,9 @@ def test_every_dim_has_a_rule_and_the_example_keeps_the_contract(spec):
     from attn_onnx.exporter.kinds.base import dims_problem
 
     contract = spec.kind.dims_contract(spec)
-    names = {d for dims in (*contract["inputs"].values(), *contract["outputs"].values()) for d in dims
-             if isinstance(d, str)}
+    names = {
+        d for dims in (*contract["inputs"].values(), *contract["outputs"].values()) for d in dims if isinstance(d, str)
+    }
     assert set(contract["dims"]) == names
     for rule in contract["dims"].values():
         assert rule["description"] and set(rule) <= {"description", "is", "or_one", "sum"}
@@ -104,22 +117,34 @@ def test_every_dim_has_a_rule_and_the_example_keeps_the_contract(spec):
     assert dims_problem(spec, {n: t.shape for n, t in zip(spec.input_names, example_inputs(spec))}) is None
 
 
-@pytest.mark.parametrize("shapes, message", [
-    # issue 27: a mask of one key broadcast over 4 keys (the padding never applied)
-    (_mha_shapes(mask=(2, 3, 1)), "input 'mask' dim 2 (kv_len) is 1, but input 'key' dim 1 (kv_len) is 4"),
-    # issue 27: keys of batch 1 under a query of batch 2, mask (2, 1, 2): one 4-key sequence read as two of 2
-    (_mha_shapes(key=(1, 4), mask=(2, 1, 2)), "input 'key' dim 0 (batch) is 1, but input 'query' dim 0 (batch) is 2"),
-    # a mask of batch 1 is not broadcast over the batch: the default graph fails on it (torch-export's Where, the
-    # tiled variant's Gather), so the contract refuses it for every variant
-    (_mha_shapes(mask=(1, 3, 4)), "input 'mask' dim 0 (batch) is 1, but input 'query' dim 0 (batch) is 2"),
-    (_mha_shapes(mask=(2, 2, 4)),
-     "input 'mask' dim 1 (mask_q_len) is 2, but input 'query' dim 1 (q_len) is 3 (mask_q_len is q_len or 1)"),
-    ({**_mha_shapes(), "value": (2, 5, 512)}, "input 'value' dim 1 (kv_len) is 5, but input 'key' dim 1 (kv_len) "
-                                              "is 4"),
-    ({**_mha_shapes(), "query": (2, 3, 256)}, "input 'query' dim 2 is 256, but the model takes 512 there"),
-    ({**_mha_shapes(), "mask": (2, 4)}, "input 'mask' has 2 dims [2, 4], but the model takes 3: "
-                                        "(batch, mask_q_len, kv_len)"),
-])
+@pytest.mark.parametrize(
+    "shapes, message",
+    [
+        # issue 27: a mask of one key broadcast over 4 keys (the padding never applied)
+        (_mha_shapes(mask=(2, 3, 1)), "input 'mask' dim 2 (kv_len) is 1, but input 'key' dim 1 (kv_len) is 4"),
+        # issue 27: keys of batch 1 under a query of batch 2, mask (2, 1, 2): one 4-key sequence read as two of 2
+        (
+            _mha_shapes(key=(1, 4), mask=(2, 1, 2)),
+            "input 'key' dim 0 (batch) is 1, but input 'query' dim 0 (batch) is 2",
+        ),
+        # a mask of batch 1 is not broadcast over the batch: the default graph fails on it (torch-export's Where, the
+        # tiled variant's Gather), so the contract refuses it for every variant
+        (_mha_shapes(mask=(1, 3, 4)), "input 'mask' dim 0 (batch) is 1, but input 'query' dim 0 (batch) is 2"),
+        (
+            _mha_shapes(mask=(2, 2, 4)),
+            "input 'mask' dim 1 (mask_q_len) is 2, but input 'query' dim 1 (q_len) is 3 (mask_q_len is q_len or 1)",
+        ),
+        (
+            {**_mha_shapes(), "value": (2, 5, 512)},
+            "input 'value' dim 1 (kv_len) is 5, but input 'key' dim 1 (kv_len) is 4",
+        ),
+        ({**_mha_shapes(), "query": (2, 3, 256)}, "input 'query' dim 2 is 256, but the model takes 512 there"),
+        (
+            {**_mha_shapes(), "mask": (2, 4)},
+            "input 'mask' has 2 dims [2, 4], but the model takes 3: (batch, mask_q_len, kv_len)",
+        ),
+    ],
+)
 def test_inputs_that_disagree_are_named_with_both_inputs_and_the_dim(shapes, message):
     from attn_onnx.exporter.kinds.base import dims_problem
 
@@ -138,14 +163,22 @@ def test_a_cache_step_s_mask_covers_the_past_and_the_new_tokens():
     from attn_onnx.exporter.kinds.base import dims_problem
 
     spec = ExportSpec(module="mha-cache", heads=2, embedding_dim=16, mask="input")
-    shapes = {"query": (2, 3, 16), "key": (2, 3, 16), "value": (2, 3, 16), "past_key": (2, 2, 7, 8),
-              "past_value": (2, 2, 7, 8), "mask": (2, 1, 10)}
+    shapes = {
+        "query": (2, 3, 16),
+        "key": (2, 3, 16),
+        "value": (2, 3, 16),
+        "past_key": (2, 2, 7, 8),
+        "past_value": (2, 2, 7, 8),
+        "mask": (2, 1, 10),
+    }
     assert dims_problem(spec, shapes) is None
     assert dims_problem(spec, {**shapes, "mask": (2, 1, 7)}) == (
         "input 'mask' dim 2 (total_len) is 7, but input 'past_key' dim 2 (past_len) is 7 and input 'query' dim 1 "
-        "(q_len) is 3: total_len is past_len + q_len = 10")
+        "(q_len) is 3: total_len is past_len + q_len = 10"
+    )
     assert "(past_len) is 6, but input 'past_key' dim 2 (past_len) is 7" in dims_problem(
-        spec, {**shapes, "past_value": (2, 2, 6, 8)})
+        spec, {**shapes, "past_value": (2, 2, 6, 8)}
+    )
 
 
 def test_a_self_attention_mask_covers_its_one_length():
@@ -154,7 +187,8 @@ def test_a_self_attention_mask_covers_its_one_length():
     spec = ExportSpec(module="mha-self", heads=2, embedding_dim=16)
     assert dims_problem(spec, {"x": (2, 5, 16), "mask": (2, 1, 5)}) is None
     assert dims_problem(spec, {"x": (2, 5, 16), "mask": (2, 1, 1)}) == (
-        "input 'mask' dim 2 (q_len) is 1, but input 'x' dim 1 (q_len) is 5")
+        "input 'mask' dim 2 (q_len) is 1, but input 'x' dim 1 (q_len) is 5"
+    )
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
@@ -177,6 +211,9 @@ def test_a_case_whose_feeds_break_the_contract_is_a_bug_in_the_sweep(monkeypatch
         return {**feeds, "mask": feeds["mask"][..., :1]}
 
     monkeypatch.setattr(type(spec.kind), "inputs", broadcast_mask)
-    with pytest.raises(AssertionError, match=r"b2\.q3\.kv4\.padding: its feeds break the model's dims contract: "
-                                             r"input 'mask' dim 2 \(kv_len\) is 1, but input 'key' dim 1"):
+    with pytest.raises(
+        AssertionError,
+        match=r"b2\.q3\.kv4\.padding: its feeds break the model's dims contract: "
+        r"input 'mask' dim 2 \(kv_len\) is 1, but input 'key' dim 1",
+    ):
         parse_case("b2.q3.kv4.padding", spec).feeds(0)

@@ -8,7 +8,6 @@ import pytest
 
 from attn_onnx.runtime_check.cases import Sweep, make_mask
 from attn_onnx.runtime_check.check import CheckConfig, check_model
-
 from tests.exporter.refusals import assert_refused
 from tests.exporter.test_variants import seed_output, variant_fields
 
@@ -21,23 +20,30 @@ def with_decision(path):
     return proto, branch.input[0]
 
 
-@pytest.mark.parametrize("mask_kind, shape, fast", [
-    ("causal+padding", (3, 9, 9), True),
-    ("causal", (2, 9, 9), True),
-    ("ones", (1, 1, 1), True),  # one query, one key: causal and unpadded
-    ("ones", (2, 9, 9), False),
-    ("masked_row", (3, 9, 9), False),
-    ("padding", (3, 9, 9), False),  # (B, 1, kv): no causal part
-    ("zeros", (2, 9, 9), False),  # no key at all: every row fully masked, the seed's uniform answer
-    ("causal+padding", (3, 9, 5), False),  # cross lengths
-])
+@pytest.mark.parametrize(
+    "mask_kind, shape, fast",
+    [
+        ("causal+padding", (3, 9, 9), True),
+        ("causal", (2, 9, 9), True),
+        ("ones", (1, 1, 1), True),  # one query, one key: causal and unpadded
+        ("ones", (2, 9, 9), False),
+        ("masked_row", (3, 9, 9), False),
+        ("padding", (3, 9, 9), False),  # (B, 1, kv): no causal part
+        ("zeros", (2, 9, 9), False),  # no key at all: every row fully masked, the seed's uniform answer
+        ("causal+padding", (3, 9, 5), False),  # cross lengths
+    ],
+)
 def test_the_fast_path_is_taken_exactly_for_causal_padding_masks(exported, mask_kind, shape, fast):
     path, spec, module = exported(**variant_fields("ort-gqa"))
     proto, name = with_decision(path)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     b, q, kv = shape
-    feeds = spec.kind.inputs(spec, {"batch": b, "q_len": q, "kv_len": kv}, np.random.default_rng(0),
-                             make_mask(mask_kind, b, q, kv, np.random.default_rng(1)))
+    feeds = spec.kind.inputs(
+        spec,
+        {"batch": b, "q_len": q, "kv_len": kv},
+        np.random.default_rng(0),
+        make_mask(mask_kind, b, q, kv, np.random.default_rng(1)),
+    )
     out, decided = session.run(["output", name], feeds)
     assert bool(decided) is fast
     np.testing.assert_allclose(out, seed_output(module, feeds), atol=1e-5, rtol=1e-4)
@@ -69,11 +75,17 @@ def test_forcing_the_fast_path_on_any_mask_is_wrong(exported, tmp_path):
     assert failed == {"ones", "masked_row", "padding", "zeros"}  # causal and causal+padding are GQA's own
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--heads", "8", "--embedding-dim", "32"], "--attention-impl ort-gqa needs d_k (embedding-dim / heads) a "
-     "multiple of 8, its kernel's constraint; got d_k=4"),
-    (["--mask", "none"], "--attention-impl ort-gqa takes --mask input/causal, not none"),
-    (["--dtype", "float16"], "--attention-impl ort-gqa takes --dtype float32, not float16"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--heads", "8", "--embedding-dim", "32"],
+            "--attention-impl ort-gqa needs d_k (embedding-dim / heads) a "
+            "multiple of 8, its kernel's constraint; got d_k=4",
+        ),
+        (["--mask", "none"], "--attention-impl ort-gqa takes --mask input/causal, not none"),
+        (["--dtype", "float16"], "--attention-impl ort-gqa takes --dtype float32, not float16"),
+    ],
+)
 def test_refusals(tmp_path, args, message):
     assert_refused(tmp_path, ["--attention-impl", "ort-gqa", *args], message)

@@ -23,7 +23,6 @@ from attn_onnx.runtime_check.cases import Sweep
 from attn_onnx.runtime_check.check import CheckConfig, check_model
 from attn_onnx.runtime_check.compare import PROFILES
 from attn_onnx.runtime_check.reference import reference_module
-
 from tests.exporter.refusals import assert_refused
 from tests.exporter.test_variants import large_feeds, seed_output, variant_fields
 
@@ -89,10 +88,13 @@ def test_every_weight_is_in_the_range_that_no_cpu_saturates_and_the_file_names_i
 def _projection(weight: np.ndarray) -> onnx.ModelProto:
     """x (rows, K) times a weight initializer (K, N): one MatMul, as a projection in an exported graph."""
     k, n = weight.shape
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "projection",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", n])],
-                              [numpy_helper.from_array(weight, "w")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "projection",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", n])],
+        [numpy_helper.from_array(weight, "w")],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
@@ -159,8 +161,9 @@ def test_an_int8_bundle_holds_the_golden_of_its_own_weights_and_profile(tmp_path
     profile, so the bundle passes its own check (with the float module's answers at float32 tolerance,
     every set failed by ~1e-2)."""
     bundle = tmp_path / "b"
-    result = CliRunner().invoke(export, ["--heads", "4", "--embedding-dim", "32", "--quantize", "int8",
-                                         "--bundle", str(bundle)])
+    result = CliRunner().invoke(
+        export, ["--heads", "4", "--embedding-dim", "32", "--quantize", "int8", "--bundle", str(bundle)]
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((bundle / "manifest.json").read_text())
     tolerance = manifest["tolerance"]
@@ -171,10 +174,13 @@ def test_an_int8_bundle_holds_the_golden_of_its_own_weights_and_profile(tmp_path
     assert "| summary | 5 passed, 0 failed" in checked.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--quantize", "int8", "--module", "attention"], "--quantize does not apply to --module attention"),
-    (["--quantize", "int8", "--dtype", "float16"], "--quantize int8 quantizes float32 weights; not with --dtype"),
-    (["--quantize", "int4"], "'int4' is not 'int8'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--quantize", "int8", "--module", "attention"], "--quantize does not apply to --module attention"),
+        (["--quantize", "int8", "--dtype", "float16"], "--quantize int8 quantizes float32 weights; not with --dtype"),
+        (["--quantize", "int4"], "'int4' is not 'int8'"),
+    ],
+)
 def test_refusals(tmp_path, args, message):
     assert_refused(tmp_path, args, message)

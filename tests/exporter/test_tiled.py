@@ -16,7 +16,6 @@ from attn_onnx.exporter.spec import ExportSpec, ModelSpec
 from attn_onnx.runtime_check.cases import Sweep, make_mask
 from attn_onnx.runtime_check.check import CheckConfig, check_model
 from attn_onnx.runtime_check.reference import reference_module
-
 from tests.exporter.test_variants import SMALL
 
 SHAPES = ((1, 1, 1), (2, 7, 7), (3, 9, 9), (2, 10, 10), (3, 9, 5), (2, 5, 9), (1, 33, 33))  # 10: 3+3+3+1 rows
@@ -44,16 +43,25 @@ def tiny_tiles(tmp_path_factory):
     return export
 
 
-@pytest.mark.parametrize("fields", [
-    {"mask": "input"}, {"mask": "input", "mask_dtype": "float32"}, {"mask": "causal"},
-    {"mask": "input", "group_scores": 700},  # 4 heads x 9 keys x 9 rows = 324 per example: 2 of 3 (overlapping)
-    {"mask": "causal", "causal_align": "bottom-right"}, {"mask": "none"},
-    {"mask": "input", "module": "mha-self"}, {"mask": "causal", "module": "mha-self"}])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"mask": "input"},
+        {"mask": "input", "mask_dtype": "float32"},
+        {"mask": "causal"},
+        {"mask": "input", "group_scores": 700},  # 4 heads x 9 keys x 9 rows = 324 per example: 2 of 3 (overlapping)
+        {"mask": "causal", "causal_align": "bottom-right"},
+        {"mask": "none"},
+        {"mask": "input", "module": "mha-self"},
+        {"mask": "causal", "module": "mha-self"},
+    ],
+)
 def test_many_small_tiles_match_float64_in_onnxruntime_and_onnx_reference(tiny_tiles, fields):
     path, spec, module = tiny_tiles(**fields)
     shapes = tuple(s for s in SHAPES if spec.module != "mha-self" or s[1] == s[2])
-    report = check_model(path, CheckConfig(runtimes=("onnxruntime", "reference"), sweep=Sweep(shapes=shapes)),
-                         module=module)
+    report = check_model(
+        path, CheckConfig(runtimes=("onnxruntime", "reference"), sweep=Sweep(shapes=shapes)), module=module
+    )
     assert report.ok and not report.nothing_checked, [r.line() for r in report.failed]
     assert {r.runner for r in report.results} == {"onnxruntime/cpu", "onnx-reference"}
 
@@ -73,11 +81,17 @@ def with_values(path, *names):
     return proto, [found[n] for n in names]
 
 
-@pytest.mark.parametrize("mask_kind, reach", [
-    ("causal+padding", 0), ("causal", 0), ("zeros", 0),  # nothing above the diagonal: keys up to the tile
-    ("ones", 8), ("padding", 8),  # query 0 attends key 8
-    ("masked_row", None),  # whatever the random mask reaches
-])
+@pytest.mark.parametrize(
+    "mask_kind, reach",
+    [
+        ("causal+padding", 0),
+        ("causal", 0),
+        ("zeros", 0),  # nothing above the diagonal: keys up to the tile
+        ("ones", 8),
+        ("padding", 8),  # query 0 attends key 8
+        ("masked_row", None),  # whatever the random mask reaches
+    ],
+)
 def test_the_reach_and_each_examples_last_key_are_read_off_the_mask(tiny_tiles, mask_kind, reach):
     """reach: the least r with no allowed key j > i + r; key_limit: one past an example's last allowed key
     (at least 1), where its tiles stop."""
@@ -112,9 +126,20 @@ def test_skipping_keys_above_the_diagonal_is_wrong_for_masks_that_allow_them(tin
     assert failed == {"ones", "masked_row", "padding"}
 
 
-@pytest.mark.parametrize("mask, batch, length, tile", [
-    ("none", 1, 2048, 64), ("none", 4, 512, 64), ("none", 8, 128, 128), ("none", 1, 512, 256), ("none", 1, 16, 16),
-    ("none", 1, 8192, 16), ("none", 16, 1024, 16), ("causal", 8, 128, 64), ("causal", 1, 512, 64)])
+@pytest.mark.parametrize(
+    "mask, batch, length, tile",
+    [
+        ("none", 1, 2048, 64),
+        ("none", 4, 512, 64),
+        ("none", 8, 128, 128),
+        ("none", 1, 512, 256),
+        ("none", 1, 16, 16),
+        ("none", 1, 8192, 16),
+        ("none", 16, 1024, 16),
+        ("causal", 8, 128, 64),
+        ("causal", 1, 512, 64),
+    ],
+)
 def test_a_tile_holds_about_tile_scores_numbers(exported, mask, batch, length, tile):
     """T = TILE_SCORES / (B * h * kv_len) rows, at least MIN_TILE, at most q_len (8 heads, 1 << 20 scores);
     under a mask at most MAX_TILE, which bounds the masked scores of the tile's diagonal block."""
@@ -126,9 +151,18 @@ def test_a_tile_holds_about_tile_scores_numbers(exported, mask, batch, length, t
     assert (int(got_tile), int(got_count)) == (tile, -(-length // tile))
 
 
-@pytest.mark.parametrize("batch, length, tile, group", [(8, 128, 64, 1), (4, 512, 64, 1), (1, 2048, 64, 1),
-                                                        (1, 8192, 16, 1), (256, 16, 16, 64), (32, 64, 64, 4),
-                                                        (3, 16, 16, 3)])
+@pytest.mark.parametrize(
+    "batch, length, tile, group",
+    [
+        (8, 128, 64, 1),
+        (4, 512, 64, 1),
+        (1, 2048, 64, 1),
+        (1, 8192, 16, 1),
+        (256, 16, 16, 64),
+        (32, 64, 64, 4),
+        (3, 16, 16, 3),
+    ],
+)
 def test_with_a_mask_input_a_tile_holds_one_example_unless_examples_are_short(exported, batch, length, tile, group):
     """T = TILE_SCORES / (h * kv_len) rows, at most MAX_TILE, of G examples, G = GROUP_SCORES / (h * kv_len *
     q_len), at least 1 and at most the batch: many short sequences share tiles, where one tile each would cost

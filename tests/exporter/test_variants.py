@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from attn_onnx.cli.export_attn import main as export
 from attn_onnx.exporter.spec import ModelSpec
 from attn_onnx.exporter.variants import VARIANTS
-from attn_onnx.runtime_check.check import CheckConfig, check_model
 from attn_onnx.runtime_check.cases import QUICK, Sweep
+from attn_onnx.runtime_check.check import CheckConfig, check_model
 from attn_onnx.runtime_check.reference import reference_module
 
 FUSED = [name for name, v in VARIANTS.items() if not v.attn_probs]  # hand-built, with the uniform-row fix
@@ -28,12 +28,20 @@ def variant_fields(variant, **fields):
 
 def with_masks(variants, masks):
     """(variant, mask, ...) for each variant and each mask mode it builds (ort-gqa needs a mask)."""
-    return [(v, *m) if isinstance(m, tuple) else (v, m) for v in variants for m in masks
-            if (m[0] if isinstance(m, tuple) else m) in VARIANTS[v].masks]
+    return [
+        (v, *m) if isinstance(m, tuple) else (v, m)
+        for v in variants
+        for m in masks
+        if (m[0] if isinstance(m, tuple) else m) in VARIANTS[v].masks
+    ]
 
 
-@pytest.mark.parametrize("variant, mask, mask_dtype", with_masks(VARIANTS, [
-    ("input", "bool"), ("input", "float32"), ("input", "uint8"), ("causal", "bool"), ("none", "bool")]))
+@pytest.mark.parametrize(
+    "variant, mask, mask_dtype",
+    with_masks(
+        VARIANTS, [("input", "bool"), ("input", "float32"), ("input", "uint8"), ("causal", "bool"), ("none", "bool")]
+    ),
+)
 def test_runtime_check_passes_on_every_variant_and_mask_mode(exported, variant, mask, mask_dtype):
     path, spec, module = exported(**variant_fields(variant, mask=mask, mask_dtype=mask_dtype))
     assert spec.variant == variant
@@ -45,11 +53,14 @@ def test_runtime_check_passes_on_every_variant_and_mask_mode(exported, variant, 
     if VARIANTS[variant].runs_in != "onnxruntime only":
         assert "onnx-reference" in checked
     else:  # com.microsoft ops run in onnxruntime only; onnx.reference skips them
-        ops = {"ort-mha": "com.microsoft.MultiHeadAttention",
-               "ort-gqa": "com.microsoft.GroupQueryAttention, com.microsoft.MultiHeadAttention"}[variant]
+        ops = {
+            "ort-mha": "com.microsoft.MultiHeadAttention",
+            "ort-gqa": "com.microsoft.GroupQueryAttention, com.microsoft.MultiHeadAttention",
+        }[variant]
         assert [s.reason for s in report.skipped] == [
             f"onnx.reference runs standard ONNX operators only; this model uses {ops} (export-attn "
-            f"--attention-impl {variant}, an onnxruntime-only variant)"]
+            f"--attention-impl {variant}, an onnxruntime-only variant)"
+        ]
 
 
 @pytest.mark.parametrize("variant", FUSED)
@@ -138,15 +149,21 @@ def test_the_fused_kernels_materialize_no_scores_of_their_own(exported):
         assert "Softmax" not in ops and ops.count("MatMul") == 4, (variant, ops)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--attention-impl", "onnx-attention", "--opset", "18"],
-     "Error: --attention-impl onnx-attention needs --opset 23 or later; got 18"),
-    (["--attention-impl", "ort-mha", "--module", "attention"],
-     "Error: --attention-impl ort-mha builds --module mha (also with --self-attention), not attention"),
-    (["--attention-impl", "ort-mha", "--attn-probs"],
-     "Error: --attention-impl ort-mha cannot output attn_probs"),
-    (["--attention-impl", "flash"], "Error: Invalid value for '--attention-impl'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--attention-impl", "onnx-attention", "--opset", "18"],
+            "Error: --attention-impl onnx-attention needs --opset 23 or later; got 18",
+        ),
+        (
+            ["--attention-impl", "ort-mha", "--module", "attention"],
+            "Error: --attention-impl ort-mha builds --module mha (also with --self-attention), not attention",
+        ),
+        (["--attention-impl", "ort-mha", "--attn-probs"], "Error: --attention-impl ort-mha cannot output attn_probs"),
+        (["--attention-impl", "flash"], "Error: Invalid value for '--attention-impl'"),
+    ],
+)
 def test_a_variant_that_cannot_build_the_spec_is_refused_before_any_work(tmp_path, args, message):
     result = CliRunner().invoke(export, [*args, "--out", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2
@@ -156,8 +173,10 @@ def test_a_variant_that_cannot_build_the_spec_is_refused_before_any_work(tmp_pat
 
 def test_onnx_attention_defaults_to_opset_23(tmp_path):
     out = tmp_path / "m.onnx"
-    result = CliRunner().invoke(export, ["--attention-impl", "onnx-attention", *map(str, ["--heads", 2,
-                                         "--embedding-dim", 16]), "--out", str(out)])
+    result = CliRunner().invoke(
+        export,
+        ["--attention-impl", "onnx-attention", *map(str, ["--heads", 2, "--embedding-dim", 16]), "--out", str(out)],
+    )
     assert result.exit_code == 0, result.output
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert meta["attn_onnx.variant"] == "onnx-attention" and meta["attn_onnx.opset"] == "23"
@@ -168,11 +187,19 @@ _SESSIONS = {}
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(variant=st.sampled_from(list(VARIANTS)), heads=st.sampled_from([1, 2, 4]), d_k=st.sampled_from([1, 3, 8]),
-       batch=st.integers(1, 3), q_len=st.integers(1, 12), kv_len=st.integers(1, 12), padding=st.booleans(),
-       data=st.data())
-def test_any_variant_width_shape_and_mask_matches_float64(exported, variant, heads, d_k, batch, q_len, kv_len,
-                                                          padding, data):
+@given(
+    variant=st.sampled_from(list(VARIANTS)),
+    heads=st.sampled_from([1, 2, 4]),
+    d_k=st.sampled_from([1, 3, 8]),
+    batch=st.integers(1, 3),
+    q_len=st.integers(1, 12),
+    kv_len=st.integers(1, 12),
+    padding=st.booleans(),
+    data=st.data(),
+)
+def test_any_variant_width_shape_and_mask_matches_float64(
+    exported, variant, heads, d_k, batch, q_len, kv_len, padding, data
+):
     """Export-then-run parity over random head counts, widths, shapes and masks (fully-masked rows and
     examples included, as random bits make them), for every graph variant."""
     d_k *= VARIANTS[variant].d_k_multiple  # GroupQueryAttention takes multiples of 8
@@ -180,8 +207,12 @@ def test_any_variant_width_shape_and_mask_matches_float64(exported, variant, hea
     rows = 1 if padding else q_len
     bits = data.draw(st.lists(st.booleans(), min_size=batch * rows * kv_len, max_size=batch * rows * kv_len))
     mask = np.array(bits, dtype=np.uint8).reshape(batch, rows, kv_len)
-    feeds = spec.kind.inputs(spec, {"batch": batch, "q_len": q_len, "kv_len": kv_len},
-                             np.random.default_rng(batch * 10_000 + q_len * 100 + kv_len), mask)
+    feeds = spec.kind.inputs(
+        spec,
+        {"batch": batch, "q_len": q_len, "kv_len": kv_len},
+        np.random.default_rng(batch * 10_000 + q_len * 100 + kv_len),
+        mask,
+    )
     if path not in _SESSIONS:
         _SESSIONS[path] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = _SESSIONS[path].run(None, feeds)
@@ -216,8 +247,9 @@ def test_the_two_alignments_differ_where_they_should(exported):
 def test_causal_align_without_the_causal_mask_is_refused(tmp_path):
     result = CliRunner().invoke(export, ["--causal-align", "bottom-right", "--out", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2
-    assert result.output.strip() == ("Error: --causal-align does not apply to --mask input (it aligns the built-in "
-                                     "causal mask)")
+    assert result.output.strip() == (
+        "Error: --causal-align does not apply to --mask input (it aligns the built-in causal mask)"
+    )
 
 
 SELF = {"module": "mha-self"}
@@ -239,8 +271,7 @@ def test_self_attention_projects_q_k_v_with_one_packed_matmul(exported, variant,
     proto = onnx.load(path)
     projections = [n for n in proto.graph.node if n.op_type == "MatMul" and n.input[0] == "x"]
     assert len(projections) == 1 and any(n.op_type == "Split" for n in proto.graph.node)
-    assert spec.weights["linears.1.weight"] == {"initializer": "qkv_weight.T", "transposed": True,
-                                                "slice": [32, 64]}
+    assert spec.weights["linears.1.weight"] == {"initializer": "qkv_weight.T", "transposed": True, "slice": [32, 64]}
     rebuilt, _ = reference_module(proto, ModelSpec.from_metadata({p.key: p.value for p in proto.metadata_props}))
     for key, tensor in module.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], tensor), key
@@ -257,14 +288,18 @@ def test_self_attention_equals_the_three_input_export_fed_x_three_times(exported
     one = run[self_path].run(None, {"x": x, "mask": mask})[0]
     three = run[cross_path].run(None, {"query": x, "key": x, "value": x, "mask": mask})[0]
     np.testing.assert_allclose(one, three, atol=1e-5, rtol=1e-4)  # both within float32 of the same golden
-    np.testing.assert_allclose(one, seed_output(module, {"query": x, "key": x, "value": x, "mask": mask}),
-                               atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(
+        one, seed_output(module, {"query": x, "key": x, "value": x, "mask": mask}), atol=1e-5, rtol=1e-4
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--self-attention", "--kv-cache"], "Error: --kv-cache and --self-attention exclude each other"),
-    (["--self-attention", "--module", "attention"], "Error: --self-attention applies to --module mha"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--self-attention", "--kv-cache"], "Error: --kv-cache and --self-attention exclude each other"),
+        (["--self-attention", "--module", "attention"], "Error: --self-attention applies to --module mha"),
+    ],
+)
 def test_self_attention_refusals(tmp_path, args, message):
     result = CliRunner().invoke(export, [*args, "--out", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2 and result.output.strip().startswith(message), result.output

@@ -8,11 +8,9 @@ from tests import seed_class
 
 
 def test_subsequent_mask_is_the_literal_5x5_lower_triangle():
-    expected = torch.tensor([[[1, 0, 0, 0, 0],
-                              [1, 1, 0, 0, 0],
-                              [1, 1, 1, 0, 0],
-                              [1, 1, 1, 1, 0],
-                              [1, 1, 1, 1, 1]]], dtype=torch.uint8)
+    expected = torch.tensor(
+        [[[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]], dtype=torch.uint8
+    )
     mask = subsequent_mask(5)
     assert mask.dtype == torch.uint8 and mask.shape == (1, 5, 5)
     assert torch.equal(mask, expected)
@@ -89,8 +87,9 @@ def test_padding_mask_broadcasts_like_the_full_mask():
 @pytest.mark.parametrize("q_len, kv_len", [(1, 1), (3, 3), (2, 5), (1, 7), (5, 2)])
 def test_bottom_right_puts_query_i_at_position_kv_len_minus_q_len_plus_i(q_len, kv_len):
     mask = causal_mask(q_len, kv_len, "bottom-right")[0]
-    expected = torch.tensor([[int(j <= kv_len - q_len + i) for j in range(kv_len)] for i in range(q_len)],
-                            dtype=torch.uint8)
+    expected = torch.tensor(
+        [[int(j <= kv_len - q_len + i) for j in range(kv_len)] for i in range(q_len)], dtype=torch.uint8
+    )
     assert torch.equal(mask, expected)
     if q_len == kv_len:
         assert torch.equal(mask, causal_mask(q_len, kv_len)[0])  # the alignments agree on a square

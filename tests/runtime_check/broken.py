@@ -63,10 +63,12 @@ def baked_reshape_model(src: Path, dst: Path, bake: str) -> Path:
     width = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
     b, q, kv = KINDS["mha"].example_dims.values()  # (2, 3, 4)
     rng = np.random.default_rng(0)
-    feeds = {"query": rng.standard_normal((b, q, width), dtype=np.float32),
-             "key": rng.standard_normal((b, kv, width), dtype=np.float32),
-             "value": rng.standard_normal((b, kv, width), dtype=np.float32),
-             "mask": np.ones((b, q, kv), bool)}
+    feeds = {
+        "query": rng.standard_normal((b, q, width), dtype=np.float32),
+        "key": rng.standard_normal((b, kv, width), dtype=np.float32),
+        "value": rng.standard_normal((b, kv, width), dtype=np.float32),
+        "mask": np.ones((b, q, kv), bool),
+    }
     values = ReferenceEvaluator(model).run(None, feeds, intermediate=True)
     for i, node in enumerate(n for n in model.graph.node if n.op_type == "Reshape"):
         shape = np.array(values[node.output[0]].shape, dtype=np.int64)  # as reshaped at the example shape
@@ -107,9 +109,11 @@ def path_mutants(proto: onnx.ModelProto) -> dict[str, onnx.ModelProto]:
     mutants = {}
     for where in _control_flow(proto.graph, []):
         *path, (node_index, kind) = where
-        inside = " in ".join(f"{_graph_at(proto.graph, path[:k]).node[i].output[0]}.{attr}"
-                             for k, (i, attr) in reversed(list(enumerate(path))))
-        for variant in (("then", "else") if kind == "If" else ("first", "later", "middle", "last partial")):
+        inside = " in ".join(
+            f"{_graph_at(proto.graph, path[:k]).node[i].output[0]}.{attr}"
+            for k, (i, attr) in reversed(list(enumerate(path)))
+        )
+        for variant in ("then", "else") if kind == "If" else ("first", "later", "middle", "last partial"):
             copy = onnx.ModelProto()
             copy.CopyFrom(proto)
             graph = _graph_at(copy.graph, path)
@@ -175,23 +179,34 @@ def _mutate_loop(graph: onnx.GraphProto, node: onnx.NodeProto, variant: str) -> 
     elif variant == "later":
         nodes.append(make("GreaterOrEqual", [counter, f"{stem}_1"], [f"{stem}_on"]))
     elif variant == "middle":
-        nodes += [make("GreaterOrEqual", [counter, f"{stem}_1"], [f"{stem}_after_first"]),
-                  make("Less", [counter, f"{stem}_last"], [f"{stem}_before_last"]),
-                  make("And", [f"{stem}_after_first", f"{stem}_before_last"], [f"{stem}_on"])]
+        nodes += [
+            make("GreaterOrEqual", [counter, f"{stem}_1"], [f"{stem}_after_first"]),
+            make("Less", [counter, f"{stem}_last"], [f"{stem}_before_last"]),
+            make("And", [f"{stem}_after_first", f"{stem}_before_last"], [f"{stem}_on"]),
+        ]
     else:  # the last iteration, where the hint says it is partial (computed in the Loop's own graph)
         pairs = partial_hint(node)
         if not pairs:
             return False
         flags = []
         for k, (size, block) in enumerate(pairs):
-            graph.node.extend([int64(f"{stem}_zero_{k}", 0),
-                               make("Mod", [size, block], [f"{stem}_rest_{k}"]),
-                               make("Greater", [f"{stem}_rest_{k}", f"{stem}_zero_{k}"], [f"{stem}_partial_{k}"])])
+            graph.node.extend(
+                [
+                    int64(f"{stem}_zero_{k}", 0),
+                    make("Mod", [size, block], [f"{stem}_rest_{k}"]),
+                    make("Greater", [f"{stem}_rest_{k}", f"{stem}_zero_{k}"], [f"{stem}_partial_{k}"]),
+                ]
+            )
             flags.append(f"{stem}_partial_{k}")
-        graph.node.append(make("Or", flags, [f"{stem}_partial"]) if len(flags) == 2 else
-                          make("Identity", flags[:1], [f"{stem}_partial"]))
-        nodes += [make("Equal", [counter, f"{stem}_last"], [f"{stem}_is_last"]),
-                  make("And", [f"{stem}_is_last", f"{stem}_partial"], [f"{stem}_on"])]
+        graph.node.append(
+            make("Or", flags, [f"{stem}_partial"])
+            if len(flags) == 2
+            else make("Identity", flags[:1], [f"{stem}_partial"])
+        )
+        nodes += [
+            make("Equal", [counter, f"{stem}_last"], [f"{stem}_is_last"]),
+            make("And", [f"{stem}_is_last", f"{stem}_partial"], [f"{stem}_on"]),
+        ]
     _shift_output(body, 1 + carried, f"{stem}_on", nodes)
     if variant == "last partial":
         _move_before_users(graph, node)  # last: it copies the nodes, `node` and `body` among them
@@ -202,7 +217,7 @@ def _move_before_users(graph: onnx.GraphProto, loop: onnx.NodeProto) -> None:
     """The nodes appended to `graph` moved to just before `loop` (they read what comes before it)."""
     nodes = list(graph.node)
     at = next(i for i, n in enumerate(nodes) if n is loop or n == loop)
-    tail = [n for n in nodes[at + 1:] if n.output and n.output[0].startswith("mutant_")]
+    tail = [n for n in nodes[at + 1 :] if n.output and n.output[0].startswith("mutant_")]
     rest = [n for n in nodes if not any(n is t for t in tail)]
     at = next(i for i, n in enumerate(rest) if n == loop)
     ordered = rest[:at] + tail + rest[at:]

@@ -5,8 +5,15 @@ import pytest
 
 from attn_onnx.errors import UsageError
 from attn_onnx.exporter.spec import ExportSpec
-from attn_onnx.runtime_check.cases import (MASK_PATTERNS, QUICK, Sweep, generate_cases, make_mask, parse_case,
-                                          valid_lengths)
+from attn_onnx.runtime_check.cases import (
+    MASK_PATTERNS,
+    QUICK,
+    Sweep,
+    generate_cases,
+    make_mask,
+    parse_case,
+    valid_lengths,
+)
 
 MHA = ExportSpec(heads=2, embedding_dim=16)
 
@@ -36,8 +43,9 @@ def test_feeds_depend_only_on_seed_and_name():
     assert not np.array_equal(narrow[0].feeds(3)["query"], narrow[0].feeds(4)["query"])
 
 
-@pytest.mark.parametrize("dtype, np_dtype", [("bool", np.bool_), ("uint8", np.uint8), ("int64", np.int64),
-                                              ("float32", np.float32)])
+@pytest.mark.parametrize(
+    "dtype, np_dtype", [("bool", np.bool_), ("uint8", np.uint8), ("int64", np.int64), ("float32", np.float32)]
+)
 def test_mask_feed_has_the_models_dtype_and_shape(dtype, np_dtype):
     spec = MHA.replace(mask_dtype=dtype)
     feeds = parse_case("b3.q11.kv5.masked_row", spec).feeds(0)
@@ -60,10 +68,14 @@ def test_mask_kinds_mean_what_they_say():
     assert row[-1, 3].sum() == 0 and row.sum() > 0
 
 
-@pytest.mark.parametrize("spec", [MHA, MHA.replace(module="attention"), MHA.replace(module="mha-self")],
-                         ids=["mha", "attention", "mha-self"])
-@pytest.mark.parametrize("sweep", [Sweep(), QUICK, Sweep(batches=(1, 2, 3, 8), lengths=(1, 2, 3, 9))],
-                         ids=["default", "quick", "small-lengths"])
+@pytest.mark.parametrize(
+    "spec", [MHA, MHA.replace(module="attention"), MHA.replace(module="mha-self")], ids=["mha", "attention", "mha-self"]
+)
+@pytest.mark.parametrize(
+    "sweep",
+    [Sweep(), QUICK, Sweep(batches=(1, 2, 3, 8), lengths=(1, 2, 3, 9))],
+    ids=["default", "quick", "small-lengths"],
+)
 def test_every_padding_case_pads_and_its_lengths_differ(spec, sweep):
     """A padding case pads at least one example at any batch (batch 1 used to pad nothing: its one length was
     overwritten with kv_len), and no two examples share a length while kv_len leaves room."""

@@ -50,8 +50,9 @@ def test_case_line_has_the_fixed_format():
     assert bad.line().endswith("| onnxruntime/cpu raised Fail: shape") and not bad
 
 
-@pytest.mark.parametrize("atol, rtol", [(float("nan"), None), (None, float("nan")), (float("inf"), 0.0),
-                                        (0.0, float("inf")), (-1e-5, None)])
+@pytest.mark.parametrize(
+    "atol, rtol", [(float("nan"), None), (None, float("nan")), (float("inf"), 0.0), (0.0, float("inf")), (-1e-5, None)]
+)
 def test_a_tolerance_that_passes_anything_is_refused_before_any_case(atol, rtol):
     """|a - b| <= NaN is never false and |a - b| <= inf never for a finite a: such a check passes any model."""
     from attn_onnx.errors import UsageError

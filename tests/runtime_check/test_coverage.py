@@ -38,11 +38,17 @@ def model(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("shape, iterations, partial", [
-    ((1, 5, 5), "1 iteration", False), ((2, 65, 65), "2 iterations", True), ((2, 128, 128), "2 iterations", False),
-    ((2, 129, 129), "3+ iterations", True), ((1, 192, 192), "3+ iterations", False)])
-def test_the_probe_counts_the_tiles_the_loop_runs_and_says_when_the_last_is_partial(model, shape, iterations,
-                                                                                   partial):
+@pytest.mark.parametrize(
+    "shape, iterations, partial",
+    [
+        ((1, 5, 5), "1 iteration", False),
+        ((2, 65, 65), "2 iterations", True),
+        ((2, 128, 128), "2 iterations", False),
+        ((2, 129, 129), "3+ iterations", True),
+        ((1, 192, 192), "3+ iterations", False),
+    ],
+)
+def test_the_probe_counts_the_tiles_the_loop_runs_and_says_when_the_last_is_partial(model, shape, iterations, partial):
     _, spec, proto = model("tiled", mask="input")
     rows, groups, tile, group = tiled.tiles(spec, *shape)
     b, q, kv = shape
@@ -66,10 +72,19 @@ def test_every_if_branch_at_any_depth_is_probed(model):
     assert probe.run(parse_case("b3.q11.kv5.ones", spec).feeds(0)) == {f"{outer}: else", f"{inner}: then"}
 
 
-@pytest.mark.parametrize("variant, fields", [
-    ("tiled", {"mask": "input"}), ("tiled", {"mask": "none"}), ("tiled", {"mask": "causal"}),
-    ("tiled", {"mask": "causal", "causal_align": "bottom-right"}), ("tiled", {"mask": "input", "module": "mha-self"}),
-    ("ort-gqa", {"mask": "input"}), ("ort-gqa", {"mask": "causal"}), ("additive-mask", {"mask": "input"})])
+@pytest.mark.parametrize(
+    "variant, fields",
+    [
+        ("tiled", {"mask": "input"}),
+        ("tiled", {"mask": "none"}),
+        ("tiled", {"mask": "causal"}),
+        ("tiled", {"mask": "causal", "causal_align": "bottom-right"}),
+        ("tiled", {"mask": "input", "module": "mha-self"}),
+        ("ort-gqa", {"mask": "input"}),
+        ("ort-gqa", {"mask": "causal"}),
+        ("additive-mask", {"mask": "input"}),
+    ],
+)
 def test_the_gate_runs_every_path_of_each_variant(model, variant, fields):
     path, spec, proto = model(variant, **fields)
     report = check_model(path, QUICK_CONFIG)
@@ -80,25 +95,29 @@ def test_the_gate_runs_every_path_of_each_variant(model, variant, fields):
 
 def test_the_gate_without_the_coverage_shapes_names_what_it_missed_and_fails(model):
     path, spec, proto = model("tiled", mask="input")
-    report = check_model(path, CheckConfig(runtimes=("onnxruntime",), sweep=Sweep(shapes=QUICK.shapes, sizes=QUICK.sizes,
-                                                                                 cover=True)))
+    report = check_model(
+        path, CheckConfig(runtimes=("onnxruntime",), sweep=Sweep(shapes=QUICK.shapes, sizes=QUICK.sizes, cover=True))
+    )
     assert report.ok  # the variant's coverage shapes are added: every path ran
     bare = [s for s in QUICK.shapes]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tiled, "coverage_shapes", lambda spec: [])
-        report = check_model(path, CheckConfig(runtimes=("onnxruntime",), sweep=Sweep(shapes=tuple(bare),
-                                                                                     cover=True)))
+        report = check_model(path, CheckConfig(runtimes=("onnxruntime",), sweep=Sweep(shapes=tuple(bare), cover=True)))
     assert not report.failed and not report.ok
-    assert {m.split(": ")[1] for m in report.coverage.missing} == {"2 iterations", "3+ iterations",
-                                                                   "last iteration partial"}
+    assert {m.split(": ")[1] for m in report.coverage.missing} == {
+        "2 iterations",
+        "3+ iterations",
+        "last iteration partial",
+    }
     assert report.status == "FAILED" and "paths: 3 of 6 ran" in report.summary()
     assert report.to_dict()["coverage"]["missing"] == report.coverage.missing
 
 
 def test_check_attn_prints_and_writes_the_coverage_and_a_narrowed_sweep_names_without_failing(model, tmp_path):
     path, spec, proto = model("tiled", mask="input")
-    result = CliRunner().invoke(check, [str(path), "--quick", "--runtimes", "onnxruntime", "--json",
-                                        str(tmp_path / "r.json")])
+    result = CliRunner().invoke(
+        check, [str(path), "--quick", "--runtimes", "onnxruntime", "--json", str(tmp_path / "r.json")]
+    )
     assert result.exit_code == 0, result.output
     assert "PASSED | coverage | 6 of 6 control-flow paths ran" in result.output
     paths = json.loads((tmp_path / "r.json").read_text())["coverage"]["paths"]

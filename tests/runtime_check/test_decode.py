@@ -30,8 +30,10 @@ def test_chunkings_cover_the_sequence():
 def test_the_cached_export_names_its_dims_and_says_what_it_is(exported):
     path, spec, _ = exported(**CACHE)
     proto = onnx.load(path)
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in [*proto.graph.input, *proto.graph.output]}
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*proto.graph.input, *proto.graph.output]
+    }
     assert dims["past_key"] == ["batch", 4, "past_len", 8] and dims["present_value"] == ["batch", 4, "total_len", 8]
     assert dims["query"] == ["batch", "q_len", 32] and dims["output"] == ["batch", "q_len", 32]
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -39,8 +41,9 @@ def test_the_cached_export_names_its_dims_and_says_what_it_is(exported):
 
 
 @pytest.mark.parametrize("runtimes", [("onnxruntime",), ("reference",)])
-@pytest.mark.parametrize("fields", [CACHE, MASKED, {**MASKED, "mask_dtype": "float32"}], ids=["causal", "mask-bool",
-                                                                                                "mask-float32"])
+@pytest.mark.parametrize(
+    "fields", [CACHE, MASKED, {**MASKED, "mask_dtype": "float32"}], ids=["causal", "mask-bool", "mask-float32"]
+)
 def test_every_chunking_equals_the_whole_sequence(exported, runtimes, fields):
     path, spec, module = exported(**fields)
     report = check_model(path, CheckConfig(runtimes=runtimes), module=module)
@@ -67,8 +70,9 @@ class TopLeft:
 
     def run(self, feeds):
         with torch.no_grad():
-            out = self.graph(*(torch.from_numpy(feeds[n]).double() for n in
-                               ("query", "key", "value", "past_key", "past_value")))
+            out = self.graph(
+                *(torch.from_numpy(feeds[n]).double() for n in ("query", "key", "value", "past_key", "past_value"))
+            )
         return {n: t.float().numpy() for n, t in zip(("output", "present_key", "present_value"), out)}
 
 
@@ -98,14 +102,19 @@ def test_check_attn_prints_the_decode_lines(exported):
     assert "PASSED | onnxruntime/cpu | decode.prefill5+6x1 |" in result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--mask", "none"], "Error: --kv-cache takes --mask causal, built in and bottom-right aligned"),
-    (["--causal-align", "top-left"], "Error: --kv-cache takes --mask causal, built in and bottom-right aligned"),
-    (["--attention-impl", "ort-mha"],
-     "Error: --attention-impl ort-mha builds --module mha (also with --self-attention), not mha-cache"),
-    (["--module", "attention"], "Error: --kv-cache applies to --module mha, not attention"),
-    (["--attn-probs"], "Error: --attn-probs does not apply to --module mha-cache"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mask", "none"], "Error: --kv-cache takes --mask causal, built in and bottom-right aligned"),
+        (["--causal-align", "top-left"], "Error: --kv-cache takes --mask causal, built in and bottom-right aligned"),
+        (
+            ["--attention-impl", "ort-mha"],
+            "Error: --attention-impl ort-mha builds --module mha (also with --self-attention), not mha-cache",
+        ),
+        (["--module", "attention"], "Error: --kv-cache applies to --module mha, not attention"),
+        (["--attn-probs"], "Error: --attn-probs does not apply to --module mha-cache"),
+    ],
+)
 def test_what_a_cached_export_cannot_do_is_refused(tmp_path, args, message):
     result = CliRunner().invoke(export, ["--kv-cache", *args, "--out", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2 and result.output.strip().startswith(message), result.output
@@ -123,8 +132,17 @@ def test_a_row_with_no_key_attends_over_the_keys_present_so_far(exported):
     x = np.random.default_rng(1).standard_normal((2, 4, 32), dtype=np.float32)
     mask = sequence_mask(2, 4).astype(bool)  # example 1: keys 0..2 are padding
     empty = np.zeros((2, 4, 0, 8), np.float32)
-    step0 = session.run(None, {"query": x[:, :1], "key": x[:, :1], "value": x[:, :1], "past_key": empty,
-                               "past_value": empty, "mask": mask[:, :1, :1]})[0]
+    step0 = session.run(
+        None,
+        {
+            "query": x[:, :1],
+            "key": x[:, :1],
+            "value": x[:, :1],
+            "past_key": empty,
+            "past_value": empty,
+            "mask": mask[:, :1, :1],
+        },
+    )[0]
     whole, _, _ = whole_sequence_golden(module, x, mask.astype(np.uint8))
     with torch.no_grad():  # uniform over the one key present: the output projection of token 0's value
         only = module.linears[3](module.linears[2](torch.from_numpy(x[1:2, :1]))).numpy()

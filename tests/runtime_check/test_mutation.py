@@ -8,23 +8,26 @@ branch survived it, and every tiled mutant of a later tile survived the bundle's
 
 import pytest
 
-from attn_onnx.deploy.bundle import write_bundle
+from attn_onnx.deploy.bundle import check_bundle, write_bundle
 from attn_onnx.exporter.export import build_module, export_onnx
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
 from attn_onnx.runtime_check.coverage import CoverageProbe
-from attn_onnx.deploy.bundle import check_bundle
-
 from tests.runtime_check.broken import path_mutants
 
 HEADS, WIDTH = 4, 32
 SPECS = [  # every variant with control flow, in every mask mode that gives it some
-    dict(variant="tiled", mask="input"), dict(variant="tiled", mask="causal"), dict(variant="tiled", mask="none"),
+    dict(variant="tiled", mask="input"),
+    dict(variant="tiled", mask="causal"),
+    dict(variant="tiled", mask="none"),
     dict(variant="tiled", mask="input", module="mha-self"),
     dict(variant="tiled", mask="causal", causal_align="bottom-right"),
-    dict(variant="ort-gqa", mask="input"), dict(variant="ort-gqa", mask="causal"),
-    dict(variant="additive-mask", mask="input"), dict(variant="ort-mha", mask="input"),
-    dict(variant="onnx-attention", mask="input", opset=23), dict(variant="ort-gqa", mask="input", module="mha-self"),
+    dict(variant="ort-gqa", mask="input"),
+    dict(variant="ort-gqa", mask="causal"),
+    dict(variant="additive-mask", mask="input"),
+    dict(variant="ort-mha", mask="input"),
+    dict(variant="onnx-attention", mask="input", opset=23),
+    dict(variant="ort-gqa", mask="input", module="mha-self"),
 ]
 
 

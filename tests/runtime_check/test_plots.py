@@ -6,9 +6,9 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from attn_onnx.errors import UsageError  # noqa: E402
-from attn_onnx.runtime_check.compare import FLOAT32  # noqa: E402
-from attn_onnx.runtime_check.plots import draw, plot_names  # noqa: E402
+from attn_onnx.errors import UsageError
+from attn_onnx.runtime_check.compare import FLOAT32
+from attn_onnx.runtime_check.plots import draw, plot_names
 
 CASE = "b3.q7.kv9.padding"
 

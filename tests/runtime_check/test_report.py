@@ -10,15 +10,25 @@ from attn_onnx.runtime_check.report import CaseResult, Report, Skipped
 
 
 def result(case, actual, golden):
-    comparison = OutputComparison.measure("output", np.asarray(actual, np.float32), np.asarray(golden, np.float64),
-                                          "float32", FLOAT32)
+    comparison = OutputComparison.measure(
+        "output", np.asarray(actual, np.float32), np.asarray(golden, np.float64), "float32", FLOAT32
+    )
     return CaseResult("onnxruntime/cpu", case, case.rsplit(".", 1)[0], (comparison,))
 
 
 def report(results, skipped=(), skip_missing=False):
-    return Report(model="m.onnx", sha256="0" * 64, spec=ExportSpec(), reference_weights="w", seed=0,
-                  tolerances={"onnxruntime/cpu": ("float32", FLOAT32)}, versions={}, skip_missing=skip_missing,
-                  results=list(results), skipped=list(skipped))
+    return Report(
+        model="m.onnx",
+        sha256="0" * 64,
+        spec=ExportSpec(),
+        reference_weights="w",
+        seed=0,
+        tolerances={"onnxruntime/cpu": ("float32", FLOAT32)},
+        versions={},
+        skip_missing=skip_missing,
+        results=list(results),
+        skipped=list(skipped),
+    )
 
 
 def test_worst_is_the_largest_absolute_error_not_the_largest_needed_atol():

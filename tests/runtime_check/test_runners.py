@@ -8,14 +8,16 @@ from attn_onnx.models import AttentionGraph, MhaGraph, SubsequentMaskGraph
 from attn_onnx.runtime_check import FLOAT32, TF32, CheckConfig, Tolerance, check_model, tolerance_for
 from attn_onnx.runtime_check.cases import QUICK, generate_cases
 from attn_onnx.runtime_check.compare import EXACT
-from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
 from attn_onnx.runtime_check.runners import RUNTIMES, runtime
+from attn_onnx.runtime_check.runners.torch_runner import TorchRunner
 
 AVAILABLE = tuple(name for name in RUNTIMES if not runtime(name).missing())  # every registered runtime here
-KINDS = {"mha-probs": dict(heads=2, embedding_dim=16, attn_probs=True),
-         "mha-causal": dict(heads=2, embedding_dim=16, mask="causal"),
-         "attention-uint8": dict(module="attention", heads=2, embedding_dim=16, mask_dtype="uint8"),
-         "mask": dict(module="mask")}
+KINDS = {
+    "mha-probs": dict(heads=2, embedding_dim=16, attn_probs=True),
+    "mha-causal": dict(heads=2, embedding_dim=16, mask="causal"),
+    "attention-uint8": dict(module="attention", heads=2, embedding_dim=16, mask_dtype="uint8"),
+    "mask": dict(module="mask"),
+}
 
 
 @pytest.mark.parametrize("fields", KINDS.values(), ids=KINDS)
@@ -32,8 +34,11 @@ def test_the_same_cases_through_every_available_runner(exported, fields):
         assert all(r.max_abs == 0 for r in report.results)  # integers: exact everywhere
 
 
-@pytest.mark.parametrize("fields, graph", [(KINDS["mha-probs"], MhaGraph), (KINDS["attention-uint8"], AttentionGraph),
-                                           (KINDS["mask"], SubsequentMaskGraph)], ids=["mha", "attention", "mask"])
+@pytest.mark.parametrize(
+    "fields, graph",
+    [(KINDS["mha-probs"], MhaGraph), (KINDS["attention-uint8"], AttentionGraph), (KINDS["mask"], SubsequentMaskGraph)],
+    ids=["mha", "attention", "mask"],
+)
 def test_the_golden_runs_the_exported_wrapper_in_float64(exported, fields, graph):
     _, spec, module = exported(**fields)
     golden = TorchRunner(spec, module)
@@ -62,8 +67,11 @@ def test_a_model_openvino_cannot_compile_is_skipped_with_the_reason(exported):
     path, spec, module = exported(heads=2, embedding_dim=16, variant="ort-gqa", opset=18)
     report = check_model(path, CheckConfig(runtimes=("onnxruntime", "openvino"), sweep=QUICK), module=module)
     assert [(s.runner, s.reason) for s in report.skipped] == [
-        ("openvino/cpu", "OpenVINO cannot compile this model: Conversion is failed for: "
-                         "com.microsoft.GroupQueryAttention")]
+        (
+            "openvino/cpu",
+            "OpenVINO cannot compile this model: Conversion is failed for: com.microsoft.GroupQueryAttention",
+        )
+    ]
     assert {r.runner for r in report.results} == {"onnxruntime/cpu"}
     assert report.passed and len(report.results) == len(generate_cases(spec, QUICK))
 

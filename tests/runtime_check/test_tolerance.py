@@ -15,8 +15,10 @@ def float32_errors(exported):
     path, _, module = exported()
     report = check_model(path, CheckConfig(runtimes=("torch", "onnxruntime"), sweep=SWEEP), module=module)
     assert report.passed
-    return {runner: max(r.max_abs for r in report.results if r.runner == runner)
-            for runner in ("torch/float32", "onnxruntime/cpu")}
+    return {
+        runner: max(r.max_abs for r in report.results if r.runner == runner)
+        for runner in ("torch/float32", "onnxruntime/cpu")
+    }
 
 
 def test_pytorch_float32_itself_needs_a_quarter_of_atol_at_most(float32_errors):
@@ -32,7 +34,8 @@ def test_onnxruntime_is_as_accurate_as_pytorch_float32(float32_errors):
 def test_a_1e_3_weight_perturbation_fails_by_far(exported, tmp_path):
     path, spec, module = exported()
     perturbed = broken.perturbed_weights_model(path, tmp_path / "perturbed.onnx", spec, amount=1e-3)
-    report = check_model(perturbed, CheckConfig(runtimes=("onnxruntime",), sweep=Sweep(shapes=((3, 11, 5),))),
-                         module=module)
+    report = check_model(
+        perturbed, CheckConfig(runtimes=("onnxruntime",), sweep=Sweep(shapes=((3, 11, 5),))), module=module
+    )
     assert not report.passed
     assert min(r.needed_atol for r in report.results) > 50 * FLOAT32.atol

@@ -73,14 +73,18 @@ def test_float16_is_held_to_its_profile_and_bfloat16_is_skipped_with_the_reason(
         assert {r.runner for r in report.results} == {NAME, "torch/float16"}
     else:  # onnxruntime-common's Tensor has no bfloat16 type: nothing could feed one
         assert [(s.runner, s.reason) for s in report.skipped] == [
-            (NAME, "onnxruntime-web has no bfloat16 tensor type (its Tensor takes float32, float16 and integer types)")]
+            (NAME, "onnxruntime-web has no bfloat16 tensor type (its Tensor takes float32, float16 and integer types)")
+        ]
 
 
 def _one_node_model(op: str, elem_type: int, inputs: int = 1, domain: str = "", version: int = 18) -> bytes:
     node = helper.make_node(op, [f"x{i}" for i in range(inputs)], ["y"], domain=domain)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(f"x{i}", elem_type, [2, 2])
-                                            for i in range(inputs)],
-                              [helper.make_tensor_value_info("y", elem_type, [2, 2])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info(f"x{i}", elem_type, [2, 2]) for i in range(inputs)],
+        [helper.make_tensor_value_info("y", elem_type, [2, 2])],
+    )
     opsets = [helper.make_opsetid("", 18)] + ([helper.make_opsetid(domain, version)] if domain else [])
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 10
@@ -88,11 +92,17 @@ def _one_node_model(op: str, elem_type: int, inputs: int = 1, domain: str = "", 
 
 
 @needs_web
-@pytest.mark.parametrize("model, reason", [
-    (_one_node_model("MatMul", TensorProto.BFLOAT16, 2), "Could not find an implementation for MatMul(13) node"),
-    (_one_node_model("Frobnicate", TensorProto.FLOAT, domain="com.example"),
-     "com.example:Frobnicate(-1) is not a registered function/op"),
-], ids=["no-kernel", "unknown-domain"])
+@pytest.mark.parametrize(
+    "model, reason",
+    [
+        (_one_node_model("MatMul", TensorProto.BFLOAT16, 2), "Could not find an implementation for MatMul(13) node"),
+        (
+            _one_node_model("Frobnicate", TensorProto.FLOAT, domain="com.example"),
+            "com.example:Frobnicate(-1) is not a registered function/op",
+        ),
+    ],
+    ids=["no-kernel", "unknown-domain"],
+)
 def test_an_operator_wasm_lacks_is_unsupported_with_the_reason(model, reason):
     with pytest.raises(UnsupportedModelError, match="onnxruntime-web's WASM backend cannot run this model: ") as err:
         WebRunner(model)
@@ -103,17 +113,25 @@ def test_an_operator_wasm_lacks_is_unsupported_with_the_reason(model, reason):
 def test_tensors_cross_as_exact_bytes_and_a_failing_run_leaves_the_process_serving():
     """The frames carry each dtype's bytes unchanged (float16 as its bits, bool as bytes); a run the runtime
     refuses is that case's error, and the next case still runs."""
-    model = helper.make_model(helper.make_graph(
-        [helper.make_node("Identity", [f"x{i}"], [f"y{i}"]) for i in range(5)], "g",
-        [helper.make_tensor_value_info(f"x{i}", t, None) for i, t in enumerate(TYPES)],
-        [helper.make_tensor_value_info(f"y{i}", t, None) for i, t in enumerate(TYPES)]),
-        opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", [f"x{i}"], [f"y{i}"]) for i in range(5)],
+            "g",
+            [helper.make_tensor_value_info(f"x{i}", t, None) for i, t in enumerate(TYPES)],
+            [helper.make_tensor_value_info(f"y{i}", t, None) for i, t in enumerate(TYPES)],
+        ),
+        opset_imports=[helper.make_opsetid("", 18)],
+    )
     model.ir_version = 10
     runner = WebRunner(model.SerializeToString())
     rng = np.random.default_rng(0)
-    feeds = {"x0": rng.standard_normal((3, 1, 5)).astype(np.float32), "x1": rng.standard_normal(7).astype(np.float16),
-             "x2": rng.integers(-2**62, 2**62, (2, 3)), "x3": rng.random((4, 4)) > 0.5,
-             "x4": np.zeros((0, 3), np.float32)}
+    feeds = {
+        "x0": rng.standard_normal((3, 1, 5)).astype(np.float32),
+        "x1": rng.standard_normal(7).astype(np.float16),
+        "x2": rng.integers(-(2**62), 2**62, (2, 3)),
+        "x3": rng.random((4, 4)) > 0.5,
+        "x4": np.zeros((0, 3), np.float32),
+    }
     outputs = runner.run(feeds)
     for i, array in enumerate(feeds.values()):
         assert outputs[f"y{i}"].dtype == array.dtype and outputs[f"y{i}"].shape == array.shape
@@ -143,10 +161,14 @@ def test_weights_changed_after_export_fail_in_the_web_runner(small_mha, tmp_path
     assert run_check(src, "--runtimes", "web", "--quick", "--weights", original).exit_code == 0
 
 
-@pytest.mark.parametrize("absent, error", [
-    ("node_modules", "onnxruntime-web is not installed in {} (run `npm ci --ignore-scripts --prefix examples/web`"),
-    ("node", "node is not installed (onnxruntime-web runs under Node.js >= 20)"),
-], ids=["no-package", "no-node"])
+@pytest.mark.parametrize(
+    "absent, error",
+    [
+        ("node_modules", "onnxruntime-web is not installed in {} (run `npm ci --ignore-scripts --prefix examples/web`"),
+        ("node", "node is not installed (onnxruntime-web runs under Node.js >= 20)"),
+    ],
+    ids=["no-package", "no-node"],
+)
 def test_the_runner_is_missing_without_node_or_its_package(small_mha, tmp_path, monkeypatch, absent, error):
     if absent == "node_modules":
         monkeypatch.setattr(web_runner, "WEB_DIR", tmp_path)  # a folder without node_modules

@@ -10,12 +10,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from attn_onnx.timing import auto, engine
 from attn_onnx.cli.check_attn import main as check
 from attn_onnx.cli.export_attn import main as export
 from attn_onnx.exporter.export import export_onnx
 from attn_onnx.exporter.variants import VARIANTS
 from attn_onnx.runtime_check.model import load_model
+from attn_onnx.timing import auto, engine
 from tests.runtime_check.broken import bias_moved
 
 SMALL = ["--heads", "2", "--embedding-dim", "16", "--tune-shapes", "1x8,2x5", "--tune-rounds", "2"]
@@ -29,8 +29,9 @@ def chosen(tmp_path_factory):
     real = engine.interleaved
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(VARIANTS, "fast-but-wrong", bias_moved("fast-but-wrong"))
-        patch.setattr(engine, "interleaved",
-                      lambda calls, *a, **k: engine_calls.append(set(calls)) or real(calls, *a, **k))
+        patch.setattr(
+            engine, "interleaved", lambda calls, *a, **k: engine_calls.append(set(calls)) or real(calls, *a, **k)
+        )
         result = CliRunner().invoke(export, [*SMALL, "--attention-impl", "auto", "--out", str(path)])
     assert result.exit_code == 0, result.output
     return path, result.output, engine_calls
@@ -74,8 +75,9 @@ def test_check_attn_shows_the_choice_and_the_model_passes(chosen):
 
 def test_standard_ops_limits_the_candidates_and_the_choice_runs_in_onnx_reference(tmp_path):
     path = tmp_path / "m.onnx"
-    result = CliRunner().invoke(export, [*SMALL, "--tune-shapes", "1x8", "--attention-impl", "auto", "--standard-ops",
-                                         "--out", str(path)])
+    result = CliRunner().invoke(
+        export, [*SMALL, "--tune-shapes", "1x8", "--attention-impl", "auto", "--standard-ops", "--out", str(path)]
+    )
     assert result.exit_code == 0, result.output
     record = load_model(path).spec.tuning
     assert record["standard_ops"] is True
@@ -98,18 +100,35 @@ def test_a_kind_one_variant_builds_is_written_untimed(tmp_path):
     json.dumps(record, allow_nan=False)  # no NaN placeholders for the figures it does not have
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--tune-shapes", "1x8", "--out", "m.onnx"], "Error: --tune-shapes does not apply without --attention-impl auto"),
-    (["--attention-impl", "auto", "--tune-shapes", "1x", "--out", "m.onnx"],
-     "Error: --tune-shapes item '1x' is not BATCHxLEN with both >= 1 (e.g. 4x512)"),
-    (["--attention-impl", "auto", "--mask", "causal", "--tune-mask", "padding", "--out", "m.onnx"],
-     "Error: --tune-mask does not apply to --mask causal (the model builds its own mask)"),
-    (["--attention-impl", "auto", "--standard-ops", "--optimize", "--out", "m.onnx"],
-     "Error: --standard-ops and --optimize exclude each other: the optimized graph holds com.microsoft operators"),
-    (["--attention-impl", "auto", "--dtype", "bfloat16", "--out", "m.onnx"],
-     "Error: --attention-impl auto times candidates in onnxruntime, which has no bfloat16 MatMul on a CPU; choose "
-     "a variant by name for --dtype bfloat16"),
-], ids=["tune-without-auto", "bad-shape", "tune-mask-without-input", "standard-and-optimize", "bfloat16"])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (
+            ["--tune-shapes", "1x8", "--out", "m.onnx"],
+            "Error: --tune-shapes does not apply without --attention-impl auto",
+        ),
+        (
+            ["--attention-impl", "auto", "--tune-shapes", "1x", "--out", "m.onnx"],
+            "Error: --tune-shapes item '1x' is not BATCHxLEN with both >= 1 (e.g. 4x512)",
+        ),
+        (
+            ["--attention-impl", "auto", "--mask", "causal", "--tune-mask", "padding", "--out", "m.onnx"],
+            "Error: --tune-mask does not apply to --mask causal (the model builds its own mask)",
+        ),
+        (
+            ["--attention-impl", "auto", "--standard-ops", "--optimize", "--out", "m.onnx"],
+            "Error: --standard-ops and --optimize exclude each other: the optimized graph holds com.microsoft "
+            "operators",
+        ),
+        (
+            ["--attention-impl", "auto", "--dtype", "bfloat16", "--out", "m.onnx"],
+            "Error: --attention-impl auto times candidates in onnxruntime, which has no bfloat16 MatMul on a "
+            "CPU; choose "
+            "a variant by name for --dtype bfloat16",
+        ),
+    ],
+    ids=["tune-without-auto", "bad-shape", "tune-mask-without-input", "standard-and-optimize", "bfloat16"],
+)
 def test_auto_refusals_are_one_line_before_any_work(tmp_path, monkeypatch, args, says):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(export, ["--heads", "2", "--embedding-dim", "16", *args])
@@ -138,12 +157,29 @@ def _subgraph_nodes(graph):
 def test_a_bundle_and_a_triton_repository_ship_the_chosen_variant(tmp_path):
     import json
 
-    result = CliRunner().invoke(export, [*SMALL, "--tune-shapes", "1x8", "--tune-rounds", "1", "--attention-impl",
-                                         "auto", "--bundle", str(tmp_path / "b"), "--triton-repo", str(tmp_path / "t"),
-                                         "--name", "m"])
+    result = CliRunner().invoke(
+        export,
+        [
+            *SMALL,
+            "--tune-shapes",
+            "1x8",
+            "--tune-rounds",
+            "1",
+            "--attention-impl",
+            "auto",
+            "--bundle",
+            str(tmp_path / "b"),
+            "--triton-repo",
+            str(tmp_path / "t"),
+            "--name",
+            "m",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    shipped = [load_model(tmp_path / "b" / "model.onnx").spec,
-               load_model(tmp_path / "t" / "m" / "1" / "model.onnx").spec]
+    shipped = [
+        load_model(tmp_path / "b" / "model.onnx").spec,
+        load_model(tmp_path / "t" / "m" / "1" / "model.onnx").spec,
+    ]
     chosen = shipped[0].tuning["chosen"]
     assert [s.variant for s in shipped] == [chosen, chosen] and shipped[1].tuning == shipped[0].tuning
     metadata = json.loads((tmp_path / "b" / "manifest.json").read_text())["metadata"]
@@ -156,8 +192,9 @@ def test_every_candidate_is_timed_on_the_same_inputs_as_bench_attn_s(tmp_path, m
     handed = []
     real = auto._call
     monkeypatch.setattr(auto, "_call", lambda runs, feeds: handed.append(feeds) or real(runs, feeds))
-    result = CliRunner().invoke(export, [*SMALL, "--attention-impl", "auto", "--tune-shapes", "4x12",
-                                         "--out", str(tmp_path / "m.onnx")])
+    result = CliRunner().invoke(
+        export, [*SMALL, "--attention-impl", "auto", "--tune-shapes", "4x12", "--out", str(tmp_path / "m.onnx")]
+    )
     assert result.exit_code == 0, result.output
     assert len(handed) == len(VARIANTS) and all(feeds is handed[0] for feeds in handed)
     spec = load_model(tmp_path / "m.onnx").spec
