@@ -4,6 +4,10 @@ a refactor that changes no behaviour must leave the same.
 
     .venv/bin/python scripts/graph_digests.py > before.json   # on the old code
     .venv/bin/python scripts/graph_digests.py --against before.json   # on the new: exit 1 on any change
+
+To run it on an older commit: `git worktree add /tmp/old COMMIT`, a folder /tmp/layout/attn_onnx whose entries
+link to /tmp/old's files and top-level folders, then from outside the checkout:
+`PYTHONPATH=/tmp/layout .venv/bin/python /work/main/scripts/graph_digests.py > before.json`.
 """
 
 from __future__ import annotations
@@ -53,9 +57,24 @@ def specs():
 
 
 def digest(proto) -> str:
+    """The model's bytes without what describes it rather than computes: its metadata and doc string, and each
+    node's metadata_props, where torch.onnx records the Python stack trace (file and line) that made the node:
+    reformatting models/attention.py moves those lines and nothing else."""
     del proto.metadata_props[:]
     proto.doc_string = ""
+    for graph in _graphs(proto.graph):
+        for node in graph.node:
+            del node.metadata_props[:]
     return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _graphs(graph):
+    """The graph and every subgraph (an If's branches, a Loop's body) in it."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _graphs(sub)
 
 
 @click.command()
