@@ -28,14 +28,14 @@ from attn_onnx.vocab import MASK_DTYPES
 
 
 class GraphWriter:
-    """Nodes, initializers and fresh names for one graph; `op` returns the output name(s).
+    """Nodes, initializers and fresh names for one graph; `op` returns the output's name, `ops` their names.
 
     A `branch()` writes the nodes of an `If` branch or a `Loop` body: its own nodes, the same names and
     initializers (they live in the main graph, which the branch sees)."""
 
     def __init__(self, parent: GraphWriter | None = None):
         self.nodes: list[onnx.NodeProto] = []
-        self.root = parent.root if parent is not None else self
+        self.root: GraphWriter = parent.root if parent is not None else self
         if parent is None:
             self.initializers: list[onnx.TensorProto] = []
             self._count = 0
@@ -69,15 +69,20 @@ class GraphWriter:
             ],
         )
 
-    def op(
-        self, op_type: str, inputs: list[str], stem: str | None = None, outputs: int = 1, domain: str = "", **attrs
-    ) -> str | list[str]:
+    def op(self, op_type: str, inputs: list[str], stem: str | None = None, domain: str = "", **attrs) -> str:
+        """One node of one output; returns the output's name."""
+        return self.ops(op_type, inputs, 1, stem, domain, **attrs)[0]
+
+    def ops(
+        self, op_type: str, inputs: list[str], outputs: int, stem: str | None = None, domain: str = "", **attrs
+    ) -> list[str]:
+        """One node of `outputs` outputs (a Split); returns their names."""
         names = [self.fresh(stem or op_type.lower()) for _ in range(outputs)]
         inputs = [str(name) for name in inputs]  # an Int is its value's name
         self.nodes.append(
             helper.make_node(op_type, inputs, names, name=self.fresh("n_" + op_type), domain=domain, **attrs)
         )
-        return names[0] if outputs == 1 else names
+        return names
 
     def constant(self, name: str, array: np.ndarray) -> str:
         """An initializer of the main graph. The same name with the same value is one initializer; the same
@@ -197,8 +202,8 @@ def projections(w: GraphWriter, weights: Weights, packed_bias: bool, spec) -> di
         if not packed_bias:
             qkv = w.op("Add", [qkv, bias], stem="qkv")
         width = spec.embedding_dim
-        q, k, v = w.op(
-            "Split", [qkv, w.constant("qkv_split", np.array([width] * 3, np.int64))], outputs=3, stem="qkv", axis=-1
+        q, k, v = w.ops(
+            "Split", [qkv, w.constant("qkv_split", np.array([width] * 3, np.int64))], 3, stem="qkv", axis=-1
         )  # each (B, len, E)
         return {"query": q, "key": k, "value": v, **({"bias": bias} if packed_bias else {})}
     out = {}

@@ -48,11 +48,11 @@ def build(spec, module) -> Built:
 
     def group_query_attention(b: GraphWriter) -> str:
         seqlens = b.op("Sub", [lengths, w.constant("i32_1", np.array(1, np.int32))], stem="seqlens_k")
-        return b.op(
+        return b.ops(
             "GroupQueryAttention",
             [p["query"], p["key"], p["value"], "", "", seqlens, total],
+            3,
             stem="attended",
-            outputs=3,
             domain="com.microsoft",
             num_heads=spec.heads,
             kv_num_heads=spec.heads,

@@ -151,8 +151,8 @@ def _needed_projections(w: GraphWriter, weights: Weights, spec, key_limit: str) 
     }
     if spec.kind.self_attention:
         kv = _linear(w, weights, _needed_rows(w, "x", tokens, where), [1, 2])  # (N, 2E)
-        out["key"], out["value"] = w.op(
-            "Split", [kv, w.constant("kv_split", np.array([width] * 2, np.int64))], outputs=2, stem="kv", axis=-1
+        out["key"], out["value"] = w.ops(
+            "Split", [kv, w.constant("kv_split", np.array([width] * 2, np.int64))], 2, stem="kv", axis=-1
         )  # each (N, E)
         v_part = [w.constant(n, np.array([v], np.int64)) for n, v in (("v_start", width), ("v_end", 2 * width))]
         out["value_mean"] = lambda b: b.op(
