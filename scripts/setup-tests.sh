@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the tests need, on a fresh Linux machine (Debian 12, Python >= 3.11; root, or sudo, for apt-get):
 #   1) .venv with the project, its test extras and OpenVINO (the optional runtime the tests check too);
-#   2) the Node example's packages (npm ci --ignore-scripts: the CPU binary ships inside onnxruntime-node);
+#   2) the Node example's packages (npm ci --ignore-scripts: the CPU binary ships inside onnxruntime-node), and
+#      eslint for the examples' JavaScript (examples/lint);
 #   3) each scripts/setup/*.sh: what pip and npm do not bring (the C++ consumer's headers and build, a real
 #      Triton server and perf_analyzer, Chromium and onnxruntime-web), each into .deps/<name>/.
 # The parts are mostly downloads, so they run side by side: the venv, the Node packages and the parts that do
@@ -41,6 +42,7 @@ venv() {
 node_packages() {
     if command -v npm >/dev/null; then
         npm ci --ignore-scripts --prefix examples/node --no-audit --no-fund
+        npm ci --ignore-scripts --prefix examples/lint --no-audit --no-fund  # eslint (scripts/lint-js.sh)
     else
         echo "setup: npm is absent: the Node tests will be reported as skipped"
     fi
