@@ -11,7 +11,10 @@ import secrets
 import signal
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from attn_onnx.errors import Interrupted, OutputExistsError, UsageError
 
@@ -174,9 +177,10 @@ class _signals_held:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __enter__(self):
+    def __enter__(self) -> _signals_held:
         self.arrived: list[int] = []
-        self.before = {}
+        # signal number -> the handler it had (what signal.signal returns and takes back)
+        self.before: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
         if threading.current_thread() is threading.main_thread():
             for signo in self.SIGNALS:
                 handler = signal.getsignal(signo)
@@ -248,7 +252,9 @@ class Transaction:
         what = "replace" if target.is_dir() else "overwrite"
         return OutputExistsError(f"{str(target)!r} exists; pass --force to {what} it")
 
-    def _do(self, kind: str, staged: Path | None, target: Path, undo: list, kept: list) -> None:
+    def _do(
+        self, kind: str, staged: Path | None, target: Path, undo: list[Callable[[], object]], kept: list[Path]
+    ) -> None:
         if kind == "aside":
             if not _lexists(target):
                 return
@@ -259,29 +265,30 @@ class Transaction:
             kept.append(old)
             undo.append(lambda: os.rename(old, target))
             return
+        assert staged is not None  # every step but an aside is a put, which has its staged path
         if staged.is_dir():
-            old = None
+            old_folder: Path | None = None
             if _lexists(target):
                 if not self.force:
                     raise self._exists(target)
-                old = _aside_name(target)
-                os.rename(target, old)
-                kept.append(old)
+                old_folder = _aside_name(target)
+                os.rename(target, old_folder)
+                kept.append(old_folder)
             try:
                 os.rename(staged, target)
             except OSError:
                 appeared = _lexists(target)  # a non-empty folder appeared meanwhile
-                if old is not None and not appeared:
-                    os.rename(old, target)
-                    kept.remove(old)
-                elif old is not None:  # put back when the steps before are undone
-                    undo.append(lambda: os.rename(old, target) if not _lexists(target) else None)
-                    kept.remove(old)
+                if old_folder is not None and not appeared:
+                    os.rename(old_folder, target)
+                    kept.remove(old_folder)
+                elif old_folder is not None:  # put back when the steps before are undone
+                    undo.append(lambda: os.rename(old_folder, target) if not _lexists(target) else None)
+                    kept.remove(old_folder)
                 if appeared:
                     raise self._exists(target) from None
                 raise
 
-            def back(old=old):
+            def back(old: Path | None = old_folder) -> None:
                 os.rename(target, staged)  # the new folder back to its temp name, removed with it
                 if old is not None:
                     os.rename(old, target)
@@ -303,7 +310,8 @@ class Transaction:
 
     def commit(self) -> None:
         """Do every step, or none: see the class."""
-        undo, kept = [], []
+        undo: list[Callable[[], object]] = []
+        kept: list[Path] = []
 
         def rollback():
             while undo:

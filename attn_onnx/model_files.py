@@ -50,10 +50,10 @@ def save_model(proto: onnx.ModelProto, path: Path, external: bool, data: bytes |
     if not external:
         path.write_bytes(proto.SerializeToString() if data is None else data)
         return [path]
-    data = data_file(path)
+    data_path = data_file(path)
     moved = []
     try:
-        with open(data, "wb") as f:
+        with open(data_path, "wb") as f:
             for init in proto.graph.initializer:
                 if init.data_location == onnx.TensorProto.EXTERNAL or not init.HasField("raw_data"):
                     continue
@@ -66,20 +66,20 @@ def save_model(proto: onnx.ModelProto, path: Path, external: bool, data: bytes |
                 del raw
                 init.ClearField("raw_data")
                 init.data_location = onnx.TensorProto.EXTERNAL
-                for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(length))):
+                for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(length))):
                     entry = init.external_data.add()
                     entry.key, entry.value = key, value
             f.flush()
             os.fsync(f.fileno())
         path.write_bytes(proto.SerializeToString())
     finally:  # the bytes back into the model, read from the data file one tensor at a time
-        with open(data, "rb") as f:
+        with open(data_path, "rb") as f:
             for init, offset, length in moved:
                 f.seek(offset)
                 del init.external_data[:]
                 init.data_location = onnx.TensorProto.DEFAULT
                 init.raw_data = f.read(length)
-    return [path, data]
+    return [path, data_path]
 
 
 def _commit_steps(txn, files: list[Path], out: Path, external: bool) -> None:
@@ -106,6 +106,7 @@ def stage_model(proto: onnx.ModelProto, out: Path, external: bool, data: bytes |
     from attn_onnx.files import current_staging
 
     txn = current_staging()
+    assert txn is not None, "stage_model runs within files.staging()"
     out = Path(out)
     files = save_model(proto, txn.temp_folder(out) / out.name, external, data)
     _commit_steps(txn, files, out, external)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from typing import Self, TypedDict
 
 from attn_onnx.errors import MetadataError, UsageError
 from attn_onnx.vocab import (
@@ -96,7 +97,7 @@ class ExportSpec:
     def output_dtypes(self) -> dict[str, str]:
         return self.kind.output_dtypes(self)
 
-    def validate(self) -> ExportSpec:
+    def validate(self) -> Self:
         """Raise UsageError naming the offending value; return self so calls chain."""
         from attn_onnx.exporter.variants import VARIANTS
 
@@ -130,7 +131,7 @@ class ExportSpec:
         VARIANTS[self.variant].check(self)
         return self
 
-    def replace(self, **changes) -> ExportSpec:
+    def replace(self, **changes) -> Self:
         return dataclasses.replace(self, **changes)
 
 
@@ -196,7 +197,7 @@ class ModelSpec(ExportSpec):
         if missing:
             raise MetadataError("the model's metadata lacks " + ", ".join(METADATA_PREFIX + m for m in missing))
         try:
-            kwargs = {
+            kwargs: _Fields = {
                 "module": kind.name,
                 "variant": meta["variant"],
                 "opset": int(meta["opset"]),
@@ -205,17 +206,21 @@ class ModelSpec(ExportSpec):
             }
             if "heads" in meta:
                 kwargs.update(
-                    heads=int(meta["heads"]),
-                    embedding_dim=int(meta.get("embedding_dim", int(meta["heads"]) * int(meta["d_k"]))),
-                    mask=meta["mask"],
-                    mask_dtype=meta.get("mask_dtype", "bool"),
-                    dtype=meta["dtype"],
-                    causal_align=meta.get("causal_align", "top-left"),
+                    {
+                        "heads": int(meta["heads"]),
+                        "embedding_dim": int(meta.get("embedding_dim", int(meta["heads"]) * int(meta["d_k"]))),
+                        "mask": meta["mask"],
+                        "mask_dtype": meta.get("mask_dtype", "bool"),
+                        "dtype": meta["dtype"],
+                        "causal_align": meta.get("causal_align", "top-left"),
+                    }
                 )
             if "attn_probs" in meta:
                 kwargs["attn_probs"] = meta["attn_probs"] == "true"
             if "weights" in meta:
-                kwargs.update(weights=json.loads(meta["weights"]), weights_source=meta.get("weights_source", ""))
+                kwargs.update(
+                    {"weights": json.loads(meta["weights"]), "weights_source": meta.get("weights_source", "")}
+                )
             if "tuning" in meta:
                 kwargs["tuning"] = json.loads(meta["tuning"])
             if kwargs["quantize"]:
@@ -231,6 +236,27 @@ class ModelSpec(ExportSpec):
                 f"the model's metadata is inconsistent: d_k={meta['d_k']} but embedding_dim/heads={spec.d_k}"
             )
         return spec
+
+
+class _Fields(TypedDict, total=False):
+    """The ModelSpec fields from_metadata reads off the metadata; those it leaves out take their defaults."""
+
+    module: str
+    variant: str
+    opset: int
+    optimize: str
+    quantize: str
+    heads: int
+    embedding_dim: int
+    mask: str
+    mask_dtype: str
+    dtype: str
+    causal_align: str
+    attn_probs: bool
+    weights: dict[str, dict]
+    weights_source: str
+    tuning: dict
+    quantize_format: str
 
 
 def _encode(spec: ModelSpec, name: str) -> str | None:

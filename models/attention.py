@@ -33,8 +33,10 @@ def subsequent_mask(size: int) -> torch.Tensor:
     return torch.from_numpy(1 - upper)
 
 
-def causal_mask(q_len: int | torch.SymInt, kv_len: int | torch.SymInt, align: str = "top-left") -> torch.Tensor:
-    """`subsequent_mask` built with torch ops (traceable by the exporter): (1, q_len, kv_len) uint8.
+def causal_mask(q_len: int, kv_len: int, align: str = "top-left") -> torch.Tensor:
+    """`subsequent_mask` built with torch ops (traceable by the exporter): (1, q_len, kv_len) uint8. The lengths
+    are a tensor's sizes, SymInts while torch.export traces, which torch types as int (Tensor.size(), arange's
+    end, Tensor + int): `int | SymInt` here would only mismatch torch's own annotations.
 
     top-left (the seed's): query i may attend key j when j <= i; for q_len == kv_len this equals
     `subsequent_mask(q_len)`. bottom-right: query i sits at position kv_len - q_len + i, as the newest

@@ -103,8 +103,8 @@ def _load_torch(path: Path) -> dict:
         head = f.read(4)
     # torch.save writes a zip archive; files of torch < 1.6 start with a pickle's PROTO opcode (0x80)
     if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
-        text = head.decode("ascii", "replace").isprintable()
-        what = "an empty file" if not head else "text" if text else "other data"
+        printable = head.decode("ascii", "replace").isprintable()
+        what = "an empty file" if not head else "text" if printable else "other data"
         raise WeightsError(
             f"{path.name!r} is not a PyTorch checkpoint (it holds {what}, not the zip archive torch.save writes)"
         )

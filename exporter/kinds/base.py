@@ -179,7 +179,7 @@ class AttentionKindBase(ModuleKind):
     """What `mha` and `attention` share: query, key, value, a mask mode, heads and widths."""
 
     example_dims = {"batch": 2, "q_len": 3, "kv_len": 4}  # all different, none 1: no dim baked or tied
-    dtypes = ("float32", "float16", "bfloat16")
+    dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
     case_dims = ("batch", "q_len", "kv_len")
 
     # batch 1; q_len != kv_len with a padding mask; a fully-masked row; the causal case; causal plus padding

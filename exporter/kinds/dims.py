@@ -26,7 +26,7 @@ def contract_problem(contract: dict, shapes: dict) -> str | None:
     """What breaks `contract` in a request whose inputs have `shapes` ({name: shape}), or None: a message
     naming both inputs and the dim, e.g. "input 'mask' dim 2 (kv_len) is 1, but input 'key' dim 1 (kv_len)
     is 4". Inputs absent from `shapes` are not checked (a missing input is another error)."""
-    seen = {}  # dim name -> (size, input, axis) where it was first seen
+    seen: dict[str, tuple[int, str, int]] = {}  # dim name -> (size, input, axis) where it was first seen
     for name, dims in contract["inputs"].items():
         if name not in shapes:
             continue
@@ -72,7 +72,7 @@ def contract_problem(contract: dict, shapes: dict) -> str | None:
 
 def resolve(contract: dict, shapes: dict) -> dict:
     """The size of every dim the inputs' `shapes` set, and of the dims that are sums of those."""
-    sizes = {}
+    sizes: dict[str, int] = {}
     for name, dims in contract["inputs"].items():
         for dim, size in zip(dims, shapes.get(name, ())):
             if isinstance(dim, str):

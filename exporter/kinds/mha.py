@@ -14,7 +14,7 @@ class MhaKind(AttentionKindBase):
     settings = frozenset(
         {"heads", "embedding_dim", "mask", "mask_dtype", "causal_align", "attn_probs", "weights", "dtype", "quantize"}
     )
-    metadata_fields = (
+    metadata_fields: tuple[str, ...] = (
         "heads",
         "d_k",
         "embedding_dim",
@@ -60,6 +60,7 @@ class MhaKind(AttentionKindBase):
             # The seed's `clones` deep-copies one Linear, so all four start identical; draw each on its own,
             # or a swapped query/key/value projection could never be seen in a parity check.
             for linear in module.linears:
+                assert isinstance(linear, torch.nn.Linear)  # clones of one Linear
                 linear.reset_parameters()
         if state is not None:
             load_into(module, state, source="the given state_dict")

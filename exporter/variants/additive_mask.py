@@ -49,6 +49,7 @@ def build(spec, module) -> Built:
     x = w.op("Transpose", [w.op("MatMul", [p_attn, v], stem="x")], stem="x", perm=[0, 2, 1, 3])  # (B, q_len, h, d_k)
     x = w.op("Reshape", [x, w.constant("concat_shape", np.array([0, 0, spec.embedding_dim], np.int64))], stem="x")
     if can_mask_whole_rows(spec):
+        assert allowed is not None  # a mask input, or the built-in causal mask
         x = uniform_rows(w, x, allowed, p["value"], ONNX_TYPES[spec.dtype])
     output_projection(w, weights, x)
     doc = "MultiHeadedAttention, the seed's graph with an additive mask (attn-onnx variant additive-mask)"

@@ -16,7 +16,7 @@ reduction over the keys.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -69,18 +69,24 @@ class GraphWriter:
             ],
         )
 
-    def op(self, op_type: str, inputs: list[str], stem: str | None = None, domain: str = "", **attrs) -> str:
+    def op(self, op_type: str, inputs: Sequence[str | Int], stem: str | None = None, domain: str = "", **attrs) -> str:
         """One node of one output; returns the output's name."""
         return self.ops(op_type, inputs, 1, stem, domain, **attrs)[0]
 
     def ops(
-        self, op_type: str, inputs: list[str], outputs: int, stem: str | None = None, domain: str = "", **attrs
+        self,
+        op_type: str,
+        inputs: Sequence[str | Int],
+        outputs: int,
+        stem: str | None = None,
+        domain: str = "",
+        **attrs,
     ) -> list[str]:
         """One node of `outputs` outputs (a Split); returns their names."""
         names = [self.fresh(stem or op_type.lower()) for _ in range(outputs)]
-        inputs = [str(name) for name in inputs]  # an Int is its value's name
+        input_names = [str(name) for name in inputs]  # an Int is its value's name
         self.nodes.append(
-            helper.make_node(op_type, inputs, names, name=self.fresh("n_" + op_type), domain=domain, **attrs)
+            helper.make_node(op_type, input_names, names, name=self.fresh("n_" + op_type), domain=domain, **attrs)
         )
         return names
 
@@ -119,38 +125,38 @@ class Int:
             return other.name
         return int64(self.w, other) if isinstance(other, int) else other
 
-    def _op(self, op_type: str, other, reverse: bool = False) -> Int:
+    def _op(self, op_type: str, other: Int | str | int, reverse: bool = False) -> Int:
         a, b = self.name, self._name(other)
         return Int(self.w, self.w.op(op_type, [b, a] if reverse else [a, b]))
 
-    def __add__(self, other):
+    def __add__(self, other: Int | str | int) -> Int:
         return self._op("Add", other)
 
-    def __radd__(self, other):
+    def __radd__(self, other: Int | str | int) -> Int:
         return self._op("Add", other, reverse=True)
 
-    def __sub__(self, other):
+    def __sub__(self, other: Int | str | int) -> Int:
         return self._op("Sub", other)
 
-    def __rsub__(self, other):
+    def __rsub__(self, other: Int | str | int) -> Int:
         return self._op("Sub", other, reverse=True)
 
-    def __mul__(self, other):
+    def __mul__(self, other: Int | str | int) -> Int:
         return self._op("Mul", other)
 
-    def __rmul__(self, other):
+    def __rmul__(self, other: Int | str | int) -> Int:
         return self._op("Mul", other, reverse=True)
 
-    def __floordiv__(self, other):
+    def __floordiv__(self, other: Int | str | int) -> Int:
         return self._op("Div", other)
 
-    def __mod__(self, other):
+    def __mod__(self, other: Int | str | int) -> Int:
         return self._op("Mod", other)
 
-    def min(self, other) -> Int:
+    def min(self, other: Int | str | int) -> Int:
         return self._op("Min", other)
 
-    def max(self, other) -> Int:
+    def max(self, other: Int | str | int) -> Int:
         return self._op("Max", other)
 
     def named(self, stem: str) -> Int:
@@ -167,7 +173,7 @@ class Int:
 class Weights:
     """The module's state_dict as numpy, and the weight map the variant fills while placing tensors."""
 
-    def __init__(self, module):
+    def __init__(self, module) -> None:
         # views, not copies: a 16384-wide block holds 4.3 GB of weights (in the export's dtype already)
         self.state = {k: to_numpy(v) for k, v in module.state_dict().items()}
         self.map: dict[str, dict] = {}

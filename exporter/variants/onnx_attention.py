@@ -32,6 +32,7 @@ def build(spec, module) -> Built:
         attrs["is_causal"] = 1  # the op's is_causal is top-left aligned, as the seed's subsequent_mask
     elif spec.mask != "none":
         allowed = allowed_mask(w, spec)  # (B, mask_q_len, kv_len) or bottom-right causal (q_len, kv_len) bool
+        assert allowed is not None  # a mask input, or the built-in causal mask
         inputs.append(per_head(w, allowed, spec))  # (B | 1, 1, q_len, kv_len)
     attended = w.op("Attention", inputs, stem="attended", **attrs)  # (B, q_len, E)
     if allowed is not None:

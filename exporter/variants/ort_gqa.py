@@ -44,6 +44,7 @@ def build(spec, module) -> Built:
     w, weights = GraphWriter(), Weights(module)
     p = projections(w, weights, packed_bias=False, spec=spec)  # query, key, value (B, len, E), biases added
     allowed = allowed_mask(w, spec)  # (B, mask_q_len, kv_len) or causal (q_len, kv_len) bool
+    assert allowed is not None  # ort-gqa takes only a mask input or the built-in causal mask (its Variant's masks)
     lengths, total, fast = _causal_padding(w, spec, allowed)  # (B,) key lengths, kv_len (int32); GQA applies
 
     def group_query_attention(b: GraphWriter) -> str:

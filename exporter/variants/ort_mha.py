@@ -41,6 +41,7 @@ def build(spec, module) -> Built:
         scale=scale(spec),
     )
     if can_mask_whole_rows(spec):
+        assert allowed is not None  # a mask input, or the built-in causal mask
         width = spec.embedding_dim
         value_bias = w.op(
             "Slice",

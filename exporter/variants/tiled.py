@@ -34,7 +34,8 @@ best, or level with the best, of 32, 64, 128 and no cap at each bench-attn shape
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from onnx import TensorProto
@@ -72,16 +73,19 @@ def build(spec, module) -> Built:
     w, weights = GraphWriter(), Weights(module)
     allowed = allowed_mask(w, spec)  # (B, mask_q_len, kv_len), causal (q_len, kv_len) bool, or None
     # with a mask input: the reach, each example's key limit, the rows that allow a key (one ArgMax)
-    limits = _mask_reach(w, allowed) if spec.mask == "input" else None
+    limits = None
+    if spec.mask == "input":
+        assert allowed is not None  # allowed_mask gives the mask input's
+        limits = _mask_reach(w, allowed)
+    value_mean = None  # the mean of the values over every key: by default that of p["value"] (uniform_rows)
     if limits is None:
         p = projections(w, weights, packed_bias=False, spec=spec)  # query, key, value (B, len, E) with biases
     else:  # keys and values projected only where some query of the example may attend them
-        p = _needed_projections(w, weights, spec, limits[1])
+        p, value_mean = _needed_projections(w, weights, spec, limits[1])
     x = _attend_in_tiles(w, spec, p, allowed, limits)  # (B, q_len, E)
     if can_mask_whole_rows(spec):
-        x = uniform_rows(
-            w, x, allowed, p["value"], ONNX_TYPES[spec.dtype], limits[2] if limits else None, p.get("value_mean")
-        )
+        assert allowed is not None  # a mask input, or the built-in causal mask
+        x = uniform_rows(w, x, allowed, p["value"], ONNX_TYPES[spec.dtype], limits[2] if limits else None, value_mean)
     output_projection(w, weights, x)
     doc = (
         "MultiHeadedAttention, the seed's graph one tile of query rows at a time over the keys the mask can "
@@ -124,11 +128,14 @@ def coverage_shapes(spec) -> list[tuple[int, int, int]]:
     return list(found.values())
 
 
-def _needed_projections(w: GraphWriter, weights: Weights, spec, key_limit: str) -> dict:
+def _needed_projections(
+    w: GraphWriter, weights: Weights, spec, key_limit: str
+) -> tuple[dict[str, str], Callable[[GraphWriter], str]]:
     """The query projected on every row (B * q_len, E); the key and value only on the rows of keys some query of
     their example may attend (key j < key_limit[b]), packed example after example (N, E), with where each
-    example's rows start (`key_offsets`, (B,)) and the key positions (`key_range`, (1, kv_len)); and how to
-    write the mean of the projected values over every key, which a fully-masked row attends (`value_mean`).
+    example's rows start (`key_offsets`, (B,)) and the key positions (`key_range`, (1, kv_len)); and, beside
+    them, how to write the mean of the projected values over every key, which a fully-masked row attends
+    (uniform_rows' `value_mean`).
 
     Padding is thus not projected: at (4, 512) with half the keys padded, a quarter of the projections' work.
     The mean is linear: mean(x) W^T + b is the mean of x W^T + b (to float32 rounding), whatever was skipped.
@@ -155,18 +162,24 @@ def _needed_projections(w: GraphWriter, weights: Weights, spec, key_limit: str) 
             "Split", [kv, w.constant("kv_split", np.array([width] * 2, np.int64))], 2, stem="kv", axis=-1
         )  # each (N, E)
         v_part = [w.constant(n, np.array([v], np.int64)) for n, v in (("v_start", width), ("v_end", 2 * width))]
-        out["value_mean"] = lambda b: b.op(
-            "Slice",
-            [_linear(b, weights, mean_over_keys(b, "x"), [1, 2])]
-            + v_part
-            + [w.constant("axes_last", np.array([-1], np.int64))],
-            stem="mean_v",
-        )  # (B, 1, 2E) -> its value half
+
+        def value_mean(b: GraphWriter) -> str:
+            return b.op(
+                "Slice",
+                [_linear(b, weights, mean_over_keys(b, "x"), [1, 2])]
+                + v_part
+                + [w.constant("axes_last", np.array([-1], np.int64))],
+                stem="mean_v",
+            )  # (B, 1, 2E) -> its value half
+
     else:
         for i, role in ((1, "key"), (2, "value")):
             out[role] = _linear(w, weights, _needed_rows(w, role, tokens, where), [i])  # (N, E)
-        out["value_mean"] = lambda b: _linear(b, weights, mean_over_keys(b, "value"), [2])
-    return out
+
+        def value_mean(b: GraphWriter) -> str:
+            return _linear(b, weights, mean_over_keys(b, "value"), [2])
+
+    return out, value_mean
 
 
 def _needed_rows(w: GraphWriter, x: str, tokens: str, where: str) -> str:
@@ -182,7 +195,8 @@ def _linear(w: GraphWriter, weights: Weights, x: str, which: list[int]) -> str:
     return w.op("Add", [w.op("MatMul", [x, weight]), bias], stem="projected")
 
 
-class _Tiling(NamedTuple):
+@dataclass(frozen=True)
+class _Tiling:
     """How the rows and examples are cut into tiles: the dims (Int scalars) and, for every tile at once (count,),
     its examples [first, last), rows [start, end) and keys [0, keys). A turn of the loop only looks its own up
     (_this_tile), which keeps the nodes a turn few."""
@@ -221,7 +235,8 @@ def _attend_in_tiles(
     batch, q_len, kv_len = _lengths(w, spec, q)
     reach, tile, group = _tile_size(w, spec, batch, q_len, kv_len, allowed, limits)
     k, v = _key_value_heads(w, spec, p, packed=limits is not None)  # (h, N, d_k) packed, or (h, B, kv_len, d_k)
-    tiling = _tiling(w, batch, q_len, kv_len, tile, group, reach, limits[1] if limits is not None else None)
+    key_limit = limits[1] if limits is not None else None
+    tiling = _tiling(w, Int(w, batch), Int(w, q_len), kv_len, Int(w, tile), Int(w, group), reach, key_limit)
 
     body = w.branch()  # one turn: one tile, examples [first, first + G), rows [start, start + T), keys [0, n)
     counter, cond = w.fresh("tile_index"), w.fresh("cond")
@@ -285,11 +300,12 @@ def _key_value_heads(w: GraphWriter, spec, p: dict[str, str], packed: bool) -> t
     (h, B, kv_len, d_k)."""
     if packed:
         rows_shape = w.constant("rows_heads", np.array([-1, spec.heads, spec.d_k], np.int64))
-        return tuple(
+        key, value = (
             w.op("Transpose", [w.op("Reshape", [p[n], rows_shape])], perm=[1, 0, 2], stem=n[0])
             for n in ("key", "value")
         )
-    return tuple(
+        return key, value
+    key, value = (
         w.op(
             "Transpose",
             [w.op("Reshape", [p[n], w.constant("heads_shape", np.array([0, 0, spec.heads, spec.d_k], np.int64))])],
@@ -297,15 +313,15 @@ def _key_value_heads(w: GraphWriter, spec, p: dict[str, str], packed: bool) -> t
         )
         for n in ("key", "value")
     )
+    return key, value
 
 
 def _tiling(
-    w: GraphWriter, batch: str, q_len: str, kv_len: str, tile: str, group: str, reach: str, key_limit: str | None
+    w: GraphWriter, batch: Int, q_len: Int, kv_len: str, tile: Int, group: Int, reach: str, key_limit: str | None
 ) -> _Tiling:
     """Every tile's examples, rows and keys: tiles of G examples and T rows, g-major over the example groups,
     then the row tiles; the last ones start G examples and T rows before the end (they overlap their
     neighbours), so that every tile has one shape."""
-    batch, q_len, tile, group = Int(w, batch), Int(w, q_len), Int(w, tile), Int(w, group)
     row_tiles = ((q_len + tile - 1) // tile).named("tile_count")  # ceil(q_len / tile)
     groups = ((batch + group - 1) // group).named("groups")
     count = row_tiles * groups
@@ -352,7 +368,7 @@ def _tile_keys(
     return keys, examples, example_limits
 
 
-def _table(w: GraphWriter, *columns) -> str:
+def _table(w: GraphWriter, *columns: Int | str) -> str:
     """Per-tile values (count,) side by side: (count, len(columns)), a tile's row of which is its Slice's
     starts or ends."""
     return w.op("Concat", [_unsqueeze(w, x, 1) for x in columns], axis=1)
@@ -379,7 +395,8 @@ def _sliced_keys_values(
     starts = _this_tile(body, counter, _table(w, tiling.first, tiling.zeros))
     ends = _this_tile(body, counter, _table(w, tiling.last, tiling.keys))
     axes = w.constant("axes_1_2", np.array([1, 2], np.int64))
-    return tuple(body.op("Slice", [x, starts, ends, axes], stem="kv_tile") for x in (k, v))
+    k_tile, v_tile = (body.op("Slice", [x, starts, ends, axes], stem="kv_tile") for x in (k, v))
+    return k_tile, v_tile
 
 
 def _gathered_keys_values(
@@ -389,6 +406,7 @@ def _gathered_keys_values(
     (h, N, d_k) -> (h, G, n, d_k). An example's keys past its own limit (a tile of several examples goes to the
     last of theirs) are masked in every row of it; they take the row of its last needed key, a finite value
     weighed 0."""
+    assert tiling.examples is not None and tiling.example_limits is not None  # a mask input's (_tile_keys)
     key = body.op(
         "Slice",
         [
@@ -405,7 +423,8 @@ def _gathered_keys_values(
         [_this_tile(body, counter, offsets), body.op("Min", [key, _this_tile(body, counter, last_keys)])],
         stem="kv_rows",
     )  # (G, n)
-    return tuple(body.op("Gather", [x, at], axis=1, stem="kv_tile") for x in (k, v))
+    k_tile, v_tile = (body.op("Gather", [x, at], axis=1, stem="kv_tile") for x in (k, v))
+    return k_tile, v_tile
 
 
 def _scores(w: GraphWriter, body: GraphWriter, spec, q_tile: str, k_tile: str) -> str:
@@ -429,9 +448,11 @@ def _mask_bias(w: GraphWriter, body: GraphWriter, counter: str, spec, allowed: s
         rows_end = tiling.end * full + (1 - full)
         starts = _table(w, tiling.first, tiling.start * full, tiling.zeros)
         ends, axes = _table(w, tiling.last, rows_end, tiling.keys), [0, 1, 2]
-    axes = w.constant("axes_" + "_".join(map(str, axes)), np.array(axes, np.int64))
+    axes_name = w.constant("axes_" + "_".join(map(str, axes)), np.array(axes, np.int64))
     mask_tile = body.op(
-        "Slice", [allowed, _this_tile(body, counter, starts), _this_tile(body, counter, ends), axes], stem="mask_tile"
+        "Slice",
+        [allowed, _this_tile(body, counter, starts), _this_tile(body, counter, ends), axes_name],
+        stem="mask_tile",
     )
     return additive_bias(body, mask_tile, spec, per_head_dims=False)
 
@@ -473,7 +494,7 @@ def _place_rows(w: GraphWriter, spec, x_tiles: str, tiling: _Tiling) -> str:
     return w.op("Gather", [rows, where], axis=0, stem="x")  # (B, q_len, E)
 
 
-def _placed(w: GraphWriter, size: str, block: str, blocks: str, stem: str) -> tuple[str, str]:
+def _placed(w: GraphWriter, size: Int, block: Int, blocks: Int, stem: str) -> tuple[Int, Int]:
     """For each of 0..size-1, which of the `blocks` blocks of `block` it is in and where: blocks end to end,
     the last one starting at size - block (it overlaps the one before)."""
     index = Int(w, w.op("Range", [int64(w, 0), size, int64(w, 1)]))
@@ -538,7 +559,7 @@ def _mask_rows(w: GraphWriter, allowed: str) -> str:
     return w.op("Cast", [w.op("Greater", [mask_q_len, int64(w, 1)])], to=INT64, stem="full_mask")
 
 
-def _unsqueeze(w: GraphWriter, x: str, axis: int) -> str:
+def _unsqueeze(w: GraphWriter, x: Int | str, axis: int) -> str:
     """x with a new axis of size 1 at `axis` (1 or 2): (count,) -> (count, 1), (count, G) -> (count, G, 1)."""
     return w.op("Unsqueeze", [x, w.constant(f"axes_{axis}", np.array([axis], np.int64))])
 

@@ -41,6 +41,7 @@ def build(spec, module: torch.nn.Module | None) -> Built:
             )
     except Exception as exc:
         raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {first_line(exc)}") from exc
+    assert program is not None  # torch.onnx.export returns an ONNXProgram with dynamo=True (None is TorchScript's)
     proto = program.model_proto
     return Built(proto, _weight_map(proto, module) if module is not None else {})
 
