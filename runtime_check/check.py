@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -238,7 +238,7 @@ def _golden_module(loaded: LoadedModel, config: CheckConfig, module):
     return reference_module(loaded.proto, loaded.spec, config.weights, config.weights_prefix, loaded.base_dir)
 
 
-def _versions(runners: list[Runner] = ()) -> dict[str, str]:
+def _versions(runners: Sequence[Runner] = ()) -> dict[str, str]:
     """The libraries' versions: ours, the golden's, and each registered runtime's that is installed here (its
     file's versions()), with what a runner reports of its own runtime (onnxruntime-web's, say)."""
     import torch

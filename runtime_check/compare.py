@@ -96,29 +96,38 @@ class OutputComparison:
         cls, output: str, actual: np.ndarray, golden: np.ndarray, expected_dtype: str, tolerance: Tolerance
     ) -> OutputComparison:
         actual, golden = np.asarray(actual), np.asarray(golden)
-        base = dict(
-            output=output,
-            shape=tuple(actual.shape),
-            golden_shape=tuple(golden.shape),
-            dtype=str(actual.dtype),
-            expected_dtype=expected_dtype,
-            nonfinite=int(np.size(actual) - np.count_nonzero(np.isfinite(actual))),
-            atol=tolerance.atol,
-            rtol=tolerance.rtol,
-        )
+        atol, rtol = tolerance.atol, tolerance.rtol
+        assert atol is not None and rtol is not None, f"{tolerance} is not resolved (tolerance_for)"
+        nonfinite = int(np.size(actual) - np.count_nonzero(np.isfinite(actual)))
+
+        def figures(max_abs: float, max_rel: float, needed_atol: float) -> OutputComparison:
+            return cls(
+                output=output,
+                shape=tuple(actual.shape),
+                golden_shape=tuple(golden.shape),
+                dtype=str(actual.dtype),
+                expected_dtype=expected_dtype,
+                nonfinite=nonfinite,
+                atol=atol,
+                rtol=rtol,
+                max_abs=max_abs,
+                max_rel=max_rel,
+                needed_atol=needed_atol,
+            )
+
         if actual.shape != golden.shape:  # shape is checked before values
-            return cls(**base, max_abs=float("inf"), max_rel=float("inf"), needed_atol=float("inf"))
+            return figures(max_abs=float("inf"), max_rel=float("inf"), needed_atol=float("inf"))
         a, g = actual.astype(np.float64), golden.astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             diff = np.abs(a - g)
             rel = np.where(diff == 0, 0.0, diff / np.abs(g))
         if diff.size == 0:
-            return cls(**base, max_abs=0.0, max_rel=0.0, needed_atol=0.0)
+            return figures(max_abs=0.0, max_rel=0.0, needed_atol=0.0)
         bad = ~np.isfinite(diff)
         max_abs = float("inf") if bad.any() else float(diff.max())
         max_rel = float("inf") if bad.any() else float(rel.max())
-        needed = float("inf") if bad.any() else max(0.0, float((diff - tolerance.rtol * np.abs(g)).max()))
-        return cls(**base, max_abs=max_abs, max_rel=max_rel, needed_atol=needed)
+        needed = float("inf") if bad.any() else max(0.0, float((diff - rtol * np.abs(g)).max()))
+        return figures(max_abs=max_abs, max_rel=max_rel, needed_atol=needed)
 
     @property
     def failures(self) -> list[str]:

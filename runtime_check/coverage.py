@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import onnx
@@ -209,6 +211,9 @@ def _scalar(nodes: list, name: str, value: int) -> str:
     return name
 
 
+_Run = Callable[[list[str], dict[str, np.ndarray]], list]  # (output names, feeds) -> their values
+
+
 class CoverageProbe:
     """The instrumented copy of a model, run in onnxruntime's CPU (onnx.reference where onnxruntime has no
     kernel for the model's dtype): `run(feeds)` gives each probe's values. A model without control flow has no
@@ -216,7 +221,7 @@ class CoverageProbe:
 
     def __init__(self, proto: onnx.ModelProto, base_dir: str = ""):
         self.probes: list[Probe] = []
-        self.session = None
+        self.session: _Run | None = None
         if not control_flow(proto):
             return
         copy, self.probes = instrument(proto)
@@ -230,6 +235,7 @@ class CoverageProbe:
         """The paths these feeds take."""
         if not self.probes:
             return set()
+        assert self.session is not None  # __init__ gives every probe its session
         try:
             values = self.session([p.output for p in self.probes], feeds)
         except Exception:
@@ -237,7 +243,7 @@ class CoverageProbe:
         return set().union(*(probe.taken(v) for probe, v in zip(self.probes, values)))
 
 
-def _session(proto: onnx.ModelProto, base_dir: str):
+def _session(proto: onnx.ModelProto, base_dir: str) -> _Run:
     """A function (output names, feeds) -> values running `proto`."""
     import onnxruntime as ort
 
@@ -254,7 +260,8 @@ def _session(proto: onnx.ModelProto, base_dir: str):
     from onnx.reference import ReferenceEvaluator
 
     evaluator = ReferenceEvaluator(proto)
-    return lambda names, feeds: evaluator.run(names, feeds)
+    # run's annotation (a dict, or a list) covers intermediate=True, which gives the dict; this call gives the list
+    return lambda names, feeds: cast(list, evaluator.run(names, feeds))
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 
 from attn_onnx.dtypes import to_torch
 from attn_onnx.errors import MetadataError
-from attn_onnx.exporter.spec import ExportSpec
+from attn_onnx.exporter.spec import ModelSpec
 from attn_onnx.exporter.variants.base import tensor_of
 from attn_onnx.models.weights import load_into, load_state_dict, weights_label
 
@@ -21,7 +21,7 @@ FROM_FILE = (
 
 
 def reference_module(
-    proto: onnx.ModelProto, spec: ExportSpec, weights: str | Path | None = None, prefix: str = "", base_dir: str = ""
+    proto: onnx.ModelProto, spec: ModelSpec, weights: str | Path | None = None, prefix: str = "", base_dir: str = ""
 ) -> tuple[torch.nn.Module | None, str]:
     """The module a model was exported from (a MultiHeadedAttention for `mha`), and a sentence on whose
     weights it holds. Kinds without weights (`attention`, `mask`) give (None, ...).
@@ -37,7 +37,7 @@ def reference_module(
     return module, FROM_FILE
 
 
-def model_twin(proto: onnx.ModelProto, spec: ExportSpec, twin):
+def model_twin(proto: onnx.ModelProto, spec: ModelSpec, twin: torch.nn.Module | None) -> torch.nn.Module | None:
     """The module holding the weights the model holds, to check it against: `twin` (the module with its
     weights rounded to the model's dtype), or for an int8 model the dequantized weights read back through its
     weight map. The pipeline and auto both hold a model to it."""
@@ -47,7 +47,7 @@ def model_twin(proto: onnx.ModelProto, spec: ExportSpec, twin):
     return module
 
 
-def _state_from_initializers(proto: onnx.ModelProto, spec: ExportSpec, base_dir: str = "") -> dict[str, torch.Tensor]:
+def _state_from_initializers(proto: onnx.ModelProto, spec: ModelSpec, base_dir: str = "") -> dict[str, torch.Tensor]:
     inits = {init.name: init for init in proto.graph.initializer}
     missing = sorted(entry["initializer"] for entry in spec.weights.values() if entry["initializer"] not in inits)
     if not spec.weights or missing:

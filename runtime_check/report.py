@@ -159,6 +159,7 @@ class Report:
             text += " | nothing checked" + ("" if self.skip_missing else " (pass --skip-missing to allow that)")
         else:
             worst = self.worst
+            assert worst is not None  # some case ran
             needed = max(r.needed_atol for r in self.results)
             text += (
                 f" | worst: {worst.runner} {worst.case} max_abs={worst.max_abs:.3g}"
@@ -178,6 +179,7 @@ class Report:
             more = f" and {len(self.failed) - 10} more" if len(self.failed) > 10 else ""
             raise ParityError(f"{len(self.failed)} of {len(self.results)} cases failed: {names}{more}", report=self)
         if self.uncovered:
+            assert self.coverage is not None  # the failures are its
             raise ParityError(
                 f"the cases left control-flow paths unrun: {'; '.join(self.coverage.missing)}", report=self
             )

@@ -18,6 +18,7 @@ import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -26,6 +27,11 @@ from attn_onnx.exporter.export import Prepared, describe, export_prepared
 from attn_onnx.exporter.spec import ExportSpec, ModelSpec
 from attn_onnx.exporter.variants import VARIANTS
 from attn_onnx.vocab import MASK_PATTERNS
+
+if TYPE_CHECKING:
+    import torch
+
+    from attn_onnx.runtime_check.report import Report
 
 DEFAULT_SHAPES = ((1, 16), (1, 128), (1, 512))  # batch x length, self-attention lengths
 # bench-attn's own rounds and share of a round, so that auto decides on the figures bench-attn would give (with 5
@@ -40,14 +46,19 @@ TARGET_S = 0.05  # each contender's share of a round (bench.py's _timed), bench-
 class Candidate:
     variant: str
     runs_in: str  # where it runs (the variant's own word)
-    proto: onnx.ModelProto | None = None
-    spec: ExportSpec | None = None
+    proto: onnx.ModelProto | None = None  # once exported
+    spec: ExportSpec | None = None  # the settings it would build; once exported, its model's ModelSpec
     dropped: str = ""  # why it is out: it cannot build the spec, or it failed the check
     max_abs: float | None = None  # on the quick sweep, against the float64 module
     median_ms: dict[str, float] = field(default_factory=dict)  # "1x128" -> median over rounds
     geomean_ms: float | None = None
-    report: object = None  # its check's Report
-    twin: object = None  # the module it was checked against: the weights it holds (int8: dequantized)
+    report: Report | None = None  # its check's
+    twin: torch.nn.Module | None = None  # the module it was checked against: the weights it holds (int8: dequantized)
+
+    def exported(self) -> tuple[onnx.ModelProto, ModelSpec]:
+        """Its model and that model's spec: a candidate still in the race (not `dropped`) has passed the check."""
+        assert self.proto is not None and isinstance(self.spec, ModelSpec), f"{self.variant} was not exported"
+        return self.proto, self.spec
 
 
 @dataclass
@@ -167,17 +178,19 @@ def tune(
         raise UsageError(f"--attention-impl auto found no variant that builds and passes the check: {reasons}")
     by_shape = {}
     if len(alive) > 1:  # one candidate needs no race
-        runs = {c.variant: sessions(c.proto, threads) for c in alive}
+        runs = {c.variant: sessions(c.exported()[0], threads) for c in alive}
         for batch, length in shapes:
             name = _shape_name((batch, length))
             on_line(f"auto: timing {len(alive)} variants at {name} ({rounds} rounds)")
-            feeds = feeds_at(alive[0].spec, batch, length, mask_pattern)  # one draw: every candidate on the same inputs
+            # one draw: every candidate on the same inputs
+            feeds = feeds_at(alive[0].exported()[1], batch, length, mask_pattern)
             calls = {c.variant: _call(runs[c.variant], feeds) for c in alive}
             by_shape[name] = interleaved(calls, rounds, TARGET_S)
+        geomean_ms: dict[str, float] = {}
         for c in alive:
             c.median_ms = {s: statistics.median(times[c.variant]) * 1e3 for s, times in by_shape.items()}
-            c.geomean_ms = math.exp(statistics.fmean(math.log(v) for v in c.median_ms.values()))
-        best = min(alive, key=lambda c: c.geomean_ms)
+            c.geomean_ms = geomean_ms[c.variant] = math.exp(statistics.fmean(math.log(v) for v in c.median_ms.values()))
+        best = min(alive, key=lambda c: geomean_ms[c.variant])
     else:
         best = alive[0]
     cpu = cpu_model()
@@ -195,9 +208,10 @@ def tune(
         "geomean_ms": {c.variant: _figure(c.geomean_ms) for c in alive if c.geomean_ms is not None},
         "dropped": {c.variant: c.dropped for c in found if c.dropped},
     }
-    chosen = best.spec.replace(tuning=record)
-    describe(best.proto, chosen)  # the metadata now records the choice
-    return Choice(best.proto, chosen, found, shapes, cpu, threads, rounds)
+    best_proto, best_spec = best.exported()
+    chosen = best_spec.replace(tuning=record)
+    describe(best_proto, chosen)  # the metadata now records the choice
+    return Choice(best_proto, chosen, found, shapes, cpu, threads, rounds)
 
 
 def _export_and_check(candidate: Candidate, weights: Prepared) -> None:
@@ -205,6 +219,7 @@ def _export_and_check(candidate: Candidate, weights: Prepared) -> None:
     from attn_onnx.runtime_check.check import QUICK_CONFIG, check_model
     from attn_onnx.runtime_check.reference import model_twin
 
+    assert candidate.spec is not None  # tune exports only the candidates with a spec
     try:
         candidate.proto, candidate.spec = export_prepared(candidate.spec, weights)
     except Exception as exc:  # a variant that cannot export this spec is out, with the exporter's word
@@ -220,8 +235,10 @@ def _export_and_check(candidate: Candidate, weights: Prepared) -> None:
             f"failed the check ({len(report.failed)} of {len(report.results)} cases; {worst.line()[:160]})"
         )
     elif not report.ok:  # right on every case, but a path of its graph no case ran: not proven
+        assert report.coverage is not None  # the only other way to fail
         candidate.dropped = f"the check never ran {'; '.join(report.coverage.missing)}"
     else:
+        assert report.worst is not None  # some case ran
         candidate.max_abs = report.worst.max_abs
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -84,7 +84,7 @@ def sessions(proto: onnx.ModelProto, threads: int) -> list[ort.InferenceSession]
 
 
 def interleaved(
-    calls: dict[str, Callable[[int], object]],
+    calls: Mapping[str, Callable[[int], object]],
     rounds: int,
     target_s: float,
     before_round: Callable[[int], None] = lambda number: None,
@@ -96,13 +96,18 @@ def interleaved(
     process). `call(number)` gets the round's number, so a contender can take its sessions in turn. The one timing
     engine of bench-attn, its --runtimes, and export-attn --attention-impl auto."""
     measure = measure or timed
-    samples = {name: [] for name in calls}
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for number in range(rounds):
         before_round(number)
         for name in round_order(list(calls), number):
-            samples[name].append(measure(lambda call=calls[name], number=number: call(number), target_s))
+            samples[name].append(measure(_in_round(calls[name], number), target_s))
         on_round(number)
     return samples
+
+
+def _in_round(call: Callable[[int], object], number: int) -> Callable[[], object]:
+    """`call` as a contender of round `number` (what interleaved times)."""
+    return lambda: call(number)
 
 
 def sgemm_model() -> onnx.ModelProto:

@@ -10,6 +10,8 @@ import struct
 import subprocess
 import tempfile
 import weakref
+from pathlib import Path
+from typing import IO
 
 from attn_onnx.errors import RuntimeFailure
 
@@ -18,22 +20,24 @@ class Child:
     """The process of `command`, alive until close() (or until this object is collected, or Python exits).
     `what` names it in errors: "the onnxruntime-web process"."""
 
-    def __init__(self, command: list[str], what: str, cwd=None):
+    def __init__(self, command: list[str], what: str, cwd: str | Path | None = None):
         self.what = what
         self._stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             command, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr
         )
-        self._finalizer = weakref.finalize(self, _stop, self.process, self._stderr)
+        assert self.process.stdin is not None and self.process.stdout is not None  # both PIPE
+        self._stdin, self._stdout = self.process.stdin, self.process.stdout
+        self._finalizer = weakref.finalize(self, _stop, self.process, self._stdin, self._stdout, self._stderr)
 
     def request(self, header: dict, payloads: list[bytes]) -> tuple[dict, bytes]:
         """Send one frame (the header, then each payload in order) and return the answer's."""
         text = json.dumps(header).encode()
         try:
-            self.process.stdin.write(struct.pack("<I", len(text)) + text)
+            self._stdin.write(struct.pack("<I", len(text)) + text)
             for payload in payloads:
-                self.process.stdin.write(payload)
-            self.process.stdin.flush()
+                self._stdin.write(payload)
+            self._stdin.flush()
         except (BrokenPipeError, ValueError):  # ValueError: written after close()
             raise RuntimeFailure(f"{self.what} has ended{self.last_words()}") from None
         return self.receive()
@@ -47,7 +51,7 @@ class Child:
         self._finalizer()
 
     def _read(self, n: int) -> bytes:
-        data = self.process.stdout.read(n) if n else b""
+        data = self._stdout.read(n) if n else b""
         if len(data) != n:
             code = self.process.wait()
             raise RuntimeFailure(f"{self.what} ended (exit {code}){self.last_words()}")
@@ -60,13 +64,13 @@ class Child:
         return f": {lines[-1].strip()[:300]}" if lines else ""
 
 
-def _stop(process: subprocess.Popen, stderr) -> None:
+def _stop(process: subprocess.Popen[bytes], stdin: IO[bytes], stdout: IO[bytes], stderr: IO[bytes]) -> None:
     """Close the child's stdin (it exits when its queue is done), then make sure it is gone."""
     try:
-        process.stdin.close()
+        stdin.close()
         process.wait(timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         process.kill()
         process.wait()
-    process.stdout.close()
+    stdout.close()
     stderr.close()

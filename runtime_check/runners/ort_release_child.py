@@ -51,6 +51,8 @@ def main() -> None:
                 options.intra_op_num_threads = 1  # the same answers on every machine, and no spinning
                 session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
                 send({"ok": True, "outputs": [o.name for o in session.get_outputs()]})
+            elif session is None:  # a run before any load, or after one that failed
+                raise RuntimeError("no model is loaded")
             else:
                 feeds, at = {}, 0
                 for spec in header["inputs"]:

@@ -68,7 +68,7 @@ class ReleaseRunner:
                 f"{version}: run {INSTALL} {version}"
             )
         self.versions = {self.name: f"onnxruntime {version} with numpy {hello['numpy']}, in a process of its own"}
-        self.output_names = []
+        self.output_names: list[str] = []
         if data is None:  # a process with no model yet: `load` gives it one
             return
         try:
