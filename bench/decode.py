@@ -61,7 +61,7 @@ def decode_bench(
         cache = rng.standard_normal((1, heads, past, embedding_dim // heads), dtype=np.float32)
         step_feeds = {"query": new, "key": new, "value": new, "past_key": cache, "past_value": cache}
         whole_feeds = {"query": x, "key": x, "value": x}
-        times = {"step": [], "recompute": []}
+        times: dict[str, list[float]] = {"step": [], "recompute": []}
         for _ in range(rounds):
             times["step"].append(timed(lambda f=step_feeds: step.run(None, f), target_s))
             times["recompute"].append(timed(lambda f=whole_feeds: whole.run(None, f), target_s))

@@ -48,12 +48,12 @@ print(json.dumps({"loaded_kib": loaded, "peak_kib": peak}))
 
 def peak_rss(
     variants: list[str], batch: int, length: int, threads: int, heads: int = 8, embedding_dim: int = 512
-) -> dict[str, dict]:
+) -> dict[str, dict[str, float | str]]:
     """variant -> {"peak_mib", "run_mib" (above the loaded session), "inputs_mib"}; "error" if the run failed."""
     spec0 = ExportSpec(heads=heads, embedding_dim=embedding_dim).validate()
     module = spec0.kind.build_module(spec0, seed=0)
     inputs_mib = (3 * batch * length * embedding_dim * 4 + batch * length * length) / 2**20
-    out = {}
+    out: dict[str, dict[str, float | str]] = {}
     with tempfile.TemporaryDirectory() as folder:
         for name in variants:
             spec = ExportSpec(

@@ -20,8 +20,11 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onnx import numpy_helper
 
@@ -29,6 +32,11 @@ from attn_onnx import checkout
 from attn_onnx.errors import RuntimeFailure
 from attn_onnx.exporter.export import export_onnx
 from attn_onnx.exporter.spec import ExportSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from attn_onnx.runtime_check.runners.web_runner import WebRunner
 
 NODE_DIR = checkout.path("examples", "node")
 CPP_BENCH = checkout.path(".deps", "cpp", "build", "bench_latency")
@@ -66,21 +74,25 @@ class _Lines:
     """A process answering one line per line written (bench_latency's protocol): TARGET_MS in, mean ms out."""
 
     def __init__(self, command: list[str], cwd: Path | None = None):
+        self.name = Path(command[0]).name
         self.process = subprocess.Popen(
             command, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
+        stdin, stdout, stderr = self.process.stdin, self.process.stdout, self.process.stderr
+        assert stdin is not None and stdout is not None and stderr is not None  # all three PIPE
+        self._stdin, self._stdout, self._stderr = stdin, stdout, stderr
 
     def seconds(self, target_s: float) -> float:
-        self.process.stdin.write(f"{target_s * 1e3:.3f}\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
+        self._stdin.write(f"{target_s * 1e3:.3f}\n")
+        self._stdin.flush()
+        line = self._stdout.readline()
         if not line:
-            raise RuntimeFailure(f"{Path(self.process.args[0]).name} ended: {self.process.stderr.read()[-300:]}")
+            raise RuntimeFailure(f"{self.name} ended: {self._stderr.read()[-300:]}")
         return float(line) / 1e3
 
     def close(self) -> None:
         if self.process.poll() is None:
-            self.process.stdin.close()
+            self._stdin.close()
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -99,7 +111,7 @@ def run_runtimes_bench(
 
     from attn_onnx.runtime_check.model import load_model
     from attn_onnx.runtime_check.runners import web_runner
-    from attn_onnx.timing.engine import cpu_model, feeds_at, interleaved, session, timed
+    from attn_onnx.timing.engine import cpu_model, feeds_at, interleaved, session
 
     threads = threads or len(os.sched_getaffinity(0))
     spec = ExportSpec(heads=heads, embedding_dim=embedding_dim).validate()
@@ -115,31 +127,30 @@ def run_runtimes_bench(
             feeds_dir.mkdir()
             for k, (name, array) in enumerate(feeds.items()):
                 (feeds_dir / f"input_{k}.pb").write_bytes(numpy_helper.from_array(array, name).SerializeToString())
-            timers, closers, missing = {}, [], {}
-            python = session(proto, threads)
-            timers["onnxruntime (Python)"] = lambda number, s=python, f=feeds: timed(
-                lambda: s.run(None, f), TARGET_S, settle_s=0
-            )
+            timers: dict[str, Callable[[int], float]] = {}
+            closers: list[Callable[[], None]] = []
+            missing: dict[str, str] = {}
+            timers["onnxruntime (Python)"] = _each_round(partial(_python_seconds, session(proto, threads), feeds))
             node = shutil.which("node")
             if node is None or not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir():
                 missing["onnxruntime-node"] = "node or examples/node/node_modules is absent"
             else:
                 lines = _Lines([node, "bench.js", str(model_path), str(feeds_dir), "--threads", str(threads)], NODE_DIR)
                 closers.append(lines.close)
-                timers["onnxruntime-node"] = lambda number, p=lines: p.seconds(TARGET_S)
+                timers["onnxruntime-node"] = _each_round(partial(lines.seconds, TARGET_S))
             if web_runner.missing():
                 missing["onnxruntime-web (WASM)"] = web_runner.missing()
             else:
                 web = web_runner.make(load_model(proto), None, None)
                 closers.append(web.close)
                 bench.versions.update(web.versions)
-                timers["onnxruntime-web (WASM)"] = lambda number, w=web, f=feeds: _web_seconds(w, f)
+                timers["onnxruntime-web (WASM)"] = _each_round(partial(_web_seconds, web, feeds))
             if not CPP_BENCH.is_file():
                 missing["c++ (onnxruntime C++ API)"] = "run scripts/setup/cpp.sh to build examples/cpp"
             else:
                 lines = _Lines([str(CPP_BENCH), str(model_path), str(feeds_dir), "--threads", str(threads)])
                 closers.append(lines.close)
-                timers["c++ (onnxruntime C++ API)"] = lambda number, p=lines: p.seconds(TARGET_S)
+                timers["c++ (onnxruntime C++ API)"] = _each_round(partial(lines.seconds, TARGET_S))
             try:
                 on_line(f"({batch},{length}): timing {', '.join(timers)} ({rounds} rounds)")
                 samples = interleaved(timers, rounds, TARGET_S, measure=_self_timed)
@@ -164,6 +175,11 @@ def run_runtimes_bench(
     return bench
 
 
+def _each_round(seconds: Callable[[], float]) -> Callable[[int], float]:
+    """A contender for engine.interleaved that gives its own figure (`seconds()`) whatever the round."""
+    return lambda number: seconds()
+
+
 def _self_timed(call, target_s: float) -> float:
     """engine.interleaved's measure for contenders that time themselves: the pause, then their own figure."""
     from attn_onnx.timing.engine import SETTLE_S
@@ -172,7 +188,14 @@ def _self_timed(call, target_s: float) -> float:
     return call()
 
 
-def _web_seconds(web, feeds) -> float:
+def _python_seconds(session, feeds: dict[str, np.ndarray]) -> float:
+    """onnxruntime's figure, timed in this process (no pause of its own: _self_timed has paused)."""
+    from attn_onnx.timing.engine import timed
+
+    return timed(lambda: session.run(None, feeds), TARGET_S, settle_s=0)
+
+
+def _web_seconds(web: WebRunner, feeds: dict[str, np.ndarray]) -> float:
     first = web.time(feeds, 1)[0]
     runs = max(1, min(1000, round(TARGET_S / max(first, 1e-6))))
     return statistics.fmean(web.time(feeds, runs))

@@ -323,6 +323,7 @@ def line(row: Row) -> str:
     head = f"{row.target:<12}({row.batch},{row.length})".ljust(24) + f"c{row.concurrency}"
     if row.error:
         return f"{head}  failed: {row.error}"
+    assert row.p50_us is not None and row.p99_us is not None  # a row without an error was measured
     infer = f"{row.compute_infer_us:10.0f}" if row.compute_infer_us is not None else f"{'-':>10}"
     batching = f"{row.executions}/{row.requests}" if row.requests is not None else "-"
     return f"{head}{row.throughput:10.1f}{row.p50_us / 1e3:9.2f}{row.p99_us / 1e3:9.2f}{infer}{batching:>14}"

@@ -201,12 +201,12 @@ def _variants_plan(options: dict):
     from attn_onnx.files import check_output_file
 
     shapes = batch_lengths(options["shapes"], "--shapes")
-    memory = None
+    memory: tuple[int, int] | None = None
     if options["memory_shape"]:
-        memory = batch_lengths(options["memory_shape"], "--memory")
-        if len(memory) != 1:
+        given = batch_lengths(options["memory_shape"], "--memory")
+        if len(given) != 1:
             raise UsageError(f"--memory {options['memory_shape']!r}: give one BATCHxLEN")
-        memory = memory[0]
+        memory = given[0]
     threads = list(comma_list(options["threads"], int)) if options["threads"] else [_cpus()]
     if not threads or min(threads) < 1:
         raise UsageError("--threads must be >= 1")

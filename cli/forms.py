@@ -41,7 +41,9 @@ class FormOptions:
     def asked(self, values: dict) -> OutputForm | None:
         """The form the option values ask for, named in messages by its option; None without its target."""
         target = values[self.options[0].name]
-        return None if target is None else self.form(target, **self.settings(values), label=self.flag)
+        # each form's constructor is its own class's (its target, then its fields): OutputForm's says none of it
+        make: Callable[..., OutputForm] = self.form
+        return None if target is None else make(target, **self.settings(values), label=self.flag)
 
 
 def written_line(written: Written, exported) -> str:

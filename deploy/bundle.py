@@ -333,7 +333,10 @@ def manifest_problem(manifest) -> str | None:
             "integer": "an integer",
             "string": "a string",
         }
-        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        # the schema's "type": a JSON type's name, or a list of them
+        wanted: list[str] = (
+            error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        )
         return f"{where} is not {' or '.join(kinds.get(k, k) for k in wanted)}"
     return f"{where}: {error.message[:200]}"
 
@@ -346,7 +349,7 @@ def _beyond_schema(manifest: dict) -> str | None:
     for key in ("atol", "rtol"):
         if not math.isfinite(manifest["tolerance"][key]):
             return f"tolerance.{key} is not a finite number"
-    seen = {}
+    seen: dict[str, str] = {}
     for where, entry in _vector_sets(manifest):
         if entry["folder"] in seen:
             return f"{where}.folder '{entry['folder']}' is also {seen[entry['folder']]}'s"
@@ -654,9 +657,9 @@ def tensor_problem(tensor: onnx.TensorProto) -> str | None:
     else:
         if typed == "int32_data":
             low, high = _INT32_RANGE[kind]
-            bad = next((i for i, v in enumerate(values) if not low <= v <= high), None)
-            if bad is not None:
-                return f"int32_data[{bad}] = {values[bad]} is not a {kind} value"
+            outside = next((i for i, v in enumerate(values) if not low <= v <= high), None)
+            if outside is not None:
+                return f"int32_data[{outside}] = {values[outside]} is not a {kind} value"
         found = len(values)
     if found != count:
         return f"{found} values for shape [{','.join(map(str, tensor.dims))}]"

@@ -75,15 +75,17 @@ def _row_spec(variant: str, kind: str, dtype: str, mask: str, opset: int, **fiel
     (a KV cache's step)."""
     from attn_onnx.errors import AttnOnnxError
 
-    aligns = ("top-left", "bottom-right") if mask == "causal" else ("top-left",)
-    for align in aligns:
-        try:
-            return ExportSpec(
-                module=kind, variant=variant, dtype=dtype, mask=mask, opset=opset, causal_align=align, **fields
-            ).validate()
-        except AttnOnnxError:
-            if align == aligns[-1]:
-                raise
+    def aligned(align: str) -> ExportSpec:
+        return ExportSpec(
+            module=kind, variant=variant, dtype=dtype, mask=mask, opset=opset, causal_align=align, **fields
+        ).validate()
+
+    try:
+        return aligned("top-left")
+    except AttnOnnxError:
+        if mask != "causal":
+            raise
+    return aligned("bottom-right")
 
 
 def rows(**fields) -> list[ExportSpec]:

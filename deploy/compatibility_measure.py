@@ -48,9 +48,10 @@ def measure(folder: str | Path, runner, lower_for: str | None = None) -> Cell:
         )
     if "decode" in manifest:
         results.extend(_check_decode(folder, manifest, [runner], tolerance))
-    errors = [r for r in results if r.error is not None]
+    errors = [(r.case, r.error) for r in results if r.error is not None]
     if errors:
-        return Cell("run error", f"{errors[0].case}: {errors[0].error.split(': ', 1)[-1]}")
+        case, error = errors[0]
+        return Cell("run error", f"{case}: {error.split(': ', 1)[-1]}")
     worst = max(results, key=lambda r: r.max_abs)
     if not all(r.passed for r in results):
         return Cell("wrong numbers", f"max_abs {worst.max_abs:.3g} ({worst.case})")

@@ -64,7 +64,7 @@ def contract_problem(contract: dict, shapes: dict):
     """What breaks `contract` in a request whose inputs have `shapes`, or None: a copy of
     attn_onnx.exporter.kinds.dims.contract_problem (this file imports nothing of attn_onnx; a test holds the two
     to the same answers). Every axis of one name has one size; "is" (or 1 where "or_one"); "sum"."""
-    seen = {}  # dim name -> (size, input, axis) where it was first seen
+    seen: dict[str, tuple[int, str, int]] = {}  # dim name -> (size, input, axis) where it was first seen
     for name, dims in contract["inputs"].items():
         if name not in shapes:
             continue
@@ -112,7 +112,7 @@ def estimated_bytes(contract: dict, feeds: dict) -> int:
     """A request's peak memory estimate: 4 x (2 x the scores' elements + the elements of every input and
     output), the dims taken from the inputs' shapes (and values, for a scalar that sets a dim); a dim that
     cannot be known counts 1."""
-    sizes = {}
+    sizes: dict[str, int] = {}
     for name, dims in contract["inputs"].items():
         if name in feeds:
             for dim, size in zip(dims, np.shape(feeds[name])):
@@ -166,9 +166,10 @@ def group_requests(inputs: list, batched: bool) -> list:
     """Indices of the requests that can run as one batch, in arrival order: those whose inputs agree in
     dtype and in every dim but the first. A request whose inputs disagree on the batch dim (a mask of
     batch 1 broadcast over the query's batch, say) runs alone, as does every request without batching."""
-    groups = {}
+    groups: dict[tuple[object, ...], list[int]] = {}
     for i, feeds in enumerate(inputs):
         leading = {a.shape[0] if a.ndim else None for a in feeds.values()}
+        key: tuple[object, ...]
         if not batched or len(leading) != 1 or None in leading:
             key = ("alone", i)
         else:
@@ -181,7 +182,7 @@ def run_grouped(run, inputs: list, batched: bool) -> list:
     """`run(feeds) -> {name: array}` once per group of requests: the group's inputs concatenated along the
     batch dim, the outputs split back at each request's batch size. Returns one dict, or the exception, per
     request. A group whose run fails is run again request by request, so one bad request fails alone."""
-    results = [None] * len(inputs)
+    results: list[dict | Exception | None] = [None] * len(inputs)
     for group in group_requests(inputs, batched):
         if len(group) > 1:
             try:
@@ -405,12 +406,12 @@ def verify_bundle(folder: Path, session, runtime: str) -> str:
         if not (math.isfinite(atol) and math.isfinite(rtol)):
             raise BundleRefused("the manifest's tolerance is not finite")
         outputs = [o.name for o in session.get_outputs()]
-        decode = manifest.get("decode")
+        decode = manifest.get("decode") or {}
         past = {}
         if decode:
             first = decode["first_past"]
             past = {name: np.zeros(first["shape"], first["dtype"]) for name in decode["thread"].values()}
-        steps = {id(s) for s in (decode or {}).get("steps", [])}
+        steps = {id(s) for s in decode.get("steps", [])}
         worst = 0.0
         for label, entry in vector_sets(manifest):
             listed = [f["name"] for f in entry["outputs"]]

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import onnx
 
 if TYPE_CHECKING:
+    import torch
+
     from attn_onnx.exporter.spec import ExportSpec, ModelSpec
 
 
@@ -22,9 +24,9 @@ class Model:
     spec: ModelSpec  # the settings with the weight map
     data: bytes | None
     external: bool  # its weights go beside it (asked for, or past protobuf's 2 GiB)
-    twin: (
-        object  # the PyTorch twin: the module holding the weights as the model does: a bundle's vectors are its answers
-    )
+    # the PyTorch twin: the module holding the weights as the model does (a bundle's vectors are its answers);
+    # None for a kind without weights
+    twin: torch.nn.Module | None
 
 
 @dataclass(frozen=True)

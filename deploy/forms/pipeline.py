@@ -85,7 +85,7 @@ def export_model(
     """
     from attn_onnx.deploy.forms.onnx_file import OnnxFile
 
-    forms = [OnnxFile(f) if isinstance(f, (str, Path)) else f for f in forms]
+    forms = tuple(OnnxFile(f) if isinstance(f, (str, Path)) else f for f in forms)
     spec.validate()
     check_targets(forms, spec, force)
     if target is not None and tuning is None:
@@ -269,6 +269,7 @@ def _check(model: Model, module, forms, targets: str, report=None):
 
     check_interface(model.proto, model.spec)  # the graph's inputs and outputs are what its metadata says
     if not model.external:
+        assert model.data is not None  # serialized, as every model without external data is
         return run(LoadedModel(model.proto, model.data, "<in memory>", model.spec))
     # past 2 GiB a model runs only from a file: saved (and checked by onnx.checker) in a temp folder
     from attn_onnx.exporter.export import check_onnx
