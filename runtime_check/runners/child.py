@@ -58,7 +58,9 @@ class Child:
         return data
 
     def last_words(self) -> str:
-        """': ' and the last line the child wrote to stderr, or ''."""
+        """': ' and the last line the child wrote to stderr, or '' (also once close() has discarded it)."""
+        if self._stderr.closed:
+            return ""
         self._stderr.seek(0)
         lines = [line for line in self._stderr.read().decode(errors="replace").splitlines() if line.strip()]
         return f": {lines[-1].strip()[:300]}" if lines else ""

@@ -8,6 +8,7 @@ onnxruntime-web (scripts/setup/web.sh) are absent."""
 
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -180,3 +181,13 @@ def test_the_runner_is_missing_without_node_or_its_package(small_mha, tmp_path, 
     result = run_check(path, "--runtimes", "onnxruntime,web", "--quick", "--skip-missing")
     assert result.exit_code == 0, result.output
     assert f"SKIPPED | {NAME} | - | {error.format(tmp_path)}" in result.output
+
+
+def test_a_request_after_close_is_a_runtime_failure_not_a_crash():
+    """Child (runners/child.py, both runners' harness): once closed, a request says the process has ended."""
+    from attn_onnx.errors import RuntimeFailure
+
+    process = child.Child([sys.executable, "-c", "import sys; sys.stdin.read()"], "the test process")
+    process.close()
+    with pytest.raises(RuntimeFailure, match="^the test process has ended$"):
+        process.request({"bytes": 0}, [])
