@@ -324,7 +324,10 @@ def serve(targets: tuple[str, ...], shapes: str, heads: int, embedding_dim: int,
 def decode(past_lens: str, threads: int | None, heads: int, embedding_dim: int, rounds: int, json_path):
     """One decoding step, batch 1: one new token through the KV cache (an export-attn --kv-cache model, the
     cache past_len long), against recomputing all past_len + 1 tokens with the plain causal export; both in
-    onnxruntime, interleaved rounds, medians (docs/decoding.md).
+    onnxruntime, interleaved rounds, medians, each call cold. Beside them, the step against the memory limit:
+    the bytes it must read (its valid cache and its weights), the machine's streaming rate measured in the same
+    rounds with the same threads, the share of that limit it reaches, and what it allocates per call
+    (docs/decoding.md).
 
     \b
     Examples:

@@ -119,21 +119,26 @@ def sgemm_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
-def timed(call, target_s: float, settle_s: float = SETTLE_S) -> float:
+def timed(call, target_s: float, settle_s: float = SETTLE_S, before: Callable[[], object] | None = None) -> float:
     """Seconds of the median call, of as many calls as fill about `target_s` (at least one), each timed alone,
-    after `settle_s` of quiet and one untimed call.
+    after `settle_s` of quiet and one untimed call; `before()`, where given, runs untimed before each call (to
+    evict the caches, say).
 
     The median call, not the window's mean: on a shared machine a neighbour's burst lands on a few calls of a
     window, and the mean carried it. At (1,16), where a call is 0.13 ms, four bench-attn runs (9 rounds each)
     gave onnx-attention 0.136-0.205 ms with the window's mean and 0.125-0.130 ms with the median call; over the
     six variants, the spread between runs went from 5-51% to 4-31%."""
     time.sleep(settle_s)
+    if before is not None:
+        before()
     start = time.perf_counter()
     call()
     once = time.perf_counter() - start
     n = max(1, min(1000, int(target_s / max(once, 1e-6))))
     times = []
     for _ in range(n):
+        if before is not None:
+            before()
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)

@@ -213,9 +213,31 @@ def test_decode_times_a_cached_step_against_recomputing(tmp_path):
     data = json.loads(out.read_text())
     assert (data["heads"], data["embedding_dim"], data["threads"], data["rounds"]) == (2, 16, 1, 2) and data["cpu"]
     assert [s["past_len"] for s in data["steps"]] == [0, 16]
+    weights = 4 * (16 * 16 + 16) * 4  # four Linear(16, 16), float32
     for s in data["steps"]:
         assert s["step_ms"] > 0 and s["speedup"] == pytest.approx(s["recompute_ms"] / s["step_ms"])
-    assert "one new token through the KV cache" in result.output
+        # what the step must read: past_key and past_value (1, 2, past, 8) float32, and the weights once (with
+        # the graph's few small constants: its shapes and scale)
+        beyond_cache = s["read_mib"] * 2**20 - 2 * (2 * s["past_len"] * 8 * 4)
+        assert weights <= beyond_cache < weights + 1024
+        # the concat step's outputs, new on every call: present_key and present_value of past + 1 rows, output
+        assert s["allocated_mib"] * 2**20 == pytest.approx(2 * (2 * (s["past_len"] + 1) * 8 * 4) + 16 * 4)
+        rate = data["stream_gib_s"] * 2**30
+        assert s["limit_ms"] == pytest.approx(s["read_mib"] * 2**20 / rate * 1e3, rel=0.5)  # the run's median rate
+        assert s["of_limit"] == pytest.approx(100 * s["limit_ms"] / s["step_ms"])
+    assert data["stream_gib_s"] > 0.1
+    assert (
+        "one new token through the KV cache" in result.output and "GiB/s measured in the same rounds" in result.output
+    )
+
+
+def test_timed_runs_before_untimed_ahead_of_every_call():
+    """The decode bench evicts the caches before each call (engine.timed's `before`): each call has its own."""
+    from attn_onnx.timing.engine import timed
+
+    events = []
+    timed(lambda: events.append("call"), 0.0, settle_s=0.0, before=lambda: events.append("before"))
+    assert events == ["before", "call", "before", "call"]  # the untimed call, then the one timed call
 
 
 @pytest.mark.parametrize(
