@@ -219,4 +219,15 @@ class NodeService(ServedProcess):
             )
         http, grpc = ports
         self.grpc = f"127.0.0.1:{grpc}"
-        return ["node", "server.js", "--bundle", str(self.bundle), "--port", str(http), "--grpc-port", str(grpc)]
+        return [
+            "node",
+            "server.js",
+            "--bundle",
+            str(self.bundle),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+        ]

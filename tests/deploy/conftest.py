@@ -36,3 +36,21 @@ def float16_bundle(bundle_of):
     """A float16 bundle (heads 2, width 16): vectors as float16 TensorProtos (raw_data), datatype FP16, tolerance
     from the float16 profile."""
     return bundle_of("--dtype", "float16")
+
+
+# export-attn arguments for a bundle of every kind and form a manifest can describe: the schema tests of Python
+# (test_bundle.py) and Node (test_node_bundle.py) run over the same list
+EVERY_KIND = pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("--self-attention",),
+        ("--kv-cache",),
+        ("--kv-cache", "--mask", "input"),
+        ("--module", "attention"),
+        ("--module", "mask"),
+        ("--dtype", "float16"),
+        ("--external-data",),
+    ],
+    ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "attention", "mask", "float16", "external"],
+)

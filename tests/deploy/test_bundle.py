@@ -16,7 +16,7 @@ from attn_onnx.cli.export_attn import main as export
 from attn_onnx.deploy.bundle import FORMAT, read_manifest
 from attn_onnx.runtime_check.model import load_model
 from attn_onnx.runtime_check.reference import reference_module
-from tests.deploy.conftest import SMALL
+from tests.deploy.conftest import EVERY_KIND, SMALL
 
 
 def tensor(path):
@@ -359,20 +359,7 @@ def test_a_bfloat16_bundle_is_refused_before_any_work(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        (),
-        ("--self-attention",),
-        ("--kv-cache",),
-        ("--kv-cache", "--mask", "input"),
-        ("--module", "attention"),
-        ("--module", "mask"),
-        ("--dtype", "float16"),
-        ("--external-data",),
-    ],
-    ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "attention", "mask", "float16", "external"],
-)
+@EVERY_KIND
 def test_every_kinds_manifest_validates_against_the_schema(bundle_of, args):
     """deploy/manifest.schema.json is the bundle format; read_manifest (and Node's reader) hold manifests to it."""
     import jsonschema

@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.deploy.conftest import EVERY_KIND
 from tests.deploy.test_node import NODE, NODE_DIR
 from tests.deploy.test_node import pytestmark as node_marks
 
@@ -166,20 +167,7 @@ def test_a_malformed_decode_entry_is_one_error_line_naming_it(bundle_of, tmp_pat
     assert result.stderr == f"Error: {folder / 'manifest.json'} is malformed: decode.steps[1] lacks 'inputs'\n"
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        (),
-        ("--self-attention",),
-        ("--kv-cache",),
-        ("--kv-cache", "--mask", "input"),
-        ("--module", "attention"),
-        ("--module", "mask"),
-        ("--dtype", "float16"),
-        ("--external-data",),
-    ],
-    ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "attention", "mask", "float16", "external"],
-)
+@EVERY_KIND
 def test_node_validates_every_kinds_manifest_against_the_same_schema(bundle_of, tmp_path, args):
     """lib/bundle.js reads deploy/manifest.schema.json, as Python's read_manifest does: every kind's manifest
     passes, and the same broken one gets the same words from both readers."""
