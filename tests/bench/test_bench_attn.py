@@ -223,7 +223,7 @@ def test_decode_times_a_cached_step_against_recomputing(tmp_path):
         # the concat step's outputs, new on every call: present_key and present_value of past + 1 rows, output
         assert s["allocated_mib"] * 2**20 == pytest.approx(2 * (2 * (s["past_len"] + 1) * 8 * 4) + 16 * 4)
         rate = data["stream_gib_s"] * 2**30
-        assert s["limit_ms"] == pytest.approx(s["read_mib"] * 2**20 / rate * 1e3, rel=0.5)  # the run's median rate
+        assert s["limit_ms"] == pytest.approx(s["read_mib"] * 2**20 / rate * 1e3)  # the run's one rate, the header's
         assert s["of_limit"] == pytest.approx(100 * s["limit_ms"] / s["step_ms"])
     assert data["stream_gib_s"] > 0.1
     assert (
