@@ -103,6 +103,16 @@ NAMED = " or ".join(form.flag for form in FORM_OPTIONS.values() if form.named)  
     "causal mask built in, bottom-right aligned. check-attn also decodes whole sequences through it.",
 )
 @click.option(
+    "--max-len",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help=f"{_applies('max_len')} With --kv-cache: a static cache of N tokens, written in place. Inputs "
+    "past_key/past_value (batch, heads, N, d_k), the cache's buffers, and past_len (batch,) int64, each "
+    "sequence's length (they may differ); outputs the buffers with the new tokens written: bind each present to "
+    "its past (IO binding) and the step copies nothing. Implies --opset 24.",
+)
+@click.option(
     "--self-attention",
     is_flag=True,
     help=f"{_applies('self_attention')} One input x as query, key "
@@ -253,11 +263,19 @@ def main(**options):
     ctx = click.get_current_context()
     kind = KINDS[options["module"]]
     chosen = [form for form in KINDS.values() if form.extends and options[_param(form)]]  # --kv-cache, ...
+    for form in chosen:  # a form of a form (--max-len of --kv-cache) needs its own and refines it
+        parent = KINDS[form.extends]
+        if parent.extends and parent not in chosen:
+            raise click.UsageError(f"{form.flag} applies to {parent.flag}: add {parent.flag}")
+    chosen = [form for form in chosen if not any(c.extends == form.name for c in chosen)]
     if len(chosen) > 1:
         raise click.UsageError(f"{chosen[0].flag} and {chosen[1].flag} exclude each other")
     if chosen:
-        if options["module"] != chosen[0].extends:
-            raise click.UsageError(f"{chosen[0].flag} applies to --module {chosen[0].extends}, not {options['module']}")
+        root = chosen[0]
+        while KINDS[root.extends].extends:
+            root = KINDS[root.extends]
+        if options["module"] != root.extends:
+            raise click.UsageError(f"{root.flag} applies to --module {root.extends}, not {options['module']}")
         kind = chosen[0]
         options.update(kind.implied(options, given(ctx)))
     refuse(ctx, {o for o in given(ctx) if _setting(o) and _setting(o) not in kind.settings}, f"to --module {kind.name}")
@@ -372,6 +390,7 @@ def _spec(kind, options: dict, variant):
         variant=variant.name,
         optimize="extended" if options["optimize"] else "",
         causal_align=options["causal_align"],
+        max_len=options["max_len"] or 0,
     )
     return spec, state, source
 

@@ -23,7 +23,7 @@ from attn_onnx.vocab import (
     QUANTIZE_MODES,
 )
 
-OPSETS = tuple(range(17, 24))  # opsets torch's exporter writes and onnxruntime runs
+OPSETS = tuple(range(17, 25))  # opsets torch's exporter writes and onnxruntime runs
 
 METADATA_PREFIX = "attn_onnx."
 FORMAT_VERSION = "1"
@@ -36,7 +36,8 @@ class ExportSpec:
     are equal when their settings are (a ModelSpec's products aside)."""
 
     module: str = "mha"  # which module kind (exporter/kinds/): mha (MultiHeadedAttention), attention (bare),
-    # mask (subsequent_mask), and the forms of mha: mha-cache (--kv-cache), mha-self (--self-attention)
+    # mask (subsequent_mask), and the forms of mha: mha-cache (--kv-cache), mha-self (--self-attention),
+    # mha-static (--kv-cache --max-len N)
     heads: int = 8  # attention heads
     embedding_dim: int = 512  # model width; d_k = embedding_dim // heads
     mask: str = "input"  # input: a `mask` input; causal: built in the graph from the lengths; none
@@ -48,6 +49,7 @@ class ExportSpec:
     optimize: str = ""  # "": as built; "extended": as onnxruntime optimizes it offline at that level
     quantize: str = ""  # "": float weights; "int8": the projections dynamically quantized (onnxruntime's)
     causal_align: str = "top-left"  # with mask causal: top-left (the seed's subsequent_mask) or bottom-right
+    max_len: int = 0  # mha-static (--kv-cache --max-len): the cache's capacity in tokens; 0 for the other kinds
 
     def settings(self) -> tuple:
         return tuple(getattr(self, f.name) for f in dataclasses.fields(ExportSpec))
@@ -125,6 +127,10 @@ class ExportSpec:
             raise UsageError(
                 f"--attn-probs does not apply to --module {self.module} (mha only; attention always outputs attn_probs)"
             )
+        if self.max_len and "max_len" not in kind.settings:
+            raise UsageError(
+                f"max_len={self.max_len} applies to a static cache (--kv-cache --max-len), not {kind.flag}"
+            )
         kind.validate(self)
         if self.causal_align != "top-left" and self.mask != "causal":
             raise UsageError(f"causal_align={self.causal_align!r} applies to mask 'causal' only, not {self.mask!r}")
@@ -187,7 +193,7 @@ class ModelSpec(ExportSpec):
                 f"the model's {METADATA_PREFIX}module is {meta.get('module')!r}, not one of {list(KINDS)}"
             )
         kind = KINDS[meta["module"]]
-        optional = {"weights_source", "mask_convention", "output", "embedding_dim", "causal_align"}
+        optional = {"weights_source", "mask_convention", "output", "embedding_dim", "causal_align", "cache_contract"}
         required = {"variant", "opset"} | (set(kind.metadata_fields) - optional)
         if meta.get("mask") != "input":
             required.discard("mask_dtype")
@@ -217,6 +223,8 @@ class ModelSpec(ExportSpec):
                 )
             if "attn_probs" in meta:
                 kwargs["attn_probs"] = meta["attn_probs"] == "true"
+            if "max_len" in meta:
+                kwargs["max_len"] = int(meta["max_len"])
             if "weights" in meta:
                 kwargs.update(
                     {"weights": json.loads(meta["weights"]), "weights_source": meta.get("weights_source", "")}
@@ -253,6 +261,7 @@ class _Fields(TypedDict, total=False):
     dtype: str
     causal_align: str
     attn_probs: bool
+    max_len: int
     weights: dict[str, dict]
     weights_source: str
     tuning: dict
@@ -269,6 +278,8 @@ def _encode(spec: ModelSpec, name: str) -> str | None:
         return MASK_CONVENTION
     if name == "output":
         return MASK_OUTPUT
+    if name == "cache_contract":
+        return spec.kind.cache_contract(spec)
     value = spec.d_k if name == "d_k" else getattr(spec, name)
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -9,13 +9,21 @@ from attn_onnx.models.attention import (
     clones,
     subsequent_mask,
 )
-from attn_onnx.models.graphs import AttentionGraph, MhaCacheGraph, MhaGraph, MhaSelfGraph, SubsequentMaskGraph
+from attn_onnx.models.graphs import (
+    AttentionGraph,
+    MhaCacheGraph,
+    MhaGraph,
+    MhaSelfGraph,
+    MhaStaticGraph,
+    SubsequentMaskGraph,
+)
 
 __all__ = [
     "AttentionGraph",
     "MhaCacheGraph",
     "MhaGraph",
     "MhaSelfGraph",
+    "MhaStaticGraph",
     "SubsequentMaskGraph",
     "MASK_CONVENTION",
     "MASK_FILL",

@@ -85,3 +85,37 @@ class MhaSelfGraph(MhaGraph):
 
     def forward(self, x, mask=None):
         return super().forward(x, x, x, mask)
+
+
+class MhaStaticGraph(nn.Module):
+    """One decoding step of MultiHeadedAttention with a static cache: fixed buffers written in place.
+
+    The cache is past_key and past_value (batch, heads, max_len, d_k), of which each sequence's first past_len[b]
+    positions hold its earlier tokens (past_len (batch,) int64, the sequences' lengths may differ). The step
+    projects the q_len new tokens, writes their keys and values at positions past_len[b] .. past_len[b] + q_len - 1
+    (PyTorch's static caches: `index_copy_`; here a scatter, as the graph must return its buffers), and attends
+    over each sequence's valid keys only: new token i of sequence b sits at past_len[b] + i and attends keys
+    0..past_len[b] + i (the causal mask bottom-right aligned, per sequence). Returns (output, present_key,
+    present_value); the presents are the buffers after the write, positions past each sequence's length as
+    they were. A write past max_len raises (torch's scatter refuses an index out of range).
+    """
+
+    def __init__(self, mha: nn.Module, max_len: int):
+        super().__init__()
+        self.mha, self.max_len = mha, max_len
+
+    def forward(self, query, key, value, past_key, past_value, past_len):
+        mha, b, q_len = self.mha, query.size(0), query.size(1)
+        q, k, v = (
+            lin(x).view(b, -1, mha.head, mha.d_k).transpose(1, 2)  # (B, h, q_len, d_k)
+            for lin, x in zip(mha.linears, (query, key, value))
+        )
+        positions = past_len.unsqueeze(1) + torch.arange(q_len, device=query.device)  # (B, q_len)
+        index = positions[:, None, :, None].expand(b, mha.head, q_len, mha.d_k)
+        present_key = past_key.scatter(2, index, k)  # (B, h, max_len, d_k)
+        present_value = past_value.scatter(2, index, v)
+        keys = torch.arange(self.max_len, device=query.device)
+        mask = (keys[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # (B, 1, q_len, max_len)
+        x, _ = attention(q, present_key, present_value, mask=mask)  # (B, h, q_len, d_k)
+        x = x.transpose(1, 2).contiguous().view(b, -1, mha.head * mha.d_k)
+        return mha.linears[3](x), present_key, present_value

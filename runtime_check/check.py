@@ -11,6 +11,7 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,18 +125,21 @@ def check_model(
     if on_start:
         on_start(report)
     decoding = spec.kind.decodes  # a KV-cache model: also whole sequences fed through its cache
-    if decoding:
-        from attn_onnx.runtime_check.decode import SEQUENCE, chunkings, decode_results
-    total = (len(cases) + (len(chunkings(SEQUENCE[1])) if decoding else 0)) * len(runners)
+    if decoding and spec.kind.static_cache:  # its buffers in place, and a batch of unequal lengths
+        from attn_onnx.runtime_check.decode_static import case_names, decode_results
+    elif decoding:
+        from attn_onnx.runtime_check.decode import case_names, decode_results
+    total = (len(cases) + (len(case_names()) if decoding else 0)) * len(runners)
     probe = CoverageProbe(loaded.proto, loaded.base_dir)  # which control-flow paths each case takes
     report.coverage = Coverage(probe.paths, required=config.sweep.covers)
     for case in cases:
         feeds = case.feeds(config.seed)
         report.coverage.record(case.name, probe.run(feeds))
-        golden_outputs = oracle.run(feeds)
+        comparable = partial(spec.kind.comparable, spec, feeds)  # a kind's unspecified part zeroed on both sides
+        golden_outputs = comparable(oracle.run(feeds))
         for runner in runners:
             result = run_case(
-                runner, case.name, case.shape, feeds, golden_outputs, expected, tolerances[runner.name][1]
+                runner, case.name, case.shape, feeds, golden_outputs, expected, tolerances[runner.name][1], comparable
             )
             report.results.append(result)
             if on_result:
@@ -171,11 +175,19 @@ def make_runners(loaded: LoadedModel, module, config: CheckConfig) -> tuple[list
 
 
 def run_case(
-    runner: Runner, case: str, shape: str, feeds: dict, golden: dict, expected: dict, tolerance: Tolerance
+    runner: Runner,
+    case: str,
+    shape: str,
+    feeds: dict,
+    golden: dict,
+    expected: dict,
+    tolerance: Tolerance,
+    comparable: Callable[[dict], dict] = lambda outputs: outputs,
 ) -> CaseResult:
-    """One runner on one case's feeds, compared with the golden outputs; a raising runtime is the finding."""
+    """One runner on one case's feeds, compared with the golden outputs (both as `comparable` leaves them: the
+    kind's comparable()); a raising runtime is the finding."""
     try:
-        outputs = runner.run(feeds)
+        outputs = comparable(runner.run(feeds))
     except Exception as exc:  # the runtime's own error is the finding: a shape it cannot take, say
         return CaseResult(
             runner.name, case, shape, error=f"{runner.name} raised {type(exc).__name__}: {short_error(exc)}"

@@ -65,6 +65,10 @@ def chunkings(length: int) -> dict[str, list[int]]:
     }
 
 
+def case_names() -> list[str]:
+    return list(chunkings(SEQUENCE[1]))
+
+
 def _irregular(length: int) -> list[int]:
     sizes, left, k = [], length, 0
     while left:

@@ -10,11 +10,14 @@ from attn_onnx.exporter.kinds.mask import SubsequentMaskKind
 from attn_onnx.exporter.kinds.mha import MhaKind
 from attn_onnx.exporter.kinds.mha_cache import MhaCacheKind
 from attn_onnx.exporter.kinds.mha_self import MhaSelfKind
+from attn_onnx.exporter.kinds.mha_static import MhaStaticKind
 
 KINDS: dict[str, ModuleKind] = {
-    kind.name: kind for kind in (MhaKind(), AttentionKind(), SubsequentMaskKind(), MhaCacheKind(), MhaSelfKind())
+    kind.name: kind
+    for kind in (MhaKind(), AttentionKind(), SubsequentMaskKind(), MhaCacheKind(), MhaSelfKind(), MhaStaticKind())
 }
-# --module choices; mha-cache is --kv-cache and mha-self --self-attention (forms of mha)
-MODULES = tuple(name for name in KINDS if name not in ("mha-cache", "mha-self"))
+# --module choices; the forms of mha have flags: mha-cache --kv-cache, mha-self --self-attention, and mha-static
+# --kv-cache --max-len N (a form of mha-cache)
+MODULES = tuple(name for name, kind in KINDS.items() if not kind.extends)
 
 __all__ = ["KINDS", "MODULES", "ModuleKind"]

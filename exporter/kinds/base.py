@@ -13,7 +13,18 @@ from attn_onnx.vocab import GRAPH_MASK, MASK_FILL, MASK_PATTERNS
 # the settings a kind may take beyond those every kind takes (module, variant, opset, optimize): ExportSpec's
 # fields, and "weights" (where the weights come from: a checkpoint, or random from a seed)
 KIND_SETTINGS = frozenset(
-    {"heads", "embedding_dim", "mask", "mask_dtype", "causal_align", "attn_probs", "dtype", "quantize", "weights"}
+    {
+        "heads",
+        "embedding_dim",
+        "mask",
+        "mask_dtype",
+        "causal_align",
+        "attn_probs",
+        "dtype",
+        "quantize",
+        "weights",
+        "max_len",
+    }
 )
 
 
@@ -27,7 +38,8 @@ class ModuleKind:
     case_dims: tuple[str, ...] = ()  # the dims a check case sets: ("batch", "q_len", "kv_len") or ("size",)
     settings: frozenset[str] = frozenset()  # which of KIND_SETTINGS apply to this kind
     metadata_fields: tuple[str, ...] = ()  # ExportSpec fields written to (and read from) metadata
-    decodes: bool = False  # runtime_check also decodes sequences through its cache (mha-cache)
+    decodes: bool = False  # runtime_check also decodes sequences through its cache (mha-cache, mha-static)
+    static_cache: bool = False  # its cache is fixed buffers with per-sequence lengths, written in place (mha-static)
     self_attention: bool = False  # one input x for query, key and value: check cases have q_len == kv_len
     dtypes: tuple[str, ...] = ("float32",)  # the --dtype values it exports
     flag: str = ""  # how the user asks for it, for messages: "--module mha", "--kv-cache"
@@ -139,6 +151,11 @@ class ModuleKind:
     ) -> dict[str, np.ndarray]:
         """Inputs of the given dims. `mask` is a 0/1 (batch, q_len or 1, kv_len) array; all ones if None."""
         raise NotImplementedError
+
+    def comparable(self, spec, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The outputs as compared: all of them, but where the kind leaves part of an output unspecified
+        (mha-static: a present's positions beyond each sequence's length), that part zeroed."""
+        return outputs
 
     def integer_outputs(self, spec) -> bool:
         return all(np.issubdtype(np.dtype(d), np.integer) for d in self.output_dtypes(spec).values())

@@ -20,9 +20,10 @@ class Variant:
     name: str
     file: str  # exporter/variants/<file>.py, imported on first build
     help: str
-    modules: tuple[str, ...] = ("mha", "attention", "mask", "mha-cache", "mha-self")  # module kinds it builds
+    modules: tuple[str, ...] = ("mha", "attention", "mask", "mha-cache", "mha-self", "mha-static")  # kinds it builds
     attn_probs: bool = True  # can output the attention probabilities
     min_opset: int = 17
+    module_opsets: tuple[tuple[str, int], ...] = ()  # (kind, its min opset) where a kind needs more than min_opset
     runs_in: str = "any ONNX runtime"  # where its graph runs, in words
     dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
     masks: tuple[str, ...] = ("input", "causal", "none")  # the mask modes it builds
@@ -56,6 +57,9 @@ class Variant:
             raise UsageError(f"{flag} takes --dtype {'/'.join(self.dtypes)}, not {spec.dtype}: {self.no_dtype}")
         if spec.opset < self.min_opset:
             raise UsageError(f"{flag} needs --opset {self.min_opset} or later; got {spec.opset}")
+        needs = dict(self.module_opsets).get(spec.module, 0)
+        if spec.opset < needs:
+            raise UsageError(f"{flag} needs --opset {needs} or later for {spec.kind.flag}; got {spec.opset}")
 
     def build(self, spec, module) -> Built:
         """The model of `spec` with the weights of `module` (None for a kind without weights)."""
@@ -86,10 +90,11 @@ VARIANTS = {
         Variant(
             "onnx-attention",
             "onnx_attention",
-            "the standard ONNX Attention op",
-            modules=("mha", "mha-self"),
+            "the standard ONNX Attention op (with a static cache: TensorScatter, written in place, and Attention)",
+            modules=("mha", "mha-self", "mha-static"),
             attn_probs=False,
             min_opset=23,
+            module_opsets=(("mha-static", 24),),
             runs_in="runtimes with opset 23 (onnxruntime >= 1.23)",
         ),
         Variant(
@@ -107,10 +112,12 @@ VARIANTS = {
             "ort_gqa",
             "onnxruntime's com.microsoft.GroupQueryAttention (no scores tensor, the upper "
             "triangle skipped) where the mask is causal plus key padding, decided at run time; ort-mha's graph "
-            "for any other mask",
-            modules=("mha", "mha-self"),
+            "for any other mask; with a static cache, GroupQueryAttention on the shared buffers where it takes the "
+            "step",
+            modules=("mha", "mha-self", "mha-static"),
             attn_probs=False,
             min_opset=18,
+            module_opsets=(("mha-static", 24),),
             runs_in="onnxruntime only",
             standard_ops=False,
             dtypes=("float32",),

@@ -357,8 +357,9 @@ def model(w: GraphWriter, spec, opsets: dict[str, int], doc: str) -> onnx.ModelP
     """The model with the spec's inputs and outputs (dims are named later by the exporter)."""
     elem = ONNX_TYPES[spec.dtype]
     inputs = []
+    dtypes = spec.input_dtypes()  # the float inputs at the spec's dtype; a mask's, mha-static's past_len (int64)
     for name, dims in spec.input_dims().items():
-        dtype = elem if name != "mask" else helper.np_dtype_to_tensor_dtype(np.dtype(MASK_DTYPES[spec.mask_dtype]))
+        dtype = ONNX_TYPES.get(dtypes[name]) or helper.np_dtype_to_tensor_dtype(np.dtype(dtypes[name]))
         inputs.append(helper.make_tensor_value_info(name, dtype, dims))
     outputs = [helper.make_tensor_value_info(name, elem, dims) for name, dims in spec.output_dims().items()]
     graph = helper.make_graph(w.nodes, "attn_onnx_" + spec.variant.replace("-", "_"), inputs, outputs, doc_string=doc)

@@ -14,6 +14,8 @@ attend every valid key). So the graph tests, at run time, whether the mask it wa
 
 An `If` then runs GroupQueryAttention, or else ort-mha's path (MultiHeadAttention with an additive bias and the
 uniform-row fix, see builder.py). Either way the answer is the seed's, for any mask.
+
+For a static cache (mha-static), GroupQueryAttention on the cache's own buffers: static_cache.py.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from onnx import TensorProto
 
 from attn_onnx.dtypes import ONNX_TYPES
+from attn_onnx.exporter.variants import static_cache
 from attn_onnx.exporter.variants.base import Built
 from attn_onnx.exporter.variants.builder import (
     GraphWriter,
@@ -43,6 +46,13 @@ INT32 = TensorProto.INT32
 def build(spec, module) -> Built:
     w, weights = GraphWriter(), Weights(module)
     p = projections(w, weights, packed_bias=False, spec=spec)  # query, key, value (B, len, E), biases added
+    if spec.kind.static_cache:  # GroupQueryAttention on the shared buffers where it takes the step
+        output_projection(w, weights, static_cache.gqa_or_standard(w, spec, p))
+        doc = (
+            "MultiHeadedAttention, one step of a static cache: com.microsoft.GroupQueryAttention where it takes the "
+            "step, TensorScatter and the ONNX Attention op otherwise (attn-onnx variant ort-gqa)"
+        )
+        return Built(model(w, spec, {"": spec.opset, "com.microsoft": 1}, doc), weights.map)
     allowed = allowed_mask(w, spec)  # (B, mask_q_len, kv_len) or causal (q_len, kv_len) bool
     assert allowed is not None  # ort-gqa takes only a mask input or the built-in causal mask (its Variant's masks)
     lengths, total, fast = _causal_padding(w, spec, allowed)  # (B,) key lengths, kv_len (int32); GQA applies
@@ -141,3 +151,8 @@ def _causal_padding(w: GraphWriter, spec, allowed: str) -> tuple[str, str, str]:
     same = w.op("Not", [w.op("Cast", [differs], to=TensorProto.BOOL)], stem="same")
     fast = w.op("And", [w.op("And", [square, full_mask]), w.op("And", [same, has_keys])], stem="fast")
     return lengths, total, fast
+
+
+def coverage_shapes(spec) -> tuple[tuple[int, int, int], ...]:
+    """The static cache's If takes GroupQueryAttention or the standard step by shape: a shape for each."""
+    return static_cache.coverage_shapes(spec) if spec.kind.static_cache else ()

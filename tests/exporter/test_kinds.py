@@ -24,6 +24,9 @@ SPECS = (
         ExportSpec(module="mha-cache", heads=2, embedding_dim=16, mask="input", mask_dtype="int64"),
         ExportSpec(module="mha-self", heads=2, embedding_dim=16, mask="input", mask_dtype="uint8"),
         ExportSpec(module="mha-self", heads=2, embedding_dim=16, mask="causal", causal_align="bottom-right"),
+        ExportSpec(
+            module="mha-static", heads=2, embedding_dim=16, mask="causal", causal_align="bottom-right", max_len=16
+        ),
     ]
     + [
         ExportSpec(module=m, heads=2, embedding_dim=16, mask="causal", causal_align="bottom-right")

@@ -1,0 +1,188 @@
+"""`mha-static` (export-attn --kv-cache --max-len N): one decoding step of MultiHeadedAttention with a static
+cache, fixed buffers written in place, sequences of unequal lengths in one batch.
+
+Inputs: the new tokens query/key/value (batch, q_len, E); past_key/past_value (batch, heads, max_len, d_k), the
+cache's buffers; past_len (batch,) int64, how many tokens each sequence already holds. Outputs: output
+(batch, q_len, E), and present_key/present_value (batch, heads, max_len, d_k): the buffers with the new keys and
+values written at past_len[b] .. past_len[b] + q_len - 1. Bound to past's own buffers (IO binding), the step
+writes in place and the cache is never copied; run plainly, the runtime allocates new presents.
+
+New token i of sequence b sits at past_len[b] + i and attends keys 0..past_len[b] + i: today's causal mask,
+bottom-right aligned, per sequence. Keys beyond a sequence's length are never read, so the lengths stand in for a
+padding mask. A prefill is a step with past_len 0 and q_len the prompt. A step past max_len is an error, never a
+write elsewhere. Positions beyond a sequence's new length are not part of the answer: in place they keep what
+they held; in a present the runtime allocated they are unspecified (GroupQueryAttention copies only the valid
+part). The checks compare each sequence's valid positions, and the outputs everywhere.
+
+A check case `b3.q2.kv6` is batch 3, two new tokens, the first sequence holding 6 tokens and the others fewer
+(runtime_check.cases: past_lengths), its cache's tail filled with noise the step must not read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from attn_onnx.errors import UsageError
+from attn_onnx.exporter.kinds.mha_cache import MhaCacheKind
+from attn_onnx.vocab import GRAPH_MASK
+
+MIN_MAX_LEN = 8  # a smaller cache serves nothing; the checks' shapes fit from here
+
+
+def past_lengths(batch: int, past: int) -> np.ndarray:
+    """A case's past_len (batch,) int64: the first sequence holds `past` tokens, the others fewer and unequal."""
+    return np.array([past - (i * past) // batch for i in range(batch)], np.int64)
+
+
+class MhaStaticKind(MhaCacheKind):
+    name = "mha-static"
+    flag = "--max-len"
+    extends = "mha-cache"  # --kv-cache --max-len N
+    help = "one decoding step of MultiHeadedAttention with a static cache written in place (--kv-cache --max-len N)"
+    settings = MhaCacheKind.settings | {"max_len"}
+    metadata_fields = (*MhaCacheKind.metadata_fields, "max_len", "cache_contract")
+    static_cache = True
+    example_dims = {"batch": 2, "q_len": 3, "kv_len": 4}  # past_len (4, 2): unequal, none 1
+
+    def implied(self, settings, given):
+        implied = super().implied(settings, given)
+        if "opset" not in given:
+            implied["opset"] = 24  # TensorScatter and Attention-24, the in-place standard operators
+        return implied
+
+    def validate(self, spec) -> None:
+        super().validate(spec)
+        if spec.max_len < MIN_MAX_LEN:
+            raise UsageError(f"--max-len is the cache's capacity in tokens, at least {MIN_MAX_LEN}; got {spec.max_len}")
+        if spec.mask != "causal":
+            raise UsageError(
+                "--max-len takes the built-in causal mask (bottom-right, per sequence); past_len gives each "
+                "sequence's length, so no padding mask is needed; got --mask " + spec.mask
+            )
+
+    def input_dims(self, spec):
+        new = ["batch", "q_len", spec.embedding_dim]
+        cache = ["batch", spec.heads, spec.max_len, spec.d_k]
+        return {
+            "query": new,
+            "key": list(new),
+            "value": list(new),
+            "past_key": cache,
+            "past_value": list(cache),
+            "past_len": ["batch"],
+        }
+
+    def output_dims(self, spec):
+        cache = ["batch", spec.heads, spec.max_len, spec.d_k]
+        return {"output": ["batch", "q_len", spec.embedding_dim], "present_key": cache, "present_value": list(cache)}
+
+    def input_dtypes(self, spec):
+        return {name: ("int64" if name == "past_len" else spec.dtype) for name in self.input_dims(spec)}
+
+    def score_dims(self, spec):
+        return ["batch", spec.heads, "q_len", spec.max_len]
+
+    def describe(self, spec):
+        return (
+            f"MultiHeadedAttention(heads={spec.heads}, embedding_dim={spec.embedding_dim}), one decoding step "
+            f"with a static cache of {spec.max_len} tokens written in place"
+        )
+
+    def summary(self, spec):
+        return f"mha with a static cache of {spec.max_len} tokens, heads {spec.heads}"
+
+    def graph(self, spec, module):
+        from attn_onnx.models import MhaStaticGraph
+
+        if module is None:
+            raise UsageError("module 'mha-static' needs its MultiHeadedAttention to build the graph")
+        return MhaStaticGraph(module, spec.max_len)
+
+    def inputs(self, spec, dims, rng, mask=None):
+        b, q, past = dims["batch"], dims["q_len"], dims["kv_len"]
+        lengths = past_lengths(b, past)
+        if q + past > spec.max_len:
+            raise UsageError(f"{past} cached and {q} new tokens do not fit a cache of max_len {spec.max_len}")
+        feeds = {
+            name: rng.standard_normal((b, q, spec.embedding_dim), dtype=np.float32)
+            for name in ("query", "key", "value")
+        }
+        for name in ("past_key", "past_value"):  # the valid part and the tail alike: noise the step must not read
+            feeds[name] = rng.standard_normal((b, spec.heads, spec.max_len, spec.d_k), dtype=np.float32)
+        feeds["past_len"] = lengths
+        return feeds
+
+    def comparable(self, spec, feeds, outputs):
+        """The outputs with each present's positions beyond its sequence's new length zeroed: not part of the
+        answer (see the module docstring)."""
+        q_len = feeds["query"].shape[1]
+        valid = np.arange(spec.max_len)[None, :] < (feeds["past_len"] + q_len)[:, None]  # (B, max_len)
+        out = dict(outputs)
+        for name in ("present_key", "present_value"):
+            if name in out:
+                out[name] = np.where(valid[:, None, :, None], out[name], np.zeros((), out[name].dtype))
+        return out
+
+    # --- cases: (batch, q_len, kv_len) with kv_len the first sequence's past_len, fitted into max_len --------
+
+    def mask_kinds(self, spec):
+        return [GRAPH_MASK]
+
+    def _fit(self, spec, shapes):
+        """Each shape fitted into the cache: q_len at most max_len, past at most what is left."""
+        fitted = []
+        for b, q, kv in shapes:
+            q = min(q, spec.max_len)
+            fitted.append((b, q, min(kv, spec.max_len - q)))
+        return list(dict.fromkeys(fitted))
+
+    def _grid(self, spec, shapes, masks):
+        return [
+            (f"b{b}.q{q}.kv{kv}.{GRAPH_MASK}", {"batch": b, "q_len": q, "kv_len": kv}, GRAPH_MASK)
+            for b, q, kv in self._fit(spec, shapes)
+        ]
+
+    def parse_case(self, spec, name):
+        import re
+
+        match = re.fullmatch(rf"b(\d+)\.q(\d+)\.kv(\d+)\.{GRAPH_MASK}", name)
+        if not match or int(match[1]) < 1 or int(match[2]) < 1:
+            raise UsageError(
+                f"case {name!r} is not of the form b<batch>.q<q_len>.kv<past_len>.{GRAPH_MASK} (batch, q_len >= 1)"
+            )
+        dims = {"batch": int(match[1]), "q_len": int(match[2]), "kv_len": int(match[3])}
+        if dims["q_len"] + dims["kv_len"] > spec.max_len:
+            raise UsageError(f"case {name!r}: {dims['kv_len']} cached and {dims['q_len']} new tokens exceed max_len")
+        return dims, GRAPH_MASK
+
+    def vector_cases(self, spec):
+        # a prefill; one token into unequal caches; two tokens into unequal caches; the cache filled exactly
+        return (
+            f"b1.q5.kv0.{GRAPH_MASK}",
+            f"b2.q1.kv7.{GRAPH_MASK}",
+            f"b3.q2.kv6.{GRAPH_MASK}",
+            f"b2.q1.kv{spec.max_len - 1}.{GRAPH_MASK}",
+        )
+
+    def describe_case(self, spec, dims, mask):
+        lengths = past_lengths(dims["batch"], dims["kv_len"]).tolist()
+        return (
+            f"batch {dims['batch']}, q_len {dims['q_len']} new tokens, past_len {lengths} (a cache of "
+            f"{spec.max_len}; its tail noise the step must not read)"
+        )
+
+    def mask_contract(self, spec):
+        return (
+            "no mask input: new token i of sequence b sits at past_len[b] + i and attends keys 0..past_len[b] + i "
+            "(causal, bottom-right aligned per sequence); keys beyond a sequence's length are never read"
+        )
+
+    def cache_contract(self, spec) -> str:
+        return (
+            f"past_key/past_value (batch, {spec.heads}, {spec.max_len}, {spec.d_k}) float32 are the cache's "
+            "buffers; past_len (batch,) int64 the tokens each sequence holds. A step writes the q_len new keys and "
+            "values at past_len[b]..past_len[b]+q_len-1 and returns the buffers as present_key/present_value: "
+            "bind each present to its past's own buffer (IO binding) and the step writes in place. Feed "
+            "past_len[b]+q_len as the next past_len. past_len[b]+q_len > max_len is an error. Positions beyond a "
+            "sequence's length are not part of the answer"
+        )
