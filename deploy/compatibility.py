@@ -30,8 +30,12 @@ RESULTS = ("runs right", "cannot load", "run error", "wrong numbers")
 DTYPES = ("float32", "float16")  # the dtypes a bundle carries (bundle.BUNDLE_DTYPES)
 
 # What the ONNX specs say (the oldest release that reads an opset or IR version): a floor, not a proof
-ORT_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.18", 22: "1.21", 23: "1.22"}
+ORT_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.18", 22: "1.21", 23: "1.22", 24: "1.24"}
+# (24: measured, not from the tables: 1.23.2 refuses opset 24 as "under development", 1.24.4 loads it)
 ORT_FOR_IR = {8: "1.13", 9: "1.15", 10: "1.18", 11: "1.22"}
+# Operators whose CPU kernel came after their opset's release (measured: 1.24.4 loads opset 24 but has no
+# TensorScatter kernel, 1.25.1 runs a static cache's step right: check-attn --runtimes onnxruntime==X.Y.Z)
+ORT_FOR_OP = {"TensorScatter": "1.25"}
 
 
 def release_key(version: str) -> tuple[int, ...]:
@@ -156,10 +160,23 @@ def load_table(path: Path = TABLE) -> dict:
 
 
 def spec_floor(proto: onnx.ModelProto) -> str:
-    """The oldest release the model's opset and IR version allow, by the ONNX lookup tables."""
+    """The oldest release the model's opset and IR version allow, by the ONNX lookup tables, and its operators
+    where a later release brought their kernel (ORT_FOR_OP)."""
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     needs = [ORT_FOR_OPSET.get(opset, "1.22"), ORT_FOR_IR.get(proto.ir_version, "1.22")]
+    needs += [ORT_FOR_OP[op] for op in _op_types(proto.graph) if op in ORT_FOR_OP]
     return max(needs, key=release_key)
+
+
+def _op_types(graph: onnx.GraphProto) -> set[str]:
+    """Every operator of the graph and of its subgraphs (If branches, Loop bodies)."""
+    found = set()
+    for node in graph.node:
+        found.add(node.op_type)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                found |= _op_types(sub)
+    return found
 
 
 def row_cells(row: dict, ir_version: int) -> dict[str, dict] | None:

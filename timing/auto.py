@@ -5,6 +5,9 @@ time the ones that pass side by side at the user's shapes on this machine, and k
     choice.proto, choice.spec           # the chosen model, its metadata recording the choice (attn_onnx.tuning)
     print(choice.table())
 
+A static cache (mha-static) is timed as it serves: at each shape (batch x length), one new token into caches
+holding `length` tokens, the buffers bound in place.
+
 The timing is bench-attn's (timing/engine.py interleaved: rotated rounds, three sessions per variant, a pause
 before each contender); the figure per variant is the geometric mean over the shapes of its median latency, so a
 long shape does not drown the short ones. A variant that fails the check is dropped with the reason and never
@@ -85,12 +88,17 @@ class Choice:
         """The module the chosen model was checked against (int8: its dequantized weights)."""
         return self.chosen.twin
 
+    def _shapes_are(self) -> str:
+        if self.spec.kind.static_cache:
+            return "batch x cache length: one new token each, the buffers bound in place"
+        return "batch x length"
+
     def table(self) -> str:
         shapes = [_shape_name(s) for s in self.shapes]
         width = max(14, *(len(c.variant) + 2 for c in self.candidates))
         lines = [
             f"--attention-impl auto on {self.cpu}, {self.threads} thread(s), {self.rounds} interleaved rounds; "
-            f"median ms per shape (batch x length), {self.spec.precision}",
+            f"median ms per shape ({self._shapes_are()}), {self.spec.precision}",
             f"  {'variant':<{width}}" + "".join(f"{s:>10}" for s in shapes) + f"{'geomean':>10}{'max_abs':>10}"
             "  runs in",
         ]
@@ -161,6 +169,8 @@ def tune(
     if mask_pattern not in MASK_PATTERNS:
         raise UsageError(f"--tune-mask {mask_pattern!r}: choose from {list(MASK_PATTERNS)}")
     threads = threads or len(os.sched_getaffinity(0))
+    if spec.kind.static_cache:  # a shape is one new token into caches of that length: at most max_len - 1
+        shapes = list(dict.fromkeys((batch, min(length, spec.max_len - 1)) for batch, length in shapes))
     found = candidates(spec, standard_ops, opset)
     for c in found:
         problem = c.spec is not None and refused(c.spec)
@@ -182,9 +192,11 @@ def tune(
         for batch, length in shapes:
             name = _shape_name((batch, length))
             on_line(f"auto: timing {len(alive)} variants at {name} ({rounds} rounds)")
-            # one draw: every candidate on the same inputs
-            feeds = feeds_at(alive[0].exported()[1], batch, length, mask_pattern)
-            calls = {c.variant: _call(runs[c.variant], feeds) for c in alive}
+            if spec.kind.static_cache:  # the step as it serves: one token, the buffers bound in place
+                calls = {c.variant: _static_call(runs[c.variant], batch, length, spec) for c in alive}
+            else:  # one draw: every candidate on the same inputs
+                feeds = feeds_at(alive[0].exported()[1], batch, length, mask_pattern)
+                calls = {c.variant: _call(runs[c.variant], feeds) for c in alive}
             by_shape[name] = interleaved(calls, rounds, TARGET_S)
         geomean_ms: dict[str, float] = {}
         for c in alive:
@@ -246,6 +258,26 @@ def _call(runs, feeds) -> Callable[[int], object]:
     from attn_onnx.timing.engine import SESSIONS
 
     return lambda number: runs[number % SESSIONS].run(None, feeds)
+
+
+def _static_call(runs, batch: int, past: int, spec: ExportSpec) -> Callable[[int], object]:
+    """A static-cache step timed as it serves: one new token for each of `batch` sequences holding `past` tokens,
+    the cache's buffers bound as past and present (runtime_check.static_cache), so the in-place forms are timed
+    in place and the others with the copy they make. The same token every call, the lengths set back each time."""
+    import numpy as np
+
+    from attn_onnx.runtime_check.static_cache import StaticCache
+    from attn_onnx.timing.engine import SESSIONS
+
+    caches = [StaticCache(run, batch) for run in runs]
+    token = np.random.default_rng((batch, past)).standard_normal((batch, 1, spec.embedding_dim), dtype=np.float32)
+
+    def call(number: int):
+        cache = caches[number % SESSIONS]
+        cache.lengths[:] = past
+        return cache.step(token)
+
+    return call
 
 
 def _figure(ms: float) -> float:

@@ -40,7 +40,7 @@ class MhaStaticKind(MhaCacheKind):
     extends = "mha-cache"  # --kv-cache --max-len N
     help = "one decoding step of MultiHeadedAttention with a static cache written in place (--kv-cache --max-len N)"
     settings = MhaCacheKind.settings | {"max_len"}
-    metadata_fields = (*MhaCacheKind.metadata_fields, "max_len", "cache_contract")
+    metadata_fields: tuple[str, ...] = (*MhaCacheKind.metadata_fields, "max_len", "cache_contract")
     static_cache = True
     example_dims = {"batch": 2, "q_len": 3, "kv_len": 4}  # past_len (4, 2): unequal, none 1
 

@@ -48,7 +48,7 @@ def test_default_export_writes_checks_and_summarises(tmp_path):
     [
         (["--heads", "7", "--embedding-dim", "512"], "embedding_dim=512 is not divisible by heads=7"),
         (["--module", "foo"], "Invalid value for '--module': 'foo' is not one of 'mha', 'attention', 'mask'."),
-        (["--opset", "12"], "Invalid value for '--opset': 12 is not in the range 17<=x<=23."),
+        (["--opset", "12"], "Invalid value for '--opset': 12 is not in the range 17<=x<=24."),
         (["--module", "mask", "--attn-probs"], "--attn-probs does not apply to --module mask"),
         (["--module", "attention", "--attn-probs"], "--attn-probs does not apply to --module attention"),
         # options that do not apply are refused, naming them, not silently ignored
@@ -231,7 +231,7 @@ def test_every_option_has_help():
     import click
 
     options = [p for p in main.params if isinstance(p, click.Option) and p.name not in ("version", "help")]
-    assert len(options) == 33
+    assert len(options) == 34
     for param in options:
         assert param.help, param.name
 

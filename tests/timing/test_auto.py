@@ -202,3 +202,31 @@ def test_every_candidate_is_timed_on_the_same_inputs_as_bench_attn_s(tmp_path, m
     assert set(again) == set(handed[0]) and all(np.array_equal(again[k], handed[0][k]) for k in again)
     lengths = handed[0]["mask"][:, -1, :].sum(axis=-1)
     assert lengths[0] == 12 and len(set(lengths.tolist())) == 4  # causal+padding: the first full, all differ
+
+
+def test_a_static_cache_is_tuned_as_it_serves_one_token_in_place(tmp_path, monkeypatch):
+    """auto on --kv-cache --max-len: the forms that build it race, each step a token into caches of the shape's
+    length (at most max_len - 1) through StaticCache, bound in place; the choice passes the decode check."""
+    from attn_onnx.runtime_check import static_cache
+
+    steps = []
+    real = static_cache.StaticCache.step
+    monkeypatch.setattr(
+        static_cache.StaticCache,
+        "step",
+        lambda self, query, *a, **k: (
+            steps.append((self.in_place, tuple(self.lengths), query.shape)) or real(self, query, *a, **k)
+        ),
+    )
+    path = tmp_path / "s.onnx"
+    args = ["--kv-cache", "--max-len", "16", "--heads", "2", "--embedding-dim", "16", "--tune-rounds", "1"]
+    result = CliRunner().invoke(
+        export, [*args, "--tune-shapes", "2x40", "--attention-impl", "auto", "--out", str(path)]
+    )
+    assert result.exit_code == 0, result.output
+    record = load_model(path).spec.tuning
+    assert set(record["geomean_ms"]) == {"ort-gqa", "onnx-attention", "torch-export"}
+    assert record["shapes"] == ["2x15"]  # 40 cached tokens do not fit max_len 16: timed at 15, and named so
+    timed = [s for s in steps if s[2] == (2, 1, 16) and s[1] == (15, 15)]
+    assert timed and all(in_place for in_place, _, _ in timed)
+    assert "decode.unequal" in result.output or "slots3" in result.output  # the choice's check decoded
