@@ -41,8 +41,10 @@ def specs():
             fields["mask"] = mask
         elif mask != "input":
             continue
-        if kind == "mha-cache" and mask == "causal":
+        if kind in ("mha-cache", "mha-static") and mask == "causal":
             fields["causal_align"] = "bottom-right"
+        if KINDS[kind].static_cache:  # a fixed capacity, and the opset of its in-place forms
+            fields.update(max_len=16, opset=24)
         for extra in (
             ({},)
             if variant != "torch-export" or dtype != "float32" or mask != "input"

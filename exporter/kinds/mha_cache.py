@@ -24,7 +24,7 @@ class MhaCacheKind(MhaKind):
     dtypes = ("float32",)  # the decode check and the bundle's decode steps are float32 so far
     help = "one decoding step of MultiHeadedAttention with a KV cache (export-attn --kv-cache)"
     settings = MhaKind.settings - {"attn_probs", "quantize"}
-    metadata_fields = (
+    metadata_fields: tuple[str, ...] = (
         "heads",
         "d_k",
         "embedding_dim",
