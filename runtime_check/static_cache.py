@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from attn_onnx.errors import UsageError
+from attn_onnx.errors import RuntimeFailure, UsageError
 
 
 class CacheFullError(UsageError):
@@ -89,6 +89,12 @@ class StaticCache:
         output = np.empty((b, q_len, width), np.float32)
         binding.bind_ortvalue_output("output", ort.OrtValue.ortvalue_from_numpy(output))
         self.session.run_with_iobinding(binding)
+        written = {value.data_ptr() for value in binding.get_outputs()}
+        missed = [past for past, view in views.items() if view.ctypes.data not in written]
+        if missed:  # onnxruntime put a present elsewhere: the buffers were not written
+            raise RuntimeFailure(
+                f"onnxruntime did not write {', '.join(missed)} in place: its present was not the buffer"
+            )
         return output
 
     def _run(self, slots: Sequence[int] | None, rows: int) -> tuple[int, int]:

@@ -210,3 +210,16 @@ def test_a_static_export_says_what_it_is(exported):
     assert "bind each present to its past" in meta["attn_onnx.cache_contract"]
     with pytest.raises(UsageError, match="exceed max_len"):
         spec.kind.parse_case(spec, "b1.q2.kv31.graph")
+
+
+def test_a_present_not_written_into_the_bound_buffer_is_refused(exported, monkeypatch):
+    """StaticCache holds onnxruntime to the binding: outputs whose memory is not the cache's buffers are an error,
+    never a silent step whose keys went elsewhere."""
+    from attn_onnx.errors import RuntimeFailure
+
+    path, _, _ = exported(**STATIC, variant="onnx-attention")
+    cache = StaticCache(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), batch=1)
+    real = ort.OrtValue.ortvalue_from_numpy
+    monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy", lambda array, *a: real(array.copy(), *a))
+    with pytest.raises(RuntimeFailure, match="did not write past_key, past_value in place"):
+        cache.step(np.ones((1, 1, 16), np.float32))
