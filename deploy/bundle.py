@@ -44,6 +44,15 @@ BUNDLE_DTYPES = ("float32", "float16")
 DECODE_CHUNKS = (4, 1, 1, 1)
 DECODE_FOLDER = "decode"
 
+# A static cache's decode set (mha-static): 2 sequences in one batch, their buffers of max_len threaded the same
+# way from zeros, each step (new tokens, past_len of each sequence). Both prefill 4 tokens; slot 1's sequence ends
+# with its prompt and a new one starts there at 0 (its old keys stay in the buffer beyond its length, never to be
+# read); one token at a time, lengths unequal; two tokens into both caches (ort-gqa's standard branch), filling
+# slot 0 to 8 (the smallest max_len); slot 0's sequence ends and a new one starts there. Every length fits 8.
+STATIC_DECODE_STEPS = ((4, (0, 0)), (1, (4, 0)), (1, (5, 1)), (2, (6, 2)), (1, (0, 4)), (1, (1, 5)))
+# The outputs of a static cache that hold each sequence's positions 0..length-1 (axis 2) and an unspecified tail
+STATIC_PRESENTS = ("present_key", "present_value")
+
 
 def bundle_cases(spec: ExportSpec) -> list[Case]:
     """The cases a bundle carries vectors for: those its module kind says a service must get right, and the
@@ -190,7 +199,8 @@ def bundle_builder(
         for i, case in enumerate(bundle_cases(spec)):
             feeds = case.feeds(seed)
             fed.append((f"test_data_set_{i}", {v.name: feeds[v.name] for v in inputs}))
-            outputs = {k: v.astype(spec.output_dtypes()[k]) for k, v in oracle.run(feeds).items()}
+            golden = spec.kind.comparable(spec, feeds, oracle.run(feeds))  # an unspecified tail zeroed
+            outputs = {k: v.astype(spec.output_dtypes()[k]) for k, v in golden.items()}
             sub = folder / f"test_data_set_{i}"
             sub.mkdir()
             sets.append(
@@ -199,7 +209,9 @@ def bundle_builder(
                     "case": case.name,
                     "description": _describe_case(case),
                     "inputs": _write_tensors(folder, sub, "input", {v.name: feeds[v.name] for v in inputs}),
-                    "outputs": _write_tensors(folder, sub, "output", {n: outputs[n] for n in spec.output_names}),
+                    "outputs": _write_tensors(
+                        folder, sub, "output", {n: outputs[n] for n in spec.output_names}, valid_lengths(spec, feeds)
+                    ),
                 }
             )
         _, tolerance = tolerance_for(spec.precision, spec.kind.integer_outputs(spec))
@@ -268,6 +280,16 @@ def bundle_builder(
 
 def _describe_case(case: Case) -> str:
     return case.spec.kind.describe_case(case.spec, case.dims, case.pattern)
+
+
+def valid_lengths(spec: ExportSpec, feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    """{output: [L_0, L_1, ...]} for the outputs of which only part is the answer: a static cache's presents hold
+    sequence b's positions 0..L_b-1 on axis 2 (L_b = past_len[b] + q_len), the rest unspecified (the kind's
+    comparable()). The manifest's `valid_lengths` of those outputs; none for other kinds."""
+    if not spec.kind.static_cache:
+        return {}
+    lengths = [int(n) + int(feeds["query"].shape[1]) for n in feeds["past_len"]]
+    return {name: lengths for name in STATIC_PRESENTS if name in spec.output_names}
 
 
 # --- reading and checking ----------------------------------------------------------------------------------
@@ -477,11 +499,15 @@ def check_bundle(folder: str | Path, config=None) -> Report:
         if bad:  # a finding about the bundle, not a crash: attention of NaN is NaN, whoever computes it
             report.results.extend(CaseResult(r.name, label, entry["case"], error="; ".join(bad)) for r in runners)
             continue
+        misfit = valid_lengths_problem(entry, expected)
+        if misfit:  # the manifest's valid part does not fit the expected output: nothing to compare against
+            report.results.extend(CaseResult(r.name, label, entry["case"], error=misfit) for r in runners)
+            continue
+        comparable = entry_comparable(entry)
+        expected = comparable(expected)
         for runner in runners:
             report.results.append(
-                run_case(
-                    runner, f"{entry['folder']} ({entry['case']})", entry["case"], feeds, expected, dtypes, tolerance
-                )
+                run_case(runner, label, entry["case"], feeds, expected, dtypes, tolerance, comparable)
             )
     if "decode" in manifest:
         report.results.extend(_check_decode(folder, manifest, runners, tolerance))
@@ -497,27 +523,83 @@ def check_bundle(folder: str | Path, config=None) -> Report:
     return report
 
 
-def _write_tensors(folder: Path, sub: Path, side: str, arrays: dict[str, np.ndarray]) -> list[dict]:
-    """`sub/<side>_K.pb` for each array in order (onnxruntime's test-data layout), and their manifest entries."""
+def _write_tensors(
+    folder: Path, sub: Path, side: str, arrays: dict[str, np.ndarray], valid: dict[str, list[int]] | None = None
+) -> list[dict]:
+    """`sub/<side>_K.pb` for each array in order (onnxruntime's test-data layout), and their manifest entries;
+    `valid`: the valid_lengths of the outputs only part of which is compared (valid_lengths())."""
     entries = []
     for k, (name, array) in enumerate(arrays.items()):
         path = sub / f"{side}_{k}.pb"
         path.write_bytes(numpy_helper.from_array(np.ascontiguousarray(array), name).SerializeToString())
-        entries.append(
-            {
-                "file": str(path.relative_to(folder)),
-                "name": name,
-                "dtype": str(array.dtype),
-                "shape": list(array.shape),
-                "sha256": file_sha256(path),
-            }
-        )
+        entry = {
+            "file": str(path.relative_to(folder)),
+            "name": name,
+            "dtype": str(array.dtype),
+            "shape": list(array.shape),
+            "sha256": file_sha256(path),
+        }
+        if valid and name in valid:
+            entry["valid_lengths"] = list(valid[name])
+        entries.append(entry)
     return entries
+
+
+# --- valid_lengths: an output of which each batch row's positions 0..L_b-1 on axis 2 are compared -------------
+
+
+def valid_part(array: np.ndarray, lengths: list[int]) -> np.ndarray:
+    """`array` with every element outside [b, :, :lengths[b], ...] zeroed (a copy); unchanged where the lengths do
+    not fit its shape (the comparison then reports the shape)."""
+    array = np.asarray(array)
+    if array.ndim < 3 or array.shape[0] != len(lengths):
+        return array
+    valid = np.arange(array.shape[2])[None, :] < np.asarray(lengths, np.int64)[:, None]  # (B, positions)
+    valid = valid.reshape(array.shape[0], 1, array.shape[2], *([1] * (array.ndim - 3)))
+    return np.where(valid, array, np.zeros((), array.dtype))
+
+
+def valid_lengths_problem(entry: dict, expected: dict[str, np.ndarray]) -> str | None:
+    """Why an output's valid_lengths do not fit its expected tensor (rank 3 or more, one length per batch row,
+    each within axis 2), in the words every verifier uses, or None."""
+    for f in entry["outputs"]:
+        lengths, array = f.get("valid_lengths"), expected.get(f["name"])
+        if lengths is None or array is None:
+            continue
+        if array.ndim < 3 or array.shape[0] != len(lengths) or any(n > array.shape[2] for n in lengths):
+            return (
+                f"{f['name']}: valid_lengths [{','.join(map(str, lengths))}] do not fit shape "
+                f"[{','.join(map(str, array.shape))}]"
+            )
+    return None
+
+
+def entry_comparable(entry: dict):
+    """outputs -> the outputs as a set's or step's manifest entry compares them: each output with valid_lengths
+    zeroed beyond each row's length (both sides, so the unspecified part never counts); the others as they are.
+    run_case's `comparable`."""
+    valid = {f["name"]: f["valid_lengths"] for f in entry["outputs"] if "valid_lengths" in f}
+
+    def comparable(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: valid_part(a, valid[name]) if name in valid else a for name, a in outputs.items()}
+
+    return comparable
+
+
+def step_label(step: dict) -> str:
+    """A decode step as every verifier names it: `decode/step_1 (1 new, past 4)`; a static cache's past_len, one
+    per sequence, as `past [4, 0]`."""
+    past = step["past_len"]
+    past = f"[{', '.join(map(str, past))}]" if isinstance(past, list) else past
+    return f"{step['folder']} ({step['new_tokens']} new, past {past})"
 
 
 def _write_decode(folder: Path, spec: ExportSpec, oracle, seed: int) -> dict:
     """The decode set: the float64 oracle decodes a sequence step by step, threading its own cache."""
     from attn_onnx.runtime_check.decode import SEQUENCE, THREAD, decode_steps, empty_cache, sequence_mask
+
+    if spec.kind.static_cache:
+        return _write_static_decode(folder, spec, oracle, seed)
 
     batch, length = SEQUENCE[0], sum(DECODE_CHUNKS)
     rng = np.random.default_rng([seed, 2002])
@@ -549,6 +631,60 @@ def _write_decode(folder: Path, spec: ExportSpec, oracle, seed: int) -> dict:
     }
 
 
+def _write_static_decode(folder: Path, spec: ExportSpec, oracle, seed: int) -> dict:
+    """A static cache's decode set (STATIC_DECODE_STEPS): the float64 oracle steps 2 sequences through buffers
+    of max_len, from zeros, threading its own float64 buffers; each present compared over each sequence's valid
+    positions (valid_lengths), its tail zeroed in the expected file."""
+    from attn_onnx.runtime_check.decode import THREAD, next_past
+
+    batch = 2
+    shape = [batch, spec.heads, spec.max_len, spec.d_k]
+    needs = max(q + max(past) for q, past in STATIC_DECODE_STEPS)
+    if needs > spec.max_len:
+        raise BundleError(f"the static decode set needs a cache of {needs} tokens; max_len is {spec.max_len}")
+    rng = np.random.default_rng([seed, 2003])
+    past = {name: np.zeros(shape, np.float64) for name in THREAD.values()}  # the golden keeps its float64 cache
+    held = [0] * batch  # what each sequence held after the step before: past_len is that, or 0 for a new one
+    steps = []
+    for k, (q_len, past_len) in enumerate(STATIC_DECODE_STEPS):
+        assert all(p in (0, h) for p, h in zip(past_len, held)), (k, past_len, held)  # continues, or starts anew
+        x = rng.standard_normal((batch, q_len, spec.embedding_dim), dtype=np.float32)
+        inputs: dict[str, np.ndarray] = {"query": x, "key": x, "value": x, "past_len": np.array(past_len, np.int64)}
+        raw = oracle.run({**inputs, **past})
+        outputs = spec.kind.comparable(spec, inputs, raw)  # the tails zeroed: not part of the answer
+        sub = folder / DECODE_FOLDER / f"step_{k}"
+        sub.mkdir(parents=True)
+        steps.append(
+            {
+                "folder": str(sub.relative_to(folder)),
+                "new_tokens": q_len,
+                "past_len": list(past_len),
+                "inputs": _write_tensors(folder, sub, "input", inputs),
+                "outputs": _write_tensors(
+                    folder,
+                    sub,
+                    "output",
+                    {n: outputs[n].astype(np.float32) for n in spec.output_names},
+                    valid_lengths(spec, inputs),
+                ),
+            }
+        )
+        past = next_past(raw)  # its own buffers, tails and all: a step never reads beyond a sequence's length
+        held = [p + q_len for p in past_len]
+    return {
+        "description": f"decode {batch} sequences through a static cache of {spec.max_len} tokens: both prefill "
+        f"{STATIC_DECODE_STEPS[0][0]} tokens, then the lengths grow unequal and each slot's sequence ends at a "
+        "different step, a new one starting there at past_len 0 (its old keys left beyond its length)",
+        "thread": THREAD,
+        "first_past": {"shape": shape, "dtype": "float32"},
+        "how": "run the steps in order; step 0 takes past_key and past_value of zeros of first_past's shape (the "
+        "cache's buffers); every later step takes the previous step's present_key and present_value as its "
+        "past_key and past_value, and its own past_len (each sequence's length: the previous length, or 0 where a "
+        "new sequence starts in that slot). Compare each present over its valid_lengths only.",
+        "steps": steps,
+    }
+
+
 def _check_decode(folder: Path, manifest: dict, runners, tolerance: Tolerance) -> list[CaseResult]:
     """Each runner decodes the steps in order, threading its own cache; each step against the golden's."""
     from attn_onnx.errors import short_error
@@ -561,7 +697,8 @@ def _check_decode(folder: Path, manifest: dict, runners, tolerance: Tolerance) -
         for k, step in enumerate(decode["steps"]):
             feeds = {f["name"]: _load_tensor(folder / f["file"]) for f in step["inputs"]}
             expected = {f["name"]: _load_tensor(folder / f["file"]) for f in step["outputs"]}
-            label, shape = f"{step['folder']} ({step['new_tokens']} new, past {step['past_len']})", f"decode.step{k}"
+            label, shape = step_label(step), f"decode.step{k}"
+            comparable = entry_comparable(step)
             try:
                 outputs = runner.run({**feeds, **past})
             except Exception as exc:  # the runtime's own error is the finding; later steps need this one
@@ -574,16 +711,22 @@ def _check_decode(folder: Path, manifest: dict, runners, tolerance: Tolerance) -
                     )
                 )
                 break
-            results.append(
-                CaseResult(
-                    runner.name,
-                    label,
-                    shape,
-                    tuple(
-                        OutputComparison.measure(n, outputs[n], e, str(e.dtype), tolerance) for n, e in expected.items()
-                    ),
+            misfit = valid_lengths_problem(step, expected)
+            if misfit:  # nothing to compare against; the next steps thread this one's outputs still
+                results.append(CaseResult(runner.name, label, shape, error=misfit))
+            else:
+                compared, golden = comparable(outputs), comparable(expected)
+                results.append(
+                    CaseResult(
+                        runner.name,
+                        label,
+                        shape,
+                        tuple(
+                            OutputComparison.measure(n, compared[n], e, str(e.dtype), tolerance)
+                            for n, e in golden.items()
+                        ),
+                    )
                 )
-            )
             past = next_past(outputs, decode["thread"])  # the manifest's threading: the bundle is the contract
     return results
 

@@ -14,7 +14,8 @@ Before serving, `initialize` verifies the version folder, which is an attn-onnx 
 and golden vectors): it refuses a bundle whose manifest's min_onnxruntime is above this onnxruntime, one whose
 files differ from their sha256s, and one whose golden sets or decode steps fail here, by raising
 TritonModelException with one line naming the set, the runtime and its version (the model is not ready; with
-Triton's default --exit-on-error the server exits). Config parameter "attn_onnx.verify": "false" skips the golden
+Triton's default --exit-on-error the server exits). An output with valid_lengths (a static cache's presents) is
+compared over each batch row's valid part only. Config parameter "attn_onnx.verify": "false" skips the golden
 sets (the log says so); the min_onnxruntime check stays.
 """
 
@@ -372,21 +373,41 @@ def load(folder: Path, entry: dict) -> np.ndarray:
         raise BundleRefused(f"{entry['file']}: {exc}") from None
 
 
+def step_label(step: dict) -> str:
+    """A decode step as every verifier names it: `decode/step_1 (1 new, past 4)`; a static cache's past_len, one
+    per sequence, as `past [4, 0]`."""
+    past = step["past_len"]
+    past = f"[{', '.join(map(str, past))}]" if isinstance(past, list) else past
+    return f"{step['folder']} ({step['new_tokens']} new, past {past})"
+
+
 def vector_sets(manifest: dict) -> list:
     """(label, entry) for every golden set and then every decode step, in order."""
     sets = [(f"{s['folder']} ({s['case']})", s) for s in manifest["test_data_sets"]]
     steps = (manifest.get("decode") or {}).get("steps", [])
-    return sets + [(f"{s['folder']} ({s['new_tokens']} new, past {s['past_len']})", s) for s in steps]
+    return sets + [(step_label(s), s) for s in steps]
 
 
-def compare(name: str, actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float):
+def compare(name: str, actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float, lengths=None):
     """Why `actual` misses `expected` by the manifest's rule (|actual - expected| <= atol + rtol * |expected|
-    elementwise, no NaN or Inf, the same shape and dtype), or None; and the largest |actual - expected|."""
+    elementwise, no NaN or Inf, the same shape and dtype), or None; and the largest |actual - expected|. With
+    `lengths` (the output's valid_lengths, a static cache's presents), only [b, :, :lengths[b], ...] of each batch
+    row b is compared (axis 2); the rest is unspecified."""
     if actual.shape != expected.shape:
         return f"{name}: shape {list(actual.shape)} != {list(expected.shape)}", math.inf
     if actual.dtype != expected.dtype:
         return f"{name}: dtype {actual.dtype} != {expected.dtype}", math.inf
     a, e = actual.astype(np.float64), expected.astype(np.float64)
+    if lengths is not None:
+        lengths = [int(n) for n in lengths]
+        if e.ndim < 3 or e.shape[0] != len(lengths) or any(n > e.shape[2] for n in lengths):
+            return (
+                f"{name}: valid_lengths [{','.join(map(str, lengths))}] do not fit shape "
+                f"[{','.join(map(str, e.shape))}]"
+            ), math.inf
+        valid = np.arange(e.shape[2])[None, :] < np.array(lengths, np.int64)[:, None]  # (B, positions)
+        valid = valid.reshape(e.shape[0], 1, e.shape[2], *([1] * (e.ndim - 3)))
+        a, e = np.where(valid, a, 0.0), np.where(valid, e, 0.0)  # the unspecified part never counts
     bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
     if bad:
         return f"{name}: {bad} NaN/Inf values", math.inf
@@ -427,7 +448,9 @@ def verify_bundle(folder: Path, session, runtime: str) -> str:
                     f"{str(exc).splitlines()[0] if str(exc) else ''}"
                 ) from None
             for f in entry["outputs"]:
-                why, max_abs = compare(f["name"], results[f["name"]], load(folder, f), atol, rtol)
+                why, max_abs = compare(
+                    f["name"], results[f["name"]], load(folder, f), atol, rtol, f.get("valid_lengths")
+                )
                 if why:
                     raise BundleRefused(f"golden set {label} fails on {runtime}: {why}")
                 worst = max(worst, max_abs)

@@ -518,7 +518,26 @@ static std::string join_dims(const std::vector<int64_t>& dims) {  // as JavaScri
   return out;
 }
 
-Verdict compare(const Ort::Value& actual, const Tensor& expected, const Tolerance& tolerance) {
+std::string valid_lengths_problem(const std::vector<int64_t>& lengths, const std::vector<int64_t>& dims) {
+  const bool fits = dims.size() >= 3 && dims[0] == static_cast<int64_t>(lengths.size()) &&
+                    std::all_of(lengths.begin(), lengths.end(), [&](int64_t n) { return n <= dims[2]; });
+  return fits ? "" : "valid_lengths [" + join_dims(lengths) + "] do not fit shape [" + join_dims(dims) + "]";
+}
+
+std::string step_label(const json& step) {
+  std::string past;
+  if (step["past_len"].is_array()) {
+    for (const json& n : step["past_len"]) past += (past.empty() ? "" : ", ") + std::to_string(n.get<int64_t>());
+    past = "[" + past + "]";
+  } else {
+    past = std::to_string(step["past_len"].get<int64_t>());
+  }
+  return step["folder"].get<std::string>() + " (" + std::to_string(step["new_tokens"].get<int64_t>()) +
+         " new, past " + past + ")";
+}
+
+Verdict compare(const Ort::Value& actual, const Tensor& expected, const Tolerance& tolerance,
+                const std::vector<int64_t>* lengths) {
   const auto info = actual.GetTensorTypeAndShapeInfo();
   const std::vector<int64_t> shape = info.GetShape();
   const auto type = info.GetElementType();
@@ -527,11 +546,28 @@ Verdict compare(const Ort::Value& actual, const Tensor& expected, const Toleranc
     return {false, inf, "shape [" + join_dims(shape) + "] != [" + join_dims(expected.dims) + "]"};
   }
   if (type != expected.type) return {false, inf, "type " + type_name(type) + " != " + type_name(expected.type)};
+  if (lengths != nullptr) {
+    if (std::string misfit = valid_lengths_problem(*lengths, expected.dims); !misfit.empty()) {
+      return {false, inf, misfit};
+    }
+  }
+  // element i is compared unless it lies beyond its batch row's valid length on axis 2
+  int64_t inner = 1, row = 1;
+  for (size_t k = 1; k < expected.dims.size(); ++k) {
+    row *= expected.dims[k];
+    if (k >= 3) inner *= expected.dims[k];
+  }
+  const auto compared = [&](size_t i) {
+    if (lengths == nullptr) return true;
+    const int64_t at = static_cast<int64_t>(i);
+    return (at / inner) % expected.dims[2] < (*lengths)[static_cast<size_t>(at / row)];
+  };
   const auto* a = static_cast<const uint8_t*>(actual.GetTensorRawData());
   const uint8_t* e = expected.data.data();
   double max_abs = 0, needed = 0;
   size_t nonfinite = 0;
   for (size_t i = 0, n = static_cast<size_t>(expected.count()); i < n; ++i) {
+    if (!compared(i)) continue;  // unspecified
     const double x = element(a, type, i), y = element(e, type, i);
     if (!std::isfinite(x) || !std::isfinite(y)) {
       ++nonfinite;
@@ -642,9 +678,11 @@ bool judge(const fs::path& dir, const std::string& label, const json& outputs,
     const std::string name = f["name"];
     const Tensor expected = load_tensor(dir / f["file"].get<std::string>());
     const auto found = results.find(name);
+    std::vector<int64_t> lengths;  // the output's valid_lengths, where it has them
+    if (f.contains("valid_lengths")) lengths = f["valid_lengths"].get<std::vector<int64_t>>();
     const Verdict v = found == results.end()
         ? Verdict{false, std::numeric_limits<double>::infinity(), "the model has no such output"}
-        : compare(found->second, expected, tolerance);
+        : compare(found->second, expected, tolerance, f.contains("valid_lengths") ? &lengths : nullptr);
     max_abs = std::max(max_abs, v.max_abs);
     if (!v.passed) {
       reasons += (ok ? "" : "; ") + name + ": " + v.reason;
@@ -692,9 +730,12 @@ Summary verify(const fs::path& dir, const std::string& runtime, const std::funct
     const auto shape = decode["first_past"]["shape"].get<std::vector<int64_t>>();
     const auto type = element_type(decode["first_past"].value("dtype", "float32"));
     Ort::AllocatorWithDefaultOptions allocator;
-    std::map<std::string, Ort::Value> past;  // past name -> value (no elements before the first step)
+    std::map<std::string, Ort::Value> past;  // past name -> zeros: no elements, or a static cache's buffers
     for (const auto& [present, name] : decode["thread"].items()) {
-      past.emplace(name.get<std::string>(), Ort::Value::CreateTensor(allocator, shape.data(), shape.size(), type));
+      Ort::Value zeros = Ort::Value::CreateTensor(allocator, shape.data(), shape.size(), type);
+      const size_t bytes = zeros.GetTensorTypeAndShapeInfo().GetElementCount() * type_size(type);
+      if (bytes) std::memset(zeros.GetTensorMutableRawData(), 0, bytes);
+      past.emplace(name.get<std::string>(), std::move(zeros));
     }
     for (const json& step : decode["steps"]) {
       Feeds feeds(dir, step["inputs"], memory);
@@ -703,9 +744,7 @@ Summary verify(const fs::path& dir, const std::string& runtime, const std::funct
         feeds.values.push_back(std::move(value));
       }
       auto results = model.run(feeds.names, feeds.values);
-      const std::string label = step["folder"].get<std::string>() + " (" +
-                                std::to_string(step["new_tokens"].get<int64_t>()) + " new, past " +
-                                std::to_string(step["past_len"].get<int64_t>()) + ")";
+      const std::string label = step_label(step);
       const bool ok = judge(dir, label, step["outputs"], results, tolerance, runtime, log);
       (ok ? summary.passed : summary.failed)++;
       past.clear();

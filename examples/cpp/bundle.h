@@ -81,8 +81,16 @@ struct Verdict {
 };
 
 // The manifest's rule: |actual - expected| <= atol + rtol * |expected| everywhere, no NaN or Inf, the same
-// shape (checked first) and element type.
-Verdict compare(const Ort::Value& actual, const Tensor& expected, const Tolerance& tolerance);
+// shape (checked first) and element type. With `lengths` (the output's valid_lengths, a static cache's presents),
+// only [b, :, :lengths[b], ...] of each batch row b is compared (axis 2); the rest is unspecified.
+Verdict compare(const Ort::Value& actual, const Tensor& expected, const Tolerance& tolerance,
+                const std::vector<int64_t>* lengths = nullptr);
+// Why valid_lengths do not fit an expected tensor's dims (rank 3 or more, one length per batch row, each within
+// axis 2), in every verifier's words; "" when they fit.
+std::string valid_lengths_problem(const std::vector<int64_t>& lengths, const std::vector<int64_t>& dims);
+// A decode step as every verifier names it: "decode/step_1 (1 new, past 4)"; a static cache's past_len, one per
+// sequence, as "past [4, 0]".
+std::string step_label(const nlohmann::json& step);
 
 // Number formatting exactly as JavaScript does it, so that the lines match verify.js's byte for byte:
 // x.toPrecision(3) and String(x).

@@ -1,8 +1,10 @@
 // verify_bundle BUNDLE_DIR
 // Checks the manifest's sha256s, runs every golden vector set in onnxruntime's C++ API, and compares the
 // outputs with the float64 PyTorch answers within the manifest's tolerance. A model with a KV cache also
-// decodes the manifest's decode steps, threading each step's present_* into the next step's past_*. One line
-// per set or step, in verify.js's format; exit 0 when all pass, 1 on any failure or a bad bundle, 2 on usage.
+// decodes the manifest's decode steps, threading each step's present_* into the next step's past_* (a static
+// cache's buffers start as zeros of first_past's shape); an output with valid_lengths (a static cache's presents)
+// is compared over each batch row's valid part only. One line per set or step, in verify.js's format; exit 0 when
+// all pass, 1 on any failure or a bad bundle, 2 on usage.
 
 #include <algorithm>
 #include <cstring>

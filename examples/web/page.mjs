@@ -9,7 +9,7 @@
 
 import * as ort from '/node_modules/onnxruntime-web/dist/ort.wasm.min.mjs';
 import {
-  BundleError, checkOutputs, compare, fetchSchema, fetchVerified, loadTensor, numbers, readManifest,
+  BundleError, checkOutputs, compare, fetchSchema, fetchVerified, loadTensor, numbers, readManifest, stepLabel,
 } from './lib/bundle.mjs';
 import { errorBars, heatmap } from './lib/draw.mjs';
 
@@ -67,7 +67,7 @@ async function verify(base, log) {
     const expected = {};
     const verdicts = expectedFiles.map((f) => {
       expected[f.name] = tensor(f);
-      return { name: f.name, ...compare(outputs[f.name], expected[f.name], tolerance) };
+      return { name: f.name, ...compare(outputs[f.name], expected[f.name], tolerance, f.valid_lengths) };
     });
     const verdict = verdictLine(label, verdicts);
     log(verdict.line);
@@ -80,10 +80,10 @@ async function verify(base, log) {
     let past = {};
     const empty = { float32: Float32Array, float16: Uint16Array }[first.dtype || 'float32'];
     if (!empty) throw new BundleError(`decode.first_past.dtype ${JSON.stringify(first.dtype)}: this verifier takes float32 or float16`);
-    for (const name of Object.values(thread)) past[name] = new ort.Tensor(first.dtype || 'float32', new empty(0), first.shape);
+    const size = first.shape.reduce((a, b) => a * b, 1); // zeros: none for a growing cache, the buffers for a static one
+    for (const name of Object.values(thread)) past[name] = new ort.Tensor(first.dtype || 'float32', new empty(size), first.shape);
     for (const step of steps) {
-      const outputs = await check(`${step.folder} (${step.new_tokens} new, past ${step.past_len})`, step.inputs,
-        step.outputs, past);
+      const outputs = await check(stepLabel(step), step.inputs, step.outputs, past);
       past = {};
       for (const [present, pastName] of Object.entries(thread)) past[pastName] = outputs[present];
     }

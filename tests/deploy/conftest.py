@@ -47,10 +47,11 @@ EVERY_KIND = pytest.mark.parametrize(
         ("--self-attention",),
         ("--kv-cache",),
         ("--kv-cache", "--mask", "input"),
+        ("--kv-cache", "--max-len", "32", "--attention-impl", "ort-gqa"),
         ("--module", "attention"),
         ("--module", "mask"),
         ("--dtype", "float16"),
         ("--external-data",),
     ],
-    ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "attention", "mask", "float16", "external"],
+    ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "mha-static", "attention", "mask", "float16", "external"],
 )

@@ -52,3 +52,36 @@ def change_a_weight(bundle: Path) -> None:
     weight.CopyFrom(numpy_helper.from_array(array, weight.name))
     onnx.save(model, bundle / "model.onnx")
     rehash(bundle)
+
+
+def _rewrite(path: Path, change) -> None:
+    """The TensorProto at `path` with its array changed in place by `change(array)`."""
+    tensor = onnx.TensorProto()
+    tensor.ParseFromString(path.read_bytes())
+    array = numpy_helper.to_array(tensor).copy()
+    change(array)
+    path.write_bytes(numpy_helper.from_array(array, tensor.name).SerializeToString())
+
+
+def move_a_valid_value(path: Path, lengths: list[int], by: float = 1e-3) -> None:
+    """The last valid value of the last batch row of an output with valid_lengths (a static cache's present:
+    [b, -1, lengths[b] - 1, -1]) moved by `by`: inside the part every verifier compares."""
+
+    def change(array):
+        array[-1, -1, lengths[-1] - 1, -1] += by
+
+    _rewrite(path, change)
+
+
+def noise_beyond(path: Path, lengths: list[int], scale: float = 1.0) -> None:
+    """Noise of `scale` (far past any tolerance) in every batch row's positions from lengths[b] on (axis 2): the
+    part of an output with valid_lengths that no verifier compares."""
+    rng = np.random.default_rng(7)
+
+    def change(array):
+        for b, length in enumerate(lengths):
+            tail = array[b, :, length:]
+            tail[...] = (rng.standard_normal(tail.shape) * scale).astype(array.dtype)
+        assert any(length < array.shape[2] for length in lengths), "no tail to fill"
+
+    _rewrite(path, change)

@@ -391,9 +391,10 @@ def test_every_kinds_manifest_validates_against_the_schema(bundle_of, args):
                 "total_len": {"sum": ["past_len", "q_len"]},
             },
         ),
+        (("--kv-cache", "--max-len", "32", "--attention-impl", "ort-gqa"), {"batch": {}, "q_len": {}}),
         (("--module", "mask"), {}),
     ],
-    ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "mask"],
+    ids=["mha", "mha-self", "mha-cache", "mha-cache-input", "mha-static", "mask"],
 )
 def test_the_manifest_names_every_dim_its_inputs_use(bundle_of, args, dims):
     manifest = read_manifest(bundle_of(*args))

@@ -76,12 +76,10 @@ def parsed(stdout):
 
 
 def labels(manifest):
+    from attn_onnx.deploy.bundle import step_label
+
     sets = [f"{s['folder']} ({s['case']})" for s in manifest["test_data_sets"]]
-    steps = [
-        f"{s['folder']} ({s['new_tokens']} new, past {s['past_len']})"
-        for s in manifest.get("decode", {}).get("steps", [])
-    ]
-    return sets + steps
+    return sets + [step_label(s) for s in manifest.get("decode", {}).get("steps", [])]
 
 
 def manifest_of(folder):
@@ -94,8 +92,14 @@ def sha256(path):
 
 @pytest.mark.parametrize(
     "args",
-    [(), ("--kv-cache",), ("--external-data",), ("--dtype", "float16")],
-    ids=["default", "kv-cache", "external-weights", "float16"],
+    [
+        (),
+        ("--kv-cache",),
+        ("--kv-cache", "--max-len", "32", "--attention-impl", "ort-gqa"),
+        ("--external-data",),
+        ("--dtype", "float16"),
+    ],
+    ids=["default", "kv-cache", "static-cache", "external-weights", "float16"],
 )
 def test_every_set_and_decode_step_passes_one_line_each(build, bundle_of, args):
     folder = bundle_of(*args)
@@ -106,8 +110,10 @@ def test_every_set_and_decode_step_passes_one_line_each(build, bundle_of, args):
     assert [(verdict, label) for verdict, label, _, _ in rows] == [("PASSED", label) for label in labels(manifest)]
     assert all(float(max_abs) <= manifest["tolerance"]["atol"] for _, _, max_abs, _ in rows)
     assert summary == f"{len(rows)} passed, 0 failed" and result.stderr == ""
-    if "--kv-cache" in args:  # the decode steps ran, threading the cache: the sets, then 4 steps
+    if args == ("--kv-cache",):  # the decode steps ran, threading the cache: the sets, then 4 steps
         assert len(manifest["decode"]["steps"]) == 4 and rows[-1][1] == "decode/step_3 (1 new, past 6)"
+    elif "--max-len" in args:  # a static cache's buffers from zeros, lengths per sequence, presents' valid part
+        assert len(manifest["decode"]["steps"]) == 6 and rows[-1][1] == "decode/step_5 (1 new, past [1, 5])"
 
 
 NODE_DIR = ROOT / "examples" / "node"

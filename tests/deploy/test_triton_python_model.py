@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from attn_onnx.cli.export_attn import main as export
 from tests.deploy.conftest import SMALL
-from tests.deploy.tamper import change_a_weight, move_a_value, rehash
+from tests.deploy.tamper import change_a_weight, move_a_valid_value, move_a_value, noise_beyond, rehash
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is a test extra")
 
@@ -67,7 +67,8 @@ def _pb_utils():
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     folder = tmp_path_factory.mktemp("python-backend")
-    for name, args in {"mha": [], "probs": ["--attn-probs"], "kv": ["--kv-cache"]}.items():
+    static = ["--kv-cache", "--max-len", "32", "--attention-impl", "ort-gqa"]
+    for name, args in {"mha": [], "probs": ["--attn-probs"], "kv": ["--kv-cache"], "static": static}.items():
         result = CliRunner().invoke(
             export,
             [*SMALL, *args, "--triton-repo", str(folder), "--triton-backend", "python", "--name", name, "--no-check"],
@@ -376,6 +377,29 @@ def _moved(relative):
     return change
 
 
+def _valid(step, how):
+    """A static cache's decode step's present_key changed by `how(path, valid_lengths)` and re-signed."""
+
+    def change(version):
+        manifest = json.loads((version / "manifest.json").read_text())
+        entry = next(f for f in manifest["decode"]["steps"][step]["outputs"] if f["name"] == "present_key")
+        how(version / entry["file"], entry["valid_lengths"])
+        rehash(version)
+
+    return change
+
+
+def _lengths(k, lengths):
+    """Golden set k's present_key given valid_lengths that do not fit it."""
+
+    def change(version):
+        manifest = json.loads((version / "manifest.json").read_text())
+        manifest["test_data_sets"][k]["outputs"][1]["valid_lengths"] = lengths
+        (version / "manifest.json").write_text(json.dumps(manifest))
+
+    return change
+
+
 def _needs(release):
     def change(version):
         manifest = json.loads((version / "manifest.json").read_text())
@@ -385,7 +409,7 @@ def _needs(release):
     return change
 
 
-@pytest.mark.parametrize("name, sets, steps", [("mha", 5, 0), ("kv", 4, 4)])
+@pytest.mark.parametrize("name, sets, steps", [("mha", 5, 0), ("kv", 4, 4), ("static", 6, 6)])
 def test_initialize_runs_every_golden_set_and_decode_step_and_logs_the_cost(model_py, repo, name, sets, steps):
     _model(model_py, repo, name)
     lines = sys.modules["triton_python_backend_utils"].lines
@@ -409,6 +433,17 @@ def test_initialize_runs_every_golden_set_and_decode_step_and_logs_the_cost(mode
             _moved("decode/step_2/output_1.pb"),
             f"golden set decode/step_2 (1 new, past 5) fails on {RUNTIME}: present_key: max_abs=0.001 beyond",
         ),
+        (
+            "static",
+            _valid(3, move_a_valid_value),
+            f"golden set decode/step_3 (2 new, past [6, 2]) fails on {RUNTIME}: present_key: max_abs=0.001 beyond",
+        ),
+        (
+            "static",
+            _lengths(1, [33, 5]),
+            f"golden set test_data_set_1 (b2.q1.kv7.graph) fails on {RUNTIME}: present_key: valid_lengths [33,5] do "
+            "not fit shape [2,2,32,8]",
+        ),
         ("mha", change_a_weight, f"golden set test_data_set_0 (b1.q5.kv5.ones) fails on {RUNTIME}: output: max_abs="),
         (
             "mha",
@@ -422,7 +457,15 @@ def test_initialize_runs_every_golden_set_and_decode_step_and_logs_the_cost(mode
             f"runs onnxruntime {ort.__version__}",
         ),
     ],
-    ids=["changed-and-re-signed-output", "changed-decode-step", "changed-weights", "changed-unsigned", "newer-runtime"],
+    ids=[
+        "changed-and-re-signed-output",
+        "changed-decode-step",
+        "changed-static-valid-part",
+        "static-valid-lengths-misfit",
+        "changed-weights",
+        "changed-unsigned",
+        "newer-runtime",
+    ],
 )
 def test_a_bundle_that_fails_here_is_not_served(model_py, repo, tmp_path, name, change, words):
     """A vector changed and re-signed (only the numbers can tell), the weights changed, a file changed without
@@ -436,6 +479,14 @@ def test_a_bundle_that_fails_here_is_not_served(model_py, repo, tmp_path, name, 
     if "min_onnxruntime" in words:  # no --no-verify past it: the runtime is too old whatever the sets say
         with pytest.raises(model_py.pb_utils.TritonModelException, match="needs onnxruntime >= 99.1.0"):
             _model(model_py, copy, name, verify="false")
+
+
+def test_a_static_caches_presents_are_compared_over_their_valid_part_only(model_py, repo, tmp_path):
+    """Noise beyond each sequence's length in an expected present (re-signed): not part of the answer, served."""
+    copy = _tampered(repo, "static", tmp_path, _valid(3, noise_beyond))
+    _model(model_py, copy, "static")
+    lines = sys.modules["triton_python_backend_utils"].lines
+    assert any(line.startswith("static: 6 golden sets and 6 decode steps passed on ") for line in lines), lines
 
 
 def test_verify_false_serves_a_bundle_that_fails_and_says_so(model_py, repo, tmp_path):

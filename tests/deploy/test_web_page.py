@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from attn_onnx.cli.check_attn import main as check
-from attn_onnx.deploy.bundle import read_manifest
+from attn_onnx.deploy.bundle import read_manifest, step_label
 from tests.deploy.tamper import change_a_weight, copy_of, flip_a_byte, move_a_value, rehash
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "examples" / "web"
@@ -100,16 +100,20 @@ def set_lines(results: dict) -> list[str]:
 @needs_node
 @needs_browser
 @pytest.mark.parametrize(
-    "args, colour", [(("--attn-probs",), VIRIDIS_YELLOW), (("--kv-cache",), BAR_BLUE)], ids=["attn-probs", "kv-cache"]
+    "args, colour",
+    [
+        (("--attn-probs",), VIRIDIS_YELLOW),
+        (("--kv-cache",), BAR_BLUE),
+        (("--kv-cache", "--max-len", "32", "--attention-impl", "ort-gqa"), BAR_BLUE),
+    ],
+    ids=["attn-probs", "kv-cache", "static-cache"],
 )
 def test_the_page_passes_every_set_and_decode_step_and_draws_them(bundle_of, tmp_path, args, colour):
     bundle = bundle_of(*args)
     manifest = read_manifest(bundle)
     results, screenshot = open_page(bundle, tmp_path)
     steps = manifest.get("decode", {}).get("steps", [])
-    labels = [f"{s['folder']} ({s['case']})" for s in manifest["test_data_sets"]] + [
-        f"{s['folder']} ({s['new_tokens']} new, past {s['past_len']})" for s in steps
-    ]
+    labels = [f"{s['folder']} ({s['case']})" for s in manifest["test_data_sets"]] + [step_label(s) for s in steps]
     assert results["error"] is None, results
     assert (results["passed"], results["failed"]) == (len(labels), 0)
     assert [s["label"] for s in results["sets"]] == labels and all(s["passed"] for s in results["sets"])

@@ -166,6 +166,31 @@ function outputsProblem(manifest, outputs) {
   return null;
 }
 
+// A decode step as every verifier names it: decode/step_1 (1 new, past 4); a static cache's past_len, one per
+// sequence, as past [4, 0]
+function stepLabel(step) {
+  const past = Array.isArray(step.past_len) ? `[${step.past_len.join(', ')}]` : step.past_len;
+  return `${step.folder} (${step.new_tokens} new, past ${past})`;
+}
+
+// An output's valid_lengths (a static cache's presents): only [b, :, :lengths[b], ...] of each batch row b is
+// compared (axis 2), the rest is unspecified. Why the lengths do not fit the expected tensor's dims, or null.
+function validLengthsProblem(lengths, dims) {
+  if (dims.length < 3 || dims[0] !== lengths.length || lengths.some((n) => n > dims[2])) {
+    return `valid_lengths [${lengths.join(',')}] do not fit shape [${dims.join(',')}]`;
+  }
+  return null;
+}
+
+// Whether element i (row-major) of a tensor of `dims` is compared: every one without lengths; with them, those
+// whose position on axis 2 is below their batch row's length
+function comparedAt(dims, lengths) {
+  if (!lengths) return () => true;
+  const inner = dims.slice(3).reduce((a, b) => a * b, 1);
+  const row = dims.slice(1).reduce((a, b) => a * b, 1);
+  return (i) => Math.floor(i / inner) % dims[2] < lengths[Math.floor(i / row)];
+}
+
 // ONNX TensorProto.DataType -> onnxruntime's tensor type, the typed array that holds it, its size, the field that
 // holds its values where raw_data does not, and the range int32_data may hold. float16 is held as its IEEE half bit
 // patterns in a Uint16Array (what onnxruntime takes in JavaScript, which has no Float16Array everywhere);
@@ -374,8 +399,9 @@ function numbers(t) {
 }
 
 // The manifest's rule: |actual - expected| <= atol + rtol * |expected| everywhere, no NaN or Inf, same shape.
-// float16 values are compared as the numbers they stand for, in float64.
-function compare(actual, expected, tolerance) {
+// float16 values are compared as the numbers they stand for, in float64. With `lengths` (the output's
+// valid_lengths), only each batch row's valid part is compared.
+function compare(actual, expected, tolerance, lengths = null) {
   const shape = Array.from(actual.dims);
   if (shape.join(',') !== expected.dims.join(',')) {
     return { passed: false, maxAbs: Infinity, reason: `shape [${shape}] != [${expected.dims}]` };
@@ -383,12 +409,16 @@ function compare(actual, expected, tolerance) {
   if (actual.type !== expected.type) {
     return { passed: false, maxAbs: Infinity, reason: `type ${actual.type} != ${expected.type}` };
   }
+  const misfit = lengths && validLengthsProblem(lengths, expected.dims);
+  if (misfit) return { passed: false, maxAbs: Infinity, reason: misfit };
+  const compared = comparedAt(expected.dims, lengths);
   const a = numbers(actual);
   const e = numbers(expected);
   let maxAbs = 0;
   let needed = 0;
   let nonfinite = 0;
   for (let i = 0; i < e.length; i++) {
+    if (!compared(i)) continue; // beyond the row's valid length: unspecified
     if (!Number.isFinite(a[i])) { nonfinite++; continue; }
     const diff = Math.abs(a[i] - e[i]);
     maxAbs = Math.max(maxAbs, diff);
@@ -400,6 +430,6 @@ function compare(actual, expected, tolerance) {
 }
 
 module.exports = {
-  BundleError, FORMAT, changedFiles, checkOutputs, compare, decodeTensor, halfToNumber, inside, loadTensor, numbers,
-  outputsProblem, readManifest, sha256, toOrt,
+  BundleError, FORMAT, changedFiles, checkOutputs, compare, comparedAt, decodeTensor, halfToNumber, inside, loadTensor,
+  numbers, outputsProblem, readManifest, sha256, stepLabel, toOrt, validLengthsProblem,
 };
