@@ -14,6 +14,11 @@ write elsewhere. Positions beyond a sequence's new length are not part of the an
 they held; in a present the runtime allocated they are unspecified (GroupQueryAttention copies only the valid
 part). The checks compare each sequence's valid positions, and the outputs everywhere.
 
+The buffers must hold finite numbers everywhere (StaticCache allocates zeros; a finished sequence's keys left
+beyond a new one's length are harmless). The forms that attend over the whole buffer under a mask (onnx-attention,
+torch-export, ort-gqa's standard step) weight a masked key by exactly 0, and 0 * NaN is NaN: a NaN in a tail
+reaches the output. GroupQueryAttention reads valid keys only, and zeroes the tails of a present it allocates.
+
 A check case `b3.q2.kv6` is batch 3, two new tokens, the first sequence holding 6 tokens and the others fewer
 (runtime_check.cases: past_lengths), its cache's tail filled with noise the step must not read.
 """
@@ -184,5 +189,6 @@ class MhaStaticKind(MhaCacheKind):
             "values at past_len[b]..past_len[b]+q_len-1 and returns the buffers as present_key/present_value: "
             "bind each present to its past's own buffer (IO binding) and the step writes in place. Feed "
             "past_len[b]+q_len as the next past_len. past_len[b]+q_len > max_len is an error. Positions beyond a "
-            "sequence's length are not part of the answer"
+            "sequence's length are not part of the answer, but must hold finite numbers (zeros when allocated): a "
+            "NaN there reaches the output of the forms that mask rather than skip"
         )

@@ -223,3 +223,19 @@ def test_a_present_not_written_into_the_bound_buffer_is_refused(exported, monkey
     monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy", lambda array, *a: real(array.copy(), *a))
     with pytest.raises(RuntimeFailure, match="did not write past_key, past_value in place"):
         cache.step(np.ones((1, 1, 16), np.float32))
+
+
+@pytest.mark.parametrize("variant", FORMS)
+def test_a_nan_beyond_the_lengths_reaches_the_output_of_the_masking_forms_only(exported, variant):
+    """The contract's one demand on the tails (mha_static.py): finite. A masked key weighs exactly 0 and 0 * NaN is
+    NaN, so the forms that attend over the whole buffer pass a NaN tail on; GroupQueryAttention never reads it."""
+    path, _, _ = exported(**STATIC, variant=variant)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    tail = np.zeros((2, 2, 32, 8), np.float32)
+    tail[:, :, 10:] = np.nan
+    x = np.ones((2, 1, 16), np.float32)
+    feeds = {"query": x, "key": x, "value": x, "past_key": tail, "past_value": tail.copy()}
+    output = session.run(["output"], {**feeds, "past_len": np.array([5, 3], np.int64)})[0]
+    assert np.isnan(output).any() == (variant != "ort-gqa")
+    cache = StaticCache(session, batch=2)
+    assert not cache.buffers["past_key"].any()  # the loop's buffers start as zeros: finite
