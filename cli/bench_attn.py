@@ -1,6 +1,7 @@
 """`bench-attn`: time the attention block, one subcommand per question. `variants`: the export variants in
 onnxruntime against PyTorch eager and SDPA, beside the sgemm limit; `runtimes`: one model in every runtime it
-ships to; `serve`: load figures against the served model; `decode`: a KV-cache step against recomputing.
+ships to; `serve`: load figures against the served model; `decode`: a KV-cache step, concat and static, against
+the memory limit.
 A benchmark, not a test. Bare `bench-attn` prints its help (there is no default subcommand)."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from attn_onnx import __version__
 from attn_onnx.bench.serve import TARGETS as SERVE_TARGETS
 from attn_onnx.cli.common import CommaChoice, OneLineErrorGroup, batch_lengths, comma_list
 from attn_onnx.errors import RuntimeFailure, UsageError
+from attn_onnx.exporter.kinds.mha_static import MIN_MAX_LEN
 from attn_onnx.exporter.variants import VARIANTS
 
 # each subcommand's default shapes, as its help shows them (tests/bench: equal to its module's SHAPES)
@@ -22,6 +24,7 @@ VARIANT_SHAPES = "1x16,8x128,1x512,4x512,1x2048"
 RUNTIME_SHAPES = "1x16,1x128,1x512"
 SERVE_SHAPES = "1x16,1x128,4x512"
 PAST_LENS = "128,512,2047"
+BATCH_LENS = "1023,2047,3071,4095,5119,6143,7167,8191"
 BENCH_DTYPES = ("float32", "float16")  # bfloat16 has no MatMul kernel in onnxruntime's CPU
 
 
@@ -306,14 +309,37 @@ def serve(targets: tuple[str, ...], shapes: str, heads: int, embedding_dim: int,
         raise RuntimeFailure("no target was measured (the table says why)")
 
 
-@main.command("decode", short_help="A KV-cache decoding step against recomputing the sequence.")
+@main.command("decode", short_help="A KV-cache decoding step, concat and static, against the memory limit.")
 @_options(
     click.option(
         "--past-lens",
         default=PAST_LENS,
         show_default=True,
         metavar="PAST,...",
-        help="Cache lengths to time one decoding step at, comma-separated (0: the first token).",
+        help="Cache lengths to time one decoding step at, batch 1, comma-separated (0: the first token).",
+    ),
+    click.option(
+        "--batch-lens",
+        default=BATCH_LENS,
+        show_default=True,
+        metavar="PAST,...",
+        help="The batch scenario: one sequence per length, comma-separated, each one step at its own length "
+        "(empty: no batch scenario).",
+    ),
+    click.option(
+        "--max-len",
+        type=click.IntRange(min=MIN_MAX_LEN),
+        default=None,
+        help="The static cache's capacity in tokens (export-attn --max-len), one for every length. "
+        "[default: the longest of --past-lens and --batch-lens, + 1]",
+    ),
+    click.option(
+        "--rss-steps",
+        type=click.IntRange(min=0),
+        default=1000,
+        show_default=True,
+        help="Decoding steps to watch each form's RSS over, from 1024 cached tokens, each form in a fresh process "
+        "(0: no memory figures).",
     ),
     ONE_THREAD_COUNT,
     HEADS,
@@ -321,28 +347,63 @@ def serve(targets: tuple[str, ...], shapes: str, heads: int, embedding_dim: int,
     ROUNDS,
     JSON,
 )
-def decode(past_lens: str, threads: int | None, heads: int, embedding_dim: int, rounds: int, json_path):
-    """One decoding step, batch 1: one new token through the KV cache (an export-attn --kv-cache model, the
-    cache past_len long), against recomputing all past_len + 1 tokens with the plain causal export; both in
-    onnxruntime, interleaved rounds, medians, each call cold. Beside them, the step against the memory limit:
-    the bytes it must read (its valid cache and its weights), the machine's streaming rate measured in the same
-    rounds with the same threads, the share of that limit it reaches, and what it allocates per call
-    (docs/decoding.md).
+def decode(
+    past_lens: str,
+    batch_lens: str,
+    max_len: int | None,
+    rss_steps: int,
+    threads: int | None,
+    heads: int,
+    embedding_dim: int,
+    rounds: int,
+    json_path,
+):
+    """One decoding step three ways: `concat`, an export-attn --kv-cache model, which returns the cache one token
+    longer in new buffers; and the static cache in place (export-attn --kv-cache --max-len, its ort-gqa and
+    onnx-attention forms, stepped through StaticCache with the buffers bound as past and present). All in
+    onnxruntime, interleaved rounds, medians, each call cold.
+
+    Batch 1, per cache length: each form's step, its speed-up over concat (and concat's over recomputing all
+    past_len + 1 tokens with the plain causal export), the bytes it must read (its valid cache and its weights),
+    the limit they give at the machine's streaming rate (measured in the same rounds with the same threads),
+    the share of it reached, and what its outputs allocate per call. The batch scenario: sequences of the
+    --batch-lens lengths, one step each; the static forms step them in one call, concat both padded to the
+    longest with a mask and one call per sequence. Then each form's RSS before and after --rss-steps steps, and
+    what a step allocates, measured (docs/decoding.md).
 
     \b
     Examples:
       bench-attn decode
-      bench-attn decode --past-lens 0,16,128 --threads 1 --json decode.json
+      bench-attn decode --past-lens 2047,8191 --json decode.json
+      bench-attn decode --past-lens 0,16,128 --batch-lens "" --rss-steps 0 --threads 1
     """
     lengths = list(comma_list(past_lens, int))
     if not lengths or min(lengths) < 0:
         raise UsageError(f"--past-lens {past_lens!r}: give cache lengths >= 0, e.g. {PAST_LENS}")
+    batch = list(comma_list(batch_lens, int))
+    if batch and min(batch) < 0:
+        raise UsageError(f"--batch-lens {batch_lens!r}: give cache lengths >= 0, e.g. {BATCH_LENS}")
+    longest = max(lengths + batch)
+    if max_len is not None and max_len <= longest:
+        raise UsageError(
+            f"--max-len {max_len} does not hold the longest cache length {longest} and its new token: "
+            f"give at least {longest + 1}"
+        )
     _check_width({"heads": heads, "embedding_dim": embedding_dim})
     _check_json(json_path)
     from attn_onnx.bench.decode import decode_bench
     from attn_onnx.cli.bench_tables import decode_table
 
-    bench = decode_bench(tuple(lengths), threads or _cpus(), heads, embedding_dim, rounds)
+    bench = decode_bench(
+        tuple(lengths),
+        threads or _cpus(),
+        heads,
+        embedding_dim,
+        rounds,
+        batch_lens=tuple(batch),
+        max_len=max_len,
+        rss_steps=rss_steps,
+    )
     click.echo(decode_table(bench))
     _write_json(json_path, bench.to_json())
 

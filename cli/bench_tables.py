@@ -71,21 +71,59 @@ def memory_table(memory: dict) -> str:
 
 
 def decode_table(bench) -> str:
+    """bench-attn decode's results: batch 1 per cache length, the batch scenario, the memory."""
     lines = [
-        f"bench-attn decode: {bench.cpu}; width {bench.embedding_dim}, {bench.heads} heads, batch 1, "
-        f"{bench.threads} thread(s), {bench.rounds} rounds, medians, each call cold: one new token through the KV "
-        "cache (--kv-cache) vs recomputing past+1 tokens with the plain causal export; the step against the "
-        f"memory limit, streaming at {bench.stream_gib_s:.1f} GiB/s measured in the same rounds",
-        f"  {'past_len':>8}{'step ms':>10}{'recompute ms':>14}{'speedup':>9}{'reads MiB':>11}{'limit ms':>10}"
-        f"{'of limit':>10}{'allocates MiB':>15}",
+        f"bench-attn decode: {bench.cpu}; width {bench.embedding_dim}, {bench.heads} heads, {bench.threads} "
+        f"thread(s), {bench.rounds} rounds, medians, each call cold; one new token through the KV cache: concat "
+        f"(--kv-cache) and the static cache in place (--kv-cache --max-len {bench.max_len}); against the memory "
+        f"limit, streaming at {bench.stream_gib_s:.1f} GiB/s measured in the same rounds",
+        " batch 1:",
+        f"  {'past_len':>8}  {'form':<22}{'step ms':>9}{'vs concat':>11}{'reads MiB':>11}{'limit ms':>10}"
+        f"{'of limit':>10}{'allocates MiB':>15}{'max_abs':>10}{'recompute ms':>14}{'speedup':>9}",
     ]
     for row in bench.steps:
+        recompute = f"{row.recompute_ms:>14.3f}{row.vs_recompute:>8.1f}x" if row.recompute_ms is not None else ""
         lines.append(
-            f"  {row.past_len:>8}{row.step_ms:>10.3f}{row.recompute_ms:>14.3f}{row.speedup:>8.1f}x"
-            f"{row.read_mib:>11.2f}{row.limit_ms:>10.3f}{row.of_limit:>9.0f}%{row.allocated_mib:>15.2f}"
+            f"  {row.past_len:>8}  {row.form:<22}{row.step_ms:>9.3f}{row.vs_concat:>10.2f}x{row.read_mib:>11.2f}"
+            f"{row.limit_ms:>10.3f}{row.of_limit:>9.0f}%{row.allocated_mib:>15.3f}{row.max_abs:>10.1e}{recompute}"
         )
     lines.append(
         "  reads: the valid cache (keys and values) and the weights, once; limit: those bytes at the streaming "
-        "rate; allocates: the step's outputs, new from onnxruntime on every call"
+        "rate; allocates: the step's outputs, new on every call (in place: the output alone, the presents are the "
+        "bound buffers); max_abs: the output against concat's; recompute: the plain causal export on past_len + 1 "
+        "tokens, and concat's speed-up over it"
     )
+    if bench.batch:
+        lengths = bench.batch_lens
+        lines += [
+            f" batch {len(lengths)}, one new token each, the sequences at {','.join(map(str, lengths))}:",
+            f"  {'form':<22}{'step ms':>9}{'reads MiB':>11}{'limit ms':>10}{'of limit':>10}{'allocates MiB':>15}"
+            f"{'vs padded':>11}{'vs per seq':>12}{'max_abs':>10}",
+        ]
+        for b in bench.batch:
+            lines.append(
+                f"  {b.form:<22}{b.step_ms:>9.3f}{b.read_mib:>11.2f}{b.limit_ms:>10.3f}{b.of_limit:>9.0f}%"
+                f"{b.allocated_mib:>15.3f}{b.vs_padded:>10.2f}x{b.vs_per_sequence:>11.2f}x{b.max_abs:>10.1e}"
+            )
+        lines.append(
+            f"  static: one call, each sequence at its own length; concat padded: one call, every cache padded to "
+            f"{max(lengths)} and a mask input hiding the padding (it reads the padding too); concat per sequence: "
+            f"{len(lengths)} batch-1 calls, each cold, the sum (each reads the weights); max_abs: against concat per "
+            "sequence"
+        )
+    if bench.memory:
+        first = bench.memory[0]
+        lines += [
+            f" memory, each form in a fresh process: RSS over {first.steps} decoding steps from {first.past_len} "
+            "cached tokens, the cache growing; what a step allocates, measured at that length (onnxruntime's arena "
+            "off, glibc mapping every buffer from 16 KiB anew: the pages they fault in)",
+            f"  {'form':<22}{'RSS before MiB':>15}{'after MiB':>11}{'growth MiB':>12}{'outputs MiB':>13}"
+            f"{'measured MiB':>14}",
+        ]
+        for m in bench.memory:
+            fresh = f"{m.fresh_mib:>14.3f}" if m.fresh_mib is not None else f"{'-':>14}"
+            lines.append(
+                f"  {m.form:<22}{m.rss_before_mib:>15.1f}{m.rss_after_mib:>11.1f}{m.rss_growth_mib:>12.2f}"
+                f"{m.outputs_mib:>13.3f}{fresh}"
+            )
     return "\n".join(lines)

@@ -206,16 +206,26 @@ def test_reduced_precision_and_int8_are_timed_beside_float32(tmp_path):
     assert "@" not in line
 
 
-def test_decode_times_a_cached_step_against_recomputing(tmp_path):
+def test_decode_times_a_cached_step_against_recomputing(tmp_path, monkeypatch):
+    """The concat step's row at each past length (the static forms' rows and the batch scenario: test_decode_static):
+    its speed-up over recomputing, the bytes it must read, what it allocates, against the run's one rate."""
+    from attn_onnx.bench import decode
+
+    monkeypatch.setattr(decode, "EVICT_BYTES", 2**16)  # the relations hold at any size; the run is faster
     out = tmp_path / "d.json"
-    result = CliRunner().invoke(bench, ["decode", *SMALL, "--past-lens", "0,16", "--json", str(out)])
+    args = ["decode", *SMALL, "--past-lens", "0,16", "--batch-lens", "", "--rss-steps", "0", "--json", str(out)]
+    result = CliRunner().invoke(bench, args)
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert (data["heads"], data["embedding_dim"], data["threads"], data["rounds"]) == (2, 16, 1, 2) and data["cpu"]
-    assert [s["past_len"] for s in data["steps"]] == [0, 16]
+    assert data["max_len"] == 17  # the longest past length and its new token
+    assert data["batch"] == [] and data["batch_lens"] == [] and data["memory"] == []  # both asked away
+    concat = [s for s in data["steps"] if s["form"] == "concat"]
+    assert [s["past_len"] for s in concat] == [0, 16]
     weights = 4 * (16 * 16 + 16) * 4  # four Linear(16, 16), float32
-    for s in data["steps"]:
-        assert s["step_ms"] > 0 and s["speedup"] == pytest.approx(s["recompute_ms"] / s["step_ms"])
+    for s in concat:
+        assert s["step_ms"] > 0 and s["vs_recompute"] == pytest.approx(s["recompute_ms"] / s["step_ms"])
+        assert s["vs_concat"] == 1.0 and s["max_abs"] == 0.0
         # what the step must read: past_key and past_value (1, 2, past, 8) float32, and the weights once (with
         # the graph's few small constants: its shapes and scale)
         beyond_cache = s["read_mib"] * 2**20 - 2 * (2 * s["past_len"] * 8 * 4)
@@ -229,6 +239,7 @@ def test_decode_times_a_cached_step_against_recomputing(tmp_path):
     assert (
         "one new token through the KV cache" in result.output and "GiB/s measured in the same rounds" in result.output
     )
+    assert " batch 1:" in result.output and "memory, each form" not in result.output
 
 
 def test_timed_runs_before_untimed_ahead_of_every_call():
@@ -246,6 +257,13 @@ def test_timed_runs_before_untimed_ahead_of_every_call():
         (["decode", "--past-lens", "x"], "Error: cannot parse 'x' as a comma-separated list of int"),
         (["decode", "--past-lens", "-1"], "Error: --past-lens '-1': give cache lengths >= 0"),
         (["decode", "--threads", "0"], "Error: Invalid value for '--threads': 0 is not in the range x>=1."),
+        (["decode", "--batch-lens", "8,-1"], "Error: --batch-lens '8,-1': give cache lengths >= 0"),
+        (
+            ["decode", "--past-lens", "16", "--batch-lens", "8,31", "--max-len", "31"],
+            "Error: --max-len 31 does not hold the longest cache length 31 and its new token: give at least 32",
+        ),
+        (["decode", "--max-len", "4"], "Error: Invalid value for '--max-len': 4 is not in the range x>=8."),
+        (["decode", "--rss-steps", "-1"], "Error: Invalid value for '--rss-steps': -1 is not in the range x>=0."),
         (["variants", "--memory", "1x"], "Error: --memory item '1x' is not BATCHxLEN"),
         (["variants", "--memory", "1x8,2x8"], "Error: --memory '1x8,2x8': give one BATCHxLEN"),
         (["variants", "--shapes", "4x"], "Error: --shapes item '4x' is not BATCHxLEN"),
@@ -316,3 +334,6 @@ def test_each_subcommand_s_default_shapes_are_its_module_s():
     assert tuple(batch_lengths(bench_attn.RUNTIME_SHAPES, "")) == runtimes.SHAPES
     assert tuple(batch_lengths(bench_attn.SERVE_SHAPES, "")) == serve.SHAPES
     assert comma_list(bench_attn.PAST_LENS, int) == decode.PAST_LENS
+    assert comma_list(bench_attn.BATCH_LENS, int) == decode.BATCH_LENS
+    rss_steps = next(p for p in bench_attn.decode.params if p.name == "rss_steps")
+    assert rss_steps.default == decode.RSS_STEPS and f"from {decode.RSS_PAST} cached tokens" in rss_steps.help

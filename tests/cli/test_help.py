@@ -37,6 +37,7 @@ FREE_TEXT = {
     "check-attn --weights-prefix": "a key prefix in the user's own checkpoint",
     "check-attn --plot-case": "a case name, b2.q20.kv20.causal+padding: sizes and a mask pattern",
     "bench-attn variants --shapes": "BATCHxLEN items, any sizes",
+    "bench-attn decode --batch-lens": "cache lengths, any sizes",
     "bench-attn variants --threads": "thread counts",
     "bench-attn variants --memory": "one BATCHxLEN",
     "bench-attn runtimes --shapes": "BATCHxLEN items, any sizes",
