@@ -28,6 +28,7 @@ from attn_onnx.exporter.spec import ExportSpec
 TABLE = Path(__file__).with_name("compatibility.json")
 RESULTS = ("runs right", "cannot load", "run error", "wrong numbers")
 DTYPES = ("float32", "float16")  # the dtypes a bundle carries (bundle.BUNDLE_DTYPES)
+STATIC_MAX_LEN = 64  # a static cache's row is measured at this capacity (its graph is the same at any other)
 
 # What the ONNX specs say (the oldest release that reads an opset or IR version): a floor, not a proof
 ORT_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.18", 22: "1.21", 23: "1.22", 24: "1.24"}
@@ -103,10 +104,12 @@ def rows(**fields) -> list[ExportSpec]:
     found = []
     for variant in VARIANTS.values():
         for kind in KINDS:
+            extra = {"max_len": STATIC_MAX_LEN} if KINDS[kind].static_cache else {}
+            opset = max(18, variant.min_opset, 24 if extra else 0)  # a static cache's forms: opset 24
             for dtype in DTYPES:
                 for mask in MASK_MODES:
                     try:
-                        found.append(_row_spec(variant.name, kind, dtype, mask, max(18, variant.min_opset), **fields))
+                        found.append(_row_spec(variant.name, kind, dtype, mask, opset, **fields, **extra))
                     except AttnOnnxError:
                         continue
     return found
@@ -126,6 +129,7 @@ def is_row(spec: ExportSpec) -> bool:
             causal_align=align,
             heads=spec.heads,
             embedding_dim=spec.embedding_dim,
+            max_len=spec.max_len,  # a static cache's capacity, like its width, is any
         ).settings()
         for align in aligns
     }

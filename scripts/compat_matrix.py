@@ -75,6 +75,7 @@ def markdown(table: dict) -> str:
         "",
         f"Measured {table['measured']} on {table['cpu']} ({table['python']}), heads {table['heads']}, width "
         f"{table['width']}, with `{table['command']}` (after `scripts/setup/onnxruntime-releases.sh`).",
+        *(f"Rows added since: {added}." for added in table.get("added", [])),
         "",
         "Each cell: the release running every golden set and decode step of that row's bundle, against the "
         "manifest's tolerance. **wrong numbers** is a release that runs the model without an error and answers "
@@ -169,6 +170,11 @@ def main() -> int:
         action="store_true",
         help="keep the table's cells of the releases not measured now (re-measure some releases)",
     )
+    parser.add_argument(
+        "--kinds",
+        default="",
+        help="comma-separated module kinds: measure only their rows (with --merge, the others are kept as they are)",
+    )
     args = parser.parse_args()
     if args.doc_only:
         args.doc.write_text(markdown(json.loads(args.table.read_text())))
@@ -184,6 +190,8 @@ def main() -> int:
     releases = sorted(releases, key=release_key)
     print(f"CPU: {cpu_model()}; releases: {', '.join(releases)}", file=sys.stderr)
     specs = rows(heads=args.heads, embedding_dim=args.embedding_dim)
+    if args.kinds:
+        specs = [s for s in specs if s.module in args.kinds.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         bundles = write_bundles(specs, Path(tmp))
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # the work is in the child processes
@@ -204,6 +212,14 @@ def main() -> int:
     }
     old = json.loads(args.table.read_text()) if args.merge and args.table.is_file() else {"releases": [], "rows": {}}
     table["releases"] = sorted(set(releases) | set(old["releases"]), key=release_key)
+    if args.kinds and old["rows"]:  # the rows not measured now as they were, and the table's own record
+        table["rows"] = {k: row for k, row in old["rows"].items() if k not in {row_key(s) for s in specs}}
+        table.update({k: old[k] for k in ("measured", "cpu", "python", "command") if k in old})
+        table["added"] = [
+            *old.get("added", []),
+            f"{args.kinds} measured {datetime.date.today().isoformat()} on {cpu_model()} with "
+            f"`python scripts/compat_matrix.py --kinds {args.kinds} --merge`",
+        ]
     for spec in specs:
         key = row_key(spec)
         kept = old["rows"].get(key, {})
@@ -223,6 +239,10 @@ def main() -> int:
             row["lowered"] = {"ir_version": ir, "cells": lowered}
             row["lowered"]["min"] = row_claim(row, ir)
         table["rows"][key] = row
+    order = [row_key(s) for s in rows(heads=args.heads, embedding_dim=args.embedding_dim)]
+    table["rows"] = dict(
+        sorted(table["rows"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    )
     args.table.write_text(json.dumps(table, indent=1) + "\n")
     args.doc.write_text(markdown(table))
     print(f"wrote {args.table} and {args.doc}", file=sys.stderr)
