@@ -264,6 +264,9 @@ def bundle_builder(
         quantization = manifest["metadata"].get("attn_onnx.quantize_format")  # exporter/quantize.py FORMAT
         if spec.quantize and quantization:
             manifest["model"]["quantization"] = quantization
+        lengths = spec.kind.dims_contract(spec).get("lengths")
+        if lengths:  # a rule on an input's values (mha-static's past_len), checked by the services
+            manifest["lengths"] = lengths
         if spec.kind.decodes:
             manifest["decode"] = _write_decode(folder, spec, oracle, seed)
         if external:

@@ -6,9 +6,11 @@ This file is a template copied as it is: it runs inside Triton's Python-backend 
 attn_onnx, and needs numpy (< 2, for the 2.51 stub) and onnxruntime in the stub's Python environment.
 
 Before running, each request is checked on its own: its inputs against each other by the model's dims contract
-(config parameter "attn_onnx.dims", written by attn_onnx.deploy.triton), and its estimated peak memory against
-the budget (config parameter "max_request_bytes", 1 GiB unless set). A request that fails either gets an
-INVALID_ARGUMENT error naming the inputs and the dim, or the estimate and the budget; the others run.
+(config parameter "attn_onnx.dims", written by attn_onnx.deploy.triton; for a static cache, its `lengths` rule
+holds each past_len[b] to 0 <= past_len[b] and past_len[b] + q_len <= max_len), and its estimated peak memory
+against the budget (config parameter "max_request_bytes", 1 GiB unless set). A request that fails either gets an
+INVALID_ARGUMENT error naming the inputs and the dim (or the length and the cache's max_len), or the estimate and
+the budget; the others run.
 
 Before serving, `initialize` verifies the version folder, which is an attn-onnx bundle (model.onnx, manifest.json
 and golden vectors): it refuses a bundle whose manifest's min_onnxruntime is above this onnxruntime, one whose
@@ -109,6 +111,64 @@ def contract_problem(contract: dict, shapes: dict):
     return None
 
 
+def values_problem(contract: dict, arrays: dict):
+    """What breaks the contract's `lengths` rules in a request of `arrays`, or None: a copy of
+    attn_onnx.exporter.kinds.dims.values_problem (a test holds the two, and Node's valuesProblem, to the same
+    words). Each value v of a rule's integer input (one per sequence: a static cache's past_len) is at least
+    "at_least", and v plus the size of dim "plus" at most "at_most"."""
+    rules = contract.get("lengths") or {}
+    if not rules:
+        return None
+    sizes = _resolve(contract, {name: _shape(a) for name, a in arrays.items()})
+    for name, rule in rules.items():
+        if name not in arrays:
+            continue
+        low, high, plus = rule.get("at_least"), rule.get("at_most"), rule.get("plus")
+        extra = sizes.get(plus) if plus else 0
+        for i, value in enumerate(_flat(arrays[name])):
+            try:
+                value = int(value)  # truncated, as Node's Math.trunc; NaN and infinities are skipped
+            except (TypeError, ValueError, OverflowError):
+                continue
+            if low is not None and value < low:
+                return f"input {name!r} is {value} for sequence {i}: a length is at least {low}"
+            if high is not None and extra is not None and value + extra > high:
+                sum_ = f", and {value} + {plus} {extra} is {value + extra}" if plus else ""
+                limit = rule.get("limit") or "the model's limit"
+                after = f": {rule['past_limit']}" if rule.get("past_limit") else ""
+                return f"input {name!r} is {value} for sequence {i}{sum_}, past {limit} {high}{after}"
+    return None
+
+
+def _resolve(contract: dict, shapes: dict) -> dict:
+    sizes: dict[str, int] = {}
+    for name, dims in contract["inputs"].items():
+        for dim, size in zip(dims, shapes.get(name, ())):
+            if isinstance(dim, str):
+                sizes.setdefault(dim, int(size))
+    for dim, rule in contract.get("dims", {}).items():
+        if dim not in sizes and rule.get("sum") and all(p in sizes for p in rule["sum"]):
+            sizes[dim] = sum(sizes[p] for p in rule["sum"])
+    return sizes
+
+
+def _shape(array) -> list:
+    if hasattr(array, "shape"):
+        return [int(n) for n in array.shape]
+    shape = []
+    while isinstance(array, (list, tuple)):
+        shape.append(len(array))
+        array = array[0] if array else None
+    return shape
+
+
+def _flat(array) -> list:
+    values = array.tolist() if hasattr(array, "tolist") else array
+    if not isinstance(values, list):
+        return [values]
+    return [v for item in values for v in _flat(item)]
+
+
 def estimated_bytes(contract: dict, feeds: dict) -> int:
     """A request's peak memory estimate: 4 x (2 x the scores' elements + the elements of every input and
     output), the dims taken from the inputs' shapes (and values, for a scalar that sets a dim); a dim that
@@ -140,11 +200,15 @@ def estimated_bytes(contract: dict, feeds: dict) -> int:
 
 
 def request_problem(contract, budget: int, feeds: dict):
-    """Why the request of `feeds` is refused before it runs, or None: its inputs break the dims contract, or
-    its estimated peak memory is past the budget."""
+    """Why the request of `feeds` is refused before it runs, or None: its inputs break the dims contract (their
+    shapes, then the values its `lengths` rules: a static cache's past_len within the cache), or its estimated
+    peak memory is past the budget."""
     if contract is None:
         return None
     problem = contract_problem(contract, {name: np.shape(a) for name, a in feeds.items()})
+    if problem:
+        return problem
+    problem = values_problem(contract, feeds)
     if problem:
         return problem
     estimate = estimated_bytes(contract, feeds)

@@ -110,7 +110,8 @@ class ModuleKind:
 
     def dims_contract(self, spec) -> dict:
         """The contract exporter/kinds/dims.py checks: the inputs' and outputs' dims, the dims' rules, the
-        scores' dims, the dims that are an input's value. Plain JSON."""
+        scores' dims, the dims that are an input's value. Plain JSON. A kind whose inputs' values must keep a rule
+        too (mha-static's past_len) adds `lengths` (dims.py's values_problem); the others have none."""
         return {
             "inputs": self.input_dims(spec),
             "outputs": self.output_dims(spec),

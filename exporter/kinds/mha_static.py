@@ -87,6 +87,24 @@ class MhaStaticKind(MhaCacheKind):
     def score_dims(self, spec):
         return ["batch", spec.heads, "q_len", spec.max_len]
 
+    def dims_contract(self, spec) -> dict:
+        """The dims contract, and one value rule (exporter/kinds/dims.py `lengths`): each past_len[b] is at least
+        0, and past_len[b] + q_len at most max_len. Out of it a step fails inside onnxruntime with its own words
+        (TensorScatter's or GroupQueryAttention's), so a service refuses it before running, with these."""
+        contract = super().dims_contract(spec)
+        contract["lengths"] = {
+            "past_len": {
+                "description": "the tokens each sequence already holds: at least 0, and with the q_len new ones "
+                f"at most the cache's {spec.max_len}",
+                "at_least": 0,
+                "plus": "q_len",
+                "at_most": spec.max_len,
+                "limit": "the cache's max_len",
+                "past_limit": "the cache is full (reset the sequence, or export with a larger --max-len)",
+            }
+        }
+        return contract
+
     def describe(self, spec):
         return (
             f"MultiHeadedAttention(heads={spec.heads}, embedding_dim={spec.embedding_dim}), one decoding step "

@@ -12,6 +12,11 @@ verify_bundle, the browser page) must give (tests/deploy/test_corpus.py runs the
   carries (float16, float64, uint8, int64; float_data, int32_data, int64_data, double_data, raw_data). `values(...)`
   (what it decodes to) or `refused(WORDS)` (every decoder refuses it, saying WORDS).
 
+- LENGTHS: one request each to a static cache's model (mha-static, max_len 32), for the `lengths` rule alone (a
+  dims contract's rule on past_len's values: exporter/kinds/dims.py). `says`: the words every checker (Python's
+  values_problem, the Triton model's copy, Node's valuesProblem) refuses it with, or None where it is within the
+  rule. No folder: each checker takes the contract, or the manifest made of it, and the arrays.
+
 Layout of the corpus folder: one folder per bundle entry, `tensors/NAME.pb`, `outside/` (what the escaping
 symlinks and paths point at), and `index.json` (what the browser page reads).
 """
@@ -771,6 +776,109 @@ TENSORS = _typed_tensors() + [
 ]
 
 TENSOR_NAMES = [t.name for t in TENSORS]
+
+
+# --- a static cache's lengths: one request each, for the `lengths` rule ------------------------------------------
+
+MAX_LEN = 32
+FULL = ", past the cache's max_len 32: the cache is full (reset the sequence, or export with a larger --max-len)"
+
+
+@dataclass(frozen=True)
+class Lengths:
+    name: str
+    what: str
+    past_len: tuple[int, ...]
+    q_len: int
+    says: str | None  # the refusal's words; None: within the rule
+    rule: dict | None = None  # past_len's rule in place of mha-static's own
+
+
+def _over(past: int, sequence: int, q_len: int) -> str:
+    return f"input 'past_len' is {past} for sequence {sequence}, and {past} + q_len {q_len} is {past + q_len}{FULL}"
+
+
+def _under(past: int, sequence: int) -> str:
+    return f"input 'past_len' is {past} for sequence {sequence}: a length is at least 0"
+
+
+LENGTHS = [
+    Lengths("fills-exactly", "30 + 2 new tokens: the cache filled to its last position", (30, 0), 2, None),
+    Lengths("prefill-fills", "a prefill of 32 tokens into an empty cache", (0,), 32, None),
+    Lengths("no-sequences", "a batch of 0", (), 1, None),
+    Lengths("one-past", "31 + 2: one position past the cache", (31,), 2, _over(31, 0, 2)),
+    Lengths("full-then-one", "a full cache handed one more token", (32,), 1, _over(32, 0, 1)),
+    Lengths("second-sequence", "the second sequence past the cache, the first within it", (3, 31), 2, _over(31, 1, 2)),
+    Lengths("q-alone-too-long", "33 new tokens into an empty cache of 32", (0,), 33, _over(0, 0, 33)),
+    Lengths("negative", "a length of -1", (-1,), 1, _under(-1, 0)),
+    Lengths("negative-second", "the second sequence's length negative", (4, -2), 1, _under(-2, 1)),
+    Lengths(
+        "first-broken-first",
+        "past the cache at sequence 0, negative at 1: sequence 0 is named",
+        (40, -1),
+        1,
+        _over(40, 0, 1),
+    ),
+    Lengths("int64-max", "2^63-1 + 2: exact, no wrap to a negative", (2**63 - 1,), 2, _over(2**63 - 1, 0, 2)),
+    Lengths("int64-min", "-2^63", (-(2**63),), 1, _under(-(2**63), 0)),
+    Lengths(
+        "rule-without-plus",
+        "a rule of at_most alone, without the words: the plain message",
+        (11,),
+        1,
+        "input 'past_len' is 11 for sequence 0, past the model's limit 10",
+        {"description": "at most 10", "at_most": 10},
+    ),
+    Lengths(
+        "rule-without-at-least",
+        "a rule with no lower bound takes -5",
+        (-5,),
+        1,
+        None,
+        {"description": "at most 10", "at_most": 10},
+    ),
+    Lengths(
+        "rule-plus-unknown-dim",
+        "a rule whose `plus` dim the request does not set: the upper bound unchecked",
+        (50,),
+        1,
+        None,
+        {"description": "", "plus": "kv_len", "at_most": 10},
+    ),
+]
+LENGTHS_NAMES = [e.name for e in LENGTHS]
+
+
+def lengths_contract(entry: Lengths) -> dict:
+    """The dims contract of a static cache's model (heads 2, width 16, max_len 32), its past_len rule replaced by
+    the entry's where it has one: plain JSON."""
+    from attn_onnx.exporter.spec import ExportSpec
+
+    spec = ExportSpec(
+        module="mha-static", heads=2, embedding_dim=16, mask="causal", causal_align="bottom-right", max_len=MAX_LEN
+    )
+    contract = json.loads(json.dumps(spec.kind.dims_contract(spec)))
+    if entry.rule is not None:
+        contract["lengths"] = {"past_len": entry.rule}
+    return contract
+
+
+def lengths_manifest(contract: dict) -> dict:
+    """What a bundle manifest says of the same contract: inputs[i].dims, dims, lengths (what Node reads)."""
+    return {
+        "inputs": [{"name": name, "dims": dims} for name, dims in contract["inputs"].items()],
+        "dims": contract["dims"],
+        "lengths": contract["lengths"],
+    }
+
+
+def lengths_arrays(entry: Lengths) -> dict[str, np.ndarray]:
+    """The request's query (which sets q_len; its values do not matter) and past_len."""
+    batch = len(entry.past_len)
+    return {
+        "query": np.zeros((batch, entry.q_len, 16), np.float32),
+        "past_len": np.array(entry.past_len, np.int64).reshape(batch),
+    }
 
 
 # --- the corpus -------------------------------------------------------------------------------------------------

@@ -439,3 +439,75 @@ def test_the_triton_model_reads_raw_data_alike_and_refuses_the_rest(name):
         assert got == entry.expect, f"{name}: {got}"
     else:  # what the others refuse, and what they read from a typed field
         assert entry.expect[0] == "refused" or "this reader takes raw_data" in got[1], f"{name}: {got}"
+
+
+# --- a static cache's lengths: Python's values_problem, the Triton model's copy and Node's valuesProblem give each
+# request of the corpus the same words (or all let it through)
+
+NODE_LENGTHS = r"""
+const ort = require('onnxruntime-node');
+const { valuesProblem } = require('./lib/dims');
+for (const { manifest, arrays } of JSON.parse(process.argv[1])) {
+  const feeds = {};
+  for (const [name, a] of Object.entries(arrays)) {
+    feeds[name] = a.type === 'int64'
+      ? new ort.Tensor('int64', BigInt64Array.from(a.values, BigInt), a.dims)
+      : new ort.Tensor('float32', new Float32Array(a.dims.reduce((x, y) => x * y, 1)), a.dims);
+  }
+  console.log(JSON.stringify({ says: valuesProblem(manifest, feeds) }));
+}
+"""
+
+
+def _node_lengths() -> dict:
+    requests = []
+    for entry in C.LENGTHS:
+        arrays = {
+            name: {"type": str(a.dtype), "dims": list(a.shape), "values": [str(v) for v in a.ravel().tolist()]}
+            for name, a in C.lengths_arrays(entry).items()
+        }
+        requests.append({"manifest": C.lengths_manifest(C.lengths_contract(entry)), "arrays": arrays})
+    result = subprocess.run(
+        [NODE, "-e", NODE_LENGTHS, json.dumps(requests)], cwd=NODE_DIR, capture_output=True, text=True, timeout=120
+    )
+    said = [json.loads(line)["says"] for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(said) == len(C.LENGTHS), result.stdout[-2000:] + result.stderr[-2000:]
+    return dict(zip(C.LENGTHS_NAMES, said))
+
+
+@pytest.fixture(scope="module")
+def lengths_said():
+    said: dict = {}
+
+    def get(checker: str) -> dict:
+        if checker not in said:
+            if checker == "node":
+                said[checker] = _node_lengths()
+            else:
+                if checker == "python":
+                    from attn_onnx.exporter.kinds.dims import values_problem
+                else:
+                    values_problem = triton_verifier().values_problem
+                said[checker] = {e.name: values_problem(C.lengths_contract(e), C.lengths_arrays(e)) for e in C.LENGTHS}
+        return said[checker]
+
+    return get
+
+
+LENGTHS_BY_NAME = {e.name: e for e in C.LENGTHS}
+
+
+@pytest.mark.parametrize("checker", ["python", "triton", pytest.param("node", marks=NODE_MARKS, id="node")])
+@pytest.mark.parametrize("name", C.LENGTHS_NAMES)
+def test_every_checker_gives_each_cache_length_the_same_words(lengths_said, checker, name):
+    assert lengths_said(checker)[name] == LENGTHS_BY_NAME[name].says
+
+
+def test_the_lengths_corpus_refuses_and_passes_both():
+    """Requests within the rule (the cache filled exactly among them) and past it, at both bounds."""
+    says = [e.says or "" for e in C.LENGTHS]
+    assert (
+        "" in says and any("a length is at least 0" in s for s in says) and any("the cache is full" in s for s in says)
+    )
+    exactly = LENGTHS_BY_NAME["fills-exactly"]
+    assert exactly.says is None and exactly.past_len[0] + exactly.q_len == C.MAX_LEN

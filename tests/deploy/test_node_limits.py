@@ -22,7 +22,7 @@ from tests.deploy.test_node import pytestmark as node_marks
 from tests.deploy.test_node_protocol import http_json, rss_kib, stats, vector_sets
 
 pytestmark = node_marks
-DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.bool_): "BOOL"}
+DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.bool_): "BOOL", np.dtype(np.int64): "INT64"}
 
 
 def json_body(arrays, **extra) -> bytes:

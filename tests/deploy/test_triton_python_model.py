@@ -357,6 +357,69 @@ def test_the_estimate_reads_a_cache_step_s_keys_and_the_mask_module_s_size(model
     )
 
 
+# --- a static cache's lengths: past_len[b] >= 0 and past_len[b] + q_len <= max_len, checked on the values ------------
+
+FULL = ", past the cache's max_len 32: the cache is full (reset the sequence, or export with a larger --max-len)"
+
+
+def _static_feeds(rng, past_len, q_len):
+    batch = len(past_len)
+    new = {n: rng.standard_normal((batch, q_len, 16), dtype=np.float32) for n in ("query", "key", "value")}
+    cache = {n: np.zeros((batch, 2, 32, 8), np.float32) for n in ("past_key", "past_value")}
+    return {**new, **cache, "past_len": np.array(past_len, np.int64)}
+
+
+def test_the_config_carries_a_static_cache_s_lengths_rule(repo):
+    from attn_onnx.exporter.spec import ExportSpec
+
+    contract = json.loads(
+        json.loads(_args(repo, "static")["model_config"])["parameters"]["attn_onnx.dims"]["string_value"]
+    )
+    spec = ExportSpec(module="mha-static", heads=2, embedding_dim=16, mask="causal", max_len=32)
+    assert contract["lengths"] == spec.kind.dims_contract(spec)["lengths"]
+    assert contract["lengths"]["past_len"]["at_most"] == 32 and contract["lengths"]["past_len"]["plus"] == "q_len"
+    mha = json.loads(json.loads(_args(repo, "mha")["model_config"])["parameters"]["attn_onnx.dims"]["string_value"])
+    assert not mha.get("lengths")
+
+
+BAD_LENGTHS = [
+    ([31], 2, "input 'past_len' is 31 for sequence 0, and 31 + q_len 2 is 33" + FULL),
+    ([3, 32], 1, "input 'past_len' is 32 for sequence 1, and 32 + q_len 1 is 33" + FULL),
+    ([-1], 1, "input 'past_len' is -1 for sequence 0: a length is at least 0"),
+]
+
+
+@pytest.mark.parametrize("past_len, q_len, message", BAD_LENGTHS, ids=["one-past", "second-full", "negative"])
+def test_a_static_step_past_the_cache_or_negative_is_refused_and_one_that_fills_it_answered(
+    model_py, repo, past_len, q_len, message
+):
+    model = _model(model_py, repo, "static")
+    rng = np.random.default_rng(6)
+    fills = _static_feeds(rng, [30, 29], 2)  # sequence 0 filled to its last position: answered
+    bad = _static_feeds(rng, past_len, q_len)
+    responses = model.execute([Request(fills), Request(bad), Request(fills)])
+    assert (responses[1].error.message, responses[1].error.code) == (message, "INVALID_ARG")
+    assert responses[1].outputs == {}
+    assert responses[0].error is None and responses[2].error is None
+    alone = ort.InferenceSession(str(repo / "static" / "1" / "model.onnx"))
+    np.testing.assert_allclose(responses[0].outputs["output"], alone.run(["output"], fills)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("past_len, q_len, message", BAD_LENGTHS, ids=["one-past", "second-full", "negative"])
+def test_without_the_lengths_rule_the_bad_step_reaches_onnxruntime(model_py, repo, past_len, q_len, message):
+    """The rule is what refuses: the same contract without it lets the request run, and onnxruntime fails it with
+    its own words (TensorScatter's or GroupQueryAttention's), an internal error rather than an invalid argument."""
+    model = _model(model_py, repo, "static")
+    del model.contract["lengths"]
+    response = model.execute([Request(_static_feeds(np.random.default_rng(7), past_len, q_len))])[0]
+    assert response.error.code == "INTERNAL" and response.error.message != message
+    assert "TensorScatter" in response.error.message or "GroupQueryAttention" in response.error.message
+    assert (
+        model_py.request_problem(model.contract, 1 << 30, _static_feeds(np.random.default_rng(7), past_len, q_len))
+        is None
+    )
+
+
 # --- verified before serving: the version folder is a bundle, and initialize runs its golden sets -------------------
 
 RUNTIME = f"onnxruntime {ort.__version__} (CPUExecutionProvider)"

@@ -220,3 +220,72 @@ def test_a_case_whose_feeds_break_the_contract_is_a_bug_in_the_sweep(monkeypatch
         r"input 'mask' dim 2 \(kv_len\) is 1, but input 'key' dim 1",
     ):
         parse_case("b2.q3.kv4.padding", spec).feeds(0)
+
+
+# --- the lengths rule: a static cache's past_len, checked on its values ------------------------------------------
+
+STATIC = next(s for s in SPECS if s.module == "mha-static")  # max_len 16
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_only_a_static_cache_rules_its_inputs_values_and_the_example_keeps_it(spec):
+    from attn_onnx.exporter.kinds.dims import values_problem
+
+    contract = spec.kind.dims_contract(spec)
+    lengths = contract.get("lengths") or {}
+    if spec.module != "mha-static":
+        assert not lengths
+    else:
+        assert set(lengths) == {"past_len"} and spec.input_dtypes()["past_len"] == "int64"
+        rule = lengths["past_len"]
+        assert contract["inputs"]["past_len"] == ["batch"] and rule["plus"] in contract["dims"]
+        assert (rule["at_least"], rule["at_most"]) == (0, spec.max_len) and rule["description"]
+        assert set(rule) == {"description", "at_least", "plus", "at_most", "limit", "past_limit"}
+    feeds = {n: t.numpy() for n, t in zip(spec.input_names, example_inputs(spec))}
+    assert values_problem(contract, feeds) is None
+
+
+def test_every_check_case_and_vector_case_of_a_static_cache_keeps_its_lengths():
+    """The cases the checks and the bundle's vectors run are within the rule, the cache filled exactly among them:
+    a service that checks it refuses none of them."""
+    from attn_onnx.exporter.kinds.dims import values_problem
+    from attn_onnx.runtime_check.cases import QUICK, generate_cases, parse_case
+
+    contract = STATIC.kind.dims_contract(STATIC)
+    cases = [*generate_cases(STATIC, QUICK), *(parse_case(n, STATIC) for n in STATIC.kind.vector_cases(STATIC))]
+    filled = 0
+    for case in cases:
+        feeds = case.feeds(0)
+        assert values_problem(contract, feeds) is None, case.name
+        filled += int((feeds["past_len"] + feeds["query"].shape[1] == STATIC.max_len).any())
+    assert filled
+
+
+@pytest.mark.parametrize(
+    "past_len, q_len, message",
+    [
+        (
+            [15],
+            2,
+            "input 'past_len' is 15 for sequence 0, and 15 + q_len 2 is 17, past the cache's max_len 16: the cache is "
+            "full (reset the sequence, or export with a larger --max-len)",
+        ),
+        (
+            [2, 16, 0],
+            1,
+            "input 'past_len' is 16 for sequence 1, and 16 + q_len 1 is 17, past the cache's max_len 16: the cache is "
+            "full (reset the sequence, or export with a larger --max-len)",
+        ),
+        ([0, -3], 1, "input 'past_len' is -3 for sequence 1: a length is at least 0"),
+        ([14, 0], 2, None),  # fills sequence 0 exactly
+        ([0], 16, None),  # a prefill of the whole cache
+    ],
+)
+def test_a_static_step_outside_its_cache_is_named_with_the_sequence_and_the_limit(past_len, q_len, message):
+    from attn_onnx.exporter.kinds.dims import values_problem
+
+    feeds = STATIC.kind.inputs(STATIC, {"batch": len(past_len), "q_len": q_len, "kv_len": 0}, np.random.default_rng(0))
+    feeds["past_len"] = np.array(past_len, np.int64)
+    assert values_problem(STATIC.kind.dims_contract(STATIC), feeds) == message
+    without = {k: v for k, v in STATIC.kind.dims_contract(STATIC).items() if k != "lengths"}
+    assert values_problem(without, feeds) is None  # the rule is what refuses

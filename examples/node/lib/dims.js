@@ -67,6 +67,59 @@ function dimsProblem(manifest, shapes) {
   return null;
 }
 
+// The first value of the request's inputs that breaks the manifest's top-level `lengths` rules, as one sentence;
+// or null. A rule rules an integer input's values (one per sequence), not a shape:
+//   "lengths": {"past_len": {"at_least": 0, "plus": "q_len", "at_most": 32, "limit": "the cache's max_len",
+//                            "past_limit": "the cache is full (...)", "description": "..."}}
+// each value v is at least `at_least`, and v + the request's `plus` dim at most `at_most` (unchecked where that dim
+// is unknown). A static cache's past_len out of the cache fails inside onnxruntime with its own words (or writes
+// where it should not); refused here first. The words are Python's attn_onnx.exporter.kinds.dims.values_problem's
+// and the Triton model's, held to them by tests/deploy/test_corpus.py. `feeds`: {name: tensor with .dims and .data}
+// (onnxruntime-node's Tensors); call after dimsProblem found nothing. Values are compared as BigInt: exact.
+function valuesProblem(manifest, feeds) {
+  const rules = manifest.lengths && typeof manifest.lengths === 'object' ? manifest.lengths : {};
+  if (!Object.keys(rules).length) return null;
+  const shapes = {};
+  for (const [name, tensor] of Object.entries(feeds)) shapes[name] = Array.from(tensor.dims, Number);
+  const sizes = resolve(manifest, shapes);
+  for (const [name, rule] of Object.entries(rules)) {
+    const tensor = feeds[name];
+    if (!tensor || !rule || typeof rule !== 'object') continue;
+    const low = Number.isInteger(rule.at_least) ? BigInt(rule.at_least) : null;
+    const high = Number.isInteger(rule.at_most) ? BigInt(rule.at_most) : null;
+    const plus = typeof rule.plus === 'string' && rule.plus ? rule.plus : null;
+    const extra = plus ? (sizes[plus] === undefined ? null : BigInt(sizes[plus])) : 0n;
+    for (let i = 0; i < tensor.data.length; i++) {
+      const element = tensor.data[i]; // a BigInt (INT64), or a number: truncated, as Python's int() does
+      if (typeof element !== 'bigint' && !Number.isFinite(element)) continue;
+      const value = typeof element === 'bigint' ? element : BigInt(Math.trunc(Number(element)));
+      if (low !== null && value < low) return `input '${name}' is ${value} for sequence ${i}: a length is at least ${low}`;
+      if (high !== null && extra !== null && value + extra > high) {
+        const sum = plus ? `, and ${value} + ${plus} ${extra} is ${value + extra}` : '';
+        const limit = typeof rule.limit === 'string' && rule.limit ? rule.limit : "the model's limit";
+        const after = typeof rule.past_limit === 'string' && rule.past_limit ? `: ${rule.past_limit}` : '';
+        return `input '${name}' is ${value} for sequence ${i}${sum}, past ${limit} ${high}${after}`;
+      }
+    }
+  }
+  return null;
+}
+
+// {dim name: size}: every named dim the request's shapes set (the first input's, in the manifest's order), and the
+// dims that are a `sum` of those
+function resolve(manifest, shapes) {
+  const { seen } = namedDims(manifest.inputs, shapes);
+  const sizes = {};
+  for (const [name, d] of Object.entries(seen || {})) sizes[name] = d.value;
+  const rules = manifest.dims && typeof manifest.dims === 'object' ? manifest.dims : {};
+  for (const [name, rule] of Object.entries(rules)) {
+    if (sizes[name] === undefined && rule && Array.isArray(rule.sum) && rule.sum.every((n) => sizes[n] !== undefined)) {
+      sizes[name] = rule.sum.reduce((a, n) => a + sizes[n], 0);
+    }
+  }
+  return sizes;
+}
+
 // The bytes a request of these shapes takes at its peak, estimated before anything is allocated:
 //   4 x (2 x batch x heads x q_len x kv_len   the attention scores and probabilities
 //        + the elements of every input and every output)
@@ -86,4 +139,4 @@ function workEstimate(manifest, shapes) {
   return 4 * elements;
 }
 
-module.exports = { FALLBACK_DIMS, dimsProblem, workEstimate };
+module.exports = { FALLBACK_DIMS, dimsProblem, valuesProblem, workEstimate };

@@ -72,6 +72,7 @@ function decodeInfer(model, request) {
     }
     return fromValues({ shape }, spec, values, count, CONTENTS_ELEMENT[spec.datatype]);
   }, (shapes) => model.checkShapes(shapes), (input) => input.shape.map(Number));
+  model.checkValues(feeds); // the inputs' values, by the manifest's `lengths` rules (a static cache's past_len)
   let wanted = model.outputs.map((o) => o.name); // no outputs listed: every output
   if (request.outputs.length) {
     for (const o of request.outputs) {

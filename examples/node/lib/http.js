@@ -92,6 +92,7 @@ function decodeRequest(model, body, headerLength) {
   if (offset !== body.length) {
     throw new RequestError(400, `${body.length - offset} bytes after the JSON header that no input's binary_data_size accounts for`);
   }
+  model.checkValues(feeds); // the inputs' values, by the manifest's `lengths` rules (a static cache's past_len)
   // Which outputs, and which of them binary
   const defaultBinary = parameters.binary_data_output === undefined ? false : parameters.binary_data_output;
   if (typeof defaultBinary !== 'boolean') throw new RequestError(400, 'binary_data_output must be true or false');

@@ -6,7 +6,7 @@
 const path = require('node:path');
 const ort = require('onnxruntime-node');
 const { BundleError, changedFiles, readManifest } = require('./bundle');
-const { dimsProblem, workEstimate } = require('./dims');
+const { dimsProblem, valuesProblem, workEstimate } = require('./dims');
 const { RequestError } = require('./protocol');
 const { Statistics } = require('./stats');
 
@@ -49,6 +49,15 @@ class Model {
         `x q_len x kv_len + every input's and output's elements)), past this service's budget of ${this.maxRequestBytes} ` +
         'bytes (--max-request-bytes)', 'RESOURCE_EXHAUSTED');
     }
+  }
+
+  // A request's input tensors, once made (after checkShapes), checked by their values against the manifest's
+  // `lengths` rules (lib/dims.js valuesProblem: a static cache's past_len[b] at least 0, and past_len[b] + q_len at
+  // most max_len).
+  // RequestError: 400 naming the input, the sequence and the limit, before anything runs.
+  checkValues(feeds) {
+    const problem = valuesProblem(this.manifest, feeds);
+    if (problem) throw new RequestError(400, problem);
   }
 
   // Triton's model configuration (GET /v2/models/NAME/config, gRPC ModelConfig). max_batch_size 0: the service
