@@ -95,7 +95,7 @@ VARIANTS = {
             attn_probs=False,
             min_opset=23,
             module_opsets=(("mha-static", 24),),
-            runs_in="runtimes with opset 23 (onnxruntime >= 1.23)",
+            runs_in="runtimes with opset 23 (onnxruntime >= 1.23; a static cache: opset 24, onnxruntime >= 1.25)",
         ),
         Variant(
             "tiled",
