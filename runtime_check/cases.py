@@ -93,8 +93,10 @@ class Case:
             mask = make_mask(self.pattern, self.batch, self.q_len, self.kv_len, rng)  # (B, q_len or 1, kv_len)
         feeds = self.spec.kind.inputs(self.spec, self.dims, rng, mask)
         from attn_onnx.exporter.kinds.base import dims_problem
+        from attn_onnx.exporter.kinds.dims import values_problem
 
         problem = dims_problem(self.spec, {name: np.shape(a) for name, a in feeds.items()})
+        problem = problem or values_problem(self.spec.kind.dims_contract(self.spec), feeds)  # mha-static's lengths
         if problem:  # the sweep built inputs the model's contract refuses: a bug here, not in the model
             raise AssertionError(f"case {self.name}: its feeds break the model's dims contract: {problem}")
         return feeds
