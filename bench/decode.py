@@ -19,8 +19,8 @@ The batch scenario: sequences of unequal lengths (BATCH_LENS, one per 1k up to 8
 forms step them all in one call, each at its own length (past_len). The concat step takes one cache length for a
 batch, so it is timed both fair ways: `concat padded`, the batch padded to the longest with a mask input (an
 export-attn --kv-cache --mask input model, each row's padding masked out), one call that reads every padded
-cache; and `concat per sequence`, one batch-1 call per sequence at its own length (each cold, the sum of their
-medians), which reads only the valid caches but the weights once per call.
+cache; and `concat per sequence`, one batch-1 call per sequence at its own length (each cold; a round's figure is
+their sum, and the row its median over rounds), which reads only the valid caches but the weights once per call.
 
 The memory (rss_steps > 0): each form in fresh processes that import only onnxruntime and numpy (and
 StaticCache). RSS (/proc/self/statm) before and after rss_steps decoding steps from RSS_PAST cached tokens, the

@@ -11,6 +11,7 @@ from attn_onnx.cli.common import OneLineErrorCommand, batch_lengths, given, refu
 from attn_onnx.cli.forms import FORM_OPTIONS, written_line
 from attn_onnx.exporter.kinds import KINDS, MODULES
 from attn_onnx.exporter.kinds.base import KIND_SETTINGS
+from attn_onnx.exporter.kinds.mha_static import MIN_MAX_LEN
 from attn_onnx.exporter.spec import OPSETS
 from attn_onnx.exporter.variants import DEFAULT as DEFAULT_VARIANT
 from attn_onnx.exporter.variants import VARIANTS
@@ -104,7 +105,7 @@ NAMED = " or ".join(form.flag for form in FORM_OPTIONS.values() if form.named)  
 )
 @click.option(
     "--max-len",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=MIN_MAX_LEN),
     default=None,
     metavar="N",
     help=f"{_applies('max_len')} With --kv-cache: a static cache of N tokens, written in place. Inputs "

@@ -48,7 +48,7 @@ DECODE_FOLDER = "decode"
 # way from zeros, each step (new tokens, past_len of each sequence). Both prefill 4 tokens; slot 1's sequence ends
 # with its prompt and a new one starts there at 0 (its old keys stay in the buffer beyond its length, never to be
 # read); one token at a time, lengths unequal; two tokens into both caches (ort-gqa's standard branch), filling
-# slot 0 to 8 (the smallest max_len); slot 0's sequence ends and a new one starts there. Every length fits 8.
+# slot 0 to 8; slot 0's sequence ends and a new one starts there. Every length fits the smallest max_len (16).
 STATIC_DECODE_STEPS = ((4, (0, 0)), (1, (4, 0)), (1, (5, 1)), (2, (6, 2)), (1, (0, 4)), (1, (1, 5)))
 # The outputs of a static cache that hold each sequence's positions 0..length-1 (axis 2) and an unspecified tail
 STATIC_PRESENTS = ("present_key", "present_value")

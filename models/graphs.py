@@ -97,7 +97,8 @@ class MhaStaticGraph(nn.Module):
     over each sequence's valid keys only: new token i of sequence b sits at past_len[b] + i and attends keys
     0..past_len[b] + i (the causal mask bottom-right aligned, per sequence). Returns (output, present_key,
     present_value); the presents are the buffers after the write, positions past each sequence's length as
-    they were. A write past max_len raises (torch's scatter refuses an index out of range).
+    they were. A write past max_len raises (torch's scatter refuses an index out of range); a negative past_len is
+    outside the contract (exported, ScatterElements counts it from the buffer's end).
     """
 
     def __init__(self, mha: nn.Module, max_len: int):

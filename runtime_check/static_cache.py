@@ -103,6 +103,8 @@ class StaticCache:
             first, stop = 0, self.batch
         else:
             slots = list(slots)
+            if not slots:
+                raise UsageError("slots is empty: name the slots the step is for, or leave it out for every slot")
             first, stop = slots[0], slots[-1] + 1
             if slots != list(range(first, stop)) or first < 0 or stop > self.batch:
                 raise UsageError(f"slots {slots} are not a contiguous run of 0..{self.batch - 1}")
@@ -112,6 +114,8 @@ class StaticCache:
 
     def reset(self, slot: int) -> None:
         """The slot's sequence is done: the next step writes a new one from position 0."""
+        if not 0 <= slot < self.batch:
+            raise UsageError(f"slot {slot} is not one of 0..{self.batch - 1}")
         self.lengths[slot] = 0
 
     def keys(self, slot: int) -> np.ndarray:

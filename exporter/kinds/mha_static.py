@@ -31,7 +31,7 @@ from attn_onnx.errors import UsageError
 from attn_onnx.exporter.kinds.mha_cache import MhaCacheKind
 from attn_onnx.vocab import GRAPH_MASK
 
-MIN_MAX_LEN = 8  # a smaller cache serves nothing; the checks' shapes fit from here
+MIN_MAX_LEN = 16  # the decode check's sequences reach 11 tokens (runtime_check.decode SEQUENCE, decode_static UNEQUAL)
 
 
 def past_lengths(batch: int, past: int) -> np.ndarray:
@@ -56,14 +56,15 @@ class MhaStaticKind(MhaCacheKind):
         return implied
 
     def validate(self, spec) -> None:
+        if spec.mask != "causal" or spec.causal_align != "bottom-right":  # before mha-cache's, which offers a mask
+            raise UsageError(
+                "--max-len takes the built-in causal mask, bottom-right aligned per sequence; past_len gives each "
+                f"sequence's length, so no padding mask is needed; got --mask {spec.mask}"
+                + (f" --causal-align {spec.causal_align}" if spec.mask == "causal" else "")
+            )
         super().validate(spec)
         if spec.max_len < MIN_MAX_LEN:
             raise UsageError(f"--max-len is the cache's capacity in tokens, at least {MIN_MAX_LEN}; got {spec.max_len}")
-        if spec.mask != "causal":
-            raise UsageError(
-                "--max-len takes the built-in causal mask (bottom-right, per sequence); past_len gives each "
-                "sequence's length, so no padding mask is needed; got --mask " + spec.mask
-            )
 
     def input_dims(self, spec):
         new = ["batch", "q_len", spec.embedding_dim]
@@ -152,11 +153,13 @@ class MhaStaticKind(MhaCacheKind):
         return [GRAPH_MASK]
 
     def _fit(self, spec, shapes):
-        """Each shape fitted into the cache: q_len at most max_len, past at most what is left."""
+        """Each shape fitted into the cache: past at most half of it, q_len at most what is left. A shape keeps a
+        cache where it had one, so several new tokens into a filled cache (a GroupQueryAttention mode of its own at
+        batch 1) stay in the sweep at any max_len."""
         fitted = []
         for b, q, kv in shapes:
-            q = min(q, spec.max_len)
-            fitted.append((b, q, min(kv, spec.max_len - q)))
+            kv = min(kv, spec.max_len // 2)
+            fitted.append((b, min(q, spec.max_len - kv), kv))
         return list(dict.fromkeys(fitted))
 
     def _grid(self, spec, shapes, masks):
@@ -179,12 +182,14 @@ class MhaStaticKind(MhaCacheKind):
         return dims, GRAPH_MASK
 
     def vector_cases(self, spec):
-        # a prefill; one token into unequal caches; two tokens into unequal caches; the cache filled exactly
+        # a prefill; one token into unequal caches; two tokens into unequal caches; the cache filled exactly; three
+        # tokens into one filled cache (GroupQueryAttention's own mode for it)
         return (
             f"b1.q5.kv0.{GRAPH_MASK}",
             f"b2.q1.kv7.{GRAPH_MASK}",
             f"b3.q2.kv6.{GRAPH_MASK}",
             f"b2.q1.kv{spec.max_len - 1}.{GRAPH_MASK}",
+            f"b1.q3.kv4.{GRAPH_MASK}",
         )
 
     def describe_case(self, spec, dims, mask):

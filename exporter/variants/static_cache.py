@@ -16,7 +16,9 @@ past and present (IO binding) writes in place.
   cache, within max_len, and the standard step otherwise (both write in place inside the If: measured with
   onnxruntime 1.32).
 
-A step past max_len raises in TensorScatter (and in torch-export's ScatterElements): never a write elsewhere.
+A step past max_len raises in TensorScatter (and in torch-export's ScatterElements): never a write elsewhere. A
+negative past_len is outside the contract (the services refuse it: exporter/kinds/dims.py values_problem); the
+in-place forms raise on it, while torch-export's ScatterElements takes it as counted from the buffer's end.
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ def _subgraph(b: GraphWriter, name: str, outputs: list[str], elem: int) -> onnx.
 
 
 def coverage_shapes(spec) -> tuple[tuple[int, int, int], ...]:
-    """(batch, q_len, past) that take each of gqa_or_standard's branches: one token into unequal caches
-    (GroupQueryAttention), three into unequal caches (the standard step)."""
-    return ((2, 1, 5), (2, 3, 5))
+    """(batch, q_len, past) that take each of gqa_or_standard's branches: one token into unequal caches and three
+    into one filled cache (GroupQueryAttention, in two of its modes), three into unequal caches (the standard
+    step)."""
+    return ((2, 1, 5), (1, 3, 4), (2, 3, 5))

@@ -262,7 +262,7 @@ def test_timed_runs_before_untimed_ahead_of_every_call():
             ["decode", "--past-lens", "16", "--batch-lens", "8,31", "--max-len", "31"],
             "Error: --max-len 31 does not hold the longest cache length 31 and its new token: give at least 32",
         ),
-        (["decode", "--max-len", "4"], "Error: Invalid value for '--max-len': 4 is not in the range x>=8."),
+        (["decode", "--max-len", "4"], "Error: Invalid value for '--max-len': 4 is not in the range x>=16."),
         (["decode", "--rss-steps", "-1"], "Error: Invalid value for '--rss-steps': -1 is not in the range x>=0."),
         (["variants", "--memory", "1x"], "Error: --memory item '1x' is not BATCHxLEN"),
         (["variants", "--memory", "1x8,2x8"], "Error: --memory '1x8,2x8': give one BATCHxLEN"),

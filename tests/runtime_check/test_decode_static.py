@@ -39,7 +39,8 @@ def test_every_form_equals_the_module_on_every_case_and_decoding(exported, varia
     decoded = {r.case for r in report.results if r.case.startswith("decode.")}
     assert decoded == set(case_names())  # the concat check's chunkings and the unequal batch
     shapes = {r.case for r in report.results if not r.case.startswith("decode.")}
-    assert "b5.q7.kv25.graph" in shapes  # 64 keys fitted into the cache: 25 cached and 7 new fill it exactly
+    assert "b5.q16.kv16.graph" in shapes  # 257 and 257 fitted into the cache: 16 cached and 16 new fill it exactly
+    assert "b1.q7.kv16.graph" in shapes  # several new tokens into a filled cache at batch 1: GQA's own mode
     assert all(c.max_abs < FLOAT32.atol for r in report.results for c in r.comparisons)
 
 
@@ -179,7 +180,12 @@ def test_the_tail_of_a_present_is_not_compared_but_its_valid_part_is(exported):
     "args, message",
     [
         (["--max-len", "64"], "Error: --max-len applies to --kv-cache: add --kv-cache"),
-        (["--kv-cache", "--max-len", "4"], "Error: --max-len is the cache's capacity in tokens, at least 8; got 4"),
+        (["--kv-cache", "--max-len", "4"], "Error: Invalid value for '--max-len': 4 is not in the range x>=16."),
+        (
+            ["--kv-cache", "--max-len", "64", "--causal-align", "top-left"],
+            "Error: --max-len takes the built-in causal mask, bottom-right aligned per sequence; past_len gives each "
+            "sequence's length, so no padding mask is needed; got --mask causal --causal-align top-left",
+        ),
         (["--kv-cache", "--max-len", "64", "--mask", "input"], "Error: --max-len takes the built-in causal mask"),
         (
             ["--kv-cache", "--max-len", "64", "--attention-impl", "onnx-attention", "--opset", "23"],
@@ -239,3 +245,25 @@ def test_a_nan_beyond_the_lengths_reaches_the_output_of_the_masking_forms_only(e
     assert np.isnan(output).any() == (variant != "ort-gqa")
     cache = StaticCache(session, batch=2)
     assert not cache.buffers["past_key"].any()  # the loop's buffers start as zeros: finite
+
+
+def test_the_smallest_cache_holds_every_decoding_of_the_check(exported):
+    """MIN_MAX_LEN is where the decode check's sequences (11 tokens) fit: a model of the smallest max_len passes
+    it, and one token less is refused before any work."""
+    from attn_onnx.exporter.kinds.mha_static import MIN_MAX_LEN
+    from attn_onnx.exporter.spec import ExportSpec
+
+    path, _, module = exported(**{**STATIC, "max_len": MIN_MAX_LEN}, variant="ort-gqa")
+    report = check_model(path, QUICK_CONFIG, module=module)
+    assert report.ok, [r.line() for r in report.failed]
+    with pytest.raises(UsageError, match=f"at least {MIN_MAX_LEN}; got {MIN_MAX_LEN - 1}"):
+        ExportSpec(**{**STATIC, "max_len": MIN_MAX_LEN - 1}, variant="ort-gqa").validate()
+
+
+def test_a_slot_outside_the_cache_is_refused(exported):
+    path, _, _ = exported(**STATIC, variant="onnx-attention")
+    cache = StaticCache(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), batch=2)
+    with pytest.raises(UsageError, match="slot -1 is not one of 0..1"):
+        cache.reset(-1)
+    with pytest.raises(UsageError, match="slots is empty"):
+        cache.step(np.ones((0, 1, 16), np.float32), slots=[])
