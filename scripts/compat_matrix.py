@@ -215,8 +215,8 @@ def main() -> int:
     if args.kinds and old["rows"]:  # the rows not measured now as they were, and the table's own record
         table["rows"] = {k: row for k, row in old["rows"].items() if k not in {row_key(s) for s in specs}}
         table.update({k: old[k] for k in ("measured", "cpu", "python", "command") if k in old})
-        table["added"] = [
-            *old.get("added", []),
+        table["added"] = [  # a kind measured again replaces its line
+            *(a for a in old.get("added", []) if not a.startswith(f"{args.kinds} measured ")),
             f"{args.kinds} measured {datetime.date.today().isoformat()} on {cpu_model()} with "
             f"`python scripts/compat_matrix.py --kinds {args.kinds} --merge`",
         ]
