@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 from attn_onnx import __version__
 from attn_onnx.errors import BundleError, InterfaceError, UsageError
+from attn_onnx.exporter.kinds.base import valid_part
 from attn_onnx.exporter.spec import ExportSpec
 from attn_onnx.files import file_sha256, write_folder_atomic
 from attn_onnx.model_files import needs_external, save_model
@@ -50,8 +51,6 @@ DECODE_FOLDER = "decode"
 # read); one token at a time, lengths unequal; two tokens into both caches (ort-gqa's standard branch), filling
 # slot 0 to 8; slot 0's sequence ends and a new one starts there. Every length fits the smallest max_len (16).
 STATIC_DECODE_STEPS = ((4, (0, 0)), (1, (4, 0)), (1, (5, 1)), (2, (6, 2)), (1, (0, 4)), (1, (1, 5)))
-# The outputs of a static cache that hold each sequence's positions 0..length-1 (axis 2) and an unspecified tail
-STATIC_PRESENTS = ("present_key", "present_value")
 
 
 def bundle_cases(spec: ExportSpec) -> list[Case]:
@@ -210,7 +209,11 @@ def bundle_builder(
                     "description": _describe_case(case),
                     "inputs": _write_tensors(folder, sub, "input", {v.name: feeds[v.name] for v in inputs}),
                     "outputs": _write_tensors(
-                        folder, sub, "output", {n: outputs[n] for n in spec.output_names}, valid_lengths(spec, feeds)
+                        folder,
+                        sub,
+                        "output",
+                        {n: outputs[n] for n in spec.output_names},
+                        spec.kind.valid_lengths(spec, feeds),
                     ),
                 }
             )
@@ -283,16 +286,6 @@ def bundle_builder(
 
 def _describe_case(case: Case) -> str:
     return case.spec.kind.describe_case(case.spec, case.dims, case.pattern)
-
-
-def valid_lengths(spec: ExportSpec, feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
-    """{output: [L_0, L_1, ...]} for the outputs of which only part is the answer: a static cache's presents hold
-    sequence b's positions 0..L_b-1 on axis 2 (L_b = past_len[b] + q_len), the rest unspecified (the kind's
-    comparable()). The manifest's `valid_lengths` of those outputs; none for other kinds."""
-    if not spec.kind.static_cache:
-        return {}
-    lengths = [int(n) + int(feeds["query"].shape[1]) for n in feeds["past_len"]]
-    return {name: lengths for name in STATIC_PRESENTS if name in spec.output_names}
 
 
 # --- reading and checking ----------------------------------------------------------------------------------
@@ -530,7 +523,7 @@ def _write_tensors(
     folder: Path, sub: Path, side: str, arrays: dict[str, np.ndarray], valid: dict[str, list[int]] | None = None
 ) -> list[dict]:
     """`sub/<side>_K.pb` for each array in order (onnxruntime's test-data layout), and their manifest entries;
-    `valid`: the valid_lengths of the outputs only part of which is compared (valid_lengths())."""
+    `valid`: the valid_lengths of the outputs only part of which is compared (the kind's valid_lengths())."""
     entries = []
     for k, (name, array) in enumerate(arrays.items()):
         path = sub / f"{side}_{k}.pb"
@@ -549,17 +542,6 @@ def _write_tensors(
 
 
 # --- valid_lengths: an output of which each batch row's positions 0..L_b-1 on axis 2 are compared -------------
-
-
-def valid_part(array: np.ndarray, lengths: list[int]) -> np.ndarray:
-    """`array` with every element outside [b, :, :lengths[b], ...] zeroed (a copy); unchanged where the lengths do
-    not fit its shape (the comparison then reports the shape)."""
-    array = np.asarray(array)
-    if array.ndim < 3 or array.shape[0] != len(lengths):
-        return array
-    valid = np.arange(array.shape[2])[None, :] < np.asarray(lengths, np.int64)[:, None]  # (B, positions)
-    valid = valid.reshape(array.shape[0], 1, array.shape[2], *([1] * (array.ndim - 3)))
-    return np.where(valid, array, np.zeros((), array.dtype))
 
 
 def valid_lengths_problem(entry: dict, expected: dict[str, np.ndarray]) -> str | None:
@@ -668,7 +650,7 @@ def _write_static_decode(folder: Path, spec: ExportSpec, oracle, seed: int) -> d
                     sub,
                     "output",
                     {n: outputs[n].astype(np.float32) for n in spec.output_names},
-                    valid_lengths(spec, inputs),
+                    spec.kind.valid_lengths(spec, inputs),
                 ),
             }
         )

@@ -153,10 +153,16 @@ class ModuleKind:
         """Inputs of the given dims. `mask` is a 0/1 (batch, q_len or 1, kv_len) array; all ones if None."""
         raise NotImplementedError
 
+    def valid_lengths(self, spec, feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
+        """{output: [L_0, L_1, ...]} for the outputs of which only part is the answer on these inputs: batch row b's
+        positions 0..L_b-1 on axis 2 (mha-static's presents); the rest unspecified. None for most kinds. A bundle
+        writes them as its outputs' `valid_lengths`."""
+        return {}
+
     def comparable(self, spec, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The outputs as compared: all of them, but where the kind leaves part of an output unspecified
-        (mha-static: a present's positions beyond each sequence's length), that part zeroed."""
-        return outputs
+        """The outputs as compared: all of them, with the part valid_lengths() leaves unspecified zeroed."""
+        valid = self.valid_lengths(spec, feeds)
+        return {name: valid_part(a, valid[name]) if name in valid else a for name, a in outputs.items()}
 
     def integer_outputs(self, spec) -> bool:
         return all(np.issubdtype(np.dtype(d), np.integer) for d in self.output_dtypes(spec).values())
@@ -324,6 +330,17 @@ class AttentionKindBase(ModuleKind):
             "masked attends uniformly (its output is the mean of the values): never NaN, never zeros. Bool "
             "tensors are one byte per element (0 or 1)"
         )
+
+
+def valid_part(array: np.ndarray, lengths: list[int]) -> np.ndarray:
+    """`array` with every element outside [b, :, :lengths[b], ...] zeroed (a copy); unchanged where the lengths do
+    not fit its shape (the comparison then reports the shape)."""
+    array = np.asarray(array)
+    if array.ndim < 3 or array.shape[0] != len(lengths):
+        return array
+    valid = np.arange(array.shape[2])[None, :] < np.asarray(lengths, np.int64)[:, None]  # (B, positions)
+    valid = valid.reshape(array.shape[0], 1, array.shape[2], *([1] * (array.ndim - 3)))
+    return np.where(valid, array, np.zeros((), array.dtype))
 
 
 def dims_problem(spec, shapes: dict) -> str | None:

@@ -136,16 +136,10 @@ class MhaStaticKind(MhaCacheKind):
         feeds["past_len"] = lengths
         return feeds
 
-    def comparable(self, spec, feeds, outputs):
-        """The outputs with each present's positions beyond its sequence's new length zeroed: not part of the
-        answer (see the module docstring)."""
-        q_len = feeds["query"].shape[1]
-        valid = np.arange(spec.max_len)[None, :] < (feeds["past_len"] + q_len)[:, None]  # (B, max_len)
-        out = dict(outputs)
-        for name in ("present_key", "present_value"):
-            if name in out:
-                out[name] = np.where(valid[:, None, :, None], out[name], np.zeros((), out[name].dtype))
-        return out
+    def valid_lengths(self, spec, feeds):
+        """The presents: sequence b's positions 0..past_len[b] + q_len - 1 (the module docstring)."""
+        lengths = [int(n) + int(feeds["query"].shape[1]) for n in feeds["past_len"]]
+        return {"present_key": lengths, "present_value": lengths}
 
     # --- cases: (batch, q_len, kv_len) with kv_len the first sequence's past_len, fitted into max_len --------
 
