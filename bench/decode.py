@@ -258,16 +258,6 @@ def _filled(cache: StaticCache, rng) -> StaticCache:
     return cache
 
 
-def _in_place(cache: StaticCache, token: np.ndarray, lengths) -> Callable[[], np.ndarray]:
-    """One step of every slot at `lengths`, in place: each call writes the token at the same positions again."""
-
-    def call() -> np.ndarray:
-        cache.lengths[:] = lengths
-        return cache.step(token)
-
-    return call
-
-
 def _one_sequence(past, cached, step, whole, caches, weights, clock: _Clock, rng) -> list[DecodeStep]:
     """Batch 1 at `past`: concat (and its recompute) and each static form, on the same cache and token."""
     heads, d_k = cached.heads, cached.d_k
@@ -282,7 +272,7 @@ def _one_sequence(past, cached, step, whole, caches, weights, clock: _Clock, rng
     for form, cache in caches.items():
         for buffer in cache.buffers.values():
             buffer[:, :, :past] = kv  # the concat step's valid cache; beyond it, noise
-        calls[form] = _in_place(cache, new, [past])
+        calls[form] = partial(cache.step_at, [past], new)  # the same positions every call
     times = clock.medians({name: partial(clock.cold, call) for name, call in calls.items()})
     outputs = step.run(None, step_feeds)
     read = cache_bytes(heads, d_k, [past])
@@ -352,7 +342,7 @@ def _batch(lengths, cached, module, step, static_sessions, weights, clock: _Cloc
         cache = _filled(StaticCache(sess, batch), rng)
         for buffer in cache.buffers.values():
             buffer[:, :, :longest] = padded
-        calls[form] = _in_place(cache, tokens, lengths)
+        calls[form] = partial(cache.step_at, lengths, tokens)
     measures: dict[str, Callable[[], float]] = {
         PADDED: partial(clock.cold, partial(masked.run, None, padded_feeds)),
         PER_SEQUENCE: lambda: sum(clock.cold(partial(step.run, None, feeds)) for feeds in one),

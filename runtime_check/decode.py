@@ -65,6 +65,13 @@ def chunkings(length: int) -> dict[str, list[int]]:
     }
 
 
+def raised(runner, name: str, shape: str, exc: Exception, where: str) -> CaseResult:
+    """A decoding the runtime broke off: its own error, and where in the sequence."""
+    return CaseResult(
+        runner.name, name, shape, error=f"{runner.name} raised {type(exc).__name__} at {where}: {short_error(exc)}"
+    )
+
+
 def case_names() -> list[str]:
     return list(chunkings(SEQUENCE[1]))
 
@@ -124,14 +131,7 @@ def decode_results(runners, module, spec, tolerances: dict[str, Tolerance], seed
                     outputs.append(got["output"])
                     done = start + inputs["query"].shape[1]
             except Exception as exc:  # the runtime's own error is the finding
-                results.append(
-                    CaseResult(
-                        runner.name,
-                        name,
-                        shape,
-                        error=f"{runner.name} raised {type(exc).__name__} at position {done}: {short_error(exc)}",
-                    )
-                )
+                results.append(raised(runner, name, shape, exc, f"position {done}"))
                 continue
             actual = {
                 "output": np.concatenate(outputs, axis=1),

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from attn_onnx.errors import short_error
 from attn_onnx.runtime_check.compare import OutputComparison, Tolerance
-from attn_onnx.runtime_check.decode import SEQUENCE, chunkings, whole_sequence_golden
+from attn_onnx.runtime_check.decode import SEQUENCE, chunkings, raised, whole_sequence_golden
 from attn_onnx.runtime_check.report import CaseResult
 from attn_onnx.runtime_check.static_cache import StaticCache
 
@@ -73,7 +72,7 @@ def decode_results(runners, module, spec, tolerances: dict[str, Tolerance], seed
                     outputs.append(cache.step(x[:, done : done + size]))
                     done += size
             except Exception as exc:  # the runtime's own error is the finding
-                results.append(_raised(runner, name, shape, exc, f"position {done}"))
+                results.append(raised(runner, name, shape, exc, f"position {done}"))
                 continue
             actual = {
                 "output": np.concatenate(outputs, axis=1),
@@ -124,7 +123,7 @@ def _unequal(runner, spec, sequences, goldens, tolerance) -> CaseResult:
                     finished.append(i)
                     del active[slot]
     except Exception as exc:
-        return _raised(runner, name, shape, exc, f"step {steps}")
+        return raised(runner, name, shape, exc, f"step {steps}")
     actual = {
         "output": np.concatenate([np.concatenate(o, axis=1) for o in outputs], axis=1),  # (1, every token, E)
         "present_key": np.concatenate([k for k, _ in caches], axis=2),  # (1, h, every token, d_k)
@@ -144,9 +143,3 @@ def _compared(runner, name, shape, actual, golden, tolerance) -> CaseResult:
         for n in ("output", "present_key", "present_value")
     )
     return CaseResult(runner.name, name, shape, comparisons)
-
-
-def _raised(runner, name, shape, exc, where) -> CaseResult:
-    return CaseResult(
-        runner.name, name, shape, error=f"{runner.name} raised {type(exc).__name__} at {where}: {short_error(exc)}"
-    )
