@@ -26,8 +26,10 @@ The memory (rss_steps > 0): each form in fresh processes that import only onnxru
 StaticCache). RSS (/proc/self/statm) before and after rss_steps decoding steps from RSS_PAST cached tokens, the
 cache growing a token each step (the static buffers touched whole before: a server's buffers are resident). And
 what a step actually allocates, in a process of its own: glibc's mmap threshold fixed at 16 KiB before anything
-is allocated and onnxruntime's arena off, so every buffer from 16 KiB a step asks for is mapped anew, and its
-pages are counted as they fault in (getrusage's minor faults) over ALLOC_STEPS steps at RSS_PAST.
+is allocated and onnxruntime's arena off, so a buffer from 16 KiB a step asks for is mapped, and its pages are
+counted as they fault in (getrusage's minor faults) over ALLOC_STEPS steps at RSS_PAST. Every step's outputs are
+held to the end of the count: freed, their pages could serve the next step's buffers unfaulted (glibc reused
+them, under load, and the count fell short of the outputs it had allocated).
 """
 
 from __future__ import annotations
@@ -440,22 +442,26 @@ if "past_len" in inputs:
     def step():
         if not grow:
             cache.lengths[:] = past
-        cache.step(token)
+        return cache.step(token)
 
 else:
     state = {name: rng.standard_normal((1, heads, past, d_k), dtype=np.float32) for name in ("past_key", "past_value")}
 
     def step():
-        _, key, value = session.run(None, {"query": token, "key": token, "value": token, **state})
+        outputs = session.run(None, {"query": token, "key": token, "value": token, **state})
         if grow:
-            state["past_key"], state["past_value"] = key, value
+            state["past_key"], state["past_value"] = outputs[1], outputs[2]
+        return outputs
 
 
 for _ in range(warm):
     step()
+kept = []  # counting: every step's outputs held to the end, so a freed one's pages never serve the next step
 before, start = rss(), faults()
 for _ in range(steps):
-    step()
+    outputs = step()
+    if mode != "rss":
+        kept.append(outputs)
 if mode == "rss":
     print(json.dumps({"rss_before": before, "rss_after": rss()}))
 else:

@@ -116,7 +116,7 @@ def decode_table(bench) -> str:
         lines += [
             f" memory, each form in a fresh process: RSS over {first.steps} decoding steps from {first.past_len} "
             "cached tokens, the cache growing; what a step allocates, measured at that length (onnxruntime's arena "
-            "off, glibc mapping every buffer from 16 KiB anew: the pages they fault in)",
+            "off, glibc mapping every buffer from 16 KiB, each step's outputs held: the pages they fault in)",
             f"  {'form':<22}{'RSS before MiB':>15}{'after MiB':>11}{'growth MiB':>12}{'outputs MiB':>13}"
             f"{'measured MiB':>14}",
         ]
