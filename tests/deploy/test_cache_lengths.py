@@ -18,8 +18,7 @@ import pytest
 
 from tests.deploy.test_node import post, serve
 from tests.deploy.test_node import pytestmark as NODE_MARKS
-from tests.deploy.test_node_limits import binary_body, grpc_infer, json_body
-from tests.deploy.test_node_protocol import http_json
+from tests.deploy.test_node_limits import grpc_infer, json_body, refused_everywhere
 from tests.deploy.test_static_bundle import GQA, STANDARD
 
 FULL = ", past the cache's max_len 32: the cache is full (reset the sequence, or export with a larger --max-len)"
@@ -137,16 +136,7 @@ def static_served(bundle_of):
 def test_a_step_past_the_cache_or_negative_is_refused_over_json_binary_and_grpc(
     static_served, what, past_len, q_len, error
 ):
-    import grpc
-
-    url, arrays = static_served, step(past_len, q_len)
-    assert post(url, json_body(arrays)) == (400, {"error": error}), what
-    body, headers = binary_body(arrays)
-    status, _, data = http_json(url, "/v2/models/small/infer", body, headers)
-    assert (status, json.loads(data)) == (400, {"error": error}), what
-    err = grpc_infer(url.grpc, arrays)
-    assert isinstance(err, grpc.RpcError), what
-    assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, error), what
+    refused_everywhere(static_served, step(past_len, q_len), error, what)
 
 
 @needs_node

@@ -66,6 +66,20 @@ def attention(batch_q, q_len, batch_kv, kv_len, mask_shape, width=16):
     }
 
 
+def refused_everywhere(url, arrays, error: str, what: str) -> None:
+    """The service at `url` refuses `arrays` with `error` in each protocol: HTTP JSON and binary (400), gRPC
+    (INVALID_ARGUMENT)."""
+    import grpc
+
+    assert post(url, json_body(arrays)) == (400, {"error": error}), what
+    body, headers = binary_body(arrays)
+    status, _, data = http_json(url, "/v2/models/small/infer", body, headers)
+    assert (status, json.loads(data)) == (400, {"error": error}), what
+    err = grpc_infer(url.grpc, arrays)
+    assert isinstance(err, grpc.RpcError), what
+    assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, error), what
+
+
 def grpc_infer(url, arrays, outputs=(), timeout=60):
     """tritonclient.grpc's ModelInfer of `arrays` as raw contents: the answer, or the grpc.RpcError."""
     import grpc
@@ -239,17 +253,8 @@ def small_served(bundle):
 
 @pytest.mark.parametrize("what,arrays,error", MISMATCHES, ids=[m[0][:40] for m in MISMATCHES])
 def test_inputs_that_disagree_on_a_named_dim_are_refused_over_json_binary_and_grpc(small_served, what, arrays, error):
-    import grpc
-
     url = small_served
-    status, answer = post(url, json_body(arrays))
-    assert (status, answer) == (400, {"error": error}), what
-    body, headers = binary_body(arrays)
-    status, _, data = http_json(url, "/v2/models/small/infer", body, headers)
-    assert (status, json.loads(data)) == (400, {"error": error}), what
-    err = grpc_infer(url.grpc, arrays)
-    assert isinstance(err, grpc.RpcError), what
-    assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, error), what
+    refused_everywhere(url, arrays, error, what)
     fine = attention(2, 3, 2, 4, (2, 1, 4))  # mask_q_len 1 broadcasts over the queries: allowed
     assert post(url, json_body(fine))[0] == 200
 
